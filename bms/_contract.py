@@ -1,0 +1,300 @@
+"""Telemetry contract v1: message structures, topics and validation.
+
+The wire contract is ``shared/telemetry.md``. Decoding uses msgspec typed structs so
+that parsing and most validation happen in one pass in C; the few rules msgspec cannot
+express (topic/payload VIN match, timestamp not in the future, version) are checked after.
+Every rejection carries a machine-readable reason code (``REJECT_REASONS``).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Annotated, Literal
+
+import msgspec
+
+from bms._errors import ContractError
+
+#: ISO 3779 VIN: 17 characters, no I, O or Q.
+VIN_PATTERN = r"^[A-HJ-NPR-Z0-9]{17}$"
+#: Fleet id in topics: 1-64 of [A-Za-z0-9_-].
+FLEET_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+MAX_CELLS = 400
+MAX_SENSORS = 400
+MAX_BATCH_READINGS = 10_000
+#: Readings stamped further than this ahead of the receive time are rejected.
+MAX_FUTURE = timedelta(hours=24)
+MODES = ("drive", "ac_charge", "dc_charge", "idle", "v2g")
+
+#: Reason codes for rejected (quarantined) messages, with their meaning.
+REJECT_REASONS: dict[str, str] = {
+    "bad_topic": "topic is not fleet/{fleet_id}/{vin}/bms or .../bms/batch",
+    "payload_too_large": "payload exceeds the configured size limit",
+    "not_json": "payload is not UTF-8 JSON",
+    "unknown_version": "field v is not a supported contract version",
+    "missing_field": "a required field is missing",
+    "wrong_type": "a field has the wrong JSON type",
+    "bad_value": "a field is outside its allowed values (mode, seq range...)",
+    "bad_vin": "VIN is not 17 characters of [A-HJ-NPR-Z0-9]",
+    "vin_mismatch": "VIN in the payload differs from the VIN in the topic",
+    "bad_ts": "ts is not an RFC 3339 timestamp with a time zone",
+    "ts_in_future": "ts is more than 24 h after the receive time",
+    "bad_cells": "cell voltage or temperature list is empty or longer than 400",
+    "batch_too_large": "batch holds more than 10,000 readings",
+}
+
+_I32 = Annotated[int, msgspec.Meta(ge=-(2**31), le=2**31 - 1)]
+
+
+class Pack(msgspec.Struct, gc=False):
+    """Pack-level signals of one reading (units in the names, VSS sign convention)."""
+
+    current_a: float
+    voltage_v: float
+    soc_pct: float
+    cycle_count: Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)]
+    odometer_km: float
+    mode: Literal["drive", "ac_charge", "dc_charge", "idle", "v2g"]
+    soh_pct: float | None = None
+
+
+class Cells(msgspec.Struct, gc=False):
+    """Per-cell voltages [mV] in pack order and per-sensor temperatures [degC]."""
+
+    voltages_mv: Annotated[list[_I32], msgspec.Meta(min_length=1, max_length=MAX_CELLS)]
+    temps_c: Annotated[list[float], msgspec.Meta(min_length=1, max_length=MAX_SENSORS)]
+
+
+class Reading(msgspec.Struct, gc=False):
+    """One BMS reading, contract v1. ``(vin, seq)`` is its identity."""
+
+    v: int
+    vin: Annotated[str, msgspec.Meta(pattern=VIN_PATTERN)]
+    seq: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+    ts: Annotated[datetime, msgspec.Meta(tz=True)]
+    pack: Pack
+    cells: Cells
+
+
+class _RawBatch(msgspec.Struct, gc=False):
+    v: int
+    readings: list[msgspec.Raw]
+
+
+class _VersionOnly(msgspec.Struct, gc=False):
+    v: object = None
+
+
+class Ack(msgspec.Struct, gc=False):
+    """Retained acknowledgement: every reading with ``seq <= durable_seq`` is stored."""
+
+    v: int
+    vin: str
+    durable_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Topic:
+    """A parsed vehicle topic ``fleet/{fleet_id}/{vin}/{kind}``."""
+
+    fleet_id: str
+    vin: str
+    kind: Literal["bms", "batch", "ack", "alert"]
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """Why (part of) a message was rejected.
+
+    ``index`` is the position of the reading inside a batch, ``None`` for the whole
+    message; ``raw`` holds the rejected bytes (the whole payload or one batch item).
+    """
+
+    reason: str
+    detail: str
+    raw: bytes
+    index: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    """Result of decoding one MQTT message: the accepted readings and the rejections."""
+
+    topic: Topic | None
+    readings: list[Reading]
+    rejections: list[Rejection]
+
+
+_reading_decoder = msgspec.json.Decoder(Reading)
+_batch_decoder = msgspec.json.Decoder(_RawBatch)
+_version_decoder = msgspec.json.Decoder(_VersionOnly)
+_ack_encoder = msgspec.json.Encoder()
+_ack_decoder = msgspec.json.Decoder(Ack)
+_reading_encoder = msgspec.json.Encoder()
+
+_VIN_RE = re.compile(VIN_PATTERN)
+_FLEET_RE = re.compile(FLEET_PATTERN)
+_PATH_RE = re.compile(r"- at `(\$[^`]*)`")
+
+
+def topic_for(fleet_id: str, vin: str, kind: str) -> str:
+    """Topic string of ``kind`` (``bms``, ``batch``, ``ack``, ``alert``) for a vehicle."""
+    suffix = {"bms": "bms", "batch": "bms/batch", "ack": "ack", "alert": "alert"}[kind]
+    return f"fleet/{fleet_id}/{vin}/{suffix}"
+
+
+def parse_topic(topic: str) -> Topic:
+    """Parse ``fleet/{fleet_id}/{vin}/bms[/batch]|ack|alert``.
+
+    Raises
+    ------
+    ContractError
+        With reason ``bad_topic``.
+    """
+    parts = topic.split("/")
+    kind: Literal["bms", "batch", "ack", "alert"]
+    if len(parts) == 5 and parts[3] == "bms" and parts[4] == "batch":
+        kind = "batch"
+    elif len(parts) == 4 and parts[3] in ("bms", "ack", "alert"):
+        kind = parts[3]  # type: ignore[assignment]
+    else:
+        raise ContractError("bad_topic", f"unexpected topic {topic!r}")
+    if parts[0] != "fleet" or not _FLEET_RE.match(parts[1]) or not _VIN_RE.match(parts[2]):
+        raise ContractError("bad_topic", f"unexpected topic {topic!r}")
+    return Topic(parts[1], parts[2], kind)
+
+
+def _reason_for(exc: msgspec.ValidationError) -> str:
+    msg = str(exc)
+    m = _PATH_RE.search(msg)
+    path = m.group(1) if m else "$"
+    if msg.startswith("Object missing required field"):
+        return "missing_field"
+    if path == "$.vin":
+        return "bad_vin" if "str" in msg and "got" not in msg else "wrong_type"
+    if path == "$.ts":
+        return "bad_ts"
+    if path.startswith(("$.cells.voltages_mv", "$.cells.temps_c")) and "length" in msg:
+        return "bad_cells"
+    if msg.startswith("Expected `") and ", got `" in msg:
+        return "wrong_type"
+    return "bad_value"
+
+
+def _version_error(payload: bytes | msgspec.Raw) -> ContractError | None:
+    """On a failed decode, tell whether the cause is an unsupported version."""
+    try:
+        v = _version_decoder.decode(payload).v
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    if v is not None and v != 1:
+        return ContractError("unknown_version", f"v={v!r}, this pipeline understands v=1")
+    return None
+
+
+def decode_reading(
+    payload: bytes | msgspec.Raw, *, now: datetime, topic_vin: str | None = None
+) -> Reading:
+    """Decode and validate one reading.
+
+    Parameters
+    ----------
+    payload : bytes
+        JSON of one reading.
+    now : datetime
+        Receive time (timezone-aware); a ``ts`` more than 24 h after it is rejected.
+    topic_vin : str, optional
+        VIN from the topic; the payload's VIN must equal it.
+
+    Raises
+    ------
+    ContractError
+        With one of the ``REJECT_REASONS`` codes.
+    """
+    try:
+        reading = _reading_decoder.decode(payload)
+    except msgspec.ValidationError as exc:
+        raise _version_error(payload) or ContractError(_reason_for(exc), str(exc)) from None
+    except msgspec.DecodeError as exc:
+        raise ContractError("not_json", str(exc)) from None
+    if reading.v != 1:
+        raise ContractError("unknown_version", f"v={reading.v}, this pipeline understands v=1")
+    if topic_vin is not None and reading.vin != topic_vin:
+        raise ContractError(
+            "vin_mismatch", f"payload vin {reading.vin} != topic vin {topic_vin}"
+        )
+    if reading.ts - now > MAX_FUTURE:
+        raise ContractError(
+            "ts_in_future", f"ts {reading.ts.isoformat()} is after receive time + 24 h"
+        )
+    return reading
+
+
+def decode_message(
+    topic: str, payload: bytes, *, now: datetime, max_payload_bytes: int = 16 * 2**20
+) -> Decoded:
+    """Decode one MQTT message (single reading or batch) into readings and rejections.
+
+    A batch is validated reading by reading: one bad reading is quarantined alone and
+    the others are kept (nothing good is thrown away with it).
+    """
+    try:
+        parsed = parse_topic(topic)
+    except ContractError as exc:
+        return Decoded(None, [], [Rejection(exc.reason, exc.detail, payload)])
+    if parsed.kind not in ("bms", "batch"):
+        return Decoded(parsed, [], [Rejection("bad_topic", f"not a reading topic: {topic}", payload)])
+    if len(payload) > max_payload_bytes:
+        detail = f"{len(payload)} bytes > limit {max_payload_bytes}"
+        return Decoded(parsed, [], [Rejection("payload_too_large", detail, payload)])
+    if parsed.kind == "bms":
+        try:
+            return Decoded(parsed, [decode_reading(payload, now=now, topic_vin=parsed.vin)], [])
+        except ContractError as exc:
+            return Decoded(parsed, [], [Rejection(exc.reason, exc.detail, payload)])
+    try:
+        batch = _batch_decoder.decode(payload)
+    except msgspec.ValidationError as exc:
+        err = _version_error(payload) or ContractError(_reason_for(exc), str(exc))
+        return Decoded(parsed, [], [Rejection(err.reason, err.detail, payload)])
+    except msgspec.DecodeError as exc:
+        return Decoded(parsed, [], [Rejection("not_json", str(exc), payload)])
+    if batch.v != 1:
+        detail = f"batch v={batch.v}, this pipeline understands v=1"
+        return Decoded(parsed, [], [Rejection("unknown_version", detail, payload)])
+    if len(batch.readings) > MAX_BATCH_READINGS:
+        detail = f"{len(batch.readings)} readings > {MAX_BATCH_READINGS}"
+        return Decoded(parsed, [], [Rejection("batch_too_large", detail, payload)])
+    readings: list[Reading] = []
+    rejections: list[Rejection] = []
+    for i, raw in enumerate(batch.readings):
+        try:
+            readings.append(decode_reading(raw, now=now, topic_vin=parsed.vin))
+        except ContractError as exc:
+            rejections.append(Rejection(exc.reason, exc.detail, bytes(raw), i))
+    return Decoded(parsed, readings, rejections)
+
+
+def encode_reading(reading: Reading) -> bytes:
+    """JSON bytes of a reading (the form vehicles send)."""
+    return _reading_encoder.encode(reading)
+
+
+def encode_batch(readings: list[Reading]) -> bytes:
+    """JSON bytes of a store-and-forward batch (``{"v": 1, "readings": [...]}``)."""
+    return _reading_encoder.encode({"v": 1, "readings": readings})
+
+
+def encode_ack(vin: str, durable_seq: int) -> bytes:
+    """JSON bytes of the retained acknowledgement for ``vin``."""
+    return _ack_encoder.encode(Ack(1, vin, durable_seq))
+
+
+def decode_ack(payload: bytes) -> Ack:
+    """Decode an acknowledgement; raises ``ContractError`` if malformed."""
+    try:
+        return _ack_decoder.decode(payload)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise ContractError("bad_value", f"malformed ack: {exc}") from None

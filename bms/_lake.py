@@ -1,0 +1,169 @@
+"""The lake on local disk: atomic Parquet writes and the partition layout.
+
+Every file in the lake is written the same way: into a hidden temporary file in the
+target directory, flushed and fsync'ed, renamed over its final name, then the directory
+is fsync'ed, so a crash leaves either the old state or the new one and readers (which
+glob ``*.parquet``) never see a half-written file.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from bms._errors import SchemaError
+from bms._telemetry import TELEMETRY_SCHEMA
+
+#: zstd level of fresh ingest files; compaction and archive may use higher ones.
+DEFAULT_ZSTD_LEVEL = 3
+
+
+def fsync_dir(path: Path) -> None:
+    """fsync a directory so a rename inside it survives a power loss."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(data: bytes, path: Path) -> Path:
+    """Write ``data`` to ``path`` atomically (temp file, fsync, rename, fsync dir)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_dir(path.parent)
+    return path
+
+
+def write_parquet_atomic(
+    table: pa.Table,
+    path: Path,
+    *,
+    zstd_level: int = DEFAULT_ZSTD_LEVEL,
+    row_group_size: int | None = None,
+) -> Path:
+    """Write ``table`` as zstd Parquet at ``path`` atomically.
+
+    The temporary file is hidden (leading dot, ``.tmp`` suffix) so globs of
+    ``*.parquet`` never match it; it is removed if the write fails.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
+    try:
+        pq.write_table(
+            table,
+            tmp,
+            compression="zstd",
+            compression_level=zstd_level,
+            row_group_size=row_group_size,
+            write_statistics=True,
+        )
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_dir(path.parent)
+    return path
+
+
+@dataclass(frozen=True, slots=True)
+class WrittenFile:
+    """One telemetry file written by ``write_telemetry``."""
+
+    path: Path
+    day: date
+    fleet: str
+    rows: int
+
+
+def telemetry_dir(lake_root: Path, day: date, fleet: str) -> Path:
+    """Hive partition directory of telemetry for one UTC event date and fleet."""
+    return lake_root / "telemetry" / f"date={day.isoformat()}" / f"fleet={fleet}"
+
+
+def write_telemetry(
+    table: pa.Table, lake_root: Path, *, file_prefix: str, zstd_level: int = DEFAULT_ZSTD_LEVEL
+) -> list[WrittenFile]:
+    """The single writer of telemetry: split by (event date, fleet) and write each part.
+
+    Parameters
+    ----------
+    table : pyarrow.Table
+        Output of ``telemetry_table`` / ``ReadingBuffer.to_table``: the stored schema
+        plus a ``fleet`` column.
+    lake_root : Path
+        Root of the lake (``data/lake``).
+    file_prefix : str
+        Start of each file name (e.g. the worker id); a random suffix makes it unique.
+
+    Returns
+    -------
+    list of WrittenFile
+        One per partition touched, all durable when this returns.
+
+    Raises
+    ------
+    SchemaError
+        The table does not carry the telemetry schema.
+    OSError
+        The disk is full or not writable; nothing half-written is left visible.
+    """
+    expected = ["fleet", *TELEMETRY_SCHEMA.names]
+    if table.column_names != expected:
+        raise SchemaError(f"telemetry table columns {table.column_names} != {expected}")
+    if table.num_rows == 0:
+        return []
+    days = pc.cast(pc.cast(table["ts"], pa.timestamp("ms")), pa.date32())
+    keys = pa.table({"day": days, "fleet": table["fleet"]})
+    groups = keys.group_by(["day", "fleet"], use_threads=False).aggregate([])
+    written: list[WrittenFile] = []
+    day_np = np.asarray(days.to_numpy(zero_copy_only=False))
+    fleet_np = np.asarray(table["fleet"].to_numpy(zero_copy_only=False))
+    body = table.drop_columns(["fleet"]).replace_schema_metadata(TELEMETRY_SCHEMA.metadata)
+    for day, fleet in zip(groups["day"].to_pylist(), groups["fleet"].to_pylist(), strict=True):
+        if groups.num_rows == 1:
+            part = body
+        else:
+            mask = (day_np == np.datetime64(day)) & (fleet_np == fleet)
+            part = body.filter(pa.array(mask))
+        name = f"{file_prefix}-{uuid.uuid4().hex[:12]}.parquet"
+        path = write_parquet_atomic(part, telemetry_dir(lake_root, day, fleet) / name,
+                                    zstd_level=zstd_level)
+        written.append(WrittenFile(path, day, fleet, part.num_rows))
+    return written
+
+
+def telemetry_files(lake_root: Path, day: date | None = None) -> list[Path]:
+    """Visible telemetry files (never temporaries), optionally of one event date."""
+    base = lake_root / "telemetry"
+    pattern = f"date={day.isoformat()}/fleet=*/*.parquet" if day else "date=*/fleet=*/*.parquet"
+    return sorted(base.glob(pattern))
+
+
+def read_telemetry(paths: Iterable[Path]) -> pa.Table:
+    """Read telemetry files into one table with the stored schema (no partition columns)."""
+    tables = [pq.read_table(p, schema=TELEMETRY_SCHEMA) for p in paths]
+    if not tables:
+        return TELEMETRY_SCHEMA.empty_table()
+    return pa.concat_tables(tables)

@@ -1,0 +1,101 @@
+"""The ``fleetbms`` command line: global options, error handling, command registry.
+
+Commands live in ``pipeline/_cmd_*.py``; each parses its flags, makes one library call
+and prints. Library errors become one ``Error: ...`` line with exit 1, usage errors exit
+2; ``--debug`` re-raises so a bug keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from bms import BmsError
+from ingest import IngestError
+from pipeline import _cmd_analyze, _cmd_anomalies, _cmd_ingest, _cmd_nightly, _cmd_report
+from pipeline import _cmd_simulate
+from pipeline._config import ConfigError, Settings, load_settings, render_settings
+from reports import ReportError
+
+#: Errors a user can cause (bad input, missing data); anything else is a bug.
+USER_ERRORS = (BmsError, IngestError, ReportError, ConfigError, ValueError)
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except USER_ERRORS as exc:
+            if ctx.params.get("debug"):
+                raise
+            raise click.ClickException(str(exc)) from exc
+
+
+@click.group(cls=_Group)
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Root of lake and state [default: ./data, or FLEETBMS_DATA_DIR].",
+)
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="TOML configuration file (overridden by FLEETBMS_SECTION__KEY and flags).",
+)
+@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+@click.version_option(package_name="fleetbms")
+@click.pass_context
+def cli(ctx: click.Context, data_dir: Path | None, config_file: Path | None, debug: bool) -> None:
+    """Fleet battery-health telemetry pipeline.
+
+    Example: fleetbms --data-dir ./data simulate --to-lake --vehicles 5 --days 30
+    """
+    try:
+        ctx.obj = load_settings(config_file=config_file, data_dir=data_dir)
+    except ConfigError as exc:
+        if debug:
+            raise
+        raise click.ClickException(str(exc)) from exc
+
+
+@cli.group("config")
+def config_group() -> None:
+    """Inspect the configuration."""
+
+
+@config_group.command("show")
+@click.pass_obj
+def config_show(settings: Settings) -> None:
+    """Print the effective configuration as TOML, each value with its source.
+
+    Example: FLEETBMS_INGEST__FLUSH_ROWS=1000 fleetbms config show
+    """
+    click.echo(render_settings(settings), nl=False)
+
+
+for _module in (_cmd_simulate, _cmd_ingest, _cmd_analyze, _cmd_anomalies, _cmd_report, _cmd_nightly):
+    for _command in _module.COMMANDS:
+        cli.add_command(_command)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``fleetbms`` console script."""
+    try:
+        rv = cli.main(args=argv, prog_name="fleetbms", standalone_mode=False)
+    except click.UsageError as exc:
+        # One line, as for every user mistake (click's default adds a usage banner).
+        click.echo(f"Error: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("Aborted!", err=True)
+        sys.exit(1)
+    sys.exit(rv if isinstance(rv, int) else 0)

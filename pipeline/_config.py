@@ -1,0 +1,383 @@
+"""Typed, layered configuration: defaults < TOML file < environment < command-line flags.
+
+One frozen dataclass per section. Environment variables are ``FLEETBMS_SECTION__KEY``
+(nested tables add more ``__KEY`` parts, e.g. ``FLEETBMS_ALERTS__NMC__CELL_MAX_MV``);
+their strings are coerced to the field's type. Every error names the key, the value and
+where it came from, and the effective value of each key remembers its source, which
+``fleetbms config show`` prints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+__all__ = [
+    "AlertLimits",
+    "AlertsConfig",
+    "AnalyticsConfig",
+    "AnomalyConfig",
+    "ConfigError",
+    "FleetConfig",
+    "IngestConfig",
+    "NightlyConfig",
+    "ReportsConfig",
+    "RetentionConfig",
+    "Secret",
+    "Settings",
+    "env_key",
+    "load_settings",
+    "render_settings",
+    "with_overrides",
+]
+
+ENV_PREFIX = "FLEETBMS_"
+
+
+class ConfigError(ValueError):
+    """A configuration value or file is wrong; the message names key, value and source."""
+
+
+class Secret(str):
+    """A string that never shows itself in reprs, logs or ``config show``."""
+
+    def __repr__(self) -> str:
+        return "'***'"
+
+
+@dataclass(frozen=True)
+class FleetConfig:
+    id: str = "demo"  # fleet id used in topics and partitions
+    timezone: str = "Asia/Kolkata"  # IANA zone that defines the fleet's "yesterday"
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    broker: str = "127.0.0.1:1883"  # HOST:PORT of the MQTT broker
+    client_id: str = "fleetbms-ingest"  # also the persistent-session identity
+    group: str = ""  # shared-subscription group; empty = plain subscription
+    username: str = ""
+    password: Secret = Secret("")
+    tls_ca: str = ""  # path of a CA bundle; empty = no TLS
+    tls_cert: str = ""
+    tls_key: str = ""
+    flush_rows: int = 50_000  # readings buffered before a flush
+    flush_age_s: float = 2.0  # oldest buffered reading waits at most this long [s]
+    receive_maximum: int = 65_535  # unacknowledged QoS 1 messages the broker may send
+    session_expiry_s: int = 7 * 24 * 3600  # broker keeps the session this long offline [s]
+    max_payload_bytes: int = 16 * 2**20  # larger messages are quarantined [bytes]
+    dedup_window: int = 4096  # recent seqs remembered per VIN for dedup
+    log_interval_s: float = 10.0  # one JSON counter line this often [s]
+    metrics_port: int = 0  # Prometheus endpoint; 0 = off
+    reconnect_min_s: float = 1.0  # backoff start [s]
+    reconnect_max_s: float = 60.0  # backoff cap [s]
+
+
+@dataclass(frozen=True)
+class AlertLimits:
+    """Live hard limits of one chemistry (contract v1 defaults, science.md section 4)."""
+
+    cell_max_mv: int = 4250  # cell_overvoltage above this [mV]
+    cell_min_mv: int = 2800  # cell_undervoltage below this [mV]
+    temp_max_c: float = 60.0  # over_temperature above this [degC]
+    spread_max_mv: int = 100  # cell_spread above this at rest [mV]
+    rest_c_rate: float = 0.05  # "at rest" = |current| below this fraction of C [1/h]
+    thermal_rise_c_per_min: float = 1.0  # thermal_rise above this while resting [degC/min]
+    clear_margin_mv: int = 20  # hysteresis: a voltage alert clears this far inside [mV]
+    clear_margin_c: float = 3.0  # hysteresis for temperature alerts [degC]
+
+
+@dataclass(frozen=True)
+class AlertsConfig:
+    nmc: AlertLimits = AlertLimits()
+    lfp: AlertLimits = AlertLimits(cell_max_mv=3650, cell_min_mv=2500)
+    default_chemistry: str = "nmc"  # profile used for a VIN of unknown chemistry
+    capacity_ah: float = 100.0  # nominal pack capacity for C-rates when unknown [Ah]
+
+
+@dataclass(frozen=True)
+class AnalyticsConfig:
+    rest_min_s: int = 3 * 3600  # rest needed before an OCV point is trusted [s]
+    min_soc_window_pct: float = 40.0  # capacity needs at least this SoC swing [%]
+    reference_temp_c: float = 25.0  # resistance normalised to this [degC]
+    history_days: int = 730  # SoH fit window [days]
+
+
+@dataclass(frozen=True)
+class AnomalyConfig:
+    training_days: int = 90  # rolling window of the isolation forest [days]
+    contamination: float = 0.01  # expected share of anomalous rows
+    random_state: int = 42
+    refit_days: int = 7  # refit at least this often [days]
+
+
+@dataclass(frozen=True)
+class ReportsConfig:
+    formats: str = "pdf,csv"
+    warranty_policy: str = "oem-8y-160k-70"  # preset id or path of a TOML policy
+    audit_enabled: bool = False  # nightly writes an audit bundle too
+    workers: int = 2  # processes rendering vehicle PDFs
+
+
+@dataclass(frozen=True)
+class RetentionConfig:
+    archive_after_days: int = 400  # raw telemetry moves to the archive tier after [days]
+    purge_after_days: int = 3 * 365  # archived telemetry is deleted after [days]
+    archive_zstd_level: int = 19
+
+
+@dataclass(frozen=True)
+class NightlyConfig:
+    lock_timeout_s: float = 0.0  # wait this long for another run's lock; 0 = fail at once [s]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The effective configuration. ``sources`` maps ``section.key`` to where it came from."""
+
+    data_dir: Path = Path("data")
+    fleet: FleetConfig = FleetConfig()
+    ingest: IngestConfig = IngestConfig()
+    alerts: AlertsConfig = AlertsConfig()
+    analytics: AnalyticsConfig = AnalyticsConfig()
+    anomaly: AnomalyConfig = AnomalyConfig()
+    reports: ReportsConfig = ReportsConfig()
+    retention: RetentionConfig = RetentionConfig()
+    nightly: NightlyConfig = NightlyConfig()
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def lake_dir(self) -> Path:
+        return self.data_dir / "lake"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.data_dir / "state"
+
+    @property
+    def truth_dir(self) -> Path:
+        return self.data_dir / "truth"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.data_dir / "reports"
+
+
+T = TypeVar("T")
+
+
+def env_key(*parts: str) -> str:
+    """Environment variable of a key path: ``env_key("lake", "root")`` -> FLEETBMS_LAKE__ROOT."""
+    return ENV_PREFIX + "__".join(p.upper() for p in parts)
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(value: Any, typ: Any, key: str, source: str) -> Any:
+    """Coerce a TOML or environment value to ``typ``; raise ConfigError naming key and source."""
+    where = f"(from {source})"
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{key}: {value!r} is not a boolean {where}")
+    if typ is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value.replace("_", ""))
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: {value!r} is not an integer {where}")
+    if typ is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: {value!r} is not a number {where}")
+    if typ in (str, Secret, Path):
+        if isinstance(value, str):
+            return typ(value)
+        raise ConfigError(f"{key}: {value!r} is not a string {where}")
+    if isinstance(typ, types.UnionType):
+        raise ConfigError(f"{key}: unsupported type {typ}")
+    raise ConfigError(f"{key}: unsupported type {typ}")
+
+
+def _apply(
+    obj: T, values: Mapping[str, Any], prefix: str, source: str, sources: dict[str, str]
+) -> T:
+    """Return ``obj`` (a config dataclass) with ``values`` (a nested mapping) applied."""
+    hints = _hints(type(obj))
+    names = {f.name for f in dataclasses.fields(obj) if f.name != "sources"}  # type: ignore[arg-type]
+    changes: dict[str, Any] = {}
+    for key, value in values.items():
+        path = f"{prefix}{key}"
+        if key not in names:
+            valid = ", ".join(sorted(names))
+            raise ConfigError(f"{path}: unknown key (from {source}); valid keys: {valid}")
+        typ = hints[key]
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{path}: expected a table, got {value!r} (from {source})")
+            changes[key] = _apply(current, value, f"{path}.", source, sources)
+        else:
+            changes[key] = _coerce(value, typ, path, source)
+            sources[path] = source
+    return dataclasses.replace(obj, **changes)  # type: ignore[type-var]
+
+
+def _env_values(cls: type, parts: tuple[str, ...], env: Mapping[str, str]) -> dict[str, Any]:
+    """Nested mapping of the environment variables that name fields of ``cls``."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.name in ("sources", "data_dir"):
+            continue
+        typ = _hints(cls)[f.name]
+        if dataclasses.is_dataclass(typ):
+            sub = _env_values(typ, (*parts, f.name), env)  # type: ignore[arg-type]
+            if sub:
+                out[f.name] = sub
+        else:
+            name = env_key(*parts, f.name)
+            if name in env:
+                out[f.name] = env[name]
+    return out
+
+
+def _flatten_env_sources(values: Mapping[str, Any], parts: tuple[str, ...]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key, value in values.items():
+        if isinstance(value, Mapping):
+            out.update(_flatten_env_sources(value, (*parts, key)))
+        else:
+            out[".".join((*parts, key))] = env_key(*parts, key)
+    return out
+
+
+def _apply_env(settings: Settings, env: Mapping[str, str], sources: dict[str, str]) -> Settings:
+    values = _env_values(Settings, (), env)
+    names = _flatten_env_sources(values, ())
+    for path, name in names.items():
+        # Apply key by key so an error names the exact variable.
+        nested: dict[str, Any] = {}
+        cursor = nested
+        keys = path.split(".")
+        for k in keys[:-1]:
+            cursor = cursor.setdefault(k, {})
+        cursor[keys[-1]] = env[name]
+        settings = _apply(settings, nested, "", name, sources)
+    return settings
+
+
+def load_settings(
+    *,
+    config_file: Path | None = None,
+    data_dir: Path | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Settings:
+    """Build the effective settings from defaults, a TOML file and the environment.
+
+    ``data_dir`` (the ``--data-dir`` flag) beats ``FLEETBMS_DATA_DIR``, which beats
+    ``data_dir`` in the file, which beats ``./data``.
+
+    Raises
+    ------
+    ConfigError
+        Unreadable or invalid file, unknown key, or a value of the wrong type.
+    """
+    env = os.environ if env is None else env
+    sources: dict[str, str] = {}
+    settings = Settings()
+    if config_file is not None:
+        try:
+            raw = tomllib.loads(config_file.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file {config_file} does not exist") from None
+        except IsADirectoryError:
+            raise ConfigError(f"config file {config_file} is a directory") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"config file {config_file} is not UTF-8 text") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {config_file} is not valid TOML: {exc}") from None
+        settings = _apply(settings, raw, "", str(config_file), sources)
+    settings = _apply_env(settings, env, sources)
+    if data_dir is not None:
+        settings = dataclasses.replace(settings, data_dir=data_dir)
+        sources["data_dir"] = "--data-dir"
+    elif "FLEETBMS_DATA_DIR" in env:
+        settings = dataclasses.replace(settings, data_dir=Path(env["FLEETBMS_DATA_DIR"]))
+        sources["data_dir"] = "FLEETBMS_DATA_DIR"
+    return dataclasses.replace(settings, sources=sources)
+
+
+def with_overrides(settings: Settings, overrides: Mapping[str, Any]) -> Settings:
+    """Apply command-line flags (``{"ingest.broker": "host:1883"}``); ``None`` values skip."""
+    sources = dict(settings.sources)
+    for path, value in overrides.items():
+        if value is None:
+            continue
+        nested: dict[str, Any] = {}
+        cursor = nested
+        keys = path.split(".")
+        for k in keys[:-1]:
+            cursor = cursor.setdefault(k, {})
+        cursor[keys[-1]] = value
+        settings = _apply(settings, nested, "", "flag", sources)
+    return dataclasses.replace(settings, sources=sources)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, Secret):
+        return '"***"' if value else '""'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    text = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{text}"'
+
+
+def render_settings(settings: Settings) -> str:
+    """The effective configuration as TOML, each value commented with its source."""
+    lines = [
+        f"data_dir = {_toml_value(settings.data_dir)}"
+        f"  # {settings.sources.get('data_dir', 'default')}"
+    ]
+
+    def section(obj: Any, prefix: str) -> None:
+        scalars = []
+        tables = []
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            (tables if dataclasses.is_dataclass(value) else scalars).append((f.name, value))
+        lines.append("")
+        lines.append(f"[{prefix}]")
+        for name, value in scalars:
+            src = settings.sources.get(f"{prefix}.{name}", "default")
+            lines.append(f"{name} = {_toml_value(value)}  # {src}")
+        for name, value in tables:
+            section(value, f"{prefix}.{name}")
+
+    for f in dataclasses.fields(settings):
+        value = getattr(settings, f.name)
+        if dataclasses.is_dataclass(value):
+            section(value, f.name)
+    return "\n".join(lines) + "\n"

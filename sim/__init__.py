@@ -1,0 +1,3 @@
+"""Fleet simulator grounded in battery physics, with ground truth for scoring."""
+
+__all__: list[str] = []
