@@ -222,9 +222,7 @@ def decode_reading(
     if reading.v != 1:
         raise ContractError("unknown_version", f"v={reading.v}, this pipeline understands v=1")
     if topic_vin is not None and reading.vin != topic_vin:
-        raise ContractError(
-            "vin_mismatch", f"payload vin {reading.vin} != topic vin {topic_vin}"
-        )
+        raise ContractError("vin_mismatch", f"payload vin {reading.vin} != topic vin {topic_vin}")
     if reading.ts - now > MAX_FUTURE:
         raise ContractError(
             "ts_in_future", f"ts {reading.ts.isoformat()} is after receive time + 24 h"
@@ -245,7 +243,9 @@ def decode_message(
     except ContractError as exc:
         return Decoded(None, [], [Rejection(exc.reason, exc.detail, payload)])
     if parsed.kind not in ("bms", "batch"):
-        return Decoded(parsed, [], [Rejection("bad_topic", f"not a reading topic: {topic}", payload)])
+        return Decoded(
+            parsed, [], [Rejection("bad_topic", f"not a reading topic: {topic}", payload)]
+        )
     if len(payload) > max_payload_bytes:
         detail = f"{len(payload)} bytes > limit {max_payload_bytes}"
         return Decoded(parsed, [], [Rejection("payload_too_large", detail, payload)])

@@ -148,8 +148,9 @@ def write_telemetry(
             mask = (day_np == np.datetime64(day)) & (fleet_np == fleet)
             part = body.filter(pa.array(mask))
         name = f"{file_prefix}-{uuid.uuid4().hex[:12]}.parquet"
-        path = write_parquet_atomic(part, telemetry_dir(lake_root, day, fleet) / name,
-                                    zstd_level=zstd_level)
+        path = write_parquet_atomic(
+            part, telemetry_dir(lake_root, day, fleet) / name, zstd_level=zstd_level
+        )
         written.append(WrittenFile(path, day, fleet, part.num_rows))
     return written
 

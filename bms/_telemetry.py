@@ -181,7 +181,9 @@ def telemetry_table(
     t_fits = np.isfinite(t_dc) & (t_dc >= -32768) & (t_dc <= 32767) & ~t_sentinel
     t_range = t_fits & ((temps < TEMP_C_MIN) | (temps > TEMP_C_MAX))
 
-    def any_per_row(mask: npt.NDArray[np.bool_], off: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
+    def any_per_row(
+        mask: npt.NDArray[np.bool_], off: npt.NDArray[np.int64]
+    ) -> npt.NDArray[np.bool_]:
         csum = np.concatenate([[0], np.cumsum(mask, dtype=np.int64)])
         return np.asarray(csum[off[1:]] - csum[off[:-1]] > 0)
 

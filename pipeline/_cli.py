@@ -15,8 +15,14 @@ import click
 
 from bms import BmsError
 from ingest import IngestError
-from pipeline import _cmd_analyze, _cmd_anomalies, _cmd_ingest, _cmd_nightly, _cmd_report
-from pipeline import _cmd_simulate
+from pipeline import (
+    _cmd_analyze,
+    _cmd_anomalies,
+    _cmd_ingest,
+    _cmd_nightly,
+    _cmd_report,
+    _cmd_simulate,
+)
 from pipeline._config import ConfigError, Settings, load_settings, render_settings
 from reports import ReportError
 
@@ -79,7 +85,14 @@ def config_show(settings: Settings) -> None:
     click.echo(render_settings(settings), nl=False)
 
 
-for _module in (_cmd_simulate, _cmd_ingest, _cmd_analyze, _cmd_anomalies, _cmd_report, _cmd_nightly):
+for _module in (
+    _cmd_simulate,
+    _cmd_ingest,
+    _cmd_analyze,
+    _cmd_anomalies,
+    _cmd_report,
+    _cmd_nightly,
+):
     for _command in _module.COMMANDS:
         cli.add_command(_command)
 

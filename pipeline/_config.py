@@ -64,7 +64,7 @@ class IngestConfig:
     client_id: str = "fleetbms-ingest"  # also the persistent-session identity
     group: str = ""  # shared-subscription group; empty = plain subscription
     username: str = ""
-    password: Secret = Secret("")
+    password: Secret = Secret("")  # noqa: RUF009 (immutable str subclass)
     tls_ca: str = ""  # path of a CA bundle; empty = no TLS
     tls_cert: str = ""
     tls_key: str = ""
@@ -363,8 +363,8 @@ def render_settings(settings: Settings) -> str:
     ]
 
     def section(obj: Any, prefix: str) -> None:
-        scalars = []
-        tables = []
+        scalars: list[tuple[str, Any]] = []
+        tables: list[tuple[str, Any]] = []
         for f in dataclasses.fields(obj):
             value = getattr(obj, f.name)
             (tables if dataclasses.is_dataclass(value) else scalars).append((f.name, value))
