@@ -118,7 +118,10 @@ def soc_pct_from_ocv_v(ocv_v: npt.ArrayLike, chemistry: str) -> npt.NDArray[np.f
     numpy.ndarray
         State of charge, 0..100 (clipped at the table ends). [%]
     """
-    return np.interp(np.asarray(ocv_v, dtype=np.float64), _table(chemistry), _SOC_PCT)
+    out: npt.NDArray[np.float64] = np.interp(
+        np.asarray(ocv_v, dtype=np.float64), _table(chemistry), _SOC_PCT
+    )
+    return out
 
 
 def ocv_slope_mv_per_pct(soc_pct: npt.ArrayLike, chemistry: str) -> npt.NDArray[np.float64]:
