@@ -8,6 +8,7 @@ Every rejection carries a machine-readable reason code (``REJECT_REASONS``).
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -45,7 +46,7 @@ REJECT_REASONS: dict[str, str] = {
     "batch_too_large": "batch holds more than 10,000 readings",
 }
 
-_I32 = Annotated[int, msgspec.Meta(ge=-(2**31), le=2**31 - 1)]
+_I64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
 
 
 class Pack(msgspec.Struct, gc=False):
@@ -63,7 +64,7 @@ class Pack(msgspec.Struct, gc=False):
 class Cells(msgspec.Struct, gc=False):
     """Per-cell voltages [mV] in pack order and per-sensor temperatures [degC]."""
 
-    voltages_mv: Annotated[list[_I32], msgspec.Meta(min_length=1, max_length=MAX_CELLS)]
+    voltages_mv: Annotated[list[_I64], msgspec.Meta(min_length=1, max_length=MAX_CELLS)]
     temps_c: Annotated[list[float], msgspec.Meta(min_length=1, max_length=MAX_SENSORS)]
 
 
@@ -145,8 +146,11 @@ def topic_for(fleet_id: str, vin: str, kind: str) -> str:
     return f"fleet/{fleet_id}/{vin}/{suffix}"
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def parse_topic(topic: str) -> Topic:
     """Parse ``fleet/{fleet_id}/{vin}/bms[/batch]|ack|alert``.
+
+    Results are cached: a fleet has a bounded set of topics and this runs per message.
 
     Raises
     ------

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import enum
 from array import array
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 
 import numpy as np
 import numpy.typing as npt
@@ -78,10 +78,11 @@ TELEMETRY_SCHEMA = pa.schema(
 PARTITION_COLUMNS = ("fleet",)
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
 
 
 def _segment_stats(
-    values: npt.NDArray[np.int32],
+    values: npt.NDArray[np.int64],
     valid: npt.NDArray[np.bool_],
     offsets: npt.NDArray[np.int64],
 ) -> tuple[npt.NDArray[np.float64], ...]:
@@ -199,8 +200,8 @@ def telemetry_table(
     if extra_quality is not None:
         quality |= np.asarray(extra_quality, dtype=np.int32)
 
-    c_stats = _segment_stats(cells.astype(np.int32, copy=False), c_fits, c_off)
-    t_stats = _segment_stats(np.where(t_fits, t_dc, 0).astype(np.int32), t_fits, t_off)
+    c_stats = _segment_stats(np.where(c_fits, cells, 0), c_fits, c_off)
+    t_stats = _segment_stats(np.where(t_fits, t_dc, 0).astype(np.int64), t_fits, t_off)
 
     cell_values = pa.array(np.where(c_fits, cells, 0).astype(np.int16), mask=~c_fits)
     temp_values = pa.array(np.where(t_fits, t_dc, 0).astype(np.int16), mask=~t_fits)
@@ -260,7 +261,7 @@ class ReadingBuffer:
         self._cyc = array("q")
         self._odo = array("d")
         self._mode: list[str] = []
-        self._cells = array("i")
+        self._cells = array("q")
         self._c_off = array("q", [0])
         self._temps = array("d")
         self._t_off = array("q", [0])
@@ -283,7 +284,7 @@ class ReadingBuffer:
         self._fleet.append(fleet)
         self._vin.append(reading.vin)
         self._seq.append(reading.seq)
-        self._ts.append(int((reading.ts - _EPOCH).total_seconds() * 1000))
+        self._ts.append((reading.ts - _EPOCH) // _MS)  # exact integer ms, no float rounding
         self._cur.append(pack.current_a)
         self._volt.append(pack.voltage_v)
         self._soc.append(pack.soc_pct)
@@ -312,7 +313,7 @@ class ReadingBuffer:
             cycle_count=np.frombuffer(self._cyc, dtype=np.int64),
             odometer_km=np.frombuffer(self._odo, dtype=np.float64),
             mode=np.array(self._mode, dtype=object),
-            cell_mv=np.frombuffer(self._cells, dtype=np.int32),
+            cell_mv=np.frombuffer(self._cells, dtype=np.int64),
             cell_offsets=np.frombuffer(self._c_off, dtype=np.int64),
             temp_c=np.frombuffer(self._temps, dtype=np.float64),
             temp_offsets=np.frombuffer(self._t_off, dtype=np.int64),

@@ -1,0 +1,100 @@
+"""Layered configuration: defaults < TOML < environment < flags, and its errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from pipeline import ConfigError, cli, load_settings
+from pipeline._config import Secret, render_settings, with_overrides
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "fleetbms.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_without_file_or_environment() -> None:
+    settings = load_settings(env={})
+    assert settings.data_dir == Path("data")
+    assert settings.ingest.flush_rows == 50_000
+    assert settings.lake_dir == Path("data/lake")
+    assert settings.alerts.lfp.cell_max_mv == 3650
+
+
+def test_layers_override_in_order(tmp_path: Path) -> None:
+    conf = write(
+        tmp_path, "[ingest]\nflush_rows = 10\nflush_age_s = 5\n[alerts.lfp]\ntemp_max_c = 55\n"
+    )
+    env = {"FLEETBMS_INGEST__FLUSH_ROWS": "20", "FLEETBMS_ALERTS__LFP__CELL_MAX_MV": "3600"}
+    settings = load_settings(config_file=conf, env=env)
+    assert settings.ingest.flush_rows == 20
+    assert settings.ingest.flush_age_s == 5.0
+    assert settings.alerts.lfp.temp_max_c == 55.0
+    assert settings.alerts.lfp.cell_max_mv == 3600
+    assert settings.sources["ingest.flush_rows"] == "FLEETBMS_INGEST__FLUSH_ROWS"
+    assert settings.sources["ingest.flush_age_s"] == str(conf)
+    flagged = with_overrides(settings, {"ingest.flush_rows": 30, "ingest.broker": None})
+    assert flagged.ingest.flush_rows == 30
+    assert flagged.sources["ingest.flush_rows"] == "flag"
+    assert flagged.ingest.broker == settings.ingest.broker
+
+
+def test_data_dir_flag_beats_environment(tmp_path: Path) -> None:
+    env = {"FLEETBMS_DATA_DIR": "/srv/fleet"}
+    assert load_settings(env=env).data_dir == Path("/srv/fleet")
+    assert load_settings(env=env, data_dir=tmp_path).data_dir == tmp_path
+
+
+@pytest.mark.parametrize(
+    ("text", "env", "message"),
+    [
+        (
+            "",
+            {"FLEETBMS_INGEST__FLUSH_ROWS": "many"},
+            "ingest.flush_rows: 'many' is not an integer (from FLEETBMS_INGEST__FLUSH_ROWS)",
+        ),
+        ("[ingest]\nflush_age_s = 'soon'\n", {}, "ingest.flush_age_s: 'soon' is not a number"),
+        ("[ingest]\nflush_rowz = 1\n", {}, "ingest.flush_rowz: unknown key"),
+        ("[nosuch]\nx = 1\n", {}, "nosuch: unknown key"),
+        (
+            "[reports]\naudit_enabled = 'maybe'\n",
+            {},
+            "reports.audit_enabled: 'maybe' is not a boolean",
+        ),
+        ("[ingest\n", {}, "is not valid TOML"),
+    ],
+)
+def test_bad_values_name_key_value_and_source(
+    tmp_path: Path, text: str, env: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_settings(config_file=write(tmp_path, text), env=env)
+
+
+def test_secret_never_shows() -> None:
+    settings = load_settings(env={"FLEETBMS_INGEST__PASSWORD": "hunter2"})
+    assert settings.ingest.password == "hunter2"
+    assert isinstance(settings.ingest.password, Secret)
+    assert "hunter2" not in repr(settings)
+    assert "hunter2" not in render_settings(settings)
+
+
+def test_config_show_prints_effective_values_with_sources(tmp_path: Path) -> None:
+    conf = write(tmp_path, "[fleet]\nid = 'blr-buses'\n")
+    result = CliRunner().invoke(
+        cli, ["--config", str(conf), "config", "show"], env={"FLEETBMS_INGEST__FLUSH_ROWS": "7"}
+    )
+    assert result.exit_code == 0, result.output
+    assert f'id = "blr-buses"  # {conf}' in result.output
+    assert "flush_rows = 7  # FLEETBMS_INGEST__FLUSH_ROWS" in result.output
+    assert 'timezone = "Asia/Kolkata"  # default' in result.output
+
+
+def test_config_show_with_a_missing_file_is_one_line_error(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["--config", str(tmp_path / "nope.toml"), "config", "show"])
+    assert result.exit_code == 1
+    assert result.output == f"Error: config file {tmp_path / 'nope.toml'} does not exist\n"
