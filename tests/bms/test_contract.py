@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 
 import bms
 
-EXAMPLES = Path(__file__).resolve().parents[3] / "shared" / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "docs" / "contract" / "examples"
 NOW = datetime(2026, 11, 25, tzinfo=UTC)
 VIN = "MAT612345NEX00001"
 TOPIC = f"fleet/demo/{VIN}/bms"
