@@ -1,7 +1,158 @@
-"""Commands of the report stage."""
+"""Commands of the report stage.
+
+Two parts: the fleet and vehicle reports (``report ...``), and the insurer audit bundles
+with their keys (``keys generate``, ``audit export``, ``audit verify``). Each part lists
+its commands in ``COMMANDS`` at its end.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+from datetime import datetime
+from pathlib import Path
+
 import click
 
+from pipeline._config import Settings
+
 COMMANDS: list[click.Command] = []
+
+# --------------------------------------------------------------------------------------
+# Audit bundles and their keys: keys generate, audit export, audit verify
+# --------------------------------------------------------------------------------------
+
+_DAY = click.DateTime(["%Y-%m-%d"])
+
+
+@click.group("keys")
+def keys_group() -> None:
+    """Manage the Ed25519 key pair that signs audit bundles."""
+
+
+@keys_group.command("generate")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Folder of signing.key and signing.pub [default: DATA_DIR/state/keys].",
+)
+@click.option("--force", is_flag=True, help="Replace an existing key pair.")
+@click.pass_obj
+def keys_generate(settings: Settings, out_dir: Path | None, force: bool) -> None:
+    """Create the signing key pair (private key mode 0600, public key beside it).
+
+    Give signing.pub to the insurer; signing.key never leaves the fleet.
+
+    Example: fleetbms keys generate --out data/state/keys
+    """
+    from reports import generate_signing_keys
+
+    pair = generate_signing_keys(out_dir or settings.state_dir / "keys", force=force)
+    click.echo(f"private key: {pair.private_key} (mode 0600, keep it secret)")
+    click.echo(f"public key:  {pair.public_key} (give it to verifiers)")
+    click.echo(f"fingerprint: {pair.fingerprint}")
+
+
+@click.group("audit")
+def audit_group() -> None:
+    """Export and verify signed, pseudonymised insurer audit bundles."""
+
+
+@audit_group.command("export")
+@click.option("--from", "date_from", type=_DAY, required=True, help="First day (UTC).")
+@click.option("--to", "date_to", type=_DAY, required=True, help="Last day (UTC), included.")
+@click.option("--fleet", default=None, help="Only this fleet [default: all fleets].")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Bundle folder, or a file name ending in .tar for a single tar file.",
+)
+@click.option(
+    "--key",
+    "key_file",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Ed25519 private key [default: DATA_DIR/state/keys/signing.key].",
+)
+@click.option(
+    "--reveal",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Also write the pseudonym->VIN mapping (CSV, 0600) to this file, outside the bundle.",
+)
+@click.pass_obj
+def audit_export(
+    settings: Settings,
+    date_from: datetime,
+    date_to: datetime,
+    fleet: str | None,
+    out: Path,
+    key_file: Path | None,
+    reveal: Path | None,
+) -> None:
+    """Write the period's metrics and verdicts as a signed audit bundle.
+
+    Vehicle ids are replaced by keyed pseudonyms (key: DATA_DIR/state/keys/pseudonym.key,
+    created on first use). The same inputs and keys give a byte-identical bundle.
+
+    Example: fleetbms audit export --from 2026-11-01 --to 2026-11-30 --out audit-2026-11
+    """
+    from reports import export_audit_bundle
+
+    parameters = {
+        "analytics": dataclasses.asdict(settings.analytics),
+        "anomaly": dataclasses.asdict(settings.anomaly),
+        "warranty_policy": settings.reports.warranty_policy,
+    }
+    result = export_audit_bundle(
+        settings.lake_dir,
+        settings.state_dir,
+        out,
+        date_from=date_from.date(),
+        date_to=date_to.date(),
+        fleet=fleet,
+        signing_key=key_file,
+        reveal=reveal,
+        parameters=parameters,
+    )
+    click.echo(
+        f"Wrote {result.path}: fleets {', '.join(result.fleets)}, "
+        f"{result.date_from}..{result.date_to} ({result.days_with_data} days with data), "
+        f"{len(result.tables)} tables, {result.rows:,} rows, {result.vehicles} vehicles, "
+        f"{result.files} files, {result.output_bytes / 1e6:.1f} MB"
+    )
+    click.echo(f"signed by {result.signer}; manifest sha256 {result.manifest_sha256}")
+    if reveal is not None:
+        click.echo(f"pseudonym->VIN mapping: {reveal} (private: do not send it with the bundle)")
+
+
+@audit_group.command("verify")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option(
+    "--public-key",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="The fleet's Ed25519 public key (signing.pub).",
+)
+@click.pass_context
+def audit_verify(ctx: click.Context, bundle: Path, public_key: Path) -> None:
+    """Check a bundle offline: every file's hash, the day chain and the signature.
+
+    Prints each problem (changed, added or removed file, broken chain, bad signature)
+    and exits 1 if there is any; prints a summary and exits 0 otherwise.
+
+    Example: fleetbms audit verify audit-2026-11 --public-key signing.pub
+    """
+    from reports import verify_audit_bundle
+
+    result = verify_audit_bundle(bundle, public_key)
+    for problem in result.problems:
+        click.echo(str(problem))
+    click.echo(result.summary())
+    if not result.ok:
+        ctx.exit(1)
+
+
+COMMANDS += [keys_group, audit_group]

@@ -1,0 +1,543 @@
+"""Export of signed, pseudonymised insurer audit bundles (format in ``reports._bundle``).
+
+The exporter reads whatever the analytics and anomaly stages left in the lake for the
+period (``metrics/<table>/date=D/fleet=F/*.parquet`` and ``anomalies/date=D/fleet=F/``),
+replaces every VIN by its keyed pseudonym, writes each (day, table, fleet) as Parquet
+and CSV, chains the day manifests, and signs the top manifest with Ed25519 (RFC 8032).
+
+Everything written is a function of the inputs and the keys: no wall clock, sorted
+paths, canonical JSON, deterministic Parquet/CSV writers and deterministic Ed25519
+signatures, so a rerun gives a byte-identical bundle.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tarfile
+import uuid
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pcsv
+import pyarrow.parquet as pq
+
+from bms import FLEET_PATTERN, fsync_dir
+from reports import _bundle as fmt
+from reports._dictionary import TableInfo, data_dictionary, methodology
+from reports._errors import ReportError
+from reports._keys import (
+    SIGNING_KEY_NAME,
+    load_or_create_pseudonym_key,
+    load_signing_key,
+    public_key_fingerprint,
+    write_secret_file,
+)
+from reports._pseudonym import (
+    PSEUDONYM_HEX_DIGITS,
+    PSEUDONYM_PREFIX,
+    Pseudonymizer,
+    is_vin_column,
+)
+
+#: zstd level of the bundle's Parquet files (the lake's ingest level).
+PARQUET_ZSTD_LEVEL = 3
+_DATE_DIR = re.compile(r"^date=(\d{4}-\d{2}-\d{2})$")
+_UTC_NAMES = frozenset({"UTC", "utc", "Etc/UTC", "+00:00", "Z"})
+
+
+@dataclass(frozen=True, slots=True)
+class AuditExport:
+    """Result of ``export_audit_bundle``.
+
+    Attributes
+    ----------
+    path : Path
+        The bundle (directory, or ``.tar`` file).
+    date_from, date_to : date
+        The period, both days included.
+    fleets : tuple of str
+        Fleets with data in the bundle.
+    days_with_data : int
+        Days of the period that had at least one table.
+    tables : tuple of str
+        Exported tables (``metrics/<name>``, ``anomalies``).
+    files : int
+        Files listed in the manifest.
+    rows : int
+        Rows exported, over all tables.
+    vehicles : int
+        Distinct VINs replaced by pseudonyms.
+    input_bytes, output_bytes : int
+        Size of the lake files read and of the bundle files written. [bytes]
+    chain_head : str
+        SHA-256 of the last day manifest.
+    manifest_sha256 : str
+        SHA-256 of ``manifest.json``.
+    signer : str
+        ``sha256:`` fingerprint of the signing public key.
+    """
+
+    path: Path
+    date_from: date
+    date_to: date
+    fleets: tuple[str, ...]
+    days_with_data: int
+    tables: tuple[str, ...]
+    files: int
+    rows: int
+    vehicles: int
+    input_bytes: int
+    output_bytes: int
+    chain_head: str
+    manifest_sha256: str
+    signer: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Partition:
+    key: str  # "metrics/<table>" or "anomalies"
+    day: date
+    fleet: str
+    files: tuple[Path, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _Written:
+    path: str  # bundle-relative
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Finished:
+    files: dict[str, _Written]
+    tables: dict[str, TableInfo]
+    chain_head: str
+    manifest_sha256: str
+
+
+@dataclass(frozen=True, slots=True)
+class _PartResult:
+    part: _Partition
+    out_key: str  # scrubbed table key
+    out_fleet: str
+    schema: pa.Schema
+    rows: int
+    written: tuple[_Written, ...]
+
+
+def _date_dirs(base: Path, date_from: date, date_to: date) -> list[tuple[date, Path]]:
+    if not base.is_dir():
+        return []
+    out = []
+    for entry in base.iterdir():
+        m = _DATE_DIR.match(entry.name)
+        if not m or not entry.is_dir():
+            continue
+        try:
+            day = date.fromisoformat(m.group(1))
+        except ValueError:
+            continue
+        if date_from <= day <= date_to:
+            out.append((day, entry))
+    return sorted(out)
+
+
+def _fleet_parts(key: str, day: date, day_path: Path, fleet: str | None) -> list[_Partition]:
+    parts = []
+    for entry in sorted(day_path.iterdir()):
+        if not entry.name.startswith("fleet=") or not entry.is_dir():
+            continue
+        fleet_id = entry.name[len("fleet=") :]
+        if fleet is not None and fleet_id != fleet:
+            continue
+        files = tuple(
+            sorted(p for p in entry.glob("*.parquet") if not p.name.startswith(".") and p.is_file())
+        )
+        if files:
+            parts.append(_Partition(key, day, fleet_id, files))
+    return parts
+
+
+def find_partitions(
+    lake_dir: Path, date_from: date, date_to: date, fleet: str | None = None
+) -> list[_Partition]:
+    """Lake partitions of metrics and anomalies in the period, sorted."""
+    found: list[_Partition] = []
+    metrics = lake_dir / "metrics"
+    if metrics.is_dir():
+        for table_dir in sorted(metrics.iterdir()):
+            if table_dir.name.startswith(".") or not table_dir.is_dir():
+                continue
+            for day, day_path in _date_dirs(table_dir, date_from, date_to):
+                found += _fleet_parts(f"metrics/{table_dir.name}", day, day_path, fleet)
+    for day, day_path in _date_dirs(lake_dir / "anomalies", date_from, date_to):
+        found += _fleet_parts("anomalies", day, day_path, fleet)
+    return sorted(found, key=lambda p: (p.day, p.key, p.fleet))
+
+
+def _known_vins(lake_dir: Path, parts: list[_Partition]) -> set[str]:
+    """VINs of the registry and of every VIN column of the partitions' files."""
+    files = [f for p in parts for f in p.files]
+    registry = lake_dir / "registry" / "vehicles.parquet"
+    if registry.is_file():
+        files.append(registry)
+    vins: set[str] = set()
+    for path in files:
+        schema = _read_schema(path)
+        names = [
+            f.name
+            for f in schema
+            if is_vin_column(f.name)
+            and (pa.types.is_string(f.type) or pa.types.is_dictionary(f.type))
+        ]
+        if not names:
+            continue
+        try:
+            table = pq.read_table(path, columns=names, read_dictionary=names)
+        except (OSError, pa.ArrowException) as exc:
+            raise ReportError(f"cannot read {path}: {exc}") from None
+        for column in table.columns:
+            for chunk in column.chunks:
+                vins.update(v for v in chunk.dictionary.to_pylist() if isinstance(v, str))
+    return vins
+
+
+def _read_schema(path: Path) -> pa.Schema:
+    try:
+        return pq.read_schema(path)
+    except (OSError, pa.ArrowException) as exc:
+        raise ReportError(f"cannot read {path}: {exc}") from None
+
+
+def _read_part(part: _Partition) -> pa.Table:
+    tables = []
+    for path in part.files:
+        try:
+            tables.append(pq.read_table(path, partitioning=None))
+        except (OSError, pa.ArrowException) as exc:
+            raise ReportError(f"cannot read {path}: {exc}") from None
+    if len(tables) == 1:
+        return tables[0]
+    try:
+        return pa.concat_tables(tables, promote_options="permissive")
+    except pa.ArrowException as exc:
+        folder = part.files[0].parent
+        raise ReportError(f"files of {folder} have incompatible schemas: {exc}") from None
+
+
+def _json_cell(value: Any) -> str | None:
+    if value is None:
+        return None
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def _csv_table(table: pa.Table) -> pa.Table:
+    """``table`` with columns the CSV writer cannot format (or formats slowly) as text.
+
+    Nested values become JSON; UTC timestamps are formatted without the per-value time
+    zone lookup (same text as Arrow's: ``2026-11-01 00:00:00.000Z``).
+    """
+    columns = []
+    for column in table.columns:
+        typ = column.type
+        if pa.types.is_timestamp(typ) and typ.tz in _UTC_NAMES:
+            naive = pc.cast(column, pa.timestamp(typ.unit))
+            column = pc.binary_join_element_wise(pc.cast(naive, pa.string()), "Z", "")
+        elif pa.types.is_nested(typ):
+            column = pa.array([_json_cell(v) for v in column.to_pylist()], pa.string())
+        columns.append(column)
+    return pa.Table.from_arrays(columns, names=table.column_names)
+
+
+def _write_file(root: Path, rel: str, data: bytes | pa.Buffer | memoryview) -> _Written:
+    path = root / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    view = memoryview(data)
+    with open(path, "wb") as fh:
+        fh.write(view)
+        fh.flush()
+        os.fsync(fh.fileno())
+    return _Written(rel, fmt.sha256_hex(view), view.nbytes)
+
+
+def _export_part(part: _Partition, pseudonyms: Pseudonymizer, root: Path) -> _PartResult:
+    table = pseudonyms.table(_read_part(part))
+    out_key = pseudonyms.text(part.key)
+    out_fleet = pseudonyms.text(part.fleet)
+    base = f"{fmt.day_dir(part.day)}/{out_key}/fleet={out_fleet}"
+    sink = pa.BufferOutputStream()
+    pq.write_table(
+        table,
+        sink,
+        compression="zstd",
+        compression_level=PARQUET_ZSTD_LEVEL,
+        write_statistics=True,
+    )
+    written = [_write_file(root, f"{base}.parquet", sink.getvalue())]
+    sink = pa.BufferOutputStream()
+    pcsv.write_csv(_csv_table(table), sink)
+    written.append(_write_file(root, f"{base}.csv", sink.getvalue()))
+    return _PartResult(part, out_key, out_fleet, table.schema, table.num_rows, tuple(written))
+
+
+def _check_out(out: Path) -> None:
+    if out.name.endswith(".tar"):
+        if out.exists() and not out.is_file():
+            raise ReportError(f"{out} exists and is not a file")
+        return
+    if out.exists() or out.is_symlink():
+        if not out.is_dir() or out.is_symlink():
+            raise ReportError(f"{out} exists and is not a directory")
+        if any(out.iterdir()) and not (out / fmt.MANIFEST_NAME).is_file():
+            raise ReportError(f"{out} is not empty and is not an audit bundle; not overwriting")
+
+
+def _is_within(inner: Path, outer: Path) -> bool:
+    inner_r, outer_r = inner.resolve(), outer.resolve()
+    return inner_r == outer_r or outer_r in inner_r.parents
+
+
+def _tar_into(src: Path, files: list[str], tar_path: Path, top: str, mtime: int) -> None:
+    with open(tar_path, "wb") as raw:
+        with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            for rel in files:
+                info = tarfile.TarInfo(f"{top}/{rel}")
+                info.size = (src / rel).stat().st_size
+                info.mtime = mtime
+                info.mode = 0o644
+                info.uid = info.gid = 0
+                info.uname = info.gname = ""
+                with open(src / rel, "rb") as fh:
+                    tar.addfile(info, fh)
+        raw.flush()
+        os.fsync(raw.fileno())
+
+
+def _install(tmp: Path, out: Path, files: list[str], date_to: date) -> None:
+    """Move the finished bundle in ``tmp`` to ``out`` (directory or ``.tar``)."""
+    for folder in sorted({(tmp / f).parent for f in files}, key=lambda p: -len(p.parts)):
+        fsync_dir(folder)
+    if out.name.endswith(".tar"):
+        mtime = int(datetime.combine(date_to, datetime.max.time(), UTC).timestamp())
+        tar_tmp = out.parent / f".{out.name}.{uuid.uuid4().hex}.tmp"
+        try:
+            _tar_into(tmp, files, tar_tmp, out.name[: -len(".tar")], mtime)
+            os.replace(tar_tmp, out)
+        finally:
+            tar_tmp.unlink(missing_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True)
+    elif out.exists():
+        old = out.parent / f".{out.name}.{uuid.uuid4().hex}.old"
+        os.rename(out, old)
+        os.rename(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, out)
+    fsync_dir(out.parent)
+
+
+def _write_reveal(path: Path, mapping: Mapping[str, str]) -> None:
+    lines = ["pseudonym,vin"] + [f"{p},{mapping[p]}" for p in sorted(mapping)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        write_secret_file(path, ("\n".join(lines) + "\n").encode("utf-8"), 0o600, replace=True)
+    except OSError as exc:
+        raise ReportError(f"cannot write reveal file {path}: {exc.strerror}") from None
+
+
+def export_audit_bundle(
+    lake_dir: Path,
+    state_dir: Path,
+    out: Path,
+    *,
+    date_from: date,
+    date_to: date,
+    fleet: str | None = None,
+    signing_key: Path | None = None,
+    reveal: Path | None = None,
+    parameters: Mapping[str, Any] | None = None,
+    workers: int = 2,
+) -> AuditExport:
+    """Write a signed, pseudonymised audit bundle of the period's metrics and verdicts.
+
+    Parameters
+    ----------
+    lake_dir : Path
+        Root of the lake (``data/lake``).
+    state_dir : Path
+        State folder (``data/state``): keys in ``keys/``, anomaly models in ``models/``.
+    out : Path
+        Bundle directory to create or replace (only an existing bundle or an empty
+        folder is replaced), or a path ending in ``.tar`` for a single tar file.
+    date_from, date_to : date
+        The period, both days included (UTC event dates).
+    fleet : str, optional
+        Export only this fleet; default all fleets in the lake.
+    signing_key : Path, optional
+        Ed25519 private key (PEM); default ``state_dir/keys/signing.key``.
+    reveal : Path, optional
+        Also write the pseudonym -> VIN mapping to this CSV file (mode 0600). It must
+        lie outside the bundle.
+    parameters : mapping, optional
+        Configuration that produced the metrics, recorded in ``methodology.json``.
+    workers : int
+        Partitions exported in parallel.
+
+    Returns
+    -------
+    AuditExport
+
+    Raises
+    ------
+    ReportError
+        Bad period or fleet, missing or unreadable key, no data for the period, an
+        unreadable lake file, or an output path that must not be overwritten.
+    """
+    if date_from > date_to:
+        raise ReportError(f"--from {date_from} is after --to {date_to}")
+    if (date_to - date_from).days >= fmt.MAX_PERIOD_DAYS:
+        raise ReportError(
+            f"period {date_from}..{date_to} is longer than {fmt.MAX_PERIOD_DAYS} days"
+        )
+    if fleet is not None and not re.fullmatch(FLEET_PATTERN, fleet):
+        raise ReportError(f"fleet {fleet!r} is not 1-64 characters of [A-Za-z0-9_-]")
+    _check_out(out)
+    if reveal is not None and _is_within(reveal, out):
+        raise ReportError(f"reveal file {reveal} must be outside the bundle {out}")
+    keys_dir = state_dir / "keys"
+    key_path = signing_key if signing_key is not None else keys_dir / SIGNING_KEY_NAME
+    if signing_key is None and not key_path.exists():
+        raise ReportError(f"no signing key at {key_path}; create one with: fleetbms keys generate")
+    private_key = load_signing_key(key_path)
+    signer = public_key_fingerprint(private_key.public_key())
+
+    parts = find_partitions(lake_dir, date_from, date_to, fleet)
+    if not parts:
+        which = f" of fleet {fleet}" if fleet else ""
+        raise ReportError(
+            f"no metrics or anomalies{which} between {date_from} and {date_to} "
+            f"under {lake_dir}/metrics or {lake_dir}/anomalies"
+        )
+    pseudonyms = Pseudonymizer(load_or_create_pseudonym_key(keys_dir), _known_vins(lake_dir, parts))
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.{uuid.uuid4().hex}.tmp"
+    tmp.mkdir()
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            results = list(pool.map(lambda p: _export_part(p, pseudonyms, tmp), parts))
+        export = _finish(
+            tmp,
+            results,
+            pseudonyms,
+            state_dir,
+            date_from,
+            date_to,
+            parameters or {},
+            private_key.sign,
+            signer,
+        )
+        files = sorted(export.files)
+        _install(tmp, out, files, date_to)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if reveal is not None:
+        _write_reveal(reveal, pseudonyms.mapping)
+    return AuditExport(
+        path=out,
+        date_from=date_from,
+        date_to=date_to,
+        fleets=tuple(sorted({r.out_fleet for r in results})),
+        days_with_data=len({r.part.day for r in results}),
+        tables=tuple(sorted(export.tables)),
+        files=len(files),
+        rows=sum(r.rows for r in results),
+        vehicles=len(pseudonyms.mapping),
+        input_bytes=sum(f.stat().st_size for p in parts for f in p.files),
+        output_bytes=sum(w.size for w in export.files.values()),
+        chain_head=export.chain_head,
+        manifest_sha256=export.manifest_sha256,
+        signer=signer,
+    )
+
+
+def _finish(
+    root: Path,
+    results: list[_PartResult],
+    pseudonyms: Pseudonymizer,
+    state_dir: Path,
+    date_from: date,
+    date_to: date,
+    parameters: Mapping[str, Any],
+    sign: Callable[[bytes], bytes],
+    signer: str,
+) -> _Finished:
+    """Write day manifests (chained), dictionary, methodology, manifest and signature."""
+    files: dict[str, _Written] = {}
+    tables: dict[str, TableInfo] = {}
+    by_day: dict[date, list[_PartResult]] = {}
+    for r in results:
+        by_day.setdefault(r.part.day, []).append(r)
+        info = tables.setdefault(r.out_key, TableInfo(r.out_key))
+        info.add(r.schema, r.rows, r.part.day.isoformat(), r.out_fleet)
+    prev = fmt.GENESIS
+    for day in fmt.period_days(date_from, date_to):
+        day_files: dict[str, Any] = {}
+        for r in by_day.get(day, []):
+            for w in r.written:
+                files[w.path] = w
+                day_files[w.path] = {"sha256": w.sha256, "bytes": w.size, "rows": r.rows}
+        day_manifest = {
+            "format": fmt.DAY_FORMAT,
+            "format_version": fmt.FORMAT_VERSION,
+            "date": day.isoformat(),
+            "prev": prev,
+            "files": day_files,
+        }
+        w = _write_file(root, fmt.day_manifest_path(day), fmt.canonical_json(day_manifest))
+        files[w.path] = w
+        prev = w.sha256
+    models_dir = state_dir / "models"
+    for name, content in (
+        (fmt.README_NAME, fmt.readme_bytes()),
+        (fmt.DICTIONARY_NAME, fmt.pretty_json(data_dictionary(tables))),
+        (fmt.METHODOLOGY_NAME, fmt.pretty_json(methodology(models_dir, pseudonyms, parameters))),
+    ):
+        w = _write_file(root, name, content)
+        files[w.path] = w
+    manifest = {
+        "format": fmt.FORMAT,
+        "format_version": fmt.FORMAT_VERSION,
+        "period": {"from": date_from.isoformat(), "to": date_to.isoformat()},
+        "generated_at": fmt.generated_at(date_to),
+        "fleets": sorted({r.out_fleet for r in results}),
+        "tables": sorted(tables),
+        "chain": {
+            "rule": "days/D/manifest.json prev = sha256 of the previous day's manifest.json",
+            "genesis": fmt.GENESIS,
+            "days": len(fmt.period_days(date_from, date_to)),
+            "head": prev,
+        },
+        "pseudonyms": {
+            "method": "HMAC-SHA256",
+            "key_id": pseudonyms.key_id,
+            "format": f"{PSEUDONYM_PREFIX} + first {PSEUDONYM_HEX_DIGITS} hex digits",
+        },
+        "signature": {"algorithm": "Ed25519", "file": fmt.SIGNATURE_NAME, "public_key": signer},
+        "files": {p: {"sha256": w.sha256, "bytes": w.size} for p, w in sorted(files.items())},
+    }
+    manifest_bytes = fmt.canonical_json(manifest)
+    top = _write_file(root, fmt.MANIFEST_NAME, manifest_bytes)
+    sig = _write_file(root, fmt.SIGNATURE_NAME, sign(manifest_bytes))
+    all_files = {**files, top.path: top, sig.path: sig}
+    return _Finished(all_files, tables, prev, top.sha256)
