@@ -194,21 +194,18 @@ def _known_vins(lake_dir: Path, parts: list[_Partition]) -> set[str]:
     vins: set[str] = set()
     for path in files:
         schema = _read_schema(path)
-        names = [
-            f.name
-            for f in schema
-            if is_vin_column(f.name)
-            and (pa.types.is_string(f.type) or pa.types.is_dictionary(f.type))
-        ]
+        names = [f.name for f in schema if is_vin_column(f.name)]
         if not names:
             continue
         try:
-            table = pq.read_table(path, columns=names, read_dictionary=names)
+            table = pq.read_table(path, columns=names)
         except (OSError, pa.ArrowException) as exc:
             raise ReportError(f"cannot read {path}: {exc}") from None
         for column in table.columns:
-            for chunk in column.chunks:
-                vins.update(v for v in chunk.dictionary.to_pylist() if isinstance(v, str))
+            if pa.types.is_dictionary(column.type):
+                column = column.cast(column.type.value_type)
+            if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+                vins.update(v for v in pc.unique(column).to_pylist() if v)
     return vins
 
 
@@ -255,6 +252,8 @@ def _csv_table(table: pa.Table) -> pa.Table:
             column = pc.binary_join_element_wise(pc.cast(naive, pa.string()), "Z", "")
         elif pa.types.is_nested(typ):
             column = pa.array([_json_cell(v) for v in column.to_pylist()], pa.string())
+        elif pa.types.is_interval(typ):
+            column = pa.array([None if v is None else str(v) for v in column.to_pylist()])
         columns.append(column)
     return pa.Table.from_arrays(columns, names=table.column_names)
 
