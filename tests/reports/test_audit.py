@@ -421,3 +421,27 @@ def test_cli_errors_are_one_line(lake: Path, data_dir: Path, tmp_path: Path) -> 
         1,
         f"Error: signing key {tmp_path / 'none.key'} does not exist\n",
     )
+
+
+def test_readme_examples_of_keys_and_audit_commands_run_as_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    examples = [
+        line.split()[1:]
+        for line in readme.splitlines()
+        if line.startswith(("fleetbms keys ", "fleetbms audit "))
+    ]
+    assert [e[:2] for e in examples] == [
+        ["keys", "generate"],
+        ["audit", "export"],
+        ["audit", "verify"],
+    ]
+    monkeypatch.chdir(tmp_path)
+    make_lake(Path("data"))
+    runner = CliRunner()
+    for args in examples:
+        result = runner.invoke(cli, args)
+        assert result.exit_code == 0, (args, result.output)
+    assert result.output.startswith("OK: ")
+    assert (tmp_path / "private" / "reveal-2026-11.csv").stat().st_mode & 0o777 == 0o600
