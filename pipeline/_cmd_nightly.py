@@ -1,7 +1,207 @@
-"""Commands of the nightly stage."""
+"""Commands of the nightly stage: ``nightly``, ``status`` and ``erase``.
+
+Exit codes of ``nightly``: 0 ok, 1 failed, 2 usage error, 3 completed with data gaps,
+75 another run holds the lock (EX_TEMPFAIL: try again later).
+"""
 
 from __future__ import annotations
 
+import json
+import sys
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
 import click
 
-COMMANDS: list[click.Command] = []
+from pipeline._config import Settings
+from pipeline._nightly import EXIT_LOCKED, nightly_status, run_nightly
+from pipeline._nightly_state import LockedError, nightly_lock
+
+
+class _JsonLog:
+    """One JSON object per event and line on stdout (for cron and journald)."""
+
+    def __call__(self, event: Mapping[str, Any]) -> None:
+        click.echo(json.dumps(dict(event), sort_keys=True, default=str))
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+class _ProgressBars:
+    """rich progress bars on stderr, one per stage."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self._progress = Progress(
+            TextColumn("{task.description:<40}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TimeElapsedColumn(),
+            console=Console(stderr=True),
+        )
+        self._tasks: dict[str, Any] = {}
+        self._progress.start()
+
+    def __call__(self, event: Mapping[str, Any]) -> None:
+        kind = event["event"]
+        stage = str(event.get("stage", ""))
+        if kind == "stage_start":
+            self._tasks[stage] = self._progress.add_task(stage, total=None)
+        elif kind == "progress":
+            self._progress.update(self._tasks[stage], completed=event["done"], total=event["total"])
+        elif kind == "stage_end":
+            task = self._tasks[stage]
+            total = self._progress.tasks[task].total or 1
+            self._progress.update(
+                task,
+                description=f"{stage}: {event['status']}",
+                total=total,
+                completed=total,
+            )
+
+    def close(self) -> None:
+        self._progress.stop()
+
+
+def _summary(record: Mapping[str, Any]) -> str:
+    lines = [f"nightly {record['run_date']} fleet {record['fleet']}: {record['status']}"]
+    lines.append(f"  dates: {', '.join(record.get('dates', []))}")
+    for st in record["stages"]:
+        lines.append(
+            f"  {st['name']:<15} {st['status']:<14} {st.get('duration_s', 0):>8.2f} s"
+            f"  {st.get('message', '')}"
+        )
+    lines.append(f"  run record: state/runs/{record['run_id']}.json")
+    return "\n".join(lines)
+
+
+@click.command("nightly")
+@click.option(
+    "--date",
+    "day",
+    type=click.DateTime(["%Y-%m-%d"]),
+    default=None,
+    help="UTC event date to process [default: yesterday in fleet.timezone].",
+)
+@click.option("--fleet", default=None, help="Fleet id [default: fleet.id].")
+@click.pass_obj
+def nightly_command(settings: Settings, day: datetime | None, fleet: str | None) -> int:
+    """Run the nightly batch: compaction, reconciliation, analytics, anomalies,
+    reports, audit bundle, retention; also every date marked dirty by late data.
+
+    Safe to rerun: work whose inputs did not change is skipped. Progress bars on a
+    terminal, JSON lines otherwise. Exit codes: 0 ok, 1 failed, 2 usage error,
+    3 completed with data gaps, 75 another run holds data/state/nightly.lock.
+
+    Example: fleetbms --data-dir data nightly --date 2026-11-25 --fleet demo
+    """
+    observer: _JsonLog | _ProgressBars = _ProgressBars() if sys.stderr.isatty() else _JsonLog()
+    try:
+        record = run_nightly(
+            settings, day=day.date() if day else None, fleet=fleet, observer=observer
+        )
+    except LockedError as exc:
+        observer.close()
+        click.echo(f"Error: {exc}", err=True)
+        return EXIT_LOCKED
+    observer.close()
+    if isinstance(observer, _ProgressBars):
+        click.echo(_summary(record))
+    if record.get("error"):
+        click.echo(f"Error: {record['error']}", err=True)
+    return int(record["exit_code"])
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
+
+
+@click.command("status")
+@click.option("--runs", default=5, show_default=True, help="How many recent runs to show.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object instead of text.")
+@click.pass_obj
+def status_command(settings: Settings, runs: int, as_json: bool) -> None:
+    """Show the last nightly runs, dirty dates, lake size, ingest lag and open anomalies.
+
+    Example: fleetbms --data-dir data status --runs 3
+    """
+    st = nightly_status(settings, runs=runs)
+    if as_json:
+        obj = {
+            "runs": [
+                {k: r.get(k) for k in ("run_id", "run_date", "fleet", "status", "exit_code")}
+                for r in st.runs
+            ],
+            "running": st.running,
+            "dirty_dates": [d.isoformat() for d in st.dirty_dates],
+            "sizes_bytes": st.sizes_bytes,
+            "newest_received_at": st.newest_received_at,
+            "ingest_lag_s": st.ingest_lag_s,
+            "open_anomalies": st.open_anomalies,
+        }
+        click.echo(json.dumps(obj, sort_keys=True, default=str))
+        return
+    click.echo(f"running: {st.running or 'no'}")
+    click.echo("last runs:" if st.runs else "last runs: none")
+    for r in st.runs:
+        click.echo(
+            f"  {r['run_id']}  date {r.get('run_date')}  fleet {r.get('fleet')}  "
+            f"{r.get('status')} (exit {r.get('exit_code')})  {r.get('duration_s', '-')} s"
+        )
+    dirty = ", ".join(d.isoformat() for d in st.dirty_dates) or "none"
+    click.echo(f"dirty dates: {dirty}")
+    click.echo("sizes:")
+    for name, n in st.sizes_bytes.items():
+        click.echo(f"  {name:<16} {_size(n):>10}")
+    if st.newest_received_at is None:
+        click.echo("ingest lag: no telemetry")
+    else:
+        click.echo(
+            f"ingest lag: {st.ingest_lag_s:.0f} s "
+            f"(newest reading received {st.newest_received_at.isoformat()})"
+        )
+    anomalies = "no anomaly table" if st.open_anomalies is None else str(st.open_anomalies)
+    click.echo(f"open anomalies: {anomalies}")
+
+
+@click.command("erase")
+@click.option("--vin", required=True, help="The vehicle whose personal data is removed.")
+@click.pass_obj
+def erase_command(settings: Settings, vin: str) -> int:
+    """Remove a vehicle's personal data from the lake, archive, state, truth and reports.
+
+    Logs the erasure with a keyed hash of the VIN (never the VIN) in
+    data/state/erasure/log.jsonl. Waits for no one: exits 75 while a nightly runs.
+
+    Example: fleetbms --data-dir data erase --vin MAT612345NEX00001
+    """
+    from pipeline._erase import erase_vehicle
+
+    try:
+        with nightly_lock(settings.state_dir, purpose=f"erase {vin[:3]}...", timeout_s=0):
+            r = erase_vehicle(
+                settings.data_dir,
+                vin,
+                lake_zstd_level=settings.nightly.compact_zstd_level,
+                archive_zstd_level=settings.retention.archive_zstd_level,
+            )
+    except LockedError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        return EXIT_LOCKED
+    click.echo(
+        f"erased {vin}: {r.rows_removed} rows removed, {r.files_rewritten} files rewritten, "
+        f"{r.files_deleted} deleted; logged as HMAC-SHA256 {r.vin_hmac[:16]}... in {r.log}"
+    )
+    return 0
+
+
+COMMANDS: list[click.Command] = [nightly_command, status_command, erase_command]

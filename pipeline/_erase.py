@@ -1,0 +1,304 @@
+"""Erasure of one vehicle's personal data from everything under the data directory.
+
+A VIN linked to an owner makes its telemetry personal data; India's DPDP Act 2023 gives
+the data principal a right to erasure (s.12) and requires erasure once the purpose is
+served (s.8(7)). ``erase_vehicle`` walks every file under the data directory (lake,
+archive, state, reports, simulator truth) rather than a list of known tables, so a table
+added later is covered too:
+
+- Parquet: every row whose string or binary columns mention the VIN (a ``vin`` column,
+  a topic, the raw bytes of a quarantined message, an evidence text) is removed and the
+  file rewritten atomically with the same name, row groups, sort order and metadata
+  (metadata entries that mention the VIN are dropped); a file left without rows is
+  deleted. Values are read back, not bytes scanned: zstd hides strings from a byte scan;
+- JSON: entries whose key mentions the VIN and records (objects) with a value that
+  mentions it are removed; other text files (CSV, JSON lines, logs) lose the lines that
+  mention it;
+- PDFs that mention the VIN (in their text streams or their name) and any other file or
+  directory whose name or bytes mention it are deleted: a report is derived data and is
+  written again, without the vehicle, by the next report run.
+
+The erasure log ``state/erasure/log.jsonl`` records each erasure without the VIN in
+clear: it stores ``HMAC-SHA256(key, VIN)`` with a random key kept in
+``state/erasure/hmac.key`` (0600). A plain hash would not do: VINs are structured (a
+manufacturer prefix, a model code, a serial), so all plausible VINs of a fleet can be
+hashed and matched in seconds. With the keyed hash the operator can still answer "was
+this VIN erased, and when?" for a VIN someone presents, while the log alone reveals
+nothing; destroying the key makes the log anonymous.
+
+Erasure runs under the nightly lock so it does not race compaction or retention. It does
+not stop new readings of the VIN from arriving: stop ingest of the vehicle first.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import os
+import re
+import secrets
+import shutil
+import zlib
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from hashlib import sha256
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from bms import VIN_PATTERN, atomic_write_bytes, fsync_dir
+from pipeline._retention import rewrite_parquet
+
+_REMOVE = object()
+_FLATE_STREAM = re.compile(rb"stream\r?\n(.*?)\r?\nendstream", re.S)
+
+
+@dataclass(frozen=True, slots=True)
+class ErasureResult:
+    """What an erasure changed. ``vin_hmac`` is what the log holds instead of the VIN."""
+
+    vin_hmac: str
+    files_rewritten: int
+    files_deleted: int
+    rows_removed: int
+    log: Path
+
+
+def _hmac_key(state_dir: Path) -> bytes:
+    path = state_dir / "erasure" / "hmac.key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, secrets.token_bytes(32))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        fsync_dir(path.parent)
+    return path.read_bytes()
+
+
+def vin_hmac(state_dir: Path, vin: str) -> str:
+    """Keyed hash (HMAC-SHA256, hex) of a VIN, as stored in the erasure log."""
+    return hmac.new(_hmac_key(state_dir), vin.encode(), sha256).hexdigest()
+
+
+def _mentions(array: pa.Array | pa.ChunkedArray, vin: str) -> np.ndarray:
+    """Per row: does this column (any nesting) mention ``vin``?"""
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks()
+    n = len(array)
+    typ = array.type
+    if pa.types.is_dictionary(typ):
+        return _mentions(array.cast(typ.value_type), vin)
+    if (
+        pa.types.is_string(typ)
+        or pa.types.is_large_string(typ)
+        or pa.types.is_binary(typ)
+        or pa.types.is_large_binary(typ)
+    ):
+        hit = pc.match_substring(array, vin)
+        return np.asarray(pc.fill_null(hit, False).to_numpy(zero_copy_only=False), dtype=bool)
+    if pa.types.is_list(typ) or pa.types.is_large_list(typ):
+        inner = _mentions(pc.list_flatten(array), vin)
+        parents = pc.list_parent_indices(array).to_numpy()
+        out = np.zeros(n, dtype=bool)
+        out[parents[inner]] = True
+        return out
+    if pa.types.is_struct(typ):
+        out = np.zeros(n, dtype=bool)
+        for i in range(typ.num_fields):
+            out |= _mentions(array.field(i), vin)
+        return out
+    return np.zeros(n, dtype=bool)
+
+
+def _textual(typ: pa.DataType) -> bool:
+    if pa.types.is_dictionary(typ):
+        return _textual(typ.value_type)
+    if pa.types.is_list(typ) or pa.types.is_large_list(typ):
+        return _textual(typ.value_type)
+    if pa.types.is_struct(typ):
+        return any(_textual(typ.field(i).type) for i in range(typ.num_fields))
+    return bool(
+        pa.types.is_string(typ)
+        or pa.types.is_large_string(typ)
+        or pa.types.is_binary(typ)
+        or pa.types.is_large_binary(typ)
+    )
+
+
+def _erase_parquet(path: Path, vin: str, zstd_level: int) -> tuple[str, int]:
+    """Remove the VIN's rows from a Parquet file; return (action, rows removed)."""
+    pf = pq.ParquetFile(path)
+    schema = pf.schema_arrow
+    columns = [f.name for f in schema if _textual(f.type)]
+    meta = schema.metadata or {}
+    meta_hit = any(vin.encode() in k or vin.encode() in v for k, v in meta.items())
+    removed = 0
+    hit_groups: list[int] = []
+    for i in range(pf.metadata.num_row_groups):
+        if not columns:
+            break
+        t = pf.read_row_group(i, columns=columns)
+        hits = np.zeros(t.num_rows, dtype=bool)
+        for c in columns:
+            hits |= _mentions(t[c], vin)
+        if hits.any():
+            hit_groups.append(i)
+            removed += int(hits.sum())
+    if not hit_groups and not meta_hit:
+        return "", 0
+    if removed == pf.metadata.num_rows:
+        path.unlink()
+        return "deleted", removed
+
+    def keep(f: pq.ParquetFile, i: int) -> pa.Table:
+        t = f.read_row_group(i)
+        if i in hit_groups:
+            hits = np.zeros(t.num_rows, dtype=bool)
+            for c in columns:
+                hits |= _mentions(t[c], vin)
+            t = t.filter(pa.array(~hits))
+        return t
+
+    clean = {k: v for k, v in meta.items() if vin.encode() not in k + v}
+    rewrite_parquet(path, path, zstd_level=zstd_level, keep=keep, metadata=clean)
+    return "rewritten", removed
+
+
+def _scrub_json(obj: Any, vin: str) -> Any:
+    if isinstance(obj, str):
+        return _REMOVE if vin in obj else obj
+    if isinstance(obj, dict):
+        if any(isinstance(v, str) and vin in v for v in obj.values()):
+            return _REMOVE
+        out = {}
+        for k, v in obj.items():
+            if vin in str(k):
+                continue
+            s = _scrub_json(v, vin)
+            if s is not _REMOVE:
+                out[k] = s
+        return out
+    if isinstance(obj, list):
+        return [s for x in obj if (s := _scrub_json(x, vin)) is not _REMOVE]
+    return obj
+
+
+def _pdf_mentions(data: bytes, vin: str) -> bool:
+    needle = vin.encode()
+    if needle in data:
+        return True
+    for m in _FLATE_STREAM.finditer(data):
+        try:
+            if needle in zlib.decompress(m.group(1)):
+                return True
+        except zlib.error:
+            continue
+    return False
+
+
+def _erase_other(path: Path, vin: str) -> str:
+    """Handle a non-Parquet file; return ``deleted``, ``rewritten`` or ``""``."""
+    data = path.read_bytes()
+    if path.suffix.lower() == ".pdf":
+        if _pdf_mentions(data, vin):
+            path.unlink()
+            return "deleted"
+        return ""
+    if vin.encode() not in data:
+        return ""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        path.unlink()
+        return "deleted"
+    if path.suffix.lower() == ".json":
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError:
+            obj = _REMOVE
+        if obj is not _REMOVE:
+            scrubbed = _scrub_json(obj, vin)
+            if scrubbed is not _REMOVE:
+                atomic_write_bytes((json.dumps(scrubbed, indent=2) + "\n").encode(), path)
+                return "rewritten"
+        path.unlink()
+        return "deleted"
+    kept = [line for line in text.splitlines(keepends=True) if vin not in line]
+    atomic_write_bytes("".join(kept).encode(), path)
+    return "rewritten"
+
+
+def erase_vehicle(
+    data_dir: Path, vin: str, *, lake_zstd_level: int = 3, archive_zstd_level: int = 19
+) -> ErasureResult:
+    """Remove every trace of ``vin`` under ``data_dir`` and log the erasure (keyed hash).
+
+    Parameters
+    ----------
+    data_dir : Path
+        The data directory.
+    vin : str
+        17 characters of ``[A-HJ-NPR-Z0-9]``.
+    lake_zstd_level, archive_zstd_level : int
+        zstd levels of rewritten files outside and inside ``archive/``.
+
+    Raises
+    ------
+    ValueError
+        ``vin`` is not a VIN, or ``data_dir`` does not exist.
+    """
+    if not re.fullmatch(VIN_PATTERN, vin):
+        raise ValueError(f"{vin!r} is not a VIN (17 characters of A-H, J-N, P, R-Z, 0-9)")
+    if not data_dir.is_dir():
+        raise ValueError(f"data directory {data_dir} does not exist")
+    state_dir = data_dir / "state"
+    erasure_dir = state_dir / "erasure"
+    rewritten = deleted = rows = 0
+    for root, dirs, files in os.walk(data_dir, topdown=True):
+        here = Path(root)
+        if here == erasure_dir:
+            dirs[:] = []
+            continue
+        for d in [d for d in dirs if vin in d]:
+            shutil.rmtree(here / d)
+            dirs.remove(d)
+            deleted += 1
+        for name in sorted(files):
+            path = here / name
+            if path.is_symlink() or not path.is_file():
+                continue
+            if vin in name:
+                path.unlink()
+                deleted += 1
+                continue
+            if name.endswith(".parquet") and not name.startswith("."):
+                tier = path.relative_to(data_dir).parts[0]
+                level = archive_zstd_level if tier == "archive" else lake_zstd_level
+                action, n = _erase_parquet(path, vin, level)
+                rows += n
+            else:
+                action = _erase_other(path, vin)
+            rewritten += action == "rewritten"
+            deleted += action == "deleted"
+    digest = vin_hmac(state_dir, vin)
+    entry = {
+        "erased_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "vin_hmac_sha256": digest,
+        "key_id": sha256(_hmac_key(state_dir)).hexdigest()[:16],
+        "files_rewritten": rewritten,
+        "files_deleted": deleted,
+        "rows_removed": rows,
+    }
+    log = erasure_dir / "log.jsonl"
+    with open(log, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(entry, sort_keys=True) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    return ErasureResult(digest, rewritten, deleted, rows, log)

@@ -1,0 +1,673 @@
+"""The nightly batch: ordered stages over the dates that need work, under one lock.
+
+A stage is a function ``(NightlyContext) -> StageResult`` registered in ``STAGES``, in
+order. The runner takes the lock, finishes what a killed run left half done (compaction
+journals), claims the dirty-date markers, decides the dates (the run date, dirty dates,
+and earlier dates within ``nightly.lookback_days`` whose telemetry changed), then runs
+the stages one after the other, writing the run record after each. A stage skips the
+units of work whose inputs have not changed since it last did them (``DoneStore``: a
+digest of input file names, sizes and modification times, plus the stage's parameters),
+so a second run does no work and changes no output.
+
+A stage that raises a user-level error (``ValueError``, ``BmsError``, ``IngestError``,
+``ReportError``, ``OSError``) is recorded as failed and the later stages do not run;
+any other exception is a bug and propagates with its traceback (the run record is still
+marked failed). Exit codes: ``EXIT_OK`` 0, ``EXIT_FAILED`` 1, ``EXIT_USAGE`` 2,
+``EXIT_GAPS`` 3 (completed, but the data has gaps), ``EXIT_LOCKED`` 75 (another run holds
+the lock; EX_TEMPFAIL of sysexits.h, "try again later").
+
+Stage hooks for the other packages are marked ``HOOK``: until their library lands a
+hook reports ``not available`` and does no work (it never claims success).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import re
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from bms import FLEET_PATTERN, BmsError, telemetry_dir
+from ingest import IngestError
+from pipeline._compact import STAGE as COMPACTION
+from pipeline._compact import compact_partition, partition_key, recover_compactions
+from pipeline._config import Settings
+from pipeline._nightly_state import (
+    DoneStore,
+    claim_dirty,
+    digest,
+    dirty_dates,
+    file_fingerprint,
+    new_run_id,
+    nightly_lock,
+    pause_point,
+    read_json,
+    release_dirty,
+    run_records,
+    write_json_atomic,
+)
+from pipeline._reconcile import reconcile_partition, reconciliation_inputs, reconciliation_paths
+from pipeline._retention import apply_retention
+from reports import ReportError
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_GAPS = 3
+EXIT_LOCKED = 75
+
+#: Errors a stage may raise for bad data, configuration or environment (not bugs).
+STAGE_ERRORS = (ValueError, BmsError, IngestError, ReportError, OSError)
+
+#: Status words of a stage result.
+DONE, UP_TO_DATE, NOT_AVAILABLE, NOT_CONFIGURED, FAILED = (
+    "done",
+    "up to date",
+    "not available",
+    "not configured",
+    "failed",
+)
+
+Observer = Callable[[Mapping[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class StageResult:
+    """What a stage did.
+
+    Attributes
+    ----------
+    status : str
+        ``done`` (did work), ``up to date`` (inputs unchanged, nothing to do),
+        ``not available`` (its library is not in this build), ``not configured``.
+    counts : mapping of str to int
+        Stage-specific counters (files, rows, vehicles...).
+    inputs, outputs : tuple of str
+        What was read (a partition with its file count and input digest) and the files
+        written, relative to the data directory.
+    message : str
+        One line for people.
+    data_gaps : bool
+        The data this stage looked at has gaps (the run exits 3).
+    """
+
+    status: str
+    counts: Mapping[str, int] = field(default_factory=dict)
+    inputs: tuple[str, ...] = ()
+    outputs: tuple[str, ...] = ()
+    message: str = ""
+    data_gaps: bool = False
+
+
+@dataclass(frozen=True)
+class NightlyContext:
+    """What a stage gets: the settings, the run's dates and fleet, and helpers.
+
+    ``dates`` are the UTC event dates to (re)compute, oldest first; ``run_date`` is the
+    date the run is for (the fleet's yesterday by default). ``done`` stores the input
+    digests of work already done; ``progress(done, total)`` drives the progress bar.
+    """
+
+    settings: Settings
+    run_id: str
+    run_date: date
+    dates: tuple[date, ...]
+    fleet: str
+    done: DoneStore
+    progress: Callable[[int, int], None] = lambda _done, _total: None
+
+    @property
+    def data_dir(self) -> Path:
+        return self.settings.data_dir
+
+    @property
+    def lake_dir(self) -> Path:
+        return self.settings.lake_dir
+
+    @property
+    def state_dir(self) -> Path:
+        return self.settings.state_dir
+
+    def rel(self, path: Path) -> str:
+        """``path`` relative to the data directory (as recorded in run records)."""
+        return path.relative_to(self.data_dir).as_posix()
+
+    def unit_key(self, day: date) -> str:
+        """Key of the (date, fleet) unit in done records."""
+        return partition_key(day, self.fleet)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A registered stage: its name (used in records and pause points) and function."""
+
+    name: str
+    run: Callable[[NightlyContext], StageResult]
+    description: str
+
+
+# --------------------------------------------------------------------------- stages
+
+
+def _stage_compaction(ctx: NightlyContext) -> StageResult:
+    cfg = ctx.settings.nightly
+    counts = {"partitions": 0, "compacted": 0, "files_in": 0, "rows_out": 0, "duplicates": 0}
+    inputs: list[str] = []
+    outputs: list[str] = []
+    for i, day in enumerate(ctx.dates):
+        r = compact_partition(
+            ctx.data_dir,
+            day,
+            ctx.fleet,
+            row_group_rows=cfg.row_group_rows,
+            memory_rows=cfg.compact_memory_rows,
+            zstd_level=cfg.compact_zstd_level,
+        )
+        if r.status != "empty":
+            counts["partitions"] += 1
+            inputs.append(
+                f"{ctx.rel(telemetry_dir(ctx.lake_dir, day, ctx.fleet))}: {r.input_files} files"
+            )
+        if r.output is not None:
+            counts["compacted"] += 1
+            counts["files_in"] += r.input_files
+            counts["rows_out"] += r.rows_out
+            counts["duplicates"] += r.duplicates_removed
+            outputs.append(ctx.rel(r.output))
+        ctx.progress(i + 1, len(ctx.dates))
+    status = DONE if counts["compacted"] else UP_TO_DATE
+    message = (
+        f"{counts['compacted']} of {counts['partitions']} partitions compacted "
+        f"({counts['files_in']} files -> {counts['compacted']}, "
+        f"{counts['duplicates']} duplicates removed)"
+    )
+    return StageResult(status, counts, tuple(inputs), tuple(outputs), message)
+
+
+def _reconciliation_totals(path: Path) -> tuple[int, int]:
+    t = pq.read_table(path, columns=["readings_missing", "readings_stored"])
+    missing = int(pc.sum(t["readings_missing"]).as_py() or 0)
+    silent = int(pc.sum(pc.equal(t["readings_stored"], 0)).as_py() or 0)
+    return missing, silent
+
+
+def _stage_reconciliation(ctx: NightlyContext) -> StageResult:
+    late_after_s = ctx.settings.nightly.late_after_s
+    counts = {"partitions": 0, "reconciled": 0, "readings_missing": 0, "silent_vehicles": 0}
+    inputs: list[str] = []
+    outputs: list[str] = []
+    no_data: list[str] = []
+    for i, day in enumerate(ctx.dates):
+        files = reconciliation_inputs(ctx.data_dir, day, ctx.fleet)
+        if not any(telemetry_dir(ctx.lake_dir, day, ctx.fleet) in p.parents for p in files):
+            no_data.append(day.isoformat())
+            ctx.progress(i + 1, len(ctx.dates))
+            continue
+        counts["partitions"] += 1
+        key = ctx.unit_key(day)
+        fp = digest({"files": file_fingerprint(files, ctx.data_dir), "late_s": late_after_s})
+        inputs.append(f"{key}: {len(files)} files, sha256 {fp[:16]}")
+        per_vin, gaps = reconciliation_paths(ctx.lake_dir, day, ctx.fleet)
+        if not ctx.done.is_done("reconciliation", key, fp):
+            reconcile_partition(ctx.data_dir, day, ctx.fleet, late_after_s=late_after_s)
+            ctx.done.mark_done("reconciliation", key, fp, [per_vin, gaps])
+            counts["reconciled"] += 1
+            outputs += [ctx.rel(per_vin), ctx.rel(gaps)]
+        missing, silent = _reconciliation_totals(per_vin)
+        counts["readings_missing"] += missing
+        counts["silent_vehicles"] += silent
+        ctx.progress(i + 1, len(ctx.dates))
+    status = DONE if counts["reconciled"] else UP_TO_DATE
+    message = (
+        f"{counts['readings_missing']} readings missing, "
+        f"{counts['silent_vehicles']} registered vehicles silent"
+    )
+    if no_data:
+        message += f"; no telemetry for fleet {ctx.fleet} on {', '.join(no_data)}"
+    gaps_found = bool(counts["readings_missing"] or counts["silent_vehicles"] or no_data)
+    return StageResult(status, counts, tuple(inputs), tuple(outputs), message, gaps_found)
+
+
+def _not_available(what: str) -> StageResult:
+    return StageResult(NOT_AVAILABLE, message=f"{what} is not in this build yet; nothing done")
+
+
+def _stage_analytics(ctx: NightlyContext) -> StageResult:
+    # HOOK analytics: per date in ctx.dates (and the trends after the oldest), call the
+    # bms analytics jobs (DuckDB, bms/sql) writing lake/metrics/<table>/date=D/fleet=F.
+    return _not_available("the analytics library (fleetbms analyze)")
+
+
+def _stage_anomalies(ctx: NightlyContext) -> StageResult:
+    # HOOK anomalies: score ctx.dates with the isolation-forest model (state/models).
+    return _not_available("the anomaly library (fleetbms anomalies)")
+
+
+def _stage_reports(ctx: NightlyContext) -> StageResult:
+    # HOOK reports: fleet PDF/CSV (and vehicle PDFs of newly flagged vehicles) for
+    # ctx.run_date, plus the dates in ctx.dates whose metrics changed.
+    return _not_available("the report library (fleetbms report)")
+
+
+def _stage_audit(ctx: NightlyContext) -> StageResult:
+    if not ctx.settings.reports.audit_enabled:
+        return StageResult(NOT_CONFIGURED, message="reports.audit_enabled is false")
+    # HOOK audit: reports.export_audit_bundle for ctx.run_date.
+    return _not_available("the nightly audit-bundle step")
+
+
+def _stage_retention(ctx: NightlyContext) -> StageResult:
+    cfg = ctx.settings.retention
+    r = apply_retention(
+        ctx.data_dir,
+        ctx.run_date,
+        archive_after_days=cfg.archive_after_days,
+        purge_after_days=cfg.purge_after_days,
+        zstd_level=cfg.archive_zstd_level,
+        on_progress=ctx.progress,
+    )
+    counts = {
+        "archived_partitions": r.archived_partitions,
+        "archived_files": r.archived_files,
+        "purged_partitions": r.purged_partitions,
+    }
+    status = DONE if r.archived_files or r.purged_partitions else UP_TO_DATE
+    message = (
+        f"archived {r.archived_partitions} partitions older than {r.archive_before}, "
+        f"purged {r.purged_partitions} older than {r.purge_before}"
+    )
+    inputs = (f"lake/telemetry/date<{r.archive_before}", f"archive/telemetry/date<{r.purge_before}")
+    return StageResult(status, counts, inputs, (), message)
+
+
+#: The nightly stages, in order.
+STAGES: tuple[Stage, ...] = (
+    Stage(COMPACTION, _stage_compaction, "merge, deduplicate and sort small telemetry files"),
+    Stage("reconciliation", _stage_reconciliation, "expected vs received readings, gaps"),
+    Stage("analytics", _stage_analytics, "capacity, resistance, SoH trend, warranty"),
+    Stage("anomalies", _stage_anomalies, "isolation-forest anomaly flags"),
+    Stage("reports", _stage_reports, "fleet and vehicle PDF/CSV reports"),
+    Stage("audit", _stage_audit, "signed audit bundle (when configured)"),
+    Stage("retention", _stage_retention, "archive and purge old raw telemetry"),
+)
+
+
+# --------------------------------------------------------------------------- runner
+
+
+def fleet_today(settings: Settings, now: datetime | None = None) -> date:
+    """Today's date in the fleet's time zone.
+
+    Raises
+    ------
+    ValueError
+        ``fleet.timezone`` is not an IANA time zone.
+    """
+    try:
+        tz = ZoneInfo(settings.fleet.timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(
+            f"fleet.timezone: {settings.fleet.timezone!r} is not an IANA time zone"
+        ) from None
+    return (now or datetime.now(UTC)).astimezone(tz).date()
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("fleetbms", "pyarrow", "duckdb", "numpy"):
+        try:
+            out[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def _changed_dates(
+    ctx_done: DoneStore, settings: Settings, fleet: str, run_date: date
+) -> list[date]:
+    """Dates within the lookback whose telemetry partition changed since compaction."""
+    out = []
+    for k in range(1, settings.nightly.lookback_days + 1):
+        day = run_date - timedelta(days=k)
+        part = telemetry_dir(settings.lake_dir, day, fleet)
+        files = sorted(part.glob("*.parquet"))
+        fp = digest(file_fingerprint(files, settings.data_dir))
+        if files and not ctx_done.is_done(COMPACTION, partition_key(day, fleet), fp):
+            out.append(day)
+    return out
+
+
+def _date_settled(settings: Settings, done: DoneStore, day: date) -> bool:
+    """Every fleet's partition of ``day`` is compacted as it is now."""
+    base = settings.lake_dir / "telemetry" / f"date={day.isoformat()}"
+    for part in sorted(base.glob("fleet=*")) if base.is_dir() else []:
+        fleet = part.name.removeprefix("fleet=")
+        fp = digest(file_fingerprint(sorted(part.glob("*.parquet")), settings.data_dir))
+        if not done.is_done(COMPACTION, partition_key(day, fleet), fp):
+            return False
+    return True
+
+
+def _emit(observer: Observer | None, event: str, **fields: Any) -> None:
+    if observer is not None:
+        observer({"event": event, **fields})
+
+
+def run_nightly(
+    settings: Settings,
+    *,
+    day: date | None = None,
+    fleet: str | None = None,
+    stages: tuple[Stage, ...] = STAGES,
+    observer: Observer | None = None,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """Run the nightly batch and return its run record (also in ``state/runs/``).
+
+    Parameters
+    ----------
+    settings : Settings
+        Effective configuration (data directory, fleet, section values).
+    day : date, optional
+        The run date; default: yesterday in ``fleet.timezone``.
+    fleet : str, optional
+        Fleet id; default ``fleet.id``.
+    stages : tuple of Stage
+        The stages to run, in order.
+    observer : callable, optional
+        Receives progress events (``run_start``, ``stage_start``, ``progress``,
+        ``stage_end``, ``run_end``) as mappings.
+
+    Returns
+    -------
+    dict
+        The run record; ``exit_code`` is 0, 1 or 3.
+
+    Raises
+    ------
+    LockedError
+        Another run holds the lock.
+    ValueError
+        Bad fleet id or time zone.
+    """
+    fleet = fleet or settings.fleet.id
+    if not re.fullmatch(FLEET_PATTERN, fleet):
+        raise ValueError(f"fleet {fleet!r} is not 1-64 characters of [A-Za-z0-9_-]")
+    run_date = day or fleet_today(settings, now) - timedelta(days=1)
+    state = settings.state_dir
+    with nightly_lock(
+        state,
+        purpose=f"nightly {run_date} fleet {fleet}",
+        timeout_s=settings.nightly.lock_timeout_s,
+    ):
+        started = datetime.now(UTC)
+        run_id = new_run_id(started)
+        record_path = state / "runs" / f"{run_id}.json"
+        record: dict[str, Any] = {
+            "run_id": run_id,
+            "command": "nightly",
+            "fleet": fleet,
+            "run_date": run_date.isoformat(),
+            "pid": os.getpid(),
+            "started_at": started.isoformat(timespec="seconds"),
+            "status": "running",
+            "exit_code": None,
+            "versions": _versions(),
+            "stages": [],
+        }
+        write_json_atomic(record, record_path)
+        finished = False
+        try:
+            done = DoneStore(state, settings.data_dir)
+            record["recovered"] = recover_compactions(settings.data_dir)
+            claimed = claim_dirty(state, run_date)
+            changed = _changed_dates(done, settings, fleet, run_date)
+            # Dates a killed or failed run had taken on stay pending until a run completes
+            # them (their compaction may be done while later stages are not).
+            pending_path = state / "nightly" / f"pending-fleet={fleet}.json"
+            pending = [date.fromisoformat(x) for x in read_json(pending_path) or []]
+            dates = tuple(sorted({run_date, *claimed, *changed, *pending}))
+            write_json_atomic([d.isoformat() for d in dates], pending_path)
+            record["dates"] = [d.isoformat() for d in dates]
+            record["dirty_dates"] = [d.isoformat() for d in claimed]
+            write_json_atomic(record, record_path)
+            _emit(observer, "run_start", run_id=run_id, fleet=fleet, dates=record["dates"])
+            exit_code = _run_stages(
+                settings,
+                run_id,
+                run_date,
+                dates,
+                fleet,
+                done,
+                stages,
+                observer,
+                record,
+                record_path,
+            )
+            if exit_code != EXIT_FAILED:
+                pending_path.unlink()
+            for d in claimed:
+                release_dirty(
+                    state, d, done=exit_code != EXIT_FAILED and _date_settled(settings, done, d)
+                )
+            record["exit_code"] = exit_code
+            record["status"] = {EXIT_OK: "ok", EXIT_GAPS: "ok, data gaps"}.get(exit_code, "failed")
+            finished = True
+        finally:
+            if not finished:
+                record["status"] = "failed"
+                record["exit_code"] = EXIT_FAILED
+            ended = datetime.now(UTC)
+            record["finished_at"] = ended.isoformat(timespec="seconds")
+            record["duration_s"] = round((ended - started).total_seconds(), 3)
+            write_json_atomic(record, record_path)
+            _emit(
+                observer,
+                "run_end",
+                run_id=run_id,
+                status=record["status"],
+                exit_code=record["exit_code"],
+            )
+    return record
+
+
+def _run_stages(
+    settings: Settings,
+    run_id: str,
+    run_date: date,
+    dates: tuple[date, ...],
+    fleet: str,
+    done: DoneStore,
+    stages: tuple[Stage, ...],
+    observer: Observer | None,
+    record: dict[str, Any],
+    record_path: Path,
+) -> int:
+    gaps = False
+    for index, stage in enumerate(stages):
+        pause_point(f"before:{stage.name}")
+        _emit(observer, "stage_start", stage=stage.name, index=index, total=len(stages))
+
+        def progress(n: int, total: int, name: str = stage.name) -> None:
+            _emit(observer, "progress", stage=name, done=n, total=total)
+
+        ctx = NightlyContext(settings, run_id, run_date, dates, fleet, done, progress)
+        t0 = time.perf_counter()
+        entry: dict[str, Any] = {"name": stage.name, "status": "running"}
+        record["stages"].append(entry)
+        try:
+            result = stage.run(ctx)
+        except STAGE_ERRORS as exc:
+            entry.update(
+                status=FAILED,
+                duration_s=round(time.perf_counter() - t0, 3),
+                message=f"{type(exc).__name__}: {exc}",
+            )
+            record["error"] = f"stage {stage.name} failed: {exc}"
+            write_json_atomic(record, record_path)
+            _emit(
+                observer,
+                "stage_end",
+                stage=stage.name,
+                status=FAILED,
+                duration_s=entry["duration_s"],
+                message=entry["message"],
+            )
+            return EXIT_FAILED
+        entry.update(
+            status=result.status,
+            duration_s=round(time.perf_counter() - t0, 3),
+            counts=dict(result.counts),
+            inputs=list(result.inputs),
+            outputs=list(result.outputs),
+            message=result.message,
+            data_gaps=result.data_gaps,
+        )
+        gaps = gaps or result.data_gaps
+        write_json_atomic(record, record_path)
+        _emit(
+            observer,
+            "stage_end",
+            stage=stage.name,
+            status=result.status,
+            duration_s=entry["duration_s"],
+            message=result.message,
+            counts=dict(result.counts),
+        )
+        pause_point(f"after:{stage.name}")
+    return EXIT_GAPS if gaps else EXIT_OK
+
+
+# --------------------------------------------------------------------------- status
+
+
+@dataclass(frozen=True)
+class NightlyStatus:
+    """What ``fleetbms status`` shows.
+
+    ``ingest_lag_s`` is the time since the newest ``received_at`` in the telemetry
+    (``None`` without telemetry); ``open_anomalies`` is ``None`` while the anomaly table
+    does not exist.
+    """
+
+    runs: list[dict[str, Any]]
+    running: str | None
+    dirty_dates: list[date]
+    sizes_bytes: dict[str, int]
+    newest_received_at: datetime | None
+    ingest_lag_s: float | None
+    open_anomalies: int | None
+
+
+def _tree_bytes(path: Path) -> int:
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for f in files:
+            try:
+                total += (Path(root) / f).stat().st_size
+            except FileNotFoundError:
+                continue
+    return total
+
+
+def _newest_received_at(lake: Path, probe_files: int = 16) -> datetime | None:
+    """Newest ``received_at`` from the footers of the most recently written files."""
+    files = list((lake / "telemetry").glob("date=*/fleet=*/*.parquet"))
+    mtimes = []
+    for f in files:
+        try:
+            mtimes.append((f.stat().st_mtime_ns, f))
+        except FileNotFoundError:
+            continue
+    newest: datetime | None = None
+    for _m, f in sorted(mtimes, reverse=True)[:probe_files]:
+        try:
+            meta = pq.ParquetFile(f).metadata
+        except FileNotFoundError:
+            continue
+        col = meta.schema.to_arrow_schema().get_field_index("received_at")
+        for i in range(meta.num_row_groups):
+            st = meta.row_group(i).column(col).statistics
+            if st is not None and st.has_min_max:
+                value = st.max if isinstance(st.max, datetime) else None
+                if value is not None:
+                    value = value if value.tzinfo else value.replace(tzinfo=UTC)
+                    newest = value if newest is None or value > newest else newest
+    return newest
+
+
+def _open_anomalies(lake: Path) -> int | None:
+    # HOOK anomalies: refine once the anomaly table's schema is settled (status column).
+    base = lake / "anomalies"
+    if not base.is_dir():
+        return None
+    days = sorted(base.glob("date=*"))
+    if not days:
+        return 0
+    total = 0
+    for f in sorted(days[-1].rglob("*.parquet")):
+        t = pq.read_table(f)
+        if "status" in t.column_names:
+            total += int(pc.sum(pc.equal(t["status"], "open")).as_py() or 0)
+        else:
+            total += t.num_rows
+    return total
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def nightly_status(
+    settings: Settings, *, runs: int = 5, now: datetime | None = None
+) -> NightlyStatus:
+    """Last runs, dirty dates, sizes, ingest lag and open anomalies (reads only)."""
+    records = run_records(settings.state_dir, limit=runs)
+    running = None
+    for rec in records:
+        if rec.get("status") == "running":
+            alive = _pid_alive(int(rec.get("pid", 0)))
+            if alive:
+                running = f"run {rec['run_id']} (pid {rec['pid']})"
+            else:
+                rec["status"] = "interrupted"
+    sizes = {}
+    for name, path in (
+        ("lake/telemetry", settings.lake_dir / "telemetry"),
+        ("lake/metrics", settings.lake_dir / "metrics"),
+        ("lake/quarantine", settings.lake_dir / "quarantine"),
+        ("lake/alerts", settings.lake_dir / "alerts"),
+        ("lake/anomalies", settings.lake_dir / "anomalies"),
+        ("archive", settings.data_dir / "archive"),
+        ("reports", settings.reports_dir),
+        ("state", settings.state_dir),
+    ):
+        sizes[name] = _tree_bytes(path)
+    newest = _newest_received_at(settings.lake_dir)
+    now = now or datetime.now(UTC)
+    lag = (now - newest).total_seconds() if newest is not None else None
+    return NightlyStatus(
+        records,
+        running,
+        dirty_dates(settings.state_dir),
+        sizes,
+        newest,
+        lag,
+        _open_anomalies(settings.lake_dir),
+    )

@@ -1,0 +1,252 @@
+"""The nightly batch as cron runs it: a ``fleetbms nightly`` subprocess on a real lake."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from datetime import date, timedelta
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import bms
+from tests.pipeline.nightly_data import (
+    VINS,
+    day_table,
+    fleetbms,
+    kill9,
+    mtimes,
+    snapshot,
+    start_paused,
+    with_received,
+    write_flushes,
+)
+
+RUN_DAY = date(2026, 11, 25)
+OLD_DAY = RUN_DAY - timedelta(days=40)  # archived by retention (archive_after_days=30)
+RETENTION = {
+    "FLEETBMS_RETENTION__ARCHIVE_AFTER_DAYS": "30",
+    "FLEETBMS_RETENTION__PURGE_AFTER_DAYS": "365",
+}
+
+
+def build_lake(data_dir: Path) -> None:
+    """Run day with a gap and redelivered duplicates, the day before, an old day."""
+    lake = data_dir / "lake"
+    today = day_table(RUN_DAY, skip_seq={VINS[1]: [5, 6, 7]})
+    write_flushes(today, lake, flushes=4)
+    write_flushes(today.slice(0, 40), lake, flushes=1, prefix="w2")  # QoS 1 redelivery
+    write_flushes(day_table(RUN_DAY - timedelta(days=1)), lake, flushes=3)
+    write_flushes(day_table(OLD_DAY), lake, flushes=2)
+
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("base") / "data"
+    build_lake(d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def reference(base_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Outputs of one uninterrupted run."""
+    d = tmp_path_factory.mktemp("ref") / "data"
+    shutil.copytree(base_dir, d)
+    r = fleetbms(d, "nightly", "--date", RUN_DAY.isoformat(), **RETENTION)
+    assert r.returncode == 3, r.stderr
+    return snapshot(d / "lake", d / "archive")
+
+
+def copy_of(base_dir: Path, tmp_path: Path) -> Path:
+    d = tmp_path / "data"
+    shutil.copytree(base_dir, d)
+    return d
+
+
+def last_record(data_dir: Path) -> dict:
+    runs = sorted((data_dir / "state" / "runs").glob("*.json"))
+    return json.loads(runs[-1].read_text())
+
+
+def test_nightly_rerun_does_no_work_and_changes_no_output(base_dir: Path, tmp_path: Path):
+    d = copy_of(base_dir, tmp_path)
+    first = fleetbms(d, "nightly", "--date", RUN_DAY.isoformat(), **RETENTION)
+    assert first.returncode == 3, first.stderr  # VIN 2 misses three readings
+    rec = last_record(d)
+    status = {s["name"]: s["status"] for s in rec["stages"]}
+    assert status == {
+        "compaction": "done",
+        "reconciliation": "done",
+        "analytics": "not available",
+        "anomalies": "not available",
+        "reports": "not available",
+        "audit": "not configured",
+        "retention": "done",
+    }
+    assert rec["exit_code"] == 3
+    assert rec["dates"] == ["2026-11-24", "2026-11-25"]
+    assert rec["versions"]["pyarrow"]
+    compaction = rec["stages"][0]
+    assert compaction["counts"]["duplicates"] == 40
+    assert compaction["counts"]["files_in"] == 8
+    before = snapshot(d / "lake", d / "archive")
+    times = mtimes(d / "lake") | mtimes(d / "archive")
+
+    second = fleetbms(d, "nightly", "--date", RUN_DAY.isoformat(), **RETENTION)
+    assert second.returncode == 3, second.stderr
+    rec2 = last_record(d)
+    assert rec2["run_id"] != rec["run_id"]
+    assert [
+        s["status"]
+        for s in rec2["stages"]
+        if s["name"] in ("compaction", "reconciliation", "retention")
+    ] == ["up to date"] * 3
+    assert snapshot(d / "lake", d / "archive") == before
+    assert mtimes(d / "lake") | mtimes(d / "archive") == times
+
+
+def test_nightly_outputs_sorted_deduplicated_telemetry_and_gap_table(
+    base_dir: Path, tmp_path: Path
+):
+    d = copy_of(base_dir, tmp_path)
+    assert fleetbms(d, "nightly", "--date", RUN_DAY.isoformat()).returncode == 3
+    files = bms.telemetry_files(d / "lake", RUN_DAY)
+    assert len(files) == 1
+    assert files[0].name.startswith("compacted-")
+    t = pq.read_table(files[0])
+    keys = list(zip(t["vin"].to_pylist(), t["ts"].to_pylist(), strict=True))
+    assert keys == sorted(keys)
+    assert t.num_rows == 3 * 144 - 3
+    assert len(set(zip(t["vin"].to_pylist(), t["seq"].to_pylist(), strict=True))) == t.num_rows
+    gaps = pq.read_table(
+        d / f"lake/metrics/reconciliation_gaps/date={RUN_DAY}/fleet=demo/part.parquet"
+    ).to_pylist()
+    assert [(g["vin"], g["readings_missing"], g["gap_s"]) for g in gaps] == [(VINS[1], 3, 2400.0)]
+    per_vin = pq.read_table(
+        d / f"lake/metrics/reconciliation/date={RUN_DAY}/fleet=demo/part.parquet"
+    ).to_pylist()
+    assert [(r["vin"], r["duplicates_removed"], r["readings_missing"]) for r in per_vin] == [
+        (VINS[0], 40, 0),
+        (VINS[1], 0, 3),
+        (VINS[2], 0, 0),
+    ]
+
+
+def test_nightly_without_gaps_exits_0(tmp_path: Path):
+    d = tmp_path / "data"
+    write_flushes(day_table(RUN_DAY), d / "lake")
+    r = fleetbms(d, "nightly", "--date", RUN_DAY.isoformat(), "--fleet", "demo")
+    assert r.returncode == 0, r.stderr
+    lines = [json.loads(x) for x in r.stdout.splitlines()]  # JSON log lines off a terminal
+    assert lines[-1]["event"] == "run_end"
+    assert lines[-1]["exit_code"] == 0
+
+
+def test_nightly_with_no_telemetry_for_the_date_exits_3_and_says_so(tmp_path: Path):
+    r = fleetbms(tmp_path / "data", "nightly", "--date", RUN_DAY.isoformat())
+    assert r.returncode == 3
+    assert f"no telemetry for fleet demo on {RUN_DAY}" in r.stdout
+
+
+def test_nightly_bad_fleet_and_bad_date_are_one_line_errors(tmp_path: Path):
+    r = fleetbms(tmp_path / "data", "nightly", "--fleet", "no/slash")
+    assert r.returncode == 1
+    assert r.stderr == "Error: fleet 'no/slash' is not 1-64 characters of [A-Za-z0-9_-]\n"
+    r = fleetbms(tmp_path / "data", "nightly", "--date", "2026-13-01")
+    assert r.returncode == 2
+    assert r.stderr.startswith("Error: ")
+    assert len(r.stderr.splitlines()) == 1
+
+
+PAUSE_POINTS = [
+    "before:compaction",
+    "compaction:journaled",
+    "compaction:before-commit",
+    "compaction:committed",
+    "after:compaction",
+    "before:reconciliation",
+    "after:reconciliation",
+    "before:retention",
+    "retention:archived-file",
+    "after:retention",
+]
+
+
+@pytest.mark.parametrize("point", PAUSE_POINTS)
+def test_kill9_then_rerun_gives_the_bytes_of_an_uninterrupted_run(
+    point: str, base_dir: Path, reference: dict[str, str], tmp_path: Path
+):
+    d = copy_of(base_dir, tmp_path)
+    proc = start_paused(d, point, tmp_path / "paused", "--date", RUN_DAY.isoformat(), **RETENTION)
+    kill9(proc)
+    r = fleetbms(d, "nightly", "--date", RUN_DAY.isoformat(), **RETENTION)
+    assert r.returncode == 3, r.stderr
+    assert snapshot(d / "lake", d / "archive") == reference
+    assert not list((d / "state" / "nightly" / "journal").glob("*.json"))
+    records = sorted((d / "state" / "runs").glob("*.json"))
+    assert json.loads(records[0].read_text())["status"] == "running"  # the killed one
+    assert json.loads(records[1].read_text())["status"] == "ok, data gaps"
+
+
+def test_second_concurrent_run_exits_75_and_a_killed_run_leaves_no_stale_lock(
+    base_dir: Path, tmp_path: Path
+):
+    d = copy_of(base_dir, tmp_path)
+    first = start_paused(d, "before:reconciliation", tmp_path / "paused", "--date", "2026-11-25")
+    second = fleetbms(d, "nightly", "--date", "2026-11-25")
+    assert second.returncode == 75
+    assert second.stderr.startswith(
+        f"Error: another nightly batch is running (pid {first.pid}, "
+        "nightly 2026-11-25 fleet demo, since "
+    )
+    assert second.stderr.endswith(f"lock {d / 'state' / 'nightly.lock'}\n")
+    erase = fleetbms(d, "erase", "--vin", VINS[0])
+    assert erase.returncode == 75
+    kill9(first)
+    third = fleetbms(d, "nightly", "--date", "2026-11-25")
+    assert third.returncode == 3, third.stderr
+
+
+def test_late_data_for_an_old_date_recomputes_that_date(tmp_path: Path):
+    d = tmp_path / "data"
+    lake = d / "lake"
+    old = RUN_DAY - timedelta(days=5)
+    full = day_table(old)
+    missing = full.slice(10, 20)  # vehicle offline: 20 readings buffered
+    sent = full.filter(pa.array([not (10 <= i < 30) for i in range(full.num_rows)]))
+    write_flushes(sent, lake)
+    write_flushes(day_table(RUN_DAY), lake)
+    assert fleetbms(d, "nightly", "--date", old.isoformat()).returncode == 3
+    recon = lake / f"metrics/reconciliation/date={old}/fleet=demo/part.parquet"
+    assert pq.read_table(recon)["readings_missing"].to_pylist() == [20, 0, 0]
+    assert fleetbms(d, "nightly", "--date", RUN_DAY.isoformat()).returncode == 0
+
+    # The replay arrives days later; ingest marks the date dirty.
+    replay_ms = int((RUN_DAY + timedelta(days=1) - date(1970, 1, 1)).total_seconds() * 1000)
+    write_flushes(with_received(missing, replay_ms), lake, flushes=1, prefix="late")
+    bms.atomic_write_bytes(b"", d / "state" / "dirty" / old.isoformat())
+    r = fleetbms(d, "nightly", "--date", RUN_DAY.isoformat())
+    assert r.returncode == 0, r.stdout + r.stderr
+    rec = last_record(d)
+    assert rec["dates"] == [old.isoformat(), RUN_DAY.isoformat()]
+    assert rec["dirty_dates"] == [old.isoformat()]
+    table = pq.read_table(recon)
+    assert table["readings_missing"].to_pylist() == [0, 0, 0]
+    assert table["readings_late"].to_pylist() == [20, 0, 0]
+    assert not (d / "state" / "dirty" / old.isoformat()).exists()
+    assert len(bms.telemetry_files(lake, old)) == 1
+    assert pq.read_table(bms.telemetry_files(lake, old)[0]).num_rows == full.num_rows
+
+
+def test_dirty_marker_stays_while_another_fleet_of_that_date_is_not_compacted(tmp_path: Path):
+    d = tmp_path / "data"
+    old = RUN_DAY - timedelta(days=9)
+    write_flushes(day_table(old), d / "lake")
+    write_flushes(day_table(old, fleet="buses", vins=["MAT612345NEX00009"]), d / "lake")
+    bms.atomic_write_bytes(b"", d / "state" / "dirty" / old.isoformat())
+    assert fleetbms(d, "nightly", "--date", RUN_DAY.isoformat()).returncode == 3
+    assert (d / "state" / "dirty" / old.isoformat()).exists()  # buses still to do
+    assert fleetbms(d, "nightly", "--date", RUN_DAY.isoformat(), "--fleet", "buses").returncode == 3
+    assert not (d / "state" / "dirty" / old.isoformat()).exists()
