@@ -429,10 +429,10 @@ def export_audit_bundle(
         )
     pseudonyms = Pseudonymizer(load_or_create_pseudonym_key(keys_dir), _known_vins(lake_dir, parts))
 
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.{uuid.uuid4().hex}.tmp"
-    tmp.mkdir()
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             results = list(pool.map(lambda p: _export_part(p, pseudonyms, tmp), parts))
         export = _finish(
@@ -448,6 +448,9 @@ def export_audit_bundle(
         )
         files = sorted(export.files)
         _install(tmp, out, files, date_to)
+    except OSError as exc:
+        where = exc.filename or out
+        raise ReportError(f"cannot write bundle {out}: {exc.strerror} ({where})") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if reveal is not None:

@@ -186,8 +186,8 @@ class Pseudonymizer:
         changed = False
         for v in values:
             new: Any
-            if v is None:
-                new = v
+            if v is None or (whole and not v):
+                new = v  # null or empty: no vehicle to hide
             elif isinstance(v, bytes):
                 new = self.of(v.decode("utf-8", "replace")).encode() if whole else self.data(v)
             else:

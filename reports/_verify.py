@@ -62,7 +62,7 @@ class Verification:
     fleets: tuple[str, ...]
     days: int
     files: int
-    signer: str
+    signer: str  # fingerprint of the given key when the signature is valid, else ""
     chain_head: str
 
     @property
@@ -74,8 +74,10 @@ class Verification:
         verdict = "OK" if self.ok else f"FAILED ({len(self.problems)} problems)"
         return (
             f"{verdict}: {self.bundle}: fleets {', '.join(self.fleets) or '-'}, "
-            f"{self.date_from}..{self.date_to}, {self.days} days chained, "
-            f"{self.files} files, signed by {self.signer}, chain head {self.chain_head[:16]}"
+            f"{self.date_from}..{self.date_to}, {self.days} days, "
+            f"{self.files} files, "
+            + (f"signed by {self.signer}" if self.signer else "signature NOT valid")
+            + f", chain head {self.chain_head[:16]}"
         )
 
 
@@ -150,8 +152,10 @@ def _read_tar(path: Path) -> dict[str, _Entry]:
                 else:
                     digest = hashlib.file_digest(fh, "sha256")  # type: ignore[arg-type]
                     entries[rel] = _Entry(digest.hexdigest(), m.size, None)
-    except (tarfile.TarError, EOFError) as exc:
-        raise ReportError(f"{path} is not a readable tar file: {exc}") from None
+    except (tarfile.TarError, EOFError):
+        raise ReportError(
+            f"bundle {path} is neither a bundle folder nor a readable tar file"
+        ) from None
     return entries
 
 
@@ -201,7 +205,7 @@ def _check_signature(
             )
         else:
             detail = "does not match manifest.json: the manifest or the signature was changed"
-        return [Problem("signature", fmt.SIGNATURE_NAME, detail)], claimed
+        return [Problem("signature", fmt.SIGNATURE_NAME, detail)], ""
     return [], given
 
 

@@ -412,11 +412,22 @@ def test_cli_errors_are_one_line(lake: Path, data_dir: Path, tmp_path: Path) -> 
         1,
         f"Error: {tmp_path} is not an audit bundle: it has no manifest.json\n",
     )
+    not_a_bundle = tmp_path / "notes.txt"
+    not_a_bundle.write_text("hello\n")
+    res = runner.invoke(cli, ["audit", "verify", str(not_a_bundle), "--public-key", pub])
+    assert (res.exit_code, res.output) == (
+        1,
+        f"Error: bundle {not_a_bundle} is neither a bundle folder nor a readable tar file\n",
+    )
+    export = ["--data-dir", str(data_dir), "audit", "export", "--from", "2026-11-01", "--to",
+              "2026-11-02"]  # fmt: skip
+    res = runner.invoke(cli, [*export, "--out", str(not_a_bundle / "b")])
+    assert res.exit_code == 1
+    assert res.output.startswith(f"Error: cannot write bundle {not_a_bundle / 'b'}: ")
+    assert res.output.count("\n") == 1
     res = runner.invoke(
-        cli,
-        ["--data-dir", str(data_dir), "audit", "export", "--from", "2026-11-01", "--to",
-         "2026-11-02", "--out", str(tmp_path / "b"), "--key", str(tmp_path / "none.key")],
-    )  # fmt: skip
+        cli, [*export, "--out", str(tmp_path / "b"), "--key", str(tmp_path / "none.key")]
+    )
     assert (res.exit_code, res.output) == (
         1,
         f"Error: signing key {tmp_path / 'none.key'} does not exist\n",
