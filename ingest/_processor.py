@@ -1,0 +1,366 @@
+"""The ingest core shared by the MQTT worker and ``import``: decode, dedup, buffer, flush.
+
+``Processor.add`` decodes one message (``bms.decode_message``: validation with reason
+codes, batches reading by reading), drops ``(vin, seq)`` duplicates, sets
+``CELL_COUNT_CHANGED`` and appends the readings to a columnar ``bms.ReadingBuffer``;
+rejections go to the quarantine list. It is called from the MQTT network thread; the
+flusher thread calls ``take`` (swap the buffers, a few microseconds under the lock) and
+``write`` (everything slow, outside the lock). ``write`` makes the batch durable in this
+order, each step done once even when a later step fails and the flush is retried:
+
+1. telemetry files (``bms.write_telemetry``), 2. alerts evaluated and written,
+3. quarantine file, 4. dirty-date markers, 5. seq ranges + watermarks committed and the
+state file written.
+
+Only then may the caller acknowledge the messages, publish the alerts and the acks.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from bms import (
+    MAX_BATCH_READINGS,
+    Quality,
+    ReadingBuffer,
+    Rejection,
+    atomic_write_bytes,
+    decode_message,
+    write_telemetry,
+)
+from ingest._alerts import AlertEngine, AlertEvent, write_alerts
+from ingest._quarantine import QuarantineRow, write_quarantine
+from ingest._state import SeqState
+
+#: Rejections whose topic VIN and payload seq still identify a reading of that vehicle;
+#: their seq counts as handled (stored in quarantine) for the ack watermark.
+_SEQ_TRUSTED = frozenset(
+    {
+        "unknown_version",
+        "missing_field",
+        "wrong_type",
+        "bad_value",
+        "bad_ts",
+        "ts_in_future",
+        "bad_cells",
+    }
+)
+_MS_PER_DAY = 86_400_000
+
+
+class _SeqOnly(msgspec.Struct):
+    seq: int
+
+
+_seq_decoder = msgspec.json.Decoder(_SeqOnly)
+
+
+@dataclass
+class Counters:
+    """Running totals of one worker (logged and exported as metrics)."""
+
+    messages: int = 0  # MQTT messages or import lines seen
+    readings: int = 0  # readings accepted into the buffer (not duplicates)
+    written: int = 0  # readings durably written
+    duplicates: int = 0  # readings dropped as (vin, seq) duplicates
+    quarantined: dict[str, int] = field(default_factory=dict)  # per reason
+    alerts: dict[str, int] = field(default_factory=dict)  # per rule and event
+    acked: int = 0  # messages acknowledged to the broker
+    flushes: int = 0
+    flush_failures: int = 0
+    lag_s: float = float("nan")  # receive time - newest event time of the last flush [s]
+    buffer_rows: int = 0
+
+    def snapshot(self) -> dict[str, Any]:
+        """A JSON-able copy."""
+        return {
+            "messages": self.messages,
+            "readings": self.readings,
+            "written": self.written,
+            "duplicates": self.duplicates,
+            "quarantined": dict(self.quarantined),
+            "quarantined_total": sum(self.quarantined.values()),
+            "alerts": dict(self.alerts),
+            "acked": self.acked,
+            "flushes": self.flushes,
+            "flush_failures": self.flush_failures,
+            "lag_s": None if np.isnan(self.lag_s) else round(self.lag_s, 3),
+            "buffer_rows": self.buffer_rows,
+        }
+
+
+@dataclass
+class Batch:
+    """Everything buffered between two flushes, plus the progress of its flush."""
+
+    buffer: ReadingBuffer = field(default_factory=ReadingBuffer)
+    quarantine: list[QuarantineRow] = field(default_factory=list)
+    quarantine_bytes: int = 0
+    covered: list[tuple[str, str, int]] = field(default_factory=list)  # (vin, fleet, seq)
+    tokens: list[Any] = field(default_factory=list)
+    started: float = 0.0  # time.monotonic() of the first item
+    # progress of the flush (a retry skips the steps already done)
+    table: pa.Table | None = None
+    telemetry_done: bool = False
+    events: list[AlertEvent] | None = None
+    alerts_done: bool = False
+    quarantine_done: bool = False
+    dirty_done: bool = False
+
+    @property
+    def empty(self) -> bool:
+        return not self.tokens and not len(self.buffer) and not self.quarantine
+
+
+@dataclass(frozen=True)
+class FlushResult:
+    """What a successful flush allows the caller to do."""
+
+    tokens: list[Any]  # messages that may now be acknowledged
+    acks: dict[str, tuple[str, int]]  # vin -> (fleet, durable_seq) that advanced
+    events: list[AlertEvent]  # alerts to publish
+    rows: int  # readings written
+    files: int  # telemetry files written
+    dirty: list[date]  # dates marked dirty
+
+
+class Processor:
+    """Decode, dedup, buffer and durably flush readings (see the module docstring).
+
+    Parameters
+    ----------
+    lake_dir, state_dir : Path
+        ``data/lake`` and ``data/state``.
+    worker : str
+        Worker id: file-name prefix, ``worker`` column, state file name.
+    engine : AlertEngine, optional
+        Live alert rules; ``None`` evaluates no alerts.
+    max_payload_bytes : int
+        Larger messages are quarantined (``payload_too_large``). [bytes]
+    max_ranges : int
+        Seq ranges remembered per VIN for dedup.
+    """
+
+    def __init__(
+        self,
+        *,
+        lake_dir: Path,
+        state_dir: Path,
+        worker: str,
+        engine: AlertEngine | None,
+        max_payload_bytes: int = 16 * 2**20,
+        max_ranges: int = 256,
+    ) -> None:
+        self.lake_dir = lake_dir
+        self.state_dir = state_dir
+        self.worker = worker
+        self.engine = engine
+        self.max_payload_bytes = max_payload_bytes
+        self.lock = threading.Lock()
+        self.state = SeqState.load(
+            state_dir / "ingest" / f"{worker}.json", worker, max_ranges=max_ranges
+        )
+        if engine is not None:
+            engine.active |= self.state.alerts_active
+        self.counters = Counters()
+        self._batch = Batch()
+
+    # -- called by the receiving thread ------------------------------------------------
+    def add(
+        self, topic: str, payload: bytes, token: Any = None, source: str = "mqtt"
+    ) -> tuple[int, int]:
+        """Decode one message and buffer its readings and rejections.
+
+        Returns
+        -------
+        rows, quarantine_bytes : int
+            Readings and quarantined bytes now buffered (to decide on a flush).
+        """
+        now = datetime.now(UTC)
+        decoded = decode_message(topic, payload, now=now, max_payload_bytes=self.max_payload_bytes)
+        recv_ms = int(now.timestamp() * 1000)
+        with self.lock:
+            batch = self._batch
+            if batch.empty:
+                batch.started = time.monotonic()
+            self.counters.messages += 1
+            if token is not None:
+                batch.tokens.append(token)
+            if decoded.readings:
+                fleet = decoded.topic.fleet_id if decoded.topic else ""
+                buf = batch.buffer
+                added = 0
+                for r in decoded.readings:
+                    st = self.state.get(r.vin, fleet)
+                    if st.seen(r.seq):
+                        self.counters.duplicates += 1
+                        continue
+                    st.pending.add(r.seq)
+                    n_cells = len(r.cells.voltages_mv)
+                    flag = 0
+                    if st.n_cells is not None and st.n_cells != n_cells:
+                        flag = Quality.CELL_COUNT_CHANGED
+                    st.n_cells = n_cells
+                    buf.append(r, fleet, recv_ms, flag)
+                    added += 1
+                self.counters.readings += added
+            for rej in decoded.rejections:
+                self._reject(batch, topic, rej, recv_ms, source, decoded.topic)
+            return len(batch.buffer), batch.quarantine_bytes
+
+    def buffered_rows(self) -> int:
+        """Readings in the current (not yet swapped out) batch."""
+        with self.lock:
+            return len(self._batch.buffer)
+
+    def reject(self, topic: str, rejection: Rejection, token: Any = None, source: str = "") -> None:
+        """Quarantine a message rejected before decoding (e.g. a file line without a VIN)."""
+        recv_ms = int(time.time() * 1000)
+        with self.lock:
+            batch = self._batch
+            if batch.empty:
+                batch.started = time.monotonic()
+            self.counters.messages += 1
+            if token is not None:
+                batch.tokens.append(token)
+            self._reject(batch, topic, rejection, recv_ms, source, None)
+
+    def _reject(
+        self,
+        batch: Batch,
+        topic: str,
+        rej: Rejection,
+        recv_ms: int,
+        source: str,
+        parsed: Any,
+    ) -> None:
+        batch.quarantine.append(
+            QuarantineRow(topic, rej.raw, rej.reason, rej.detail, recv_ms, rej.index, source)
+        )
+        batch.quarantine_bytes += len(rej.raw)
+        self.counters.quarantined[rej.reason] = self.counters.quarantined.get(rej.reason, 0) + 1
+        if parsed is not None and rej.reason in _SEQ_TRUSTED:
+            try:
+                seq = _seq_decoder.decode(rej.raw).seq
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                return
+            if 0 <= seq < 2**63:
+                batch.covered.append((parsed.vin, parsed.fleet_id, seq))
+
+    # -- called by the flushing thread -------------------------------------------------
+    def pending(self) -> tuple[int, int, int, float]:
+        """Buffered readings, quarantined bytes, messages and age of the oldest [s]."""
+        with self.lock:
+            b = self._batch
+            age = time.monotonic() - b.started if not b.empty else 0.0
+            self.counters.buffer_rows = len(b.buffer)
+            return len(b.buffer), b.quarantine_bytes, len(b.tokens), age
+
+    def take(self) -> Batch | None:
+        """Swap out the current batch (``None`` when there is nothing to flush)."""
+        with self.lock:
+            if self._batch.empty:
+                return None
+            batch, self._batch = self._batch, Batch()
+            return batch
+
+    def write(self, batch: Batch) -> FlushResult:
+        """Make ``batch`` durable (see the module docstring). Retry-safe.
+
+        Raises
+        ------
+        OSError
+            Disk full or lake not writable; call again later with the same batch.
+        """
+        if batch.table is None:
+            batch.table = batch.buffer.to_table(self.worker)
+            batch.buffer.clear()
+        table = batch.table
+        files = 0
+        if not batch.telemetry_done:
+            files = len(write_telemetry(table, self.lake_dir, file_prefix=self.worker))
+            batch.telemetry_done = True
+        if batch.events is None:
+            batch.events = self.engine.evaluate(table) if self.engine is not None else []
+        if not batch.alerts_done:
+            write_alerts(batch.events, self.lake_dir, self.worker)
+            batch.alerts_done = True
+        if not batch.quarantine_done:
+            write_quarantine(batch.quarantine, self.lake_dir, self.worker)
+            batch.quarantine_done = True
+        ts_ms = np.asarray(pc.cast(table["ts"], pa.int64()).to_numpy(), dtype=np.int64)
+        now = datetime.now(UTC)
+        today_day = (now.date() - date(1970, 1, 1)).days
+        late_days = [int(d) for d in np.unique(ts_ms // _MS_PER_DAY) if d < today_day]
+        dirty = [date(1970, 1, 1) + timedelta(days=d) for d in late_days]
+        if not batch.dirty_done:
+            for day in dirty:
+                # Rewritten every time (not "if missing"): the nightly batch deletes a
+                # marker before it recomputes the date, so a new late file re-marks it.
+                atomic_write_bytes(b"", self.state_dir / "dirty" / day.isoformat())
+            batch.dirty_done = True
+        acks = self._commit(batch, table)
+        with self.lock:
+            if self.engine is not None:
+                self.state.alerts_active = set(self.engine.active)
+            state_bytes = self.state.to_bytes()
+        atomic_write_bytes(state_bytes, self.state.path)
+        for vin, (_, seq) in acks.items():
+            self.state.vins[vin].acked = seq
+        rows = table.num_rows
+        with self.lock:
+            c = self.counters
+            c.written += rows
+            c.flushes += 1
+            for e in batch.events:
+                key = f"{e.rule}.{e.event}"
+                c.alerts[key] = c.alerts.get(key, 0) + 1
+            if rows:
+                c.lag_s = now.timestamp() - float(ts_ms.max()) / 1000.0
+        return FlushResult(batch.tokens, acks, batch.events, rows, files, dirty)
+
+    def _commit(self, batch: Batch, table: pa.Table) -> dict[str, tuple[str, int]]:
+        """Move written and quarantined seqs into the durable ranges; advanced watermarks."""
+        vins = np.asarray(table["vin"].to_numpy(zero_copy_only=False), dtype=object)
+        seqs = np.asarray(table["seq"].to_numpy(), dtype=np.int64)
+        fleets = table["fleet"].to_pylist() if table.num_rows else []
+        if batch.covered:
+            vins = np.concatenate([vins, np.array([c[0] for c in batch.covered], dtype=object)])
+            seqs = np.concatenate([seqs, np.array([c[2] for c in batch.covered], dtype=np.int64)])
+            fleets = [*fleets, *(c[1] for c in batch.covered)]
+        acks: dict[str, tuple[str, int]] = {}
+        if len(seqs) == 0:
+            return acks
+        order = np.argsort(vins, kind="stable")
+        v_sorted = vins[order]
+        starts = np.concatenate([[0], np.nonzero(v_sorted[1:] != v_sorted[:-1])[0] + 1])
+        ends = np.concatenate([starts[1:], [len(order)]])
+        with self.lock:
+            for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
+                vin = str(v_sorted[a])
+                st = self.state.get(vin, fleets[int(order[a])])
+                st.add_durable(seqs[order[a:b]], self.state.max_ranges)
+                mark = st.watermark()
+                if mark is not None and (st.acked is None or mark > st.acked):
+                    acks[vin] = (st.fleet, mark)
+        return acks
+
+    def save_state(self) -> None:
+        """Write the state file now (e.g. at shutdown)."""
+        with self.lock:
+            data = self.state.to_bytes()
+        atomic_write_bytes(data, self.state.path)
+
+
+#: Largest number of readings one message can add (a full batch); used to bound memory.
+MAX_READINGS_PER_MESSAGE = MAX_BATCH_READINGS

@@ -1,0 +1,322 @@
+"""The MQTT ingest worker against a real Mosquitto: durability, dedup, quarantine, alerts."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import msgspec
+import pyarrow.parquet as pq
+
+from bms import TELEMETRY_SCHEMA
+from ingest import ALERT_SCHEMA, QUARANTINE_SCHEMA
+from tests.broker import MosquittoBroker
+from tests.ingest.helpers import (
+    FLEET,
+    NOW,
+    VINS,
+    Client,
+    IngestProcess,
+    IngestThread,
+    bms_topic,
+    days_ago,
+    encode,
+    lake_counts,
+    query,
+    reading,
+    wait_until,
+)
+
+EXAMPLES = Path("/work/shared/examples")
+
+
+def test_ingest_lands_readings_and_batches_exactly_once_with_the_stored_schema(
+    broker: MosquittoBroker, data_dir: Path
+) -> None:
+    ingest = IngestThread(broker.address, data_dir)
+    pub = Client(broker.address, "pub")
+    watcher = Client(broker.address, "watch", subscribe=("fleet/+/+/ack",))
+    try:
+        for vin in VINS:
+            for seq in range(30):
+                ts = NOW - timedelta(seconds=300 - 10 * seq)
+                pub.publish(bms_topic(vin), encode(reading(vin, seq, ts)))
+            batch = [reading(vin, s, NOW - timedelta(seconds=5)) for s in range(30, 40)]
+            pub.publish(bms_topic(vin, "batch"), encode({"v": 1, "readings": batch}))
+        wait_until(lambda: watcher.acks() == dict.fromkeys(VINS, 39), what="acks")
+    finally:
+        counters = ingest.close()
+        pub.close()
+        watcher.close()
+    assert counters.written == 120
+    assert counters.duplicates == 0
+    assert lake_counts(data_dir) == (120, 120)
+    files = list((data_dir / "lake" / "telemetry").rglob("*.parquet"))
+    assert all(f.parent.name == f"fleet={FLEET}" for f in files)
+    schema = pq.read_schema(files[0])
+    assert schema.names == TELEMETRY_SCHEMA.names
+    assert [f.type for f in schema] == [f.type for f in TELEMETRY_SCHEMA]
+    rows = query(data_dir, "telemetry", "SELECT n_cells, cell_mv_max, worker FROM t LIMIT 1")
+    assert rows == [(14, 3700, "fleetbms-ingest")]
+    # The ack is retained: a vehicle connecting later reads its watermark at once.
+    late = Client(broker.address, "late", subscribe=(bms_topic(VINS[0], "ack"),))
+    try:
+        wait_until(lambda: bool(late.messages("/ack")), what="retained ack")
+        assert late.acks() == {VINS[0]: 39}
+        assert late.messages("/ack")[0][2] is True
+    finally:
+        late.close()
+    state = msgspec.json.decode(
+        (data_dir / "state" / "ingest" / "fleetbms-ingest.json").read_bytes()
+    )
+    assert state["vins"][VINS[1]]["ranges"] == [[0, 39]]
+    assert state["vins"][VINS[1]]["acked"] == 39
+
+
+def _publish_stream(address: str, n_per_vin: int, done: threading.Event) -> None:
+    pub = Client(address, "stream")
+    try:
+        for seq in range(n_per_vin):
+            for vin in VINS:
+                ts = NOW - timedelta(seconds=10 * (n_per_vin - seq))
+                pub.publish(bms_topic(vin), encode(reading(vin, seq, ts)))
+    finally:
+        pub.close()
+        done.set()
+
+
+def test_kill_9_mid_stream_then_restart_loses_nothing(
+    broker: MosquittoBroker, data_dir: Path
+) -> None:
+    n_per_vin = 400
+    total = n_per_vin * len(VINS)
+    first = IngestProcess(data_dir, broker.address, "--flush-rows", "60")
+    done = threading.Event()
+    publisher = threading.Thread(target=_publish_stream, args=(broker.address, n_per_vin, done))
+    publisher.start()
+    try:
+        wait_until(lambda: lake_counts(data_dir)[0] >= 250, what="first files")
+    finally:
+        first.proc.kill()  # SIGKILL: no flush, no acks, no state save
+        first.wait()
+    written_before = lake_counts(data_dir)[1]
+    assert written_before < total
+    publisher.join(60)
+    assert done.is_set()
+    second = IngestProcess(data_dir, broker.address, "--idle-exit", "1.5")
+    rc, _, err = second.wait()
+    assert rc == 0, err
+    raw, distinct = lake_counts(data_dir)
+    assert distinct == total  # none missing
+    assert raw >= total  # redelivered-after-crash copies are removed by compaction
+    rows = query(data_dir, "telemetry", "SELECT vin, min(seq), max(seq) FROM t GROUP BY vin")
+    assert sorted(rows) == [(v, 0, n_per_vin - 1) for v in VINS]
+
+
+class _Vehicle:
+    """A minimal vehicle with a store-and-forward buffer trimmed on the retained ack."""
+
+    def __init__(self, address: str, vin: str) -> None:
+        self.vin = vin
+        self.buffer: dict[int, bytes] = {}
+        self.lock = threading.Lock()
+        self.client = Client(address, f"veh-{vin}", subscribe=(bms_topic(vin, "ack"),))
+        self.client.c.on_connect = self._on_connect
+        self.client.c.on_message = self._on_message
+
+    def _on_connect(self, client, userdata, flags, rc, props) -> None:
+        client.subscribe([(bms_topic(self.vin, "ack"), 1)])
+        self.replay()
+
+    def _on_message(self, client, userdata, msg) -> None:
+        durable = msgspec.json.decode(msg.payload)["durable_seq"]
+        with self.lock:
+            for seq in [s for s in self.buffer if s <= durable]:
+                del self.buffer[seq]
+
+    def replay(self) -> None:
+        with self.lock:
+            items = [msgspec.json.decode(self.buffer[s]) for s in sorted(self.buffer)]
+        if items:
+            self.client.c.publish(
+                bms_topic(self.vin, "batch"), encode({"v": 1, "readings": items}), qos=1
+            )
+
+    def measure(self, seq: int) -> None:
+        payload = encode(reading(self.vin, seq, NOW - timedelta(seconds=1000 - seq)))
+        with self.lock:
+            self.buffer[seq] = payload
+        if self.client.c.is_connected():
+            self.client.c.publish(bms_topic(self.vin), payload, qos=1)
+
+
+def test_broker_restart_with_store_and_forward_publisher_loses_nothing(
+    broker: MosquittoBroker, data_dir: Path
+) -> None:
+    ingest = IngestThread(broker.address, data_dir, reconnect_max_s=1.0)
+    vehicles = [_Vehicle(broker.address, vin) for vin in VINS[:2]]
+    try:
+        seq = 0
+        for phase in ("up", "down", "up"):
+            if phase == "down":
+                broker.stop()
+            elif seq:
+                broker.start()
+            for _ in range(40):
+                for v in vehicles:
+                    v.measure(seq)
+                seq += 1
+                time.sleep(0.005)
+        wait_until(
+            lambda: all(not v.buffer for v in vehicles), timeout=30, what="vehicle buffers drained"
+        )
+    finally:
+        counters = ingest.close()
+        for v in vehicles:
+            v.client.close()
+    raw, distinct = lake_counts(data_dir)
+    assert distinct == 2 * seq
+    assert counters.written == raw
+
+
+def test_malformed_messages_are_quarantined_with_reason_and_ingest_keeps_running(
+    broker: MosquittoBroker, data_dir: Path
+) -> None:
+    vin = VINS[0]
+    good = reading(vin, 7, NOW)
+    bad_batch_item = {"v": 1, "vin": vin, "seq": 9, "ts": "yesterday"}
+    cases = [
+        (bms_topic(vin), (EXAMPLES / "bad_missing_seq.json").read_bytes(), "missing_field"),
+        (bms_topic(vin), (EXAMPLES / "bad_not_json.bin").read_bytes(), "not_json"),
+        (bms_topic(vin), (EXAMPLES / "bad_vin.json").read_bytes(), "bad_vin"),
+        (bms_topic(vin), os.urandom(2000), "not_json"),
+        (bms_topic(vin), b"{" + b" " * (50 * 2**20), "payload_too_large"),
+        (bms_topic(VINS[1]), encode(good), "vin_mismatch"),
+        (bms_topic(vin), encode({**good, "v": 2}), "unknown_version"),
+        (bms_topic(vin), encode(reading(vin, 8, NOW + timedelta(days=2))), "ts_in_future"),
+        ("fleet/demo/NOT-A-VIN/bms", encode(good), "bad_topic"),
+        (
+            bms_topic(vin, "batch"),
+            encode({"v": 1, "readings": [reading(vin, 10, NOW), bad_batch_item]}),
+            "bad_ts",
+        ),
+    ]
+    ingest = IngestThread(broker.address, data_dir)
+    pub = Client(broker.address, "pub")
+    watcher = Client(broker.address, "watch", subscribe=("fleet/+/+/ack",))
+    try:
+        for topic, payload, _ in cases:
+            pub.publish(topic, payload)
+        pub.publish(bms_topic(vin), encode(good))  # still running: this one lands
+        wait_until(lambda: watcher.acks().get(vin) == 10, what="ack after the bad ones")
+    finally:
+        counters = ingest.close()
+        pub.close()
+        watcher.close()
+    rows = query(
+        data_dir,
+        "quarantine",
+        "SELECT topic, payload, reason, batch_index, source FROM t ORDER BY received_at",
+    )
+    assert len(rows) == len(cases)
+    by_payload = {(r[0], bytes(r[1])): r for r in rows}
+    for topic, payload, reason in cases[:-1]:
+        row = by_payload[(topic, payload)]
+        assert row[2] == reason, topic
+        assert row[3] is None
+        assert row[4] == "mqtt"
+    batch_row = next(r for r in rows if r[3] is not None)
+    assert (batch_row[2], batch_row[3]) == ("bad_ts", 1)
+    assert msgspec.json.decode(bytes(batch_row[1])) == bad_batch_item
+    assert sum(counters.quarantined.values()) == len(cases)
+    assert counters.quarantined["not_json"] == 2
+    assert lake_counts(data_dir) == (2, 2)  # seq 7 and batch item seq 10
+    files = list((data_dir / "lake" / "quarantine").rglob("*.parquet"))
+    assert pq.read_schema(files[0]).names == QUARANTINE_SCHEMA.names
+    # seqs 8 (future) and 9 (bad ts) are in quarantine: the watermark runs past them.
+    assert watcher.acks()[vin] == 10
+
+
+def test_duplicates_late_readings_dirty_dates_and_a_single_alert(
+    broker: MosquittoBroker, data_dir: Path
+) -> None:
+    vin, other = VINS[0], VINS[1]
+    hot = [True] * 8 + [False] * 4  # over 60 degC for 8 readings, then cool
+    ingest = IngestThread(broker.address, data_dir)
+    pub = Client(broker.address, "pub")
+    watcher = Client(broker.address, "watch", subscribe=("fleet/+/+/ack", "fleet/+/+/alert"))
+    try:
+        for seq in range(100, 112):
+            ts = NOW - timedelta(seconds=10 * (112 - seq))
+            temp = 65.0 if hot[seq - 100] else 30.0
+            pub.publish(bms_topic(vin), encode(reading(vin, seq, ts, temp_c=temp)))
+        # duplicates (QoS 1 redelivery, vehicle replays) and a days-late replay
+        pub.publish(bms_topic(vin), encode(reading(vin, 101, NOW - timedelta(seconds=100))))
+        # the vehicle was offline three days ago: seqs 90..99 arrive after 100..111
+        late = [reading(vin, s, days_ago(3) + timedelta(seconds=10 * s)) for s in range(90, 100)]
+        pub.publish(bms_topic(vin, "batch"), encode({"v": 1, "readings": late}))
+        pub.publish(bms_topic(vin, "batch"), encode({"v": 1, "readings": late[:3]}))
+        pub.publish(bms_topic(other), encode(reading(other, 1, days_ago(1))))
+        wait_until(
+            lambda: watcher.acks() == {vin: 111, other: 1} and len(watcher.messages("/alert")) == 2,
+            what="acks and alerts",
+        )
+    finally:
+        counters = ingest.close()
+        pub.close()
+        watcher.close()
+    assert counters.duplicates == 4
+    assert lake_counts(data_dir) == (23, 23)
+    parts = query(
+        data_dir, "telemetry", "SELECT date::VARCHAR, count(*) FROM t GROUP BY 1 ORDER BY 1"
+    )
+    live_days = Counter((NOW - timedelta(seconds=10 * (112 - s))).date() for s in range(100, 112))
+    expected = Counter({days_ago(3).date(): 10, days_ago(1).date(): 1}) + live_days
+    assert parts == sorted((d.isoformat(), n) for d, n in expected.items())
+    dirty = sorted(p.name for p in (data_dir / "state" / "dirty").iterdir())
+    today = datetime.now(UTC).date()
+    assert dirty == sorted(d.isoformat() for d in expected if d < today)
+    assert days_ago(3).date().isoformat() in dirty
+    assert (data_dir / "state" / "dirty" / dirty[0]).read_bytes() == b""
+    alerts = query(
+        data_dir,
+        "alerts",
+        "SELECT rule, event, seq, value, threshold, index_kind FROM t ORDER BY seq",
+    )
+    assert alerts == [
+        ("over_temperature", "raised", 100, 65.0, 60.0, "sensor"),
+        ("over_temperature", "cleared", 108, 30.0, 60.0, "sensor"),
+    ]
+    published = [msgspec.json.decode(p) for _, p, _ in watcher.messages("/alert")]
+    assert [(a["rule"], a["event"], a["seq"]) for a in published] == [
+        ("over_temperature", "raised", 100),
+        ("over_temperature", "cleared", 108),
+    ]
+    assert published[0]["index"] == 0
+    assert published[0]["value"] == 65.0
+    files = list((data_dir / "lake" / "alerts").rglob("*.parquet"))
+    assert pq.read_schema(files[0]).names == ALERT_SCHEMA.names
+
+
+def test_sigterm_flushes_acknowledges_and_exits_cleanly(
+    broker: MosquittoBroker, data_dir: Path
+) -> None:
+    proc = IngestProcess(data_dir, broker.address, "--flush-rows", "100000", "--flush-age", "60")
+    pub = Client(broker.address, "pub")
+    try:
+        for seq in range(20):
+            pub.publish(bms_topic(VINS[0]), encode(reading(VINS[0], seq, NOW)))
+        time.sleep(0.3)
+        proc.proc.send_signal(signal.SIGTERM)
+        rc, out, err = proc.wait()
+    finally:
+        pub.close()
+    assert rc == 0, err
+    assert '"event": "signal"' in err
+    assert out.startswith("ingest stopped: 20 readings written")
+    assert lake_counts(data_dir) == (20, 20)
