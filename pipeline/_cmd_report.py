@@ -116,6 +116,7 @@ def audit_export(
         signing_key=key_file,
         reveal=reveal,
         parameters=parameters,
+        workers=settings.reports.workers,
     )
     click.echo(
         f"Wrote {result.path}: fleets {', '.join(result.fleets)}, "

@@ -12,6 +12,8 @@ signatures, so a rerun gives a byte-identical bundle.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import re
@@ -269,24 +271,66 @@ def _write_file(root: Path, rel: str, data: bytes | pa.Buffer | memoryview) -> _
     return _Written(rel, fmt.sha256_hex(view), view.nbytes)
 
 
+class _HashingWriter(io.RawIOBase):
+    """Binary file that hashes what is written to it (streams big CSVs, bounded memory)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = open(path, "wb")  # noqa: SIM115 (closed in close())
+        self._hash = hashlib.sha256()
+        self.size = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        self._hash.update(view)
+        self._fh.write(view)
+        self.size += view.nbytes
+        return view.nbytes
+
+    def close(self) -> None:
+        if not self.closed:
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+            self._fh.close()
+        super().close()
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
+
+
+def _stream(root: Path, rel: str, write: Callable[[_HashingWriter], None]) -> _Written:
+    sink = _HashingWriter(root / rel)
+    try:
+        write(sink)
+    finally:
+        sink.close()
+    return _Written(rel, sink.hexdigest(), sink.size)
+
+
 def _export_part(part: _Partition, pseudonyms: Pseudonymizer, root: Path) -> _PartResult:
     table = pseudonyms.table(_read_part(part))
     out_key = pseudonyms.text(part.key)
     out_fleet = pseudonyms.text(part.fleet)
     base = f"{fmt.day_dir(part.day)}/{out_key}/fleet={out_fleet}"
-    sink = pa.BufferOutputStream()
-    pq.write_table(
-        table,
-        sink,
-        compression="zstd",
-        compression_level=PARQUET_ZSTD_LEVEL,
-        write_statistics=True,
+    written = (
+        _stream(
+            root,
+            f"{base}.parquet",
+            lambda sink: pq.write_table(
+                table,
+                sink,
+                compression="zstd",
+                compression_level=PARQUET_ZSTD_LEVEL,
+                write_statistics=True,
+            ),
+        ),
+        _stream(root, f"{base}.csv", lambda sink: pcsv.write_csv(_csv_table(table), sink)),
     )
-    written = [_write_file(root, f"{base}.parquet", sink.getvalue())]
-    sink = pa.BufferOutputStream()
-    pcsv.write_csv(_csv_table(table), sink)
-    written.append(_write_file(root, f"{base}.csv", sink.getvalue()))
-    return _PartResult(part, out_key, out_fleet, table.schema, table.num_rows, tuple(written))
+    return _PartResult(part, out_key, out_fleet, table.schema, table.num_rows, written)
 
 
 def _check_out(out: Path) -> None:
