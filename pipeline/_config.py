@@ -73,7 +73,7 @@ class IngestConfig:
     receive_maximum: int = 65_535  # unacknowledged QoS 1 messages the broker may send
     session_expiry_s: int = 7 * 24 * 3600  # broker keeps the session this long offline [s]
     max_payload_bytes: int = 16 * 2**20  # larger messages are quarantined [bytes]
-    dedup_window: int = 4096  # recent seqs remembered per VIN for dedup
+    dedup_window: int = 256  # disjoint seq ranges remembered per VIN for dedup
     log_interval_s: float = 10.0  # one JSON counter line this often [s]
     metrics_port: int = 0  # Prometheus endpoint; 0 = off
     reconnect_min_s: float = 1.0  # backoff start [s]
@@ -100,6 +100,7 @@ class AlertsConfig:
     lfp: AlertLimits = AlertLimits(cell_max_mv=3650, cell_min_mv=2500)
     default_chemistry: str = "nmc"  # profile used for a VIN of unknown chemistry
     capacity_ah: float = 100.0  # nominal pack capacity for C-rates when unknown [Ah]
+    thermal_window_s: float = 60.0  # thermal_rise: rate measured over at least this [s]
 
 
 @dataclass(frozen=True)
