@@ -48,12 +48,11 @@ class ImportSummary:
 
 
 def _open(path: Path) -> IO[bytes]:
-    fh = open(path, "rb")  # noqa: SIM115 (returned)
-    magic = fh.read(2)
-    fh.seek(0)
+    with open(path, "rb") as probe:
+        magic = probe.read(2)
     if magic == b"\x1f\x8b":
-        return cast(IO[bytes], gzip.GzipFile(fileobj=fh, mode="rb"))
-    return fh
+        return cast(IO[bytes], gzip.open(path, "rb"))
+    return open(path, "rb")
 
 
 def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
