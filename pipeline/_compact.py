@@ -48,7 +48,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from bms import TELEMETRY_SCHEMA, fsync_dir, telemetry_dir, write_parquet_atomic
+from bms import TELEMETRY_SCHEMA, SchemaError, fsync_dir, telemetry_dir, write_parquet_atomic
 from pipeline._nightly_state import (
     DoneStore,
     digest,
@@ -267,6 +267,20 @@ def _plan_ranges(vin_counts: pa.Table, memory_rows: int) -> tuple[pa.Array, np.n
     return vins, ranges
 
 
+def check_telemetry_schema(path: Path) -> int:
+    """Rows of a telemetry file; raise ``SchemaError`` naming it if its schema is foreign."""
+    pf = pq.ParquetFile(path)
+    found = [(f.name, f.type) for f in pf.schema_arrow]
+    expected = [(f.name, f.type) for f in TELEMETRY_SCHEMA]
+    if found != expected:
+        missing = sorted({n for n, _ in expected} - {n for n, _ in found})
+        raise SchemaError(
+            f"{path} is not a telemetry file (missing or mistyped columns: "
+            f"{', '.join(missing) or 'types differ'}); move it out of the lake"
+        )
+    return int(pf.metadata.num_rows)
+
+
 def _read(path: Path) -> pa.Table:
     return pq.read_table(path, schema=TELEMETRY_SCHEMA)
 
@@ -442,6 +456,8 @@ def compact_partition(
     ValueError
         A compaction journal of this partition is still pending (run
         ``recover_compactions`` first).
+    SchemaError
+        A file in the partition does not have the telemetry schema.
     """
     state_dir = data_dir / "state"
     lake = data_dir / "lake"
@@ -455,7 +471,7 @@ def compact_partition(
         return CompactionResult(day, fleet, "empty", 0, 0, 0, 0, None)
     done = DoneStore(state_dir, data_dir)
     fingerprint = file_fingerprint(inputs, data_dir)
-    rows_now = sum(pq.ParquetFile(p).metadata.num_rows for p in inputs)
+    rows_now = sum(check_telemetry_schema(p) for p in inputs)
     if done.is_done(STAGE, key, digest(fingerprint)):
         return CompactionResult(day, fleet, "up to date", len(inputs), rows_now, rows_now, 0, None)
     if len(inputs) == 1 and is_compacted(inputs[0]) and stats_path(state_dir, inputs[0]).exists():

@@ -32,6 +32,7 @@ not stop new readings of the VIN from arriving: stop ingest of the vehicle first
 
 from __future__ import annotations
 
+import base64
 import hmac
 import json
 import os
@@ -54,7 +55,7 @@ from bms import VIN_PATTERN, atomic_write_bytes, fsync_dir
 from pipeline._retention import rewrite_parquet
 
 _REMOVE = object()
-_FLATE_STREAM = re.compile(rb"stream\r?\n(.*?)\r?\nendstream", re.S)
+_PDF_STREAM = re.compile(rb"stream\r?\n(.*?)endstream", re.S)
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,17 +191,27 @@ def _scrub_json(obj: Any, vin: str) -> Any:
     return obj
 
 
-def _pdf_mentions(data: bytes, vin: str) -> bool:
-    needle = vin.encode()
-    if needle in data:
-        return True
-    for m in _FLATE_STREAM.finditer(data):
+def _pdf_stream_texts(data: bytes) -> list[bytes]:
+    """Decoded content of a PDF's streams (Flate, or ASCII85 then Flate as reportlab)."""
+    out: list[bytes] = []
+    for m in _PDF_STREAM.finditer(data):
+        raw = m.group(1).strip()
         try:
-            if needle in zlib.decompress(m.group(1)):
-                return True
-        except zlib.error:
+            out.append(zlib.decompress(raw))
             continue
-    return False
+        except zlib.error:
+            pass
+        try:
+            out.append(zlib.decompress(base64.a85decode(raw.removesuffix(b"~>"))))
+        except (zlib.error, ValueError):
+            continue
+    return out
+
+
+def _pdf_mentions(data: bytes, vin: str) -> bool:
+    """Does a PDF show ``vin``: in clear, in a decoded stream, or as a hex string?"""
+    needles = (vin.encode(), vin.encode().hex().encode(), vin.encode().hex().upper().encode())
+    return any(n in chunk for chunk in (data, *_pdf_stream_texts(data)) for n in needles)
 
 
 def _erase_other(path: Path, vin: str) -> str:

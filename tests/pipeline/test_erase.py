@@ -1,0 +1,192 @@
+"""``fleetbms erase --vin``: nothing of the vehicle remains anywhere under the data dir."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+from pypdf import PdfReader
+
+import bms
+from tests.pipeline.nightly_data import VINS, day_table, fleetbms, write_flushes
+from tests.pipeline.test_nightly import OLD_DAY, RETENTION, RUN_DAY
+
+GONE = VINS[0]
+
+
+def reading(vin: str, seq: int, ts: str, cell_mv: int = 3700) -> dict:
+    return {
+        "v": 1,
+        "vin": vin,
+        "seq": seq,
+        "ts": ts,
+        "pack": {
+            "current_a": -5.0,
+            "voltage_v": 350.0,
+            "soc_pct": 60.0,
+            "cycle_count": 10,
+            "odometer_km": 100.0,
+            "mode": "drive",
+        },
+        "cells": {"voltages_mv": [cell_mv, 3700, 3701], "temps_c": [25.0, 25.5]},
+    }
+
+
+def make_pdf(path: Path, lines: list[str]) -> None:
+    from reportlab.pdfgen import canvas
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    c = canvas.Canvas(str(path), pageCompression=1)
+    for i, line in enumerate(lines):
+        c.drawString(72, 720 - 14 * i, line)
+    c.save()
+
+
+def textual_values(table: pa.Table) -> list[str]:
+    """Every string and binary value of a table, nested lists included."""
+    out: list[str] = []
+    for col in table.columns:
+        arr = col.combine_chunks()
+        while pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type):
+            arr = pc.list_flatten(arr)
+        if pa.types.is_dictionary(arr.type):
+            arr = arr.cast(arr.type.value_type)
+        if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
+            out += [v for v in arr.to_pylist() if v is not None]
+        elif pa.types.is_binary(arr.type) or pa.types.is_large_binary(arr.type):
+            out += [v.decode("latin-1") for v in arr.to_pylist() if v is not None]
+    return out
+
+
+@pytest.fixture
+def full_data_dir(tmp_path: Path) -> Path:
+    """A data dir with the VIN in every kind of place the pipeline writes."""
+    d = tmp_path / "data"
+    lake = d / "lake"
+    for day in (OLD_DAY, RUN_DAY - timedelta(days=1), RUN_DAY):
+        write_flushes(day_table(day), lake, flushes=2)
+    # Through the real importer: telemetry, an alert, a quarantined message, ingest state.
+    lines = [
+        json.dumps(reading(GONE, 10**6, f"{RUN_DAY}T06:00:00.000Z", cell_mv=4300)),
+        json.dumps(reading(VINS[1], 10**6, f"{RUN_DAY}T06:00:00.000Z")),
+        json.dumps({"v": 1, "vin": GONE, "seq": 5, "ts": f"{RUN_DAY}T07:00:00Z"}),
+    ]
+    dump = tmp_path / "gateway.jsonl"
+    dump.write_text("\n".join(lines) + "\n")
+    imp = fleetbms(d, "import", str(dump), "--fleet", "demo")
+    assert imp.returncode == 0, imp.stderr
+    assert list((lake / "alerts").rglob("*.parquet"))
+    assert list((lake / "quarantine").rglob("*.parquet"))
+    registry = pa.table(
+        {
+            "vin": VINS,
+            "fleet": ["demo"] * 3,
+            "chemistry": ["nmc"] * 3,
+            "capacity_ah": [100.0] * 3,
+            "n_cells": pa.array([3] * 3, pa.int16()),
+            "n_temps": pa.array([2] * 3, pa.int16()),
+            "vehicle_class": ["car"] * 3,
+            "in_service_date": pa.array([RUN_DAY - timedelta(days=900)] * 3, pa.date32()),
+            "warranty_policy": [""] * 3,
+        }
+    )
+    bms.write_parquet_atomic(registry, lake / "registry" / "vehicles.parquet")
+    truth = pa.table({"vin": VINS, "soh_pct": [95.0, 94.0, 93.0]})
+    bms.write_parquet_atomic(truth, d / "truth" / "vehicle_day.parquet")
+    r = fleetbms(d, "nightly", "--date", RUN_DAY.isoformat(), **RETENTION)
+    assert r.returncode in (0, 3), r.stderr
+    assert list((d / "archive").rglob("*.parquet"))
+    reports = d / "reports" / f"date={RUN_DAY}"
+    make_pdf(reports / "fleet.pdf", [f"{v}  SoH 95.0 %" for v in VINS])
+    make_pdf(reports / "vehicles" / f"{GONE}.pdf", [f"Vehicle {GONE}"])
+    make_pdf(reports / "vehicles" / f"{VINS[1]}.pdf", [f"Vehicle {VINS[1]}"])
+    (reports / "fleet.csv").write_text("vin,soh_pct\n" + "".join(f"{v},95.0\n" for v in VINS))
+    return d
+
+
+def test_erase_leaves_no_trace_of_the_vin_anywhere(full_data_dir: Path):
+    d = full_data_dir
+    telemetry_before = pq.read_table(bms.telemetry_files(d / "lake", RUN_DAY), columns=["vin"])[
+        "vin"
+    ]
+    kept_rows = int(pc.sum(pc.equal(telemetry_before, VINS[1])).as_py())
+
+    r = fleetbms(d, "erase", "--vin", GONE)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(f"erased {GONE}: ")
+
+    scanned = 0
+    for p in d.rglob("*"):
+        if not p.is_file():
+            continue
+        scanned += 1
+        assert GONE.encode() not in p.read_bytes(), p
+        assert GONE not in str(p.relative_to(d)), p
+        if p.suffix == ".parquet":
+            assert not any(GONE in v for v in textual_values(pq.read_table(p))), p
+        if p.suffix == ".pdf":
+            assert GONE not in "".join(page.extract_text() for page in PdfReader(p).pages), p
+    assert scanned > 20
+
+    # Other vehicles keep their data.
+    after = pq.read_table(bms.telemetry_files(d / "lake", RUN_DAY), columns=["vin"])["vin"]
+    assert int(pc.sum(pc.equal(after, VINS[1])).as_py()) == kept_rows
+    assert (d / "reports" / f"date={RUN_DAY}" / "vehicles" / f"{VINS[1]}.pdf").exists()
+    csv = (d / "reports" / f"date={RUN_DAY}" / "fleet.csv").read_text()
+    assert csv == "vin,soh_pct\n" + "".join(f"{v},95.0\n" for v in VINS[1:])
+    archive = pq.read_table(sorted((d / "archive").rglob("*.parquet")))
+    assert set(archive["vin"].to_pylist()) == set(VINS[1:])
+    compacted = pq.read_table(bms.telemetry_files(d / "lake", RUN_DAY)[0])
+    keys = list(zip(compacted["vin"].to_pylist(), compacted["ts"].to_pylist(), strict=True))
+    assert keys == sorted(keys)
+
+    # The log holds a keyed hash, never the VIN.
+    log = (d / "state" / "erasure" / "log.jsonl").read_text().splitlines()
+    assert len(log) == 1
+    entry = json.loads(log[0])
+    key = (d / "state" / "erasure" / "hmac.key").read_bytes()
+    assert entry["vin_hmac_sha256"] == hmac.new(key, GONE.encode(), hashlib.sha256).hexdigest()
+    assert entry["rows_removed"] > 0
+    assert (d / "state" / "erasure" / "hmac.key").stat().st_mode & 0o077 == 0
+
+    # The next nightly does not bring anything back.
+    again = fleetbms(d, "nightly", "--date", RUN_DAY.isoformat(), **RETENTION)
+    assert again.returncode in (0, 3), again.stderr
+    for p in d.rglob("*.parquet"):
+        assert not any(GONE in v for v in textual_values(pq.read_table(p))), p
+
+
+def test_erase_rejects_a_malformed_vin(tmp_path: Path):
+    r = fleetbms(tmp_path, "erase", "--vin", "MAT612345NEX0000I")
+    assert r.returncode == 1
+    assert r.stderr == (
+        "Error: 'MAT612345NEX0000I' is not a VIN (17 characters of A-H, J-N, P, R-Z, 0-9)\n"
+    )
+
+
+def test_erase_keeps_row_groups_and_sort_order_of_a_big_file(tmp_path: Path):
+    d = tmp_path / "data"
+    vins = [f"MAT612345NEX{i:05d}" for i in range(1, 7)]
+    write_flushes(day_table(RUN_DAY, vins=vins, cadence_s=60), d / "lake")
+    env = {"FLEETBMS_NIGHTLY__ROW_GROUP_ROWS": "2000"}
+    assert fleetbms(d, "nightly", "--date", RUN_DAY.isoformat(), **env).returncode == 0
+    path = bms.telemetry_files(d / "lake", RUN_DAY)[0]
+    before = pq.ParquetFile(path).metadata
+    assert [before.row_group(i).num_rows for i in range(before.num_row_groups)][:4] == [2000] * 4
+    assert fleetbms(d, "erase", "--vin", vins[2]).returncode == 0
+    after = pq.ParquetFile(path).metadata
+    sizes = [after.row_group(i).num_rows for i in range(after.num_row_groups)]
+    assert sum(sizes) == 5 * 1440
+    assert after.row_group(0).sorting_columns == before.row_group(0).sorting_columns
+    t = pq.read_table(path)
+    assert vins[2] not in set(t["vin"].to_pylist())
+    order = np.lexsort((t["ts"].to_numpy(), np.array(t["vin"].to_pylist())))
+    assert (order == np.arange(t.num_rows)).all()

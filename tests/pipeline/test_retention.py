@@ -1,0 +1,67 @@
+"""Retention: raw telemetry to the archive tier after N days, deleted after M days."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+import bms
+from tests.pipeline.nightly_data import day_table, fleetbms, snapshot, write_flushes
+from tests.pipeline.test_nightly import RUN_DAY
+
+ENV = {
+    "FLEETBMS_RETENTION__ARCHIVE_AFTER_DAYS": "30",
+    "FLEETBMS_RETENTION__PURGE_AFTER_DAYS": "365",
+}
+
+
+def test_retention_archives_old_partitions_and_purges_older_ones(tmp_path: Path):
+    d = tmp_path / "data"
+    lake = d / "lake"
+    recent, old, ancient = (RUN_DAY - timedelta(days=k) for k in (10, 40, 400))
+    for day in (RUN_DAY, recent, old, ancient):
+        write_flushes(day_table(day), lake, flushes=2)
+    archived_before = d / "archive" / "telemetry" / f"date={RUN_DAY - timedelta(days=370)}"
+    write_flushes(day_table(RUN_DAY - timedelta(days=370)), d / "archive")
+    assert archived_before.is_dir()
+    old_files = {p.name: pq.read_table(p) for p in bms.telemetry_files(lake, old)}
+
+    r = fleetbms(d, "nightly", "--date", RUN_DAY.isoformat(), **ENV)
+    assert r.returncode == 0, r.stderr
+
+    assert bms.telemetry_files(lake, recent)  # kept (not in the run's dates: not compacted)
+    assert not (lake / "telemetry" / f"date={old}").exists()
+    assert not (lake / "telemetry" / f"date={ancient}").exists()
+    assert not archived_before.exists()
+    moved = sorted((d / "archive" / "telemetry" / f"date={old}" / "fleet=demo").iterdir())
+    assert [p.name for p in moved] == sorted(old_files)
+    for p in moved:
+        assert pq.read_table(p).equals(old_files[p.name])
+        assert pq.ParquetFile(p).metadata.row_group(0).column(0).compression == "ZSTD"
+    assert (lake / "metrics" / "reconciliation" / f"date={RUN_DAY}").is_dir()  # metrics kept
+
+    before = snapshot(lake, d / "archive")
+    again = fleetbms(d, "nightly", "--date", RUN_DAY.isoformat(), **ENV)
+    assert again.returncode == 0
+    assert '"archived_partitions": 0' in again.stdout
+    assert snapshot(lake, d / "archive") == before
+
+
+def test_retention_with_purge_before_archive_fails_the_run(tmp_path: Path):
+    d = tmp_path / "data"
+    write_flushes(day_table(RUN_DAY), d / "lake")
+    r = fleetbms(
+        d,
+        "nightly",
+        "--date",
+        RUN_DAY.isoformat(),
+        FLEETBMS_RETENTION__ARCHIVE_AFTER_DAYS="30",
+        FLEETBMS_RETENTION__PURGE_AFTER_DAYS="20",
+    )
+    assert r.returncode == 1
+    assert r.stderr == (
+        "Error: stage retention failed: retention: need 0 <= archive_after_days < "
+        "purge_after_days, got 30 and 20\n"
+    )

@@ -1,0 +1,60 @@
+"""``fleetbms status``: last runs, running or interrupted runs, dirty dates, sizes, lag."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import bms
+from tests.pipeline.nightly_data import (
+    day_table,
+    fleetbms,
+    kill9,
+    start_paused,
+    with_received,
+    write_flushes,
+)
+from tests.pipeline.test_nightly import RUN_DAY
+
+
+def test_status_shows_runs_dirty_dates_sizes_and_ingest_lag(tmp_path: Path):
+    d = tmp_path / "data"
+    write_flushes(day_table(RUN_DAY), d / "lake")
+    assert fleetbms(d, "nightly", "--date", RUN_DAY.isoformat()).returncode == 0
+    hour_ago_ms = int(time.time() * 1000) - 3_600_000
+    late = with_received(day_table(RUN_DAY - timedelta(days=3)).slice(0, 10), hour_ago_ms)
+    write_flushes(late, d / "lake", flushes=1, prefix="late")
+    bms.atomic_write_bytes(b"", d / "state" / "dirty" / (RUN_DAY - timedelta(days=3)).isoformat())
+
+    r = fleetbms(d, "status", "--json")
+    assert r.returncode == 0, r.stderr
+    st = json.loads(r.stdout)
+    assert [(x["run_date"], x["status"], x["exit_code"]) for x in st["runs"]] == [
+        (RUN_DAY.isoformat(), "ok", 0)
+    ]
+    assert st["running"] is None
+    assert st["dirty_dates"] == [(RUN_DAY - timedelta(days=3)).isoformat()]
+    assert st["sizes_bytes"]["lake/telemetry"] > 0
+    assert st["sizes_bytes"]["lake/metrics"] > 0
+    assert st["sizes_bytes"]["archive"] == 0
+    assert 3600 <= st["ingest_lag_s"] < 3600 + 300
+    assert st["open_anomalies"] is None
+
+    text = fleetbms(d, "status").stdout
+    assert f"date {RUN_DAY}  fleet demo  ok (exit 0)" in text
+    assert f"dirty dates: {RUN_DAY - timedelta(days=3)}" in text
+    assert "open anomalies: no anomaly table" in text
+
+
+def test_status_tells_a_running_run_from_a_killed_one(tmp_path: Path):
+    d = tmp_path / "data"
+    write_flushes(day_table(RUN_DAY), d / "lake")
+    proc = start_paused(d, "before:reconciliation", tmp_path / "paused", "--date", "2026-11-25")
+    running = json.loads(fleetbms(d, "status", "--json").stdout)
+    assert running["running"].endswith(f"(pid {proc.pid})")
+    kill9(proc)
+    after = json.loads(fleetbms(d, "status", "--json").stdout)
+    assert after["running"] is None
+    assert after["runs"][0]["status"] == "interrupted"
