@@ -109,6 +109,13 @@ class AnalyticsConfig:
     min_soc_window_pct: float = 40.0  # capacity needs at least this SoC swing [%]
     reference_temp_c: float = 25.0  # resistance normalised to this [degC]
     history_days: int = 730  # SoH fit window [days]
+    rest_c_rate: float = 0.02  # |current| below this x capacity counts as rest [1/h]
+    max_gap_s: float = 900.0  # a longer silence between readings is a data gap [s]
+    step_min_c_rate: float = 0.2  # current step used for resistance [1/h]
+    step_max_delay_s: float = 900.0  # a step's loaded reading at most this long after [s]
+    over_temp_c: float = 60.0  # over-temperature event threshold (warranty usage) [degC]
+    deep_discharge_soc_pct: float = 5.0  # deep-discharge event threshold [%]
+    threads: int = 0  # DuckDB threads; 0 = all cores
 
 
 @dataclass(frozen=True)

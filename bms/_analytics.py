@@ -1,0 +1,1521 @@
+"""The analytics runner: one date (and fleet) of telemetry -> the metrics tables.
+
+Reads one ``telemetry/date=D/fleet=F`` partition plus compact per-vehicle state, runs
+the SQL jobs of ``bms/sql`` in DuckDB, applies the science functions (capacity from
+rest points, resistance steps, robust SoH trend, warranty verdict) and writes
+``metrics/<table>/date=D/fleet=F/part.parquet`` atomically. Cost is O(one day): the
+state holds, per vehicle, its last reading, its recent rest points, running totals and
+the history of its capacity and resistance estimates (a few rows per day).
+
+State under ``state/analytics`` (``state_root`` below):
+
+- ``carry/fleet=F/date=D.parquet``: each vehicle's state after day D (the next
+  computed date starts from the latest one before it);
+- ``history/fleet=F/capacity.parquet``, ``resistance.parquet``: the estimates the trend
+  fits use (rows of date D are replaced when D is recomputed; a fit for D reads only
+  rows dated up to D, so a rerun gives byte-identical outputs);
+- ``runs/fleet=F/D.json``: the ledger: input files, the previous date's run id and the
+  parameters; a date is current when its ledger matches, and every later date is stale
+  once an earlier one is (late data, changed parameters).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from bms._capacity import (
+    capacity_ah_from_soc_window,
+    capacity_rel_sigma,
+    rest_soc_pct_from_cell_mv,
+    soc_sigma_pct_from_ocv,
+)
+from bms._errors import BmsError
+from bms._lake import atomic_write_bytes, telemetry_files, write_parquet_atomic
+from bms._ocv import CHEMISTRIES
+from bms._resistance import resistance_mohm_from_step, resistance_temp_factor
+from bms._soh import (
+    FADE_EXPONENT,
+    RESISTANCE_EXPONENT,
+    PowerFit,
+    fit_power_trend,
+)
+from bms._warranty import (
+    DAYS_PER_YEAR,
+    UsageTotals,
+    WarrantyPolicy,
+    coverage_end,
+    load_warranty_policy,
+    warranty_verdict,
+)
+
+#: Version of the analytics model; part of every run id and of the warranty evidence.
+ANALYTICS_MODEL_VERSION = "analytics-1"
+#: Metrics tables written per (date, fleet).
+METRICS_TABLES = (
+    "vehicle_day",
+    "capacity",
+    "resistance",
+    "cell_day",
+    "vehicle_soh",
+    "warranty",
+)
+_MS_PER_DAY = 86_400_000
+
+
+@dataclass(frozen=True)
+class AnalyticsParams:
+    """Tunables of the analytics jobs (``[analytics]`` in the configuration).
+
+    Defaults cite ``shared/science.md``; every value changes the run id, so changing one
+    makes all computed dates stale.
+    """
+
+    rest_min_s: int = 3 * 3600  # rest before an OCV point is trusted (science.md 6.2) [s]
+    min_soc_window_pct: float = 40.0  # capacity needs this SoC swing (science.md 6.1) [%]
+    max_soc_sigma_pct: float = 3.0  # rest points with a vaguer OCV SoC are not used [%]
+    max_capacity_rel_sigma: float = 0.08  # capacity estimates vaguer than this dropped [-]
+    max_pair_hours: float = 96.0  # rest points further apart are not paired [h]
+    reference_temp_c: float = 25.0  # resistance normalised to this (science.md 6.5) [degC]
+    history_days: int = 730  # SoH / resistance fit window [days]
+    rest_c_rate: float = 0.02  # |current| below this x capacity = at rest [1/h]
+    max_gap_s: float = 900.0  # a longer silence is a data gap [s]
+    default_capacity_ah: float = 100.0  # C-rates of a VIN missing from the registry [Ah]
+    over_temp_c: float = 60.0  # over-temperature event threshold (contract v1 alert) [degC]
+    deep_discharge_soc_pct: float = 5.0  # deep-discharge event threshold [%]
+    step_min_c_rate: float = 0.2  # current step for resistance [1/h]
+    step_max_delay_s: float = 900.0  # a step's loaded reading at most this long after [s]
+    step_soc_min_pct: float = 20.0  # reference SoC band of resistance steps [%]
+    step_soc_max_pct: float = 90.0
+    load_c_rate: float = 0.3  # cell sag measured at discharge above this [1/h]
+    cell_rest_min_s: int = 1800  # rest before a cell's rest deviation is read [s]
+    settle_s: int = 1800  # self-discharge starts this long into a rest [s]
+    self_discharge_min_s: int = 7200  # self-discharge needs this much rest [s]
+    offset_smoothing: float = 0.3  # weight of a day's current-offset estimate (EWMA) [-]
+    cell_ratio_smoothing: float = 0.1  # weight of a pair's cell capacity ratios (EWMA) [-]
+    systematic_soh_sigma_pct: float = 0.4  # model error in every SoH interval [%]
+    warranty_policy: str = "oem-8y-160k-70"  # for vehicles whose registry names none
+    policy_override: str = ""  # preset id or TOML path used for every vehicle if set
+    threads: int = 0  # DuckDB threads; 0 = all cores
+
+    def run_hash(self) -> str:
+        """Digest of the parameters (and of the override policy file, if any)."""
+        payload = json.dumps(dataclasses.asdict(self), sort_keys=True)
+        if self.policy_override and Path(self.policy_override).is_file():
+            payload += Path(self.policy_override).read_text(encoding="utf-8")
+        return hashlib.sha256(f"{ANALYTICS_MODEL_VERSION}|{payload}".encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class DateStatus:
+    """Whether one (date, fleet) has current results: ``current``, ``missing``, ``stale``."""
+
+    day: date
+    fleet: str
+    state: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class AnalyticsSummary:
+    """What ``run_analytics`` did for one date."""
+
+    day: date
+    fleets: tuple[str, ...]
+    vehicles: int
+    readings: int
+    duplicates_dropped: int
+    capacity_estimates: int
+    resistance_steps: int
+    unknown_vins: tuple[str, ...]
+    verdicts: Mapping[str, int]
+    files: tuple[Path, ...]
+    seconds: float
+    stale_after: tuple[date, ...] = field(default=())
+
+
+# --------------------------------------------------------------------------- paths
+
+
+def _state_root(lake_root: Path, state_root: Path | None) -> Path:
+    return state_root if state_root is not None else lake_root.parent / "state" / "analytics"
+
+
+def metrics_path(lake_root: Path, table: str, day: date, fleet: str) -> Path:
+    """Path of one metrics partition file."""
+    return (
+        lake_root
+        / "metrics"
+        / table
+        / f"date={day.isoformat()}"
+        / f"fleet={fleet}"
+        / "part.parquet"
+    )
+
+
+def _carry_path(state: Path, fleet: str, day: date) -> Path:
+    return state / "carry" / f"fleet={fleet}" / f"date={day.isoformat()}.parquet"
+
+
+def _ledger_path(state: Path, fleet: str, day: date) -> Path:
+    return state / "runs" / f"fleet={fleet}" / f"{day.isoformat()}.json"
+
+
+def _history_path(state: Path, fleet: str, kind: str) -> Path:
+    return state / "history" / f"fleet={fleet}" / f"{kind}.parquet"
+
+
+def _sql(name: str) -> str:
+    return resources.files("bms").joinpath("sql", f"{name}.sql").read_text("utf-8")
+
+
+# --------------------------------------------------------------------------- status
+
+
+def _partition_dates(lake_root: Path) -> dict[str, list[date]]:
+    """Fleets -> sorted dates that have visible telemetry files."""
+    out: dict[str, set[date]] = {}
+    for path in telemetry_files(lake_root):
+        fleet = path.parent.name.removeprefix("fleet=")
+        day = date.fromisoformat(path.parent.parent.name.removeprefix("date="))
+        out.setdefault(fleet, set()).add(day)
+    return {f: sorted(d) for f, d in sorted(out.items())}
+
+
+def _fingerprint(lake_root: Path, day: date, fleet: str) -> list[list[Any]]:
+    base = lake_root / "telemetry" / f"date={day.isoformat()}" / f"fleet={fleet}"
+    return [[p.name, p.stat().st_size] for p in sorted(base.glob("*.parquet"))]
+
+
+def _read_ledger(state: Path, fleet: str, day: date) -> dict[str, Any] | None:
+    try:
+        out: dict[str, Any] = json.loads(_ledger_path(state, fleet, day).read_text("utf-8"))
+    except (OSError, ValueError):
+        return None
+    return out
+
+
+def analytics_status(
+    lake_root: Path,
+    *,
+    fleet: str | None = None,
+    params: AnalyticsParams | None = None,
+    state_root: Path | None = None,
+) -> list[DateStatus]:
+    """Status of every (date, fleet) that has telemetry, oldest first.
+
+    A date is ``current`` when its ledger names the same input files, parameters and
+    previous run as now; ``missing`` when it was never computed; ``stale`` when it was
+    but its inputs changed (late data, compaction, new parameters) or an earlier date
+    was (re)computed after it: its outputs, and those of every later date, must be
+    recomputed in order.
+    """
+    params = params or AnalyticsParams()
+    state = _state_root(lake_root, state_root)
+    run_hash = params.run_hash()
+    out: list[DateStatus] = []
+    for fl, days in _partition_dates(lake_root).items():
+        if fleet is not None and fl != fleet:
+            continue
+        prev_run: str | None = None
+        broken = ""
+        for day in days:
+            ledger = _read_ledger(state, fl, day)
+            if ledger is None:
+                out.append(DateStatus(day, fl, "missing", "never computed"))
+                broken = broken or f"{day} not computed"
+                prev_run = None
+                continue
+            reason = ""
+            if broken:
+                reason = f"earlier date changed: {broken}"
+            elif ledger.get("params") != run_hash:
+                reason = "parameters or model changed"
+            elif ledger.get("inputs") != _fingerprint(lake_root, day, fl):
+                reason = "telemetry files changed (late data or compaction)"
+            elif ledger.get("prev_run") != prev_run:
+                reason = "computed from a different previous state"
+            if reason:
+                out.append(DateStatus(day, fl, "stale", reason))
+                broken = broken or f"{day} {reason}"
+                prev_run = None
+            else:
+                out.append(DateStatus(day, fl, "current", ""))
+                prev_run = str(ledger.get("run_id"))
+    out.sort(key=lambda s: (s.day, s.fleet))
+    return out
+
+
+def pending_dates(
+    lake_root: Path,
+    *,
+    fleet: str | None = None,
+    params: AnalyticsParams | None = None,
+    state_root: Path | None = None,
+) -> list[date]:
+    """Dates with telemetry whose results are missing or stale, oldest first."""
+    status = analytics_status(lake_root, fleet=fleet, params=params, state_root=state_root)
+    return sorted({s.day for s in status if s.state != "current"})
+
+
+def stale_dates(
+    lake_root: Path,
+    *,
+    fleet: str | None = None,
+    params: AnalyticsParams | None = None,
+    state_root: Path | None = None,
+) -> list[date]:
+    """Dates computed before whose results are out of date, oldest first."""
+    status = analytics_status(lake_root, fleet=fleet, params=params, state_root=state_root)
+    return sorted({s.day for s in status if s.state == "stale"})
+
+
+# --------------------------------------------------------------------------- registry
+
+
+_REGISTRY_COLUMNS = {
+    "vin": pa.string(),
+    "fleet": pa.string(),
+    "chemistry": pa.string(),
+    "capacity_ah": pa.float64(),
+    "n_cells": pa.int16(),
+    "in_service_date": pa.date32(),
+    "warranty_policy": pa.string(),
+}
+
+
+def read_registry(lake_root: Path, fleet: str | None = None) -> pa.Table:
+    """The vehicle registry (``registry/vehicles.parquet``), optionally of one fleet.
+
+    Raises
+    ------
+    BmsError
+        The file exists but lacks a documented column or names an unknown chemistry.
+    """
+    path = lake_root / "registry" / "vehicles.parquet"
+    if not path.exists():
+        return pa.schema(list(_REGISTRY_COLUMNS.items())).empty_table()
+    table = pq.read_table(path)
+    missing = [c for c in _REGISTRY_COLUMNS if c not in table.column_names]
+    if missing:
+        raise BmsError(f"registry {path} lacks column(s) {', '.join(missing)}")
+    table = table.select(list(_REGISTRY_COLUMNS)).cast(pa.schema(list(_REGISTRY_COLUMNS.items())))
+    bad = set(table["chemistry"].to_pylist()) - set(CHEMISTRIES)
+    if bad:
+        raise BmsError(
+            f"registry {path}: unknown chemistry {sorted(map(str, bad))}; "
+            f"valid: {', '.join(CHEMISTRIES)}"
+        )
+    if fleet is not None:
+        table = table.filter(pc.equal(table["fleet"], fleet))
+    return table
+
+
+# --------------------------------------------------------------------------- carry
+
+_RP_FIELDS = (
+    "t_ms",
+    "q_uah",
+    "covered_ms",
+    "bad_gaps",
+    "soc_pct",
+    "soc_sigma_pct",
+    "temp_c",
+    "ocv_v",
+    "rest_h",
+)
+
+CARRY_SCHEMA = pa.schema(
+    [
+        ("vin", pa.string()),
+        ("last_date", pa.date32()),
+        ("last_ts_ms", pa.int64()),
+        ("last_current_a", pa.float64()),
+        ("last_voltage_v", pa.float64()),
+        ("last_soc_pct", pa.float64()),
+        ("last_temp_c_max", pa.float64()),
+        ("last_mode", pa.string()),
+        ("last_odometer_km", pa.float64()),
+        ("rest_start_ms", pa.int64()),
+        ("rest_mode_before", pa.string()),
+        ("q_total_uah", pa.int64()),
+        ("covered_total_ms", pa.int64()),
+        ("bad_gaps_total", pa.int64()),
+        *[(f"rp_{f}", pa.list_(pa.float64())) for f in _RP_FIELDS],
+        ("rp_cell_soc_pct", pa.list_(pa.list_(pa.float32()))),
+        ("cell_capacity_ratio", pa.list_(pa.float64())),
+        ("offset_a", pa.float64()),
+        ("offset_sigma_a", pa.float64()),
+        ("first_ts_ms", pa.int64()),
+        ("first_odometer_km", pa.float64()),
+        ("days_seen", pa.int64()),
+        ("charged_total_uah", pa.int64()),
+        ("charged_dc_total_uah", pa.int64()),
+        ("over_temp_events_total", pa.int64()),
+        ("deep_discharges_total", pa.int64()),
+        ("bms_soh_pct", pa.float64()),
+    ]
+)
+
+
+def _latest_carry(state: Path, fleet: str, day: date) -> pa.Table:
+    base = state / "carry" / f"fleet={fleet}"
+    best: tuple[date, Path] | None = None
+    if base.is_dir():
+        for p in base.glob("date=*.parquet"):
+            d = date.fromisoformat(p.stem.removeprefix("date="))
+            if d < day and (best is None or d > best[0]):
+                best = (d, p)
+    if best is None:
+        return CARRY_SCHEMA.empty_table()
+    return pq.read_table(best[1], schema=CARRY_SCHEMA)
+
+
+def _prev_run_id(state: Path, fleet: str, day: date, lake_root: Path) -> str | None:
+    days = [d for d in _partition_dates(lake_root).get(fleet, []) if d < day]
+    if not days:
+        return None
+    ledger = _read_ledger(state, fleet, days[-1])
+    return None if ledger is None else str(ledger.get("run_id"))
+
+
+# --------------------------------------------------------------------------- schemas
+
+_F = pa.float64()
+_F32 = pa.float32()
+_I = pa.int64()
+_TS = pa.timestamp("ms", tz="UTC")
+
+METRICS_SCHEMAS: dict[str, pa.Schema] = {
+    "vehicle_day": pa.schema(
+        [
+            ("vin", pa.string()),
+            ("chemistry", pa.string()),
+            ("n_readings", _I),
+            ("duplicates_dropped", _I),
+            ("flagged_readings", _I),
+            ("first_ts", _TS),
+            ("last_ts", _TS),
+            ("covered_hours", _F),
+            ("gaps", _I),
+            ("distance_km", _F),
+            ("odometer_km", _F),
+            ("ah_charged", _F),
+            ("ah_discharged", _F),
+            ("kwh_charged", _F),
+            ("kwh_discharged", _F),
+            ("equivalent_full_cycles", _F),
+            ("ah_charged_dc", _F),
+            ("dc_fast_share", _F),
+            ("hours_soc_above_90", _F),
+            ("hours_soc_below_10", _F),
+            ("soc_min_pct", _F),
+            ("soc_max_pct", _F),
+            ("hours_temp_below_0c", _F),
+            ("hours_temp_0_15c", _F),
+            ("hours_temp_15_25c", _F),
+            ("hours_temp_25_35c", _F),
+            ("hours_temp_35_45c", _F),
+            ("hours_temp_above_45c", _F),
+            ("temp_c_max", _F),
+            ("temp_c_min", _F),
+            ("max_c_rate", _F),
+            ("max_charge_c_rate", _F),
+            ("max_discharge_c_rate", _F),
+            ("rest_periods", _I),
+            ("rest_hours", _F),
+            ("over_temp_events", _I),
+            ("deep_discharges", _I),
+            ("rest_current_median_a", _F),
+            ("rest_current_mad_a", _F),
+            ("rest_readings", _I),
+            ("bms_soh_pct", _F),
+            ("bms_cycle_count", _I),
+        ]
+    ),
+    "capacity": pa.schema(
+        [
+            ("vin", pa.string()),
+            ("chemistry", pa.string()),
+            ("start_ts", _TS),
+            ("end_ts", _TS),
+            ("soc_start_pct", _F),
+            ("soc_end_pct", _F),
+            ("ocv_start_v", _F),
+            ("ocv_end_v", _F),
+            ("rest_start_h", _F),
+            ("rest_end_h", _F),
+            ("charge_ah", _F),
+            ("current_offset_a", _F),
+            ("duration_h", _F),
+            ("temp_c", _F),
+            ("capacity_ah", _F),
+            ("rated_capacity_ah", _F),
+            ("soh_pct", _F),
+            ("rel_sigma", _F),
+            ("weight", _F),
+            ("bms_soh_pct", _F),
+        ]
+    ),
+    "resistance": pa.schema(
+        [
+            ("vin", pa.string()),
+            ("chemistry", pa.string()),
+            ("n_steps", _I),
+            ("delay_s", _F),
+            ("temp_c", _F),
+            ("soc_pct", _F),
+            ("resistance_mohm", _F),
+            ("resistance_mohm_25c", _F),
+            ("resistance_sigma_mohm", _F),
+            ("reference_temp_c", _F),
+            ("cell_resistance_mohm_25c", pa.list_(_F32)),
+        ]
+    ),
+    "cell_day": pa.schema(
+        [
+            ("vin", pa.string()),
+            ("cell", pa.int16()),
+            ("n_cells", pa.int16()),
+            ("rest_dev_mv", _F),
+            ("n_rest", _I),
+            ("self_discharge_mv_per_day", _F),
+            ("self_discharge_hours", _F),
+            ("sag_mv", _F),
+            ("n_load", _I),
+            ("resistance_mohm", _F),
+            ("resistance_mohm_25c", _F),
+            ("resistance_dev_pct", _F),
+            ("n_steps", _I),
+            ("temp_dev_c", _F),
+            ("min_cell_share", _F),
+            ("max_cell_share", _F),
+        ]
+    ),
+    "vehicle_soh": pa.schema(
+        [
+            ("vin", pa.string()),
+            ("chemistry", pa.string()),
+            ("has_data_today", pa.bool_()),
+            ("age_years", _F),
+            ("odometer_km", _F),
+            ("km_per_day", _F),
+            ("n_estimates", _I),
+            ("soh_pct", _F),
+            ("soh_low_pct", _F),
+            ("soh_high_pct", _F),
+            ("fade_exponent", _F),
+            ("soh_new_pct", _F),
+            ("fade_pct_per_year_pow", _F),
+            ("fit_scale", _F),
+            ("n_resistance_days", _I),
+            ("resistance_mohm_25c", _F),
+            ("resistance_growth_pct", _F),
+            ("resistance_growth_low_pct", _F),
+            ("resistance_growth_high_pct", _F),
+            ("bms_soh_pct", _F),
+            ("policy_id", pa.string()),
+            ("horizon_years", _F),
+            ("horizon_km", _F),
+            ("projected_soh_pct", _F),
+            ("projected_soh_low_pct", _F),
+            ("projected_soh_high_pct", _F),
+        ]
+    ),
+    "warranty": pa.schema(
+        [
+            ("vin", pa.string()),
+            ("policy_id", pa.string()),
+            ("status", pa.string()),
+            ("reason", pa.string()),
+            ("threshold_min_soh_pct", _F),
+            ("threshold_years", _F),
+            ("threshold_km", _F),
+            ("coverage_end_years", _F),
+            ("coverage_end_km", _F),
+            ("age_years", _F),
+            ("odometer_km", _F),
+            ("km_per_day", _F),
+            ("soh_pct", _F),
+            ("soh_low_pct", _F),
+            ("soh_high_pct", _F),
+            ("projected_soh_pct", _F),
+            ("projected_soh_low_pct", _F),
+            ("projected_soh_high_pct", _F),
+            ("over_temp_events", _I),
+            ("dc_fast_share", _F),
+            ("deep_discharges", _I),
+            ("usage_flags", pa.list_(pa.string())),
+            ("evidence", pa.string()),
+            ("model_version", pa.string()),
+        ]
+    ),
+}
+
+_HISTORY_SCHEMAS = {
+    "capacity": pa.schema(
+        [
+            ("vin", pa.string()),
+            ("date", pa.date32()),
+            ("t_ms", _I),
+            ("soh_pct", _F),
+            ("sigma_pct", _F),
+        ]
+    ),
+    "resistance": pa.schema(
+        [
+            ("vin", pa.string()),
+            ("date", pa.date32()),
+            ("t_ms", _I),
+            ("r_mohm", _F),
+            ("sigma_mohm", _F),
+        ]
+    ),
+}
+
+
+def _to_schema(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """Cast a query result to a documented schema (column order, types)."""
+    cols = []
+    for f in schema:
+        col = table[f.name]
+        if pa.types.is_timestamp(f.type) and pa.types.is_timestamp(col.type):
+            col = pc.cast(pc.cast(col, pa.timestamp("ms")), pa.timestamp("ms")).cast(f.type)
+        cols.append(pc.cast(col, f.type))
+    return pa.Table.from_arrays(cols, schema=schema)
+
+
+# --------------------------------------------------------------------------- runner
+
+
+def run_analytics(
+    lake_root: Path,
+    day: date,
+    *,
+    fleet: str | None = None,
+    params: AnalyticsParams | None = None,
+    state_root: Path | None = None,
+) -> AnalyticsSummary:
+    """Compute every metrics table for one date (all fleets with data, or one).
+
+    Parameters
+    ----------
+    lake_root : Path
+        Root of the lake (``data/lake``).
+    day : date
+        UTC event date.
+    fleet : str, optional
+        Only this fleet.
+    params : AnalyticsParams, optional
+    state_root : Path, optional
+        Analytics state folder; default ``lake_root/../state/analytics``.
+
+    Returns
+    -------
+    AnalyticsSummary
+        Counts, verdict tally, files written and the later dates that became stale.
+
+    Raises
+    ------
+    BmsError
+        No telemetry for that date (and fleet), bad registry, unknown policy.
+    """
+    params = params or AnalyticsParams()
+    state = _state_root(lake_root, state_root)
+    started = time.perf_counter()
+    partitions = _partition_dates(lake_root)
+    fleets = [f for f, days in partitions.items() if day in days and (fleet is None or f == fleet)]
+    if not fleets:
+        where = f" and fleet {fleet}" if fleet else ""
+        raise BmsError(f"no telemetry for {day.isoformat()}{where} in {lake_root / 'telemetry'}")
+    totals: dict[str, int] = {"vehicles": 0, "readings": 0, "dups": 0, "cap": 0, "steps": 0}
+    verdicts: dict[str, int] = {}
+    files: list[Path] = []
+    unknown: set[str] = set()
+    for fl in fleets:
+        res = _run_fleet_day(lake_root, state, day, fl, params)
+        for k, v in res["totals"].items():
+            totals[k] += v
+        for k, v in res["verdicts"].items():
+            verdicts[k] = verdicts.get(k, 0) + v
+        files.extend(res["files"])
+        unknown.update(res["unknown"])
+    later = sorted({d for f in fleets for d in partitions[f] if d > day})
+    stale_after = (
+        tuple(
+            d
+            for d in later
+            if d in set(pending_dates(lake_root, params=params, state_root=state_root))
+        )
+        if later
+        else ()
+    )
+    return AnalyticsSummary(
+        day=day,
+        fleets=tuple(fleets),
+        vehicles=totals["vehicles"],
+        readings=totals["readings"],
+        duplicates_dropped=totals["dups"],
+        capacity_estimates=totals["cap"],
+        resistance_steps=totals["steps"],
+        unknown_vins=tuple(sorted(unknown)),
+        verdicts=dict(sorted(verdicts.items())),
+        files=tuple(files),
+        seconds=time.perf_counter() - started,
+        stale_after=stale_after,
+    )
+
+
+def run_pending(
+    lake_root: Path,
+    *,
+    fleet: str | None = None,
+    params: AnalyticsParams | None = None,
+    state_root: Path | None = None,
+) -> list[AnalyticsSummary]:
+    """Catch up: compute every date whose results are missing or stale, in order."""
+    out = []
+    for fl in sorted(_partition_dates(lake_root)):
+        if fleet is not None and fl != fleet:
+            continue
+        for day in pending_dates(lake_root, fleet=fl, params=params, state_root=state_root):
+            out.append(
+                run_analytics(lake_root, day, fleet=fl, params=params, state_root=state_root)
+            )
+    return out
+
+
+def _connect(params: AnalyticsParams) -> Any:
+    import duckdb
+
+    con = duckdb.connect(config={"preserve_insertion_order": False})
+    if params.threads > 0:
+        con.execute(f"SET threads = {int(params.threads)}")
+    con.execute("SET TimeZone = 'UTC'")
+    variables = {
+        "rest_c_rate": params.rest_c_rate,
+        "max_gap_s": params.max_gap_s,
+        "default_capacity_ah": params.default_capacity_ah,
+        "over_temp_c": params.over_temp_c,
+        "deep_discharge_soc_pct": params.deep_discharge_soc_pct,
+        "rest_min_s": float(params.rest_min_s),
+        "step_min_c_rate": params.step_min_c_rate,
+        "step_max_delay_s": params.step_max_delay_s,
+        "step_soc_min_pct": params.step_soc_min_pct,
+        "step_soc_max_pct": params.step_soc_max_pct,
+        "load_c_rate": params.load_c_rate,
+        "cell_rest_min_s": float(params.cell_rest_min_s),
+        "settle_s": float(params.settle_s),
+        "self_discharge_min_s": float(params.self_discharge_min_s),
+    }
+    for name, value in variables.items():
+        con.execute(f"SET VARIABLE {name} = {float(value)!r}::DOUBLE")
+    return con
+
+
+def _run_fleet_day(
+    lake_root: Path, state: Path, day: date, fleet: str, params: AnalyticsParams
+) -> dict[str, Any]:
+    files = sorted(
+        (lake_root / "telemetry" / f"date={day.isoformat()}" / f"fleet={fleet}").glob("*.parquet")
+    )
+    fingerprint = [[p.name, p.stat().st_size] for p in files]
+    registry = read_registry(lake_root, fleet)
+    carry = _latest_carry(state, fleet, day)
+    policies = _PolicyCache(params)
+    con = _connect(params)
+    try:
+        file_list = ", ".join("'" + str(p).replace("'", "''") + "'" for p in files)
+        con.execute(
+            "CREATE VIEW tele AS SELECT * FROM "
+            f"read_parquet([{file_list}], hive_partitioning = false)"
+        )
+        con.register("registry", registry)
+        con.register("carry", carry)
+        con.execute(_sql("readings"))
+        con.execute(_sql("rest_runs"))
+        con.execute(_sql("resistance_steps"))
+        vehicle_day = con.sql(_sql("vehicle_day")).to_arrow_table()
+        steps = con.sql("SELECT * FROM resistance_steps").to_arrow_table()
+        steps = _steps_with_factor(steps, params)
+        con.register("steps", steps)
+        con.execute(_sql("cell_select"))
+        con.execute(_sql("cell_rows"))
+        cell_day = con.sql(_sql("cell_day")).to_arrow_table()
+        step_cells = con.sql(_sql("step_cells")).to_arrow_table()
+        rest_cells = con.sql(_sql("rest_cells")).to_arrow_table()
+        rest_runs = con.sql("SELECT * FROM rest_runs").to_arrow_table()
+        day_carry = con.sql(_sql("carry")).to_arrow_table()
+    finally:
+        con.close()
+
+    reg = {r["vin"]: r for r in registry.to_pylist()}
+    prev = {r["vin"]: r for r in carry.to_pylist()}
+    vd_rows = {r["vin"]: r for r in vehicle_day.to_pylist()}
+    unknown = sorted(v for v in vd_rows if v not in reg)
+
+    new_carry, capacity_rows = _update_carry_and_capacity(
+        day, prev, day_carry, rest_runs, rest_cells, vd_rows, reg, params
+    )
+    resistance = _resistance_table(steps, step_cells, cell_day, reg, params)
+    cap_hist, res_hist = _update_history(state, fleet, day, capacity_rows, resistance, reg)
+    soh_rows, warranty_rows = _trend_and_warranty(
+        day, new_carry, cap_hist, res_hist, reg, vd_rows, params, policies
+    )
+
+    outputs = {
+        "vehicle_day": _to_schema(vehicle_day, METRICS_SCHEMAS["vehicle_day"]),
+        "capacity": _rows_table(capacity_rows, METRICS_SCHEMAS["capacity"]),
+        "resistance": _to_schema(resistance, METRICS_SCHEMAS["resistance"]),
+        "cell_day": _to_schema(cell_day, METRICS_SCHEMAS["cell_day"]),
+        "vehicle_soh": _rows_table(soh_rows, METRICS_SCHEMAS["vehicle_soh"]),
+        "warranty": _rows_table(warranty_rows, METRICS_SCHEMAS["warranty"]),
+    }
+    written = []
+    for name, table in outputs.items():
+        meta = {
+            b"fleetbms.table": name.encode(),
+            b"fleetbms.model_version": ANALYTICS_MODEL_VERSION.encode(),
+        }
+        table = table.replace_schema_metadata(meta)
+        written.append(write_parquet_atomic(table, metrics_path(lake_root, name, day, fleet)))
+    write_parquet_atomic(
+        _rows_table(list(new_carry.values()), CARRY_SCHEMA), _carry_path(state, fleet, day)
+    )
+    prev_run = _prev_run_id(state, fleet, day, lake_root)
+    run_hash = params.run_hash()
+    run_id = hashlib.sha256(
+        json.dumps([fingerprint, prev_run, run_hash], sort_keys=True).encode()
+    ).hexdigest()[:16]
+    ledger = {
+        "date": day.isoformat(),
+        "fleet": fleet,
+        "inputs": fingerprint,
+        "params": run_hash,
+        "prev_run": prev_run,
+        "run_id": run_id,
+        "model_version": ANALYTICS_MODEL_VERSION,
+    }
+    atomic_write_bytes(
+        json.dumps(ledger, sort_keys=True, indent=1).encode(), _ledger_path(state, fleet, day)
+    )
+    statuses: dict[str, int] = {}
+    for row in warranty_rows:
+        statuses[row["status"]] = statuses.get(row["status"], 0) + 1
+    return {
+        "totals": {
+            "vehicles": vehicle_day.num_rows,
+            "readings": int(pc.sum(vehicle_day["n_readings"]).as_py() or 0),
+            "dups": int(pc.sum(vehicle_day["duplicates_dropped"]).as_py() or 0),
+            "cap": len(capacity_rows),
+            "steps": steps.num_rows,
+        },
+        "verdicts": statuses,
+        "files": written,
+        "unknown": unknown,
+    }
+
+
+def _rows_table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
+    """Rows to a table; a NaN (no value) is stored as null."""
+    if not rows:
+        return schema.empty_table()
+    clean = [
+        {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in r.items()}
+        for r in rows
+    ]
+    return pa.Table.from_pylist(clean, schema=schema)
+
+
+class _PolicyCache:
+    def __init__(self, params: AnalyticsParams) -> None:
+        self.params = params
+        self._cache: dict[str, WarrantyPolicy] = {}
+        # Fail early on a bad default or override.
+        self.get("")
+
+    def get(self, registry_policy: str | None) -> WarrantyPolicy:
+        name = self.params.policy_override or registry_policy or self.params.warranty_policy
+        if name not in self._cache:
+            self._cache[name] = load_warranty_policy(name)
+        return self._cache[name]
+
+
+# --------------------------------------------------------------------------- steps
+
+
+def _steps_with_factor(steps: pa.Table, params: AnalyticsParams) -> pa.Table:
+    temp = steps["temp_c"].to_numpy(zero_copy_only=False).astype(np.float64)
+    dv = steps["delta_v"].to_numpy(zero_copy_only=False).astype(np.float64)
+    di = steps["delta_a"].to_numpy(zero_copy_only=False).astype(np.float64)
+    factor = resistance_temp_factor(temp, params.reference_temp_c)
+    r = resistance_mohm_from_step(dv, di)
+    steps = steps.append_column("temp_factor", pa.array(factor, pa.float64()))
+    steps = steps.append_column("r_mohm", pa.array(r, pa.float64()))
+    return steps.append_column("r_mohm_25c", pa.array(r / factor, pa.float64()))
+
+
+def _step_resistance_25c(
+    r_pack_mohm: np.ndarray, r_cells_mohm: np.ndarray, temp_factor: np.ndarray
+) -> np.ndarray:
+    """Pack resistance of a step at the reference temperature: the cells' share
+    (sum of cell steps) scaled by the Arrhenius factor, the rest (busbars, contactors,
+    fuse: metallic, weakly temperature dependent) kept as measured; without cell steps
+    the whole pack is scaled."""
+    cells = np.where(np.isfinite(r_cells_mohm), r_cells_mohm, r_pack_mohm)
+    out: np.ndarray = cells / temp_factor + (r_pack_mohm - cells)
+    return out
+
+
+def _resistance_table(
+    steps: pa.Table,
+    step_cells: pa.Table,
+    cell_day: pa.Table,
+    reg: Mapping[str, Mapping[str, Any]],
+    params: AnalyticsParams,
+) -> pa.Table:
+    """Per vehicle: median pack resistance of the day's steps and per-cell medians."""
+    cols = {
+        n: steps[n].to_numpy(zero_copy_only=False)
+        for n in ("vin", "seq", "r_mohm", "delay_s", "temp_c", "soc_pct", "delta_a", "temp_factor")
+    }
+    cells_dv = {
+        (v, q): d
+        for v, q, d in zip(
+            step_cells["vin"].to_pylist(),
+            step_cells["seq"].to_pylist(),
+            step_cells["cells_delta_mv"].to_pylist(),
+            strict=True,
+        )
+    }
+    r_cells = np.array(
+        [
+            cells_dv.get((v, int(q)), math.nan) / float(di) if di else math.nan
+            for v, q, di in zip(cols["vin"], cols["seq"], cols["delta_a"], strict=True)
+        ],
+        dtype=np.float64,
+    )
+    r25_all = _step_resistance_25c(
+        cols["r_mohm"].astype(np.float64), r_cells, cols["temp_factor"].astype(np.float64)
+    )
+    cells: dict[str, list[float]] = {}
+    for vin, r25 in zip(
+        cell_day["vin"].to_pylist(), cell_day["resistance_mohm_25c"].to_pylist(), strict=True
+    ):
+        cells.setdefault(vin, []).append(math.nan if r25 is None else float(r25))
+    rows = []
+    vins = cols["vin"]
+    for vin in sorted(set(vins.tolist())):
+        m = vins == vin
+        r = cols["r_mohm"][m].astype(np.float64)
+        r25 = r25_all[m]
+        ok = np.isfinite(r25) & (r25 > 0)
+        if not ok.any():
+            continue
+        r25o = r25[ok]
+        med = float(np.median(r25o))
+        mad = float(np.median(np.abs(r25o - med))) * 1.4826
+        sigma = max(1.2533 * mad / math.sqrt(r25o.size), 0.005 * med)
+        rows.append(
+            {
+                "vin": vin,
+                "chemistry": (reg.get(vin) or {}).get("chemistry"),
+                "n_steps": int(r25o.size),
+                "delay_s": float(np.median(cols["delay_s"][m][ok])),
+                "temp_c": float(np.median(cols["temp_c"][m][ok])),
+                "soc_pct": float(np.median(cols["soc_pct"][m][ok])),
+                "resistance_mohm": float(np.median(r[ok])),
+                "resistance_mohm_25c": med,
+                "resistance_sigma_mohm": sigma,
+                "reference_temp_c": params.reference_temp_c,
+                "cell_resistance_mohm_25c": cells.get(vin),
+            }
+        )
+    return _rows_table(rows, METRICS_SCHEMAS["resistance"])
+
+
+# --------------------------------------------------------------------------- capacity
+
+
+def _ts(ms: float) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+def _update_carry_and_capacity(
+    day: date,
+    prev: Mapping[str, dict[str, Any]],
+    day_carry: pa.Table,
+    rest_runs: pa.Table,
+    rest_cells: pa.Table,
+    vd_rows: Mapping[str, Mapping[str, Any]],
+    reg: Mapping[str, Mapping[str, Any]],
+    params: AnalyticsParams,
+) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
+    """Pair today's rest points with the carried ones; return the new carry and the
+    capacity estimates."""
+    cells_at = {
+        (v, r): c
+        for v, r, c in zip(
+            rest_cells["vin"].to_pylist(),
+            rest_cells["run_id"].to_pylist(),
+            rest_cells["cell_mv"].to_pylist(),
+            strict=True,
+        )
+    }
+    runs_by_vin: dict[str, list[dict[str, Any]]] = {}
+    for row in rest_runs.to_pylist():
+        runs_by_vin.setdefault(row["vin"], []).append(row)
+    new: dict[str, dict[str, Any]] = {vin: dict(row) for vin, row in prev.items()}
+    estimates: list[dict[str, Any]] = []
+    for dc in day_carry.to_pylist():
+        vin = dc["vin"]
+        old = prev.get(vin)
+        info = reg.get(vin)
+        vd = vd_rows[vin]
+        q_base = old["q_total_uah"] if old else 0
+        cov_base = old["covered_total_ms"] if old else 0
+        gaps_base = old["bad_gaps_total"] if old else 0
+        # Current-sensor offset: EWMA of the days' median current at rest.
+        offset = old["offset_a"] if old else None
+        offset_sigma = old["offset_sigma_a"] if old else None
+        n_rest = vd["rest_readings"] or 0
+        if n_rest >= 20 and vd["rest_current_median_a"] is not None:
+            day_off = float(vd["rest_current_median_a"])
+            day_sig = max(
+                1.2533 * 1.4826 * float(vd["rest_current_mad_a"] or 0) / math.sqrt(n_rest), 0.005
+            )
+            if offset is None:
+                offset, offset_sigma = day_off, day_sig
+            else:
+                k = params.offset_smoothing
+                offset = (1 - k) * offset + k * day_off
+                offset_sigma = math.hypot((1 - k) * (offset_sigma or 0.0), k * day_sig)
+        points = (
+            [
+                dict(zip(_RP_FIELDS, vals, strict=True))
+                for vals in zip(*(old[f"rp_{f}"] for f in _RP_FIELDS), strict=True)
+            ]
+            if old and old["rp_t_ms"]
+            else []
+        )
+        for p, cs in zip(points, (old or {}).get("rp_cell_soc_pct") or [], strict=False):
+            p["cell_soc"] = np.asarray(cs, dtype=np.float64)
+        ratio = (
+            np.asarray(old["cell_capacity_ratio"], dtype=np.float64)
+            if old and old["cell_capacity_ratio"]
+            else None
+        )
+        rest_start = None
+        rest_mode = None
+        for run in sorted(runs_by_vin.get(vin, []), key=lambda r: r["end_ms"]):
+            if run["open_at_day_end"]:
+                rest_start = run["start_ms"]
+                rest_mode = run["mode_before_rest"]
+                continue
+            if info is None or run["duration_s"] < params.rest_min_s or not run["n_cells"]:
+                continue
+            chem = info["chemistry"]
+            direction = _DIRECTION.get(run["mode_before_rest"] or "", 0)
+            cell_mv = cells_at.get((vin, run["run_id"]))
+            cell_soc = None
+            if cell_mv is not None and None not in cell_mv:
+                cell_soc = rest_soc_pct_from_cell_mv(cell_mv, chem, direction)
+                ocv_v = float(np.mean(cell_mv)) / 1000.0
+                soc = float(np.mean(cell_soc))
+            else:
+                ocv_v = run["end_voltage_v"] / run["n_cells"]
+                soc = float(rest_soc_pct_from_cell_mv(ocv_v * 1000.0, chem, direction))
+            sigma = float(soc_sigma_pct_from_ocv(soc, chem))
+            point = {
+                "t_ms": float(run["end_ms"]),
+                "q_uah": float(q_base + run["q_cum_uah"]),
+                "covered_ms": float(cov_base + run["covered_cum_ms"]),
+                "bad_gaps": float(gaps_base + run["bad_gaps_cum"]),
+                "soc_pct": soc,
+                "soc_sigma_pct": sigma,
+                "temp_c": float(run["end_temp_c"]) if run["end_temp_c"] is not None else 25.0,
+                "ocv_v": ocv_v,
+                "rest_h": run["duration_s"] / 3600.0,
+                "cell_soc": cell_soc,
+            }
+            if sigma <= params.max_soc_sigma_pct:
+                est = _best_pair(point, points, info, offset, offset_sigma, params)
+                if est is not None:
+                    ratio = _weakest_cell(est, ratio, params)
+                    est["vin"] = vin
+                    est["chemistry"] = chem
+                    est["bms_soh_pct"] = run["end_bms_soh_pct"]
+                    estimates.append(est)
+                points.append(point)
+            points = [
+                p for p in points if point["t_ms"] - p["t_ms"] <= params.max_pair_hours * 3.6e6
+            ][-6:]
+        # Rest points older than the pairing window are useless tomorrow.
+        horizon_ms = dc["last_ts_ms"] - params.max_pair_hours * 3.6e6
+        points = [p for p in points if p["t_ms"] >= horizon_ms]
+        row = {
+            "vin": vin,
+            "last_date": day,
+            "last_ts_ms": dc["last_ts_ms"],
+            "last_current_a": dc["last_current_a"],
+            "last_voltage_v": dc["last_voltage_v"],
+            "last_soc_pct": dc["last_soc_pct"],
+            "last_temp_c_max": dc["last_temp_c_max"],
+            "last_mode": dc["last_mode"],
+            "last_odometer_km": dc["last_odometer_km"],
+            "rest_start_ms": rest_start if dc["last_at_rest"] else None,
+            "rest_mode_before": rest_mode if dc["last_at_rest"] else None,
+            "q_total_uah": q_base + int(dc["q_day_uah"]),
+            "covered_total_ms": cov_base + int(dc["covered_day_ms"]),
+            "bad_gaps_total": gaps_base + int(dc["bad_gaps_day"]),
+            **{f"rp_{f}": [float(p[f]) for p in points] for f in _RP_FIELDS},
+            "rp_cell_soc_pct": [
+                None if p.get("cell_soc") is None else p["cell_soc"].tolist() for p in points
+            ],
+            "cell_capacity_ratio": None if ratio is None else ratio.tolist(),
+            "offset_a": offset,
+            "offset_sigma_a": offset_sigma,
+            "first_ts_ms": old["first_ts_ms"] if old else dc["first_ts_ms"],
+            "first_odometer_km": old["first_odometer_km"] if old else dc["first_odometer_km"],
+            "days_seen": (old["days_seen"] if old else 0) + 1,
+            "charged_total_uah": (old["charged_total_uah"] if old else 0)
+            + round(vd["ah_charged"] * 1e6),
+            "charged_dc_total_uah": (old["charged_dc_total_uah"] if old else 0)
+            + round(vd["ah_charged_dc"] * 1e6),
+            "over_temp_events_total": (old["over_temp_events_total"] if old else 0)
+            + vd["over_temp_events"],
+            "deep_discharges_total": (old["deep_discharges_total"] if old else 0)
+            + vd["deep_discharges"],
+            "bms_soh_pct": vd["bms_soh_pct"]
+            if vd["bms_soh_pct"] is not None
+            else (old or {}).get("bms_soh_pct"),
+        }
+        new[vin] = row
+    estimates.sort(key=lambda e: (e["vin"], e["end_ts"]))
+    return dict(sorted(new.items())), estimates
+
+
+def _best_pair(
+    point: Mapping[str, Any],
+    earlier: list[dict[str, Any]],
+    info: Mapping[str, Any],
+    offset: float | None,
+    offset_sigma: float | None,
+    params: AnalyticsParams,
+) -> dict[str, Any] | None:
+    """The most certain capacity estimate pairing ``point`` with an earlier rest point."""
+    rated = float(info["capacity_ah"])
+    best: dict[str, Any] | None = None
+    off = offset if offset is not None else 0.0
+    off_sigma = offset_sigma if offset_sigma is not None else 0.05 * rated / 100
+    for p in earlier:
+        if p["bad_gaps"] != point["bad_gaps"]:
+            continue
+        if abs(point["soc_pct"] - p["soc_pct"]) < params.min_soc_window_pct:
+            continue
+        dt_h = (point["t_ms"] - p["t_ms"]) / 3.6e6
+        if dt_h <= 0 or dt_h > params.max_pair_hours:
+            continue
+        counted_h = (point["covered_ms"] - p["covered_ms"]) / 3.6e6
+        charge_ah = (point["q_uah"] - p["q_uah"]) / 1e6 - off * counted_h
+        cap = float(capacity_ah_from_soc_window(charge_ah, p["soc_pct"], point["soc_pct"]))
+        if not math.isfinite(cap):
+            continue
+        temp_c = (p["temp_c"] + point["temp_c"]) / 2
+        rel = float(
+            capacity_rel_sigma(
+                soc_start_pct=p["soc_pct"],
+                soc_end_pct=point["soc_pct"],
+                soc_sigma_start_pct=p["soc_sigma_pct"],
+                soc_sigma_end_pct=point["soc_sigma_pct"],
+                offset_sigma_a=off_sigma,
+                duration_h=counted_h,
+                capacity_ah=rated,
+                temp_c=temp_c,
+            )
+        )
+        if rel > params.max_capacity_rel_sigma:
+            continue
+        if best is None or rel < best["rel_sigma"]:
+            best = {
+                "start_ts": _ts(p["t_ms"]),
+                "end_ts": _ts(point["t_ms"]),
+                "soc_start_pct": p["soc_pct"],
+                "soc_end_pct": point["soc_pct"],
+                "ocv_start_v": p["ocv_v"],
+                "ocv_end_v": point["ocv_v"],
+                "rest_start_h": p["rest_h"],
+                "rest_end_h": point["rest_h"],
+                "charge_ah": charge_ah,
+                "current_offset_a": off,
+                "duration_h": dt_h,
+                "temp_c": temp_c,
+                "capacity_ah": cap,
+                "rated_capacity_ah": rated,
+                "soh_pct": 100.0 * cap / rated,
+                "rel_sigma": rel,
+                "weight": 1.0 / rel**2,
+                "t_mid_ms": (p["t_ms"] + point["t_ms"]) / 2,
+                "cell_dsoc": None
+                if p.get("cell_soc") is None
+                or point.get("cell_soc") is None
+                or len(p["cell_soc"]) != len(point["cell_soc"])
+                else point["cell_soc"] - p["cell_soc"],
+            }
+    return best
+
+
+#: Sign of the current before a rest, from the mode of the reading before it.
+_DIRECTION = {"ac_charge": 1, "dc_charge": 1, "drive": -1, "v2g": -1}
+
+
+def _weakest_cell(
+    est: dict[str, Any], ratio: np.ndarray | None, params: AnalyticsParams
+) -> np.ndarray | None:
+    """Turn a mean-cell capacity estimate into the pack's (its weakest cell's).
+
+    Each cell's capacity over the same charge is ``dq / dsoc_i``; its ratio to the mean
+    cell's is smoothed over pairs (EWMA, starting at 1) so that measurement noise does
+    not make the minimum biased low; the pack capacity is the mean cell's times the
+    smallest smoothed ratio. Updates ``est`` and returns the new ratios.
+    """
+    dsoc = est.pop("cell_dsoc")
+    if dsoc is None or not np.all(np.isfinite(dsoc)):
+        return ratio
+    mean = float(np.mean(dsoc))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = np.clip(mean / dsoc, 0.5, 1.5)
+    if not np.all(np.isfinite(r)):
+        return ratio
+    if ratio is None or ratio.shape != r.shape:
+        ratio = np.ones_like(r)
+    k = params.cell_ratio_smoothing
+    ratio = (1 - k) * ratio + k * r
+    weakest = float(ratio.min())
+    est["capacity_ah"] *= weakest
+    est["soh_pct"] *= weakest
+    est["weight"] = 1.0 / est["rel_sigma"] ** 2
+    return ratio
+
+
+# --------------------------------------------------------------------------- history
+
+
+def _update_history(
+    state: Path,
+    fleet: str,
+    day: date,
+    capacity_rows: list[dict[str, Any]],
+    resistance: pa.Table,
+    reg: Mapping[str, Mapping[str, Any]],
+) -> tuple[pa.Table, pa.Table]:
+    """Replace day D's rows in the estimate histories; return both (all dates)."""
+    cap_new = _rows_table(
+        [
+            {
+                "vin": e["vin"],
+                "date": day,
+                "t_ms": int(e["t_mid_ms"]),
+                "soh_pct": e["soh_pct"],
+                "sigma_pct": e["rel_sigma"] * e["soh_pct"],
+            }
+            for e in capacity_rows
+        ],
+        _HISTORY_SCHEMAS["capacity"],
+    )
+    noon_ms = int(datetime(day.year, day.month, day.day, 12, tzinfo=UTC).timestamp() * 1000)
+    res_new = _rows_table(
+        [
+            {
+                "vin": r["vin"],
+                "date": day,
+                "t_ms": noon_ms,
+                "r_mohm": r["resistance_mohm_25c"],
+                "sigma_mohm": r["resistance_sigma_mohm"],
+            }
+            for r in resistance.to_pylist()
+        ],
+        _HISTORY_SCHEMAS["resistance"],
+    )
+    out = []
+    for kind, new in (("capacity", cap_new), ("resistance", res_new)):
+        path = _history_path(state, fleet, kind)
+        if path.exists():
+            old = pq.read_table(path, schema=_HISTORY_SCHEMAS[kind])
+            old = old.filter(pc.not_equal(old["date"], pa.scalar(day, pa.date32())))
+            table = pa.concat_tables([old, new])
+        else:
+            table = new
+        table = table.sort_by([("vin", "ascending"), ("date", "ascending"), ("t_ms", "ascending")])
+        write_parquet_atomic(table, path)
+        out.append(table)
+    return out[0], out[1]
+
+
+# --------------------------------------------------------------------------- trend
+
+
+def _age_years(t_ms: float | np.ndarray, in_service: date) -> Any:
+    start_ms = (
+        datetime(in_service.year, in_service.month, in_service.day, tzinfo=UTC).timestamp() * 1000
+    )
+    return (np.asarray(t_ms, dtype=np.float64) - start_ms) / (_MS_PER_DAY * DAYS_PER_YEAR)
+
+
+def _by_vin(table: pa.Table, day: date, history_days: int) -> dict[str, dict[str, np.ndarray]]:
+    lo = day - timedelta(days=history_days)
+    mask = pc.and_(
+        pc.less_equal(table["date"], pa.scalar(day, pa.date32())),
+        pc.greater(table["date"], pa.scalar(lo, pa.date32())),
+    )
+    t = table.filter(mask)
+    cols = {n: t[n].to_numpy(zero_copy_only=False) for n in t.column_names if n not in ("date",)}
+    out: dict[str, dict[str, np.ndarray]] = {}
+    vins = cols.pop("vin")
+    if vins.size == 0:
+        return out
+    order = np.argsort(vins, kind="stable")
+    vins = vins[order]
+    bounds = np.flatnonzero(np.r_[True, vins[1:] != vins[:-1], True])
+    for i in range(bounds.size - 1):
+        sl = order[bounds[i] : bounds[i + 1]]
+        out[str(vins[bounds[i]])] = {k: v[sl] for k, v in cols.items()}
+    return out
+
+
+def fit_vehicle_soh(
+    t_years: np.ndarray,
+    soh_pct: np.ndarray,
+    sigma_pct: np.ndarray,
+    chemistry: str,
+    *,
+    systematic_sigma_pct: float = 0.4,
+) -> PowerFit:
+    """SoH trend of one vehicle from its capacity estimates (``fit_power_trend`` with the
+    chemistry's exponent, fade forced non-negative, weak prior 100 % when new and
+    ~2 %/yr fade: Geotab 2024-26 fleet figures, science.md 5)."""
+    return fit_power_trend(
+        t_years,
+        soh_pct,
+        np.maximum(sigma_pct, 0.2),
+        exponent=FADE_EXPONENT[chemistry],
+        prior_mean=(100.0, -2.0),
+        prior_sigma=(5.0, 4.0),
+        b_sign=-1,
+        systematic_sigma=systematic_sigma_pct,
+    )
+
+
+def fit_vehicle_resistance(
+    t_years: np.ndarray, r_mohm: np.ndarray, sigma_mohm: np.ndarray, chemistry: str
+) -> PowerFit:
+    """Resistance trend of one vehicle (``fit_power_trend``, no prior, growth >= 0)."""
+    return fit_power_trend(
+        t_years,
+        r_mohm,
+        sigma_mohm,
+        exponent=RESISTANCE_EXPONENT[chemistry],
+        prior_mean=(0.0, 0.0),
+        prior_sigma=(math.inf, math.inf),
+        b_sign=1,
+    )
+
+
+def _trend_and_warranty(
+    day: date,
+    carry: Mapping[str, Mapping[str, Any]],
+    cap_hist: pa.Table,
+    res_hist: pa.Table,
+    reg: Mapping[str, Mapping[str, Any]],
+    vd_rows: Mapping[str, Mapping[str, Any]],
+    params: AnalyticsParams,
+    policies: _PolicyCache,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    caps = _by_vin(cap_hist, day, params.history_days)
+    ress = _by_vin(res_hist, day, params.history_days)
+    end_ms = datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp() * 1000 + _MS_PER_DAY
+    soh_rows: list[dict[str, Any]] = []
+    warranty_rows: list[dict[str, Any]] = []
+    for vin, c in carry.items():
+        info = reg.get(vin)
+        if info is None:
+            continue
+        chem = info["chemistry"]
+        in_service = info["in_service_date"] or _ts(c["first_ts_ms"]).date()
+        age = float(_age_years(end_ms, in_service))
+        odo = float(c["last_odometer_km"])
+        span_days = (c["last_ts_ms"] - c["first_ts_ms"]) / _MS_PER_DAY
+        if span_days >= 14:
+            km_per_day = (odo - c["first_odometer_km"]) / span_days
+        else:
+            km_per_day = odo / max(age * DAYS_PER_YEAR, 1.0)
+        policy = policies.get(info.get("warranty_policy"))
+        fit = None
+        cap = caps.get(vin)
+        if cap is not None and cap["t_ms"].size:
+            fit = fit_vehicle_soh(
+                _age_years(cap["t_ms"], in_service),
+                cap["soh_pct"],
+                cap["sigma_pct"],
+                chem,
+                systematic_sigma_pct=params.systematic_soh_sigma_pct,
+            )
+        r_fit = None
+        res = ress.get(vin)
+        if res is not None and res["t_ms"].size >= 3:
+            r_fit = fit_vehicle_resistance(
+                _age_years(res["t_ms"], in_service), res["r_mohm"], res["sigma_mohm"], chem
+            )
+        soh = lo = hi = math.nan
+        if fit is not None:
+            soh, lo, hi = (float(v) for v in fit.interval(age))
+        r_now = growth = g_lo = g_hi = math.nan
+        if r_fit is not None and r_fit.a > 0:
+            r_now = float(r_fit.predict(age)[0])
+            x = max(age, 0.0) ** r_fit.exponent
+            growth = 100.0 * r_fit.b * x / r_fit.a
+            sd_b = math.sqrt(max(r_fit.cov[2], 0.0)) * r_fit.scale / max(r_fit.scale, 1e-12)
+            g_lo = 100.0 * (r_fit.b - 1.6449 * sd_b) * x / r_fit.a
+            g_hi = 100.0 * (r_fit.b + 1.6449 * sd_b) * x / r_fit.a
+        last_th = policy.thresholds[-1]
+        h_years, h_km = coverage_end(last_th, age_years=age, odometer_km=odo, km_per_day=km_per_day)
+        proj = p_lo = p_hi = math.nan
+        if fit is not None:
+            proj, p_lo, p_hi = (float(v) for v in fit.interval(h_years))
+        soh_rows.append(
+            {
+                "vin": vin,
+                "chemistry": chem,
+                "has_data_today": vin in vd_rows,
+                "age_years": age,
+                "odometer_km": odo,
+                "km_per_day": km_per_day,
+                "n_estimates": 0 if cap is None else int(cap["t_ms"].size),
+                "soh_pct": soh,
+                "soh_low_pct": lo,
+                "soh_high_pct": hi,
+                "fade_exponent": FADE_EXPONENT[chem],
+                "soh_new_pct": fit.a if fit else math.nan,
+                "fade_pct_per_year_pow": -fit.b if fit else math.nan,
+                "fit_scale": fit.scale if fit else math.nan,
+                "n_resistance_days": 0 if res is None else int(res["t_ms"].size),
+                "resistance_mohm_25c": r_now,
+                "resistance_growth_pct": growth,
+                "resistance_growth_low_pct": g_lo,
+                "resistance_growth_high_pct": g_hi,
+                "bms_soh_pct": c["bms_soh_pct"],
+                "policy_id": policy.id,
+                "horizon_years": h_years,
+                "horizon_km": h_km,
+                "projected_soh_pct": proj,
+                "projected_soh_low_pct": p_lo,
+                "projected_soh_high_pct": p_hi,
+            }
+        )
+        charged = c["charged_total_uah"] or 0
+        usage = UsageTotals(
+            over_temp_events=int(c["over_temp_events_total"] or 0),
+            dc_fast_share=(c["charged_dc_total_uah"] or 0) / charged if charged > 0 else 0.0,
+            deep_discharges=int(c["deep_discharges_total"] or 0),
+        )
+        verdict = warranty_verdict(
+            policy, fit, age_years=age, odometer_km=odo, km_per_day=km_per_day, usage=usage
+        )
+        th = verdict.threshold
+        evidence = {
+            "policy": {"id": policy.id, "name": policy.name, "source": policy.source},
+            "threshold": None if th is None else dataclasses.asdict(th),
+            "soh": {
+                "soh_pct": soh,
+                "soh_low_pct": lo,
+                "soh_high_pct": hi,
+                "n_estimates": 0 if cap is None else int(cap["t_ms"].size),
+            },
+            "fit": None
+            if fit is None
+            else {"a": fit.a, "b": fit.b, "exponent": fit.exponent, "scale": fit.scale},
+            "usage": dataclasses.asdict(usage),
+            "usage_limits": dataclasses.asdict(policy.usage),
+            "date": day.isoformat(),
+            "in_service_date": in_service.isoformat(),
+            "age_years": age,
+            "odometer_km": odo,
+            "km_per_day": km_per_day,
+            "model_version": ANALYTICS_MODEL_VERSION,
+        }
+        warranty_rows.append(
+            {
+                "vin": vin,
+                "policy_id": policy.id,
+                "status": verdict.status,
+                "reason": verdict.reason,
+                "threshold_min_soh_pct": th.min_soh_pct if th else math.nan,
+                "threshold_years": th.years if th else math.nan,
+                "threshold_km": th.km if th else math.nan,
+                "coverage_end_years": verdict.coverage_end_years,
+                "coverage_end_km": verdict.coverage_end_km,
+                "age_years": age,
+                "odometer_km": odo,
+                "km_per_day": km_per_day,
+                "soh_pct": soh,
+                "soh_low_pct": lo,
+                "soh_high_pct": hi,
+                "projected_soh_pct": verdict.projected_soh_pct,
+                "projected_soh_low_pct": verdict.projected_soh_low_pct,
+                "projected_soh_high_pct": verdict.projected_soh_high_pct,
+                "over_temp_events": usage.over_temp_events,
+                "dc_fast_share": usage.dc_fast_share,
+                "deep_discharges": usage.deep_discharges,
+                "usage_flags": list(verdict.usage_flags),
+                "evidence": json.dumps(evidence, sort_keys=True, default=_json_default),
+                "model_version": ANALYTICS_MODEL_VERSION,
+            }
+        )
+    return soh_rows, warranty_rows
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    raise TypeError(f"not JSON serialisable: {value!r}")
+
+
+def read_metrics(lake_root: Path, table: str, days: Iterable[date] | None = None) -> pa.Table:
+    """Read a metrics table (all dates, or some) with ``date`` and ``fleet`` columns."""
+    if table not in METRICS_SCHEMAS:
+        raise BmsError(f"unknown metrics table {table!r}; valid: {', '.join(METRICS_TABLES)}")
+    base = lake_root / "metrics" / table
+    wanted = None if days is None else {d.isoformat() for d in days}
+    parts = []
+    for path in sorted(base.glob("date=*/fleet=*/part.parquet")):
+        d = path.parent.parent.name.removeprefix("date=")
+        if wanted is not None and d not in wanted:
+            continue
+        t = pq.read_table(path, schema=METRICS_SCHEMAS[table])
+        t = t.append_column("date", pa.array([date.fromisoformat(d)] * t.num_rows, pa.date32()))
+        t = t.append_column(
+            "fleet", pa.array([path.parent.name.removeprefix("fleet=")] * t.num_rows, pa.string())
+        )
+        parts.append(t)
+    if not parts:
+        schema = (
+            METRICS_SCHEMAS[table]
+            .append(pa.field("date", pa.date32()))
+            .append(pa.field("fleet", pa.string()))
+        )
+        return schema.empty_table()
+    return pa.concat_tables(parts)

@@ -1,0 +1,208 @@
+"""Capacity from charge counted between two rested open-circuit-voltage points.
+
+Pure functions on numbers and arrays (no files, no clock). The runner
+(``bms._analytics``) finds the rest points and the charge in between; these functions
+turn them into a capacity and its uncertainty.
+
+Method (``shared/science.md`` section 6): the state of charge at the end of a rest of at
+least 3 h is read off the chemistry's OCV curve (Theuerkauf & Swan 2022, 3 h rest is
+enough for NMC532 and LFP); the charge counted in between, corrected for the current
+sensor's offset, divided by the SoC difference is the usable capacity. The relative error
+is about sqrt(2) * sigma_SoC / delta_SoC, so only wide windows (>= 40-50 %) are used, and on
+LFP only points where the OCV curve is steep (near the ends of its plateau).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+from bms._ocv import ocv_v_from_soc_pct, soc_pct_from_ocv_v
+
+FloatArray = npt.NDArray[np.float64]
+
+#: Rest-voltage uncertainty per chemistry [mV]: measurement and incomplete relaxation for
+#: NMC (rough, a few mV); for LFP the charge/discharge OCV hysteresis of 17-30 mV
+#: (science.md section 1, SimSES Sony LFP model) dominates, half of it counted as sigma.
+REST_VOLTAGE_SIGMA_MV: dict[str, float] = {"nmc": 3.0, "lfp": 10.0}
+
+#: Half the charge/discharge OCV gap [mV]: LFP 17-30 mV gap in the SimSES Sony LFP model,
+#: 5-25 mV after long rests (ACCURE), science.md section 1; NMC hysteresis is negligible.
+OCV_HYSTERESIS_HALF_MV: dict[str, float] = {"nmc": 0.0, "lfp": 10.0}
+
+#: Capacity measured away from 25 degC differs; rough 0.3 % per K as a sigma term
+#: (rough: typical Li-ion capacity-temperature sensitivity near room temperature).
+CAPACITY_TEMP_SIGMA_PCT_PER_K = 0.3
+
+
+def _arr(x: npt.ArrayLike) -> FloatArray:
+    return np.asarray(x, dtype=np.float64)
+
+
+def capacity_ah_from_soc_window(
+    charge_ah: npt.ArrayLike, soc_start_pct: npt.ArrayLike, soc_end_pct: npt.ArrayLike
+) -> FloatArray:
+    r"""Usable capacity from charge counted between two points of known SoC.
+
+    Parameters
+    ----------
+    charge_ah : float or array
+        Charge counted from the first point to the second, positive into the battery,
+        already corrected for the current-sensor offset. [Ah]
+    soc_start_pct, soc_end_pct : float or array
+        State of charge at the two rest points, read off the OCV curve. [%]
+
+    Returns
+    -------
+    numpy.ndarray
+        Capacity; NaN where the SoC did not move or moved against the charge. [Ah]
+
+    Notes
+    -----
+    :math:`Q = \Delta q / ((z_{end} - z_{start}) / 100)` (coulomb counting between two
+    OCV-anchored points, Plett 2015, *Battery Management Systems Vol. I*, ch. 3).
+    """
+    dq = _arr(charge_ah)
+    dz = (_arr(soc_end_pct) - _arr(soc_start_pct)) / 100.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        q = dq / dz
+    out: FloatArray = np.where((dz != 0) & (q > 0), q, np.nan)
+    return out
+
+
+def soc_sigma_pct_from_ocv(
+    soc_pct: npt.ArrayLike, chemistry: str, voltage_sigma_mv: float | None = None
+) -> FloatArray:
+    """Uncertainty of a SoC read off the OCV curve, from the local curve slope.
+
+    Parameters
+    ----------
+    soc_pct : float or array
+        SoC read off the curve. [%]
+    chemistry : str
+        ``'nmc'`` or ``'lfp'``.
+    voltage_sigma_mv : float, optional
+        Rest-voltage uncertainty; default ``REST_VOLTAGE_SIGMA_MV[chemistry]``. [mV]
+
+    Returns
+    -------
+    numpy.ndarray
+        One-sigma SoC uncertainty. [%]
+
+    Notes
+    -----
+    :math:`\\sigma_z \\approx \\sigma_V / (dV_{oc}/dz)`, evaluated as half the SoC span
+    of :math:`V_{oc}(z) \\pm \\sigma_V` on the curve (exact across its knees); on the LFP
+    plateau (0.5 mV/%) a 10 mV sigma is 20 % SoC, which is why only its steep ends are
+    usable (science.md 1, 6).
+    """
+    sigma_mv = REST_VOLTAGE_SIGMA_MV[chemistry] if voltage_sigma_mv is None else voltage_sigma_mv
+    soc = np.clip(_arr(soc_pct), 0.0, 100.0)
+    ocv_v = ocv_v_from_soc_pct(soc, chemistry)
+    # Half the SoC span that a +-sigma voltage error maps to: exact across the knees.
+    hi = soc_pct_from_ocv_v(ocv_v + sigma_mv / 1000.0, chemistry)
+    lo = soc_pct_from_ocv_v(ocv_v - sigma_mv / 1000.0, chemistry)
+    out: FloatArray = np.maximum((hi - lo) / 2.0, 1e-3)
+    return out
+
+
+def capacity_rel_sigma(
+    *,
+    soc_start_pct: npt.ArrayLike,
+    soc_end_pct: npt.ArrayLike,
+    soc_sigma_start_pct: npt.ArrayLike,
+    soc_sigma_end_pct: npt.ArrayLike,
+    offset_sigma_a: npt.ArrayLike,
+    duration_h: npt.ArrayLike,
+    capacity_ah: npt.ArrayLike,
+    temp_c: npt.ArrayLike,
+) -> FloatArray:
+    r"""Relative one-sigma uncertainty of a rest-point capacity estimate.
+
+    Parameters
+    ----------
+    soc_start_pct, soc_end_pct : float or array
+        SoC at the two rest points. [%]
+    soc_sigma_start_pct, soc_sigma_end_pct : float or array
+        Their uncertainties (``soc_sigma_pct_from_ocv``). [%]
+    offset_sigma_a : float or array
+        Uncertainty of the current-sensor offset after correction. [A]
+    duration_h : float or array
+        Time between the two points (the offset error integrates over it). [h]
+    capacity_ah : float or array
+        Capacity (rated or estimated) to express the offset error relative to. [Ah]
+    temp_c : float or array
+        Mean temperature of the two rest points. [degC]
+
+    Returns
+    -------
+    numpy.ndarray
+        Relative uncertainty (0.02 = 2 %). [-]
+
+    Notes
+    -----
+    Independent terms added in quadrature (science.md 6.1, 6.4):
+    :math:`(\sigma_Q/Q)^2 = (\sigma_{z1}^2 + \sigma_{z2}^2)/\Delta z^2
+    + (\sigma_I t / Q)^2 + (k_T |T - 25|)^2`.
+    """
+    dz = np.abs(_arr(soc_end_pct) - _arr(soc_start_pct))
+    soc_term = np.hypot(_arr(soc_sigma_start_pct), _arr(soc_sigma_end_pct)) / np.maximum(dz, 1e-9)
+    offset_term = _arr(offset_sigma_a) * _arr(duration_h) / _arr(capacity_ah)
+    temp_term = CAPACITY_TEMP_SIGMA_PCT_PER_K / 100.0 * np.abs(_arr(temp_c) - 25.0)
+    out: FloatArray = np.sqrt(soc_term**2 + offset_term**2 + temp_term**2)
+    return out
+
+
+def current_offset_a(rest_current_a: npt.ArrayLike) -> tuple[float, float]:
+    """Current-sensor offset and its uncertainty from readings at rest.
+
+    Parameters
+    ----------
+    rest_current_a : array
+        Measured current while the pack is known to rest (true current about zero). [A]
+
+    Returns
+    -------
+    tuple of float
+        ``(offset_a, sigma_a)``: the median (robust to the odd wake-up reading) and its
+        standard error, 1.2533 * 1.4826 * MAD / sqrt(n); ``(0.0, inf)`` without readings.
+        [A]
+
+    Notes
+    -----
+    science.md 6.4: an offset integrates (0.1 A over 10 h = 1 Ah), so it is measured at
+    zero-current periods and subtracted.
+    """
+    x = _arr(rest_current_a)
+    x = x[np.isfinite(x)]
+    if x.size == 0:
+        return 0.0, float("inf")
+    med = float(np.median(x))
+    mad = float(np.median(np.abs(x - med))) * 1.4826
+    return med, 1.2533 * mad / np.sqrt(x.size)
+
+
+def rest_soc_pct_from_cell_mv(
+    cell_mv: npt.ArrayLike, chemistry: str, direction: int = 0
+) -> FloatArray:
+    """State of charge of each cell from its voltage at the end of a rest.
+
+    Parameters
+    ----------
+    cell_mv : array
+        Rested cell voltages. [mV]
+    chemistry : str
+        ``'nmc'`` or ``'lfp'``.
+    direction : int
+        Sign of the current before the rest: +1 after charging, -1 after discharging,
+        0 unknown. The OCV then sits on the upper or lower hysteresis branch, half the gap
+        (``OCV_HYSTERESIS_HALF_MV``) away from the mean curve, which is removed.
+
+    Returns
+    -------
+    numpy.ndarray
+        SoC per cell, 0..100. [%]
+    """
+    ocv_v = (_arr(cell_mv) - direction * OCV_HYSTERESIS_HALF_MV[chemistry]) / 1000.0
+    out: FloatArray = soc_pct_from_ocv_v(ocv_v, chemistry)
+    return out

@@ -1,0 +1,112 @@
+-- cell_day: one row per cell and day, features for the anomaly detector
+-- (science.md 3 and 6.7; schema in docs/lake.md). Only the readings chosen by
+-- cell_select.sql (held in cell_rows) are unnested.
+--   rest_dev_mv        mean of (cell - pack median) at the ends of rests
+--   self_discharge_mv_per_day  change of (cell - pack median) over rests, per day
+--                      (negative: the cell loses charge faster than its pack)
+--   sag_mv             mean of (cell - pack median) under load, minus rest_dev_mv
+--   resistance_mohm, resistance_mohm_25c  median of dV_cell / dI over the day's steps,
+--                      raw and at the reference temperature (Arrhenius, see
+--                      bms._resistance); resistance_dev_pct against the median cell
+--   temp_dev_c         mean of (cell's sensor - mean of all sensors); cell i reads
+--                      sensor floor(i * n_temps / n_cells)
+--   min_cell_share, max_cell_share  share of all the day's readings in which the cell
+--                      was the lowest / highest
+WITH cells AS (
+    SELECT
+        vin, seq,
+        unnest(cell_mv)::DOUBLE - list_median(cell_mv) AS dev_mv,
+        unnest(cell_mv)::DOUBLE AS mv,
+        unnest(range(len(cell_mv)))::SMALLINT AS cell,
+        len(cell_mv) AS n_cells,
+        temp_dc,
+        list_sum(temp_dc) AS temp_sum_dc,
+        len(temp_dc) AS n_temps
+    FROM cell_rows
+),
+cells_t AS (
+    SELECT
+        vin, seq, cell, dev_mv, mv, n_cells,
+        -- n_temps x (sensor - mean), an integer in 0.1 degC: sums stay exact
+        temp_dc[1 + (cell * n_temps) // n_cells] * n_temps - temp_sum_dc AS temp_dev_x,
+        n_temps
+    FROM cells
+),
+roles AS (
+    SELECT c.*, s.role, s.grp, s.delta_a, s.temp_factor, s.span_ms
+    FROM cells_t c
+    JOIN cell_select s USING (vin, seq)
+),
+rest AS (
+    SELECT vin, cell, avg(dev_mv) AS rest_dev_mv, count(*) AS n_rest
+    FROM roles WHERE role = 'rest_end' GROUP BY vin, cell
+),
+drift AS (
+    SELECT e.vin, e.cell,
+           sum(e.dev_mv - s.dev_mv) / sum(s.span_ms) * 8.64e7 AS self_discharge_mv_per_day,
+           sum(s.span_ms) / 3.6e6 AS self_discharge_hours
+    FROM roles e
+    JOIN roles s ON s.vin = e.vin AND s.grp = e.grp AND s.cell = e.cell
+        AND s.role = 'rest_start'
+    WHERE e.role = 'rest_end'
+    GROUP BY e.vin, e.cell
+),
+load AS (
+    SELECT vin, cell, avg(dev_mv) AS load_dev_mv, count(*) AS n_load
+    FROM roles WHERE role = 'load' GROUP BY vin, cell
+),
+step_cell AS (
+    SELECT post.vin, post.cell, post.grp,
+           1000.0 * (post.mv - pre.mv) / post.delta_a AS r_mohm,
+           1000.0 * (post.mv - pre.mv) / post.delta_a / post.temp_factor AS r_mohm_25c
+    FROM roles post
+    JOIN roles pre ON pre.vin = post.vin AND pre.grp = post.grp AND pre.cell = post.cell
+        AND pre.role = 'step_pre'
+    WHERE post.role = 'step_post'
+),
+step_rel AS (
+    SELECT *, median(r_mohm) OVER (PARTITION BY vin, grp) AS r_median_mohm FROM step_cell
+),
+steps_agg AS (
+    SELECT vin, cell,
+           median(r_mohm) AS resistance_mohm,
+           median(r_mohm_25c) AS resistance_mohm_25c,
+           100 * median(r_mohm / r_median_mohm - 1) AS resistance_dev_pct,
+           count(*) AS n_steps
+    FROM step_rel GROUP BY vin, cell
+),
+temps AS (
+    SELECT vin, cell, any_value(n_cells) AS n_cells,
+           sum(temp_dev_x) / sum(n_temps) / 10.0 AS temp_dev_c
+    FROM cells_t
+    GROUP BY vin, cell
+),
+n_read AS (SELECT vin, count(*) AS n_readings FROM readings GROUP BY vin),
+mins AS (SELECT vin, cell_min_idx AS cell, count(*) AS n FROM readings GROUP BY ALL),
+maxs AS (SELECT vin, cell_max_idx AS cell, count(*) AS n FROM readings GROUP BY ALL)
+SELECT
+    t.vin,
+    t.cell,
+    t.n_cells::SMALLINT AS n_cells,
+    rest.rest_dev_mv,
+    coalesce(rest.n_rest, 0) AS n_rest,
+    drift.self_discharge_mv_per_day,
+    coalesce(drift.self_discharge_hours, 0) AS self_discharge_hours,
+    load.load_dev_mv - rest.rest_dev_mv AS sag_mv,
+    coalesce(load.n_load, 0) AS n_load,
+    steps_agg.resistance_mohm,
+    steps_agg.resistance_mohm_25c,
+    steps_agg.resistance_dev_pct,
+    coalesce(steps_agg.n_steps, 0) AS n_steps,
+    t.temp_dev_c,
+    coalesce(mins.n, 0) / n_read.n_readings AS min_cell_share,
+    coalesce(maxs.n, 0) / n_read.n_readings AS max_cell_share
+FROM temps t
+LEFT JOIN rest USING (vin, cell)
+LEFT JOIN drift USING (vin, cell)
+LEFT JOIN load USING (vin, cell)
+LEFT JOIN steps_agg USING (vin, cell)
+LEFT JOIN n_read USING (vin)
+LEFT JOIN mins USING (vin, cell)
+LEFT JOIN maxs USING (vin, cell)
+ORDER BY t.vin, t.cell;

@@ -1,0 +1,120 @@
+-- vehicle_day: one row per vehicle and day (schema in docs/lake.md).
+--
+-- Time-based figures add up the intervals (previous reading, this reading] that are not
+-- data gaps, in the state of this reading. Charge and energy come from the exact integer
+-- counters of readings.sql (charging positive). Equivalent full cycles =
+-- (Ah charged + Ah discharged) / (2 x rated capacity). Temperatures are the hottest
+-- sensor (temp_c_max). An over-temperature event is a reading above over_temp_c after
+-- one at or below it; a deep discharge a reading below deep_discharge_soc_pct after
+-- one at or above it. `rest_periods` counts rests of at least rest_min_s that ended
+-- today (one still running continues tomorrow).
+WITH dup AS (SELECT vin, count(*) AS n_rows FROM tele GROUP BY vin),
+rests AS (
+    SELECT vin, count(*) AS rest_periods
+    FROM rest_runs
+    WHERE NOT open_at_day_end AND duration_s >= getvariable('rest_min_s')
+    GROUP BY vin
+),
+agg AS (
+    SELECT
+        vin,
+        any_value(chemistry) AS chemistry,
+        any_value(rated_capacity_ah) AS rated_capacity_ah,
+        count(*) AS n_readings,
+        min(ts_ms) AS first_ts_ms,
+        max(ts_ms) AS last_ts_ms,
+        arg_max(odometer_km, seq) AS odometer_km,
+        arg_min(odometer_km, seq) AS first_odometer_km,
+        sum(greatest(dq_uah, 0)) AS charged_uah,
+        sum(greatest(-dq_uah, 0)) AS discharged_uah,
+        sum(greatest(dq_uah, 0)) FILTER (WHERE mode = 'dc_charge') AS dc_charged_uah,
+        sum(greatest(de_mwh, 0)) AS charged_mwh,
+        sum(greatest(-de_mwh, 0)) AS discharged_mwh,
+        sum(dt_ms) FILTER (WHERE soc_pct > 90) AS soc_above_90_ms,
+        sum(dt_ms) FILTER (WHERE soc_pct < 10) AS soc_below_10_ms,
+        sum(dt_ms) FILTER (WHERE temp_c_max < 0) AS temp_below_0c_ms,
+        sum(dt_ms) FILTER (WHERE temp_c_max >= 0 AND temp_c_max < 15) AS temp_0_15c_ms,
+        sum(dt_ms) FILTER (WHERE temp_c_max >= 15 AND temp_c_max < 25) AS temp_15_25c_ms,
+        sum(dt_ms) FILTER (WHERE temp_c_max >= 25 AND temp_c_max < 35) AS temp_25_35c_ms,
+        sum(dt_ms) FILTER (WHERE temp_c_max >= 35 AND temp_c_max < 45) AS temp_35_45c_ms,
+        sum(dt_ms) FILTER (WHERE temp_c_max >= 45) AS temp_above_45c_ms,
+        sum(dt_ms) FILTER (WHERE at_rest AND coalesce(prev_at_rest, FALSE)) AS rest_ms,
+        sum(dt_ms) AS covered_ms,
+        count(*) FILTER (WHERE gap AND prev_ts_ms IS NOT NULL) AS gaps,
+        max(temp_c_max) AS temp_c_max,
+        min(temp_c_min) AS temp_c_min,
+        max(abs(current_a)) AS max_abs_current_a,
+        max(current_a) AS max_charge_current_a,
+        min(current_a) AS min_current_a,
+        min(soc_pct) AS soc_min_pct,
+        max(soc_pct) AS soc_max_pct,
+        arg_max(soh_pct, seq) AS bms_soh_pct,
+        arg_max(cycle_count, seq) AS bms_cycle_count,
+        count(*) FILTER (
+            WHERE temp_c_max > getvariable('over_temp_c')
+                AND coalesce(prev_temp_c_max, -1e9) <= getvariable('over_temp_c')
+        ) AS over_temp_events,
+        count(*) FILTER (
+            WHERE soc_pct < getvariable('deep_discharge_soc_pct')
+                AND coalesce(prev_soc_pct, 1e9) >= getvariable('deep_discharge_soc_pct')
+        ) AS deep_discharges,
+        median(current_a) FILTER (WHERE at_rest AND coalesce(prev_at_rest, FALSE))
+            AS rest_current_median_a,
+        mad(current_a) FILTER (WHERE at_rest AND coalesce(prev_at_rest, FALSE))
+            AS rest_current_mad_a,
+        count(*) FILTER (WHERE at_rest AND coalesce(prev_at_rest, FALSE)) AS rest_readings,
+        count(*) FILTER (WHERE quality <> 0) AS flagged_readings
+    FROM readings
+    GROUP BY vin
+)
+SELECT
+    agg.vin,
+    agg.chemistry,
+    agg.n_readings,
+    dup.n_rows - agg.n_readings AS duplicates_dropped,
+    agg.flagged_readings,
+    make_timestamp(agg.first_ts_ms * 1000) AS first_ts,
+    make_timestamp(agg.last_ts_ms * 1000) AS last_ts,
+    agg.covered_ms / 3.6e6 AS covered_hours,
+    agg.gaps,
+    greatest(agg.odometer_km - coalesce(c.last_odometer_km, agg.first_odometer_km), 0)
+        AS distance_km,
+    agg.odometer_km,
+    agg.charged_uah / 1e6 AS ah_charged,
+    agg.discharged_uah / 1e6 AS ah_discharged,
+    agg.charged_mwh / 1e6 AS kwh_charged,
+    agg.discharged_mwh / 1e6 AS kwh_discharged,
+    (agg.charged_uah + agg.discharged_uah) / 1e6 / (2 * agg.rated_capacity_ah)
+        AS equivalent_full_cycles,
+    coalesce(agg.dc_charged_uah, 0) / 1e6 AS ah_charged_dc,
+    CASE WHEN agg.charged_uah > 0 THEN coalesce(agg.dc_charged_uah, 0) / agg.charged_uah END
+        AS dc_fast_share,
+    coalesce(agg.soc_above_90_ms, 0) / 3.6e6 AS hours_soc_above_90,
+    coalesce(agg.soc_below_10_ms, 0) / 3.6e6 AS hours_soc_below_10,
+    agg.soc_min_pct,
+    agg.soc_max_pct,
+    coalesce(agg.temp_below_0c_ms, 0) / 3.6e6 AS hours_temp_below_0c,
+    coalesce(agg.temp_0_15c_ms, 0) / 3.6e6 AS hours_temp_0_15c,
+    coalesce(agg.temp_15_25c_ms, 0) / 3.6e6 AS hours_temp_15_25c,
+    coalesce(agg.temp_25_35c_ms, 0) / 3.6e6 AS hours_temp_25_35c,
+    coalesce(agg.temp_35_45c_ms, 0) / 3.6e6 AS hours_temp_35_45c,
+    coalesce(agg.temp_above_45c_ms, 0) / 3.6e6 AS hours_temp_above_45c,
+    agg.temp_c_max,
+    agg.temp_c_min,
+    agg.max_abs_current_a / agg.rated_capacity_ah AS max_c_rate,
+    greatest(agg.max_charge_current_a, 0) / agg.rated_capacity_ah AS max_charge_c_rate,
+    greatest(-agg.min_current_a, 0) / agg.rated_capacity_ah AS max_discharge_c_rate,
+    coalesce(rests.rest_periods, 0) AS rest_periods,
+    coalesce(agg.rest_ms, 0) / 3.6e6 AS rest_hours,
+    agg.over_temp_events,
+    agg.deep_discharges,
+    agg.rest_current_median_a,
+    agg.rest_current_mad_a,
+    agg.rest_readings,
+    agg.bms_soh_pct,
+    agg.bms_cycle_count
+FROM agg
+JOIN dup USING (vin)
+LEFT JOIN rests USING (vin)
+LEFT JOIN carry c USING (vin)
+ORDER BY agg.vin;

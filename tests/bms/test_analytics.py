@@ -1,0 +1,242 @@
+"""The analytics runner on hand-built telemetry with known capacity and resistance."""
+
+from __future__ import annotations
+
+import shutil
+from datetime import date, timedelta
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+import bms
+from pipeline._cli import cli
+from tests.bms.test_analytics_synth import SynthVehicle, vehicle_day_table, write_fleet
+
+START = date(2026, 1, 1)
+DAYS = 4
+NMC = SynthVehicle("FBMAAAAA0TS000001", capacity_ah=95.0, offset_a=0.08)
+LFP = SynthVehicle("FBMAAAAA0TS000002", chemistry="lfp", capacity_ah=90.0, weak_cell=3)
+# A fine cadence so that resistance steps exist (at most step_max_delay_s apart).
+FINE = SynthVehicle("FBMAAAAA0TS000003", capacity_ah=97.0, cell_r_mohm=1.5, weak_cell=5)
+
+
+def _metric_bytes(lake: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(lake)): p.read_bytes()
+        for p in sorted((lake / "metrics").rglob("*.parquet"))
+    }
+
+
+@pytest.fixture(scope="module")
+def lake(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Four days of three vehicles, analysed once for the module."""
+    root = tmp_path_factory.mktemp("analytics") / "data" / "lake"
+    write_fleet(root, [NMC, LFP], START, DAYS, cadence_s=300)
+    fine_root = root.parent / "fine"
+    write_fleet(fine_root, [FINE], START, DAYS, cadence_s=30)
+    for p in (fine_root / "telemetry").rglob("*.parquet"):
+        dest = root / p.relative_to(fine_root)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(p, dest)
+    from tests.bms.test_analytics_synth import write_registry
+
+    write_registry(root, [NMC, LFP, FINE])
+    bms.run_pending(root)
+    return root
+
+
+def test_capacity_matches_the_true_capacity_for_nmc_and_lfp(lake: Path) -> None:
+    cap = bms.read_metrics(lake, "capacity")
+    for v in (NMC, LFP, FINE):
+        rows = cap.filter(pc.equal(cap["vin"], v.vin))
+        assert rows.num_rows >= 3, v.vin
+        est = np.asarray(rows["capacity_ah"].to_pylist())
+        np.testing.assert_allclose(est, v.capacity_ah, rtol=0.01)
+        # The BMS's own figure is kept beside, never used.
+        assert set(rows["bms_soh_pct"].to_pylist()) == {97.0}
+
+
+def test_capacity_pairs_rest_points_across_midnight(lake: Path) -> None:
+    cap = bms.read_metrics(lake, "capacity")
+    starts = [t.date() for t in cap["start_ts"].to_pylist()]
+    ends = [t.date() for t in cap["end_ts"].to_pylist()]
+    assert any(s < e for s, e in zip(starts, ends, strict=True))
+
+
+def test_vehicle_day_counts_charge_distance_and_exposure(lake: Path) -> None:
+    vd = bms.read_metrics(lake, "vehicle_day", [START + timedelta(days=1)])
+    row = vd.filter(pc.equal(vd["vin"], NMC.vin)).to_pylist()[0]
+    # Driving 0.5 C for 1 h and 0.3 C for 1 h of a 95 Ah pack (less the sensor offset),
+    # charging back 0.8 x 95 Ah; the +0.08 A offset counts as charge the other 22 h:
+    # vehicle_day reports what the sensor measured.
+    assert row["ah_discharged"] == pytest.approx(0.8 * 95 - 2 * 0.08, rel=0.001)
+    assert row["ah_charged"] == pytest.approx(0.8 * 95 + 22 * 0.08, rel=0.001)
+    assert row["equivalent_full_cycles"] == pytest.approx((75.84 + 77.76) / 200, rel=1e-3)
+    assert row["dc_fast_share"] == 0.0
+    assert row["distance_km"] == pytest.approx(60.0, abs=0.1)
+    assert row["hours_temp_15_25c"] == 0.0
+    assert row["hours_temp_25_35c"] == pytest.approx(24.0, abs=0.01)
+    assert row["max_discharge_c_rate"] == pytest.approx(0.475, rel=0.01)
+    assert row["rest_periods"] >= 2
+    assert row["duplicates_dropped"] == 0
+
+
+def test_resistance_and_cell_features_find_the_weak_cell(lake: Path) -> None:
+    res = bms.read_metrics(lake, "resistance")
+    row = res.filter(pc.equal(res["vin"], FINE.vin)).to_pylist()[-1]
+    # 14 cells x 1.5 mOhm, one of them 3x, no interconnect in the synthetic pack.
+    true_pack = 13 * 1.5 + 4.5
+    assert row["resistance_mohm_25c"] == pytest.approx(true_pack, rel=0.05)
+    cells = np.asarray(row["cell_resistance_mohm_25c"])
+    assert int(np.argmax(cells)) == FINE.weak_cell
+    cd = bms.read_metrics(lake, "cell_day", [START + timedelta(days=2)])
+    fine = cd.filter(pc.equal(cd["vin"], FINE.vin))
+    worst_sd = int(np.argmin(fine["self_discharge_mv_per_day"].to_numpy()))
+    worst_sag = int(np.argmin(fine["sag_mv"].to_numpy()))
+    assert worst_sd == FINE.weak_cell
+    assert worst_sag == FINE.weak_cell
+    assert fine["resistance_dev_pct"].to_pylist()[FINE.weak_cell] == pytest.approx(200, rel=0.1)
+
+
+def test_vehicle_soh_and_warranty_rows_for_every_vehicle(lake: Path) -> None:
+    last = START + timedelta(days=DAYS - 1)
+    soh = bms.read_metrics(lake, "vehicle_soh", [last])
+    assert sorted(soh["vin"].to_pylist()) == sorted(v.vin for v in (NMC, LFP, FINE))
+    for row in soh.to_pylist():
+        true = {NMC.vin: 95.0, LFP.vin: 90.0, FINE.vin: 97.0}[row["vin"]]
+        assert row["soh_low_pct"] <= true <= row["soh_high_pct"]
+        assert abs(row["soh_pct"] - true) < 1.0
+    war = bms.read_metrics(lake, "warranty", [last])
+    assert set(war["status"].to_pylist()) == {"ok"}
+    assert set(war["policy_id"].to_pylist()) == {"oem-8y-160k-70"}
+
+
+def test_rerun_gives_byte_identical_files(lake: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "data"
+    shutil.copytree(lake.parent, copy)
+    before = _metric_bytes(copy / "lake")
+    day = START + timedelta(days=2)
+    bms.run_analytics(copy / "lake", day)
+    assert _metric_bytes(copy / "lake") == before
+    assert bms.pending_dates(copy / "lake") == []
+
+
+def test_duplicates_and_small_files_do_not_change_results(lake: Path, tmp_path: Path) -> None:
+    """The same readings split over many files with duplicate rows give the same tables."""
+    root = tmp_path / "dup" / "lake"
+    shutil.copytree(lake.parent / "lake" / "registry", root / "registry")
+    soc = 0.9
+    for i in range(2):
+        day = START + timedelta(days=i)
+        table, soc = vehicle_day_table(NMC, day, soc, cadence_s=300, fleet="demo", seq0=i * 10**6)
+        for k in range(0, table.num_rows, 50):  # many small files
+            bms.write_telemetry(table.slice(k, 50), root, file_prefix=f"w{k}")
+        bms.write_telemetry(table.slice(100, 40), root, file_prefix="replay")  # duplicates
+    clean = tmp_path / "clean" / "lake"
+    shutil.copytree(lake.parent / "lake" / "registry", clean / "registry")
+    soc = 0.9
+    for i in range(2):
+        day = START + timedelta(days=i)
+        table, soc = vehicle_day_table(NMC, day, soc, cadence_s=300, fleet="demo", seq0=i * 10**6)
+        bms.write_telemetry(table, clean, file_prefix="compact")
+    bms.run_pending(root)
+    bms.run_pending(clean)
+    for name in ("capacity", "cell_day", "resistance", "vehicle_soh", "warranty"):
+        assert bms.read_metrics(root, name).equals(bms.read_metrics(clean, name)), name
+    vd = bms.read_metrics(root, "vehicle_day")
+    assert vd["duplicates_dropped"].to_pylist() == [40, 40]
+    assert vd.drop_columns(["duplicates_dropped"]).equals(
+        bms.read_metrics(clean, "vehicle_day").drop_columns(["duplicates_dropped"])
+    )
+
+
+def test_day_n_needs_only_its_partition_and_the_state(lake: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "data"
+    shutil.copytree(lake.parent, copy)
+    last = START + timedelta(days=DAYS - 1)
+    before = _metric_bytes(copy / "lake")
+    for d in range(DAYS - 1):  # older raw telemetry gone (archived elsewhere)
+        shutil.rmtree(
+            copy / "lake" / "telemetry" / f"date={(START + timedelta(days=d)).isoformat()}"
+        )
+    bms.run_analytics(copy / "lake", last)
+    after = _metric_bytes(copy / "lake")
+    assert {k: v for k, v in after.items() if last.isoformat() in k} == {
+        k: v for k, v in before.items() if last.isoformat() in k
+    }
+
+
+def test_late_data_makes_that_date_and_later_ones_stale(lake: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "data"
+    shutil.copytree(lake.parent, copy)
+    lake2 = copy / "lake"
+    day1 = START + timedelta(days=1)
+    late = vehicle_day_table(NMC, day1, 0.9, cadence_s=300, fleet="demo", seq0=10**6)[0]
+    bms.write_telemetry(late.slice(0, 3), lake2, file_prefix="late")
+    assert bms.stale_dates(lake2) == [START + timedelta(days=d) for d in range(1, DAYS)]
+    assert bms.pending_dates(lake2) == bms.stale_dates(lake2)
+    done = bms.run_pending(lake2)
+    assert [s.day for s in done] == [START + timedelta(days=d) for d in range(1, DAYS)]
+    assert bms.pending_dates(lake2) == []
+
+
+def test_unknown_date_and_bad_registry_raise() -> None:
+    with pytest.raises(bms.BmsError, match="no telemetry for 2020-01-01"):
+        bms.run_analytics(Path("/nonexistent/lake"), date(2020, 1, 1))
+
+
+def test_registry_with_unknown_chemistry_is_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "registry" / "vehicles.parquet"
+    path.parent.mkdir(parents=True)
+    reg = pa.table(
+        {
+            "vin": ["X"],
+            "fleet": ["demo"],
+            "chemistry": ["nca"],
+            "capacity_ah": [1.0],
+            "n_cells": pa.array([14], pa.int16()),
+            "in_service_date": pa.array([START], pa.date32()),
+            "warranty_policy": [""],
+        }
+    )
+    pq.write_table(reg, path)
+    with pytest.raises(bms.BmsError, match="unknown chemistry \\['nca'\\]; valid: nmc, lfp"):
+        bms.read_registry(tmp_path)
+
+
+def test_cli_analyze_one_date_status_and_catch_up(lake: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "data"
+    shutil.copytree(lake.parent, copy)
+    shutil.rmtree(copy / "state")
+    runner = CliRunner()
+    res = runner.invoke(cli, ["--data-dir", str(copy), "analyze", "--status"])
+    assert res.exit_code == 0, res.output
+    assert res.output.splitlines()[-1] == f"{DAYS} of {DAYS} date(s) need computing"
+    res = runner.invoke(cli, ["--data-dir", str(copy), "analyze", "--date", "2026-01-01"])
+    assert res.exit_code == 0, res.output
+    assert res.output.startswith("2026-01-01 fleets demo: 3 vehicles")
+    res = runner.invoke(cli, ["--data-dir", str(copy), "analyze"])
+    assert res.exit_code == 0, res.output
+    assert len(res.output.splitlines()) == DAYS - 1
+    res = runner.invoke(cli, ["--data-dir", str(copy), "analyze"])
+    assert res.output == "all dates are up to date\n"
+
+
+def test_cli_analyze_errors_are_one_line(lake: Path) -> None:
+    runner = CliRunner()
+    data = str(lake.parent)
+    res = runner.invoke(cli, ["--data-dir", data, "analyze", "--date", "2020-02-02"])
+    assert res.exit_code == 1
+    assert res.output.startswith("Error: no telemetry for 2020-02-02")
+    res = runner.invoke(cli, ["--data-dir", data, "analyze", "--policy", "oem-9y"])
+    assert res.exit_code == 1
+    assert res.output == (
+        "Error: unknown warranty policy 'oem-9y'; valid presets: "
+        + ", ".join(bms.warranty_presets())
+        + "\n"
+    )

@@ -1,0 +1,146 @@
+"""Hand-built telemetry with known capacity and resistance for the analytics tests.
+
+A small, deterministic day plan per vehicle (UTC): rest overnight, drive 07:00-08:00,
+park 08:00-17:00, drive 17:00-18:00, rest, charge from 19:00 back to the target, rest.
+Cells: OCV(SoC) of ``bms.ocv_v_from_soc_pct`` + I x R (LFP: +-10 mV hysteresis on
+the branch of the last current direction); current steps happen 17 s after
+a sample so that interval integration has to cope with steps between readings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+import bms
+
+
+@dataclass(frozen=True)
+class SynthVehicle:
+    vin: str
+    chemistry: str = "nmc"
+    rated_ah: float = 100.0
+    capacity_ah: float = 95.0  # true capacity [Ah]
+    cell_r_mohm: float = 1.0  # per cell at 25 degC [mOhm]
+    n_cells: int = 14
+    offset_a: float = 0.05  # current-sensor offset [A]
+    temp_c: float = 25.0
+    weak_cell: int = -1  # this cell has 3x resistance and leaks
+    in_service: date = date(2026, 1, 1)
+
+
+def _plan(chemistry: str) -> list[tuple[float, float, float]]:
+    """(start hour, end hour, current in C) of a day; rests are the gaps."""
+    if chemistry == "lfp":
+        # LFP: from full (rest at ~100 %) down to ~8 % and back to full.
+        return [(7.0, 8.0, -0.5), (9.0, 10.0, -0.42), (17.0, 21.5, 0.2)]
+    return [(7.0, 8.0, -0.5), (17.0, 18.0, -0.3), (19.0, 23.0, 0.2)]
+
+
+def vehicle_day_table(
+    v: SynthVehicle, day: date, soc0: float, *, cadence_s: int, fleet: str, seq0: int
+) -> tuple[pa.Table, float]:
+    """One day of readings for ``v`` starting at SoC ``soc0`` (0..1); returns the table
+    and the SoC at the end of the day."""
+    t0 = datetime(day.year, day.month, day.day, tzinfo=UTC)
+    n = 86_400 // cadence_s
+    t_s = np.arange(n) * cadence_s
+    # True current on a 1 s grid, steps 17 s after the plan's hour marks.
+    cur_1s = np.zeros(86_400)
+    for start_h, end_h, c in _plan(v.chemistry):
+        a = int(start_h * 3600) + 17
+        b = int(end_h * 3600) + 17
+        cur_1s[a:b] = c * v.capacity_ah
+    soc_1s = soc0 + np.cumsum(cur_1s) / 3600 / v.capacity_ah
+    soc_1s = np.clip(soc_1s, 0.0, 1.0)
+    cur = cur_1s[t_s]
+    soc = soc_1s[t_s]
+    ocv = bms.ocv_v_from_soc_pct(soc * 100, v.chemistry)
+    r_cell = np.full(v.n_cells, v.cell_r_mohm / 1000)
+    if v.weak_cell >= 0:
+        r_cell[v.weak_cell] *= 3.0
+    cell_v = ocv[:, None] + cur[:, None] * r_cell[None, :]
+    if v.chemistry == "lfp":
+        # OCV hysteresis: +-10 mV on the branch of the last current direction.
+        last = np.sign(cur)
+        idx = np.maximum.accumulate(np.where(last != 0, np.arange(n), 0))
+        branch = np.where(last[idx] != 0, last[idx], -1.0)
+        cell_v += 0.010 * branch[:, None]
+    if v.weak_cell >= 0:
+        # A leaking cell: 2 mV lower per day of age, whatever the load.
+        age_d = (day - v.in_service).days
+        cell_v[:, v.weak_cell] -= 0.002 * (age_d + t_s / 86_400)
+    cell_mv = np.round(cell_v * 1000).astype(np.int64)
+    pack_v = cell_v.sum(axis=1)
+    temps = np.full((n, 2), v.temp_c)
+    mode = np.where(cur > 0, "ac_charge", np.where(cur < 0, "drive", "idle"))
+    odo = (
+        1000.0
+        + (day - v.in_service).days * 60
+        + np.cumsum(np.where(cur < 0, 1, 0)) * (cadence_s / 3600 * 30)
+    )
+    table = bms.telemetry_table(
+        fleet=fleet,
+        vin=np.full(n, v.vin, dtype=object),
+        seq=seq0 + np.arange(n),
+        ts_ms=(t0.timestamp() * 1000 + t_s * 1000).astype(np.int64),
+        current_a=cur + v.offset_a,
+        voltage_v=pack_v,
+        soc_pct=soc * 100,
+        soh_pct=np.full(n, 97.0),
+        cycle_count=np.full(n, 10),
+        odometer_km=odo,
+        mode=mode.astype(object),
+        cell_mv=cell_mv.ravel(),
+        cell_offsets=np.arange(n + 1) * v.n_cells,
+        temp_c=temps.ravel(),
+        temp_offsets=np.arange(n + 1) * 2,
+        received_at_ms=(t0.timestamp() * 1000 + t_s * 1000 + 500).astype(np.int64),
+        worker="synth",
+    )
+    return table, float(soc_1s[-1])
+
+
+def write_fleet(
+    lake_root: Path,
+    vehicles: list[SynthVehicle],
+    start: date,
+    days: int,
+    *,
+    cadence_s: int = 300,
+    fleet: str = "demo",
+) -> None:
+    """Write ``days`` days of every vehicle, and the registry."""
+    for v in vehicles:
+        soc = 0.9 if v.chemistry == "nmc" else 1.0
+        for i in range(days):
+            day = start + timedelta(days=i)
+            table, soc = vehicle_day_table(
+                v, day, soc, cadence_s=cadence_s, fleet=fleet, seq0=i * 1_000_000
+            )
+            bms.write_telemetry(table, lake_root, file_prefix="synth")
+    write_registry(lake_root, vehicles, fleet=fleet)
+
+
+def write_registry(lake_root: Path, vehicles: list[SynthVehicle], *, fleet: str = "demo") -> None:
+    reg = pa.table(
+        {
+            "vin": [v.vin for v in vehicles],
+            "fleet": [fleet] * len(vehicles),
+            "chemistry": [v.chemistry for v in vehicles],
+            "capacity_ah": [v.rated_ah for v in vehicles],
+            "n_cells": pa.array([v.n_cells for v in vehicles], pa.int16()),
+            "n_temps": pa.array([2] * len(vehicles), pa.int16()),
+            "vehicle_class": ["car"] * len(vehicles),
+            "in_service_date": pa.array([v.in_service for v in vehicles], pa.date32()),
+            "warranty_policy": [""] * len(vehicles),
+        }
+    )
+    path = lake_root / "registry" / "vehicles.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(reg, path)

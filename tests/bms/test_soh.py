@@ -1,0 +1,99 @@
+"""Robust SoH trend fit, capacity and resistance science functions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from numpy.testing import assert_allclose
+
+import bms
+
+
+def test_fit_recovers_a_power_law_despite_outliers() -> None:
+    rng = np.random.default_rng(7)
+    t = np.sort(rng.uniform(0.01, 2.0, 300))
+    y = 101.0 - 3.0 * t**0.75 + 0.8 * rng.standard_normal(t.size)
+    y[::25] -= 15.0  # one estimate in 25 is garbage (a bad rest point)
+    fit = bms.fit_power_trend(
+        t,
+        y,
+        np.full(t.size, 0.8),
+        exponent=0.75,
+        prior_mean=(100, -2),
+        prior_sigma=(5, 4),
+        b_sign=-1,
+    )
+    assert fit.a == pytest.approx(101.0, abs=0.3)
+    assert fit.b == pytest.approx(-3.0, abs=0.4)
+
+
+def test_fit_interval_covers_the_truth_about_90_percent_of_the_time() -> None:
+    rng = np.random.default_rng(3)
+    hits = 0
+    trials = 300
+    for _ in range(trials):
+        t = np.sort(rng.uniform(0.01, 1.5, 40))
+        y = 100.0 - 2.5 * t**0.5 + 1.0 * rng.standard_normal(t.size)
+        fit = bms.fit_power_trend(
+            t,
+            y,
+            np.full(t.size, 1.0),
+            exponent=0.5,
+            prior_mean=(100, -2),
+            prior_sigma=(np.inf, np.inf),
+        )
+        _, lo, hi = fit.interval(1.5)
+        hits += int(lo <= 100.0 - 2.5 * 1.5**0.5 <= hi)
+    assert 0.85 <= hits / trials <= 0.95
+
+
+def test_fit_without_data_returns_the_prior() -> None:
+    fit = bms.fit_power_trend(
+        [], [], [], exponent=0.75, prior_mean=(100, -2), prior_sigma=(5, 4), b_sign=-1
+    )
+    assert (fit.a, fit.b, fit.n) == (100.0, -2.0, 0)
+
+
+def test_capacity_from_soc_window_scalar_and_array() -> None:
+    assert_allclose(bms.capacity_ah_from_soc_window(47.5, 40.0, 90.0), 95.0)
+    assert_allclose(
+        bms.capacity_ah_from_soc_window([-50.0, 10.0, 5.0], [90.0, 50.0, 50.0], [40.0, 50.0, 40.0]),
+        [100.0, np.nan, np.nan],
+    )
+
+
+def test_soc_sigma_is_small_on_nmc_and_huge_on_the_lfp_plateau() -> None:
+    # 3 mV on NMC at 52.5 % (slope 9.8 mV/%); 10 mV on the LFP plateau (0.4 mV/%).
+    assert_allclose(bms.soc_sigma_pct_from_ocv(52.5, "nmc"), 3 / 9.8, rtol=1e-6)
+    assert bms.soc_sigma_pct_from_ocv(50.0, "lfp") > 10.0
+    assert bms.soc_sigma_pct_from_ocv(99.0, "lfp") < 0.5
+
+
+def test_capacity_rel_sigma_follows_the_window_rule_of_science_md() -> None:
+    # sigma_SoC 2 % at both ends over a 50 % window: sqrt(2) x 2 / 50 = 5.7 %.
+    rel = bms.capacity_rel_sigma(
+        soc_start_pct=40,
+        soc_end_pct=90,
+        soc_sigma_start_pct=2,
+        soc_sigma_end_pct=2,
+        offset_sigma_a=0.0,
+        duration_h=10,
+        capacity_ah=100,
+        temp_c=25,
+    )
+    assert_allclose(rel, np.sqrt(2) * 2 / 50, rtol=1e-9)
+
+
+def test_current_offset_is_the_median_at_rest() -> None:
+    rng = np.random.default_rng(0)
+    x = 0.1 + 0.05 * rng.standard_normal(400)
+    x[:5] = 30.0  # wake-up spikes
+    off, sigma = bms.current_offset_a(x)
+    assert off == pytest.approx(0.1, abs=0.01)
+    assert 0 < sigma < 0.01
+
+
+def test_resistance_step_and_temperature_normalisation() -> None:
+    assert_allclose(bms.resistance_mohm_from_step([-0.75, 0.3], [-50.0, 20.0]), [15.0, 15.0])
+    # 17 kJ/mol: x1.44 at 10 degC (science.md 3: x1.4-1.45 for the Sony LFP).
+    assert_allclose(bms.resistance_mohm_at_reference(14.38, 10.0), 10.0, rtol=0.001)
