@@ -232,7 +232,7 @@ class _Worker:
                 log_event(
                     "flush_failed",
                     error=f"{type(exc).__name__}: {exc}",
-                    rows=len(batch.buffer) if batch.table is None else batch.table.num_rows,
+                    rows=batch.rows,
                     action="not acknowledging; retrying",
                     retry_in_s=delay,
                 )

@@ -106,6 +106,7 @@ class Batch:
     buffer: ReadingBuffer = field(default_factory=ReadingBuffer)
     quarantine: list[QuarantineRow] = field(default_factory=list)
     quarantine_bytes: int = 0
+    rows: int = 0  # readings in ``buffer``
     covered: list[tuple[str, str, int]] = field(default_factory=list)  # (vin, fleet, seq)
     tokens: list[Any] = field(default_factory=list)
     started: float = 0.0  # time.monotonic() of the first item
@@ -119,7 +120,7 @@ class Batch:
 
     @property
     def empty(self) -> bool:
-        return not self.tokens and not len(self.buffer) and not self.quarantine
+        return not self.tokens and not self.rows and not self.quarantine
 
 
 @dataclass(frozen=True)
@@ -174,6 +175,8 @@ class Processor:
             engine.active |= self.state.alerts_active
         self.counters = Counters()
         self._batch = Batch()
+        self._now_t = 0.0
+        self._now = datetime.now(UTC)
 
     # -- called by the receiving thread ------------------------------------------------
     def add(
@@ -186,12 +189,16 @@ class Processor:
         rows, quarantine_bytes : int
             Readings and quarantined bytes now buffered (to decide on a flush).
         """
-        now = datetime.now(UTC)
-        decoded = decode_message(topic, payload, now=now, max_payload_bytes=self.max_payload_bytes)
-        recv_ms = int(now.timestamp() * 1000)
+        t = time.time()
+        recv_ms = int(t * 1000)
+        if t - self._now_t > 1.0:  # the future check allows 24 h: a 1 s old "now" is exact enough
+            self._now_t, self._now = t, datetime.fromtimestamp(t, UTC)
+        decoded = decode_message(
+            topic, payload, now=self._now, max_payload_bytes=self.max_payload_bytes
+        )
         with self.lock:
             batch = self._batch
-            if batch.empty:
+            if not batch.tokens and not batch.quarantine and not batch.rows:
                 batch.started = time.monotonic()
             self.counters.messages += 1
             if token is not None:
@@ -214,14 +221,15 @@ class Processor:
                     buf.append(r, fleet, recv_ms, flag)
                     added += 1
                 self.counters.readings += added
+                batch.rows += added
             for rej in decoded.rejections:
                 self._reject(batch, topic, rej, recv_ms, source, decoded.topic)
-            return len(batch.buffer), batch.quarantine_bytes
+            return batch.rows, batch.quarantine_bytes
 
     def buffered_rows(self) -> int:
         """Readings in the current (not yet swapped out) batch."""
         with self.lock:
-            return len(self._batch.buffer)
+            return self._batch.rows
 
     def reject(self, topic: str, rejection: Rejection, token: Any = None, source: str = "") -> None:
         """Quarantine a message rejected before decoding (e.g. a file line without a VIN)."""
@@ -263,8 +271,8 @@ class Processor:
         with self.lock:
             b = self._batch
             age = time.monotonic() - b.started if not b.empty else 0.0
-            self.counters.buffer_rows = len(b.buffer)
-            return len(b.buffer), b.quarantine_bytes, len(b.tokens), age
+            self.counters.buffer_rows = b.rows
+            return b.rows, b.quarantine_bytes, len(b.tokens), age
 
     def take(self) -> Batch | None:
         """Swap out the current batch (``None`` when there is nothing to flush)."""

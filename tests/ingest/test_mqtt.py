@@ -213,7 +213,7 @@ def test_malformed_messages_are_quarantined_with_reason_and_ingest_keeps_running
         for topic, payload, _ in cases:
             pub.publish(topic, payload)
         pub.publish(bms_topic(vin), encode(good))  # still running: this one lands
-        wait_until(lambda: watcher.acks().get(vin) == 10, what="ack after the bad ones")
+        wait_until(lambda: watcher.acks().get(vin) == 10, 60, what="ack after the bad ones")
     finally:
         counters = ingest.close()
         pub.close()
