@@ -37,7 +37,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.broker import MosquittoBroker  # noqa: E402
+from tests.broker import MosquittoBroker
 
 TOPICS = [("fleet/+/+/bms", 1), ("fleet/+/+/bms/batch", 1)]
 
@@ -127,10 +127,10 @@ def drain_bare(broker: MosquittoBroker, n: int) -> float:
     done = threading.Event()
     t = {"start": 0.0}
 
-    def on_connect(client, userdata, flags, rc, props) -> None:  # noqa: ANN001
+    def on_connect(client, userdata, flags, rc, props) -> None:
         t["start"] = time.perf_counter()
 
-    def on_message(client, userdata, msg) -> None:  # noqa: ANN001
+    def on_message(client, userdata, msg) -> None:
         nonlocal count
         client.ack(msg.mid, msg.qos)
         count += 1
@@ -163,7 +163,7 @@ def drain_ingest(
     done = threading.Event()
     end = {"t": 0.0}
 
-    def on_message(client, userdata, msg) -> None:  # noqa: ANN001
+    def on_message(client, userdata, msg) -> None:
         ack = json.loads(msg.payload)
         acked[ack["vin"]] = ack["durable_seq"]
         if len(acked) == vehicles and all(acked[v] >= s for v, s in last_seq.items()):
@@ -196,7 +196,7 @@ def drain_ingest(
         "5",
     ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    out, err = proc.communicate(timeout=3600)
+    _out, err = proc.communicate(timeout=3600)
     peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     watcher.disconnect()
     watcher.loop_stop()
