@@ -12,6 +12,7 @@ from pathlib import Path
 
 import msgspec
 import pyarrow.parquet as pq
+import pytest
 
 from bms import TELEMETRY_SCHEMA
 from ingest import ALERT_SCHEMA, QUARANTINE_SCHEMA
@@ -32,7 +33,7 @@ from tests.ingest.helpers import (
     wait_until,
 )
 
-EXAMPLES = Path("/work/shared/examples")
+EXAMPLES = Path(__file__).resolve().parents[2] / "docs" / "contract" / "examples"
 
 
 def test_ingest_lands_readings_and_batches_exactly_once_with_the_stored_schema(
@@ -320,3 +321,28 @@ def test_sigterm_flushes_acknowledges_and_exits_cleanly(
     assert '"event": "signal"' in err
     assert out.startswith("ingest stopped: 20 readings written")
     assert lake_counts(data_dir) == (20, 20)
+
+
+def test_unwritable_lake_stops_acknowledging_and_recovers_by_itself(
+    broker: MosquittoBroker, data_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    blocker = data_dir / "lake" / "telemetry"
+    blocker.parent.mkdir(parents=True)
+    blocker.write_bytes(b"")  # a file where the telemetry folder must go: every write fails
+    ingest = IngestThread(broker.address, data_dir)
+    pub = Client(broker.address, "pub")
+    watcher = Client(broker.address, "watch", subscribe=("fleet/+/+/ack",))
+    try:
+        for seq in range(10):
+            pub.publish(bms_topic(VINS[0]), encode(reading(VINS[0], seq, NOW)))
+        wait_until(lambda: "flush_failed" in caplog.text, what="flush failure logged")
+        assert watcher.acks() == {}
+        blocker.unlink()
+        wait_until(lambda: watcher.acks() == {VINS[0]: 9}, what="recovery")
+    finally:
+        counters = ingest.close()
+        pub.close()
+        watcher.close()
+    assert counters.flush_failures >= 1
+    assert '"action": "not acknowledging; retrying"' in caplog.text
+    assert lake_counts(data_dir) == (10, 10)
