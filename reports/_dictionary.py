@@ -17,6 +17,7 @@ import importlib.metadata
 import importlib.resources
 import json
 import platform
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +48,9 @@ UNIT_TOKENS: dict[str, str] = {
     "ms": "ms",
     "h": "h",
     "min": "min",
+    "hours": "h",
+    "minutes": "min",
+    "seconds": "s",
     "day": "d",
     "days": "d",
     "yr": "a",
@@ -56,6 +60,8 @@ UNIT_TOKENS: dict[str, str] = {
 _STAT_TOKENS = frozenset(
     {"min", "max", "mean", "median", "std", "sigma", "sd", "p05", "p50", "p95", "avg", "lo", "hi"}
 )
+
+_REF_TEMP = re.compile(r"\d+c")  # "_25c": value referred to 25 degC
 
 #: What the pipeline's tables hold (tables not listed are described by their metadata).
 TABLE_DESCRIPTIONS: dict[str, str] = {
@@ -100,11 +106,13 @@ COLUMN_MEANINGS: dict[str, str] = {
 
 
 def unit_of(name: str) -> str | None:
-    """Unit of a column from its name suffix, or None when the name carries none.
+    """Unit of a column from its name, or None when the name carries none.
 
-    ``soh_pct`` -> ``%``; ``temp_c_max`` -> ``degC``; ``drift_mv_per_day`` -> ``mV/d``.
+    ``soh_pct`` -> ``%``; ``temp_c_max`` -> ``degC``; ``drift_mv_per_day`` -> ``mV/d``;
+    ``resistance_mohm_25c`` -> ``mOhm`` (a reference-temperature qualifier is skipped);
+    ``ah_charged`` -> ``Ah`` (a leading unit of two letters or more).
     """
-    tokens = name.lower().split("_")
+    tokens = [t for t in name.lower().split("_") if t]
     if "per" in tokens[1:-1]:
         i = tokens.index("per", 1)
         left = unit_of("_".join(tokens[:i]))
@@ -114,10 +122,15 @@ def unit_of(name: str) -> str | None:
         if right and tokens[0] in ("n", "count"):
             return f"1/{right}"
         return None
+    while len(tokens) > 1 and _REF_TEMP.fullmatch(tokens[-1]):
+        tokens.pop()
     while len(tokens) > 1 and tokens[-1] in _STAT_TOKENS and tokens[-2] in UNIT_TOKENS:
         tokens.pop()
-    if len(tokens) > 1 and tokens[-1] in UNIT_TOKENS:
+    if tokens and tokens[-1] in UNIT_TOKENS and (len(tokens) > 1 or len(tokens[-1]) > 1):
         return UNIT_TOKENS[tokens[-1]]
+    first = tokens[0] if tokens else ""
+    if len(first) > 1 and first in UNIT_TOKENS and first not in _STAT_TOKENS:
+        return UNIT_TOKENS[first]
     return None
 
 
