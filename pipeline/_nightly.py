@@ -37,6 +37,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+import bms
 from bms import FLEET_PATTERN, BmsError, telemetry_dir
 from ingest import IngestError
 from pipeline._compact import STAGE as COMPACTION
@@ -243,9 +244,53 @@ def _not_available(what: str) -> StageResult:
 
 
 def _stage_analytics(ctx: NightlyContext) -> StageResult:
-    # HOOK analytics: per date in ctx.dates (and the trends after the oldest), call the
-    # bms analytics jobs (DuckDB, bms/sql) writing lake/metrics/<table>/date=D/fleet=F.
-    return _not_available("the analytics library (fleetbms analyze)")
+    """bms analytics for every date up to the run date whose results are missing or stale.
+
+    The library keeps its own ledger (input files, parameters, previous day's state), so
+    late data for an old date also recomputes every later date, in order (the SoH trend
+    carries state from day to day). Dates that retention archives tonight are skipped.
+    """
+    from pipeline._cmd_analyze import analytics_params
+
+    params = analytics_params(ctx.settings)
+    # Dates retention moves to the archive tonight are not worth computing.
+    oldest = ctx.run_date - timedelta(days=ctx.settings.retention.archive_after_days)
+    days = [
+        d
+        for d in bms.pending_dates(ctx.lake_dir, fleet=ctx.fleet, params=params)
+        if oldest <= d <= ctx.run_date
+    ]
+    counts = {
+        "dates": 0,
+        "vehicles": 0,
+        "readings": 0,
+        "capacity_estimates": 0,
+        "resistance_steps": 0,
+        "unknown_vins": 0,
+    }
+    outputs: list[str] = []
+    verdicts: dict[str, int] = {}
+    for i, day in enumerate(days):
+        s = bms.run_analytics(ctx.lake_dir, day, fleet=ctx.fleet, params=params)
+        counts["dates"] += 1
+        counts["vehicles"] += s.vehicles
+        counts["readings"] += s.readings
+        counts["capacity_estimates"] += s.capacity_estimates
+        counts["resistance_steps"] += s.resistance_steps
+        counts["unknown_vins"] += len(s.unknown_vins)
+        outputs += [ctx.rel(f) for f in s.files]
+        if day == ctx.run_date:
+            verdicts = dict(s.verdicts)
+        ctx.progress(i + 1, len(days))
+    if not days:
+        return StageResult(UP_TO_DATE, counts, message="every date up to the run date is current")
+    tally = ", ".join(f"{k} {v}" for k, v in sorted(verdicts.items())) or "none"
+    message = (
+        f"{len(days)} date(s) computed ({days[0]}..{days[-1]}); "
+        f"warranty verdicts on {ctx.run_date}: {tally}"
+    )
+    inputs = tuple(f"lake/telemetry/date={d}/fleet={ctx.fleet}" for d in days)
+    return StageResult(DONE, counts, inputs, tuple(outputs), message)
 
 
 def _stage_anomalies(ctx: NightlyContext) -> StageResult:

@@ -173,6 +173,7 @@ def reconcile_tables(
     registered: set[str],
     *,
     late_after_s: float,
+    already_unique: bool = False,
 ) -> tuple[pa.Table, pa.Table]:
     """Per-vehicle and per-gap tables from the (possibly duplicated) readings of one day.
 
@@ -186,8 +187,10 @@ def reconcile_tables(
         Quarantined readings per VIN; VINs expected to report.
     late_after_s : float
         A reading counts as late when received more than this after its ``ts``. [s]
+    already_unique : bool
+        ``readings`` hold one row per ``(vin, seq)`` (a compacted file): skip deduplication.
     """
-    kept, _ = dedup_sort(readings)
+    kept = readings if already_unique else dedup_sort(readings)[0]
     kept = kept.sort_by([("vin", "ascending"), ("seq", "ascending")])
     n = kept.num_rows
     vin = kept["vin"].combine_chunks()
@@ -322,6 +325,7 @@ def reconcile_partition(
         _quarantined_by_vin(quarantine_files(lake, day), fleet),
         _registered_vins(lake, fleet, day),
         late_after_s=late_after_s,
+        already_unique=len(files) == 1 and is_compacted(files[0]),
     )
     out_vin, out_gaps = reconciliation_paths(lake, day, fleet)
     write_parquet_atomic(per_vin, out_vin)

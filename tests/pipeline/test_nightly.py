@@ -79,7 +79,7 @@ def test_nightly_rerun_does_no_work_and_changes_no_output(base_dir: Path, tmp_pa
     assert status == {
         "compaction": "done",
         "reconciliation": "done",
-        "analytics": "not available",
+        "analytics": "done",
         "anomalies": "not available",
         "reports": "not available",
         "audit": "not configured",
@@ -101,8 +101,8 @@ def test_nightly_rerun_does_no_work_and_changes_no_output(base_dir: Path, tmp_pa
     assert [
         s["status"]
         for s in rec2["stages"]
-        if s["name"] in ("compaction", "reconciliation", "retention")
-    ] == ["up to date"] * 3
+        if s["name"] in ("compaction", "reconciliation", "analytics", "retention")
+    ] == ["up to date"] * 4
     assert snapshot(d / "lake", d / "archive") == before
     assert mtimes(d / "lake") | mtimes(d / "archive") == times
 
