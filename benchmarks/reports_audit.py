@@ -4,7 +4,7 @@ Generates a realistic metrics volume (default 1,000 vehicles x 90 days: a vehicl
 table, a 96-cell cell_day table and a few anomaly flags per day), then measures in the
 same run:
 
-- baseline: ``shutil.copytree`` of the metrics and anomalies folders;
+- baseline: ``shutil.copytree`` of the metrics and anomalies folders (best of 3);
 - export: ``reports.export_audit_bundle`` of the same period (read, pseudonymise, write
   Parquet + CSV, hash, chain, sign, fsync);
 - verify: ``reports.verify_audit_bundle`` of the result.
@@ -115,10 +115,13 @@ def main() -> None:
         )
         pair = generate_signing_keys(state / "keys")
 
-        t0 = time.perf_counter()
-        for sub in ("metrics", "anomalies"):
-            shutil.copytree(lake / sub, root / "copy" / sub)
-        copy_s = time.perf_counter() - t0
+        copy_times = []
+        for attempt in range(3):  # the copy is short: best of three
+            t0 = time.perf_counter()
+            for sub in ("metrics", "anomalies"):
+                shutil.copytree(lake / sub, root / f"copy{attempt}" / sub)
+            copy_times.append(time.perf_counter() - t0)
+        copy_s = min(copy_times)
 
         t0 = time.perf_counter()
         result = export_audit_bundle(
