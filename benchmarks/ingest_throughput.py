@@ -110,11 +110,11 @@ def prefill(broker: MosquittoBroker, msgs: list[tuple[str, bytes]]) -> float:
     c = connect(broker, "bench-pub")
     c.loop_start()
     t0 = time.perf_counter()
-    infos = [c.publish(t, p, qos=1) for t, p in msgs]
-    for info in infos[-1000:]:
-        info.wait_for_publish(120)
-    while any(not i.is_published() for i in infos[::97]):
-        time.sleep(0.05)
+    chunk = 30_000  # packet ids are 16 bits: keep fewer than 65535 in flight
+    for i in range(0, len(msgs), chunk):
+        infos = [c.publish(t, p, qos=1) for t, p in msgs[i : i + chunk]]
+        for info in infos:
+            info.wait_for_publish(300)
     dt = time.perf_counter() - t0
     c.disconnect()
     c.loop_stop()
