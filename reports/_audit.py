@@ -368,7 +368,10 @@ def _tar_into(src: Path, files: list[str], tar_path: Path, top: str, mtime: int)
 
 def _install(tmp: Path, out: Path, files: list[str], date_to: date) -> None:
     """Move the finished bundle in ``tmp`` to ``out`` (directory or ``.tar``)."""
-    for folder in sorted({(tmp / f).parent for f in files}, key=lambda p: -len(p.parts)):
+    folders = {tmp}
+    for rel in files:
+        folders.update((tmp / rel).parents[: len(Path(rel).parts) - 1])
+    for folder in sorted(folders, key=lambda p: -len(p.parts)):
         fsync_dir(folder)
     if out.name.endswith(".tar"):
         mtime = int(datetime.combine(date_to, datetime.max.time(), UTC).timestamp())
@@ -391,8 +394,8 @@ def _install(tmp: Path, out: Path, files: list[str], date_to: date) -> None:
 
 def _write_reveal(path: Path, mapping: Mapping[str, str]) -> None:
     lines = ["pseudonym,vin"] + [f"{p},{mapping[p]}" for p in sorted(mapping)]
-    path.parent.mkdir(parents=True, exist_ok=True)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         write_secret_file(path, ("\n".join(lines) + "\n").encode("utf-8"), 0o600, replace=True)
     except OSError as exc:
         raise ReportError(f"cannot write reveal file {path}: {exc.strerror}") from None
