@@ -71,7 +71,8 @@ class Verification:
 
     def summary(self) -> str:
         """One line describing the bundle (and the verdict)."""
-        verdict = "OK" if self.ok else f"FAILED ({len(self.problems)} problems)"
+        n = len(self.problems)
+        verdict = "OK" if self.ok else f"FAILED ({n} problem{'s' if n > 1 else ''})"
         return (
             f"{verdict}: {self.bundle}: fleets {', '.join(self.fleets) or '-'}, "
             f"{self.date_from}..{self.date_to}, {self.days} days, "

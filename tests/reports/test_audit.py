@@ -170,9 +170,11 @@ def test_added_and_removed_files_are_named(bundle: Path, public_key: Path) -> No
     (bundle / rel).unlink()
     (bundle / "days" / str(DAYS[1]) / "extra.csv").write_text("vin\nx\n")
     (bundle / "notes.txt").write_text("hello")
+    (bundle / "link.csv").symlink_to(bundle / "README.txt")
     assert _problems(bundle, public_key) == [
         f"added: days/{DAYS[1]}/extra.csv: not listed in manifest.json",
         f"removed: {rel}: listed in manifest.json, not in the bundle",
+        "added: link.csv: not a regular file (link or device)",
         "added: notes.txt: not listed in manifest.json",
     ]
 
@@ -397,7 +399,7 @@ def test_cli_export_then_verify_ok_and_failed(lake: Path, data_dir: Path, tmp_pa
     assert bad.exit_code == 1
     lines = bad.output.splitlines()
     assert lines[0].startswith(f"changed: {rel}: sha256 ")
-    assert lines[-1].startswith(f"FAILED (1 problems): {out}")
+    assert lines[-1].startswith(f"FAILED (1 problem): {out}")
 
 
 def test_cli_errors_are_one_line(lake: Path, data_dir: Path, tmp_path: Path) -> None:
