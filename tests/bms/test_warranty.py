@@ -103,3 +103,17 @@ def test_usage_conditions_that_may_void_cover_are_flagged() -> None:
     )
     assert v.status == "ok"
     assert v.usage_flags == ("over_temp_events: 12 > 10", "dc_fast_share: 0.900 > 0.800")
+
+
+def test_cli_warranty_presets_lists_every_preset() -> None:
+    from click.testing import CliRunner
+
+    from pipeline._cli import cli
+
+    res = CliRunner().invoke(cli, ["warranty", "presets"])
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    assert [ln.split(":")[0] for ln in lines] == list(bms.warranty_presets())
+    assert "un-gtr22: UN GTR No. 22 minimum performance (M1) (80 % at 5 y / 100,000 km; " in (
+        res.output
+    )
