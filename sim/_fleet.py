@@ -3,10 +3,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import shutil
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -19,7 +20,8 @@ import pyarrow.parquet as pq
 
 import bms
 from sim._physics import ambient_temp_c, weather_offsets_c
-from sim._spec import FleetSpec, VehicleSpec, build_fleet
+from sim._presets import FAULT_KINDS
+from sim._spec import CELL_FAULTS, FaultSpec, FleetSpec, VehicleSpec, build_fleet
 from sim._vehicle import (
     MODE_NAMES,
     DayContext,
@@ -139,15 +141,29 @@ class SimSummary:
 class FleetSimulator:
     """Steps every vehicle of a ``FleetSpec`` one local day at a time.
 
+    Parameters
+    ----------
+    spec : FleetSpec
+        The fleet.
+    faults : mapping of vehicle index to FaultSpecs, optional
+        Replace the drawn faults of these vehicles (to inject a known fault).
+
     Examples
     --------
     >>> sim = FleetSimulator(FleetSpec(vehicles=2, days=1))
     >>> ctx, outputs = next(sim.run())
     """
 
-    def __init__(self, spec: FleetSpec) -> None:
+    def __init__(
+        self, spec: FleetSpec, *, faults: Mapping[int, Sequence[FaultSpec]] | None = None
+    ) -> None:
         self.spec = spec
         self.vehicles: list[VehicleSpec] = build_fleet(spec)
+        for index, chosen in (faults or {}).items():
+            v = self.vehicles[index]
+            for f in chosen:
+                _check_fault(f, v)
+            self.vehicles[index] = dataclasses.replace(v, faults=tuple(chosen))
         self._tz = spec.tz
         first = spec.start.toordinal()
         self._weather = {
@@ -239,6 +255,17 @@ class FleetSimulator:
                     }
                 )
         return pa.Table.from_pylist(rows, schema=FAULTS_SCHEMA)
+
+
+def _check_fault(f: FaultSpec, v: VehicleSpec) -> None:
+    if f.kind not in FAULT_KINDS:
+        raise ValueError(f"unknown fault kind {f.kind!r}; valid: {', '.join(FAULT_KINDS)}")
+    if f.cell >= v.n_cells or (f.kind in CELL_FAULTS) != (f.cell >= 0):
+        raise ValueError(f"{f.kind}: cell {f.cell} does not fit a {v.n_cells}-cell pack")
+    if f.sensor >= v.n_temps or (f.kind == "temp_sensor") != (f.sensor >= 0):
+        raise ValueError(f"{f.kind}: sensor {f.sensor} does not fit {v.n_temps} sensors")
+    if f.ramp_days <= 0:
+        raise ValueError(f"{f.kind}: ramp_days must be > 0, got {f.ramp_days}")
 
 
 def _outputs_table(pieces: list[tuple[DayOutput, slice]], fleet: str) -> pa.Table:

@@ -39,7 +39,7 @@ CHEMISTRY_PARAMS: dict[str, ChemistryParams] = {
     "nmc": ChemistryParams(
         name="nmc",
         r0_mohm_ah=90.0,
-        r1_ratio=0.5,
+        r1_ratio=1.5,
         tau1_s=1800.0,
         hysteresis_mv=0.0,
         self_discharge_pct_per_day=0.05,
@@ -50,7 +50,7 @@ CHEMISTRY_PARAMS: dict[str, ChemistryParams] = {
     "lfp": ChemistryParams(
         name="lfp",
         r0_mohm_ah=110.0,
-        r1_ratio=0.6,
+        r1_ratio=1.5,
         tau1_s=2700.0,
         hysteresis_mv=10.0,
         self_discharge_pct_per_day=0.04,

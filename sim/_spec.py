@@ -32,6 +32,8 @@ from sim._presets import (
 
 FloatArray = npt.NDArray[np.float64]
 
+#: Fault kinds that sit in one cell (the others are pack- or sensor-level).
+CELL_FAULTS = ("soft_short", "fast_fade", "resistance_growth")
 _VIN_ALPHABET = "ABCDEFGHJKLMNPRSTUVWXYZ0123456789"
 _FLEET_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MIN_CELLS, MAX_CELLS = 14, 200
