@@ -157,3 +157,81 @@ def audit_verify(ctx: click.Context, bundle: Path, public_key: Path) -> None:
 
 
 COMMANDS += [keys_group, audit_group]
+
+
+# --------------------------------------------------------------------------------------
+# Fleet and vehicle reports: report fleet, report vehicle
+# --------------------------------------------------------------------------------------
+
+
+def _sizes(paths: list[Path]) -> str:
+    return "\n".join(f"wrote {p} ({p.stat().st_size / 1e3:.1f} kB)" for p in paths)
+
+
+@click.group("report")
+def report_group() -> None:
+    """Fleet and vehicle battery-health reports (PDF, CSV)."""
+
+
+@report_group.command("fleet")
+@click.option("--date", "day", type=_DAY, required=True, help="UTC date of the metrics.")
+@click.option("--fleet", default=None, help="Fleet id [default: fleet.id].")
+@click.option(
+    "--format",
+    "formats",
+    default=None,
+    help="Comma-separated: pdf, csv [default: reports.formats].",
+)
+@click.option(
+    "--flagged",
+    is_flag=True,
+    help="Also write a vehicle report for every newly flagged vehicle (as the nightly run).",
+)
+@click.pass_obj
+def report_fleet(
+    settings: Settings, day: datetime, fleet: str | None, formats: str | None, flagged: bool
+) -> None:
+    """Write the fleet report (DATA_DIR/reports/date=D/fleet-<id>.pdf and .csv).
+
+    Example: fleetbms report fleet --date 2026-11-24 --fleet demo --format pdf,csv
+    """
+    from reports import fleet_report, render_reports
+
+    cfg = settings.reports
+    args = (settings.lake_dir, settings.reports_dir, day.date(), fleet or settings.fleet.id)
+    if flagged:
+        paths = render_reports(
+            *args,
+            formats=formats or cfg.formats,
+            workers=cfg.workers,
+            window_days=cfg.vehicle_window_days,
+        )
+    else:
+        paths = fleet_report(*args, formats=formats or cfg.formats)
+    click.echo(_sizes(paths))
+
+
+@report_group.command("vehicle")
+@click.argument("vin")
+@click.option("--date", "day", type=_DAY, required=True, help="UTC date of the metrics.")
+@click.option("--fleet", default=None, help="Fleet id [default: the registry's].")
+@click.pass_obj
+def report_vehicle(settings: Settings, vin: str, day: datetime, fleet: str | None) -> None:
+    """Write one vehicle's report (DATA_DIR/reports/date=D/vehicles/<VIN>.pdf).
+
+    Example: fleetbms report vehicle MAT612345NEX00001 --date 2026-11-24
+    """
+    from reports import vehicle_report
+
+    path = vehicle_report(
+        settings.lake_dir,
+        settings.reports_dir,
+        vin,
+        day.date(),
+        fleet=fleet,
+        window_days=settings.reports.vehicle_window_days,
+    )
+    click.echo(_sizes([path]))
+
+
+COMMANDS += [report_group]

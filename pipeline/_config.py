@@ -132,6 +132,7 @@ class ReportsConfig:
     warranty_policy: str = "oem-8y-160k-70"  # preset id or path of a TOML policy
     audit_enabled: bool = False  # nightly writes an audit bundle too
     workers: int = 2  # processes rendering vehicle PDFs
+    vehicle_window_days: int = 90  # days of cell and usage data in a vehicle report [days]
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,8 @@
 
 from reports._audit import AuditExport, export_audit_bundle
 from reports._errors import ReportError
+from reports._fleet_report import fleet_report
+from reports._inputs import CSV_COLUMNS, newly_flagged
 from reports._keys import (
     KeyPair,
     generate_signing_keys,
@@ -9,9 +11,11 @@ from reports._keys import (
     public_key_fingerprint,
 )
 from reports._pseudonym import Pseudonymizer, pseudonym
+from reports._vehicle_report import render_reports, render_vehicle_reports, vehicle_report
 from reports._verify import Problem, Verification, verify_audit_bundle
 
 __all__ = [
+    "CSV_COLUMNS",
     "AuditExport",
     "KeyPair",
     "Problem",
@@ -19,9 +23,14 @@ __all__ = [
     "ReportError",
     "Verification",
     "export_audit_bundle",
+    "fleet_report",
     "generate_signing_keys",
     "load_or_create_pseudonym_key",
+    "newly_flagged",
     "pseudonym",
     "public_key_fingerprint",
+    "render_reports",
+    "render_vehicle_reports",
+    "vehicle_report",
     "verify_audit_bundle",
 ]

@@ -1,0 +1,281 @@
+"""The fleet PDF: headline figures, SoH charts, the per-vehicle table, anomalies, gaps.
+
+Only imported by ``reports._fleet_report`` (it imports reportlab and matplotlib).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from typing import Any
+
+from reportlab.platypus import Flowable, PageBreak, Paragraph, Spacer
+
+from reports._charts import chart_style, finite, soh_distribution, soh_vs_age_km
+from reports._inputs import Anomaly, FleetData, VehicleRow
+from reports._layout import (
+    STYLES,
+    TEXT_WIDTH,
+    VERDICT_COLOURS,
+    VERDICT_LABELS,
+    build_pdf,
+    chart,
+    data_table,
+    esc,
+    fmt,
+    fmt_range,
+    generator_version,
+    headline_table,
+)
+
+METHODOLOGY = (
+    "State of health (SoH) is the usable capacity as a share of the rated capacity. Each "
+    "capacity estimate is the charge counted between two rested open-circuit-voltage points "
+    "(Q = dq / (z_end - z_start), SoC read off the chemistry's OCV curve; G. L. Plett, "
+    "Battery Management Systems Vol. I, 2015), accepted only after at least 3 h of rest "
+    "(Theuerkauf & Swan 2022) and over a wide SoC window.",
+    "The SoH shown is a robust fit of all estimates of the last two years, "
+    "SoH = a - b * age^p with p = 0.75 for NMC (Schmalstieg et al. 2014) and 0.5 for LFP "
+    "(Naumann et al. 2018), weighted least squares with Huber reweighting; the interval is "
+    "the two-sided 90 % interval of the fit including a systematic model error. The trend is "
+    "the fit's change over the past year of age.",
+    "Projected SoH at warranty end: the fit evaluated where the vehicle's cover ends (age "
+    "limit, or odometer limit reached at the vehicle's own km per day, whichever comes "
+    "first). Verdicts: CLAIM = SoH now below the warranty minimum within cover; AT RISK = "
+    "the lower 90 % bound now, or the projection at warranty end, is below the minimum; "
+    "ok = neither; expired = out of cover; no data = no capacity estimate yet.",
+    "Anomalies come from an isolation forest over per-cell features (rest-voltage deviation "
+    "from the pack median, self-discharge, voltage sag, temperature deviation); each flag "
+    "lists the features furthest outside their normal range. Data gaps compare the readings "
+    "expected from the vehicles' sequence numbers with those stored.",
+)
+
+
+def _verdict_cell(status: str) -> str:
+    return VERDICT_LABELS.get(status, status)
+
+
+def _vehicle_table_rows(rows: tuple[VehicleRow, ...]) -> tuple[list[list[str]], list[Any]]:
+    body = []
+    style: list[Any] = []
+    for i, r in enumerate(rows, start=1):
+        proj_lo = r.projected_soh_at_warranty_end_low_pct
+        proj_hi = r.projected_soh_at_warranty_end_high_pct
+        body.append(
+            [
+                f"{r.vin}\n{fmt(r.age_years, 1)} y, {fmt(r.odometer_km / 1000, 1)}k km",
+                f"{fmt(r.soh_pct)}\n{fmt_range(r.soh_low_pct, r.soh_high_pct)}",
+                fmt(r.soh_trend_pct_per_year, 2),
+                f"{fmt(r.projected_soh_at_warranty_end_pct)}\n{fmt_range(proj_lo, proj_hi)}",
+                _verdict_cell(r.warranty_status),
+                f"{r.anomalies_open}" + (f"\n({r.anomalies_new} new)" if r.anomalies_new else ""),
+            ]
+        )
+        colour = VERDICT_COLOURS.get(r.warranty_status)
+        if colour is not None:
+            style.append(("BACKGROUND", (4, i), (4, i), colour))
+        if r.anomalies_open:
+            style.append(("BACKGROUND", (5, i), (5, i), VERDICT_COLOURS["at_risk"]))
+    return body, style
+
+
+def _anomaly_rows(anomalies: tuple[Anomaly, ...]) -> list[list[str]]:
+    out = []
+    for a in anomalies:
+        top = a.features[0] if a.features else None
+        why = (
+            f"{top.name} {fmt(top.value, 2)}\n"
+            f"(normal {fmt_range(top.normal_low, top.normal_high, 2)})"
+            if top
+            else (a.explanation or "")
+        )
+        out.append(
+            [
+                f"{a.vin}\n{a.where}",
+                f"{a.severity or 'n/a'}\n{a.status}",
+                fmt(a.score, 2),
+                why,
+            ]
+        )
+    return out
+
+
+def _thresholds(data: FleetData) -> list[tuple[float, float, float]]:
+    """(years, km, min SoH %) of the fleet's policies (presets), else binding ones."""
+    from bms import BmsError, load_warranty_policy
+
+    out: set[tuple[float, float, float]] = set()
+    for pid in data.policies:
+        try:
+            policy = load_warranty_policy(pid)
+        except BmsError:
+            continue
+        out.update((t.years, t.km, t.min_soh_pct) for t in policy.thresholds)
+    if not out:
+        for r in data.rows:
+            if math.isfinite(r.warranty_min_soh_pct):
+                out.add((math.nan, math.nan, r.warranty_min_soh_pct))
+        out = {t for t in out if all(map(math.isfinite, t))}
+    return sorted(out)
+
+
+def fleet_pdf(data: FleetData) -> bytes:
+    """The fleet report as PDF bytes (deterministic for the same data)."""
+    day = data.day.isoformat()
+    rows = data.rows
+    soh = finite([r.soh_pct for r in rows])
+    claim = data.count("claim_eligible")
+    risk = data.count("at_risk")
+    new_vins = {a.vin for a in data.anomalies if a.status == "new"}
+    no_data = data.count("insufficient_data")
+    story: list[Flowable] = [
+        Paragraph(f"Fleet {esc(data.fleet)}: battery health", STYLES["title"]),
+        Paragraph(f"Report for {day} (UTC) &middot; {len(rows)} vehicles", STYLES["subtitle"]),
+    ]
+    median = statistics.median(soh) if soh else math.nan
+    cells = [
+        (str(len(rows)), "vehicles", f"{len(soh)} with a SoH estimate, {no_data} without"),
+        (
+            fmt(median, 1, " %"),
+            "median SoH",
+            f"range {fmt(min(soh), 1)}-{fmt(max(soh), 1)} %" if soh else "no estimates yet",
+        ),
+        (str(claim), "claim-eligible", "SoH below the warranty minimum: file a claim"),
+        (str(risk), "at warranty risk", "projected below the minimum before cover ends"),
+        (
+            str(data.new_anomalies),
+            "new anomalies",
+            f"in {len(new_vins)} vehicles; {len(data.anomalies)} open in total"
+            if data.has_anomaly_table
+            else "anomaly detection has not run for this date",
+        ),
+        (
+            str(len(data.gaps)),
+            "vehicles with data gaps",
+            "readings missing on this date"
+            if data.has_reconciliation
+            else "reconciliation has not run for this date",
+        ),
+    ]
+    story.append(headline_table(cells))
+    story.append(Spacer(1, 4))
+    thresholds = _thresholds(data)
+    attention = [r for r in rows if r.warranty_status in ("claim_eligible", "at_risk")]
+    attention_vins = {r.vin for r in attention}
+    flagged = [r for r in rows if r.anomalies_new and r.vin not in attention_vins]
+    with chart_style():
+        story.append(
+            chart(
+                soh_distribution(rows, [t[2] for t in thresholds], TEXT_WIDTH),
+                "soh_distribution",
+                "Vehicles per 1 % of SoH; dashed: the warranty minimum SoH.",
+            )
+        )
+        story.append(PageBreak())
+        if attention or flagged:
+            story.append(Paragraph("Needs attention", STYLES["h1"]))
+            for r in (attention + flagged)[:12]:
+                what = (
+                    _verdict_cell(r.warranty_status) if r.vin in attention_vins else "new anomaly"
+                )
+                story.append(
+                    Paragraph(
+                        f"<b>{esc(r.vin)}</b> {esc(what)}: SoH {fmt(r.soh_pct)} % "
+                        f"({fmt_range(r.soh_low_pct, r.soh_high_pct)}), "
+                        f"{esc(r.warranty_reason or '')}",
+                        STYLES["body"],
+                    )
+                )
+            more = len(attention) + len(flagged) - 12
+            if more > 0:
+                story.append(Paragraph(f"... and {more} more in the table below.", STYLES["small"]))
+        story.append(
+            chart(
+                soh_vs_age_km(rows, thresholds, TEXT_WIDTH),
+                "soh_vs_age_km",
+                "Each vehicle's SoH with its 90 % interval; colour = warranty verdict "
+                "(red claim, orange at risk, green ok, grey other).",
+                heading="SoH against age and distance",
+            )
+        )
+    story.append(PageBreak())
+    story.append(Paragraph("Vehicles", STYLES["h1"]))
+    story.append(
+        Paragraph(
+            "Most urgent first. SoH and projection in % with the 90 % interval below; "
+            "trend in % per year; anomalies open (new).",
+            STYLES["small"],
+        )
+    )
+    body, style = _vehicle_table_rows(rows)
+    story.append(
+        data_table(
+            [
+                "vehicle\nage, odometer",
+                "SoH [%]\n90 % int.",
+                "trend\n[%/yr]",
+                "at warranty\nend [%]",
+                "warranty",
+                "anom-\nalies",
+            ],
+            body,
+            [0.31, 0.15, 0.11, 0.17, 0.14, 0.12],
+            extra_style=style,
+        )
+    )
+    story.append(Paragraph("Anomalies", STYLES["h1"]))
+    if not data.has_anomaly_table:
+        story.append(Paragraph("Anomaly detection has not run for this date.", STYLES["body"]))
+    elif not data.anomalies:
+        story.append(Paragraph("No open anomalies.", STYLES["body"]))
+    else:
+        story.append(
+            data_table(
+                ["vehicle, where", "severity\nstatus", "score", "main feature (normal range)"],
+                _anomaly_rows(data.anomalies),
+                [0.33, 0.17, 0.1, 0.4],
+            )
+        )
+    story.append(Paragraph("Data gaps", STYLES["h1"]))
+    if not data.has_reconciliation:
+        story.append(Paragraph("Reconciliation has not run for this date.", STYLES["body"]))
+    elif not data.gaps:
+        story.append(Paragraph("No readings missing.", STYLES["body"]))
+    else:
+        story.append(
+            data_table(
+                ["vehicle", "expected", "stored", "missing", "gaps", "longest [min]"],
+                [
+                    [
+                        g.vin,
+                        str(g.readings_expected),
+                        str(g.readings_stored),
+                        str(g.readings_missing),
+                        str(g.gap_count),
+                        fmt(g.longest_gap_s / 60, 0),
+                    ]
+                    for g in data.gaps
+                ],
+                [0.34, 0.14, 0.13, 0.13, 0.1, 0.16],
+            )
+        )
+    story.append(Paragraph("Methodology", STYLES["h1"]))
+    for text in METHODOLOGY:
+        story.append(Paragraph(esc(text), STYLES["small"]))
+        story.append(Spacer(1, 3))
+    policies = "; ".join(f"{pid}: {name}" for pid, name in sorted(data.policies.items()))
+    story.append(Paragraph(f"Warranty policies: {esc(policies or 'n/a')}.", STYLES["small"]))
+    versions = ", ".join(data.model_versions) or "n/a"
+    story.append(
+        Paragraph(
+            f"Models: {esc(versions)}. Generated by {esc(generator_version())}.",
+            STYLES["small"],
+        )
+    )
+    return build_pdf(
+        story,
+        title=f"Fleet {data.fleet} battery health {day}",
+        subject=f"fleet={data.fleet} date={day}",
+        keywords=["fleetbms", "fleet report", f"fleet={data.fleet}", f"date={day}"],
+        footer=f"fleet {data.fleet} - {day}",
+    )

@@ -1,0 +1,815 @@
+"""What the reports read from the lake, gathered into plain, picklable records.
+
+The report builders never touch Parquet: this module reads the metrics and anomaly
+tables (``docs/lake.md``) and hands over ``FleetData`` and ``VehicleData``. Columns a
+producing job has not written (an older partition, a stage not run yet) read as missing
+values, so a report shows "n/a" rather than failing; a date without the core tables
+(``vehicle_soh`` and ``warranty``) is an error.
+
+Tables read (``metrics/<table>/date=D/fleet=F/part.parquet`` unless noted):
+
+- ``vehicle_soh``: SoH with its 90 % interval, fit parameters, resistance growth,
+  projection to the warranty horizon (history up to D for the vehicle report);
+- ``warranty``: verdict (``status``), policy, binding threshold, coverage end, projected
+  SoH there with its interval, usage totals and flags, JSON ``evidence``;
+- ``capacity``: the individual capacity estimates (points of the SoH chart);
+- ``vehicle_day``: odometer, charge throughput (AC/DC), SoC and temperature exposure;
+- ``cell_day``: each cell's rest-voltage deviation from its pack median (heat map);
+- ``reconciliation``: readings expected/stored/missing and gaps per vehicle;
+- ``anomalies/date=D/fleet=F``: anomaly flags with score, severity, status, top features;
+- ``registry/vehicles.parquet``: class, chemistry, in-service date of each vehicle.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from reports._errors import ReportError
+
+FloatArray = npt.NDArray[np.float64]
+
+#: Warranty verdicts, most urgent first (the order of the fleet table).
+VERDICT_ORDER = (
+    "claim_eligible",
+    "at_risk",
+    "insufficient_data",
+    "ok",
+    "out_of_coverage",
+)
+#: Anomaly severities, most urgent first (``bms`` anomaly rules).
+SEVERITY_ORDER = ("critical", "warning")
+DAYS_PER_YEAR = 365.25
+
+_VEHICLE_SOH = (
+    "vin",
+    "chemistry",
+    "age_years",
+    "odometer_km",
+    "km_per_day",
+    "n_estimates",
+    "soh_pct",
+    "soh_low_pct",
+    "soh_high_pct",
+    "fade_exponent",
+    "soh_new_pct",
+    "fade_pct_per_year_pow",
+    "resistance_mohm_25c",
+    "resistance_growth_pct",
+    "resistance_growth_low_pct",
+    "resistance_growth_high_pct",
+    "bms_soh_pct",
+    "policy_id",
+    "horizon_years",
+    "horizon_km",
+    "projected_soh_pct",
+    "projected_soh_low_pct",
+    "projected_soh_high_pct",
+)
+_WARRANTY = (
+    "vin",
+    "policy_id",
+    "status",
+    "reason",
+    "threshold_min_soh_pct",
+    "threshold_years",
+    "threshold_km",
+    "coverage_end_years",
+    "coverage_end_km",
+    "age_years",
+    "odometer_km",
+    "soh_pct",
+    "soh_low_pct",
+    "soh_high_pct",
+    "projected_soh_pct",
+    "projected_soh_low_pct",
+    "projected_soh_high_pct",
+    "over_temp_events",
+    "dc_fast_share",
+    "deep_discharges",
+    "usage_flags",
+    "evidence",
+    "model_version",
+)
+_VEHICLE_DAY = (
+    "vin",
+    "odometer_km",
+    "distance_km",
+    "ah_charged",
+    "ah_discharged",
+    "ah_charged_dc",
+    "kwh_charged",
+    "kwh_discharged",
+    "equivalent_full_cycles",
+    "dc_fast_share",
+    "hours_soc_above_90",
+    "hours_soc_below_10",
+    "covered_hours",
+    "hours_temp_below_0c",
+    "hours_temp_0_15c",
+    "hours_temp_15_25c",
+    "hours_temp_25_35c",
+    "hours_temp_35_45c",
+    "hours_temp_above_45c",
+    "temp_c_max",
+    "temp_c_min",
+    "max_c_rate",
+    "max_charge_c_rate",
+    "rest_hours",
+)
+#: Temperature bands of ``vehicle_day`` (column, label) [degC].
+TEMP_BANDS = (
+    ("hours_temp_below_0c", "< 0"),
+    ("hours_temp_0_15c", "0-15"),
+    ("hours_temp_15_25c", "15-25"),
+    ("hours_temp_25_35c", "25-35"),
+    ("hours_temp_35_45c", "35-45"),
+    ("hours_temp_above_45c", "> 45"),
+)
+_CAPACITY = ("vin", "end_ts", "soh_pct", "rel_sigma", "capacity_ah", "temp_c")
+_CELL_DAY = ("vin", "cell", "rest_dev_mv", "self_discharge_mv_per_day")
+_RECONCILIATION = (
+    "vin",
+    "readings_expected",
+    "readings_stored",
+    "readings_missing",
+    "readings_quarantined",
+    "gap_count",
+    "longest_gap_s",
+)
+_ANOMALIES = (
+    "vin",
+    "cell",
+    "sensor",
+    "score",
+    "threshold",
+    "severity",
+    "status",
+    "source",
+    "rules",
+    "first_seen",
+    "model_version",
+    "top_features",
+    "evidence",
+)
+_REGISTRY = ("vin", "fleet", "chemistry", "capacity_ah", "vehicle_class", "in_service_date")
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _partitions(base: Path, fleet: str, first: date, last: date) -> list[tuple[date, Path]]:
+    """``base/date=D/fleet=F/*.parquet`` files with ``first <= D <= last``, by date."""
+    out: list[tuple[date, Path]] = []
+    if not base.is_dir():
+        return out
+    for day_dir in sorted(base.glob("date=*")):
+        try:
+            d = date.fromisoformat(day_dir.name.removeprefix("date="))
+        except ValueError:
+            continue
+        if first <= d <= last:
+            out.extend((d, p) for p in sorted((day_dir / f"fleet={fleet}").glob("*.parquet")))
+    return out
+
+
+def _read(
+    base: Path,
+    fleet: str,
+    first: date,
+    last: date,
+    columns: Sequence[str],
+    vins: Iterable[str] | None = None,
+) -> pa.Table | None:
+    """The wanted columns of all partitions in the date range, plus ``date``.
+
+    Columns a file lacks are null; returns None when no partition exists.
+    """
+    parts = _partitions(base, fleet, first, last)
+    if not parts:
+        return None
+    wanted = pa.array(sorted(set(vins)), pa.string()) if vins is not None else None
+    tables = []
+    for d, path in parts:
+        names = set(pq.ParquetFile(path).schema_arrow.names)
+        have = [c for c in columns if c in names]
+        t = pq.read_table(path, columns=have)
+        if wanted is not None and "vin" in names:
+            t = t.filter(pc.is_in(t["vin"], value_set=wanted))
+        cols = {}
+        for c in columns:
+            cols[c] = t[c] if c in names else pa.nulls(t.num_rows)
+        cols["date"] = pa.array([d] * t.num_rows, pa.date32())
+        tables.append(pa.table(cols))
+    return pa.concat_tables(tables, promote_options="permissive")
+
+
+def _rows(table: pa.Table | None) -> list[dict[str, Any]]:
+    return [] if table is None else table.to_pylist()
+
+
+def _num(value: Any) -> float:
+    """A metric as float; None and non-numbers are NaN."""
+    if value is None or isinstance(value, bool | str):
+        return math.nan
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _int(value: Any) -> int:
+    v = _num(value)
+    return 0 if math.isnan(v) else int(v)
+
+
+def read_registry(lake_root: Path) -> dict[str, dict[str, Any]]:
+    """The vehicle registry by VIN (empty if there is none)."""
+    path = lake_root / "registry" / "vehicles.parquet"
+    if not path.exists():
+        return {}
+    names = set(pq.ParquetFile(path).schema_arrow.names)
+    table = pq.read_table(path, columns=[c for c in _REGISTRY if c in names])
+    return {r["vin"]: r for r in table.to_pylist()}
+
+
+# --------------------------------------------------------------------------- records
+
+
+@dataclass(frozen=True, slots=True)
+class Feature:
+    """One feature behind an anomaly: its value against the fleet's normal range."""
+
+    name: str
+    value: float
+    unit: str
+    normal_low: float
+    normal_high: float
+
+
+@dataclass(frozen=True, slots=True)
+class Anomaly:
+    """One anomaly flag with its explanation (``anomalies`` table)."""
+
+    vin: str
+    cell: int  # -1 = pack level
+    sensor: int  # -1 = none
+    score: float
+    threshold: float
+    severity: str
+    status: str
+    source: str  # model, rule or both
+    rules: tuple[str, ...]
+    first_seen: str
+    model_version: str
+    features: tuple[Feature, ...]
+    explanation: str
+
+    @property
+    def where(self) -> str:
+        if self.cell >= 0:
+            return f"cell {self.cell}"
+        if self.sensor >= 0:
+            return f"sensor {self.sensor}"
+        return "pack"
+
+
+@dataclass(frozen=True, slots=True)
+class VehicleRow:
+    """One vehicle's line of the fleet report; its fields are the CSV columns."""
+
+    vin: str
+    vehicle_class: str
+    chemistry: str
+    in_service_date: str
+    age_years: float
+    odometer_km: float
+    soh_pct: float
+    soh_low_pct: float
+    soh_high_pct: float
+    soh_trend_pct_per_year: float
+    resistance_growth_pct: float
+    n_capacity_estimates: int
+    warranty_policy: str
+    warranty_status: str
+    warranty_reason: str
+    warranty_min_soh_pct: float
+    warranty_end_age_years: float
+    warranty_end_odometer_km: float
+    projected_soh_at_warranty_end_pct: float
+    projected_soh_at_warranty_end_low_pct: float
+    projected_soh_at_warranty_end_high_pct: float
+    usage_flags: str
+    anomalies_new: int
+    anomalies_open: int
+    anomaly_max_score: float
+    readings_expected: int
+    readings_missing: int
+    data_gaps: int
+    longest_gap_s: float
+
+
+#: CSV header = ``VehicleRow`` fields, units in the names.
+CSV_COLUMNS = tuple(VehicleRow.__dataclass_fields__)
+
+
+@dataclass(frozen=True, slots=True)
+class GapRow:
+    """A vehicle with missing readings on the date (``reconciliation``)."""
+
+    vin: str
+    readings_expected: int
+    readings_stored: int
+    readings_missing: int
+    gap_count: int
+    longest_gap_s: float
+
+
+@dataclass(frozen=True)
+class FleetData:
+    """Everything the fleet report shows, for one date and fleet."""
+
+    day: date
+    fleet: str
+    rows: tuple[VehicleRow, ...]
+    gaps: tuple[GapRow, ...]
+    anomalies: tuple[Anomaly, ...]
+    policies: dict[str, str]  # policy id -> name
+    has_anomaly_table: bool
+    has_reconciliation: bool
+    model_versions: tuple[str, ...]
+
+    def count(self, status: str) -> int:
+        return sum(1 for r in self.rows if r.warranty_status == status)
+
+    @property
+    def new_anomalies(self) -> int:
+        return sum(1 for a in self.anomalies if a.status == "new")
+
+
+@dataclass(frozen=True)
+class VehicleData:
+    """Everything one vehicle's report shows (histories up to ``day``)."""
+
+    day: date
+    fleet: str
+    row: VehicleRow
+    # SoH history: one entry per date with a vehicle_soh row.
+    soh_age_years: FloatArray
+    soh_pct: FloatArray
+    soh_low_pct: FloatArray
+    soh_high_pct: FloatArray
+    # Capacity estimates (points of the SoH chart).
+    estimate_age_years: FloatArray
+    estimate_soh_pct: FloatArray
+    # Fit of the day: soh = soh_new_pct - fade_pct_per_year_pow * age**fade_exponent.
+    soh_new_pct: float
+    fade_pct_per_year_pow: float
+    fade_exponent: float
+    # Daily usage over the report window, oldest first.
+    usage_days: tuple[str, ...]
+    usage: dict[str, FloatArray]
+    # Cell heat map: rest deviation [mV], shape (n_cells, n_days of cell_days).
+    cell_days: tuple[str, ...]
+    cell_rest_dev_mv: FloatArray
+    anomalies: tuple[Anomaly, ...]
+    evidence: dict[str, Any] = field(default_factory=dict)
+    window_days: int = 90
+
+
+# --------------------------------------------------------------------------- assembly
+
+
+def _parse_features(raw: Any) -> tuple[Feature, ...]:
+    """Top features of an anomaly (a list of structs, or the same as JSON text)."""
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except json.JSONDecodeError:
+            return ()
+    out = []
+    for item in raw if isinstance(raw, list) else []:
+        if not isinstance(item, dict):
+            continue
+        out.append(
+            Feature(
+                name=str(item.get("feature") or item.get("name") or "?"),
+                value=_num(item.get("value")),
+                unit=str(item.get("unit") or ""),
+                normal_low=_num(item.get("normal_low")),
+                normal_high=_num(item.get("normal_high")),
+            )
+        )
+    return tuple(out)
+
+
+def _anomaly(row: dict[str, Any]) -> Anomaly:
+    first = row.get("first_seen")
+    cell, sensor = row.get("cell"), row.get("sensor")
+    return Anomaly(
+        vin=str(row["vin"]),
+        cell=-1 if cell is None else int(cell),
+        sensor=-1 if sensor is None else int(sensor),
+        score=_num(row.get("score")),
+        threshold=_num(row.get("threshold")),
+        severity=str(row.get("severity") or ""),
+        status=str(row.get("status") or ""),
+        source=str(row.get("source") or ""),
+        rules=tuple(str(r) for r in row.get("rules") or ()),
+        first_seen="" if first is None else str(first)[:10],
+        model_version=str(row.get("model_version") or ""),
+        features=_parse_features(row.get("top_features")),
+        explanation=str(row.get("evidence") or ""),
+    )
+
+
+_STATUS_ORDER = ("new", "ongoing", "cleared")
+
+
+def _anomaly_key(a: Anomaly) -> tuple[int, int, float, str, int]:
+    status = _STATUS_ORDER.index(a.status) if a.status in _STATUS_ORDER else len(_STATUS_ORDER)
+    sev = SEVERITY_ORDER.index(a.severity) if a.severity in SEVERITY_ORDER else len(SEVERITY_ORDER)
+    return (status, sev, -a.score if not math.isnan(a.score) else 0.0, a.vin, a.cell)
+
+
+def soh_trend_pct_per_year(
+    soh_new_pct: float, fade_pct_per_year_pow: float, fade_exponent: float, age_years: float
+) -> float:
+    r"""SoH change over the past year of the fitted trend. [%/year]
+
+    Secant of the fit :math:`s(t) = a - b\,t^p` over the last year of age (or since
+    service start when younger): :math:`(s(t) - s(\max(t-1, 0))) / \min(t, 1)`. Negative
+    when the battery loses capacity. NaN without a fit.
+    """
+    if not all(map(math.isfinite, (soh_new_pct, fade_pct_per_year_pow, fade_exponent))):
+        return math.nan
+    if not math.isfinite(age_years) or age_years <= 0:
+        return math.nan
+    span = min(age_years, 1.0)
+    now = fade_pct_per_year_pow * math.pow(age_years, fade_exponent)
+    before = fade_pct_per_year_pow * math.pow(age_years - span, fade_exponent)
+    return -(now - before) / span
+
+
+def _vehicle_row(
+    vin: str,
+    reg: dict[str, Any],
+    soh: dict[str, Any],
+    war: dict[str, Any],
+    odometer: float,
+    anomalies: Sequence[Anomaly],
+    rec: dict[str, Any] | None,
+) -> VehicleRow:
+    in_service = reg.get("in_service_date")
+    age = _num(soh.get("age_years", war.get("age_years")))
+    flags = war.get("usage_flags") or []
+    scores = [a.score for a in anomalies if not math.isnan(a.score)]
+    return VehicleRow(
+        vin=vin,
+        vehicle_class=str(reg.get("vehicle_class") or ""),
+        chemistry=str(reg.get("chemistry") or soh.get("chemistry") or ""),
+        in_service_date="" if in_service is None else str(in_service),
+        age_years=age,
+        odometer_km=odometer,
+        soh_pct=_num(soh.get("soh_pct", war.get("soh_pct"))),
+        soh_low_pct=_num(soh.get("soh_low_pct", war.get("soh_low_pct"))),
+        soh_high_pct=_num(soh.get("soh_high_pct", war.get("soh_high_pct"))),
+        soh_trend_pct_per_year=soh_trend_pct_per_year(
+            _num(soh.get("soh_new_pct")),
+            _num(soh.get("fade_pct_per_year_pow")),
+            _num(soh.get("fade_exponent")),
+            age,
+        ),
+        resistance_growth_pct=_num(soh.get("resistance_growth_pct")),
+        n_capacity_estimates=_int(soh.get("n_estimates")),
+        warranty_policy=str(war.get("policy_id") or soh.get("policy_id") or ""),
+        warranty_status=str(war.get("status") or "insufficient_data"),
+        warranty_reason=str(war.get("reason") or ""),
+        warranty_min_soh_pct=_num(war.get("threshold_min_soh_pct")),
+        warranty_end_age_years=_num(war.get("coverage_end_years")),
+        warranty_end_odometer_km=_num(war.get("coverage_end_km")),
+        projected_soh_at_warranty_end_pct=_num(war.get("projected_soh_pct")),
+        projected_soh_at_warranty_end_low_pct=_num(war.get("projected_soh_low_pct")),
+        projected_soh_at_warranty_end_high_pct=_num(war.get("projected_soh_high_pct")),
+        usage_flags="; ".join(str(f) for f in flags),
+        anomalies_new=sum(1 for a in anomalies if a.status == "new"),
+        anomalies_open=sum(1 for a in anomalies if a.status != "cleared"),
+        anomaly_max_score=max(scores) if scores else math.nan,
+        readings_expected=_int((rec or {}).get("readings_expected")),
+        readings_missing=_int((rec or {}).get("readings_missing")),
+        data_gaps=_int((rec or {}).get("gap_count")),
+        longest_gap_s=_num((rec or {}).get("longest_gap_s")),
+    )
+
+
+def _row_key(r: VehicleRow) -> tuple[int, int, float, str]:
+    status = (
+        VERDICT_ORDER.index(r.warranty_status)
+        if r.warranty_status in VERDICT_ORDER
+        else len(VERDICT_ORDER)
+    )
+    soh = r.soh_pct if not math.isnan(r.soh_pct) else 1e9
+    return (status, -r.anomalies_open, soh, r.vin)
+
+
+def _policy_names(warranty: Sequence[dict[str, Any]]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for w in warranty:
+        pid = str(w.get("policy_id") or "")
+        if not pid or pid in out:
+            continue
+        try:
+            ev = json.loads(w.get("evidence") or "{}")
+            out[pid] = str(ev.get("policy", {}).get("name") or pid)
+        except (json.JSONDecodeError, AttributeError):
+            out[pid] = pid
+    return out
+
+
+def _latest_odometer(lake_root: Path, fleet: str, day: date, window_days: int) -> dict[str, float]:
+    vd = _read(
+        lake_root / "metrics" / "vehicle_day",
+        fleet,
+        day - timedelta(days=window_days),
+        day,
+        ("vin", "odometer_km"),
+    )
+    out: dict[str, float] = {}
+    for r in sorted(_rows(vd), key=lambda r: r["date"]):
+        if r["odometer_km"] is not None:
+            out[r["vin"]] = float(r["odometer_km"])
+    return out
+
+
+def _day_tables(
+    lake_root: Path, fleet: str, day: date, vins: Iterable[str] | None = None
+) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+    metrics = lake_root / "metrics"
+    soh = _read(metrics / "vehicle_soh", fleet, day, day, _VEHICLE_SOH, vins)
+    war = _read(metrics / "warranty", fleet, day, day, _WARRANTY, vins)
+    if soh is None and war is None:
+        raise ReportError(
+            f"no metrics for fleet {fleet} on {day.isoformat()} under "
+            f"{metrics}/vehicle_soh (run fleetbms analyze first)"
+        )
+    return {r["vin"]: r for r in _rows(soh)}, {r["vin"]: r for r in _rows(war)}
+
+
+def _anomalies_on(
+    lake_root: Path, fleet: str, day: date, vins: Iterable[str] | None = None
+) -> tuple[bool, list[Anomaly]]:
+    table = _read(lake_root / "anomalies", fleet, day, day, _ANOMALIES, vins)
+    if table is None:
+        return False, []
+    return True, sorted((_anomaly(r) for r in _rows(table)), key=_anomaly_key)
+
+
+def load_fleet(lake_root: Path, day: date, fleet: str) -> FleetData:
+    """The fleet report's data for one date and fleet.
+
+    Raises
+    ------
+    ReportError
+        No ``vehicle_soh``/``warranty`` metrics for that date and fleet.
+    """
+    soh, war = _day_tables(lake_root, fleet, day)
+    registry = read_registry(lake_root)
+    odometer = _latest_odometer(lake_root, fleet, day, 31)
+    has_anomalies, anomalies = _anomalies_on(lake_root, fleet, day)
+    rec_table = _read(lake_root / "metrics" / "reconciliation", fleet, day, day, _RECONCILIATION)
+    rec = {r["vin"]: r for r in _rows(rec_table)}
+    by_vin: dict[str, list[Anomaly]] = {}
+    for a in anomalies:
+        by_vin.setdefault(a.vin, []).append(a)
+    rows = []
+    for vin in sorted(set(soh) | set(war)):
+        odo = odometer.get(vin, _num(soh.get(vin, {}).get("odometer_km")))
+        rows.append(
+            _vehicle_row(
+                vin,
+                registry.get(vin, {}),
+                soh.get(vin, {}),
+                war.get(vin, {}),
+                odo,
+                by_vin.get(vin, []),
+                rec.get(vin),
+            )
+        )
+    gaps = tuple(
+        GapRow(
+            vin=r["vin"],
+            readings_expected=_int(r["readings_expected"]),
+            readings_stored=_int(r["readings_stored"]),
+            readings_missing=_int(r["readings_missing"]),
+            gap_count=_int(r["gap_count"]),
+            longest_gap_s=_num(r["longest_gap_s"]),
+        )
+        for r in sorted(rec.values(), key=lambda r: (-_int(r["readings_missing"]), r["vin"]))
+        if _int(r["readings_missing"]) > 0 or _int(r["readings_stored"]) == 0
+    )
+    versions = sorted(
+        {str(w.get("model_version")) for w in war.values() if w.get("model_version")}
+        | {a.model_version for a in anomalies if a.model_version}
+    )
+    return FleetData(
+        day=day,
+        fleet=fleet,
+        rows=tuple(sorted(rows, key=_row_key)),
+        gaps=gaps,
+        anomalies=tuple(anomalies),
+        policies=_policy_names(list(war.values())),
+        has_anomaly_table=has_anomalies,
+        has_reconciliation=rec_table is not None,
+        model_versions=tuple(versions),
+    )
+
+
+def fleet_of(lake_root: Path, vin: str, day: date) -> str:
+    """The fleet of ``vin``: from the registry, else from the date's metrics.
+
+    Raises
+    ------
+    ReportError
+        The VIN is neither in the registry nor in the date's ``vehicle_soh`` metrics.
+    """
+    reg = read_registry(lake_root).get(vin)
+    if reg is not None and reg.get("fleet"):
+        return str(reg["fleet"])
+    base = lake_root / "metrics" / "vehicle_soh" / f"date={day.isoformat()}"
+    for path in sorted(base.glob("fleet=*/*.parquet")):
+        vins = pq.read_table(path, columns=["vin"])["vin"]
+        if pc.any(pc.equal(vins, vin)).as_py():
+            return path.parent.name.removeprefix("fleet=")
+    raise ReportError(
+        f"unknown VIN {vin}: not in the registry and no metrics for it on {day.isoformat()}"
+    )
+
+
+def _group(table: pa.Table | None) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    for r in _rows(table):
+        out.setdefault(r["vin"], []).append(r)
+    return out
+
+
+def _arr(rows: Sequence[dict[str, Any]], key: str) -> FloatArray:
+    return np.array([_num(r.get(key)) for r in rows], dtype=np.float64)
+
+
+def _age_at(d: Any, in_service: Any) -> float:
+    if in_service is None or d is None:
+        return math.nan
+    day = d.date() if hasattr(d, "date") and callable(d.date) else d
+    return float((day - in_service).days) / DAYS_PER_YEAR
+
+
+def load_vehicles(
+    lake_root: Path,
+    day: date,
+    fleet: str,
+    vins: Sequence[str],
+    *,
+    window_days: int = 90,
+    history_days: int = 730,
+) -> list[VehicleData]:
+    """The vehicle reports' data of ``vins`` (one pass over each table).
+
+    Raises
+    ------
+    ReportError
+        No metrics for the date and fleet, or a VIN without metrics on that date.
+    """
+    want = sorted(set(vins))
+    soh_day, war_day = _day_tables(lake_root, fleet, day, want)
+    missing = [v for v in want if v not in soh_day and v not in war_day]
+    if missing:
+        raise ReportError(
+            f"unknown VIN {missing[0]}: no metrics for it in fleet {fleet} on {day.isoformat()}"
+        )
+    registry = read_registry(lake_root)
+    metrics = lake_root / "metrics"
+    first_hist = day - timedelta(days=history_days)
+    first_win = day - timedelta(days=window_days - 1)
+    soh_hist = _group(_read(metrics / "vehicle_soh", fleet, first_hist, day, _VEHICLE_SOH, want))
+    cap_hist = _group(_read(metrics / "capacity", fleet, first_hist, day, _CAPACITY, want))
+    usage = _group(_read(metrics / "vehicle_day", fleet, first_win, day, _VEHICLE_DAY, want))
+    cells = _read(metrics / "cell_day", fleet, first_win, day, _CELL_DAY, want)
+    rec_table = _read(metrics / "reconciliation", fleet, day, day, _RECONCILIATION, want)
+    rec = {r["vin"]: r for r in _rows(rec_table)}
+    _, anomalies = _anomalies_on(lake_root, fleet, day, want)
+    by_vin: dict[str, list[Anomaly]] = {}
+    for a in anomalies:
+        by_vin.setdefault(a.vin, []).append(a)
+    cell_maps = _cell_maps(cells, first_win, day)
+    out = []
+    for vin in want:
+        reg = registry.get(vin, {})
+        soh = soh_day.get(vin, {})
+        war = war_day.get(vin, {})
+        hist = sorted(soh_hist.get(vin, []), key=lambda r: r["date"])
+        use = sorted(usage.get(vin, []), key=lambda r: r["date"])
+        odo = next(
+            (float(r["odometer_km"]) for r in reversed(use) if r["odometer_km"] is not None),
+            _num(soh.get("odometer_km")),
+        )
+        row = _vehicle_row(vin, reg, soh, war, odo, by_vin.get(vin, []), rec.get(vin))
+        in_service = reg.get("in_service_date")
+        caps = cap_hist.get(vin, [])
+        est_age = np.array([_age_at(r["end_ts"], in_service) for r in caps], dtype=np.float64)
+        if in_service is None and caps:
+            # Without a registry date, place estimates by their date relative to today.
+            est_age = np.array(
+                [row.age_years - (day - r["date"]).days / DAYS_PER_YEAR for r in caps]
+            )
+        cell_days, dev = cell_maps.get(vin, ((), np.zeros((0, 0))))
+        try:
+            evidence = json.loads(war.get("evidence") or "{}")
+        except json.JSONDecodeError:
+            evidence = {"raw": str(war.get("evidence"))}
+        out.append(
+            VehicleData(
+                day=day,
+                fleet=fleet,
+                row=row,
+                soh_age_years=_arr(hist, "age_years"),
+                soh_pct=_arr(hist, "soh_pct"),
+                soh_low_pct=_arr(hist, "soh_low_pct"),
+                soh_high_pct=_arr(hist, "soh_high_pct"),
+                estimate_age_years=est_age,
+                estimate_soh_pct=_arr(caps, "soh_pct"),
+                soh_new_pct=_num(soh.get("soh_new_pct")),
+                fade_pct_per_year_pow=_num(soh.get("fade_pct_per_year_pow")),
+                fade_exponent=_num(soh.get("fade_exponent")),
+                usage_days=tuple(r["date"].isoformat() for r in use),
+                usage={k: _arr(use, k) for k in _VEHICLE_DAY if k != "vin"},
+                cell_days=cell_days,
+                cell_rest_dev_mv=dev,
+                anomalies=tuple(by_vin.get(vin, [])),
+                evidence=evidence if isinstance(evidence, dict) else {"evidence": evidence},
+                window_days=window_days,
+            )
+        )
+    return out
+
+
+def _cell_maps(
+    cells: pa.Table | None, first: date, last: date
+) -> dict[str, tuple[tuple[str, ...], FloatArray]]:
+    """Per VIN: the window's days and the (cell x day) matrix of rest deviation [mV]."""
+    if cells is None or cells.num_rows == 0:
+        return {}
+    n_days = (last - first).days + 1
+    days = tuple((first + timedelta(days=i)).isoformat() for i in range(n_days))
+    vin = np.asarray(cells["vin"].to_numpy(zero_copy_only=False)).astype(str)
+    cell = cells["cell"].to_numpy(zero_copy_only=False).astype(np.float64)
+    dev = cells["rest_dev_mv"].to_numpy(zero_copy_only=False).astype(np.float64)
+    d = cells["date"].to_numpy(zero_copy_only=False).astype("datetime64[D]")
+    col = (d - np.datetime64(first.isoformat())).astype(np.int64)
+    out = {}
+    order = np.argsort(vin, kind="stable")
+    vin_sorted = vin[order]
+    bounds = np.flatnonzero(np.r_[True, vin_sorted[1:] != vin_sorted[:-1], True])
+    for i in range(bounds.size - 1):
+        sl = order[bounds[i] : bounds[i + 1]]
+        ok = np.isfinite(cell[sl])
+        sl = sl[ok]
+        if sl.size == 0:
+            continue
+        n_cells = int(cell[sl].max()) + 1
+        m = np.full((n_cells, n_days), np.nan)
+        m[cell[sl].astype(np.int64), col[sl]] = dev[sl]
+        out[str(vin_sorted[bounds[i]])] = (days, m)
+    return out
+
+
+def newly_flagged(lake_root: Path, day: date, fleet: str) -> list[str]:
+    """VINs that need a vehicle report on ``day``.
+
+    A vehicle is newly flagged when an anomaly of it has status ``new`` on the date, or
+    its warranty status became ``at_risk`` or ``claim_eligible`` on the date (it was
+    different, or unknown, on the latest earlier date with a ``warranty`` partition).
+    """
+    _, anomalies = _anomalies_on(lake_root, fleet, day)
+    flagged = {a.vin for a in anomalies if a.status == "new"}
+    base = lake_root / "metrics" / "warranty"
+    today = _read(base, fleet, day, day, ("vin", "status"))
+    earlier = [d for d, _ in _partitions(base, fleet, date.min, day - timedelta(days=1))]
+    before: dict[str, Any] = {}
+    if earlier:
+        prev = _read(base, fleet, earlier[-1], earlier[-1], ("vin", "status"))
+        before = {r["vin"]: r["status"] for r in _rows(prev)}
+    for r in _rows(today):
+        if r["status"] in ("at_risk", "claim_eligible") and before.get(r["vin"]) != r["status"]:
+            flagged.add(r["vin"])
+    return sorted(flagged)

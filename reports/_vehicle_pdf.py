@@ -1,0 +1,257 @@
+"""The vehicle PDF: SoH history and projection, cell heat map, exposure, charging,
+anomalies with their explanation, and the evidence behind the warranty verdict.
+
+Only imported by ``reports._vehicle_report`` (it imports reportlab and matplotlib).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from reportlab.platypus import Flowable, Paragraph, Spacer
+
+from reports._charts import cell_heatmap, charging, chart_style, exposure, soh_history
+from reports._inputs import Anomaly, VehicleData, VehicleRow
+from reports._layout import (
+    STYLES,
+    TEXT_WIDTH,
+    VERDICT_LABELS,
+    build_pdf,
+    chart,
+    data_table,
+    esc,
+    fmt,
+    fmt_range,
+    generator_version,
+    headline_table,
+)
+
+
+def _sum(v: VehicleData, key: str) -> float:
+    a = v.usage.get(key)
+    return float(np.nansum(a)) if a is not None and a.size else math.nan
+
+
+def _max(v: VehicleData, key: str) -> float:
+    a = v.usage.get(key)
+    return float(np.nanmax(a)) if a is not None and np.isfinite(a).any() else math.nan
+
+
+def _anomaly_block(a: Anomaly) -> list[Flowable]:
+    source = {"model": "model", "rule": "rule", "both": "model and rule"}.get(a.source, a.source)
+    head = (
+        f"<b>{esc(a.where)}</b>: {esc(a.severity or 'n/a')}, {esc(a.status)}, "
+        f"flagged by {esc(source or 'n/a')}, score {fmt(a.score, 2)} "
+        f"(threshold {fmt(a.threshold, 2)}), first seen {esc(a.first_seen or 'n/a')}, "
+        f"model {esc(a.model_version or 'n/a')}"
+    )
+    out: list[Flowable] = [Paragraph(head, STYLES["body"])]
+    if a.rules:
+        out.append(Paragraph(f"Rules: {esc(', '.join(a.rules))}", STYLES["small"]))
+    if a.explanation:
+        out.append(Paragraph(esc(a.explanation), STYLES["small"]))
+    if a.features:
+        out.append(
+            data_table(
+                ["feature [unit]", "value", "fleet normal range"],
+                [
+                    [
+                        f"{f.name} [{f.unit}]" if f.unit else f.name,
+                        fmt(f.value, 3),
+                        fmt_range(f.normal_low, f.normal_high, 3),
+                    ]
+                    for f in a.features
+                ],
+                [0.52, 0.18, 0.3],
+            )
+        )
+    out.append(Spacer(1, 4))
+    return out
+
+
+def _evidence_rows(v: VehicleData) -> list[list[str]]:
+    r = v.row
+    ev = v.evidence
+    rows = [
+        ["verdict", VERDICT_LABELS.get(r.warranty_status, r.warranty_status)],
+        ["reason", r.warranty_reason or "n/a"],
+        ["policy", f"{r.warranty_policy}\n{(ev.get('policy') or {}).get('name', '')}".strip()],
+        [
+            "binding threshold",
+            f"SoH >= {fmt(r.warranty_min_soh_pct, 0)} % until "
+            f"{fmt(_num((ev.get('threshold') or {}).get('years')), 0)} years or "
+            f"{fmt(_num((ev.get('threshold') or {}).get('km')), 0)} km",
+        ],
+        [
+            "cover ends at",
+            f"{fmt(r.warranty_end_age_years, 2)} years / {fmt(r.warranty_end_odometer_km, 0)} km",
+        ],
+        ["age, odometer now", f"{fmt(r.age_years, 2)} years / {fmt(r.odometer_km, 0)} km"],
+        [
+            "SoH now [%]",
+            f"{fmt(r.soh_pct, 2)} (90 %: {fmt_range(r.soh_low_pct, r.soh_high_pct, 2)}), "
+            f"{r.n_capacity_estimates} capacity estimates",
+        ],
+        [
+            "SoH at cover end [%]",
+            f"{fmt(r.projected_soh_at_warranty_end_pct, 2)} (90 %: {_proj_range(r, 2)})",
+        ],
+    ]
+    fit = ev.get("fit")
+    if isinstance(fit, dict):
+        rows.append(
+            [
+                "trend fit",
+                f"SoH = {fmt(_num(fit.get('a')), 2)} + ({fmt(_num(fit.get('b')), 3)}) "
+                f"x age^{fmt(_num(fit.get('exponent')), 2)}, "
+                f"scale {fmt(_num(fit.get('scale')), 2)}",
+            ]
+        )
+    usage = ev.get("usage") or {}
+    limits = ev.get("usage_limits") or {}
+    for key, lim_key in (
+        ("over_temp_events", "max_over_temp_events"),
+        ("dc_fast_share", "max_dc_fast_share"),
+        ("deep_discharges", "max_deep_discharges"),
+    ):
+        if key in usage:
+            lim = limits.get(lim_key)
+            rows.append(
+                [
+                    key.replace("_", " "),
+                    f"{usage[key]} (limit {lim if lim is not None else 'none'})",
+                ]
+            )
+    rows.append(["usage flags", r.usage_flags or "none"])
+    rows.append(["model", str(ev.get("model_version") or "n/a")])
+    return rows
+
+
+def _proj_range(r: VehicleRow, digits: int) -> str:
+    return fmt_range(
+        r.projected_soh_at_warranty_end_low_pct, r.projected_soh_at_warranty_end_high_pct, digits
+    )
+
+
+def _num(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def vehicle_pdf(v: VehicleData) -> bytes:
+    """One vehicle's report as PDF bytes (deterministic for the same data)."""
+    r = v.row
+    day = v.day.isoformat()
+    about = ", ".join(
+        x
+        for x in (
+            r.vehicle_class,
+            r.chemistry.upper(),
+            f"in service since {r.in_service_date}" if r.in_service_date else "",
+        )
+        if x
+    )
+    story: list[Flowable] = [
+        Paragraph(f"Vehicle {esc(r.vin)}", STYLES["title"]),
+        Paragraph(
+            f"fleet {esc(v.fleet)} &middot; {day} (UTC) &middot; {esc(about)}", STYLES["subtitle"]
+        ),
+    ]
+    verdict = VERDICT_LABELS.get(r.warranty_status, r.warranty_status)
+    story.append(
+        headline_table(
+            [
+                (
+                    fmt(r.soh_pct, 1, " %"),
+                    "state of health",
+                    f"90 %: {fmt_range(r.soh_low_pct, r.soh_high_pct)} %",
+                ),
+                (verdict, "warranty", r.warranty_reason or ""),
+                (
+                    fmt(r.projected_soh_at_warranty_end_pct, 1, " %"),
+                    "SoH at warranty end",
+                    f"90 %: {_proj_range(r, 1)} % at {fmt(r.warranty_end_age_years, 1)} years",
+                ),
+                (
+                    str(r.anomalies_open),
+                    "open anomalies",
+                    f"{r.anomalies_new} new today" if r.anomalies_open else "none",
+                ),
+                (
+                    fmt(r.soh_trend_pct_per_year, 2),
+                    "SoH trend [%/year]",
+                    f"resistance growth {fmt(r.resistance_growth_pct, 1)} %",
+                ),
+                (
+                    fmt(r.odometer_km / 1000, 1, "k km"),
+                    "odometer",
+                    f"age {fmt(r.age_years, 2)} years",
+                ),
+            ]
+        )
+    )
+    win = f"last {v.window_days} days"
+    with chart_style():
+        story.append(
+            chart(
+                soh_history(v, TEXT_WIDTH),
+                "soh_history",
+                "Grey: individual capacity estimates. Blue: the SoH fit of each day with its "
+                "90 % interval. Orange: projection to the end of warranty cover with its "
+                "interval. Red dashed: warranty minimum; dotted: end of cover.",
+                heading="State of health",
+            )
+        )
+        story.append(
+            chart(
+                cell_heatmap(v, TEXT_WIDTH),
+                "cell_heatmap",
+                f"Each cell's voltage at rest minus the pack median, {win}. A cell drifting "
+                "blue (low) day after day discharges faster than its neighbours; grey: no "
+                "rest reading that day. Arrows mark cells with an anomaly flag.",
+                heading="Cell voltage balance",
+            )
+        )
+        story.append(
+            chart(
+                exposure(v, TEXT_WIDTH),
+                "exposure",
+                f"Hours per band of the hottest sensor and of the state of charge, {win} "
+                f"(max temperature {fmt(_max(v, 'temp_c_max'), 1)} degC).",
+                heading="Temperature and state-of-charge exposure",
+            )
+        )
+        charged = _sum(v, "ah_charged")
+        dc = _sum(v, "ah_charged_dc")
+        share = dc / charged if charged and math.isfinite(charged) and charged > 0 else math.nan
+        story.append(
+            chart(
+                charging(v, TEXT_WIDTH),
+                "charging",
+                f"Charge put in per day, {win}: {fmt(charged, 0)} Ah in total, DC fast "
+                f"{fmt(100 * share, 1)} %, {fmt(_sum(v, 'equivalent_full_cycles'), 1)} "
+                "equivalent full cycles, max charge C-rate "
+                f"{fmt(_max(v, 'max_charge_c_rate'), 2)}.",
+                heading="Charging behaviour",
+            )
+        )
+    story.append(Paragraph("Anomalies", STYLES["h1"]))
+    if not v.anomalies:
+        story.append(Paragraph("No anomaly flagged on this date.", STYLES["body"]))
+    for a in v.anomalies:
+        story.extend(_anomaly_block(a))
+    story.append(Paragraph("Warranty evidence", STYLES["h1"]))
+    story.append(data_table(["item", "value"], _evidence_rows(v), [0.3, 0.7], font_size=9))
+    story.append(Spacer(1, 6))
+    story.append(Paragraph(f"Generated by {esc(generator_version())}.", STYLES["small"]))
+    return build_pdf(
+        story,
+        title=f"Vehicle {r.vin} battery health {day}",
+        subject=f"fleet={v.fleet} vin={r.vin} date={day}",
+        keywords=["fleetbms", "vehicle report", f"fleet={v.fleet}", f"vin={r.vin}", f"date={day}"],
+        footer=f"{r.vin} - fleet {v.fleet} - {day}",
+    )
