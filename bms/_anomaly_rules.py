@@ -1,0 +1,215 @@
+"""Physical rules beside the model: what physics already defines needs no statistics.
+
+Each rule reads the feature rows of one day (``bms._features``) and returns hits: which
+vehicle, which cell or temperature sensor, the rule, the measured value, the threshold
+and a severity. Thresholds are data (``RuleLimits``), with their sources:
+
+- ``self_discharge``: a cell losing charge at rest faster than its pack by more than the
+  limit. Normal self-discharge is 1-2 %/month (~0.05 %/day, Battery University BU-802b);
+  a soft short of 100 Ohm drains ~1.5 %/day of a 60 Ah cell (science.md 3). On the NMC
+  curve 1 %/day is ~8-10 mV/day, on the LFP plateau ~0.5 mV/day (science.md 1), hence the
+  per-chemistry limits in mV/day (about 0.25 %/day of SoC, five times normal).
+- ``deviation_growth``: a cell's rest deviation from the pack median growing for the
+  whole trend window (least-squares slope) while already well off the median.
+- ``cell_spread``: a cell's rest deviation beyond a share of the contract's 100 mV
+  spread limit (telemetry.md), before the live alert would fire.
+- ``temp_high``: the hottest sensor within a margin below the contract's 60 degC
+  over-temperature limit.
+- ``rest_temp_rise``: a sensor warming relative to its pack while no current flows
+  (heat from inside the cell: internal short; telemetry.md ``thermal_rise`` is the live,
+  1 degC/min version).
+- ``sensor_invalid``, ``sensor_stuck``, ``sensor_erratic``: a temperature sensor sending
+  sentinels / no values, the same value all day while its pack's temperature moves, or
+  jumping between consecutive readings far more than its neighbours.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+WARNING = "warning"
+CRITICAL = "critical"
+
+RULES: dict[str, str] = {
+    "cell_spread": "cell rest deviation from the pack median near the contract spread limit",
+    "deviation_growth": "cell rest deviation growing day after day",
+    "rest_temp_rise": "sensor warming relative to its pack while at rest",
+    "self_discharge": "cell self-discharging faster than its pack (soft short)",
+    "sensor_erratic": "temperature sensor jumping between readings",
+    "sensor_invalid": "temperature sensor sending no value or sentinels",
+    "sensor_stuck": "temperature sensor stuck at one value",
+    "temp_high": "pack temperature approaching the over-temperature limit",
+}
+
+
+@dataclass(frozen=True)
+class RuleLimits:
+    """Thresholds of the physical rules (see the module docstring for sources)."""
+
+    self_discharge_nmc_mv_per_day: float = 2.0  # relative to the pack median [mV/day]
+    self_discharge_lfp_mv_per_day: float = 0.7  # [mV/day]
+    self_discharge_min_z: float = 4.0  # and this far out of its pack [-]
+    deviation_trend_mv_per_day: float = 0.8  # slope of the rest deviation [mV/day]
+    deviation_min_mv: float = 10.0  # ... with the cell already this far off [mV]
+    deviation_min_z: float = 4.0  # ... and this far out of its pack [-]
+    spread_limit_mv: float = 100.0  # contract cell_spread limit at rest [mV]
+    spread_warning_share: float = 0.4  # warn at this share of the limit [-]
+    spread_critical_share: float = 0.7  # critical at this share [-]
+    temp_limit_c: float = 60.0  # contract over_temperature limit [degC]
+    temp_warning_margin_c: float = 8.0  # warn this far below the limit [degC]
+    temp_critical_margin_c: float = 3.0  # critical this far below [degC]
+    rest_rise_c_per_h: float = 2.0  # sensor rise relative to the pack at rest [degC/h]
+    sensor_invalid_share: float = 0.05  # share of readings without a value [-]
+    sensor_jitter_excess_c: float = 1.0  # RMS reading-to-reading jump above the pack's [degC]
+
+
+RULE_HIT_SCHEMA = pa.schema(
+    [
+        ("vin", pa.string()),
+        ("cell", pa.int16()),
+        ("sensor", pa.int16()),
+        ("rule", pa.string()),
+        ("severity", pa.string()),
+        ("value", pa.float64()),
+        ("threshold", pa.float64()),
+        ("unit", pa.string()),
+    ]
+)
+
+
+def _f(t: pa.Table, name: str) -> np.ndarray:
+    return np.asarray(
+        pc.cast(t[name], pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64
+    )
+
+
+def _i(t: pa.Table, name: str) -> np.ndarray:
+    return np.asarray(pc.fill_null(t[name], -1).to_numpy(zero_copy_only=False), dtype=np.int64)
+
+
+def evaluate_rules(features: pa.Table, limits: RuleLimits) -> pa.Table:
+    """Rule hits of one day's feature rows (``RULE_HIT_SCHEMA``), sorted by vin, rule."""
+    rows: dict[str, list[object]] = {f.name: [] for f in RULE_HIT_SCHEMA}
+    if features.num_rows == 0:
+        return RULE_HIT_SCHEMA.empty_table()
+    vins = [str(v) for v in features["vin"].to_pylist()]
+    chem = [str(c) if c is not None else "" for c in features["chemistry"].to_pylist()]
+
+    def add(
+        mask: np.ndarray,
+        rule: str,
+        value: np.ndarray,
+        threshold: np.ndarray | float,
+        unit: str,
+        cell: np.ndarray | None = None,
+        sensor: np.ndarray | None = None,
+        critical: np.ndarray | None = None,
+    ) -> None:
+        thr = np.broadcast_to(np.asarray(threshold, dtype=np.float64), mask.shape)
+        for i in np.flatnonzero(mask):
+            rows["vin"].append(vins[i])
+            rows["cell"].append(int(cell[i]) if cell is not None else -1)
+            rows["sensor"].append(int(sensor[i]) if sensor is not None else -1)
+            rows["rule"].append(rule)
+            rows["severity"].append(CRITICAL if critical is not None and critical[i] else WARNING)
+            rows["value"].append(float(value[i]))
+            rows["threshold"].append(float(thr[i]))
+            rows["unit"].append(unit)
+
+    with np.errstate(invalid="ignore"):
+        sd = _f(features, "self_discharge_rel_mv_per_day")
+        sd_lim = np.array(
+            [
+                limits.self_discharge_lfp_mv_per_day
+                if c == "lfp"
+                else limits.self_discharge_nmc_mv_per_day
+                for c in chem
+            ]
+        )
+        sd_z = _f(features, "self_discharge_z")
+        add(
+            (sd <= -sd_lim) & (sd_z >= limits.self_discharge_min_z),
+            "self_discharge",
+            sd,
+            -sd_lim,
+            "mV/day",
+            cell=_i(features, "self_discharge_cell"),
+            critical=sd <= -3 * sd_lim,
+        )
+
+        tr = _f(features, "rest_dev_trend_rel_mv_per_day")
+        dev = _f(features, "rest_dev_rel_mv")
+        tr_cell = _i(features, "rest_dev_trend_cell")
+        dev_cell = _i(features, "rest_dev_cell")
+        add(
+            (np.abs(tr) >= limits.deviation_trend_mv_per_day)
+            & (_f(features, "rest_dev_trend_z") >= limits.deviation_min_z)
+            & (np.abs(dev) >= limits.deviation_min_mv)
+            & (tr_cell == dev_cell),
+            "deviation_growth",
+            tr,
+            limits.deviation_trend_mv_per_day,
+            "mV/day",
+            cell=tr_cell,
+        )
+
+        warn_mv = limits.spread_warning_share * limits.spread_limit_mv
+        add(
+            np.abs(dev) >= warn_mv,
+            "cell_spread",
+            dev,
+            warn_mv,
+            "mV",
+            cell=dev_cell,
+            critical=np.abs(dev) >= limits.spread_critical_share * limits.spread_limit_mv,
+        )
+
+        tmax = _f(features, "temp_c_max")
+        warn_c = limits.temp_limit_c - limits.temp_warning_margin_c
+        add(
+            tmax >= warn_c,
+            "temp_high",
+            tmax,
+            warn_c,
+            "degC",
+            critical=tmax >= limits.temp_limit_c - limits.temp_critical_margin_c,
+        )
+
+        rise = _f(features, "rest_rise_c_per_h")
+        add(
+            rise >= limits.rest_rise_c_per_h,
+            "rest_temp_rise",
+            rise,
+            limits.rest_rise_c_per_h,
+            "degC/h",
+            sensor=_i(features, "rest_rise_sensor"),
+            critical=rise >= 3 * limits.rest_rise_c_per_h,
+        )
+
+        inv = _f(features, "sensor_invalid_share")
+        add(
+            inv >= limits.sensor_invalid_share,
+            "sensor_invalid",
+            inv,
+            limits.sensor_invalid_share,
+            "-",
+            sensor=_i(features, "invalid_sensor"),
+        )
+        stuck = _f(features, "sensor_stuck")
+        add(stuck >= 1.0, "sensor_stuck", stuck, 1.0, "-", sensor=_i(features, "stuck_sensor"))
+        jit = _f(features, "sensor_jitter_excess_c")
+        add(
+            jit >= limits.sensor_jitter_excess_c,
+            "sensor_erratic",
+            jit,
+            limits.sensor_jitter_excess_c,
+            "degC",
+            sensor=_i(features, "jitter_sensor"),
+        )
+
+    table = pa.table(rows, schema=RULE_HIT_SCHEMA)
+    return table.sort_by([("vin", "ascending"), ("rule", "ascending"), ("cell", "ascending")])

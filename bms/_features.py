@@ -1,0 +1,675 @@
+"""Anomaly features: one row per vehicle and day, built on the analytics outputs.
+
+Cell-level inputs (``metrics/cell_day``: deviation from the pack median at rest,
+self-discharge over rests, sag under load relative to the pack, resistance relative to
+the median cell) are condensed over a trailing window by ``sql/anomaly_cell_window.sql``
+and then made comparable across packs of any size and chemistry: each cell's value
+becomes a robust z-score within its own pack (median and MAD of the pack's cells, the MAD
+floored at a physical noise level), and the pack's worst cell in the harmful direction is
+kept, minus the value expected for the worst of ``n`` healthy cells (Blom's
+approximation of the expected maximum of ``n`` standard normals; Blom 1958, *Statistical
+Estimates and Transformed Beta-Variables*, Wiley). The worst cell's index and its
+physical value travel with the row as evidence.
+
+Vehicle-level inputs are compared with the vehicle's own past and with the fleet on the
+same day (a double difference that removes season, climate and usage): the hottest
+sensor and the day's temperature rise (``metrics/vehicle_day``), the fade of state of
+health and the growth of resistance over 30 days (``metrics/vehicle_soh``). Temperature
+sensor health (values missing, stuck, jittering; rise at rest relative to the pack)
+comes straight from telemetry (``sql/anomaly_sensor_day.sql``): the analytics tables do
+not carry it.
+
+The pure functions here take and return arrays; ``build_features`` does the I/O.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, timedelta
+from importlib import resources
+from pathlib import Path
+from statistics import NormalDist
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+
+#: 1.4826 x MAD estimates sigma for normal data (Rousseeuw & Croux 1993, JASA 88, 1273).
+MAD_TO_SIGMA = 1.4826
+
+
+@dataclass(frozen=True)
+class CellFeature:
+    """A per-cell input condensed into a worst-cell feature.
+
+    ``direction``: ``neg`` (low values are bad), ``pos`` (high values are bad) or ``abs``.
+    ``floor``: smallest pack scale (sigma) used, in the input's unit, so a pack of
+    identical cells does not turn a 1 mV wobble into a huge z-score.
+    """
+
+    name: str  # feature name (a robust z, dimensionless)
+    source: str  # column of the cell window table
+    evidence: str  # column of the worst cell's value minus the pack median
+    unit: str
+    direction: str
+    floor: float
+
+
+#: Cell features, with their noise floors (assumed: about the resolution of the
+#: underlying measurement: 1 mV cell voltage LSB, 1 % resistance).
+CELL_FEATURES: tuple[CellFeature, ...] = (
+    CellFeature(
+        "self_discharge_z",
+        "self_discharge_mv_per_day",
+        "self_discharge_rel_mv_per_day",
+        "mV/day",
+        "neg",
+        0.3,
+    ),
+    CellFeature("rest_dev_z", "rest_dev_mv", "rest_dev_rel_mv", "mV", "abs", 1.0),
+    CellFeature(
+        "rest_dev_trend_z",
+        "rest_dev_trend_mv_per_day",
+        "rest_dev_trend_rel_mv_per_day",
+        "mV/day",
+        "abs",
+        0.15,
+    ),
+    CellFeature("sag_z", "sag_mv", "sag_rel_mv", "mV", "neg", 1.0),
+    CellFeature("resistance_z", "resistance_dev_pct", "resistance_rel_pct", "%", "pos", 1.5),
+)
+
+#: Vehicle-level features and their units.
+VEHICLE_FEATURES: dict[str, str] = {
+    "spread_growth_z": "-",
+    "temp_max_excess_c": "degC",
+    "temp_rise_excess_c": "degC",
+    "soh_drop_excess_pct": "%",
+    "resistance_growth_excess_pct": "%",
+    "sensor_invalid_share": "-",
+    "sensor_stuck": "-",
+    "sensor_jitter_excess_c": "degC",
+    "rest_rise_c_per_h": "degC/h",
+    "dc_fast_share": "-",
+    "hours_soc_above_90": "h",
+    "hours_temp_above_45c": "h",
+}
+
+#: Every feature column (model candidates) with its unit.
+FEATURE_UNITS: dict[str, str] = {
+    **{f.name: "z" for f in CELL_FEATURES},
+    **VEHICLE_FEATURES,
+}
+
+#: Physical evidence columns of the worst cell: feature -> (column, unit).
+CELL_EVIDENCE: dict[str, tuple[str, str]] = {f.name: (f.evidence, f.unit) for f in CELL_FEATURES}
+
+CELL_INDEX = {f.name: f.name.removesuffix("_z") + "_cell" for f in CELL_FEATURES}
+
+FEATURES_SCHEMA = pa.schema(
+    [
+        pa.field("vin", pa.string(), nullable=False),
+        pa.field("chemistry", pa.string()),
+        pa.field("n_cells", pa.int16()),
+        pa.field("has_cell_data", pa.bool_(), nullable=False),
+        *[pa.field(name, pa.float64()) for name in FEATURE_UNITS],
+        *[pa.field(CELL_INDEX[f.name], pa.int16()) for f in CELL_FEATURES],
+        *[pa.field(CELL_EVIDENCE[f.name][0], pa.float64()) for f in CELL_FEATURES],
+        pa.field("temp_c_max", pa.float64()),
+        pa.field("invalid_sensor", pa.int16()),
+        pa.field("stuck_sensor", pa.int16()),
+        pa.field("jitter_sensor", pa.int16()),
+        pa.field("rest_rise_sensor", pa.int16()),
+    ],
+    metadata={
+        b"fleetbms.table": b"anomaly_features",
+        b"fleetbms.version": b"1",
+    },
+)
+
+
+# --------------------------------------------------------------------------- science
+
+
+def expected_max_z(n: npt.ArrayLike, two_sided: bool = False) -> FloatArray:
+    r"""Expected largest of ``n`` standard normal values (Blom's approximation). [-]
+
+    :math:`E[\max] \approx \Phi^{-1}((n - 0.375) / (n + 0.25))`; for the largest
+    absolute value, the largest of ``2n`` is used as an approximation.
+    """
+    nn = np.asarray(n, dtype=np.float64) * (2.0 if two_sided else 1.0)
+    nd = NormalDist()
+    out = np.zeros_like(nn)
+    ok = nn >= 2
+    out[ok] = [nd.inv_cdf((k - 0.375) / (k + 0.25)) for k in nn[ok]]
+    return out
+
+
+def pack_robust_z(values: FloatArray, floor: float) -> tuple[FloatArray, FloatArray, FloatArray]:
+    r"""Robust z-score of each cell within its pack.
+
+    Parameters
+    ----------
+    values : ndarray, shape (packs, cells)
+        One row per pack, NaN where a cell has no value (or the pack is shorter).
+    floor : float
+        Smallest scale used, in the unit of ``values``.
+
+    Returns
+    -------
+    z, median, scale : ndarray
+        ``z = (x - median) / max(1.4826 MAD, floor)`` (NaN where x is NaN), and the
+        per-pack median and scale.
+    """
+    with np.errstate(all="ignore"):
+        has = np.any(~np.isnan(values), axis=1)
+        med = np.full(len(values), np.nan)
+        mad = np.full(len(values), np.nan)
+        if np.any(has):
+            med[has] = np.nanmedian(values[has], axis=1)
+            mad[has] = np.nanmedian(np.abs(values[has] - med[has, None]), axis=1)
+        scale = np.maximum(MAD_TO_SIGMA * mad, floor)
+        z = (values - med[:, None]) / scale[:, None]
+    return z, med, scale
+
+
+def worst_cell(z: FloatArray, n_cells: FloatArray, direction: str) -> tuple[FloatArray, IntArray]:
+    """Worst cell of each pack: its adjusted badness and its index (-1 if none).
+
+    Badness is ``-z`` (``neg``), ``z`` (``pos``) or ``|z|`` (``abs``), minus the expected
+    worst of ``n_cells`` healthy cells, so packs of 14 and of 200 cells compare.
+    """
+    if direction == "neg":
+        bad = -z
+    elif direction == "pos":
+        bad = z.copy()
+    elif direction == "abs":
+        bad = np.abs(z)
+    else:
+        raise ValueError(f"unknown direction {direction!r}; valid: neg, pos, abs")
+    filled = np.where(np.isnan(bad), -np.inf, bad)
+    idx = np.argmax(filled, axis=1) if filled.shape[1] else np.zeros(len(z), dtype=np.int64)
+    rows = np.arange(len(z))
+    best = filled[rows, idx] if filled.shape[1] else np.full(len(z), -np.inf)
+    ok = np.isfinite(best)
+    adj = best - expected_max_z(n_cells, two_sided=direction == "abs")
+    return np.where(ok, adj, np.nan), np.where(ok, idx, -1).astype(np.int64)
+
+
+def _nan_range(values: FloatArray) -> FloatArray:
+    """Max minus min of each row ignoring NaN; NaN for an all-NaN or empty row."""
+    if values.shape[1] == 0:
+        return np.full(len(values), np.nan)
+    return np.asarray(np.fmax.reduce(values, axis=1) - np.fmin.reduce(values, axis=1))
+
+
+def excess_over_own_and_fleet(today: FloatArray, baseline: FloatArray) -> FloatArray:
+    """Double difference: (today - own baseline) - fleet median of the same. [unit of x]"""
+    own = today - baseline
+    with np.errstate(all="ignore"):
+        fleet = float(np.nanmedian(own)) if np.any(~np.isnan(own)) else 0.0
+    return np.asarray(own - fleet)
+
+
+# --------------------------------------------------------------------------- I/O
+
+
+def _sql(name: str) -> str:
+    return resources.files("bms").joinpath("sql", name).read_text(encoding="utf-8")
+
+
+def partition_files(lake_root: Path, table: str, days: Sequence[date], fleet: str) -> list[Path]:
+    """Existing ``<table>/date=D/fleet=F/*.parquet`` files of the given dates.
+
+    ``table`` is a path under the lake root, e.g. ``metrics/cell_day``.
+    """
+    out: list[Path] = []
+    for d in sorted(days):
+        out += sorted(
+            (lake_root / table / f"date={d.isoformat()}" / f"fleet={fleet}").glob("*.parquet")
+        )
+    return out
+
+
+def read_partitions(
+    lake_root: Path, table: str, days: Sequence[date], fleet: str, columns: Sequence[str]
+) -> pa.Table:
+    """Columns of a lake table over some dates, with a ``date`` column (date32)."""
+    parts = []
+    for path in partition_files(lake_root, table, days, fleet):
+        t = pq.read_table(path)
+        missing = [c for c in columns if c not in t.column_names]
+        for c in missing:
+            t = t.append_column(c, pa.nulls(t.num_rows, pa.float64()))
+        t = t.select(list(columns))
+        d = date.fromisoformat(path.parent.parent.name.removeprefix("date="))
+        parts.append(t.append_column("date", pa.array([d] * t.num_rows, pa.date32())))
+    if not parts:
+        return pa.table(
+            {**{c: pa.array([], pa.float64()) for c in columns}, "date": pa.array([], pa.date32())}
+        )
+    return pa.concat_tables(parts, promote_options="permissive")
+
+
+def _sql_paths(paths: Sequence[Path]) -> str:
+    """A DuckDB list literal of file paths (views cannot take prepared parameters)."""
+    return "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in paths) + "]"
+
+
+def _connect(threads: int = 0) -> Any:
+    import duckdb
+
+    con = duckdb.connect(config={"preserve_insertion_order": True})
+    if threads > 0:
+        con.execute(f"SET threads = {int(threads)}")
+    con.execute("SET TimeZone = 'UTC'")
+    return con
+
+
+def cell_window(
+    lake_root: Path, day: date, fleet: str, *, smooth_days: int, trend_days: int
+) -> pa.Table:
+    """Per (vin, cell): the cell_day inputs condensed over the trailing window."""
+    days = [day - timedelta(days=k) for k in range(trend_days)]
+    files = partition_files(lake_root, "metrics/cell_day", days, fleet)
+    con = _connect()
+    try:
+        if files:
+            con.execute(
+                f"CREATE VIEW cell_day AS SELECT * FROM read_parquet({_sql_paths(files)},"
+                " hive_partitioning = true, union_by_name = true,"
+                " hive_types = {'date': DATE, 'fleet': VARCHAR})"
+            )
+        else:
+            con.execute(
+                "CREATE VIEW cell_day AS SELECT NULL::VARCHAR AS vin, NULL::SMALLINT AS cell,"
+                " NULL::SMALLINT AS n_cells, NULL::DOUBLE AS rest_dev_mv, NULL::BIGINT AS n_rest,"
+                " NULL::DOUBLE AS self_discharge_mv_per_day, NULL::DOUBLE AS self_discharge_hours,"
+                " NULL::DOUBLE AS sag_mv, NULL::BIGINT AS n_load,"
+                " NULL::DOUBLE AS resistance_dev_pct, NULL::BIGINT AS n_steps,"
+                " NULL::DOUBLE AS temp_dev_c, NULL::DATE AS date WHERE false"
+            )
+        for name, value in (
+            ("day_num", (day - date(1970, 1, 1)).days),
+            ("smooth_days", smooth_days),
+            ("trend_days", trend_days),
+        ):
+            con.execute(f"SET VARIABLE {name} = {int(value)}")
+        table: pa.Table = con.sql(_sql("anomaly_cell_window.sql")).to_arrow_table()
+    finally:
+        con.close()
+    return table
+
+
+def sensor_day(
+    lake_root: Path,
+    day: date,
+    fleet: str,
+    registry: pa.Table,
+    *,
+    rest_c_rate: float,
+    default_capacity_ah: float,
+    rest_min_s: float,
+    settle_s: float,
+) -> pa.Table:
+    """Per (vin, temperature sensor) health figures of one day, from telemetry."""
+    files = partition_files(lake_root, "telemetry", [day], fleet)
+    if not files:
+        return pa.table(
+            {
+                "vin": pa.array([], pa.string()),
+                "sensor": pa.array([], pa.int16()),
+                "n_readings": pa.array([], pa.int64()),
+                "n_valid": pa.array([], pa.int64()),
+                "n_distinct": pa.array([], pa.int64()),
+                "pack_range_c": pa.array([], pa.float64()),
+                "dev_mean_c": pa.array([], pa.float64()),
+                "jitter_c": pa.array([], pa.float64()),
+                "rest_rise_c_per_h": pa.array([], pa.float64()),
+                "pack_rest_rise_c_per_h": pa.array([], pa.float64()),
+            }
+        )
+    con = _connect()
+    try:
+        con.execute(f"CREATE VIEW tele AS SELECT * FROM read_parquet({_sql_paths(files)})")
+        reg = (
+            registry.select(["vin", "capacity_ah"])
+            if registry.num_rows
+            else pa.table(
+                {"vin": pa.array([], pa.string()), "capacity_ah": pa.array([], pa.float64())}
+            )
+        )
+        con.register("registry", reg)
+        for name, value in (
+            ("rest_c_rate", rest_c_rate),
+            ("default_capacity_ah", default_capacity_ah),
+            ("rest_min_s", rest_min_s),
+            ("settle_s", settle_s),
+        ):
+            con.execute(f"SET VARIABLE {name} = {float(value)!r}::DOUBLE")
+        table: pa.Table = con.sql(_sql("anomaly_sensor_day.sql")).to_arrow_table()
+    finally:
+        con.close()
+    return table
+
+
+def read_registry(lake_root: Path, fleet: str) -> pa.Table:
+    """The fleet's rows of ``registry/vehicles.parquet`` (empty table if none)."""
+    path = lake_root / "registry" / "vehicles.parquet"
+    cols = ["vin", "chemistry", "capacity_ah", "n_cells"]
+    if not path.is_file():
+        return pa.table(
+            {
+                "vin": pa.array([], pa.string()),
+                "chemistry": pa.array([], pa.string()),
+                "capacity_ah": pa.array([], pa.float64()),
+                "n_cells": pa.array([], pa.int16()),
+            }
+        )
+    t = pq.read_table(path)
+    if "fleet" in t.column_names:
+        t = t.filter(pc.equal(t["fleet"], fleet))
+    return t.select(cols)
+
+
+# --------------------------------------------------------------------------- assembly
+
+
+@dataclass(frozen=True)
+class FeatureParams:
+    """Windows and telemetry thresholds of the feature builder."""
+
+    smooth_days: int = 7  # cell inputs averaged over this many days [d]
+    trend_days: int = 14  # deviation trend and spread growth over this many days [d]
+    baseline_days: int = 28  # own baseline of temperatures over this many days [d]
+    baseline_lag_days: int = 7  # ... ending this many days before the scored day [d]
+    soh_lag_days: int = 30  # SoH fade and resistance growth over this many days [d]
+    rest_c_rate: float = 0.02  # |current| below this x capacity = at rest [1/h]
+    default_capacity_ah: float = 100.0  # capacity of a VIN missing from the registry [Ah]
+    rest_min_s: float = 3600.0  # rest long enough to measure a temperature rise [s]
+    settle_s: float = 1800.0  # rise measured from this long into the rest [s]
+
+
+def _col(t: pa.Table, name: str) -> FloatArray:
+    if name not in t.column_names:
+        return np.full(t.num_rows, np.nan)
+    return np.asarray(
+        pc.cast(t[name], pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64
+    )
+
+
+def _strs(t: pa.Table, name: str) -> list[str]:
+    return [str(v) for v in t[name].to_pylist()]
+
+
+def assemble_features(
+    vins: list[str],
+    chemistry: dict[str, str],
+    cells: pa.Table,
+    vehicle_window: pa.Table,
+    soh_window: pa.Table,
+    sensors: pa.Table,
+    day: date,
+    params: FeatureParams,
+) -> pa.Table:
+    """Build the feature rows of one (date, fleet) from already-read inputs.
+
+    Parameters
+    ----------
+    vins : list of str
+        Vehicles to produce a row for (those with data on ``day``), sorted.
+    cells : pyarrow.Table
+        Output of ``cell_window``.
+    vehicle_window, soh_window : pyarrow.Table
+        ``metrics/vehicle_day`` and ``metrics/vehicle_soh`` rows of the trailing window,
+        with a ``date`` column.
+    sensors : pyarrow.Table
+        Output of ``sensor_day`` for ``day``.
+    """
+    n = len(vins)
+    pos = {v: i for i, v in enumerate(vins)}
+    out: dict[str, Any] = {
+        "vin": pa.array(vins, pa.string()),
+        "chemistry": pa.array([chemistry.get(v) for v in vins], pa.string()),
+    }
+
+    # Cells: pad to (vehicles, max cells), NaN where missing.
+    cvin = _strs(cells, "vin") if cells.num_rows else []
+    crow = np.array([pos.get(v, -1) for v in cvin], dtype=np.int64)
+    keep = crow >= 0
+    ccell = _col(cells, "cell")[keep].astype(np.int64) if cells.num_rows else np.zeros(0, np.int64)
+    crow = crow[keep]
+    width = int(ccell.max()) + 1 if len(ccell) else 0
+    n_cells = np.zeros(n)
+    if len(ccell):
+        np.maximum.at(n_cells, crow, ccell + 1.0)
+    has_today = np.zeros(n, dtype=bool)
+    if len(ccell):
+        today_flags = np.asarray(cells["has_today"].to_numpy(zero_copy_only=False))[keep]
+        np.logical_or.at(has_today, crow, today_flags.astype(bool))
+    out["n_cells"] = pa.array(np.where(n_cells > 0, n_cells, 0).astype(np.int16), pa.int16())
+    out["has_cell_data"] = pa.array(has_today, pa.bool_())
+
+    def grid(column: str) -> FloatArray:
+        g = np.full((n, width), np.nan)
+        if len(ccell):
+            g[crow, ccell] = _col(cells, column)[keep]
+        return g
+
+    for f in CELL_FEATURES:
+        g = grid(f.source)
+        z, med, _scale = pack_robust_z(g, f.floor)
+        bad, idx = worst_cell(z, n_cells, f.direction)
+        bad = np.where(has_today, bad, np.nan)
+        idx = np.where(has_today, idx, -1)
+        out[f.name] = bad
+        out[CELL_INDEX[f.name]] = pa.array(idx.astype(np.int16), pa.int16())
+        raw = np.full(n, np.nan)
+        ok = idx >= 0
+        raw[ok] = g[np.arange(n)[ok], idx[ok]] - med[ok]
+        out[CELL_EVIDENCE[f.name][0]] = raw
+
+    # Spread growth: (max - min) of the recent rest deviation minus that of the early part.
+    recent, early = grid("rest_dev_mv"), grid("rest_dev_early_mv")
+    _z, _m, scale = pack_robust_z(recent, 1.0)
+    spread_now = _nan_range(recent)
+    spread_then = _nan_range(early)
+    out["spread_growth_z"] = np.where(has_today, (spread_now - spread_then) / scale, np.nan)
+
+    # Temperatures against own baseline and the fleet.
+    vw_vin = _strs(vehicle_window, "vin") if vehicle_window.num_rows else []
+    vw_row = np.array([pos.get(v, -1) for v in vw_vin], dtype=np.int64)
+    vw_day = (
+        np.asarray(
+            pc.cast(vehicle_window["date"], pa.int32()).to_numpy(zero_copy_only=False),
+            dtype=np.int64,
+        )
+        if vehicle_window.num_rows
+        else np.zeros(0, np.int64)
+    )
+    day_num = (day - date(1970, 1, 1)).days
+    tmax = _col(vehicle_window, "temp_c_max")
+    tmin = _col(vehicle_window, "temp_c_min")
+    base_lo = day_num - params.baseline_lag_days - params.baseline_days + 1
+    base_hi = day_num - params.baseline_lag_days
+    recent_lo = day_num - params.smooth_days + 1
+
+    def today_and_baseline(x: FloatArray) -> tuple[FloatArray, FloatArray]:
+        today = np.full(n, np.nan)
+        base = np.full(n, np.nan)
+        sel = (vw_row >= 0) & (vw_day == day_num)
+        today[vw_row[sel]] = x[sel]
+        sel_b = (vw_row >= 0) & (vw_day >= base_lo) & (vw_day <= base_hi) & ~np.isnan(x)
+        if np.any(sel_b):
+            order = np.lexsort((x[sel_b], vw_row[sel_b]))
+            rows_b, vals_b = vw_row[sel_b][order], x[sel_b][order]
+            starts = np.flatnonzero(np.r_[True, rows_b[1:] != rows_b[:-1]])
+            ends = np.r_[starts[1:], len(rows_b)]
+            for s, e in zip(starts, ends, strict=True):
+                if e - s >= 7:
+                    base[rows_b[s]] = float(np.median(vals_b[s:e]))
+        return today, base
+
+    t_today, t_base = today_and_baseline(tmax)
+    out["temp_max_excess_c"] = excess_over_own_and_fleet(t_today, t_base)
+    out["temp_c_max"] = t_today
+    r_today, r_base = today_and_baseline(tmax - tmin)
+    out["temp_rise_excess_c"] = excess_over_own_and_fleet(r_today, r_base)
+
+    # Exposure over the recent days (context: charging and heat).
+    for name, how in (
+        ("dc_fast_share", "mean"),
+        ("hours_soc_above_90", "sum"),
+        ("hours_temp_above_45c", "sum"),
+    ):
+        x = _col(vehicle_window, name)
+        sel = (vw_row >= 0) & (vw_day >= recent_lo) & (vw_day <= day_num) & ~np.isnan(x)
+        tot = np.zeros(n)
+        cnt = np.zeros(n)
+        np.add.at(tot, vw_row[sel], x[sel])
+        np.add.at(cnt, vw_row[sel], 1.0)
+        with np.errstate(all="ignore"):
+            out[name] = np.where(cnt > 0, tot / cnt if how == "mean" else tot, np.nan)
+
+    # SoH fade and resistance growth over soh_lag_days, against the fleet.
+    sw_vin = _strs(soh_window, "vin") if soh_window.num_rows else []
+    sw_row = np.array([pos.get(v, -1) for v in sw_vin], dtype=np.int64)
+    sw_day = (
+        np.asarray(
+            pc.cast(soh_window["date"], pa.int32()).to_numpy(zero_copy_only=False), dtype=np.int64
+        )
+        if soh_window.num_rows
+        else np.zeros(0, np.int64)
+    )
+    for name, column, sign in (
+        ("soh_drop_excess_pct", "soh_pct", -1.0),
+        ("resistance_growth_excess_pct", "resistance_growth_pct", 1.0),
+    ):
+        x = _col(soh_window, column)
+        now = np.full(n, np.nan)
+        then = np.full(n, np.nan)
+        sel = (sw_row >= 0) & (sw_day == day_num) & ~np.isnan(x)
+        now[sw_row[sel]] = x[sel]
+        sel_t = (sw_row >= 0) & (sw_day <= day_num - params.soh_lag_days) & ~np.isnan(x)
+        # latest value at least soh_lag_days old (rows are in date order per file)
+        order = np.lexsort((sw_day[sel_t], sw_row[sel_t]))
+        then[sw_row[sel_t][order]] = x[sel_t][order]
+        change = sign * (now - then)
+        out[name] = excess_over_own_and_fleet(change, np.zeros(n))
+
+    # Temperature sensors.
+    s_vin = _strs(sensors, "vin") if sensors.num_rows else []
+    s_row = np.array([pos.get(v, -1) for v in s_vin], dtype=np.int64)
+    s_idx = _col(sensors, "sensor")
+    ok = s_row >= 0
+    n_read = _col(sensors, "n_readings")
+    invalid = np.where(n_read > 0, 1.0 - _col(sensors, "n_valid") / np.maximum(n_read, 1), np.nan)
+    stuck = (
+        (_col(sensors, "n_distinct") <= 1)
+        & (_col(sensors, "n_valid") >= 10)
+        & (_col(sensors, "pack_range_c") >= 2.0)
+    ).astype(np.float64)
+    jitter = _col(sensors, "jitter_c")
+    rise = _col(sensors, "rest_rise_c_per_h")
+
+    def per_vehicle_max(x: FloatArray, default: float) -> tuple[FloatArray, IntArray]:
+        best = np.full(n, -np.inf)
+        which = np.full(n, -1, dtype=np.int64)
+        for r, v, s in zip(s_row[ok], x[ok], s_idx[ok], strict=True):
+            if not math.isnan(v) and v > best[r]:
+                best[r], which[r] = v, int(s)
+        return np.where(np.isfinite(best), best, default), which
+
+    out["sensor_invalid_share"], w_inv = per_vehicle_max(invalid, 0.0)
+    out["sensor_stuck"], w_stuck = per_vehicle_max(stuck, 0.0)
+    jit_med = np.full(n, np.nan)
+    for r in np.unique(s_row[ok]):
+        vals = jitter[ok][s_row[ok] == r]
+        vals = vals[~np.isnan(vals)]
+        if len(vals):
+            jit_med[r] = float(np.median(vals)) if len(vals) > 2 else float(np.min(vals))
+    jmax, w_jit = per_vehicle_max(jitter, np.nan)
+    out["sensor_jitter_excess_c"] = jmax - jit_med
+    out["rest_rise_c_per_h"], w_rise = per_vehicle_max(rise, np.nan)
+    out["invalid_sensor"] = pa.array(
+        np.where(out["sensor_invalid_share"] > 0, w_inv, -1).astype(np.int16)
+    )
+    out["stuck_sensor"] = pa.array(np.where(out["sensor_stuck"] > 0, w_stuck, -1).astype(np.int16))
+    out["jitter_sensor"] = pa.array(w_jit.astype(np.int16))
+    out["rest_rise_sensor"] = pa.array(w_rise.astype(np.int16))
+
+    arrays = []
+    for f in FEATURES_SCHEMA:
+        v = out[f.name]
+        arrays.append(
+            v if isinstance(v, pa.Array) else pa.array(np.asarray(v), f.type, from_pandas=True)
+        )
+    return pa.Table.from_arrays(arrays, schema=FEATURES_SCHEMA)
+
+
+def features_path(lake_root: Path, day: date, fleet: str) -> Path:
+    """Where the feature rows of one (date, fleet) live."""
+    return (
+        lake_root
+        / "anomaly_features"
+        / f"date={day.isoformat()}"
+        / f"fleet={fleet}"
+        / "part.parquet"
+    )
+
+
+def build_features(lake_root: Path, day: date, fleet: str, params: FeatureParams) -> pa.Table:
+    """Read the analytics outputs (and telemetry) of one (date, fleet) into feature rows.
+
+    Vehicles get a row when ``metrics/vehicle_day`` has them on ``day``.
+    """
+    registry = read_registry(lake_root, fleet)
+    window = max(params.baseline_lag_days + params.baseline_days, params.trend_days)
+    vdays = [day - timedelta(days=k) for k in range(window)]
+    vehicle_window = read_partitions(
+        lake_root,
+        "metrics/vehicle_day",
+        vdays,
+        fleet,
+        [
+            "vin",
+            "chemistry",
+            "temp_c_max",
+            "temp_c_min",
+            "dc_fast_share",
+            "hours_soc_above_90",
+            "hours_temp_above_45c",
+        ],
+    )
+    sdays = [day - timedelta(days=k) for k in range(params.soh_lag_days + 7)]
+    soh_window = read_partitions(
+        lake_root, "metrics/vehicle_soh", sdays, fleet, ["vin", "soh_pct", "resistance_growth_pct"]
+    )
+    today = vehicle_window.filter(pc.equal(vehicle_window["date"], pa.scalar(day, pa.date32())))
+    vins = sorted(set(_strs(today, "vin")))
+    chem = dict(zip(_strs(registry, "vin"), _strs(registry, "chemistry"), strict=True))
+    for v, c in zip(_strs(today, "vin"), today["chemistry"].to_pylist(), strict=True):
+        if c is not None:
+            chem.setdefault(v, str(c))
+    cells = cell_window(
+        lake_root, day, fleet, smooth_days=params.smooth_days, trend_days=params.trend_days
+    )
+    sensors = sensor_day(
+        lake_root,
+        day,
+        fleet,
+        registry,
+        rest_c_rate=params.rest_c_rate,
+        default_capacity_ah=params.default_capacity_ah,
+        rest_min_s=params.rest_min_s,
+        settle_s=params.settle_s,
+    )
+    return assemble_features(vins, chem, cells, vehicle_window, soh_window, sensors, day, params)
