@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -27,8 +28,12 @@ class MosquittoBroker:
         self.host = "127.0.0.1"
         self.conf = workdir / "mosquitto.conf"
         self.log = workdir / "mosquitto.log"
+        # Started as root, Mosquitto drops to the ``mosquitto`` user, which cannot write
+        # into a private temporary directory: persistence and the log would silently do
+        # nothing and a restarted broker would forget every session. Keep root then.
+        keep_user = "user root\n" if os.geteuid() == 0 else ""
         self.conf.write_text(
-            f"listener {self.port} 127.0.0.1\n"
+            keep_user + f"listener {self.port} 127.0.0.1\n"
             "allow_anonymous true\n"
             "persistence true\n"
             f"persistence_location {workdir}/\n"
