@@ -8,6 +8,7 @@ import itertools
 import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -28,6 +29,7 @@ from sim._vehicle import (
     DayOutput,
     VehicleState,
     initial_state,
+    noise_pool_mv,
     simulate_day,
 )
 
@@ -170,6 +172,7 @@ class FleetSimulator:
             name: weather_offsets_c(v.climate, spec.seed, first, spec.days)
             for name, v in {v.climate.name: v for v in self.vehicles}.items()
         }
+        self._noise = noise_pool_mv(spec.seed)
         self.states: list[VehicleState] = []
         for v in self.vehicles:
             weather = float(self._weather[v.climate.name][0])
@@ -206,6 +209,7 @@ class FleetSimulator:
                     seed=self.spec.seed,
                     cadence_s=self.spec.cadence_s,
                     idle_cadence_s=self.spec.idle_cadence_s,
+                    noise_pool=self._noise,
                 )
             )
         return outputs
@@ -336,6 +340,31 @@ def _check_target(spec: FleetSpec, data_dir: Path, overwrite: bool) -> list[Path
     return existing
 
 
+def _simulate_days(
+    sim: FleetSimulator,
+    spec: FleetSpec,
+    pending: dict[int, list[tuple[DayOutput, slice]]],
+    truth_rows: list[dict[str, object]],
+    flush: Callable[[int | None], None],
+    progress: Callable[[date, int], None] | None,
+) -> None:
+    """Step every day, queue each output's rows under their UTC date, flush finished dates."""
+    readings = 0
+    for ctx, outputs in sim.run():
+        for out in outputs:
+            truth_rows.append({"fleet": spec.fleet, **out.truth})
+            readings += len(out)
+            days = out.ts_ms // _MS_PER_DAY
+            cuts = np.flatnonzero(np.diff(days)) + 1
+            bounds = [0, *cuts.tolist(), len(days)]
+            for a, b in itertools.pairwise(bounds):
+                pending.setdefault(int(days[a]), []).append((out, slice(a, b)))
+        sim_end_ms = ctx.start_utc_ms + ctx.length_s * 1000
+        flush(sim_end_ms // _MS_PER_DAY)
+        if progress is not None:
+            progress(ctx.local_date, readings)
+
+
 def simulate_to_lake(
     spec: FleetSpec,
     data_dir: Path,
@@ -378,32 +407,36 @@ def simulate_to_lake(
 
     pending: dict[int, list[tuple[DayOutput, slice]]] = {}
     truth_rows: list[dict[str, object]] = []
-    readings = 0
     files = 0
+
+    # One writer thread builds and writes a finished date while the next day is being
+    # simulated (pyarrow and most numpy kernels release the GIL); at most one date waits.
+    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sim-writer")
+    in_flight: list[Future[int]] = []
+
+    def write(pieces: list[tuple[DayOutput, slice]]) -> int:
+        table = _outputs_table(pieces, spec.fleet)
+        return len(bms.write_telemetry(table, lake, file_prefix=f"sim-{spec.fleet}"))
 
     def flush(before_day: int | None) -> None:
         nonlocal files
         for day in sorted(pending):
             if before_day is not None and day >= before_day:
                 continue
-            table = _outputs_table(pending.pop(day), spec.fleet)
-            files += len(bms.write_telemetry(table, lake, file_prefix=f"sim-{spec.fleet}"))
+            while in_flight:
+                files += in_flight.pop(0).result()
+            in_flight.append(writer.submit(write, pending.pop(day)))
 
-    for ctx, outputs in sim.run():
-        for out in outputs:
-            truth_rows.append({"fleet": spec.fleet, **out.truth})
-            readings += len(out)
-            days = out.ts_ms // _MS_PER_DAY
-            cuts = np.flatnonzero(np.diff(days)) + 1
-            bounds = [0, *cuts.tolist(), len(days)]
-            for a, b in itertools.pairwise(bounds):
-                pending.setdefault(int(days[a]), []).append((out, slice(a, b)))
-        sim_end_ms = ctx.start_utc_ms + ctx.length_s * 1000
-        flush(before_day=sim_end_ms // _MS_PER_DAY)
-        if progress is not None:
-            progress(ctx.local_date, readings)
-    flush(before_day=None)
-
+    try:
+        _simulate_days(sim, spec, pending, truth_rows, flush, progress)
+        flush(before_day=None)
+        while in_flight:
+            files += in_flight.pop(0).result()
+    finally:
+        writer.shutdown(wait=True, cancel_futures=True)
+    readings = sum(
+        len_ for len_ in (row["readings"] for row in truth_rows) if isinstance(len_, int)
+    )
     truth_dir = data_dir / "truth"
     _replace_rows(
         truth_dir / "vehicle_day.parquet",

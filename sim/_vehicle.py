@@ -32,7 +32,7 @@ import numpy as np
 import numpy.typing as npt
 
 import bms
-from sim._physics import ambient_temp_c, cell_ocv_v, relax
+from sim._physics import ambient_temp_c, cell_ocv_v, cell_ocv_v_f32, relax
 from sim._spec import VehicleSpec
 
 FloatArray = npt.NDArray[np.float64]
@@ -513,6 +513,7 @@ def simulate_day(
     seed: int,
     cadence_s: int,
     idle_cadence_s: int,
+    noise_pool: npt.NDArray[np.float32] | None = None,
 ) -> DayOutput:
     """Simulate one local day of vehicle ``v``; updates ``state`` in place.
 
@@ -536,17 +537,18 @@ def simulate_day(
     cap = planner.cap
 
     # Cell states of charge, segment by segment (shape n x m).
-    soc = np.empty((n, m))
+    f32 = np.float32
+    soc = np.empty((n, m), dtype=f32)
+    inv_cap = (1.0 / cap).astype(f32)
     row = 0
     for s in segs:
         k = len(s.t)
         q_ah = np.concatenate([[0.0], np.cumsum(s.current_a * s.dt)[:-1]]) / 3600.0
         el_h = (s.t - s.t0) / 3600.0
-        soc[row : row + k] = (
-            s.soc_start[None, :]
-            + q_ah[:, None] / cap[None, :]
-            - el_h[:, None] * (s.drain_a / cap)[None, :]
-        )
+        block = soc[row : row + k]
+        np.multiply(q_ah.astype(f32)[:, None], inv_cap[None, :], out=block)
+        block -= el_h.astype(f32)[:, None] * (s.drain_a / cap).astype(f32)[None, :]
+        block += s.soc_start.astype(f32)[None, :]
         row += k
 
     # Thermal model: lumped mass, i^2 R heating, passive and active cooling.
@@ -583,20 +585,23 @@ def simulate_day(
         hyst = relax(np.sign(cur), a_h, state.hyst)
 
     # Cell voltages.
-    ocv = cell_ocv_v(soc, chem)
-    r0_eff = r0[None, :]
+    cell_v = cell_ocv_v_f32(soc, chem)
+    ohmic = (cur * f_t).astype(f32)[:, None] * r0.astype(f32)[None, :]
     low = soc < 0.15
     if low.any():
-        r0_eff = r0_eff * (1.0 + 0.5 * np.where(low, ((0.15 - soc) / 0.15) ** 2, 0.0))
-    cell_v = (
-        ocv
-        + (cur * f_t)[:, None] * r0_eff
-        + (x[:-1] * f_t)[:, None] * r1[None, :]
-        + (v.chemistry.hysteresis_mv / 1000.0 * hyst[:-1])[:, None]
+        ohmic *= 1.0 + 0.5 * np.where(low, ((0.15 - soc) / 0.15) ** 2, 0.0).astype(f32)
+    cell_v += ohmic
+    cell_v += (x[:-1] * f_t).astype(f32)[:, None] * r1.astype(f32)[None, :]
+    if v.chemistry.hysteresis_mv > 0:
+        cell_v += (v.chemistry.hysteresis_mv / 1000.0 * hyst[:-1]).astype(f32)[:, None]
+    scaled = cell_v * f32(1000.0)
+    scaled += _noise_mv(rng, noise_pool, n * m).reshape(n, m)
+    cell_mv = np.rint(scaled).astype(np.int16)
+    pack_v = (
+        cell_v.sum(axis=1, dtype=np.float64)
+        + cur * v.interconnect_ohm
+        + 0.05 * rng.standard_normal(n)
     )
-    noise = rng.standard_normal((n, m), dtype=np.float32) * np.float32(0.7)
-    cell_mv = np.rint(cell_v * 1000.0 + noise).astype(np.int16)
-    pack_v = cell_v.sum(axis=1) + cur * v.interconnect_ohm + 0.05 * rng.standard_normal(n)
 
     # Temperature sensors and their faults.
     rise = (temp_k - t_amb)[:, None]
@@ -670,7 +675,7 @@ def simulate_day(
 
     # Ageing step with today's stressors.
     dt_total = float(dt.sum())
-    mean_soc = soc.mean(axis=1)
+    mean_soc = soc.mean(axis=1, dtype=np.float64)
     thr_ah = float(np.dot(np.abs(cur), dt)) / 3600.0
     dod = float(max(mean_soc.max() - mean_soc.min(), 0.01))
     days = dt_total / 86400.0
@@ -771,6 +776,26 @@ def simulate_day(
         temp_c=np.round(temps, 1).astype(np.float32),
         truth=truth,
     )
+
+
+#: Cell-voltage measurement noise before 1 mV quantisation (assumed). [mV]
+CELL_NOISE_MV = 0.7
+
+
+def noise_pool_mv(seed: int, size: int = 1 << 22) -> npt.NDArray[np.float32]:
+    """A pool of cell-voltage noise, drawn once per run (``CELL_NOISE_MV`` sigma). [mV]"""
+    rng = np.random.default_rng([seed, 4])
+    return rng.standard_normal(size, dtype=np.float32) * np.float32(CELL_NOISE_MV)
+
+
+def _noise_mv(
+    rng: np.random.Generator, pool: npt.NDArray[np.float32] | None, size: int
+) -> npt.NDArray[np.float32]:
+    """``size`` noise values: a slice of the pool at a random offset (fast), or fresh."""
+    if pool is None or size > len(pool):
+        return rng.standard_normal(size, dtype=np.float32) * np.float32(CELL_NOISE_MV)
+    start = int(rng.integers(0, len(pool) - size + 1))
+    return pool[start : start + size]
 
 
 def _bms_rest_soc(level: float, rested_mv: npt.NDArray[np.int16], chemistry: str) -> float:
