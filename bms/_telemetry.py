@@ -81,38 +81,64 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
 
 
+def _uniform_length(offsets: npt.NDArray[np.int64]) -> int | None:
+    """The common list length if every row has the same one (the usual case), else None."""
+    lengths = np.diff(offsets)
+    if len(lengths) and offsets[0] == 0 and (lengths == lengths[0]).all():
+        return int(lengths[0])
+    return None
+
+
+def _any_per_row(
+    mask: npt.NDArray[np.bool_], offsets: npt.NDArray[np.int64]
+) -> npt.NDArray[np.bool_]:
+    """Whether any element of each list segment is set."""
+    n = len(offsets) - 1
+    length = _uniform_length(offsets)
+    if length:
+        return np.asarray(mask.reshape(n, length).any(axis=1))
+    csum = np.concatenate([[0], np.cumsum(mask, dtype=np.int64)])
+    return np.asarray(csum[offsets[1:]] - csum[offsets[:-1]] > 0)
+
+
 def _segment_stats(
-    values: npt.NDArray[np.int64],
+    values: npt.NDArray[np.int16],
     valid: npt.NDArray[np.bool_],
     offsets: npt.NDArray[np.int64],
 ) -> tuple[npt.NDArray[np.float64], ...]:
-    """Per-row min, max, argmin, argmax, mean and valid count over list segments.
+    """Per-row min, max, argmin, argmax and mean over list segments of valid values.
 
-    Rows with no valid value get NaN. Rows are grouped by length so each group is a
-    2-D gather; a fleet's packs have few distinct lengths.
+    Rows with no valid value get NaN. Equal-length rows (one pack size: the usual case)
+    are a reshape; otherwise rows are grouped by length and gathered.
     """
     n = len(offsets) - 1
-    lengths = np.diff(offsets)
-    out = [np.full(n, np.nan) for _ in range(6)]
-    for length in np.unique(lengths):
-        rows = np.nonzero(lengths == length)[0]
-        idx = offsets[rows][:, None] + np.arange(length)[None, :]
-        vals = values[idx].astype(np.float64)
-        ok = valid[idx]
+    out = [np.full(n, np.nan) for _ in range(5)]
+    length = _uniform_length(offsets)
+    if length:
+        groups = [(np.arange(n), values.reshape(n, length), valid.reshape(n, length))]
+    else:
+        lengths = np.diff(offsets)
+        groups = []
+        for ln in np.unique(lengths):
+            rows = np.nonzero(lengths == ln)[0]
+            idx = offsets[rows][:, None] + np.arange(ln)[None, :]
+            groups.append((rows, values[idx], valid[idx]))
+    for rows, vals, ok in groups:
+        if vals.shape[1] == 0:
+            continue
         count = ok.sum(axis=1)
-        lo = np.where(ok, vals, np.inf)
-        hi = np.where(ok, vals, -np.inf)
+        has = count > 0
+        lo = np.where(ok, vals, np.int16(32767))
+        hi = np.where(ok, vals, np.int16(-32768))
         amin = lo.argmin(axis=1)
         amax = hi.argmax(axis=1)
-        has = count > 0
         pick = np.arange(len(rows))
+        total = np.where(ok, vals, np.int16(0)).sum(axis=1, dtype=np.int64)
         out[0][rows] = np.where(has, lo[pick, amin], np.nan)
         out[1][rows] = np.where(has, hi[pick, amax], np.nan)
         out[2][rows] = np.where(has, amin, np.nan)
         out[3][rows] = np.where(has, amax, np.nan)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            out[4][rows] = np.where(has, np.where(ok, vals, 0).sum(axis=1) / count, np.nan)
-        out[5][rows] = count
+        out[4][rows] = np.where(has, total / np.maximum(count, 1), np.nan)
     return tuple(out)
 
 
@@ -173,38 +199,42 @@ def telemetry_table(
     soc = np.asarray(soc_pct, dtype=np.float64)
     soh = np.asarray(soh_pct, dtype=np.float64)
 
-    c_sentinel = np.isin(cells, SENTINEL_MV)
+    # Sentinels are compared one by one: cheaper than np.isin for a handful of values.
+    c_sentinel = np.zeros(len(cells), dtype=np.bool_)
+    for value in SENTINEL_MV:
+        c_sentinel |= cells == value
     c_fits = (cells >= -32768) & (cells <= 32767) & ~c_sentinel
-    c_range = c_fits & ((cells < CELL_MV_MIN) | (cells > CELL_MV_MAX))
+    cells16 = np.where(c_fits, cells, 0).astype(np.int16)
+    c_range = c_fits & ((cells16 < CELL_MV_MIN) | (cells16 > CELL_MV_MAX))
     with np.errstate(invalid="ignore", over="ignore"):
         t_dc = np.round(temps * 10.0)
-    t_sentinel = np.isin(t_dc, SENTINEL_TEMP_DC)
+    t_sentinel = np.zeros(len(t_dc), dtype=np.bool_)
+    for value in SENTINEL_TEMP_DC:
+        t_sentinel |= t_dc == value
     t_fits = np.isfinite(t_dc) & (t_dc >= -32768) & (t_dc <= 32767) & ~t_sentinel
+    temps16 = np.where(t_fits, t_dc, 0).astype(np.int16)
     t_range = t_fits & ((temps < TEMP_C_MIN) | (temps > TEMP_C_MAX))
 
-    def any_per_row(
-        mask: npt.NDArray[np.bool_], off: npt.NDArray[np.int64]
-    ) -> npt.NDArray[np.bool_]:
-        csum = np.concatenate([[0], np.cumsum(mask, dtype=np.int64)])
-        return np.asarray(csum[off[1:]] - csum[off[:-1]] > 0)
+    def bit(rows: npt.NDArray[np.bool_], flag: Quality) -> npt.NDArray[np.int32]:
+        return np.where(rows, np.int32(flag), np.int32(0))
 
     quality = np.zeros(n, dtype=np.int32)
-    quality |= np.where(any_per_row(c_range, c_off), Quality.CELL_MV_RANGE, 0).astype(np.int32)
-    quality |= np.where(any_per_row(t_range, t_off), Quality.TEMP_RANGE, 0).astype(np.int32)
-    quality |= np.where((soc < 0) | (soc > 100), Quality.SOC_RANGE, 0).astype(np.int32)
-    quality |= np.where((soh < 0) | (soh > 120), Quality.SOH_RANGE, 0).astype(np.int32)
-    sentinel_row = any_per_row(c_sentinel, c_off) | any_per_row(t_sentinel, t_off)
-    quality |= np.where(sentinel_row, Quality.SENTINEL, 0).astype(np.int32)
-    unrep = any_per_row(~c_fits & ~c_sentinel, c_off) | any_per_row(~t_fits & ~t_sentinel, t_off)
-    quality |= np.where(unrep, Quality.UNREPRESENTABLE, 0).astype(np.int32)
+    quality |= bit(_any_per_row(c_range, c_off), Quality.CELL_MV_RANGE)
+    quality |= bit(_any_per_row(t_range, t_off), Quality.TEMP_RANGE)
+    quality |= bit((soc < 0) | (soc > 100), Quality.SOC_RANGE)
+    quality |= bit((soh < 0) | (soh > 120), Quality.SOH_RANGE)
+    sentinel_row = _any_per_row(c_sentinel, c_off) | _any_per_row(t_sentinel, t_off)
+    quality |= bit(sentinel_row, Quality.SENTINEL)
+    unrep = _any_per_row(~c_fits & ~c_sentinel, c_off) | _any_per_row(~t_fits & ~t_sentinel, t_off)
+    quality |= bit(unrep, Quality.UNREPRESENTABLE)
     if extra_quality is not None:
         quality |= np.asarray(extra_quality, dtype=np.int32)
 
-    c_stats = _segment_stats(np.where(c_fits, cells, 0), c_fits, c_off)
-    t_stats = _segment_stats(np.where(t_fits, t_dc, 0).astype(np.int64), t_fits, t_off)
+    c_stats = _segment_stats(cells16, c_fits, c_off)
+    t_stats = _segment_stats(temps16, t_fits, t_off)
 
-    cell_values = pa.array(np.where(c_fits, cells, 0).astype(np.int16), mask=~c_fits)
-    temp_values = pa.array(np.where(t_fits, t_dc, 0).astype(np.int16), mask=~t_fits)
+    cell_values = pa.array(cells16, mask=~c_fits)
+    temp_values = pa.array(temps16, mask=~t_fits)
     n_rows = np.full(n, 1)
     ts = np.asarray(ts_ms, dtype=np.int64) * n_rows
     received = np.asarray(received_at_ms, dtype=np.int64) * n_rows
