@@ -34,6 +34,21 @@ from bms._analytics import (
     run_pending,
     stale_dates,
 )
+from bms._anomaly import (
+    ANOMALIES_SCHEMA,
+    AnomalyParams,
+    AnomalySummary,
+    ModelInfo,
+    anomalies_path,
+    load_anomaly_model,
+    pending_anomaly_dates,
+    read_anomalies,
+    score_anomalies,
+    score_pending_anomalies,
+    train_anomaly_model,
+)
+from bms._anomaly_model import ModelRefusedError
+from bms._anomaly_rules import RuleLimits
 from bms._capacity import (
     capacity_ah_from_soc_window,
     capacity_rel_sigma,
@@ -64,6 +79,8 @@ from bms._contract import (
     topic_for,
 )
 from bms._errors import BmsError, ContractError, SchemaError
+from bms._features import FEATURES_SCHEMA as ANOMALY_FEATURES_SCHEMA
+from bms._features import FeatureParams as AnomalyFeatureParams
 from bms._lake import (
     WrittenFile,
     atomic_write_bytes,
@@ -107,6 +124,8 @@ from bms._warranty import (
 
 __all__ = [
     "ANALYTICS_MODEL_VERSION",
+    "ANOMALIES_SCHEMA",
+    "ANOMALY_FEATURES_SCHEMA",
     "CHEMISTRIES",
     "FADE_EXPONENT",
     "FLEET_PATTERN",
@@ -124,17 +143,23 @@ __all__ = [
     "Ack",
     "AnalyticsParams",
     "AnalyticsSummary",
+    "AnomalyFeatureParams",
+    "AnomalyParams",
+    "AnomalySummary",
     "BmsError",
     "Cells",
     "ContractError",
     "DateStatus",
     "Decoded",
+    "ModelInfo",
+    "ModelRefusedError",
     "Pack",
     "PowerFit",
     "Quality",
     "Reading",
     "ReadingBuffer",
     "Rejection",
+    "RuleLimits",
     "SchemaError",
     "Topic",
     "UsageLimits",
@@ -145,6 +170,7 @@ __all__ = [
     "WarrantyVerdict",
     "WrittenFile",
     "analytics_status",
+    "anomalies_path",
     "atomic_write_bytes",
     "capacity_ah_from_soc_window",
     "capacity_rel_sigma",
@@ -160,6 +186,7 @@ __all__ = [
     "fit_vehicle_resistance",
     "fit_vehicle_soh",
     "fsync_dir",
+    "load_anomaly_model",
     "load_warranty_policy",
     "metrics_path",
     "naumann_calendar_rates",
@@ -170,7 +197,9 @@ __all__ = [
     "ocv_v_from_soc_pct",
     "parse_topic",
     "parse_warranty_policy",
+    "pending_anomaly_dates",
     "pending_dates",
+    "read_anomalies",
     "read_metrics",
     "read_registry",
     "read_telemetry",
@@ -184,6 +213,8 @@ __all__ = [
     "schmalstieg_capacity_fade_frac",
     "schmalstieg_cycle_rates",
     "schmalstieg_resistance_growth_frac",
+    "score_anomalies",
+    "score_pending_anomalies",
     "soc_pct_from_ocv_v",
     "soc_sigma_pct_from_ocv",
     "soh_pct_from_capacity_ah",
@@ -193,6 +224,7 @@ __all__ = [
     "telemetry_files",
     "telemetry_table",
     "topic_for",
+    "train_anomaly_model",
     "warranty_presets",
     "warranty_verdict",
     "write_parquet_atomic",

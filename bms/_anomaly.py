@@ -350,6 +350,17 @@ def _matrix(table: pa.Table, features: Iterable[str]) -> np.ndarray:
 # --------------------------------------------------------------------------- models
 
 
+def load_anomaly_model(state_dir: Path, fleet: str, version: str) -> AnomalyModel:
+    """Load a fleet's saved model by version, after its version and checksum checks.
+
+    Raises
+    ------
+    ModelRefusedError
+        Saved by another scikit-learn version, or its file does not match its checksum.
+    """
+    return load_model(models_root(state_dir, fleet), version)
+
+
 def _schedule_date(day: date, refit_days: int) -> date:
     """Latest scheduled refit date on or before ``day`` (anchored at 1970-01-01)."""
     epoch = date(1970, 1, 1)
@@ -884,7 +895,7 @@ def _score_day(
     )
 
 
-def score_pending(
+def score_pending_anomalies(
     lake_root: Path,
     state_dir: Path,
     params: AnomalyParams | None = None,

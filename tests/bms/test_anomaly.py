@@ -1,0 +1,203 @@
+"""Anomaly machinery on small synthetic analytics outputs: model metadata and refusal,
+determinism, status transitions, the command line."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import shutil
+from datetime import date, timedelta
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+import bms
+from pipeline._cli import cli
+from tests.bms.anomaly_data import FLEET, START, Short, make_metrics_lake, vin
+
+DAYS = 45
+SHORT = Short(vehicle=3, cell=5, start=26, stop=36)
+PARAMS = bms.AnomalyParams(min_training_days=14, n_estimators=50)
+
+
+@pytest.fixture(scope="module")
+def scored(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data dir whose every date has been scored (catch-up run)."""
+    data = tmp_path_factory.mktemp("anomaly") / "data"
+    make_metrics_lake(data, vehicles=24, days=DAYS, shorts=(SHORT,))
+    bms.score_pending_anomalies(data / "lake", data / "state", PARAMS)
+    return data
+
+
+def _copy(src: Path, tmp_path: Path) -> Path:
+    dst = tmp_path / "data"
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _models(data: Path) -> list[Path]:
+    return sorted((data / "state" / "models" / f"fleet={FLEET}").glob("if-*"))
+
+
+def test_model_is_saved_with_metadata_and_checksum(scored: Path) -> None:
+    models = _models(scored)
+    assert models, "no model saved"
+    meta = json.loads((models[-1] / "metadata.json").read_text())
+    import sklearn
+
+    assert meta["sklearn_version"] == sklearn.__version__
+    assert meta["features"] == list(PARAMS.model_features)
+    assert meta["contamination"] == PARAMS.contamination
+    assert meta["random_state"] == PARAMS.random_state
+    window = meta["training_window"]
+    valid_from = date.fromisoformat(meta["valid_from"])
+    assert date.fromisoformat(window["end"]) == valid_from - timedelta(days=1)
+    assert date.fromisoformat(window["start"]) >= valid_from - timedelta(days=PARAMS.training_days)
+    days_used = (date.fromisoformat(window["end"]) - date.fromisoformat(window["start"])).days + 1
+    assert meta["training_rows"] == 24 * days_used
+    assert len(meta["data_sha256"]) == 64
+    assert meta["model_version"] == models[-1].name
+    blob = (models[-1] / "model.joblib").read_bytes()
+    assert hashlib.sha256(blob).hexdigest() == meta["model_sha256"]
+    for f in PARAMS.model_features:
+        s = meta["feature_stats"][f]
+        assert s["low"] <= s["median"] <= s["high"]
+
+
+def test_every_scored_date_names_its_model(scored: Path) -> None:
+    t = bms.read_anomalies(scored / "lake")
+    versions = set(t["model_version"].to_pylist())
+    assert versions <= {m.name for m in _models(scored)}
+
+
+def test_model_from_another_sklearn_version_is_refused_and_refitted(
+    scored: Path, tmp_path: Path
+) -> None:
+    data = _copy(scored, tmp_path)
+    last = _models(data)[-1]
+    meta_path = last / "metadata.json"
+    meta = json.loads(meta_path.read_text())
+    meta["sklearn_version"] = "0.24.2"
+    meta_path.write_text(json.dumps(meta))
+    root = data / "state" / "models" / f"fleet={FLEET}"
+    with pytest.raises(bms.ModelRefusedError, match=r"saved by scikit-learn 0\.24\.2 but this is"):
+        bms.load_anomaly_model(data / "state", FLEET, last.name)
+    day = START + timedelta(days=DAYS - 1)
+    summary = bms.score_anomalies(data / "lake", data / "state", day, PARAMS)
+    (info,) = summary.models
+    assert info.action == "refitted"
+    assert "scikit-learn 0.24.2" in info.reason
+    assert info.training_rows == meta["training_rows"]
+    assert any(
+        p.name.startswith(last.name + ".refused-sklearn_version")
+        for p in (root / "retired").iterdir()
+    )
+    new_meta = json.loads((root / info.version / "metadata.json").read_text())
+    assert new_meta["reason"] == "sklearn_version"
+    # same window and data: the refitted model flags exactly as before
+    before = pq.read_table(bms.anomalies_path(scored / "lake", day, FLEET))
+    after = pq.read_table(bms.anomalies_path(data / "lake", day, FLEET))
+    assert after.drop_columns(["model_version"]).equals(before.drop_columns(["model_version"]))
+
+
+def test_model_with_wrong_checksum_is_refused_and_refitted(scored: Path, tmp_path: Path) -> None:
+    data = _copy(scored, tmp_path)
+    last = _models(data)[-1]
+    blob = bytearray((last / "model.joblib").read_bytes())
+    blob[-5] ^= 0xFF
+    (last / "model.joblib").write_bytes(bytes(blob))
+    day = START + timedelta(days=DAYS - 1)
+    (info,) = bms.score_anomalies(data / "lake", data / "state", day, PARAMS).models
+    assert info.action == "refitted"
+    assert "SHA-256" in info.reason
+
+
+def test_rerun_is_byte_identical_even_after_losing_the_models(scored: Path, tmp_path: Path) -> None:
+    data = _copy(scored, tmp_path)
+    day = START + timedelta(days=DAYS - 2)
+    path = bms.anomalies_path(data / "lake", day, FLEET)
+    original = path.read_bytes()
+    bms.score_anomalies(data / "lake", data / "state", day, PARAMS)
+    assert path.read_bytes() == original
+    shutil.rmtree(data / "state" / "models")
+    bms.score_anomalies(data / "lake", data / "state", day, PARAMS)
+    assert path.read_bytes() == original
+
+
+def test_status_goes_new_ongoing_cleared(scored: Path) -> None:
+    t = bms.read_anomalies(scored / "lake")
+    rows = [r for r in t.to_pylist() if r["vin"] == vin(SHORT.vehicle) and r["cell"] == SHORT.cell]
+    statuses = [r["status"] for r in sorted(rows, key=lambda r: r["date"])]
+    assert statuses[0] == "new"
+    assert statuses[-1] == "cleared"
+    assert set(statuses[1:-1]) == {"ongoing"}
+    first = min(r["date"] for r in rows)
+    assert START + timedelta(days=SHORT.start) <= first <= START + timedelta(days=SHORT.start + 5)
+    assert {r["first_seen"] for r in rows} == {first}
+    last = max(r["date"] for r in rows)
+    assert last >= START + timedelta(days=SHORT.stop)
+    flagged = [r for r in rows if r["status"] != "cleared"]
+    assert all("self_discharge" in r["rules"] or r["source"] != "rule" for r in flagged[:3])
+    assert any(r["source"] == "both" for r in rows)
+    assert all(f"cell {SHORT.cell}" in r["evidence"] for r in flagged)
+    # after clearing the entity is gone
+    later = [r for r in t.to_pylist() if r["date"] > last and r["vin"] == vin(SHORT.vehicle)]
+    assert later == []
+
+
+def test_no_other_vehicle_is_flagged(scored: Path) -> None:
+    t = bms.read_anomalies(scored / "lake")
+    assert set(t["vin"].to_pylist()) == {vin(SHORT.vehicle)}
+
+
+def test_pending_dates_are_empty_after_catch_up_and_follow_changed_inputs(
+    scored: Path, tmp_path: Path
+) -> None:
+    data = _copy(scored, tmp_path)
+    assert bms.pending_anomaly_dates(data / "lake", data / "state") == {}
+    day = START + timedelta(days=40)
+    part = (
+        data / "lake" / "metrics" / "cell_day" / f"date={day}" / f"fleet={FLEET}" / "part.parquet"
+    )
+    bms.write_parquet_atomic(pq.read_table(part), part)
+    pending = bms.pending_anomaly_dates(data / "lake", data / "state")
+    assert pending == {FLEET: [START + timedelta(days=k) for k in range(40, DAYS)]}
+
+
+def test_top_features_carry_the_fleet_normal_range(scored: Path) -> None:
+    t = bms.read_anomalies(scored / "lake")
+    row = next(r for r in t.to_pylist() if r["source"] == "both")
+    top = row["top_features"]
+    assert len(top) == PARAMS.top_features
+    assert top[0]["feature"] == "self_discharge_z"
+    assert top[0]["value"] > top[0]["normal_high"]
+    assert row["score"] > row["threshold"]
+
+
+def test_params_reject_unknown_feature() -> None:
+    with pytest.raises(ValueError, match="unknown model feature"):
+        dataclasses.replace(PARAMS, model_features=("nope",))
+
+
+def test_cli_scores_a_date_and_trains(scored: Path, tmp_path: Path) -> None:
+    data = _copy(scored, tmp_path)
+    day = START + timedelta(days=DAYS - 1)
+    runner = CliRunner()
+    env = {"FLEETBMS_ANOMALY__MIN_TRAINING_DAYS": "14", "FLEETBMS_ANOMALY__N_ESTIMATORS": "50"}
+    res = runner.invoke(cli, ["--data-dir", str(data), "anomalies", "--date", str(day)], env=env)
+    assert res.exit_code == 0, res.output
+    assert res.output.startswith(f"{day} fleets {FLEET}: 24 vehicles, ")
+    res = runner.invoke(cli, ["--data-dir", str(data), "anomalies"], env=env)
+    assert res.exit_code == 0, res.output
+    assert res.output == "all analysed dates are scored\n"
+    res = runner.invoke(cli, ["--data-dir", str(data), "anomalies", "train"], env=env)
+    assert res.exit_code == 0, res.output
+    assert f"scores from {day + timedelta(days=1)}" in res.output
+    res = runner.invoke(
+        cli, ["--data-dir", str(data), "anomalies", "--date", "2030-01-01"], env=env
+    )
+    assert res.exit_code == 1
+    assert res.output.startswith("Error: no analytics output for 2030-01-01 in ")
