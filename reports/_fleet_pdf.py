@@ -138,7 +138,7 @@ def fleet_pdf(data: FleetData) -> bytes:
         (
             fmt(median, 1, " %"),
             "median SoH",
-            f"range {fmt(min(soh), 1)}-{fmt(max(soh), 1)} %" if soh else "no estimates yet",
+            f"range {fmt(min(soh), 1)}..{fmt(max(soh), 1)} %" if soh else "no estimates yet",
         ),
         (str(claim), "claim-eligible", "SoH below the warranty minimum: file a claim"),
         (str(risk), "at warranty risk", "projected below the minimum before cover ends"),

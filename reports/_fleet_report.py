@@ -41,6 +41,8 @@ def report_dir(reports_dir: Path, day: date) -> Path:
 
 
 def _csv_value(value: object) -> str:
+    if value is None:
+        return ""
     if isinstance(value, float):
         return "" if not math.isfinite(value) else repr(value)
     return str(value)

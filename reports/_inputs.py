@@ -314,9 +314,9 @@ class VehicleRow:
     anomalies_new: int
     anomalies_open: int
     anomaly_max_score: float
-    readings_expected: int
-    readings_missing: int
-    data_gaps: int
+    readings_expected: int | None  # None: reconciliation has not run
+    readings_missing: int | None
+    data_gaps: int | None
     longest_gap_s: float
 
 
@@ -506,21 +506,23 @@ def _vehicle_row(
         anomalies_new=sum(1 for a in anomalies if a.status == "new"),
         anomalies_open=sum(1 for a in anomalies if a.status != "cleared"),
         anomaly_max_score=max(scores) if scores else math.nan,
-        readings_expected=_int((rec or {}).get("readings_expected")),
-        readings_missing=_int((rec or {}).get("readings_missing")),
-        data_gaps=_int((rec or {}).get("gap_count")),
+        readings_expected=None if rec is None else _int(rec.get("readings_expected")),
+        readings_missing=None if rec is None else _int(rec.get("readings_missing")),
+        data_gaps=None if rec is None else _int(rec.get("gap_count")),
         longest_gap_s=_num((rec or {}).get("longest_gap_s")),
     )
 
 
-def _row_key(r: VehicleRow) -> tuple[int, int, float, str]:
+def _row_key(r: VehicleRow) -> tuple[int, int, int, float, str]:
+    """Most urgent first: claims, at risk, open anomalies, then the other verdicts."""
     status = (
         VERDICT_ORDER.index(r.warranty_status)
         if r.warranty_status in VERDICT_ORDER
         else len(VERDICT_ORDER)
     )
+    group = status if status < 2 else (2 if r.anomalies_open else 3)
     soh = r.soh_pct if not math.isnan(r.soh_pct) else 1e9
-    return (status, -r.anomalies_open, soh, r.vin)
+    return (group, status, -r.anomalies_open, soh, r.vin)
 
 
 def _policy_names(warranty: Sequence[dict[str, Any]]) -> dict[str, str]:

@@ -117,10 +117,10 @@ def fmt(value: float, digits: int = 1, unit: str = "") -> str:
 
 
 def fmt_range(low: float, high: float, digits: int = 1) -> str:
-    """An interval ``low-high`` or ``n/a``."""
+    """An interval ``low..high`` or ``n/a``."""
     if not (math.isfinite(low) and math.isfinite(high)):
         return "n/a"
-    return f"{low:.{digits}f}-{high:.{digits}f}"
+    return f"{low:.{digits}f}..{high:.{digits}f}"
 
 
 class ChartFlowable(Flowable):  # type: ignore[misc]

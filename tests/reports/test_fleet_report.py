@@ -1,0 +1,141 @@
+"""The fleet PDF read back: pages, metadata, charts, the figures against the lake."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from pypdf import PdfReader
+
+import reports
+from tests.reports import report_data as rd
+from tests.reports.pdf_tools import (
+    chart_names,
+    chart_ops,
+    ink_fraction,
+    pdf_text,
+    render_page,
+)
+
+
+@pytest.fixture(scope="module")
+def fleet_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, list[Path]]:
+    data = tmp_path_factory.mktemp("fleet")
+    lake = rd.make_lake(data)
+    paths = reports.fleet_report(lake, data / "reports", rd.DAY, rd.FLEET)
+    return lake, data / "reports", paths
+
+
+def _metrics(lake: Path, table: str) -> dict[str, dict[str, object]]:
+    path = lake / "metrics" / table / f"date={rd.DAY}" / f"fleet={rd.FLEET}" / "part.parquet"
+    return {r["vin"]: r for r in pq.read_table(path).to_pylist()}
+
+
+def test_fleet_report_writes_pdf_and_csv_under_the_date(fleet_run) -> None:
+    _, out, paths = fleet_run
+    day_dir = out / f"date={rd.DAY}"
+    assert paths == [day_dir / "fleet-demo.pdf", day_dir / "fleet-demo.csv"]
+    assert sorted(p.name for p in day_dir.iterdir()) == ["fleet-demo.csv", "fleet-demo.pdf"]
+
+
+def test_fleet_pdf_metadata_names_title_fleet_date_and_generator(fleet_run) -> None:
+    pdf = fleet_run[2][0]
+    meta = PdfReader(pdf).metadata
+    assert meta is not None
+    assert meta.title == f"Fleet demo battery health {rd.DAY}"
+    assert meta.subject == f"fleet=demo date={rd.DAY}"
+    assert meta.creator == "fleetbms 0.1.0"
+    assert "fleet=demo" in meta["/Keywords"]
+
+
+def test_fleet_pdf_cover_page_has_the_headline_figures(fleet_run) -> None:
+    pdf = fleet_run[2][0]
+    reader = PdfReader(pdf)
+    assert len(reader.pages) >= 3
+    cover = " ".join((reader.pages[0].extract_text() or "").split())
+    # 4 vehicles, 1 claim-eligible, 1 at risk, 1 new anomaly, 1 vehicle with gaps.
+    for figure in (
+        "4 vehicles",
+        "1 claim-eligible",
+        "1 at warranty risk",
+        "1 new anomalies",
+        "1 vehicles with data gaps",
+    ):
+        assert figure in cover
+    soh = sorted(v[1] for v in rd.VEHICLES.values() if not math.isnan(v[1]))
+    assert f"{soh[len(soh) // 2]:.1f} % median SoH" in cover
+
+
+def test_fleet_pdf_table_figures_equal_the_metrics(fleet_run) -> None:
+    lake, _, paths = fleet_run
+    text = pdf_text(paths[0])
+    soh = _metrics(lake, "vehicle_soh")
+    war = _metrics(lake, "warranty")
+    rows = re.findall(
+        r"(MAT612345NEX\d{5})\n[\d.]+ y, [\d.]+k km\n(.*?)\n(.*?)\n(.*?)\n(.*?)\n"
+        r"(.*?)\n(.*?)\n",
+        text,
+    )
+    assert [r[0] for r in rows] == list(rd.VEHICLES)  # claim, at risk, ok... by urgency
+    for vin, soh_txt, soh_range, trend, proj, proj_range, verdict in rows:
+        s, w = soh[vin], war[vin]
+        if math.isnan(s["soh_pct"]):
+            assert (soh_txt, soh_range, proj) == ("n/a", "n/a", "n/a")
+            assert verdict == "no data"
+            continue
+        assert soh_txt == f"{s['soh_pct']:.1f}"
+        assert soh_range == f"{s['soh_low_pct']:.1f}..{s['soh_high_pct']:.1f}"
+        assert proj == f"{w['projected_soh_pct']:.1f}"
+        assert proj_range == (
+            f"{w['projected_soh_low_pct']:.1f}..{w['projected_soh_high_pct']:.1f}"
+        )
+        assert verdict == {"claim_eligible": "CLAIM", "at_risk": "AT RISK", "ok": "ok"}[w["status"]]
+        assert float(trend) < 0
+
+
+def test_fleet_pdf_lists_anomalies_gaps_and_methodology(fleet_run) -> None:
+    text = " ".join(pdf_text(fleet_run[2][0]).split())
+    assert f"{rd.FLAGGED_VIN} cell {rd.FLAGGED_CELL} critical new 0.81 self_discharge_z" in text
+    assert f"{rd.GAP_VIN} 144 130 14 2 70" in text  # expected, stored, missing, gaps, min
+    assert "Methodology" in text
+    assert "oem-8y-160k-70: OEM warranty 8 years / 160,000 km / 70 %" in text
+
+
+def test_fleet_pdf_has_both_charts_with_labelled_axes(fleet_run) -> None:
+    pdf = fleet_run[2][0]
+    assert chart_names(pdf) == ["soh_distribution", "soh_vs_age_km"]
+    assert chart_ops(pdf) > 50  # vector drawing, not an empty frame
+    text = pdf_text(pdf)
+    for label in (
+        "state of health, SoH [%]",
+        "vehicles [count]",
+        "age [years]",
+        "odometer [1000 km]",
+        "SoH [%]",
+    ):
+        assert label in text
+
+
+def test_fleet_pdf_rerun_is_byte_identical(fleet_run, tmp_path: Path) -> None:
+    lake, _, paths = fleet_run
+    again = reports.fleet_report(lake, tmp_path, rd.DAY, rd.FLEET)
+    assert [p.read_bytes() for p in again] == [p.read_bytes() for p in paths]
+
+
+def test_fleet_pdf_first_page_renders_to_a_non_blank_image(fleet_run, tmp_path: Path) -> None:
+    png = render_page(fleet_run[2][0], tmp_path, page=1)
+    # Kept in the test's tmp dir for a person to look at.
+    assert png.exists()
+    assert 0.01 < ink_fraction(png) < 0.5
+
+
+def test_fleet_report_without_metrics_for_the_date_raises(tmp_path: Path) -> None:
+    lake = rd.make_lake(tmp_path, n_days=1)
+    with pytest.raises(reports.ReportError, match=r"no metrics for fleet demo on 2026-01-01"):
+        reports.fleet_report(lake, tmp_path / "reports", rd.DAY.replace(month=1, day=1), "demo")
+    with pytest.raises(reports.ReportError, match=r"unknown report format xls"):
+        reports.fleet_report(lake, tmp_path / "reports", rd.DAY, "demo", formats="pdf,xls")
+    assert not (tmp_path / "reports").exists()

@@ -1,0 +1,182 @@
+"""Vehicle PDFs read back, the nightly ``render_reports`` and the ``report`` commands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from pypdf import PdfReader
+
+import reports
+from pipeline import cli
+from tests.reports import report_data as rd
+from tests.reports.pdf_tools import (
+    chart_names,
+    image_count,
+    ink_fraction,
+    pdf_text,
+    render_page,
+)
+
+VEHICLE_CHARTS = ["soh_history", "cell_heatmap", "exposure", "charging"]
+
+
+@pytest.fixture(scope="module")
+def lake(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return rd.make_lake(tmp_path_factory.mktemp("vehicle"))
+
+
+@pytest.fixture(scope="module")
+def flagged_pdf(lake: Path) -> Path:
+    return reports.vehicle_report(lake, lake.parent / "reports", rd.FLAGGED_VIN, rd.DAY)
+
+
+def test_vehicle_report_path_and_metadata(flagged_pdf: Path, lake: Path) -> None:
+    assert flagged_pdf == (
+        lake.parent / "reports" / f"date={rd.DAY}" / "vehicles" / f"{rd.FLAGGED_VIN}.pdf"
+    )
+    meta = PdfReader(flagged_pdf).metadata
+    assert meta is not None
+    assert meta.title == f"Vehicle {rd.FLAGGED_VIN} battery health {rd.DAY}"
+    assert meta.subject == f"fleet=demo vin={rd.FLAGGED_VIN} date={rd.DAY}"
+    assert meta.creator == "fleetbms 0.1.0"
+
+
+def test_vehicle_pdf_has_every_chart_with_labelled_axes(flagged_pdf: Path) -> None:
+    assert chart_names(flagged_pdf) == VEHICLE_CHARTS
+    assert image_count(flagged_pdf) == 1  # the heat map; the rest is vector drawing
+    text = pdf_text(flagged_pdf)
+    for label in (
+        "age [years]",
+        "SoH [%]",
+        "cell [index, 0-based]",
+        "rest voltage - pack median [mV]",
+        "date (UTC, month-day)",
+        "time [h]",
+        "hottest sensor [degC]",
+        "state of charge [%]",
+        "charged [Ah]",
+    ):
+        assert label in text, label
+
+
+def test_vehicle_heat_map_shows_the_drifting_cell_in_its_row(flagged_pdf: Path) -> None:
+    """The cell whose rest voltage falls day by day is the blue row, at its index."""
+    (image,) = PdfReader(flagged_pdf).pages[1].images
+    rgb = np.asarray(image.image.convert("RGB"), dtype=np.float64)
+    assert rgb.shape[:2] == (rd.N_CELLS, rd.N_DAYS)  # one pixel per cell and day
+    rows_bottom_up = rgb[::-1]
+    blue_minus_red = rows_bottom_up[:, -1, 2] - rows_bottom_up[:, -1, 0]
+    assert int(np.argmax(blue_minus_red)) == rd.FLAGGED_CELL
+    assert blue_minus_red[rd.FLAGGED_CELL] > 50  # deep blue (RdBu_r low end)
+
+
+def test_vehicle_pdf_explains_the_anomaly_and_the_warranty_verdict(flagged_pdf: Path) -> None:
+    text = " ".join(pdf_text(flagged_pdf).split())
+    assert f"cell {rd.FLAGGED_CELL}: critical, new, flagged by model and rule, score 0.81" in text
+    assert "self_discharge_z [sigma] -6.100 -2.000..2.000" in text
+    assert "Rules: self_discharge" in text
+    assert "cell 5 loses charge at rest" in text
+    # Warranty evidence: the verdict, its reason and the figures behind it.
+    assert "verdict ok reason test reason ok" in text
+    assert "policy oem-8y-160k-70 OEM warranty 8 years / 160,000 km / 70 %" in text
+    assert "SoH now [%] 93.10 (90 %: 91.60..94.60), 31 capacity estimates" in text
+    assert "SoH at cover end [%] 85.70 (90 %: 82.70..88.70)" in text
+    assert "dc fast share 0.25 (limit 0.8)" in text
+
+
+def test_vehicle_pdf_page_renders_non_blank(flagged_pdf: Path, tmp_path: Path) -> None:
+    for page in (1, 2):
+        png = render_page(flagged_pdf, tmp_path, page=page)
+        assert 0.01 < ink_fraction(png) < 0.6
+
+
+def test_render_reports_adds_vehicle_reports_of_newly_flagged_only(
+    lake: Path, tmp_path: Path
+) -> None:
+    paths = reports.render_reports(lake, tmp_path, rd.DAY, rd.FLEET, workers=2)
+    day_dir = tmp_path / f"date={rd.DAY}"
+    # New anomaly (FLAGGED_VIN) and at risk since today (GAP_VIN); the vehicle that has
+    # been claim-eligible all along is in the fleet report, without a new vehicle report.
+    assert paths == [
+        day_dir / "fleet-demo.pdf",
+        day_dir / "fleet-demo.csv",
+        day_dir / "vehicles" / f"{rd.GAP_VIN}.pdf",
+        day_dir / "vehicles" / f"{rd.FLAGGED_VIN}.pdf",
+    ]
+    assert reports.newly_flagged(lake, rd.DAY, rd.FLEET) == [rd.GAP_VIN, rd.FLAGGED_VIN]
+    again = reports.render_reports(lake, tmp_path, rd.DAY, rd.FLEET, workers=1)
+    assert again == paths
+    assert sorted(p.name for p in (day_dir / "vehicles").iterdir()) == [
+        f"{rd.GAP_VIN}.pdf",
+        f"{rd.FLAGGED_VIN}.pdf",
+    ]  # no temporaries left
+
+
+def test_process_pool_gives_the_same_bytes_as_one_process(
+    lake: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import reports._vehicle_report as vr
+
+    monkeypatch.setattr(vr, "MIN_VEHICLES_FOR_POOL", 1)
+    vins = list(rd.VEHICLES)
+    pooled = reports.render_vehicle_reports(lake, tmp_path / "a", rd.DAY, rd.FLEET, vins, workers=2)
+    single = reports.render_vehicle_reports(lake, tmp_path / "b", rd.DAY, rd.FLEET, vins, workers=1)
+    assert [p.name for p in pooled] == [f"{v}.pdf" for v in vins]
+    assert [p.read_bytes() for p in pooled] == [p.read_bytes() for p in single]
+
+
+def test_report_commands_write_and_print_paths(lake: Path) -> None:
+    data_dir = lake.parent
+    runner = CliRunner()
+    res = runner.invoke(
+        cli,
+        ["--data-dir", str(data_dir), "report", "fleet", "--date", str(rd.DAY), "--format", "csv"],
+    )
+    assert res.exit_code == 0, res.output
+    csv_path = data_dir / "reports" / f"date={rd.DAY}" / "fleet-demo.csv"
+    assert res.output.startswith(f"wrote {csv_path} (")
+    vin = "MAT612345NEX00004"
+    res = runner.invoke(
+        cli, ["--data-dir", str(data_dir), "report", "vehicle", vin, "--date", str(rd.DAY)]
+    )
+    assert res.exit_code == 0, res.output
+    pdf = data_dir / "reports" / f"date={rd.DAY}" / "vehicles" / f"{vin}.pdf"
+    assert res.output.startswith(f"wrote {pdf} (")
+    # A vehicle without estimates still gets a report that says so.
+    text = " ".join(pdf_text(pdf).split())
+    assert "n/a state of health" in text
+    assert "no data warranty" in text
+
+
+def test_report_command_errors_are_one_line(lake: Path) -> None:
+    base = ["--data-dir", str(lake.parent), "report"]
+    runner = CliRunner()
+    res = runner.invoke(cli, [*base, "vehicle", "WVWZZZ1JZXW000999", "--date", str(rd.DAY)])
+    assert (res.exit_code, res.output) == (
+        1,
+        f"Error: unknown VIN WVWZZZ1JZXW000999: not in the registry and no metrics for it "
+        f"on {rd.DAY}\n",
+    )
+    res = runner.invoke(cli, [*base, "vehicle", rd.FLAGGED_VIN, "--date", "2026-01-05"])
+    assert (res.exit_code, res.output) == (
+        1,
+        f"Error: no metrics for fleet demo on 2026-01-05 under {lake}/metrics/vehicle_soh "
+        "(run fleetbms analyze first)\n",
+    )
+    res = runner.invoke(cli, [*base, "fleet", "--date", "2026-01-05", "--fleet", "other"])
+    assert (res.exit_code, res.output) == (
+        1,
+        f"Error: no metrics for fleet other on 2026-01-05 under {lake}/metrics/vehicle_soh "
+        "(run fleetbms analyze first)\n",
+    )
+    res = runner.invoke(cli, [*base, "fleet", "--date", str(rd.DAY), "--format", "pdf,docx"])
+    assert (res.exit_code, res.output) == (
+        1,
+        "Error: unknown report format docx; valid: pdf, csv\n",
+    )
+    for sub in ("fleet", "vehicle"):
+        res = runner.invoke(cli, [*base, sub, "--help"])
+        assert "Example: fleetbms report " in res.output
