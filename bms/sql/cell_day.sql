@@ -12,27 +12,23 @@
 --                      sensor floor(i * n_temps / n_cells)
 --   min_cell_share, max_cell_share  share of all the day's readings in which the cell
 --                      was the lowest / highest
-WITH cells AS (
+WITH cells_t AS MATERIALIZED (
+    -- temp_dev_x: n_temps x (the cell's sensor - sensor mean), an integer in 0.1 degC so
+    -- that sums stay exact
     SELECT
         vin, seq,
         unnest(cell_mv)::DOUBLE - list_median(cell_mv) AS dev_mv,
         unnest(cell_mv)::DOUBLE AS mv,
         unnest(range(len(cell_mv)))::SMALLINT AS cell,
         len(cell_mv) AS n_cells,
-        temp_dc,
-        list_sum(temp_dc) AS temp_sum_dc,
+        unnest([
+            temp_dc[1 + (i * len(temp_dc)) // len(cell_mv)] * len(temp_dc) - list_sum(temp_dc)
+            FOR i IN range(len(cell_mv))
+        ]) AS temp_dev_x,
         len(temp_dc) AS n_temps
     FROM cell_rows
 ),
-cells_t AS (
-    SELECT
-        vin, seq, cell, dev_mv, mv, n_cells,
-        -- n_temps x (sensor - mean), an integer in 0.1 degC: sums stay exact
-        temp_dc[1 + (cell * n_temps) // n_cells] * n_temps - temp_sum_dc AS temp_dev_x,
-        n_temps
-    FROM cells
-),
-roles AS (
+roles AS MATERIALIZED (
     SELECT c.*, s.role, s.grp, s.delta_a, s.temp_factor, s.span_ms
     FROM cells_t c
     JOIN cell_select s USING (vin, seq)

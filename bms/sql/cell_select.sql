@@ -2,7 +2,8 @@
 --   rest_end    last reading of a rest of at least cell_rest_min_s (grp = run_id)
 --   rest_start  first reading settle_s after a rest's first reading today, if at least
 --               self_discharge_min_s of the rest remain (grp = run_id; span_ms to its end)
---   load        readings discharging at least load_c_rate x capacity
+--   load        the (at most 64) heaviest readings discharging at least load_c_rate x
+--               capacity (the strongest sag signal; bounds the cost)
 --   step_pre / step_post  the two readings of each resistance step (grp = step's seq)
 -- Inputs: readings, rest_runs, steps (resistance_steps plus temp_factor from Python).
 CREATE OR REPLACE TEMP TABLE cell_select AS
@@ -22,6 +23,7 @@ UNION ALL
 SELECT vin, seq, 'load', 0, current_a, NULL, NULL
 FROM readings
 WHERE current_a <= -getvariable('load_c_rate') * c_ah
+QUALIFY row_number() OVER (PARTITION BY vin ORDER BY current_a, seq) <= 64
 UNION ALL
 SELECT vin, prev_seq, 'step_pre', seq, delta_a, temp_factor, NULL FROM steps
 UNION ALL

@@ -1,0 +1,150 @@
+"""Speed of ``fleetbms analyze`` against a plain DuckDB scan of every cell value.
+
+One fleet-day of N vehicles x 8,640 readings (10 s) x 96 cells, generated once with the
+analytics test generator and cached under ``benchmarks/data/analytics-<N>``. Prints:
+
+- the floor: ``SELECT sum(list_sum(cell_mv))`` over the day's files (touches every
+  cell value once), and the analyze time of the same day; goal ratio <= 3;
+- peak memory (max RSS of this process) of the analyze run;
+- day 365 over day 1: the same day analysed after a year of compact state (the state of
+  365 days of estimates for every vehicle), goal <= 1.3.
+
+Usage: python benchmarks/analytics.py [--vehicles 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import shutil
+import sys
+import time
+from datetime import date, timedelta
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import duckdb  # noqa: E402
+import numpy as np  # noqa: E402
+import pyarrow as pa  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+
+import bms  # noqa: E402
+from tests.bms.test_analytics_synth import (  # noqa: E402
+    SynthVehicle,
+    vehicle_day_table,
+    write_registry,
+)
+
+DAY = date(2026, 6, 1)
+
+
+def _vin(i: int) -> str:
+    return f"FBMBENCH0TS{i:06d}"
+
+
+def generate(lake: Path, n: int) -> None:
+    """Two consecutive days (the first gives the state) of n vehicles, 96 cells, 10 s."""
+    vehicles = [
+        SynthVehicle(
+            _vin(i),
+            chemistry="nmc" if i % 3 else "lfp",
+            n_cells=96,
+            rated_ah=120.0,
+            capacity_ah=120.0 * (0.9 + 0.08 * ((i * 37) % 100) / 100),
+            in_service=date(2025, 6, 1),
+        )
+        for i in range(n)
+    ]
+    for d in range(2):
+        day = DAY - timedelta(days=1 - d)
+        tables = []
+        for v in vehicles:
+            soc0 = 0.9 if v.chemistry == "nmc" else 0.98
+            tables.append(
+                vehicle_day_table(v, day, soc0, cadence_s=10, fleet="bench", seq0=d * 10**6)[0]
+            )
+            if len(tables) >= 50:
+                bms.write_telemetry(pa.concat_tables(tables), lake, file_prefix="bench")
+                tables = []
+        if tables:
+            bms.write_telemetry(pa.concat_tables(tables), lake, file_prefix="bench")
+    write_registry(lake, vehicles, fleet="bench")
+
+
+def floor_seconds(lake: Path) -> float:
+    files = [str(p) for p in bms.telemetry_files(lake, DAY)]
+    con = duckdb.connect()
+    t = time.perf_counter()
+    con.execute("SELECT sum(list_sum(cell_mv)) FROM read_parquet(?)", [files]).fetchall()
+    return time.perf_counter() - t
+
+
+def year_of_history(state: Path, fleet: str, vins: list[str]) -> None:
+    """Pretend 365 days have passed: one capacity and one resistance estimate per
+    vehicle and day in the history the trend fit reads."""
+    rng = np.random.default_rng(0)
+    for kind, col, sig in (
+        ("capacity", "soh_pct", "sigma_pct"),
+        ("resistance", "r_mohm", "sigma_mohm"),
+    ):
+        path = state / "history" / f"fleet={fleet}" / f"{kind}.parquet"
+        old = pq.read_table(path)
+        days = [DAY - timedelta(days=k) for k in range(366, 1, -1)]
+        n = len(vins) * len(days)
+        base = 95.0 if kind == "capacity" else 80.0
+        extra = pa.table(
+            {
+                "vin": pa.array(np.repeat(vins, len(days)), pa.string()),
+                "date": pa.array(days * len(vins), pa.date32()),
+                "t_ms": pa.array(
+                    [int((d - date(1970, 1, 1)).days * 86_400_000 + 43_200_000) for d in days]
+                    * len(vins),
+                    pa.int64(),
+                ),
+                col: pa.array(base + rng.standard_normal(n)),
+                sig: pa.array(np.full(n, 1.0)),
+            }
+        ).cast(old.schema)
+        table = pa.concat_tables([extra, old]).sort_by(
+            [("vin", "ascending"), ("date", "ascending")]
+        )
+        pq.write_table(table, path)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--vehicles", type=int, default=1000)
+    args = ap.parse_args()
+    base = ROOT / "benchmarks" / "data" / f"analytics-{args.vehicles}"
+    lake = base / "data" / "lake"
+    if not (lake / "registry" / "vehicles.parquet").exists():
+        shutil.rmtree(base, ignore_errors=True)
+        t = time.perf_counter()
+        generate(lake, args.vehicles)
+        print(f"generated {args.vehicles} vehicles x 2 days in {time.perf_counter() - t:.0f} s")
+    state = base / "data" / "state" / "analytics"
+    shutil.rmtree(state, ignore_errors=True)
+    shutil.rmtree(lake / "metrics", ignore_errors=True)
+    bms.run_analytics(lake, DAY - timedelta(days=1), state_root=state)  # state for DAY
+
+    floor = min(floor_seconds(lake) for _ in range(2))
+    t = time.perf_counter()
+    s = bms.run_analytics(lake, DAY, state_root=state)
+    day1 = time.perf_counter() - t
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    year_of_history(state, "bench", [_vin(i) for i in range(args.vehicles)])
+    t = time.perf_counter()
+    bms.run_analytics(lake, DAY, state_root=state)
+    day365 = time.perf_counter() - t
+    cells = s.readings * 96
+    print(f"fleet-day: {args.vehicles} vehicles, {s.readings:,} readings, {cells:,} cell values")
+    print(f"floor (DuckDB scan of every cell value): {floor:.2f} s")
+    print(f"analyze: {day1:.2f} s  ratio {day1 / floor:.2f} (goal <= 3)")
+    print(f"peak memory (max RSS): {peak_mb:.0f} MB")
+    print(f"day 365 / day 1: {day365:.2f} / {day1:.2f} s = {day365 / day1:.2f} (goal <= 1.3)")
+
+
+if __name__ == "__main__":
+    main()
