@@ -250,11 +250,16 @@ class _Worker:
         worker = self.proc.worker
         for e in result.events:
             self.client.publish(topic_for(e.fleet, e.vin, "alert"), e.payload(worker), qos=1)
+        self._publish_acks(result.acks)
+
+    def _publish_acks(self, acks: dict[str, tuple[str, int]]) -> None:
+        if not acks:
+            return  # keep the last publishes: shutdown waits for them
         self.last_acks = [
             self.client.publish(
                 topic_for(fleet, vin, "ack"), encode_ack(vin, seq), qos=1, retain=True
             )
-            for vin, (fleet, seq) in result.acks.items()
+            for vin, (fleet, seq) in acks.items()
         ]
 
     def _ack(self, batch: Batch, result: FlushResult) -> None:
@@ -277,6 +282,7 @@ class _Worker:
         )
         self.client.loop_start()
         next_log = time.monotonic() + opts.log_interval_s
+        next_peer_check = time.monotonic()
         try:
             while not self.stop.is_set():
                 with self.wake:
@@ -289,6 +295,9 @@ class _Worker:
                 ):
                     self.flush()
                 now = time.monotonic()
+                if opts.group and now >= next_peer_check:
+                    next_peer_check = now + 1.0
+                    self._publish_acks(self.proc.refresh_group_acks())
                 if now >= next_log:
                     next_log = now + opts.log_interval_s
                     log_event("counters", **self.proc.counters.snapshot())
@@ -358,6 +367,7 @@ def run_ingest(
         engine=engine,
         max_payload_bytes=options.max_payload_bytes,
         max_ranges=options.dedup_window,
+        group=options.group,
     )
     worker = _Worker(options, processor, stop)
     server = None

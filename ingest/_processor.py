@@ -161,6 +161,7 @@ class Processor:
         engine: AlertEngine | None,
         max_payload_bytes: int = 16 * 2**20,
         max_ranges: int = 256,
+        group: str = "",
     ) -> None:
         self.lake_dir = lake_dir
         self.state_dir = state_dir
@@ -169,7 +170,7 @@ class Processor:
         self.max_payload_bytes = max_payload_bytes
         self.lock = threading.Lock()
         self.state = SeqState.load(
-            state_dir / "ingest" / f"{worker}.json", worker, max_ranges=max_ranges
+            state_dir / "ingest" / f"{worker}.json", worker, max_ranges=max_ranges, group=group
         )
         if engine is not None:
             engine.active |= self.state.alerts_active
@@ -349,6 +350,7 @@ class Processor:
         acks: dict[str, tuple[str, int]] = {}
         if len(seqs) == 0:
             return acks
+        peers = self.state.peer_ranges()
         order = np.argsort(vins, kind="stable")
         v_sorted = vins[order]
         starts = np.concatenate([[0], np.nonzero(v_sorted[1:] != v_sorted[:-1])[0] + 1])
@@ -358,9 +360,34 @@ class Processor:
                 vin = str(v_sorted[a])
                 st = self.state.get(vin, fleets[int(order[a])])
                 st.add_durable(seqs[order[a:b]], self.state.max_ranges)
-                mark = st.watermark()
+                mark = st.watermark(peers.get(vin))
                 if mark is not None and (st.acked is None or mark > st.acked):
                     acks[vin] = (st.fleet, mark)
+        return acks
+
+    def refresh_group_acks(self) -> dict[str, tuple[str, int]]:
+        """Watermarks advanced by peers of the shared-subscription group since the last flush.
+
+        A peer's flush can complete a run this worker saw only partly, with no new message
+        arriving here; without this the ack would wait for the next message. Returns the
+        acks to publish (the state is saved first) and nothing without a group.
+        """
+        if not self.state.group:
+            return {}
+        peers = self.state.peer_ranges()
+        acks: dict[str, tuple[str, int]] = {}
+        with self.lock:
+            for vin, st in self.state.vins.items():
+                mark = st.watermark(peers.get(vin))
+                if mark is not None and (st.acked is None or mark > st.acked):
+                    acks[vin] = (st.fleet, mark)
+            if not acks:
+                return acks
+            data = self.state.to_bytes()
+        atomic_write_bytes(data, self.state.path)
+        with self.lock:
+            for vin, (_, seq) in acks.items():
+                self.state.vins[vin].acked = seq
         return acks
 
     def save_state(self) -> None:

@@ -14,6 +14,11 @@ starts at the lowest seq ever stored for the VIN, or continues the last publishe
 watermark; it never moves back. A reading below it that arrives later is stored but does
 not move it.
 
+Workers of one shared-subscription group each see only part of a vehicle's seqs, so a
+worker alone would never see a contiguous run. Each worker therefore merges the durable
+ranges its peers of the same group last saved (their state files beside its own, written
+only after their Parquet files are durable) before computing the watermark.
+
 State file (``data/state/ingest/<worker>.json``, written atomically after every flush)::
 
     {"v": 1, "worker": "fleetbms-ingest", "updated_at_ms": 1764000000000,
@@ -52,6 +57,7 @@ class _StateFile(msgspec.Struct):
     updated_at_ms: int
     vins: dict[str, _VinFile]
     alerts_active: list[tuple[str, str]] = []
+    group: str = ""
 
 
 @dataclass
@@ -103,32 +109,47 @@ class VinSeqs:
         kept = below[len(below) - keep_below :] if keep_below else []
         return (kept + rest)[:max_ranges]
 
-    def watermark(self) -> int | None:
-        """Highest seq such that every seq from the start up to it is durable."""
-        if not self.lo:
+    def watermark(self, peer_ranges: list[tuple[int, int]] | None = None) -> int | None:
+        """Highest seq such that every seq from the start up to it is durable.
+
+        ``peer_ranges`` are durable ranges of the same VIN stored by other workers of the
+        same shared-subscription group; they are merged in first.
+        """
+        lo, hi = self.lo, self.hi
+        if peer_ranges:
+            merged: list[tuple[int, int]] = []
+            for a, b in sorted([*zip(lo, hi, strict=True), *peer_ranges]):
+                if merged and a <= merged[-1][1] + 1:
+                    merged[-1] = (merged[-1][0], max(b, merged[-1][1]))
+                else:
+                    merged.append((a, b))
+            lo, hi = [a for a, _ in merged], [b for _, b in merged]
+        if not lo:
             return self.acked
         if self.acked is None:
-            return self.hi[0]
-        i = bisect_right(self.lo, self.acked + 1) - 1
-        if i >= 0 and self.hi[i] > self.acked:
-            return self.hi[i]
+            return hi[0]
+        i = bisect_right(lo, self.acked + 1) - 1
+        if i >= 0 and hi[i] > self.acked:
+            return hi[i]
         return self.acked
 
 
 class SeqState:
     """Seq bookkeeping of all VINs plus the live-alert state, loaded from and saved to disk."""
 
-    def __init__(self, path: Path, worker: str, *, max_ranges: int = 256) -> None:
+    def __init__(self, path: Path, worker: str, *, max_ranges: int = 256, group: str = "") -> None:
         if max_ranges < 1:
             raise ValueError(f"max_ranges must be >= 1, got {max_ranges}")
         self.path = path
         self.worker = worker
+        self.group = group
         self.max_ranges = max_ranges
         self.vins: dict[str, VinSeqs] = {}
         self.alerts_active: set[tuple[str, str]] = set()
+        self._peers: dict[Path, tuple[int, dict[str, list[tuple[int, int]]]]] = {}
 
     @classmethod
-    def load(cls, path: Path, worker: str, *, max_ranges: int = 256) -> SeqState:
+    def load(cls, path: Path, worker: str, *, max_ranges: int = 256, group: str = "") -> SeqState:
         """Read the state file if it exists (a fresh state otherwise).
 
         Raises
@@ -136,7 +157,7 @@ class SeqState:
         IngestError
             The file exists but is not a readable state file.
         """
-        state = cls(path, worker, max_ranges=max_ranges)
+        state = cls(path, worker, max_ranges=max_ranges, group=group)
         try:
             raw = path.read_bytes()
         except FileNotFoundError:
@@ -178,8 +199,38 @@ class SeqState:
                 for vin, s in self.vins.items()
             },
             alerts_active=sorted(self.alerts_active),
+            group=self.group,
         )
         return msgspec.json.encode(doc)
+
+    def peer_ranges(self) -> dict[str, list[tuple[int, int]]]:
+        """Durable ranges per VIN saved by the other workers of this worker's group.
+
+        Empty without a group. Peer files are re-read only when their mtime changes; an
+        unreadable or half-replaced peer file is skipped (its ranges only help).
+        """
+        if not self.group:
+            return {}
+        out: dict[str, list[tuple[int, int]]] = {}
+        for peer in sorted(self.path.parent.glob("*.json")):
+            if peer == self.path:
+                continue
+            try:
+                mtime = peer.stat().st_mtime_ns
+                cached = self._peers.get(peer)
+                if cached is None or cached[0] != mtime:
+                    doc = msgspec.json.decode(peer.read_bytes(), type=_StateFile)
+                    ranges = (
+                        {}
+                        if doc.group != self.group
+                        else {vin: list(v.ranges) for vin, v in doc.vins.items()}
+                    )
+                    cached = self._peers[peer] = (mtime, ranges)
+            except (OSError, msgspec.DecodeError, msgspec.ValidationError):
+                continue
+            for vin, rs in cached[1].items():
+                out.setdefault(vin, []).extend(rs)
+        return out
 
     def save(self) -> None:
         """Write the state file atomically (temp file, fsync, rename, fsync dir)."""

@@ -346,3 +346,27 @@ def test_unwritable_lake_stops_acknowledging_and_recovers_by_itself(
     assert counters.flush_failures >= 1
     assert '"action": "not acknowledging; retrying"' in caplog.text
     assert lake_counts(data_dir) == (10, 10)
+
+
+def test_shared_subscription_workers_split_the_load_and_still_ack_contiguously(
+    broker: MosquittoBroker, data_dir: Path
+) -> None:
+    """Two workers of one group each see part of every VIN's seqs; acks still advance."""
+    workers = [
+        IngestThread(broker.address, data_dir, group="g", client_id=f"worker-{i}") for i in (1, 2)
+    ]
+    pub = Client(broker.address, "pub")
+    watcher = Client(broker.address, "watch", subscribe=("fleet/+/+/ack",))
+    try:
+        for seq in range(60):
+            for vin in VINS:
+                ts = NOW - timedelta(seconds=600 - 10 * seq)
+                pub.publish(bms_topic(vin), encode(reading(vin, seq, ts)))
+        wait_until(lambda: watcher.acks() == dict.fromkeys(VINS, 59), what="group acks")
+    finally:
+        counters = [w.close() for w in workers]
+        pub.close()
+        watcher.close()
+    assert all(c.written > 0 for c in counters), "the group did not split the load"
+    assert sum(c.written for c in counters) == 60 * len(VINS)
+    assert lake_counts(data_dir) == (60 * len(VINS), 60 * len(VINS))
