@@ -538,6 +538,32 @@ def train_anomaly_model(
 # --------------------------------------------------------------------------- scoring
 
 
+@dataclass(frozen=True)
+class ScoredRows:
+    """Model scores and rule hits of a batch of feature rows."""
+
+    scores: np.ndarray  # isolation-forest score per row (NaN without a model) [-]
+    above: np.ndarray  # score above the model's threshold (one day; no persistence)
+    rule_hits: pa.Table  # bms rule hits (vin, cell, sensor, rule, severity, value...)
+
+
+def score_feature_rows(
+    model: AnomalyModel | None, features: pa.Table, params: AnomalyParams
+) -> ScoredRows:
+    """Score feature rows (``ANOMALY_FEATURES_SCHEMA``) with a model and the rules.
+
+    The per-row work of ``score_anomalies`` without the I/O, the persistence window and
+    the status bookkeeping (what the benchmark times on a million rows).
+    """
+    if model is None:
+        scores = np.full(features.num_rows, np.nan)
+        above = np.zeros(features.num_rows, dtype=bool)
+    else:
+        scores = model.score(_matrix(features, model.features))
+        above = scores > model.threshold
+    return ScoredRows(scores, above, evaluate_rules(features, params.rules))
+
+
 def _fmt(x: float) -> str:
     return "nan" if np.isnan(x) else f"{x:.3g}"
 

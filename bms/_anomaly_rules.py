@@ -96,8 +96,10 @@ def evaluate_rules(features: pa.Table, limits: RuleLimits) -> pa.Table:
     rows: dict[str, list[object]] = {f.name: [] for f in RULE_HIT_SCHEMA}
     if features.num_rows == 0:
         return RULE_HIT_SCHEMA.empty_table()
-    vins = [str(v) for v in features["vin"].to_pylist()]
-    chem = [str(c) if c is not None else "" for c in features["chemistry"].to_pylist()]
+    vin_col = features["vin"]
+    is_lfp = np.asarray(
+        pc.fill_null(pc.equal(features["chemistry"], "lfp"), False).to_numpy(zero_copy_only=False)
+    )
 
     def add(
         mask: np.ndarray,
@@ -111,7 +113,7 @@ def evaluate_rules(features: pa.Table, limits: RuleLimits) -> pa.Table:
     ) -> None:
         thr = np.broadcast_to(np.asarray(threshold, dtype=np.float64), mask.shape)
         for i in np.flatnonzero(mask):
-            rows["vin"].append(vins[i])
+            rows["vin"].append(str(vin_col[int(i)].as_py()))
             rows["cell"].append(int(cell[i]) if cell is not None else -1)
             rows["sensor"].append(int(sensor[i]) if sensor is not None else -1)
             rows["rule"].append(rule)
@@ -122,13 +124,8 @@ def evaluate_rules(features: pa.Table, limits: RuleLimits) -> pa.Table:
 
     with np.errstate(invalid="ignore"):
         sd = _f(features, "self_discharge_rel_mv_per_day")
-        sd_lim = np.array(
-            [
-                limits.self_discharge_lfp_mv_per_day
-                if c == "lfp"
-                else limits.self_discharge_nmc_mv_per_day
-                for c in chem
-            ]
+        sd_lim = np.where(
+            is_lfp, limits.self_discharge_lfp_mv_per_day, limits.self_discharge_nmc_mv_per_day
         )
         sd_z = _f(features, "self_discharge_z")
         add(

@@ -1,0 +1,127 @@
+"""Anomaly scoring speed against reading the same feature rows, and training time.
+
+1. Builds a metrics lake of ``--vehicles`` x ``--train-days`` (synthetic analytics
+   outputs, 14 cells), builds the anomaly feature rows of every date (timed) and trains
+   the isolation forest on them (timed: the issue's "90 days x 1,000 vehicles").
+2. Writes ``--rows`` feature rows (those rows repeated with jitter) as one Parquet file
+   per (date, fleet) in the lake layout, then, in the same process, times
+   a. reading them back (the baseline),
+   b. scoring them: model score + threshold + physical rules (``bms.score_feature_rows``).
+   Goal (issue 7): scoring <= 3x reading.
+
+Usage: python benchmarks/anomaly.py [--rows 1000000] [--vehicles 1000] [--train-days 90]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import bms
+from tests.bms.anomaly_data import FLEET, START, Short, make_metrics_lake
+
+
+def read_rows(files: list[Path]) -> pa.Table:
+    return pa.concat_tables([pq.read_table(f) for f in files])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--vehicles", type=int, default=1000)
+    parser.add_argument("--train-days", type=int, default=90)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--keep", type=Path, default=None, help="Work here and keep the files.")
+    args = parser.parse_args()
+    work = args.keep or Path(tempfile.mkdtemp(prefix="bench-anomaly-"))
+    try:
+        data = work / "data"
+        shutil.rmtree(data, ignore_errors=True)
+        days = args.train_days + 1
+        shorts = tuple(Short(v, 3, days // 2, days) for v in range(0, args.vehicles, 97))
+        t0 = time.perf_counter()
+        lake = make_metrics_lake(data, vehicles=args.vehicles, days=days, shorts=shorts)
+        t_lake = time.perf_counter() - t0
+        params = bms.AnomalyParams(training_days=args.train_days)
+        train_day = START + timedelta(days=args.train_days)
+
+        t0 = time.perf_counter()
+        bms.train_anomaly_model(lake, data / "state", day=train_day, params=params)
+        t_first = time.perf_counter() - t0
+        shutil.rmtree(data / "state" / "models")
+        t0 = time.perf_counter()
+        (info,) = bms.train_anomaly_model(lake, data / "state", day=train_day, params=params)
+        t_train = time.perf_counter() - t0
+        model = bms.load_anomaly_model(data / "state", FLEET, info.version)
+
+        # Feature rows for the scoring benchmark: the training rows repeated with jitter.
+        base = read_rows(sorted((lake / "anomaly_features").glob("date=*/fleet=*/part.parquet")))
+        rng = np.random.default_rng(0)
+        per_file = args.vehicles
+        n_files = max(1, args.rows // per_file)
+        rows_dir = work / "rows"
+        shutil.rmtree(rows_dir, ignore_errors=True)
+        files = []
+        for k in range(n_files):
+            idx = rng.integers(0, base.num_rows, per_file)
+            part = base.take(pa.array(idx))
+            cols = []
+            for f in part.schema:
+                col = part[f.name]
+                if pa.types.is_floating(f.type):
+                    arr = col.to_numpy(zero_copy_only=False)
+                    col = pa.array(arr + rng.normal(0, 0.01, len(arr)), f.type, from_pandas=True)
+                cols.append(col)
+            part = pa.Table.from_arrays(cols, schema=part.schema)
+            day = START + timedelta(days=k)
+            path = rows_dir / f"date={day}" / f"fleet={FLEET}" / "part.parquet"
+            bms.write_parquet_atomic(part, path)
+            files.append(path)
+        n_rows = n_files * per_file
+
+        best_read = best_score = float("inf")
+        flagged = 0
+        for _ in range(args.repeat):
+            t0 = time.perf_counter()
+            table = read_rows(files)
+            best_read = min(best_read, time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            scored = bms.score_feature_rows(model, table, params)
+            best_score = min(best_score, time.perf_counter() - t0)
+            flagged = int(np.count_nonzero(scored.above))
+            del table
+        print(f"metrics lake {args.vehicles} vehicles x {days} days built in {t_lake:.1f} s")
+        print(
+            f"training ({args.train_days} days x {args.vehicles} vehicles, "
+            f"{info.training_rows} rows, {params.n_estimators} trees): "
+            f"{t_train:.2f} s from stored features; {t_first:.1f} s including building "
+            f"the features of {args.train_days} days from the metrics tables"
+        )
+        print(
+            f"read   {n_rows:,} feature rows: {best_read:.3f} s ({n_rows / best_read:,.0f} rows/s)"
+        )
+        print(
+            f"score  {n_rows:,} feature rows: {best_score:.3f} s "
+            f"({n_rows / best_score:,.0f} rows/s), "
+            f"{flagged:,} above threshold, {scored.rule_hits.num_rows:,} rule hits"
+        )
+        ratio = best_score / best_read
+        print(f"scoring / reading = {ratio:.2f}x (goal <= 3x): {'ok' if ratio <= 3 else 'MISSED'}")
+    finally:
+        if args.keep is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
