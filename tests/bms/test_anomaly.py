@@ -193,7 +193,9 @@ def test_cli_scores_a_date_and_trains(scored: Path, tmp_path: Path) -> None:
     res = runner.invoke(cli, ["--data-dir", str(data), "anomalies"], env=env)
     assert res.exit_code == 0, res.output
     assert res.output == "all analysed dates are scored\n"
-    res = runner.invoke(cli, ["--data-dir", str(data), "anomalies", "train"], env=env)
+    res = runner.invoke(
+        cli, ["--data-dir", str(data), "anomalies", "train", "--fleet", FLEET], env=env
+    )
     assert res.exit_code == 0, res.output
     assert f"scores from {day + timedelta(days=1)}" in res.output
     res = runner.invoke(
