@@ -392,6 +392,7 @@ class FeatureParams:
     baseline_days: int = 28  # own baseline of temperatures over this many days [d]
     baseline_lag_days: int = 7  # ... ending this many days before the scored day [d]
     soh_lag_days: int = 30  # SoH fade and resistance growth over this many days [d]
+    min_self_discharge_hours: float = 24.0  # rest needed in smooth_days for a drift [h]
     rest_c_rate: float = 0.02  # |current| below this x capacity = at rest [1/h]
     default_capacity_ah: float = 100.0  # capacity of a VIN missing from the registry [Ah]
     rest_min_s: float = 3600.0  # rest long enough to measure a temperature rise [s]
@@ -464,8 +465,11 @@ def assemble_features(
             g[crow, ccell] = _col(cells, column)[keep]
         return g
 
+    sd_hours = grid("self_discharge_hours")
     for f in CELL_FEATURES:
         g = grid(f.source)
+        if f.source == "self_discharge_mv_per_day":
+            g = np.where(sd_hours >= params.min_self_discharge_hours, g, np.nan)
         z, med, _scale = pack_robust_z(g, f.floor)
         bad, idx = worst_cell(z, n_cells, f.direction)
         bad = np.where(has_today, bad, np.nan)
