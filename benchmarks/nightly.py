@@ -114,10 +114,11 @@ def _cpu_self() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
-def run_nightly(data_dir: Path) -> tuple[float, float, float, int]:
+def run_nightly(data_dir: Path, skip: str = "") -> tuple[float, float, float, int]:
     """Wall seconds, CPU seconds, peak RSS [MiB] and exit code of ``fleetbms nightly``."""
     exe = str(Path(sys.executable).with_name("fleetbms"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETBMS_")}
+    env["FLEETBMS_NIGHTLY__SKIP_STAGES"] = skip
     t0 = time.perf_counter()
     proc = subprocess.Popen(
         [exe, "--data-dir", str(data_dir), "nightly", "--date", DAY.isoformat()],
@@ -142,6 +143,11 @@ def main() -> None:
     ap.add_argument("--temps", type=int, default=16)
     ap.add_argument("--flush-rows", type=int, default=50_000)
     ap.add_argument("--keep", action="store_true", help="Keep the data directory.")
+    ap.add_argument(
+        "--skip-stages",
+        default="",
+        help="Stages not to run (nightly.skip_stages), e.g. analytics on a small machine.",
+    )
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="fleetbms-bench-nightly-"))
@@ -164,7 +170,7 @@ def main() -> None:
             f"(generated in {time.perf_counter() - t0:.0f} s)"
         )
         scan_in, scan_in_cpu = duckdb_scan_s(inputs)
-        wall, cpu, rss_mib, code = run_nightly(data)
+        wall, cpu, rss_mib, code = run_nightly(data, args.skip_stages)
         record = json.loads(sorted((data / "state" / "runs").glob("*.json"))[-1].read_text())
         compacted = bms.telemetry_files(data / "lake", DAY)
         scan_rec, scan_rec_cpu = duckdb_scan_s(compacted, RECONCILE_COLUMNS)
@@ -186,7 +192,7 @@ def main() -> None:
             f"ratio nightly / baseline: {wall / baseline:.2f} wall (goal <= 4), "
             f"{cpu / baseline_cpu:.2f} CPU"
         )
-        rerun, _, _, _ = run_nightly(data)
+        rerun, _, _, _ = run_nightly(data, args.skip_stages)
         print(f"second run (nothing to do): {rerun:.2f} s wall, ratio {rerun / baseline:.3f}")
     finally:
         if args.keep:

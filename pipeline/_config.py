@@ -159,6 +159,7 @@ class NightlyConfig:
     compact_memory_rows: int = 2_000_000  # bigger partitions merge in VIN ranges [rows]
     compact_zstd_level: int = 3  # zstd level of compacted telemetry
     late_after_s: float = 3600.0  # a reading received later than this after ts is late [s]
+    skip_stages: str = ""  # comma-separated stage names not to run (recorded as skipped)
 
 
 @dataclass(frozen=True)

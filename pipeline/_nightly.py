@@ -71,11 +71,12 @@ EXIT_LOCKED = 75
 STAGE_ERRORS = (ValueError, BmsError, IngestError, ReportError, OSError)
 
 #: Status words of a stage result.
-DONE, UP_TO_DATE, NOT_AVAILABLE, NOT_CONFIGURED, FAILED = (
+DONE, UP_TO_DATE, NOT_AVAILABLE, NOT_CONFIGURED, SKIPPED, FAILED = (
     "done",
     "up to date",
     "not available",
     "not configured",
+    "skipped",
     "failed",
 )
 
@@ -539,7 +540,31 @@ def _run_stages(
     record_path: Path,
 ) -> int:
     gaps = False
+    skip = {x.strip() for x in settings.nightly.skip_stages.split(",") if x.strip()}
+    unknown = skip - {st.name for st in stages}
+    if unknown:
+        names = ", ".join(st.name for st in stages)
+        raise ValueError(
+            f"nightly.skip_stages: unknown stage(s) {', '.join(sorted(unknown))}; stages: {names}"
+        )
     for index, stage in enumerate(stages):
+        if stage.name in skip:
+            skipped: dict[str, Any] = {
+                "name": stage.name,
+                "status": SKIPPED,
+                "duration_s": 0.0,
+                "message": "listed in nightly.skip_stages",
+            }
+            record["stages"].append(skipped)
+            _emit(
+                observer,
+                "stage_end",
+                stage=stage.name,
+                status=SKIPPED,
+                duration_s=0.0,
+                message=skipped["message"],
+            )
+            continue
         pause_point(f"before:{stage.name}")
         _emit(observer, "stage_start", stage=stage.name, index=index, total=len(stages))
 

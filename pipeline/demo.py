@@ -228,7 +228,9 @@ def main(argv: list[str] | None = None) -> None:
         )
         time.sleep(2.0)  # let it connect and subscribe (its session then keeps messages)
         if have_sim:
-            _run([*dd, "simulate", "--live", "--broker", broker, "--vehicles", str(args.vehicles)])
+            live = ["--broker", broker, "--vehicles", str(args.vehicles)]
+            # 20 s of wall time at 30x: ten minutes of driving, parked and charging.
+            _run([*dd, "simulate", "--live", *live, "--speed", "30", "--duration-s", "20"])
         else:
             placeholder_live(broker, vins, readings=30)
         out, _ = ingest.communicate(timeout=300)
