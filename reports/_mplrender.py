@@ -51,6 +51,46 @@ def _font_name(prop: FontProperties) -> str:
     return "Helvetica-Bold" if bold else "Helvetica"
 
 
+class _PathCode:
+    """A path already in PDF operators, for ``canvas.drawPath``/``clipPath``."""
+
+    __slots__ = ("code",)
+
+    def __init__(self, code: str) -> None:
+        self.code = code
+
+    def getCode(self) -> str:  # noqa: N802 (reportlab's protocol)
+        return self.code
+
+
+def path_code(path: MplPath, transform: Transform | None) -> str:
+    """PDF path operators (m, l, c, h) of a matplotlib path, coordinates in points.
+
+    Quadratic Bezier segments become cubic ones (control points 2/3 of the way).
+    """
+    parts: list[str] = []
+    lx = ly = 0.0
+    for verts, code in path.iter_segments(transform, remove_nans=True, simplify=None):
+        if code == MplPath.LINETO:
+            lx, ly = verts[0], verts[1]
+            parts.append(f"{lx:.2f} {ly:.2f} l")
+        elif code == MplPath.MOVETO:
+            lx, ly = verts[0], verts[1]
+            parts.append(f"{lx:.2f} {ly:.2f} m")
+        elif code == MplPath.CURVE4:
+            x1, y1, x2, y2, lx, ly = verts
+            parts.append(f"{x1:.2f} {y1:.2f} {x2:.2f} {y2:.2f} {lx:.2f} {ly:.2f} c")
+        elif code == MplPath.CURVE3:
+            qx, qy, ex, ey = verts
+            c1x, c1y = lx + 2 / 3 * (qx - lx), ly + 2 / 3 * (qy - ly)
+            c2x, c2y = ex + 2 / 3 * (qx - ex), ey + 2 / 3 * (qy - ey)
+            lx, ly = ex, ey
+            parts.append(f"{c1x:.2f} {c1y:.2f} {c2x:.2f} {c2y:.2f} {ex:.2f} {ey:.2f} c")
+        elif code == MplPath.CLOSEPOLY:
+            parts.append("h")
+    return " ".join(parts)
+
+
 class _ChartCanvas(FigureCanvasBase):
     """A canvas whose text measurements use the renderer below (Helvetica metrics)."""
 
@@ -107,9 +147,7 @@ class ReportlabRenderer(RendererBase):
         rect = gc.get_clip_rectangle()
         if rect is not None:
             x0, y0, w, h = rect.bounds
-            p = self.canv.beginPath()
-            p.rect(x0, y0, w, h)
-            self.canv.clipPath(p, stroke=0, fill=0)
+            self.canv.clipPath(_PathCode(f"{x0:.2f} {y0:.2f} {w:.2f} {h:.2f} re"), stroke=0, fill=0)
         # Already transformed: (Path, affine), despite the stub's TransformedPath.
         clip_path, clip_trans = gc.get_clip_path()
         if clip_path is not None:
@@ -127,32 +165,8 @@ class ReportlabRenderer(RendererBase):
         if dashes:
             self.canv.setDash([float(d) for d in np.ravel(dashes)], float(offset or 0))
 
-    def _path(self, path: MplPath, transform: Transform | None, *, close: bool = False) -> Any:
-        p = self.canv.beginPath()
-        last = (0.0, 0.0)
-        segments = path.iter_segments(transform, remove_nans=True, simplify=False)
-        for verts, code in segments:
-            if code == MplPath.MOVETO:
-                p.moveTo(verts[0], verts[1])
-                last = (verts[0], verts[1])
-            elif code == MplPath.LINETO:
-                p.lineTo(verts[0], verts[1])
-                last = (verts[0], verts[1])
-            elif code == MplPath.CURVE3:
-                # Quadratic Bezier as a cubic one: control points 2/3 of the way.
-                qx, qy, ex, ey = verts
-                c1 = (last[0] + 2 / 3 * (qx - last[0]), last[1] + 2 / 3 * (qy - last[1]))
-                c2 = (ex + 2 / 3 * (qx - ex), ey + 2 / 3 * (qy - ey))
-                p.curveTo(c1[0], c1[1], c2[0], c2[1], ex, ey)
-                last = (ex, ey)
-            elif code == MplPath.CURVE4:
-                p.curveTo(*verts)
-                last = (verts[4], verts[5])
-            elif code == MplPath.CLOSEPOLY:
-                p.close()
-        if close:
-            p.close()
-        return p
+    def _path(self, path: MplPath, transform: Transform | None) -> _PathCode:
+        return _PathCode(path_code(path, transform))
 
     # -- drawing --------------------------------------------------------------------------
     def draw_path(
@@ -177,6 +191,41 @@ class ReportlabRenderer(RendererBase):
         if stroke:
             self._stroke_style(gc)
         c.drawPath(self._path(path, transform), stroke=int(stroke), fill=int(fill))
+        c.restoreState()
+
+    def draw_markers(
+        self,
+        gc: GraphicsContextBase,
+        marker_path: MplPath,
+        marker_trans: Transform,
+        path: MplPath,
+        trans: Transform,
+        rgbFace: Any = None,  # noqa: N803 (matplotlib's name)
+    ) -> None:
+        # One marker outline, placed at every vertex with a translation (PDF "cm").
+        stroke = gc.get_linewidth() > 0 and gc.get_rgb()[3] > 0
+        fill = rgbFace is not None
+        if not (stroke or fill):
+            return
+        verts = trans.transform(path.vertices)
+        verts = verts[np.isfinite(verts).all(axis=1)]
+        if verts.size == 0:
+            return
+        c = self.canv
+        c.saveState()
+        self._clip(gc)
+        if fill:
+            alpha = gc.get_alpha() if gc.get_forced_alpha() else 1.0
+            if len(rgbFace) > 3 and not gc.get_forced_alpha():
+                alpha = rgbFace[3]
+            c.setFillColorRGB(rgbFace[0], rgbFace[1], rgbFace[2], alpha=alpha)
+        if stroke:
+            self._stroke_style(gc)
+        op = {(True, True): "B", (True, False): "S", (False, True): "f"}[(stroke, fill)]
+        outline = path_code(marker_path, marker_trans)
+        c._code.append(
+            "\n".join(f"q 1 0 0 1 {x:.2f} {y:.2f} cm {outline} {op} Q" for x, y in verts)
+        )
         c.restoreState()
 
     def draw_image(
