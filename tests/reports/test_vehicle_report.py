@@ -180,3 +180,22 @@ def test_report_command_errors_are_one_line(lake: Path) -> None:
     for sub in ("fleet", "vehicle"):
         res = runner.invoke(cli, [*base, sub, "--help"])
         assert "Example: fleetbms report " in res.output
+
+
+def test_readme_examples_of_report_commands_run_as_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    examples = [
+        line.split()[1:] for line in readme.splitlines() if line.startswith("fleetbms report ")
+    ]
+    assert [e[:2] for e in examples] == [["report", "fleet"], ["report", "vehicle"]]
+    monkeypatch.chdir(tmp_path)
+    rd.make_lake(Path("data"))
+    runner = CliRunner()
+    for args in examples:
+        result = runner.invoke(cli, args)
+        assert result.exit_code == 0, (args, result.output)
+    out = Path("data/reports") / f"date={rd.DAY}"
+    assert sorted(p.name for p in out.iterdir()) == ["fleet-demo.csv", "fleet-demo.pdf", "vehicles"]
+    assert [p.name for p in (out / "vehicles").iterdir()] == [f"{rd.FLAGGED_VIN}.pdf"]
