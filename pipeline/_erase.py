@@ -16,7 +16,9 @@ added later is covered too:
   mention it;
 - PDFs that mention the VIN (in their text streams or their name) and any other file or
   directory whose name or bytes mention it are deleted: a report is derived data and is
-  written again, without the vehicle, by the next report run.
+  written again, without the vehicle, by the next report run;
+- audit bundles that hold the vehicle's keyed pseudonym are deleted whole (a signed
+  bundle cannot be edited); the next export writes them without it.
 
 The erasure log ``state/erasure/log.jsonl`` records each erasure without the VIN in
 clear: it stores ``HMAC-SHA256(key, VIN)`` with a random key kept in
@@ -246,6 +248,45 @@ def _erase_other(path: Path, vin: str) -> str:
     return "rewritten"
 
 
+def _file_mentions(path: Path, needle: str) -> bool:
+    """Does a file mention ``needle``: Parquet values, else its bytes."""
+    if path.suffix == ".parquet":
+        pf = pq.ParquetFile(path)
+        columns = [f.name for f in pf.schema_arrow if _textual(f.type)]
+        if not columns:
+            return False
+        table = pf.read(columns=columns)
+        return any(_mentions(table[c], needle).any() for c in columns)
+    return needle.encode() in path.read_bytes()
+
+
+def _erase_audit_bundles(data_dir: Path, vin: str) -> int:
+    """Delete audit bundles that hold the vehicle under its keyed pseudonym.
+
+    Bundles replace VINs by ``reports.pseudonym(vin, key)``, which is still personal data
+    for whoever holds the key. A signed bundle cannot be edited without breaking its
+    manifest, so a bundle that mentions the pseudonym is deleted whole; the next export
+    writes it again without the vehicle.
+    """
+    key_file = data_dir / "state" / "keys" / "pseudonym.key"
+    if not key_file.exists():
+        return 0
+    from reports import pseudonym
+
+    needle = pseudonym(vin, key_file.read_bytes())
+    deleted = 0
+    for manifest in sorted(data_dir.rglob("manifest.json")):
+        bundle = manifest.parent
+        if any(p.is_file() and _file_mentions(p, needle) for p in bundle.rglob("*")):
+            shutil.rmtree(bundle)
+            deleted += 1
+    for tar in sorted(data_dir.rglob("*.tar")):
+        if needle.encode() in tar.read_bytes():
+            tar.unlink()
+            deleted += 1
+    return deleted
+
+
 def erase_vehicle(
     data_dir: Path, vin: str, *, lake_zstd_level: int = 3, archive_zstd_level: int = 19
 ) -> ErasureResult:
@@ -271,7 +312,8 @@ def erase_vehicle(
         raise ValueError(f"data directory {data_dir} does not exist")
     state_dir = data_dir / "state"
     erasure_dir = state_dir / "erasure"
-    rewritten = deleted = rows = 0
+    rewritten = rows = 0
+    deleted = _erase_audit_bundles(data_dir, vin)
     for root, dirs, files in os.walk(data_dir, topdown=True):
         here = Path(root)
         if here == erasure_dir:

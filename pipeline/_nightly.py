@@ -16,12 +16,15 @@ marked failed). Exit codes: ``EXIT_OK`` 0, ``EXIT_FAILED`` 1, ``EXIT_USAGE`` 2,
 ``EXIT_GAPS`` 3 (completed, but the data has gaps), ``EXIT_LOCKED`` 75 (another run holds
 the lock; EX_TEMPFAIL of sysexits.h, "try again later").
 
-Stage hooks for the other packages are marked ``HOOK``: until their library lands a
-hook reports ``not available`` and does no work (it never claims success).
+Stages of the other packages call their libraries (``bms.run_analytics``,
+``bms.score_pending_anomalies``, ``reports.render_reports``,
+``reports.export_audit_bundle``). A stage whose library is missing from a build reports
+``not available`` and does no work: it never claims success.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import os
 import platform
@@ -34,6 +37,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
@@ -240,10 +244,6 @@ def _stage_reconciliation(ctx: NightlyContext) -> StageResult:
     return StageResult(status, counts, tuple(inputs), tuple(outputs), message, gaps_found)
 
 
-def _not_available(what: str) -> StageResult:
-    return StageResult(NOT_AVAILABLE, message=f"{what} is not in this build yet; nothing done")
-
-
 def _stage_analytics(ctx: NightlyContext) -> StageResult:
     """bms analytics for every date up to the run date whose results are missing or stale.
 
@@ -295,21 +295,155 @@ def _stage_analytics(ctx: NightlyContext) -> StageResult:
 
 
 def _stage_anomalies(ctx: NightlyContext) -> StageResult:
-    # HOOK anomalies: score ctx.dates with the isolation-forest model (state/models).
-    return _not_available("the anomaly library (fleetbms anomalies)")
+    """bms anomaly scoring of every analysed date not scored yet (or changed), in order."""
+    from pipeline._cmd_anomalies import anomaly_params
+
+    params = anomaly_params(ctx.settings)
+    summaries = bms.score_pending_anomalies(ctx.lake_dir, ctx.state_dir, params, fleet=ctx.fleet)
+    if not summaries:
+        return StageResult(UP_TO_DATE, message="every analysed date is scored")
+    counts = {"dates": len(summaries), "new": 0, "ongoing": 0, "cleared": 0}
+    outputs: list[str] = []
+    for s in summaries:
+        counts["new"] += s.new
+        counts["ongoing"] += s.ongoing
+        counts["cleared"] += s.cleared
+        outputs += [ctx.rel(f) for f in s.files]
+    last = summaries[-1]
+    message = (
+        f"{len(summaries)} date(s) scored ({summaries[0].day}..{last.day}); on {last.day}: "
+        f"{last.flagged} flagged ({last.new} new, {last.ongoing} ongoing), {last.cleared} cleared"
+    )
+    inputs = tuple(f"lake/metrics/*/date={s.day}/fleet={ctx.fleet}" for s in summaries)
+    return StageResult(DONE, counts, inputs, tuple(outputs), message)
+
+
+#: Days of metrics a report looks back over (its trend charts).
+REPORT_WINDOW_DAYS = 90
+
+
+def _report_inputs(ctx: NightlyContext, day: date) -> list[Path]:
+    """The lake files a (date, fleet) report reads: metrics, anomalies, registry."""
+    first = day - timedelta(days=REPORT_WINDOW_DAYS)
+    files: list[Path] = []
+    for base in (ctx.lake_dir / "metrics", ctx.lake_dir / "anomalies"):
+        for f in sorted(base.glob(f"**/date=*/fleet={ctx.fleet}/*.parquet")):
+            part = f.parent.parent.name.removeprefix("date=")
+            if first.isoformat() <= part <= day.isoformat():
+                files.append(f)
+    registry = ctx.lake_dir / "registry" / "vehicles.parquet"
+    return [*files, *([registry] if registry.exists() else [])]
+
+
+def _analysed(ctx: NightlyContext, day: date) -> bool:
+    """Analytics wrote the date's SoH table (what every report starts from)."""
+    part = f"date={day.isoformat()}/fleet={ctx.fleet}/part.parquet"
+    return (ctx.lake_dir / "metrics" / "vehicle_soh" / part).exists()
 
 
 def _stage_reports(ctx: NightlyContext) -> StageResult:
-    # HOOK reports: fleet PDF/CSV (and vehicle PDFs of newly flagged vehicles) for
-    # ctx.run_date, plus the dates in ctx.dates whose metrics changed.
-    return _not_available("the report library (fleetbms report)")
+    """Fleet PDF/CSV and vehicle PDFs of newly flagged vehicles (``reports.render_reports``).
+
+    For the run date, every date of the run, and every earlier report date since the
+    oldest date of the run whose inputs changed (late data recomputes the trends after
+    it); a date whose report inputs did not change is skipped.
+    """
+    from reports import render_reports
+
+    cfg = ctx.settings.reports
+    existing = {
+        date.fromisoformat(p.name.removeprefix("date="))
+        for p in ctx.settings.reports_dir.glob("date=*")
+        if p.is_dir()
+    }
+    oldest = min(ctx.dates)
+    days = sorted({*ctx.dates, *(d for d in existing if oldest <= d <= ctx.run_date)})
+    counts = {"dates": 0, "rendered": 0, "files": 0}
+    inputs: list[str] = []
+    outputs: list[str] = []
+    for i, day in enumerate(days):
+        if not _analysed(ctx, day):
+            ctx.progress(i + 1, len(days))
+            continue  # no analytics output for that date: nothing to report on
+        files = _report_inputs(ctx, day)
+        counts["dates"] += 1
+        key = ctx.unit_key(day)
+        params = {"formats": cfg.formats, "window": REPORT_WINDOW_DAYS}
+        fp = digest({"files": file_fingerprint(files, ctx.data_dir), "params": params})
+        inputs.append(f"{key}: {len(files)} files, sha256 {fp[:16]}")
+        if not ctx.done.is_done("reports", key, fp):
+            written = render_reports(
+                ctx.lake_dir,
+                ctx.settings.reports_dir,
+                day,
+                ctx.fleet,
+                formats=cfg.formats,
+                workers=cfg.workers,
+                window_days=REPORT_WINDOW_DAYS,
+            )
+            ctx.done.mark_done("reports", key, fp, written)
+            counts["rendered"] += 1
+            counts["files"] += len(written)
+            outputs += [ctx.rel(w) for w in written]
+        ctx.progress(i + 1, len(days))
+    if not counts["dates"]:
+        return StageResult(UP_TO_DATE, counts, message="no analytics output to report on")
+    status = DONE if counts["rendered"] else UP_TO_DATE
+    message = (
+        f"{counts['rendered']} of {counts['dates']} report date(s) rendered, "
+        f"{counts['files']} files in {ctx.rel(ctx.settings.reports_dir)}/"
+    )
+    return StageResult(status, counts, tuple(inputs), tuple(outputs), message)
+
+
+def audit_bundle_path(settings: Settings, day: date, fleet: str) -> Path:
+    """Where the nightly writes the audit bundle of a (date, fleet)."""
+    return settings.reports_dir / f"date={day.isoformat()}" / f"audit-{fleet}"
 
 
 def _stage_audit(ctx: NightlyContext) -> StageResult:
+    """A signed, pseudonymised audit bundle of the run date (``reports.audit_enabled``)."""
     if not ctx.settings.reports.audit_enabled:
         return StageResult(NOT_CONFIGURED, message="reports.audit_enabled is false")
-    # HOOK audit: reports.export_audit_bundle for ctx.run_date.
-    return _not_available("the nightly audit-bundle step")
+    from reports import export_audit_bundle
+
+    day = ctx.run_date
+    files = [
+        f
+        for f in _report_inputs(ctx, day)
+        if f.parent.parent.name == f"date={day}" or f.name == "vehicles.parquet"
+    ]
+    if not _analysed(ctx, day):
+        return StageResult(UP_TO_DATE, message=f"no analytics output for {day}: no bundle")
+    settings = ctx.settings
+    parameters = {
+        "analytics": dataclasses.asdict(settings.analytics),
+        "anomaly": dataclasses.asdict(settings.anomaly),
+        "warranty_policy": settings.reports.warranty_policy,
+    }
+    key = ctx.unit_key(day)
+    fp = digest({"files": file_fingerprint(files, ctx.data_dir), "params": parameters})
+    out = audit_bundle_path(settings, day, ctx.fleet)
+    inputs = (f"{key}: {len(files)} files, sha256 {fp[:16]}",)
+    if ctx.done.is_done("audit", key, fp) and (out / "manifest.json").exists():
+        return StageResult(
+            UP_TO_DATE, {"bundles": 0}, inputs, (), f"bundle {ctx.rel(out)} is current"
+        )
+    result = export_audit_bundle(
+        ctx.lake_dir,
+        ctx.state_dir,
+        out,
+        date_from=day,
+        date_to=day,
+        fleet=ctx.fleet,
+        parameters=parameters,
+        workers=settings.reports.workers,
+    )
+    ctx.done.mark_done("audit", key, fp, [out / "manifest.json"])
+    message = f"bundle {ctx.rel(result.path)}: {result.files} files, {result.vehicles} vehicles"
+    return StageResult(
+        DONE, {"bundles": 1, "files": result.files}, inputs, (ctx.rel(result.path),), message
+    )
 
 
 def _stage_retention(ctx: NightlyContext) -> StageResult:
@@ -677,20 +811,17 @@ def _newest_received_at(lake: Path, probe_files: int = 16) -> datetime | None:
 
 
 def _open_anomalies(lake: Path) -> int | None:
-    # HOOK anomalies: refine once the anomaly table's schema is settled (status column).
+    """Flags with status ``new`` or ``ongoing`` on each fleet's latest scored date."""
     base = lake / "anomalies"
     if not base.is_dir():
         return None
-    days = sorted(base.glob("date=*"))
-    if not days:
-        return 0
+    latest: dict[str, Path] = {}
+    for f in sorted(base.glob("date=*/fleet=*/part.parquet")):
+        latest[f.parent.name] = f  # dates sort as text, so the last one wins
     total = 0
-    for f in sorted(days[-1].rglob("*.parquet")):
-        t = pq.read_table(f)
-        if "status" in t.column_names:
-            total += int(pc.sum(pc.equal(t["status"], "open")).as_py() or 0)
-        else:
-            total += t.num_rows
+    for f in latest.values():
+        status = pq.read_table(f, columns=["status"])["status"]
+        total += int(pc.sum(pc.is_in(status, pa.array(["new", "ongoing"]))).as_py() or 0)
     return total
 
 

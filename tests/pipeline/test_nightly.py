@@ -56,7 +56,7 @@ def reference(base_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[
     shutil.copytree(base_dir, d)
     r = fleetbms(d, "nightly", "--date", RUN_DAY.isoformat(), **RETENTION)
     assert r.returncode == 3, r.stderr
-    return snapshot(d / "lake", d / "archive")
+    return snapshot(d / "lake", d / "archive", d / "reports")
 
 
 def copy_of(base_dir: Path, tmp_path: Path) -> Path:
@@ -80,8 +80,8 @@ def test_nightly_rerun_does_no_work_and_changes_no_output(base_dir: Path, tmp_pa
         "compaction": "done",
         "reconciliation": "done",
         "analytics": "done",
-        "anomalies": "not available",
-        "reports": "not available",
+        "anomalies": "done",
+        "reports": "done",
         "audit": "not configured",
         "retention": "done",
     }
@@ -91,20 +91,16 @@ def test_nightly_rerun_does_no_work_and_changes_no_output(base_dir: Path, tmp_pa
     compaction = rec["stages"][0]
     assert compaction["counts"]["duplicates"] == 40
     assert compaction["counts"]["files_in"] == 8
-    before = snapshot(d / "lake", d / "archive")
-    times = mtimes(d / "lake") | mtimes(d / "archive")
+    before = snapshot(d / "lake", d / "archive", d / "reports")
+    times = mtimes(d / "lake") | mtimes(d / "archive") | mtimes(d / "reports")
 
     second = fleetbms(d, "nightly", "--date", RUN_DAY.isoformat(), **RETENTION)
     assert second.returncode == 3, second.stderr
     rec2 = last_record(d)
     assert rec2["run_id"] != rec["run_id"]
-    assert [
-        s["status"]
-        for s in rec2["stages"]
-        if s["name"] in ("compaction", "reconciliation", "analytics", "retention")
-    ] == ["up to date"] * 4
-    assert snapshot(d / "lake", d / "archive") == before
-    assert mtimes(d / "lake") | mtimes(d / "archive") == times
+    assert [s["status"] for s in rec2["stages"] if s["name"] != "audit"] == ["up to date"] * 6
+    assert snapshot(d / "lake", d / "archive", d / "reports") == before
+    assert mtimes(d / "lake") | mtimes(d / "archive") | mtimes(d / "reports") == times
 
 
 def test_nightly_outputs_sorted_deduplicated_telemetry_and_gap_table(
@@ -177,6 +173,9 @@ PAUSE_POINTS = [
     "after:compaction",
     "before:reconciliation",
     "after:reconciliation",
+    "after:analytics",
+    "after:anomalies",
+    "after:reports",
     "before:retention",
     "retention:archived-file",
     "after:retention",
@@ -192,7 +191,7 @@ def test_kill9_then_rerun_gives_the_bytes_of_an_uninterrupted_run(
     kill9(proc)
     r = fleetbms(d, "nightly", "--date", RUN_DAY.isoformat(), **RETENTION)
     assert r.returncode == 3, r.stderr
-    assert snapshot(d / "lake", d / "archive") == reference
+    assert snapshot(d / "lake", d / "archive", d / "reports") == reference
     assert not list((d / "state" / "nightly" / "journal").glob("*.json"))
     records = sorted((d / "state" / "runs").glob("*.json"))
     assert json.loads(records[0].read_text())["status"] == "running"  # the killed one
