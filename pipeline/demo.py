@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -43,11 +44,19 @@ def _say(text: str) -> None:
 
 
 def _run(
-    args: list[str], *, ok: tuple[int, ...] = (0,), capture: bool = True
+    args: list[str],
+    *,
+    ok: tuple[int, ...] = (0,),
+    capture: bool = True,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run ``fleetbms ARGS``; ``capture=False`` lets it draw on the terminal."""
-    print("$ fleetbms " + " ".join(args), flush=True)
-    r = subprocess.run([FLEETBMS, *args], text=True, capture_output=capture, check=False)
+    shown = " ".join(f"{k}={v}" for k, v in (env or {}).items())
+    print(f"$ {shown + ' ' if shown else ''}fleetbms " + " ".join(args), flush=True)
+    full_env = {**os.environ, **(env or {})}
+    r = subprocess.run(
+        [FLEETBMS, *args], text=True, capture_output=capture, check=False, env=full_env
+    )
     if r.stdout and r.stdout.strip():
         print(r.stdout.rstrip())
     if r.returncode not in ok:
@@ -238,8 +247,15 @@ def main(argv: list[str] | None = None) -> None:
         if ingest.returncode != 0:
             raise SystemExit(f"demo: fleetbms ingest exited {ingest.returncode}:\n{out}")
 
-        _say("4. the nightly batch")
-        r = _run([*dd, "nightly", "--date", yesterday.isoformat()], ok=(0, 3), capture=False)
+        _say("4. the nightly batch (with the signed audit bundle switched on)")
+        if not (settings.state_dir / "keys" / "signing.key").exists():
+            _run([*dd, "keys", "generate"])
+        r = _run(
+            [*dd, "nightly", "--date", yesterday.isoformat()],
+            ok=(0, 3),
+            capture=False,
+            env={"FLEETBMS_REPORTS__AUDIT_ENABLED": "true"},
+        )
         print(
             f"exit code {r.returncode}"
             + (" (completed, data has gaps)" if r.returncode == 3 else "")
@@ -252,19 +268,23 @@ def main(argv: list[str] | None = None) -> None:
 
     _say("5. outputs")
     found = False
+    day_dir = data / "reports" / f"date={yesterday.isoformat()}"
     for pattern, what in (
-        ("reports/**/*.pdf", "PDF reports"),
-        ("reports/**/*.csv", "CSV reports"),
-        ("reports/**/manifest.json", "audit bundles"),
+        (f"{day_dir.name}/*.pdf", "fleet PDF report"),
+        (f"{day_dir.name}/*.csv", "fleet CSV report"),
+        (f"{day_dir.name}/vehicles/*.pdf", "vehicle PDF reports (newly flagged vehicles)"),
+        (f"{day_dir.name}/audit-*", "signed audit bundle (verify: fleetbms audit verify)"),
+    ):
+        paths = sorted((data / "reports").glob(pattern))
+        found = found or bool(paths)
+        print(f"{what}: " + (", ".join(str(p) for p in paths[:3]) if paths else "none"))
+    for pattern, what in (
         ("lake/metrics/*", "metrics tables"),
+        ("lake/anomalies", "anomaly flags"),
         ("state/runs/*.json", "run records"),
     ):
         paths = sorted(data.glob(pattern))
-        if paths:
-            found = True
-            print(f"{what}: {len(paths)}, e.g. {paths[-1]}")
-        else:
-            print(f"{what}: none yet")
+        print(f"{what}: " + (f"{len(paths)} in {paths[-1].parent}" if paths else "none"))
     if not found:
         raise SystemExit("demo: the nightly batch wrote nothing")
 
