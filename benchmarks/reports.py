@@ -265,6 +265,14 @@ def main() -> None:
         )
         vins = [_vin(i) for i in range(args.vehicles)]
         base_s = baseline(vins, tmp / "baseline", args.workers)
+        # CPU cost per PDF in one process (independent of other load on the machine).
+        sample = vins[: min(50, len(vins))]
+        reports.render_vehicle_reports(lake, tmp / "warm", DAY, FLEET, sample[:2], workers=1)
+        cpu = time.process_time()
+        reports.render_vehicle_reports(
+            lake, tmp / "cpu", DAY, FLEET, sample, workers=1, window_days=args.days
+        )
+        cpu_per_pdf = (time.process_time() - cpu) / len(sample)
         t = time.perf_counter()
         paths = reports.render_vehicle_reports(
             lake,
@@ -283,7 +291,7 @@ def main() -> None:
         fleet_s = time.perf_counter() - t
         pages = len(__import__("pypdf").PdfReader(fleet[0]).pages)
         n = args.vehicles
-        print(f"workers: {args.workers}")
+        print(f"workers: {args.workers}, load average {os.getloadavg()[0]:.1f} at the end")
         print(
             f"baseline (1-page reportlab PDF per vehicle): {n / base_s:8.1f} PDFs/s "
             f"({base_s:.1f} s)"
@@ -294,6 +302,11 @@ def main() -> None:
         )
         print(f"ratio ours / baseline: {base_s / ours_s:.3f} (speed), {ours_s / base_s:.1f}x time")
         print(f"fleet report ({n} vehicles, {pages} pages + CSV): {fleet_s:.1f} s")
+        idle = cpu_per_pdf * n / args.workers + fleet_s
+        print(
+            f"CPU per vehicle PDF (one process, {len(sample)} vehicles): {cpu_per_pdf * 1e3:.0f} ms"
+            f" -> {n} vehicles on {args.workers} idle cores: ~{idle:.0f} s"
+        )
         total = ours_s + fleet_s
         goal = "met" if total < 60 else "NOT met"
         print(f"nightly reports for {n} vehicles: {total:.1f} s (goal < 60 s: {goal})")
