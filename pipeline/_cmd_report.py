@@ -170,7 +170,10 @@ def _sizes(paths: list[Path]) -> str:
 
 @click.group("report")
 def report_group() -> None:
-    """Fleet and vehicle battery-health reports (PDF, CSV)."""
+    """Fleet and vehicle battery-health reports (PDF, CSV).
+
+    Example: fleetbms report fleet --date 2026-11-24
+    """
 
 
 @report_group.command("fleet")
