@@ -61,21 +61,21 @@ from bms._features import (
 from bms._lake import atomic_write_bytes, write_parquet_atomic
 
 #: Features the isolation forest uses by default: the cell z-scores within the pack and
-#: the vehicle's excess over its own past and the fleet. Charging and heat exposure are
-#: in the feature rows as context but not in the model: they describe use, not faults.
+#: the vehicle's temperature excess over its own past and the fleet. Charging and heat
+#: exposure are in the feature rows as context but not in the model (they describe use,
+#: not faults); so are the 30-day SoH and resistance trends, whose early fits scatter too
+#: much to isolate a vehicle on (a weak cell shows earlier in the cell features), and the
+#: temperature-sensor figures, which the sensor rules judge physically.
 DEFAULT_MODEL_FEATURES: tuple[str, ...] = (
     "self_discharge_z",
     "rest_dev_z",
     "rest_dev_trend_z",
     "sag_z",
     "resistance_z",
+    "min_share_z",
     "spread_growth_z",
     "temp_max_excess_c",
     "temp_rise_excess_c",
-    "soh_drop_excess_pct",
-    "resistance_growth_excess_pct",
-    "sensor_jitter_excess_c",
-    "rest_rise_c_per_h",
 )
 
 STATUSES = ("new", "ongoing", "cleared")
@@ -127,17 +127,19 @@ class AnomalyParams:
 
     training_days: int = 90  # rolling window of fleet history the model is fitted on [d]
     min_training_days: int = 21  # no model before this many days of history [d]
-    contamination: float = 0.005  # share of training rows above the score threshold [-]
+    contamination: float = 0.003  # share of training rows above the score threshold [-]
     random_state: int = 42  # seed of the isolation forest
     n_estimators: int = 100  # trees
     max_samples: int = 256  # rows per tree (Liu et al. 2008: 256)
     refit_days: int = 7  # refit at least this often [d]
     drift_days: int = 7  # drift: share of rows above threshold over this many days [d]
     drift_factor: float = 4.0  # ... above this multiple of the contamination -> refit [-]
-    persist_days: int = 3  # model flag: above threshold on this many days ... [d]
-    persist_window: int = 5  # ... of the last this many days, including today [d]
+    persist_days: int = 4  # model flag: above threshold on this many days ... [d]
+    persist_window: int = 6  # ... of the last this many days, including today [d]
     clear_days: int = 3  # a flag quiet for this many days is cleared [d]
     top_features: int = 3  # contributing features named per flag
+    min_history_days: int = 7  # days of cell data in the trend window before the model
+    # judges (and trains on) a vehicle [d]
     model_features: tuple[str, ...] = DEFAULT_MODEL_FEATURES
     features: FeatureParams = field(default_factory=FeatureParams)
     rules: RuleLimits = field(default_factory=RuleLimits)
@@ -368,6 +370,19 @@ def _schedule_date(day: date, refit_days: int) -> date:
     return epoch + timedelta(days=n - n % refit_days)
 
 
+def _clean_rows(
+    lake_root: Path, fleet: str, day: date, table: pa.Table, params: AnomalyParams
+) -> pa.Table:
+    """Training rows of one date: vehicles past their warm-up and not flagged that day."""
+    keep = pc.greater_equal(table["window_days"], params.min_history_days)
+    path = anomalies_path(lake_root, day, fleet)
+    if path.is_file():
+        flags = pq.read_table(path, columns=["vin", "status"])
+        flagged = pc.filter(flags["vin"], pc.not_equal(flags["status"], "cleared"))
+        keep = pc.and_(keep, pc.invert(pc.is_in(table["vin"], value_set=flagged)))
+    return table.filter(keep)
+
+
 def _training_rows(
     lake_root: Path, fleet: str, valid_from: date, params: AnomalyParams, cache: _Cache
 ) -> tuple[np.ndarray, int, int, date, date]:
@@ -382,6 +397,8 @@ def _training_rows(
     while d <= end:
         if d in analysed:
             t = _features(lake_root, d, fleet, params, rebuild=False, cache=cache)
+            if t is not None and t.num_rows:
+                t = _clean_rows(lake_root, fleet, d, t, params)
             if t is not None and t.num_rows:
                 mats.append(_matrix(t, params.model_features))
                 vins.update(str(v) for v in t["vin"].to_pylist())
@@ -680,23 +697,24 @@ def _score_fleet_day(
             for v, hit in zip(got[0], got[1] > model.threshold, strict=True):
                 if hit and v in pos:
                     count[pos[v]] += 1
-        model_flag = hits_today & (count >= params.persist_days)
+        warm = np.asarray(today["window_days"].to_numpy(zero_copy_only=False))
+        model_flag = hits_today & (count >= params.persist_days) & (warm >= params.min_history_days)
 
     rule_hits = evaluate_rules(today, params.rules)
     # Candidates keyed by (vin, cell).
     cands: dict[tuple[str, int], dict[str, Any]] = {}
     row_of = {v: i for i, v in enumerate(vins)}
-    cell_feature_names = {f.name for f in CELL_FEATURES}
     for i in np.flatnonzero(model_flag):
         assert model is not None
-        top, dist = _top_features(model, x_today[i], params.top_features)
+        top, _dist = _top_features(model, x_today[i], params.top_features)
+        # the cell of the top feature if it is a cell feature (spread growth: the cell
+        # furthest from the median), else the pack
         cell = -1
-        best = -1.0
-        for j, name in enumerate(model.features):
-            if name in cell_feature_names and dist[j] >= 3.0 and dist[j] > best:
-                c = today[CELL_INDEX[name]][i].as_py()
-                if c is not None and c >= 0:
-                    best, cell = float(dist[j]), int(c)
+        lead = top[0]["feature"] if top else ""
+        index_col = CELL_INDEX.get(lead) or ("rest_dev_cell" if lead == "spread_growth_z" else "")
+        if index_col:
+            c = today[index_col][i].as_py()
+            cell = int(c) if c is not None and c >= 0 else -1
         sensor = -1
         if top and top[0]["feature"] in ("sensor_jitter_excess_c", "rest_rise_c_per_h"):
             col = (

@@ -130,13 +130,19 @@ def evaluate_rules(features: pa.Table, limits: RuleLimits) -> pa.Table:
             is_lfp, limits.self_discharge_lfp_mv_per_day, limits.self_discharge_nmc_mv_per_day
         )
         sd_z = _f(features, "self_discharge_z")
+        sd_cell = _i(features, "self_discharge_cell")
+        # the drift must show as a falling rest deviation of the same cell over the trend
+        # window, not only in the noisy per-rest estimate
+        falling = (_f(features, "rest_dev_trend_rel_mv_per_day") <= -0.5 * sd_lim) & (
+            _i(features, "rest_dev_trend_cell") == sd_cell
+        )
         add(
-            (sd <= -sd_lim) & (sd_z >= limits.self_discharge_min_z),
+            (sd <= -sd_lim) & (sd_z >= limits.self_discharge_min_z) & falling,
             "self_discharge",
             sd,
             -sd_lim,
             "mV/day",
-            cell=_i(features, "self_discharge_cell"),
+            cell=sd_cell,
             critical=sd <= -3 * sd_lim,
         )
 

@@ -85,6 +85,8 @@ CELL_FEATURES: tuple[CellFeature, ...] = (
     ),
     CellFeature("sag_z", "sag_mv", "sag_rel_mv", "mV", "neg", 1.0),
     CellFeature("resistance_z", "resistance_dev_pct", "resistance_rel_pct", "%", "pos", 1.5),
+    # a cell losing capacity is the pack's lowest more and more often (low SoC first)
+    CellFeature("min_share_z", "min_cell_share", "min_share_rel", "-", "pos", 0.05),
 )
 
 #: Vehicle-level features and their units.
@@ -120,6 +122,7 @@ FEATURES_SCHEMA = pa.schema(
         pa.field("chemistry", pa.string()),
         pa.field("n_cells", pa.int16()),
         pa.field("has_cell_data", pa.bool_(), nullable=False),
+        pa.field("window_days", pa.int16(), nullable=False),
         *[pa.field(name, pa.float64()) for name in FEATURE_UNITS],
         *[pa.field(CELL_INDEX[f.name], pa.int16()) for f in CELL_FEATURES],
         *[pa.field(CELL_EVIDENCE[f.name][0], pa.float64()) for f in CELL_FEATURES],
@@ -211,12 +214,38 @@ def _nan_range(values: FloatArray) -> FloatArray:
     return np.asarray(np.fmax.reduce(values, axis=1) - np.fmin.reduce(values, axis=1))
 
 
-def excess_over_own_and_fleet(today: FloatArray, baseline: FloatArray) -> FloatArray:
-    """Double difference: (today - own baseline) - fleet median of the same. [unit of x]"""
+def excess_over_own_and_fleet(
+    today: FloatArray, baseline: FloatArray, group: npt.NDArray[np.int64] | None = None
+) -> FloatArray:
+    """Double difference: (today - own baseline) - median of the same over the vehicle's
+    peer group (``group``: one label per vehicle; default one group). [unit of x]"""
     own = today - baseline
-    with np.errstate(all="ignore"):
-        fleet = float(np.nanmedian(own)) if np.any(~np.isnan(own)) else 0.0
-    return np.asarray(own - fleet)
+    groups = np.zeros(len(own), dtype=np.int64) if group is None else group
+    out = np.full(len(own), np.nan)
+    for g in np.unique(groups):
+        sel = groups == g
+        vals = own[sel]
+        ok = ~np.isnan(vals)
+        peer = float(np.median(vals[ok])) if np.any(ok) else 0.0
+        out[sel] = vals - peer
+    return out
+
+
+def climate_groups(baseline_c: FloatArray, n_groups: int = 4) -> npt.NDArray[np.int64]:
+    """Peer groups of vehicles by their own baseline temperature (quantile bins).
+
+    Vehicles in the same climate warm and cool with the seasons alike; comparing a
+    vehicle's excess with its thermal peers removes the season. NaN baselines go to
+    group -1.
+    """
+    out = np.full(len(baseline_c), -1, dtype=np.int64)
+    ok = ~np.isnan(baseline_c)
+    if np.count_nonzero(ok) >= 2 * n_groups:
+        edges = np.quantile(baseline_c[ok], np.linspace(0, 1, n_groups + 1)[1:-1])
+        out[ok] = np.searchsorted(edges, baseline_c[ok], side="right")
+    elif np.any(ok):
+        out[ok] = 0
+    return out
 
 
 # --------------------------------------------------------------------------- I/O
@@ -264,12 +293,13 @@ def _sql_paths(paths: Sequence[Path]) -> str:
     return "[" + ", ".join("'" + str(p).replace("'", "''") + "'" for p in paths) + "]"
 
 
-def _connect(threads: int = 0) -> Any:
+def _connect() -> Any:
+    """DuckDB on one thread: parallel aggregation would add floating-point sums in a
+    varying order, and a rerun must give byte-identical features."""
     import duckdb
 
     con = duckdb.connect(config={"preserve_insertion_order": True})
-    if threads > 0:
-        con.execute(f"SET threads = {int(threads)}")
+    con.execute("SET threads = 1")
     con.execute("SET TimeZone = 'UTC'")
     return con
 
@@ -295,7 +325,8 @@ def cell_window(
                 " NULL::DOUBLE AS self_discharge_mv_per_day, NULL::DOUBLE AS self_discharge_hours,"
                 " NULL::DOUBLE AS sag_mv, NULL::BIGINT AS n_load,"
                 " NULL::DOUBLE AS resistance_dev_pct, NULL::BIGINT AS n_steps,"
-                " NULL::DOUBLE AS temp_dev_c, NULL::DATE AS date WHERE false"
+                " NULL::DOUBLE AS temp_dev_c, NULL::DOUBLE AS min_cell_share,"
+                " NULL::DATE AS date WHERE false"
             )
         for name, value in (
             ("day_num", (day - date(1970, 1, 1)).days),
@@ -390,7 +421,8 @@ class FeatureParams:
     smooth_days: int = 7  # cell inputs averaged over this many days [d]
     trend_days: int = 14  # deviation trend and spread growth over this many days [d]
     baseline_days: int = 28  # own baseline of temperatures over this many days [d]
-    baseline_lag_days: int = 7  # ... ending this many days before the scored day [d]
+    baseline_lag_days: int = 14  # ... ending this many days before the scored day [d]
+    temp_smooth_days: int = 5  # temperatures compared as the mean of this many days [d]
     soh_lag_days: int = 30  # SoH fade and resistance growth over this many days [d]
     min_self_discharge_hours: float = 24.0  # rest needed in smooth_days for a drift [h]
     rest_c_rate: float = 0.02  # |current| below this x capacity = at rest [1/h]
@@ -456,6 +488,10 @@ def assemble_features(
     if len(ccell):
         today_flags = np.asarray(cells["has_today"].to_numpy(zero_copy_only=False))[keep]
         np.logical_or.at(has_today, crow, today_flags.astype(bool))
+    window_days = np.zeros(n)
+    if len(ccell):
+        np.maximum.at(window_days, crow, np.nan_to_num(_col(cells, "rest_days")[keep]))
+    out["window_days"] = pa.array(window_days.astype(np.int16), pa.int16())
     out["n_cells"] = pa.array(np.where(n_cells > 0, n_cells, 0).astype(np.int16), pa.int16())
     out["has_cell_data"] = pa.array(has_today, pa.bool_())
 
@@ -486,7 +522,8 @@ def assemble_features(
     _z, _m, scale = pack_robust_z(recent, 1.0)
     spread_now = _nan_range(recent)
     spread_then = _nan_range(early)
-    out["spread_growth_z"] = np.where(has_today, (spread_now - spread_then) / scale, np.nan)
+    growth = np.fmax((spread_now - spread_then) / scale, 0.0)  # shrinking spread is fine
+    out["spread_growth_z"] = np.where(has_today, growth, np.nan)
 
     # Temperatures against own baseline and the fleet.
     vw_vin = _strs(vehicle_window, "vin") if vehicle_window.num_rows else []
@@ -506,27 +543,50 @@ def assemble_features(
     base_hi = day_num - params.baseline_lag_days
     recent_lo = day_num - params.smooth_days + 1
 
+    # Days with DC fast charging run hotter: compare like with like (a taxi alternating
+    # DC and non-DC days would otherwise swing by 8 degC from day to day).
+    dc_day = np.nan_to_num(_col(vehicle_window, "dc_fast_share")) > 0.1
+    kind_now = np.zeros(n, dtype=bool)
+    kind_now[vw_row[(vw_row >= 0) & (vw_day == day_num)]] = dc_day[
+        (vw_row >= 0) & (vw_day == day_num)
+    ]
+    same_kind = (vw_row >= 0) & (dc_day == kind_now[np.maximum(vw_row, 0)])
+
     def today_and_baseline(x: FloatArray) -> tuple[FloatArray, FloatArray]:
+        """Mean over the last temp_smooth_days and baseline median, days like today's."""
         today = np.full(n, np.nan)
         base = np.full(n, np.nan)
-        sel = (vw_row >= 0) & (vw_day == day_num)
-        today[vw_row[sel]] = x[sel]
-        sel_b = (vw_row >= 0) & (vw_day >= base_lo) & (vw_day <= base_hi) & ~np.isnan(x)
+        sel = same_kind & (vw_day > day_num - params.temp_smooth_days) & ~np.isnan(x)
+        tot = np.zeros(n)
+        cnt = np.zeros(n)
+        np.add.at(tot, vw_row[sel], x[sel])
+        np.add.at(cnt, vw_row[sel], 1.0)
+        has_now = np.zeros(n, dtype=bool)
+        has_now[vw_row[(vw_row >= 0) & (vw_day == day_num)]] = True
+        ok_now = has_now & (cnt > 0)
+        today[ok_now] = tot[ok_now] / cnt[ok_now]
+        sel_b = same_kind & (vw_day >= base_lo) & (vw_day <= base_hi) & ~np.isnan(x)
         if np.any(sel_b):
             order = np.lexsort((x[sel_b], vw_row[sel_b]))
             rows_b, vals_b = vw_row[sel_b][order], x[sel_b][order]
             starts = np.flatnonzero(np.r_[True, rows_b[1:] != rows_b[:-1]])
             ends = np.r_[starts[1:], len(rows_b)]
             for s, e in zip(starts, ends, strict=True):
-                if e - s >= 7:
+                if e - s >= 5:
                     base[rows_b[s]] = float(np.median(vals_b[s:e]))
         return today, base
 
+    # One-sided: a pack cooler than usual (parked, winter) is not a fault.
     t_today, t_base = today_and_baseline(tmax)
-    out["temp_max_excess_c"] = excess_over_own_and_fleet(t_today, t_base)
-    out["temp_c_max"] = t_today
+    _tmin_now, tmin_base = today_and_baseline(tmin)
+    peers = climate_groups(tmin_base)
+    out["temp_max_excess_c"] = np.fmax(excess_over_own_and_fleet(t_today, t_base, peers), 0.0)
+    t_day = np.full(n, np.nan)
+    sel_d = (vw_row >= 0) & (vw_day == day_num)
+    t_day[vw_row[sel_d]] = tmax[sel_d]
+    out["temp_c_max"] = t_day
     r_today, r_base = today_and_baseline(tmax - tmin)
-    out["temp_rise_excess_c"] = excess_over_own_and_fleet(r_today, r_base)
+    out["temp_rise_excess_c"] = np.fmax(excess_over_own_and_fleet(r_today, r_base, peers), 0.0)
 
     # Exposure over the recent days (context: charging and heat).
     for name, how in (
@@ -553,9 +613,10 @@ def assemble_features(
         if soh_window.num_rows
         else np.zeros(0, np.int64)
     )
-    for name, column, sign in (
-        ("soh_drop_excess_pct", "soh_pct", -1.0),
-        ("resistance_growth_excess_pct", "resistance_growth_pct", 1.0),
+    # Early trend fits swing wildly: clipped to a physically plausible 30-day change.
+    for name, column, sign, clip in (
+        ("soh_drop_excess_pct", "soh_pct", -1.0, 10.0),
+        ("resistance_growth_excess_pct", "resistance_growth_pct", 1.0, 50.0),
     ):
         x = _col(soh_window, column)
         now = np.full(n, np.nan)
@@ -566,7 +627,7 @@ def assemble_features(
         # latest value at least soh_lag_days old (rows are in date order per file)
         order = np.lexsort((sw_day[sel_t], sw_row[sel_t]))
         then[sw_row[sel_t][order]] = x[sel_t][order]
-        change = sign * (now - then)
+        change = np.clip(sign * (now - then), -clip, clip)
         out[name] = excess_over_own_and_fleet(change, np.zeros(n))
 
     # Temperature sensors.

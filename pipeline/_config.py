@@ -122,16 +122,17 @@ class AnalyticsConfig:
 class AnomalyConfig:
     training_days: int = 90  # rolling window of the isolation forest [days]
     min_training_days: int = 21  # no model before this much history [days]
-    contamination: float = 0.005  # share of training rows above the score threshold
+    contamination: float = 0.003  # share of training rows above the score threshold
     random_state: int = 42
     n_estimators: int = 100  # isolation trees
     max_samples: int = 256  # rows per tree (Liu et al. 2008)
     refit_days: int = 7  # refit at least this often [days]
     drift_days: int = 7  # drift measured over this many days [days]
     drift_factor: float = 4.0  # refit when rows above threshold exceed this x contamination
-    persist_days: int = 3  # model flag needs this many days above threshold ... [days]
-    persist_window: int = 5  # ... within this many days [days]
+    persist_days: int = 4  # model flag needs this many days above threshold ... [days]
+    persist_window: int = 6  # ... within this many days [days]
     clear_days: int = 3  # a flag quiet this long is cleared [days]
+    min_history_days: int = 7  # days of cell data before the model judges a vehicle [days]
     top_features: int = 3  # contributing features named per flag
 
 

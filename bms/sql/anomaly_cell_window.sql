@@ -10,6 +10,7 @@
 --   sag_mv                     load-reading-weighted mean sag (relative to the pack)
 --   resistance_dev_pct         median over the last smooth_days
 --   temp_dev_c                 mean over the last smooth_days
+--   min_cell_share             mean share of readings the cell was the pack's lowest
 WITH w AS (
     SELECT *, date_diff('day', DATE '1970-01-01', date) AS d
     FROM cell_day
@@ -40,7 +41,8 @@ SELECT
     sum(sag_mv * n_load) FILTER (WHERE is_recent AND n_load > 0)
         / nullif(sum(n_load) FILTER (WHERE is_recent AND n_load > 0), 0) AS sag_mv,
     median(resistance_dev_pct) FILTER (WHERE is_recent AND n_steps > 0) AS resistance_dev_pct,
-    avg(temp_dev_c) FILTER (WHERE is_recent) AS temp_dev_c
+    avg(temp_dev_c) FILTER (WHERE is_recent) AS temp_dev_c,
+    avg(min_cell_share) FILTER (WHERE is_recent) AS min_cell_share
 FROM recent
 GROUP BY vin, cell
 ORDER BY vin, cell;

@@ -85,6 +85,7 @@ def make_metrics_lake(
                     "resistance_dev_pct": rng.normal(0.0, 2.0, vehicles * cells),
                     "n_steps": np.full(vehicles * cells, 3),
                     "temp_dev_c": rng.normal(0.0, 0.2, vehicles * cells),
+                    "min_cell_share": rng.uniform(0.0, 2.0 / cells, vehicles * cells),
                 }
             ),
             lake / "metrics" / "cell_day" / part,

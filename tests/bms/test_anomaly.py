@@ -18,8 +18,8 @@ import bms
 from pipeline._cli import cli
 from tests.bms.anomaly_data import FLEET, START, Short, make_metrics_lake, vin
 
-DAYS = 45
-SHORT = Short(vehicle=3, cell=5, start=26, stop=36)
+DAYS = 50
+SHORT = Short(vehicle=3, cell=5, start=26, stop=34)
 PARAMS = bms.AnomalyParams(min_training_days=14, n_estimators=50)
 
 
@@ -56,8 +56,22 @@ def test_model_is_saved_with_metadata_and_checksum(scored: Path) -> None:
     valid_from = date.fromisoformat(meta["valid_from"])
     assert date.fromisoformat(window["end"]) == valid_from - timedelta(days=1)
     assert date.fromisoformat(window["start"]) >= valid_from - timedelta(days=PARAMS.training_days)
-    days_used = (date.fromisoformat(window["end"]) - date.fromisoformat(window["start"])).days + 1
-    assert meta["training_rows"] == 24 * days_used
+    # training rows: vehicles past their warm-up and not flagged on that date
+    expected = 0
+    d = date.fromisoformat(window["start"])
+    while d <= date.fromisoformat(window["end"]):
+        part = f"date={d}/fleet={FLEET}/part.parquet"
+        feats = pq.read_table(scored / "lake" / "anomaly_features" / part).to_pylist()
+        flags = pq.read_table(scored / "lake" / "anomalies" / part).to_pylist()
+        flagged = {r["vin"] for r in flags if r["status"] != "cleared"}
+        expected += sum(
+            1
+            for r in feats
+            if r["window_days"] >= PARAMS.min_history_days and r["vin"] not in flagged
+        )
+        d += timedelta(days=1)
+    assert meta["training_rows"] == expected
+    assert expected > 20 * 24
     assert len(meta["data_sha256"]) == 64
     assert meta["model_version"] == models[-1].name
     blob = (models[-1] / "model.joblib").read_bytes()
@@ -172,8 +186,9 @@ def test_top_features_carry_the_fleet_normal_range(scored: Path) -> None:
     row = next(r for r in t.to_pylist() if r["source"] == "both")
     top = row["top_features"]
     assert len(top) == PARAMS.top_features
-    assert top[0]["feature"] == "self_discharge_z"
+    assert top[0]["feature"] in ("self_discharge_z", "rest_dev_trend_z", "spread_growth_z")
     assert top[0]["value"] > top[0]["normal_high"]
+    assert top[0]["distance"] >= top[1]["distance"] >= top[2]["distance"]
     assert row["score"] > row["threshold"]
 
 
