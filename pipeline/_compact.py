@@ -28,7 +28,8 @@ see a row twice; readers that must be exact deduplicate on ``(vin, seq)``.
 
 Partitions larger than ``memory_rows`` are merged in VIN ranges: each input file is read
 once and split by range into uncompressed Arrow IPC pieces under ``state/nightly/tmp``,
-then each range is merged in memory, so memory stays bounded by the range size.
+then each range is merged in memory, so memory stays bounded by about two ranges (the
+next range is merged while the current one is written).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date
@@ -331,32 +333,46 @@ def _merge_to_file(
         else:
             shutil.rmtree(spill_dir, ignore_errors=True)
             spill_dir.mkdir(parents=True)
-            try:
-                for i, p in enumerate(inputs):
-                    t = _read(p)
-                    rank = pc.index_in(t["vin"], value_set=sorted_vins).to_numpy()
-                    rid = ranges[rank]
-                    order = np.argsort(rid, kind="stable")
-                    t = t.take(pa.array(order))
-                    bounds = np.searchsorted(rid[order], np.arange(n_ranges + 1))
-                    for r in range(n_ranges):
-                        lo, hi = int(bounds[r]), int(bounds[r + 1])
-                        if hi > lo:
-                            piece = spill_dir / f"{r:06d}" / f"{i:06d}.arrow"
-                            piece.parent.mkdir(exist_ok=True)
-                            with pa.ipc.new_file(piece, t.schema) as w:
-                                w.write_table(t.slice(lo, hi - lo))
+            for r in range(n_ranges):
+                (spill_dir / f"{r:06d}").mkdir()
+
+            def split(i: int) -> None:
+                """Spill input ``i`` into one IPC piece per VIN range."""
+                t = _read(inputs[i])
+                rank = pc.index_in(t["vin"], value_set=sorted_vins).to_numpy()
+                rid = ranges[rank]
+                order = np.argsort(rid, kind="stable")
+                t = t.take(pa.array(order))
+                bounds = np.searchsorted(rid[order], np.arange(n_ranges + 1))
                 for r in range(n_ranges):
-                    pieces = sorted((spill_dir / f"{r:06d}").glob("*.arrow"))
-                    tables = [pa.ipc.open_file(pa.memory_map(str(x))).read_all() for x in pieces]
-                    merged, drop = dedup_sort(pa.concat_tables(tables))
-                    rg.write(merged)
-                    dropped.append(drop)
-                    rows_out += merged.num_rows
-                    del tables, merged
-                    shutil.rmtree(spill_dir / f"{r:06d}")
-                    if on_progress:
-                        on_progress(r + 1, n_ranges)
+                    lo, hi = int(bounds[r]), int(bounds[r + 1])
+                    if hi > lo:
+                        piece = spill_dir / f"{r:06d}" / f"{i:06d}.arrow"
+                        with pa.ipc.new_file(piece, t.schema) as w:
+                            w.write_table(t.slice(lo, hi - lo))
+
+            def merge(r: int) -> tuple[pa.Table, pa.Array]:
+                """Deduplicate and sort VIN range ``r`` from its pieces (input order)."""
+                pieces = sorted((spill_dir / f"{r:06d}").glob("*.arrow"))
+                tables = [pa.ipc.open_file(pa.memory_map(str(x))).read_all() for x in pieces]
+                return dedup_sort(pa.concat_tables(tables))
+
+            # Arrow releases the GIL: two threads split the inputs, then the next range
+            # is merged while the current one is encoded and written.
+            try:
+                with ThreadPoolExecutor(max_workers=2) as pool:
+                    list(pool.map(split, range(len(inputs))))
+                    ahead = pool.submit(merge, 0)
+                    for r in range(n_ranges):
+                        merged, drop = ahead.result()
+                        if r + 1 < n_ranges:
+                            ahead = pool.submit(merge, r + 1)
+                        rg.write(merged)
+                        dropped.append(drop)
+                        rows_out += merged.num_rows
+                        del merged
+                        if on_progress:
+                            on_progress(r + 1, n_ranges)
             finally:
                 shutil.rmtree(spill_dir, ignore_errors=True)
         rg.close()
@@ -431,7 +447,7 @@ def compact_partition(
     fleet: str,
     *,
     row_group_rows: int = 250_000,
-    memory_rows: int = 2_000_000,
+    memory_rows: int = 1_000_000,
     zstd_level: int = 3,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> CompactionResult:

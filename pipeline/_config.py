@@ -157,7 +157,7 @@ class NightlyConfig:
     lock_timeout_s: float = 0.0  # wait this long for another run's lock; 0 = fail at once [s]
     lookback_days: int = 2  # also redo earlier dates whose telemetry changed since [days]
     row_group_rows: int = 250_000  # rows per row group of compacted telemetry [rows]
-    compact_memory_rows: int = 2_000_000  # bigger partitions merge in VIN ranges [rows]
+    compact_memory_rows: int = 1_000_000  # bigger partitions merge in VIN ranges [rows]
     compact_zstd_level: int = 3  # zstd level of compacted telemetry
     late_after_s: float = 3600.0  # a reading received later than this after ts is late [s]
     skip_stages: str = ""  # comma-separated stage names not to run (recorded as skipped)

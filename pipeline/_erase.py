@@ -271,12 +271,15 @@ def _erase_audit_bundles(data_dir: Path, vin: str) -> int:
     key_file = data_dir / "state" / "keys" / "pseudonym.key"
     if not key_file.exists():
         return 0
-    from reports import pseudonym
+    from reports import load_or_create_pseudonym_key, pseudonym
 
-    needle = pseudonym(vin, key_file.read_bytes())
+    needle = pseudonym(vin, load_or_create_pseudonym_key(key_file.parent))
     deleted = 0
-    for manifest in sorted(data_dir.rglob("manifest.json")):
+    # Outermost first: a bundle holds per-day folders with manifests of their own.
+    for manifest in sorted(data_dir.rglob("manifest.json"), key=lambda p: (len(p.parts), p)):
         bundle = manifest.parent
+        if not manifest.exists():
+            continue  # inside a bundle deleted already
         if any(p.is_file() and _file_mentions(p, needle) for p in bundle.rglob("*")):
             shutil.rmtree(bundle)
             deleted += 1

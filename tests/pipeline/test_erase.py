@@ -16,6 +16,7 @@ import pytest
 from pypdf import PdfReader
 
 import bms
+from reports import load_or_create_pseudonym_key, pseudonym
 from tests.pipeline.nightly_data import VINS, day_table, fleetbms, write_flushes
 from tests.pipeline.test_nightly import OLD_DAY, RETENTION, RUN_DAY
 
@@ -101,9 +102,18 @@ def full_data_dir(tmp_path: Path) -> Path:
     bms.write_parquet_atomic(registry, lake / "registry" / "vehicles.parquet")
     truth = pa.table({"vin": VINS, "soh_pct": [95.0, 94.0, 93.0]})
     bms.write_parquet_atomic(truth, d / "truth" / "vehicle_day.parquet")
-    r = fleetbms(d, "nightly", "--date", RUN_DAY.isoformat(), **RETENTION)
+    assert fleetbms(d, "keys", "generate").returncode == 0
+    r = fleetbms(
+        d,
+        "nightly",
+        "--date",
+        RUN_DAY.isoformat(),
+        FLEETBMS_REPORTS__AUDIT_ENABLED="1",
+        **RETENTION,
+    )
     assert r.returncode in (0, 3), r.stderr
     assert list((d / "archive").rglob("*.parquet"))
+    assert (d / "reports" / f"date={RUN_DAY}" / "audit-demo" / "manifest.json").exists()
     reports = d / "reports" / f"date={RUN_DAY}"
     make_pdf(reports / "fleet.pdf", [f"{v}  SoH 95.0 %" for v in VINS])
     make_pdf(reports / "vehicles" / f"{GONE}.pdf", [f"Vehicle {GONE}"])
@@ -119,8 +129,13 @@ def test_erase_leaves_no_trace_of_the_vin_anywhere(full_data_dir: Path):
     ]
     kept_rows = int(pc.sum(pc.equal(telemetry_before, VINS[1])).as_py())
 
+    alias = pseudonym(GONE, load_or_create_pseudonym_key(d / "state" / "keys"))
+    bundle = d / "reports" / f"date={RUN_DAY}" / "audit-demo"
+    assert any(alias.encode() in p.read_bytes() for p in bundle.rglob("*.csv"))
+
     r = fleetbms(d, "erase", "--vin", GONE)
     assert r.returncode == 0, r.stderr
+    assert not bundle.exists()  # signed bundles cannot be edited: deleted whole
     assert r.stdout.startswith(f"erased {GONE}: ")
 
     scanned = 0
@@ -129,6 +144,7 @@ def test_erase_leaves_no_trace_of_the_vin_anywhere(full_data_dir: Path):
             continue
         scanned += 1
         assert GONE.encode() not in p.read_bytes(), p
+        assert alias.encode() not in p.read_bytes(), p
         assert GONE not in str(p.relative_to(d)), p
         if p.suffix == ".parquet":
             assert not any(GONE in v for v in textual_values(pq.read_table(p))), p
