@@ -25,8 +25,11 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import time
+import uuid
 from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from importlib import resources
@@ -45,7 +48,7 @@ from bms._capacity import (
     soc_sigma_pct_from_ocv,
 )
 from bms._errors import BmsError
-from bms._lake import atomic_write_bytes, telemetry_files, write_parquet_atomic
+from bms._lake import telemetry_files
 from bms._ocv import CHEMISTRIES
 from bms._resistance import resistance_mohm_from_step, resistance_temp_factor
 from bms._soh import (
@@ -372,27 +375,6 @@ CARRY_SCHEMA = pa.schema(
 )
 
 
-def _latest_carry(state: Path, fleet: str, day: date) -> pa.Table:
-    base = state / "carry" / f"fleet={fleet}"
-    best: tuple[date, Path] | None = None
-    if base.is_dir():
-        for p in base.glob("date=*.parquet"):
-            d = date.fromisoformat(p.stem.removeprefix("date="))
-            if d < day and (best is None or d > best[0]):
-                best = (d, p)
-    if best is None:
-        return CARRY_SCHEMA.empty_table()
-    return pq.read_table(best[1], schema=CARRY_SCHEMA)
-
-
-def _prev_run_id(state: Path, fleet: str, day: date, lake_root: Path) -> str | None:
-    days = [d for d in _partition_dates(lake_root).get(fleet, []) if d < day]
-    if not days:
-        return None
-    ledger = _read_ledger(state, fleet, days[-1])
-    return None if ledger is None else str(ledger.get("run_id"))
-
-
 # --------------------------------------------------------------------------- schemas
 
 _F = pa.float64()
@@ -647,7 +629,12 @@ def run_analytics(
     files: list[Path] = []
     unknown: set[str] = set()
     for fl in fleets:
-        res = _run_fleet_day(lake_root, state, day, fl, params)
+        session = _FleetSession(lake_root, state, fl, params, partitions[fl])
+        try:
+            res = session.run_day(day)
+            session.flush()
+        finally:
+            session.close()
         for k, v in res["totals"].items():
             totals[k] += v
         for k, v in res["verdicts"].items():
@@ -655,15 +642,10 @@ def run_analytics(
         files.extend(res["files"])
         unknown.update(res["unknown"])
     later = sorted({d for f in fleets for d in partitions[f] if d > day})
-    stale_after = (
-        tuple(
-            d
-            for d in later
-            if d in set(pending_dates(lake_root, params=params, state_root=state_root))
-        )
-        if later
-        else ()
-    )
+    stale_after: tuple[date, ...] = ()
+    if later:
+        pending = set(pending_dates(lake_root, params=params, state_root=state_root))
+        stale_after = tuple(d for d in later if d in pending)
     return AnalyticsSummary(
         day=day,
         fleets=tuple(fleets),
@@ -687,16 +669,72 @@ def run_pending(
     params: AnalyticsParams | None = None,
     state_root: Path | None = None,
 ) -> list[AnalyticsSummary]:
-    """Catch up: compute every date whose results are missing or stale, in order."""
+    """Catch up: compute every date whose results are missing or stale, in order.
+
+    Each fleet's dates run in one session (one DuckDB connection, the registry, the
+    carried state and the estimate histories kept in memory between dates); outputs are
+    identical to computing the dates one by one with ``run_analytics``. The ledgers of
+    computed dates are written every ``_FLUSH_DATES`` dates, after the outputs and the
+    state they depend on are durable, so a run killed half-way recomputes only the
+    dates it had not recorded.
+    """
+    params = params or AnalyticsParams()
+    state = _state_root(lake_root, state_root)
+    partitions = _partition_dates(lake_root)
+    status = analytics_status(lake_root, fleet=fleet, params=params, state_root=state_root)
     out = []
-    for fl in sorted(_partition_dates(lake_root)):
+    for fl in sorted(partitions):
         if fleet is not None and fl != fleet:
             continue
-        for day in pending_dates(lake_root, fleet=fl, params=params, state_root=state_root):
-            out.append(
-                run_analytics(lake_root, day, fleet=fl, params=params, state_root=state_root)
-            )
+        days = sorted({s.day for s in status if s.fleet == fl and s.state != "current"})
+        if not days:
+            continue
+        session = _FleetSession(lake_root, state, fl, params, partitions[fl])
+        try:
+            for i, day in enumerate(days):
+                started = time.perf_counter()
+                res = session.run_day(day)
+                if (i + 1) % _FLUSH_DATES == 0:
+                    session.flush()
+                out.append(_summary(day, (fl,), [res], started))
+            session.flush()
+        finally:
+            session.close()
     return out
+
+
+#: A catch-up records its ledgers (and writes the estimate histories) every this many
+#: dates.
+_FLUSH_DATES = 64
+
+
+def _summary(
+    day: date, fleets: tuple[str, ...], results: list[dict[str, Any]], started: float
+) -> AnalyticsSummary:
+    totals: dict[str, int] = {"vehicles": 0, "readings": 0, "dups": 0, "cap": 0, "steps": 0}
+    verdicts: dict[str, int] = {}
+    files: list[Path] = []
+    unknown: set[str] = set()
+    for res in results:
+        for k, v in res["totals"].items():
+            totals[k] += v
+        for k, v in res["verdicts"].items():
+            verdicts[k] = verdicts.get(k, 0) + v
+        files.extend(res["files"])
+        unknown.update(res["unknown"])
+    return AnalyticsSummary(
+        day=day,
+        fleets=fleets,
+        vehicles=totals["vehicles"],
+        readings=totals["readings"],
+        duplicates_dropped=totals["dups"],
+        capacity_estimates=totals["cap"],
+        resistance_steps=totals["steps"],
+        unknown_vins=tuple(sorted(unknown)),
+        verdicts=dict(sorted(verdicts.items())),
+        files=tuple(files),
+        seconds=time.perf_counter() - started,
+    )
 
 
 def _connect(params: AnalyticsParams) -> Any:
@@ -727,107 +765,288 @@ def _connect(params: AnalyticsParams) -> Any:
     return con
 
 
-def _run_fleet_day(
-    lake_root: Path, state: Path, day: date, fleet: str, params: AnalyticsParams
-) -> dict[str, Any]:
-    files = sorted(
-        (lake_root / "telemetry" / f"date={day.isoformat()}" / f"fleet={fleet}").glob("*.parquet")
-    )
-    fingerprint = [[p.name, p.stat().st_size] for p in files]
-    registry = read_registry(lake_root, fleet)
-    carry = _latest_carry(state, fleet, day)
-    policies = _PolicyCache(params)
-    con = _connect(params)
-    try:
+class _FleetSession:
+    """Consecutive dates of one fleet: one DuckDB connection, the registry and policies
+    read once, each vehicle's carried state and the estimate histories kept in memory
+    between dates, trend fits reused while a vehicle's estimates do not change.
+
+    ``run_day`` writes a date's metrics and carry (durable when it returns); ``flush``
+    writes the histories and then the ledgers of the dates run since the last flush, so
+    a ledger never names state that is not on disk.
+    """
+
+    def __init__(
+        self,
+        lake_root: Path,
+        state: Path,
+        fleet: str,
+        params: AnalyticsParams,
+        partition_days: list[date],
+    ) -> None:
+        self.lake_root = lake_root
+        self.state = state
+        self.fleet = fleet
+        self.params = params
+        self.partition_days = partition_days
+        self.registry = read_registry(lake_root, fleet)
+        self.reg = {r["vin"]: r for r in self.registry.to_pylist()}
+        self.policies = _PolicyCache(params)
+        self.run_hash = params.run_hash()
+        self.con = _connect(params)
+        base = state / "carry" / f"fleet={fleet}"
+        self.carry_days = (
+            {date.fromisoformat(p.stem.removeprefix("date=")) for p in base.glob("date=*.parquet")}
+            if base.is_dir()
+            else set()
+        )
+        self.carry_mem: tuple[date, pa.Table] | None = None
+        self.history: dict[str, pa.Table] = {}
+        self.history_dirty = False
+        self.run_ids: dict[date, str] = {}
+        self.ledgers: list[tuple[bytes, Path]] = []
+        self.fits: dict[tuple[str, str], tuple[bytes, PowerFit]] = {}
+
+    def close(self) -> None:
+        self.con.close()
+
+    # ----------------------------------------------------------------- state
+
+    def _carry_before(self, day: date) -> pa.Table:
+        earlier = [d for d in self.carry_days if d < day]
+        if not earlier:
+            return CARRY_SCHEMA.empty_table()
+        latest = max(earlier)
+        if self.carry_mem is not None and self.carry_mem[0] == latest:
+            return self.carry_mem[1]
+        return pq.read_table(_carry_path(self.state, self.fleet, latest), schema=CARRY_SCHEMA)
+
+    def _prev_run_id(self, day: date) -> str | None:
+        days = [d for d in self.partition_days if d < day]
+        if not days:
+            return None
+        prev = days[-1]
+        if prev in self.run_ids:
+            return self.run_ids[prev]
+        ledger = _read_ledger(self.state, self.fleet, prev)
+        return None if ledger is None else str(ledger.get("run_id"))
+
+    def _history(self, kind: str) -> pa.Table:
+        if kind not in self.history:
+            path = _history_path(self.state, self.fleet, kind)
+            self.history[kind] = (
+                pq.read_table(path, schema=_HISTORY_SCHEMAS[kind])
+                if path.exists()
+                else _HISTORY_SCHEMAS[kind].empty_table()
+            )
+        return self.history[kind]
+
+    def _update_history(
+        self, day: date, capacity_rows: list[dict[str, Any]], resistance: pa.Table
+    ) -> tuple[pa.Table, pa.Table]:
+        """Replace day D's rows in the estimate histories; return both (all dates)."""
+        cap_new = _rows_table(
+            [
+                {
+                    "vin": e["vin"],
+                    "date": day,
+                    "t_ms": int(e["t_mid_ms"]),
+                    "soh_pct": e["soh_pct"],
+                    "sigma_pct": e["rel_sigma"] * e["soh_pct"],
+                }
+                for e in capacity_rows
+            ],
+            _HISTORY_SCHEMAS["capacity"],
+        )
+        noon_ms = int(datetime(day.year, day.month, day.day, 12, tzinfo=UTC).timestamp() * 1000)
+        res_new = _rows_table(
+            [
+                {
+                    "vin": r["vin"],
+                    "date": day,
+                    "t_ms": noon_ms,
+                    "r_mohm": r["resistance_mohm_25c"],
+                    "sigma_mohm": r["resistance_sigma_mohm"],
+                }
+                for r in resistance.to_pylist()
+            ],
+            _HISTORY_SCHEMAS["resistance"],
+        )
+        out = []
+        for kind, new in (("capacity", cap_new), ("resistance", res_new)):
+            old = self._history(kind)
+            old = old.filter(pc.not_equal(old["date"], pa.scalar(day, pa.date32())))
+            table = pa.concat_tables([old, new]).sort_by(
+                [("vin", "ascending"), ("date", "ascending"), ("t_ms", "ascending")]
+            )
+            self.history[kind] = table
+            out.append(table)
+        self.history_dirty = True
+        return out[0], out[1]
+
+    def fit(self, kind: str, vin: str, rows: Mapping[str, np.ndarray], make: Any) -> PowerFit:
+        """``make()`` unless the same estimates were fitted before in this session."""
+        key = b"".join(np.ascontiguousarray(v).tobytes() for _, v in sorted(rows.items()))
+        hit = self.fits.get((kind, vin))
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        fit: PowerFit = make()
+        self.fits[(kind, vin)] = (key, fit)
+        return fit
+
+    def flush(self) -> None:
+        """Write the histories, then the ledgers of the dates run since the last flush."""
+        if self.history_dirty:
+            _write_durably(
+                [(t, _history_path(self.state, self.fleet, k)) for k, t in self.history.items()]
+            )
+            self.history_dirty = False
+        if self.ledgers:
+            _write_durably(self.ledgers)
+            self.ledgers = []
+
+    # ----------------------------------------------------------------- one date
+
+    def run_day(self, day: date) -> dict[str, Any]:
+        lake_root, state, fleet, params = self.lake_root, self.state, self.fleet, self.params
+        part = lake_root / "telemetry" / f"date={day.isoformat()}" / f"fleet={fleet}"
+        files = sorted(part.glob("*.parquet"))
+        if not files:
+            raise BmsError(f"no telemetry for {day.isoformat()} and fleet {fleet} in {part}")
+        fingerprint = [[p.name, p.stat().st_size] for p in files]
+        registry = self.registry
+        carry = self._carry_before(day)
+        con = self.con
         file_list = ", ".join("'" + str(p).replace("'", "''") + "'" for p in files)
         con.execute(
-            "CREATE VIEW tele AS SELECT * FROM "
+            "CREATE OR REPLACE TEMP VIEW tele AS SELECT * FROM "
             f"read_parquet([{file_list}], hive_partitioning = false)"
         )
         con.register("registry", registry)
         con.register("carry", carry)
-        con.execute(_sql("readings"))
-        con.execute(_sql("rest_runs"))
-        con.execute(_sql("resistance_steps"))
-        vehicle_day = con.sql(_sql("vehicle_day")).to_arrow_table()
-        steps = con.sql("SELECT * FROM resistance_steps").to_arrow_table()
-        steps = _steps_with_factor(steps, params)
-        con.register("steps", steps)
-        con.execute(_sql("cell_select"))
-        con.execute(_sql("cell_rows"))
-        cell_day = con.sql(_sql("cell_day")).to_arrow_table()
-        step_cells = con.sql(_sql("step_cells")).to_arrow_table()
-        rest_cells = con.sql(_sql("rest_cells")).to_arrow_table()
-        rest_runs = con.sql("SELECT * FROM rest_runs").to_arrow_table()
-        day_carry = con.sql(_sql("carry")).to_arrow_table()
-    finally:
-        con.close()
+        try:
+            con.execute(_sql("readings"))
+            con.execute(_sql("rest_runs"))
+            con.execute(_sql("resistance_steps"))
+            vehicle_day = con.sql(_sql("vehicle_day")).to_arrow_table()
+            steps = con.sql("SELECT * FROM resistance_steps").to_arrow_table()
+            steps = _steps_with_factor(steps, params)
+            con.register("steps", steps)
+            con.execute(_sql("cell_select"))
+            con.execute(_sql("cell_rows"))
+            cell_day = con.sql(_sql("cell_day")).to_arrow_table()
+            step_cells = con.sql(_sql("step_cells")).to_arrow_table()
+            rest_cells = con.sql(_sql("rest_cells")).to_arrow_table()
+            rest_runs = con.sql("SELECT * FROM rest_runs").to_arrow_table()
+            day_carry = con.sql(_sql("carry")).to_arrow_table()
+        finally:
+            for name in ("steps", "carry", "registry"):
+                con.unregister(name)
 
-    reg = {r["vin"]: r for r in registry.to_pylist()}
-    prev = {r["vin"]: r for r in carry.to_pylist()}
-    vd_rows = {r["vin"]: r for r in vehicle_day.to_pylist()}
-    unknown = sorted(v for v in vd_rows if v not in reg)
+        reg = self.reg
+        prev = {r["vin"]: r for r in carry.to_pylist()}
+        vd_rows = {r["vin"]: r for r in vehicle_day.to_pylist()}
+        unknown = sorted(v for v in vd_rows if v not in reg)
 
-    new_carry, capacity_rows = _update_carry_and_capacity(
-        day, prev, day_carry, rest_runs, rest_cells, vd_rows, reg, params
-    )
-    resistance = _resistance_table(steps, step_cells, cell_day, reg, params)
-    cap_hist, res_hist = _update_history(state, fleet, day, capacity_rows, resistance, reg)
-    soh_rows, warranty_rows = _trend_and_warranty(
-        day, new_carry, cap_hist, res_hist, reg, vd_rows, params, policies
-    )
+        new_carry, capacity_rows = _update_carry_and_capacity(
+            day, prev, day_carry, rest_runs, rest_cells, vd_rows, reg, params
+        )
+        resistance = _resistance_table(steps, step_cells, cell_day, reg, params)
+        cap_hist, res_hist = self._update_history(day, capacity_rows, resistance)
+        soh_rows, warranty_rows = _trend_and_warranty(
+            day, new_carry, cap_hist, res_hist, reg, vd_rows, params, self.policies, self
+        )
 
-    outputs = {
-        "vehicle_day": _to_schema(vehicle_day, METRICS_SCHEMAS["vehicle_day"]),
-        "capacity": _rows_table(capacity_rows, METRICS_SCHEMAS["capacity"]),
-        "resistance": _to_schema(resistance, METRICS_SCHEMAS["resistance"]),
-        "cell_day": _to_schema(cell_day, METRICS_SCHEMAS["cell_day"]),
-        "vehicle_soh": _rows_table(soh_rows, METRICS_SCHEMAS["vehicle_soh"]),
-        "warranty": _rows_table(warranty_rows, METRICS_SCHEMAS["warranty"]),
-    }
-    written = []
-    for name, table in outputs.items():
-        meta = {
-            b"fleetbms.table": name.encode(),
-            b"fleetbms.model_version": ANALYTICS_MODEL_VERSION.encode(),
+        outputs = {
+            "vehicle_day": _to_schema(vehicle_day, METRICS_SCHEMAS["vehicle_day"]),
+            "capacity": _rows_table(capacity_rows, METRICS_SCHEMAS["capacity"]),
+            "resistance": _to_schema(resistance, METRICS_SCHEMAS["resistance"]),
+            "cell_day": _to_schema(cell_day, METRICS_SCHEMAS["cell_day"]),
+            "vehicle_soh": _rows_table(soh_rows, METRICS_SCHEMAS["vehicle_soh"]),
+            "warranty": _rows_table(warranty_rows, METRICS_SCHEMAS["warranty"]),
         }
-        table = table.replace_schema_metadata(meta)
-        written.append(write_parquet_atomic(table, metrics_path(lake_root, name, day, fleet)))
-    write_parquet_atomic(
-        _rows_table(list(new_carry.values()), CARRY_SCHEMA), _carry_path(state, fleet, day)
-    )
-    prev_run = _prev_run_id(state, fleet, day, lake_root)
-    run_hash = params.run_hash()
-    run_id = hashlib.sha256(
-        json.dumps([fingerprint, prev_run, run_hash], sort_keys=True).encode()
-    ).hexdigest()[:16]
-    ledger = {
-        "date": day.isoformat(),
-        "fleet": fleet,
-        "inputs": fingerprint,
-        "params": run_hash,
-        "prev_run": prev_run,
-        "run_id": run_id,
-        "model_version": ANALYTICS_MODEL_VERSION,
-    }
-    atomic_write_bytes(
-        json.dumps(ledger, sort_keys=True, indent=1).encode(), _ledger_path(state, fleet, day)
-    )
-    statuses: dict[str, int] = {}
-    for row in warranty_rows:
-        statuses[row["status"]] = statuses.get(row["status"], 0) + 1
-    return {
-        "totals": {
-            "vehicles": vehicle_day.num_rows,
-            "readings": int(pc.sum(vehicle_day["n_readings"]).as_py() or 0),
-            "dups": int(pc.sum(vehicle_day["duplicates_dropped"]).as_py() or 0),
-            "cap": len(capacity_rows),
-            "steps": steps.num_rows,
-        },
-        "verdicts": statuses,
-        "files": written,
-        "unknown": unknown,
-    }
+        items: list[tuple[pa.Table | bytes, Path]] = []
+        for name, table in outputs.items():
+            meta = {
+                b"fleetbms.table": name.encode(),
+                b"fleetbms.model_version": ANALYTICS_MODEL_VERSION.encode(),
+            }
+            items.append(
+                (table.replace_schema_metadata(meta), metrics_path(lake_root, name, day, fleet))
+            )
+        carry_table = _rows_table(list(new_carry.values()), CARRY_SCHEMA)
+        items.append((carry_table, _carry_path(state, fleet, day)))
+        _write_durably(items)
+        written = [path for _, path in items[: len(outputs)]]
+        self.carry_days.add(day)
+        self.carry_mem = (day, carry_table)
+
+        prev_run = self._prev_run_id(day)
+        run_id = hashlib.sha256(
+            json.dumps([fingerprint, prev_run, self.run_hash], sort_keys=True).encode()
+        ).hexdigest()[:16]
+        ledger = {
+            "date": day.isoformat(),
+            "fleet": fleet,
+            "inputs": fingerprint,
+            "params": self.run_hash,
+            "prev_run": prev_run,
+            "run_id": run_id,
+            "model_version": ANALYTICS_MODEL_VERSION,
+        }
+        self.run_ids[day] = run_id
+        self.ledgers.append(
+            (json.dumps(ledger, sort_keys=True, indent=1).encode(), _ledger_path(state, fleet, day))
+        )
+        statuses: dict[str, int] = {}
+        for row in warranty_rows:
+            statuses[row["status"]] = statuses.get(row["status"], 0) + 1
+        return {
+            "totals": {
+                "vehicles": vehicle_day.num_rows,
+                "readings": int(pc.sum(vehicle_day["n_readings"]).as_py() or 0),
+                "dups": int(pc.sum(vehicle_day["duplicates_dropped"]).as_py() or 0),
+                "cap": len(capacity_rows),
+                "steps": steps.num_rows,
+            },
+            "verdicts": statuses,
+            "files": written,
+            "unknown": unknown,
+        }
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_durably(items: list[tuple[pa.Table | bytes, Path]]) -> None:
+    """Write several files atomically: each into a hidden temporary file beside its
+    target, all fsync'ed at once (parallel fsyncs share the file system's journal
+    commits), renamed over their targets, then their folders fsync'ed. A reader never
+    sees a half-written file; when this returns every file is durable."""
+    tmps: list[tuple[Path, Path]] = []
+    try:
+        for data, path in items:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
+            tmps.append((tmp, path))
+            if isinstance(data, bytes):
+                tmp.write_bytes(data)
+            else:
+                pq.write_table(
+                    data, tmp, compression="zstd", compression_level=3, write_statistics=True
+                )
+        with ThreadPoolExecutor(max_workers=min(16, len(tmps) or 1)) as pool:
+            list(pool.map(_fsync_path, [t for t, _ in tmps]))
+            for tmp, path in tmps:
+                os.replace(tmp, path)
+            list(pool.map(_fsync_path, sorted({p.parent for _, p in tmps})))
+    finally:
+        for tmp, _ in tmps:
+            tmp.unlink(missing_ok=True)
 
 
 def _rows_table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
@@ -1215,57 +1434,6 @@ def _weakest_cell(
 # --------------------------------------------------------------------------- history
 
 
-def _update_history(
-    state: Path,
-    fleet: str,
-    day: date,
-    capacity_rows: list[dict[str, Any]],
-    resistance: pa.Table,
-    reg: Mapping[str, Mapping[str, Any]],
-) -> tuple[pa.Table, pa.Table]:
-    """Replace day D's rows in the estimate histories; return both (all dates)."""
-    cap_new = _rows_table(
-        [
-            {
-                "vin": e["vin"],
-                "date": day,
-                "t_ms": int(e["t_mid_ms"]),
-                "soh_pct": e["soh_pct"],
-                "sigma_pct": e["rel_sigma"] * e["soh_pct"],
-            }
-            for e in capacity_rows
-        ],
-        _HISTORY_SCHEMAS["capacity"],
-    )
-    noon_ms = int(datetime(day.year, day.month, day.day, 12, tzinfo=UTC).timestamp() * 1000)
-    res_new = _rows_table(
-        [
-            {
-                "vin": r["vin"],
-                "date": day,
-                "t_ms": noon_ms,
-                "r_mohm": r["resistance_mohm_25c"],
-                "sigma_mohm": r["resistance_sigma_mohm"],
-            }
-            for r in resistance.to_pylist()
-        ],
-        _HISTORY_SCHEMAS["resistance"],
-    )
-    out = []
-    for kind, new in (("capacity", cap_new), ("resistance", res_new)):
-        path = _history_path(state, fleet, kind)
-        if path.exists():
-            old = pq.read_table(path, schema=_HISTORY_SCHEMAS[kind])
-            old = old.filter(pc.not_equal(old["date"], pa.scalar(day, pa.date32())))
-            table = pa.concat_tables([old, new])
-        else:
-            table = new
-        table = table.sort_by([("vin", "ascending"), ("date", "ascending"), ("t_ms", "ascending")])
-        write_parquet_atomic(table, path)
-        out.append(table)
-    return out[0], out[1]
-
-
 # --------------------------------------------------------------------------- trend
 
 
@@ -1344,6 +1512,7 @@ def _trend_and_warranty(
     vd_rows: Mapping[str, Mapping[str, Any]],
     params: AnalyticsParams,
     policies: _PolicyCache,
+    session: _FleetSession,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     caps = _by_vin(cap_hist, day, params.history_days)
     ress = _by_vin(res_hist, day, params.history_days)
@@ -1367,18 +1536,28 @@ def _trend_and_warranty(
         fit = None
         cap = caps.get(vin)
         if cap is not None and cap["t_ms"].size:
-            fit = fit_vehicle_soh(
-                _age_years(cap["t_ms"], in_service),
-                cap["soh_pct"],
-                cap["sigma_pct"],
-                chem,
-                systematic_sigma_pct=params.systematic_soh_sigma_pct,
+            fit = session.fit(
+                "capacity",
+                vin,
+                cap,
+                lambda cap=cap, in_service=in_service, chem=chem: fit_vehicle_soh(
+                    _age_years(cap["t_ms"], in_service),
+                    cap["soh_pct"],
+                    cap["sigma_pct"],
+                    chem,
+                    systematic_sigma_pct=params.systematic_soh_sigma_pct,
+                ),
             )
         r_fit = None
         res = ress.get(vin)
         if res is not None and res["t_ms"].size >= 3:
-            r_fit = fit_vehicle_resistance(
-                _age_years(res["t_ms"], in_service), res["r_mohm"], res["sigma_mohm"], chem
+            r_fit = session.fit(
+                "resistance",
+                vin,
+                res,
+                lambda res=res, in_service=in_service, chem=chem: fit_vehicle_resistance(
+                    _age_years(res["t_ms"], in_service), res["r_mohm"], res["sigma_mohm"], chem
+                ),
             )
         soh = lo = hi = math.nan
         if fit is not None:
