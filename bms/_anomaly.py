@@ -61,14 +61,15 @@ from bms._features import (
 from bms._lake import atomic_write_bytes, write_parquet_atomic
 
 #: Features the isolation forest uses by default: the cell z-scores within the pack and
-#: the vehicle's temperature excess over its own past and the fleet. Charging and heat
+#: the vehicle's temperature excess over its own past and the fleet. The level of a
+#: cell's rest deviation is left to the spread rule (a cell that has always sat a few mV
+#: off is a manufacturing outlier, not a developing fault; its trend is in). Charging and heat
 #: exposure are in the feature rows as context but not in the model (they describe use,
 #: not faults); so are the 30-day SoH and resistance trends, whose early fits scatter too
 #: much to isolate a vehicle on (a weak cell shows earlier in the cell features), and the
 #: temperature-sensor figures, which the sensor rules judge physically.
 DEFAULT_MODEL_FEATURES: tuple[str, ...] = (
     "self_discharge_z",
-    "rest_dev_z",
     "rest_dev_trend_z",
     "sag_z",
     "resistance_z",
@@ -127,13 +128,14 @@ class AnomalyParams:
 
     training_days: int = 90  # rolling window of fleet history the model is fitted on [d]
     min_training_days: int = 21  # no model before this many days of history [d]
-    contamination: float = 0.003  # share of training rows above the score threshold [-]
+    contamination: float = 0.01  # expected share of anomalous training rows (sklearn) [-]
+    threshold_sigmas: float = 5.0  # flag threshold: median + this many robust sigmas [-]
     random_state: int = 42  # seed of the isolation forest
     n_estimators: int = 100  # trees
     max_samples: int = 256  # rows per tree (Liu et al. 2008: 256)
     refit_days: int = 7  # refit at least this often [d]
     drift_days: int = 7  # drift: share of rows above threshold over this many days [d]
-    drift_factor: float = 4.0  # ... above this multiple of the contamination -> refit [-]
+    drift_factor: float = 4.0  # ... above this multiple of the training share -> refit [-]
     persist_days: int = 4  # model flag: above threshold on this many days ... [d]
     persist_window: int = 6  # ... of the last this many days, including today [d]
     clear_days: int = 3  # a flag quiet for this many days is cleared [d]
@@ -448,6 +450,7 @@ def _fit_and_save(
         max_samples=params.max_samples,
         n_vehicles=n_vins,
         reason=reason,
+        threshold_sigmas=params.threshold_sigmas,
     )
     root = models_root(state_dir, fleet)
     for vf, version in list_models(root):
@@ -853,7 +856,8 @@ def _score_fleet_day(
             if got is not None:
                 above += int(np.count_nonzero(got[1] > model.threshold))
                 total += len(got[1])
-        if total and above / total > params.drift_factor * params.contamination:
+        base = max(float(model.metadata.get("training_share_above_threshold", 0.0)), 0.001)
+        if total and above / total > params.drift_factor * base:
             nxt = day + timedelta(days=1)
             if not any(vf == nxt for vf, _ in list_models(models_root(state_dir, fleet))):
                 _fit_and_save(lake_root, state_dir, fleet, nxt, params, "drift", cache)

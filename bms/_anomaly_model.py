@@ -142,6 +142,7 @@ def fit_model(
     max_samples: int,
     n_vehicles: int,
     reason: str,
+    threshold_sigmas: float = 5.0,
 ) -> AnomalyModel:
     """Fit an isolation forest on the training rows ``x`` (rows x features).
 
@@ -154,6 +155,8 @@ def fit_model(
         Share of training rows above the score threshold. [-]
     reason : str
         Why this fit happened (``schedule``, ``drift``, ``sklearn_version``...); recorded.
+    threshold_sigmas : float
+        Score threshold = median + this many robust sigmas of the training scores. [-]
 
     Raises
     ------
@@ -181,7 +184,13 @@ def fit_model(
         n_jobs=1,
     ).fit(xi)
     train_scores = -est.score_samples(xi)
-    threshold = float(np.quantile(train_scores, 1.0 - contamination))
+    quantile_threshold = float(np.quantile(train_scores, 1.0 - contamination))
+    # Robust threshold: median + k sigma (1.4826 MAD) of the training scores. Unlike the
+    # contamination quantile it does not move when faulty vehicles (whose faults grow
+    # for weeks before anyone flags them) fill the tail of the training window.
+    med_score = float(np.median(train_scores))
+    sigma_score = 1.4826 * float(np.median(np.abs(train_scores - med_score)))
+    threshold = med_score + threshold_sigmas * max(sigma_score, 1e-6)
     digest = data_hash(x, features, {**fit_params, "sklearn": sklearn_version()})
     version = f"if-{valid_from.strftime('%Y%m%d')}-{digest[:10]}"
     import numpy
@@ -207,7 +216,11 @@ def fit_model(
         "training_vehicles": n_vehicles,
         "data_sha256": digest,
         "threshold": threshold,
-        "training_score_median": float(np.median(train_scores)),
+        "threshold_sigmas": threshold_sigmas,
+        "contamination_threshold": quantile_threshold,
+        "training_score_median": med_score,
+        "training_score_sigma": sigma_score,
+        "training_share_above_threshold": float(np.mean(train_scores > threshold)),
         "feature_stats": {
             f: {"low": s.low, "median": s.median, "high": s.high, "scale": s.scale}
             for f, s in stats.items()

@@ -15,6 +15,9 @@ and a severity. Thresholds are data (``RuleLimits``), with their sources:
   whole trend window (least-squares slope) while already well off the median.
 - ``cell_spread``: a cell's rest deviation beyond a share of the contract's 100 mV
   spread limit (telemetry.md), before the live alert would fire.
+- ``cell_resistance``: a cell's DC resistance (voltage step over current step) this far
+  above its pack's median cell; manufacturing spread is 0.5-4 % (sigma, Wildfeuer &
+  Lienkamp, science.md 3), so +30 % is beyond any healthy pack.
 - ``temp_high``: the hottest sensor within a margin below the contract's 60 degC
   over-temperature limit.
 - ``rest_temp_rise``: a sensor warming relative to its pack while no current flows
@@ -37,6 +40,7 @@ WARNING = "warning"
 CRITICAL = "critical"
 
 RULES: dict[str, str] = {
+    "cell_resistance": "cell resistance far above the pack's median cell",
     "cell_spread": "cell rest deviation from the pack median near the contract spread limit",
     "deviation_growth": "cell rest deviation growing day after day",
     "rest_temp_rise": "sensor warming relative to its pack while at rest",
@@ -61,6 +65,8 @@ class RuleLimits:
     spread_limit_mv: float = 100.0  # contract cell_spread limit at rest [mV]
     spread_warning_share: float = 0.4  # warn at this share of the limit [-]
     spread_critical_share: float = 0.7  # critical at this share [-]
+    resistance_rel_pct: float = 30.0  # cell resistance above the pack median [%]
+    resistance_min_z: float = 5.0  # ... and this far out of its pack [-]
     temp_limit_c: float = 60.0  # contract over_temperature limit [degC]
     temp_warning_margin_c: float = 8.0  # warn this far below the limit [degC]
     temp_critical_margin_c: float = 3.0  # critical this far below [degC]
@@ -171,6 +177,18 @@ def evaluate_rules(features: pa.Table, limits: RuleLimits) -> pa.Table:
             "mV",
             cell=dev_cell,
             critical=np.abs(dev) >= limits.spread_critical_share * limits.spread_limit_mv,
+        )
+
+        res = _f(features, "resistance_rel_pct")
+        add(
+            (res >= limits.resistance_rel_pct)
+            & (_f(features, "resistance_z") >= limits.resistance_min_z),
+            "cell_resistance",
+            res,
+            limits.resistance_rel_pct,
+            "%",
+            cell=_i(features, "resistance_cell"),
+            critical=res >= 100.0,
         )
 
         tmax = _f(features, "temp_c_max")

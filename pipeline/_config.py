@@ -122,13 +122,14 @@ class AnalyticsConfig:
 class AnomalyConfig:
     training_days: int = 90  # rolling window of the isolation forest [days]
     min_training_days: int = 21  # no model before this much history [days]
-    contamination: float = 0.003  # share of training rows above the score threshold
+    contamination: float = 0.01  # expected share of anomalous training rows (sklearn)
+    threshold_sigmas: float = 5.0  # flag threshold: median + this many robust sigmas
     random_state: int = 42
     n_estimators: int = 100  # isolation trees
     max_samples: int = 256  # rows per tree (Liu et al. 2008)
     refit_days: int = 7  # refit at least this often [days]
     drift_days: int = 7  # drift measured over this many days [days]
-    drift_factor: float = 4.0  # refit when rows above threshold exceed this x contamination
+    drift_factor: float = 4.0  # refit when rows above threshold exceed this x training share
     persist_days: int = 4  # model flag needs this many days above threshold ... [days]
     persist_window: int = 6  # ... within this many days [days]
     clear_days: int = 3  # a flag quiet this long is cleared [days]
