@@ -21,6 +21,7 @@ from tests.pipeline.test_nightly import RUN_DAY
 
 def test_status_shows_runs_dirty_dates_sizes_and_ingest_lag(tmp_path: Path):
     d = tmp_path / "data"
+    assert json.loads(fleetbms(d, "status", "--json").stdout)["open_anomalies"] is None
     write_flushes(day_table(RUN_DAY), d / "lake")
     assert fleetbms(d, "nightly", "--date", RUN_DAY.isoformat()).returncode == 0
     hour_ago_ms = int(time.time() * 1000) - 3_600_000
@@ -40,12 +41,12 @@ def test_status_shows_runs_dirty_dates_sizes_and_ingest_lag(tmp_path: Path):
     assert st["sizes_bytes"]["lake/metrics"] > 0
     assert st["sizes_bytes"]["archive"] == 0
     assert 3600 <= st["ingest_lag_s"] < 3600 + 300
-    assert st["open_anomalies"] is None
+    assert st["open_anomalies"] == 0  # scored by the nightly's anomaly stage, none flagged
 
     text = fleetbms(d, "status").stdout
     assert f"date {RUN_DAY}  fleet demo  ok (exit 0)" in text
     assert f"dirty dates: {RUN_DAY - timedelta(days=3)}" in text
-    assert "open anomalies: no anomaly table" in text
+    assert "open anomalies: 0" in text
 
 
 def test_status_tells_a_running_run_from_a_killed_one(tmp_path: Path):
