@@ -512,30 +512,24 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _changed_dates(
-    ctx_done: DoneStore, settings: Settings, fleet: str, run_date: date
-) -> list[date]:
+def _compaction_current(settings: Settings, done: DoneStore, day: date, fleet: str) -> bool:
+    """The (date, fleet) partition is compacted as it is now (or holds no telemetry)."""
+    files = sorted(telemetry_dir(settings.lake_dir, day, fleet).glob("*.parquet"))
+    fp = digest(file_fingerprint(files, settings.data_dir))
+    return not files or done.is_done(COMPACTION, partition_key(day, fleet), fp)
+
+
+def _changed_dates(done: DoneStore, settings: Settings, fleet: str, run_date: date) -> list[date]:
     """Dates within the lookback whose telemetry partition changed since compaction."""
-    out = []
-    for k in range(1, settings.nightly.lookback_days + 1):
-        day = run_date - timedelta(days=k)
-        part = telemetry_dir(settings.lake_dir, day, fleet)
-        files = sorted(part.glob("*.parquet"))
-        fp = digest(file_fingerprint(files, settings.data_dir))
-        if files and not ctx_done.is_done(COMPACTION, partition_key(day, fleet), fp):
-            out.append(day)
-    return out
+    days = (run_date - timedelta(days=k) for k in range(1, settings.nightly.lookback_days + 1))
+    return [d for d in days if not _compaction_current(settings, done, d, fleet)]
 
 
 def _date_settled(settings: Settings, done: DoneStore, day: date) -> bool:
     """Every fleet's partition of ``day`` is compacted as it is now."""
     base = settings.lake_dir / "telemetry" / f"date={day.isoformat()}"
-    for part in sorted(base.glob("fleet=*")) if base.is_dir() else []:
-        fleet = part.name.removeprefix("fleet=")
-        fp = digest(file_fingerprint(sorted(part.glob("*.parquet")), settings.data_dir))
-        if not done.is_done(COMPACTION, partition_key(day, fleet), fp):
-            return False
-    return True
+    fleets = [p.name.removeprefix("fleet=") for p in base.glob("fleet=*")] if base.is_dir() else []
+    return all(_compaction_current(settings, done, day, f) for f in fleets)
 
 
 def _emit(observer: Observer | None, event: str, **fields: Any) -> None:
