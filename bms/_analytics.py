@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -78,6 +79,7 @@ METRICS_TABLES = (
     "warranty",
 )
 _MS_PER_DAY = 86_400_000
+_EPOCH_DAY = date(1970, 1, 1)
 
 
 @dataclass(frozen=True)
@@ -114,13 +116,22 @@ class AnalyticsParams:
     warranty_policy: str = "oem-8y-160k-70"  # for vehicles whose registry names none
     policy_override: str = ""  # preset id or TOML path used for every vehicle if set
     threads: int = 0  # DuckDB threads; 0 = all cores
+    unit_readings: int = 2_000_000  # a catch-up computes dates together up to this many
 
     def run_hash(self) -> str:
-        """Digest of the parameters (and of the override policy file, if any)."""
-        payload = json.dumps(dataclasses.asdict(self), sort_keys=True)
+        """Digest of the parameters that change results (and of the override policy
+        file, if any); ``threads`` and ``unit_readings`` only change speed and memory."""
+        values = dataclasses.asdict(self)
+        for name in _NOT_HASHED:
+            values.pop(name)
+        payload = json.dumps(values, sort_keys=True)
         if self.policy_override and Path(self.policy_override).is_file():
             payload += Path(self.policy_override).read_text(encoding="utf-8")
         return hashlib.sha256(f"{ANALYTICS_MODEL_VERSION}|{payload}".encode()).hexdigest()[:16]
+
+
+#: Parameters that do not change results (left out of the run id).
+_NOT_HASHED = ("threads", "unit_readings")
 
 
 @dataclass(frozen=True)
@@ -691,20 +702,36 @@ def run_pending(
             continue
         session = _FleetSession(lake_root, state, fl, params, partitions[fl])
         try:
-            for i, day in enumerate(days):
+            for unit in _units(lake_root, fl, days, params.unit_readings):
                 started = time.perf_counter()
-                res = session.run_day(day)
-                if (i + 1) % _FLUSH_DATES == 0:
-                    session.flush()
-                out.append(_summary(day, (fl,), [res], started))
-            session.flush()
+                results = session.run_days(unit)
+                session.flush()
+                for day, res in zip(unit, results, strict=True):
+                    out.append(_summary(day, (fl,), [res], started))
         finally:
             session.close()
     return out
 
 
-#: A catch-up records its ledgers (and writes the estimate histories) every this many
-#: dates.
+def _units(lake_root: Path, fleet: str, days: list[date], max_readings: int) -> list[list[date]]:
+    """Consecutive dates in groups of at most ``_FLUSH_DATES`` dates and about
+    ``max_readings`` stored rows (from the Parquet footers; a date is never split)."""
+    units: list[list[date]] = []
+    rows = 0
+    for day in days:
+        part = lake_root / "telemetry" / f"date={day.isoformat()}" / f"fleet={fleet}"
+        n = sum(pq.read_metadata(p).num_rows for p in part.glob("*.parquet"))
+        if units and len(units[-1]) < _FLUSH_DATES and rows + n <= max_readings:
+            units[-1].append(day)
+            rows += n
+        else:
+            units.append([day])
+            rows = n
+    return units
+
+
+#: A catch-up computes at most this many dates together and records their ledgers (and
+#: writes the estimate histories) after each such unit.
 _FLUSH_DATES = 64
 
 
@@ -907,28 +934,42 @@ class _FleetSession:
     # ----------------------------------------------------------------- one date
 
     def run_day(self, day: date) -> dict[str, Any]:
-        lake_root, state, fleet, params = self.lake_root, self.state, self.fleet, self.params
-        part = lake_root / "telemetry" / f"date={day.isoformat()}" / f"fleet={fleet}"
-        files = sorted(part.glob("*.parquet"))
-        if not files:
-            raise BmsError(f"no telemetry for {day.isoformat()} and fleet {fleet} in {part}")
-        fingerprint = [[p.name, p.stat().st_size] for p in files]
-        registry = self.registry
-        carry = self._carry_before(day)
+        """Compute one date (a unit of one)."""
+        return self.run_days([day])[0]
+
+    def run_days(self, days: list[date]) -> list[dict[str, Any]]:
+        """Compute consecutive partition dates in one pass of the SQL jobs (a unit).
+
+        The SQL works per (vehicle, day) and starts from the carry before the first
+        date, so each date's outputs are those of computing it alone; the per-vehicle
+        steps in Python then run date by date.
+        """
+        lake_root, fleet, params = self.lake_root, self.fleet, self.params
+        files: dict[date, list[Path]] = {}
+        for day in days:
+            part = lake_root / "telemetry" / f"date={day.isoformat()}" / f"fleet={fleet}"
+            files[day] = sorted(part.glob("*.parquet"))
+            if not files[day]:
+                raise BmsError(f"no telemetry for {day.isoformat()} and fleet {fleet} in {part}")
+        carry = self._carry_before(days[0])
         con = self.con
-        file_list = ", ".join("'" + str(p).replace("'", "''") + "'" for p in files)
+        file_list = ", ".join(
+            "'" + str(p).replace("'", "''") + "'" for day in days for p in files[day]
+        )
         con.execute(
             "CREATE OR REPLACE TEMP VIEW tele AS SELECT * FROM "
             f"read_parquet([{file_list}], hive_partitioning = false)"
         )
-        con.register("registry", registry)
+        con.register("registry", self.registry)
         con.register("carry", carry)
         try:
             con.execute(_sql("readings"))
             con.execute(_sql("rest_runs"))
             con.execute(_sql("resistance_steps"))
             vehicle_day = con.sql(_sql("vehicle_day")).to_arrow_table()
-            steps = con.sql("SELECT * FROM resistance_steps").to_arrow_table()
+            steps = con.sql(
+                "SELECT * FROM resistance_steps ORDER BY day_n, vin, ts_ms, seq"
+            ).to_arrow_table()
             steps = _steps_with_factor(steps, params)
             con.register("steps", steps)
             con.execute(_sql("cell_select"))
@@ -936,11 +977,39 @@ class _FleetSession:
             cell_day = con.sql(_sql("cell_day")).to_arrow_table()
             step_cells = con.sql(_sql("step_cells")).to_arrow_table()
             rest_cells = con.sql(_sql("rest_cells")).to_arrow_table()
-            rest_runs = con.sql("SELECT * FROM rest_runs").to_arrow_table()
+            rest_runs = con.sql(
+                "SELECT * FROM rest_runs ORDER BY day_n, vin, run_id"
+            ).to_arrow_table()
             day_carry = con.sql(_sql("carry")).to_arrow_table()
         finally:
             for name in ("steps", "carry", "registry"):
                 con.unregister(name)
+        tables = {
+            "vehicle_day": vehicle_day,
+            "steps": steps,
+            "cell_day": cell_day,
+            "step_cells": step_cells,
+            "rest_cells": rest_cells,
+            "rest_runs": rest_runs,
+            "day_carry": day_carry,
+        }
+        by_day = {name: _split_by_day(t) for name, t in tables.items()}
+        out = []
+        for day in days:
+            n = (day - _EPOCH_DAY).days
+            parts = {name: split.get(n, tables[name].slice(0, 0)) for name, split in by_day.items()}
+            out.append(self._finish_day(day, files[day], parts))
+        return out
+
+    def _finish_day(
+        self, day: date, files: list[Path], parts: Mapping[str, pa.Table]
+    ) -> dict[str, Any]:
+        lake_root, state, fleet, params = self.lake_root, self.state, self.fleet, self.params
+        fingerprint = [[p.name, p.stat().st_size] for p in files]
+        carry = self._carry_before(day)
+        vehicle_day, steps, cell_day = parts["vehicle_day"], parts["steps"], parts["cell_day"]
+        step_cells, rest_cells = parts["step_cells"], parts["rest_cells"]
+        rest_runs, day_carry = parts["rest_runs"], parts["day_carry"]
 
         reg = self.reg
         prev = {r["vin"]: r for r in carry.to_pylist()}
@@ -1012,6 +1081,16 @@ class _FleetSession:
             "files": written,
             "unknown": unknown,
         }
+
+
+def _split_by_day(table: pa.Table) -> dict[int, pa.Table]:
+    """Slices of a table sorted by ``day_n``, keyed by day number."""
+    if table.num_rows == 0:
+        return {}
+    day_n = table["day_n"].to_numpy()
+    cuts = np.flatnonzero(np.diff(day_n)) + 1
+    bounds = [0, *cuts.tolist(), len(day_n)]
+    return {int(day_n[lo]): table.slice(lo, hi - lo) for lo, hi in itertools.pairwise(bounds)}
 
 
 def _fsync_path(path: Path) -> None:

@@ -1,4 +1,4 @@
--- cell_day: one row per cell and day, features for the anomaly detector
+-- cell_day: one row per cell and day (day_n), features for the anomaly detector
 -- (science.md 3 and 6.7; schema in docs/lake.md). Only the readings chosen by
 -- cell_select.sql (held in cell_rows) are unnested.
 --   rest_dev_mv        mean of (cell - pack median) at the ends of rests
@@ -16,7 +16,7 @@ WITH cells_t AS MATERIALIZED (
     -- temp_dev_x: n_temps x (the cell's sensor - sensor mean), an integer in 0.1 degC so
     -- that sums stay exact
     SELECT
-        vin, seq,
+        vin, seq, day_n,
         unnest(cell_mv)::DOUBLE - list_median(cell_mv) AS dev_mv,
         unnest(cell_mv)::DOUBLE AS mv,
         unnest(range(len(cell_mv)))::SMALLINT AS cell,
@@ -31,28 +31,28 @@ WITH cells_t AS MATERIALIZED (
 roles AS MATERIALIZED (
     SELECT c.*, s.role, s.grp, s.delta_a, s.temp_factor, s.span_ms
     FROM cells_t c
-    JOIN cell_select s USING (vin, seq)
+    JOIN cell_select s USING (vin, day_n, seq)
 ),
 rest AS (
-    SELECT vin, cell, avg(dev_mv) AS rest_dev_mv, count(*) AS n_rest
-    FROM roles WHERE role = 'rest_end' GROUP BY vin, cell
+    SELECT vin, day_n, cell, avg(dev_mv) AS rest_dev_mv, count(*) AS n_rest
+    FROM roles WHERE role = 'rest_end' GROUP BY vin, day_n, cell
 ),
 drift AS (
-    SELECT e.vin, e.cell,
+    SELECT e.vin, e.day_n, e.cell,
            sum(e.dev_mv - s.dev_mv) / sum(s.span_ms) * 8.64e7 AS self_discharge_mv_per_day,
            sum(s.span_ms) / 3.6e6 AS self_discharge_hours
     FROM roles e
-    JOIN roles s ON s.vin = e.vin AND s.grp = e.grp AND s.cell = e.cell
-        AND s.role = 'rest_start'
+    JOIN roles s ON s.vin = e.vin AND s.day_n = e.day_n AND s.grp = e.grp
+        AND s.cell = e.cell AND s.role = 'rest_start'
     WHERE e.role = 'rest_end'
-    GROUP BY e.vin, e.cell
+    GROUP BY e.vin, e.day_n, e.cell
 ),
 load AS (
-    SELECT vin, cell, avg(dev_mv) AS load_dev_mv, count(*) AS n_load
-    FROM roles WHERE role = 'load' GROUP BY vin, cell
+    SELECT vin, day_n, cell, avg(dev_mv) AS load_dev_mv, count(*) AS n_load
+    FROM roles WHERE role = 'load' GROUP BY vin, day_n, cell
 ),
 step_cell AS (
-    SELECT post.vin, post.cell, post.grp,
+    SELECT post.vin, post.day_n, post.cell, post.grp,
            1000.0 * (post.mv - pre.mv) / post.delta_a AS r_mohm,
            1000.0 * (post.mv - pre.mv) / post.delta_a / post.temp_factor AS r_mohm_25c
     FROM roles post
@@ -64,24 +64,25 @@ step_rel AS (
     SELECT *, median(r_mohm) OVER (PARTITION BY vin, grp) AS r_median_mohm FROM step_cell
 ),
 steps_agg AS (
-    SELECT vin, cell,
+    SELECT vin, day_n, cell,
            median(r_mohm) AS resistance_mohm,
            median(r_mohm_25c) AS resistance_mohm_25c,
            100 * median(r_mohm / r_median_mohm - 1) AS resistance_dev_pct,
            count(*) AS n_steps
-    FROM step_rel GROUP BY vin, cell
+    FROM step_rel GROUP BY vin, day_n, cell
 ),
 temps AS (
-    SELECT vin, cell, any_value(n_cells) AS n_cells,
+    SELECT vin, day_n, cell, any_value(n_cells) AS n_cells,
            sum(temp_dev_x) / sum(n_temps) / 10.0 AS temp_dev_c
     FROM cells_t
-    GROUP BY vin, cell
+    GROUP BY vin, day_n, cell
 ),
-n_read AS (SELECT vin, count(*) AS n_readings FROM readings GROUP BY vin),
-mins AS (SELECT vin, cell_min_idx AS cell, count(*) AS n FROM readings GROUP BY ALL),
-maxs AS (SELECT vin, cell_max_idx AS cell, count(*) AS n FROM readings GROUP BY ALL)
+n_read AS (SELECT vin, day_n, count(*) AS n_readings FROM readings GROUP BY vin, day_n),
+mins AS (SELECT vin, day_n, cell_min_idx AS cell, count(*) AS n FROM readings GROUP BY ALL),
+maxs AS (SELECT vin, day_n, cell_max_idx AS cell, count(*) AS n FROM readings GROUP BY ALL)
 SELECT
     t.vin,
+    t.day_n,
     t.cell,
     t.n_cells::SMALLINT AS n_cells,
     rest.rest_dev_mv,
@@ -98,11 +99,11 @@ SELECT
     coalesce(mins.n, 0) / n_read.n_readings AS min_cell_share,
     coalesce(maxs.n, 0) / n_read.n_readings AS max_cell_share
 FROM temps t
-LEFT JOIN rest USING (vin, cell)
-LEFT JOIN drift USING (vin, cell)
-LEFT JOIN load USING (vin, cell)
-LEFT JOIN steps_agg USING (vin, cell)
-LEFT JOIN n_read USING (vin)
-LEFT JOIN mins USING (vin, cell)
-LEFT JOIN maxs USING (vin, cell)
-ORDER BY t.vin, t.cell;
+LEFT JOIN rest USING (vin, day_n, cell)
+LEFT JOIN drift USING (vin, day_n, cell)
+LEFT JOIN load USING (vin, day_n, cell)
+LEFT JOIN steps_agg USING (vin, day_n, cell)
+LEFT JOIN n_read USING (vin, day_n)
+LEFT JOIN mins USING (vin, day_n, cell)
+LEFT JOIN maxs USING (vin, day_n, cell)
+ORDER BY t.day_n, t.vin, t.cell;

@@ -1,22 +1,31 @@
--- readings: the deduplicated readings of one (date, fleet) partition, in time order,
--- with what each interval since the previous reading contributes.
+-- readings: the deduplicated readings of one or more consecutive dates of a fleet (a
+-- "unit"), in time order, with what each interval since the previous reading
+-- contributes.
 --
--- Inputs (registered by bms._analytics): view `tele` = the partition's Parquet files
+-- Inputs (registered by bms._analytics): view `tele` = the unit's Parquet files
 -- (several small files and duplicate (vin, seq) rows before nightly compaction),
 -- tables `registry` (vin, chemistry, capacity_ah, n_cells, ...) and `carry` (each
--- vehicle's last reading of an earlier day). Variables: rest_c_rate, max_gap_s,
--- default_capacity_ah.
+-- vehicle's last reading before the unit's first date). Variables: rest_c_rate,
+-- max_gap_s, default_capacity_ah.
 --
 -- The interval (previous reading, this reading] belongs to this reading; the first
--- reading of the day continues from the carried last reading, so charge counts and
--- rest periods run across midnight. A reading's current and voltage hold until the next
--- reading (sample and hold: a BMS reports the value it then keeps; Plett 2015 ch. 3 for
--- coulomb counting). Charge [uAh] and energy [mWh] are integers so that sums are exact
--- whatever the thread order.
+-- reading of the unit continues from the carried last reading, later ones from the
+-- reading before, so charge counts and rest periods run across midnight. A reading's
+-- current and voltage hold until the next reading (sample and hold: a BMS reports the
+-- value it then keeps; Plett 2015 ch. 3 for coulomb counting). Charge [uAh] and energy
+-- [mWh] are integers so that sums are exact whatever the thread order.
+--
+-- Every per-day figure is computed per (vin, day_n) (day_n = UTC day number), so a
+-- date gives the same results whether it is computed alone (from the carry) or inside
+-- a unit of several dates: the day's first reading has no `prev_seq` and takes its
+-- previous reading as the one two back (as when only the carry is known), counters and
+-- run ids restart every day. `grun` numbers the vehicle's runs across the whole unit
+-- (0 = the run that continues from before the unit) so a rest that spans midnight keeps
+-- its start.
 CREATE OR REPLACE TEMP TABLE readings AS
 WITH dedup AS (
     SELECT
-        vin, seq, epoch_ms(ts) AS ts_ms,
+        vin, seq, epoch_ms(ts) AS ts_ms, epoch_ms(ts) // 86400000 AS day_n,
         current_a::DOUBLE AS current_a, voltage_v::DOUBLE AS voltage_v,
         soc_pct::DOUBLE AS soc_pct, soh_pct::DOUBLE AS soh_pct, cycle_count, odometer_km,
         mode, n_cells, cell_min_idx, cell_max_idx,
@@ -31,15 +40,17 @@ lagged AS (
         reg.chemistry,
         reg.capacity_ah AS rated_capacity_ah,
         coalesce(reg.capacity_ah, getvariable('default_capacity_ah')) AS c_ah,
-        lag(seq) OVER w AS prev_seq,
+        row_number() OVER w AS rn,
+        lag(day_n) OVER w IS DISTINCT FROM day_n AS day_first,
+        lag(seq) OVER w AS lag_seq,
         lag(ts_ms, 1, c.last_ts_ms) OVER w AS prev_ts_ms,
         lag(current_a, 1, c.last_current_a) OVER w AS prev_current_a,
         lag(voltage_v, 1, c.last_voltage_v) OVER w AS prev_voltage_v,
         lag(soc_pct, 1, c.last_soc_pct) OVER w AS prev_soc_pct,
         lag(temp_c_max, 1, c.last_temp_c_max) OVER w AS prev_temp_c_max,
         lag(mode, 1, c.last_mode) OVER w AS prev_mode,
-        -- two readings back; for the day's second reading that is the carried one
-        lag(current_a, 2, c.last_current_a) OVER w AS prev2_current_a
+        lag(odometer_km, 1, c.last_odometer_km) OVER w AS prev_odometer_km,
+        lag(current_a, 2, c.last_current_a) OVER w AS lag2_current_a
     FROM dedup d
     LEFT JOIN registry reg USING (vin)
     LEFT JOIN carry c USING (vin)
@@ -47,11 +58,14 @@ lagged AS (
 ),
 intervals AS (
     SELECT
-        *,
+        * EXCLUDE (lag_seq, lag2_current_a),
+        CASE WHEN day_first THEN NULL ELSE lag_seq END AS prev_seq,
+        -- two readings back; for the day's first reading the carried one (the reading
+        -- before, as a date computed alone knows only that one)
+        CASE WHEN day_first THEN prev_current_a ELSE lag2_current_a END AS prev2_current_a,
         (ts_ms - prev_ts_ms) / 1000.0 AS dt_s,
         abs(current_a) <= getvariable('rest_c_rate') * c_ah AS at_rest,
         abs(prev_current_a) <= getvariable('rest_c_rate') * c_ah AS prev_at_rest,
-        abs(prev2_current_a) <= getvariable('rest_c_rate') * c_ah AS prev2_at_rest,
         prev_ts_ms IS NULL OR ts_ms <= prev_ts_ms
             OR (ts_ms - prev_ts_ms) > 1000 * getvariable('max_gap_s') AS gap
     FROM lagged
@@ -59,6 +73,7 @@ intervals AS (
 counted AS (
     SELECT
         *,
+        abs(prev2_current_a) <= getvariable('rest_c_rate') * c_ah AS prev2_at_rest,
         CASE WHEN gap THEN 0::BIGINT
              ELSE round(prev_current_a * dt_s * (1e6 / 3600))::BIGINT
         END AS dq_uah,
@@ -75,9 +90,11 @@ counted AS (
 )
 SELECT
     *,
-    sum(dq_uah) OVER w AS q_cum_uah,
-    sum(dt_ms) OVER w AS covered_cum_ms,
-    sum(bad_gap::INTEGER) OVER w AS bad_gaps_cum,
-    sum(new_run::INTEGER) OVER w AS run_id
+    sum(dq_uah) OVER d AS q_cum_uah,
+    sum(dt_ms) OVER d AS covered_cum_ms,
+    sum(bad_gap::INTEGER) OVER d AS bad_gaps_cum,
+    sum(new_run::INTEGER) OVER d AS run_id,
+    sum(new_run::INTEGER) OVER u AS grun
 FROM counted
-WINDOW w AS (PARTITION BY vin ORDER BY ts_ms, seq ROWS UNBOUNDED PRECEDING);
+WINDOW d AS (PARTITION BY vin, day_n ORDER BY ts_ms, seq ROWS UNBOUNDED PRECEDING),
+    u AS (PARTITION BY vin ORDER BY ts_ms, seq ROWS UNBOUNDED PRECEDING);

@@ -7,6 +7,7 @@
 CREATE OR REPLACE TEMP TABLE resistance_steps AS
 SELECT
     vin,
+    day_n,
     chemistry,
     c_ah,
     prev_seq,
@@ -28,4 +29,4 @@ WHERE coalesce(prev_at_rest, FALSE)
     AND abs(current_a - prev_current_a) >= getvariable('step_min_c_rate') * c_ah
     AND soc_pct BETWEEN getvariable('step_soc_min_pct') AND getvariable('step_soc_max_pct')
     AND temp_c_mean IS NOT NULL
-ORDER BY vin, ts_ms;
+ORDER BY day_n, vin, ts_ms;

@@ -4,6 +4,7 @@
 -- (busbars, contactors: not normalised), see bms._analytics.
 SELECT
     s.vin,
+    s.day_n,
     s.seq,
     (list_sum(post.cell_mv) - list_sum(pre.cell_mv))::BIGINT AS cells_delta_mv,
     len(post.cell_mv) AS n_cells
@@ -13,4 +14,4 @@ JOIN cell_rows post ON post.vin = s.vin AND post.seq = s.seq
 WHERE len(pre.cell_mv) = len(post.cell_mv)
     AND list_count(pre.cell_mv) = len(pre.cell_mv)
     AND list_count(post.cell_mv) = len(post.cell_mv)
-ORDER BY s.vin, s.seq;
+ORDER BY s.day_n, s.vin, s.seq;

@@ -1,4 +1,5 @@
--- vehicle_day: one row per vehicle and day (schema in docs/lake.md).
+-- vehicle_day: one row per vehicle and day (schema in docs/lake.md; day_n added here,
+-- bms._analytics splits a unit's rows by it).
 --
 -- Time-based figures add up the intervals (previous reading, this reading] that are not
 -- data gaps, in the state of this reading. Charge and energy come from the exact integer
@@ -8,23 +9,27 @@
 -- one at or below it; a deep discharge a reading below deep_discharge_soc_pct after
 -- one at or above it. `rest_periods` counts rests of at least rest_min_s that ended
 -- today (one still running continues tomorrow).
-WITH dup AS (SELECT vin, count(*) AS n_rows FROM tele GROUP BY vin),
+WITH dup AS (
+    SELECT vin, epoch_ms(ts) // 86400000 AS day_n, count(*) AS n_rows FROM tele GROUP BY ALL
+),
 rests AS (
-    SELECT vin, count(*) AS rest_periods
+    SELECT vin, day_n, count(*) AS rest_periods
     FROM rest_runs
     WHERE NOT open_at_day_end AND duration_s >= getvariable('rest_min_s')
-    GROUP BY vin
+    GROUP BY vin, day_n
 ),
 agg AS (
     SELECT
         vin,
+        day_n,
         any_value(chemistry) AS chemistry,
         any_value(rated_capacity_ah) AS rated_capacity_ah,
         count(*) AS n_readings,
         min(ts_ms) AS first_ts_ms,
         max(ts_ms) AS last_ts_ms,
-        arg_max(odometer_km, seq) AS odometer_km,
-        arg_min(odometer_km, seq) AS first_odometer_km,
+        arg_max(odometer_km, rn) AS odometer_km,
+        arg_min(odometer_km, rn) AS first_odometer_km,
+        arg_min(prev_odometer_km, rn) AS prev_odometer_km,
         sum(greatest(dq_uah, 0)) AS charged_uah,
         sum(greatest(-dq_uah, 0)) AS discharged_uah,
         sum(greatest(dq_uah, 0)) FILTER (WHERE mode = 'dc_charge') AS dc_charged_uah,
@@ -48,8 +53,8 @@ agg AS (
         min(current_a) AS min_current_a,
         min(soc_pct) AS soc_min_pct,
         max(soc_pct) AS soc_max_pct,
-        arg_max(soh_pct, seq) AS bms_soh_pct,
-        arg_max(cycle_count, seq) AS bms_cycle_count,
+        arg_max(soh_pct, rn) AS bms_soh_pct,
+        arg_max(cycle_count, rn) AS bms_cycle_count,
         count(*) FILTER (
             WHERE temp_c_max > getvariable('over_temp_c')
                 AND coalesce(prev_temp_c_max, -1e9) <= getvariable('over_temp_c')
@@ -65,10 +70,11 @@ agg AS (
         count(*) FILTER (WHERE at_rest AND coalesce(prev_at_rest, FALSE)) AS rest_readings,
         count(*) FILTER (WHERE quality <> 0) AS flagged_readings
     FROM readings
-    GROUP BY vin
+    GROUP BY vin, day_n
 )
 SELECT
     agg.vin,
+    agg.day_n,
     agg.chemistry,
     agg.n_readings,
     dup.n_rows - agg.n_readings AS duplicates_dropped,
@@ -77,7 +83,7 @@ SELECT
     make_timestamp(agg.last_ts_ms * 1000) AS last_ts,
     agg.covered_ms / 3.6e6 AS covered_hours,
     agg.gaps,
-    greatest(agg.odometer_km - coalesce(c.last_odometer_km, agg.first_odometer_km), 0)
+    greatest(agg.odometer_km - coalesce(agg.prev_odometer_km, agg.first_odometer_km), 0)
         AS distance_km,
     agg.odometer_km,
     agg.charged_uah / 1e6 AS ah_charged,
@@ -114,7 +120,6 @@ SELECT
     agg.bms_soh_pct,
     agg.bms_cycle_count
 FROM agg
-JOIN dup USING (vin)
-LEFT JOIN rests USING (vin)
-LEFT JOIN carry c USING (vin)
-ORDER BY agg.vin;
+JOIN dup USING (vin, day_n)
+LEFT JOIN rests USING (vin, day_n)
+ORDER BY agg.day_n, agg.vin;
