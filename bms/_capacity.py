@@ -22,8 +22,13 @@ from bms._ocv import ocv_v_from_soc_pct, soc_pct_from_ocv_v
 FloatArray = npt.NDArray[np.float64]
 
 #: Rest-voltage uncertainty per chemistry [mV]: measurement and incomplete relaxation for
-#: NMC (rough, a few mV); for LFP the charge/discharge OCV hysteresis of 17-30 mV
-#: (science.md section 1, SimSES Sony LFP model) dominates, half of it counted as sigma.
+#: NMC (rough, a few mV). For LFP the hysteresis branch is removed
+#: (``rest_soc_pct_from_cell_mv``: the direction of the current before the rest says
+#: which branch the OCV sits on), what remains is how far the true half gap is from the
+#: 10 mV assumed: the SimSES Sony LFP model's 17-30 mV gap and ACCURE's 5-25 mV
+#: (science.md section 1) put the half gap within about 10 +- 5 mV. With this sigma
+#: only the steep parts of the LFP curve pass ``max_soc_sigma_pct`` (below ~30 % SoC,
+#: 75-80 % and above ~95 %); the plateau (0.5-1.6 mV per %) never does.
 REST_VOLTAGE_SIGMA_MV: dict[str, float] = {"nmc": 3.0, "lfp": 10.0}
 
 #: Half the charge/discharge OCV gap [mV]: LFP 17-30 mV gap in the SimSES Sony LFP model,
@@ -33,6 +38,11 @@ OCV_HYSTERESIS_HALF_MV: dict[str, float] = {"nmc": 0.0, "lfp": 10.0}
 #: Capacity measured away from 25 degC differs; rough 0.3 % per K as a sigma term
 #: (rough: typical Li-ion capacity-temperature sensitivity near room temperature).
 CAPACITY_TEMP_SIGMA_PCT_PER_K = 0.3
+
+#: Self-discharge that the current sensor does not see, as a sigma term: 1-2 % per month
+#: for a healthy cell (Battery University BU-802b, science.md 3), i.e. ~0.05 %/day of
+#: capacity, counted as its own size. [% of capacity per day]
+SELF_DISCHARGE_SIGMA_PCT_PER_DAY = 0.05
 
 
 def _arr(x: npt.ArrayLike) -> FloatArray:
@@ -141,15 +151,18 @@ def capacity_rel_sigma(
 
     Notes
     -----
-    Independent terms added in quadrature (science.md 6.1, 6.4):
+    Independent terms added in quadrature (science.md 6.1, 6.4), each a charge error
+    over the charge of the window :math:`Q \Delta z`:
     :math:`(\sigma_Q/Q)^2 = (\sigma_{z1}^2 + \sigma_{z2}^2)/\Delta z^2
-    + (\sigma_I t / Q)^2 + (k_T |T - 25|)^2`.
+    + (\sigma_I t / (Q \Delta z))^2 + (s_{sd} t / \Delta z)^2 + (k_T |T - 25|)^2`
+    with :math:`s_{sd}` the unseen self-discharge (``SELF_DISCHARGE_SIGMA_PCT_PER_DAY``).
     """
-    dz = np.abs(_arr(soc_end_pct) - _arr(soc_start_pct))
-    soc_term = np.hypot(_arr(soc_sigma_start_pct), _arr(soc_sigma_end_pct)) / np.maximum(dz, 1e-9)
-    offset_term = _arr(offset_sigma_a) * _arr(duration_h) / _arr(capacity_ah)
+    dz = np.maximum(np.abs(_arr(soc_end_pct) - _arr(soc_start_pct)), 1e-9)
+    soc_term = np.hypot(_arr(soc_sigma_start_pct), _arr(soc_sigma_end_pct)) / dz
+    offset_term = _arr(offset_sigma_a) * _arr(duration_h) / (_arr(capacity_ah) * dz / 100.0)
+    leak_term = SELF_DISCHARGE_SIGMA_PCT_PER_DAY * _arr(duration_h) / 24.0 / dz
     temp_term = CAPACITY_TEMP_SIGMA_PCT_PER_K / 100.0 * np.abs(_arr(temp_c) - 25.0)
-    out: FloatArray = np.sqrt(soc_term**2 + offset_term**2 + temp_term**2)
+    out: FloatArray = np.sqrt(soc_term**2 + offset_term**2 + leak_term**2 + temp_term**2)
     return out
 
 

@@ -167,7 +167,9 @@ def fit_power_trend(
         u = r * np.sqrt(w)
         new_scale = math.sqrt((1.0 + float(np.sum(h * u * u))) / (1.0 + max(n - 2, 0)))
         new_h = np.minimum(1.0, huber_c * new_scale / np.maximum(np.abs(u), 1e-12))
-        done = np.allclose(new_h, h, atol=1e-6) and abs(new_scale - scale) < 1e-9
+        done = (
+            float(np.max(np.abs(new_h - h), initial=0.0)) <= 1e-6 and abs(new_scale - scale) < 1e-9
+        )
         h, scale = new_h, new_scale
         if done:
             break
@@ -195,7 +197,12 @@ def _solve(
     """Penalised weighted least squares; with a sign constraint on b, b = 0 if violated."""
     a_mat = (x.T * w) @ x + lam
     rhs = (x.T * w) @ y + lam @ mu
-    cov = np.linalg.pinv(a_mat)
+    det = a_mat[0, 0] * a_mat[1, 1] - a_mat[0, 1] * a_mat[1, 0]
+    if abs(det) > 1e-12 * max(abs(a_mat[0, 0] * a_mat[1, 1]), 1e-300):
+        # 2 x 2: the closed-form inverse (much cheaper than an SVD per iteration).
+        cov = np.array([[a_mat[1, 1], -a_mat[0, 1]], [-a_mat[1, 0], a_mat[0, 0]]]) / det
+    else:
+        cov = np.linalg.pinv(a_mat)
     theta = cov @ rhs
     if b_sign and theta[1] * b_sign < 0:
         # Constrained optimum on the boundary b = 0: refit a alone.

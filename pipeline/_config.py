@@ -106,7 +106,7 @@ class AlertsConfig:
 @dataclass(frozen=True)
 class AnalyticsConfig:
     rest_min_s: int = 3 * 3600  # rest needed before an OCV point is trusted [s]
-    min_soc_window_pct: float = 40.0  # capacity needs at least this SoC swing [%]
+    min_soc_window_pct: float = 10.0  # capacity needs at least this SoC swing [%]
     reference_temp_c: float = 25.0  # resistance normalised to this [degC]
     history_days: int = 730  # SoH fit window [days]
     rest_c_rate: float = 0.02  # |current| below this x capacity counts as rest [1/h]
@@ -123,7 +123,7 @@ class AnomalyConfig:
     training_days: int = 90  # rolling window of the isolation forest [days]
     min_training_days: int = 21  # no model before this much history [days]
     contamination: float = 0.01  # expected share of anomalous training rows (sklearn)
-    threshold_sigmas: float = 5.0  # flag threshold: median + this many robust sigmas
+    threshold_sigmas: float = 6.0  # flag threshold: median + this many robust sigmas
     random_state: int = 42
     n_estimators: int = 100  # isolation trees
     max_samples: int = 256  # rows per tree (Liu et al. 2008)

@@ -66,10 +66,11 @@ def vehicle_day_table(
         r_cell[v.weak_cell] *= 3.0
     cell_v = ocv[:, None] + cur[:, None] * r_cell[None, :]
     if v.chemistry == "lfp":
-        # OCV hysteresis: +-10 mV on the branch of the last current direction.
+        # OCV hysteresis: +-10 mV on the branch of the last current direction (before
+        # the day's first current, that of the plan's last segment: the day before).
         last = np.sign(cur)
         idx = np.maximum.accumulate(np.where(last != 0, np.arange(n), 0))
-        branch = np.where(last[idx] != 0, last[idx], -1.0)
+        branch = np.where(last[idx] != 0, last[idx], np.sign(_plan(v.chemistry)[-1][2]))
         cell_v += 0.010 * branch[:, None]
     if v.weak_cell >= 0:
         # A leaking cell: 2 mV lower per day of age, whatever the load.

@@ -1,0 +1,101 @@
+"""Accuracy of the analytics against the simulator's ground truth (issue 6).
+
+One fleet of 50 cars (NMC and LFP, hot and mild climate, commuters, taxis and occasional
+drivers, one in four with an injected fault) is simulated for two years with small
+packs (14 cells) and a coarse cadence, analysed once with ``bms.run_pending``, and the
+last date is scored by ``tests.bms.test_analytics_truth.score_fleet`` (the benchmark
+``benchmarks/accuracy.py`` runs the same scoring at full size).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.bms.test_analytics_truth import (
+    FleetScore,
+    accuracy_spec,
+    score_fleet,
+    simulate_and_analyse,
+)
+
+SPEC = accuracy_spec()
+
+
+@pytest.fixture(scope="session")
+def scored(tmp_path_factory: pytest.TempPathFactory) -> FleetScore:
+    data_dir = tmp_path_factory.mktemp("accuracy") / "data"
+    timing = simulate_and_analyse(SPEC, data_dir)
+    assert timing.dates == SPEC.days + 1  # the first local day starts the UTC day before
+    return score_fleet(data_dir, SPEC.fleet)
+
+
+def _explain(score: FleetScore) -> str:
+    return score.summary() + "\n" + score.table()
+
+
+@pytest.mark.slow
+def test_soh_mean_absolute_error_is_within_1_5_points(scored: FleetScore) -> None:
+    assert len(scored.vehicles) == SPEC.vehicles
+    assert {v.chemistry for v in scored.vehicles} == {"nmc", "lfp"}
+    assert {v.climate for v in scored.vehicles} == {"hot", "mild"}
+    assert scored.soh_mae_pct <= 1.5, _explain(scored)
+
+
+@pytest.mark.slow
+def test_true_soh_lies_in_the_90_percent_interval_for_85_percent_of_vehicles(
+    scored: FleetScore,
+) -> None:
+    assert scored.soh_coverage >= 0.85, _explain(scored)
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason="not met yet (issue 6): growth MAE ~13 points on a mean true growth of 7 %; "
+    "the day values are unbiased (median ratio to truth 0.99) but scatter ~20 % per day "
+    "(0.1 V pack-voltage resolution on the interconnect share) and the trend fit is "
+    "biased low",
+)
+def test_resistance_growth_is_within_10_percent_of_the_true_growth(scored: FleetScore) -> None:
+    assert scored.growth_rel_error <= 0.10, _explain(scored)
+
+
+@pytest.mark.slow
+def test_warranty_never_says_ok_for_a_vehicle_below_its_threshold(
+    scored: FleetScore,
+) -> None:
+    assert any(v.below_threshold for v in scored.vehicles), "the fleet must exercise it"
+    assert scored.below_threshold_ok == (), _explain(scored)
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason="not met (issue 6): ~72 % agree; 12 LFP cars never rest where the LFP curve "
+    "is steep enough for +-10 mV of hysteresis (below ~30 % or above ~96 % SoC, the "
+    "rest after a full charge excepted) and 2 NMC occasional drivers never rest 10 % "
+    "apart, so they have no capacity estimate and get insufficient_data",
+)
+def test_warranty_verdicts_agree_with_the_truth_for_95_percent_of_vehicles(
+    scored: FleetScore,
+) -> None:
+    assert scored.verdict_agreement >= 0.95, _explain(scored)
+
+
+def test_scoring_matches_metrics_and_truth_dates(tmp_path: Path) -> None:
+    """The scorer compares UTC date D of the metrics with local date D of the truth."""
+    from datetime import date
+
+    import sim
+
+    spec = accuracy_spec(vehicles=2, days=3, cadence_s=600, idle_cadence_s=900)
+    assert spec.timezone == "Asia/Kolkata"
+    timing = simulate_and_analyse(spec, tmp_path / "data")
+    assert timing.dates == 4
+    score = score_fleet(tmp_path / "data", spec.fleet)
+    assert score.day == date(2024, 1, 3) == spec.end
+    assert {v.vin for v in score.vehicles} == {
+        sim.make_vin(spec.fleet, spec.seed, i) for i in (0, 1)
+    }
