@@ -85,8 +85,10 @@ from bms._features import FEATURES_SCHEMA as ANOMALY_FEATURES_SCHEMA
 from bms._features import FeatureParams as AnomalyFeatureParams
 from bms._lake import (
     WrittenFile,
+    atomic_parquet_writer,
     atomic_write_bytes,
     fsync_dir,
+    fsync_path,
     read_telemetry,
     telemetry_dir,
     telemetry_files,
@@ -174,6 +176,7 @@ __all__ = [
     "WrittenFile",
     "analytics_status",
     "anomalies_path",
+    "atomic_parquet_writer",
     "atomic_write_bytes",
     "capacity_ah_from_soc_window",
     "capacity_rel_sigma",
@@ -189,6 +192,7 @@ __all__ = [
     "fit_vehicle_resistance",
     "fit_vehicle_soh",
     "fsync_dir",
+    "fsync_path",
     "load_anomaly_model",
     "load_warranty_policy",
     "metrics_path",

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -27,13 +28,18 @@ from bms._telemetry import TELEMETRY_SCHEMA
 DEFAULT_ZSTD_LEVEL = 3
 
 
-def fsync_dir(path: Path) -> None:
-    """fsync a directory so a rename inside it survives a power loss."""
+def fsync_path(path: Path) -> None:
+    """fsync a file or directory by path (a directory: so a rename in it survives a crash)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def fsync_dir(path: Path) -> None:
+    """fsync a directory so a rename inside it survives a power loss."""
+    fsync_path(path)
 
 
 def atomic_write_bytes(data: bytes, path: Path) -> Path:
@@ -52,6 +58,46 @@ def atomic_write_bytes(data: bytes, path: Path) -> Path:
     return path
 
 
+@contextmanager
+def atomic_parquet_writer(
+    path: Path,
+    schema: pa.Schema,
+    *,
+    zstd_level: int = DEFAULT_ZSTD_LEVEL,
+    sorting: list[str] | None = None,
+) -> Iterator[pq.ParquetWriter]:
+    """A zstd Parquet writer whose file appears at ``path`` only when complete and durable.
+
+    Writes to a hidden temporary in the same directory (leading dot, ``.tmp`` suffix, so
+    globs of ``*.parquet`` never match it); on normal exit closes, fsyncs, renames and
+    fsyncs the directory; on error removes the temporary. ``sorting`` records the
+    columns the rows are sorted by in the file's metadata.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
+    sorting_columns = None
+    if sorting:
+        sorting_columns = [pq.SortingColumn(schema.get_field_index(c)) for c in sorting]
+    writer = pq.ParquetWriter(
+        tmp,
+        schema,
+        compression="zstd",
+        compression_level=zstd_level,
+        write_statistics=True,
+        sorting_columns=sorting_columns,
+    )
+    try:
+        yield writer
+        writer.close()
+        fsync_path(tmp)
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    finally:
+        if writer.is_open:
+            writer.close()
+        tmp.unlink(missing_ok=True)
+
+
 def write_parquet_atomic(
     table: pa.Table,
     path: Path,
@@ -59,31 +105,9 @@ def write_parquet_atomic(
     zstd_level: int = DEFAULT_ZSTD_LEVEL,
     row_group_size: int | None = None,
 ) -> Path:
-    """Write ``table`` as zstd Parquet at ``path`` atomically.
-
-    The temporary file is hidden (leading dot, ``.tmp`` suffix) so globs of
-    ``*.parquet`` never match it; it is removed if the write fails.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
-    try:
-        pq.write_table(
-            table,
-            tmp,
-            compression="zstd",
-            compression_level=zstd_level,
-            row_group_size=row_group_size,
-            write_statistics=True,
-        )
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    fsync_dir(path.parent)
+    """Write ``table`` as zstd Parquet at ``path`` atomically (see ``atomic_parquet_writer``)."""
+    with atomic_parquet_writer(path, table.schema, zstd_level=zstd_level) as writer:
+        writer.write_table(table, row_group_size=row_group_size)
     return path
 
 

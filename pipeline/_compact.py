@@ -34,12 +34,9 @@ next range is merged while the current one is written).
 
 from __future__ import annotations
 
-import os
 import shutil
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -50,7 +47,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from bms import TELEMETRY_SCHEMA, SchemaError, fsync_dir, telemetry_dir, write_parquet_atomic
+from bms import (
+    TELEMETRY_SCHEMA,
+    SchemaError,
+    atomic_parquet_writer,
+    fsync_dir,
+    telemetry_dir,
+    write_parquet_atomic,
+)
 from pipeline._nightly_state import (
     DoneStore,
     digest,
@@ -118,44 +122,6 @@ def read_stats(state_dir: Path, compacted: Path) -> pa.Table | None:
 def is_compacted(path: Path) -> bool:
     """Whether a telemetry file is a compaction output."""
     return path.name.startswith(COMPACTED_PREFIX)
-
-
-@contextmanager
-def atomic_parquet_writer(
-    path: Path, schema: pa.Schema, *, zstd_level: int, sorting: list[str] | None = None
-) -> Iterator[pq.ParquetWriter]:
-    """A Parquet writer whose file appears at ``path`` only when complete and durable.
-
-    Writes to a hidden temporary in the same directory; on normal exit closes, fsyncs,
-    renames and fsyncs the directory; on error removes the temporary.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
-    sorting_columns = None
-    if sorting:
-        sorting_columns = [pq.SortingColumn(schema.get_field_index(c)) for c in sorting]
-    writer = pq.ParquetWriter(
-        tmp,
-        schema,
-        compression="zstd",
-        compression_level=zstd_level,
-        write_statistics=True,
-        sorting_columns=sorting_columns,
-    )
-    try:
-        yield writer
-        writer.close()
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
-    finally:
-        if writer.is_open:
-            writer.close()
-        tmp.unlink(missing_ok=True)
 
 
 class RowGroupWriter:

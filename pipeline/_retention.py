@@ -24,8 +24,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from bms import fsync_dir
-from pipeline._compact import atomic_parquet_writer
+from bms import atomic_parquet_writer, fsync_dir
 from pipeline._nightly_state import pause_point
 
 
