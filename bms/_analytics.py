@@ -121,10 +121,12 @@ class AnalyticsParams:
     policy_override: str = ""  # preset id or TOML path used for every vehicle if set
     threads: int = 0  # DuckDB threads; 0 = all cores
     unit_readings: int = 2_000_000  # a catch-up computes dates together up to this many
+    chunk_readings: int = 400_000  # the SQL pass takes vehicles in groups of about this many
 
     def run_hash(self) -> str:
         """Digest of the parameters that change results (and of the override policy
-        file, if any); ``threads`` and ``unit_readings`` only change speed and memory."""
+        file, if any); ``threads``, ``unit_readings`` and ``chunk_readings`` only change
+        speed and memory."""
         values = dataclasses.asdict(self)
         for name in _NOT_HASHED:
             values.pop(name)
@@ -135,7 +137,37 @@ class AnalyticsParams:
 
 
 #: Parameters that do not change results (left out of the run id).
-_NOT_HASHED = ("threads", "unit_readings")
+_NOT_HASHED = ("threads", "unit_readings", "chunk_readings")
+
+#: Row order of each table the SQL pass returns (every job orders by day, then vehicle),
+#: restored after the pass ran vehicle group by vehicle group.
+_PASS_ORDER: dict[str, list[str]] = {
+    "vehicle_day": ["day_n", "vin"],
+    "steps": ["day_n", "vin", "ts_ms", "seq"],
+    "cell_day": ["day_n", "vin", "cell"],
+    "step_cells": ["day_n", "vin", "seq"],
+    "rest_cells": ["day_n", "vin", "run_id"],
+    "rest_runs": ["day_n", "vin", "run_id"],
+    "day_carry": ["day_n", "vin"],
+}
+
+
+def _vin_groups(counts: list[tuple[str, int]], max_rows: int) -> list[tuple[str, str]]:
+    """Contiguous (first, last) VIN ranges of sorted ``(vin, rows)`` holding about
+    ``max_rows`` readings each (a vehicle is never split)."""
+    groups: list[tuple[str, str]] = []
+    first: str | None = None
+    rows = 0
+    for vin, n in counts:
+        if first is None:
+            first = vin
+        rows += n
+        if rows >= max_rows:
+            groups.append((first, vin))
+            first, rows = None, 0
+    if first is not None:
+        groups.append((first, counts[-1][0]))
+    return groups
 
 
 @dataclass(frozen=True)
@@ -941,29 +973,9 @@ class _FleetSession:
         """Compute one date (a unit of one)."""
         return self.run_days([day])[0]
 
-    def run_days(self, days: list[date]) -> list[dict[str, Any]]:
-        """Compute consecutive partition dates in one pass of the SQL jobs (a unit).
-
-        The SQL works per (vehicle, day) and starts from the carry before the first
-        date, so each date's outputs are those of computing it alone; the per-vehicle
-        steps in Python then run date by date.
-        """
-        lake_root, fleet, params = self.lake_root, self.fleet, self.params
-        files: dict[date, list[Path]] = {}
-        for day in days:
-            part = lake_root / "telemetry" / f"date={day.isoformat()}" / f"fleet={fleet}"
-            files[day] = sorted(part.glob("*.parquet"))
-            if not files[day]:
-                raise BmsError(f"no telemetry for {day.isoformat()} and fleet {fleet} in {part}")
-        carry = self._carry_before(days[0])
-        con = self.con
-        file_list = ", ".join(
-            "'" + str(p).replace("'", "''") + "'" for day in days for p in files[day]
-        )
-        con.execute(
-            "CREATE OR REPLACE TEMP VIEW tele AS SELECT * FROM "
-            f"read_parquet([{file_list}], hive_partitioning = false)"
-        )
+    def _sql_pass(self, carry: pa.Table) -> dict[str, pa.Table]:
+        """Run the SQL jobs over the ``tele`` view; the tables of ``_PASS_ORDER``."""
+        con, params = self.con, self.params
         con.register("registry", self.registry)
         con.register("carry", carry)
         try:
@@ -988,7 +1000,7 @@ class _FleetSession:
         finally:
             for name in ("steps", "carry", "registry"):
                 con.unregister(name)
-        tables = {
+        return {
             "vehicle_day": vehicle_day,
             "steps": steps,
             "cell_day": cell_day,
@@ -997,6 +1009,50 @@ class _FleetSession:
             "rest_runs": rest_runs,
             "day_carry": day_carry,
         }
+
+    def run_days(self, days: list[date]) -> list[dict[str, Any]]:
+        """Compute consecutive partition dates in one pass of the SQL jobs (a unit).
+
+        The SQL works per (vehicle, day) and starts from the carry before the first
+        date, so each date's outputs are those of computing it alone; the per-vehicle
+        steps in Python then run date by date.
+        """
+        lake_root, fleet, params = self.lake_root, self.fleet, self.params
+        files: dict[date, list[Path]] = {}
+        for day in days:
+            part = lake_root / "telemetry" / f"date={day.isoformat()}" / f"fleet={fleet}"
+            files[day] = sorted(part.glob("*.parquet"))
+            if not files[day]:
+                raise BmsError(f"no telemetry for {day.isoformat()} and fleet {fleet} in {part}")
+        carry = self._carry_before(days[0])
+        con = self.con
+        file_list = ", ".join(
+            "'" + str(p).replace("'", "''") + "'" for day in days for p in files[day]
+        )
+        source = f"read_parquet([{file_list}], hive_partitioning = false)"
+        counts = con.sql(f"SELECT vin, count(*) FROM {source} GROUP BY vin ORDER BY vin")
+        groups = _vin_groups(
+            [(str(v), int(n)) for v, n in counts.fetchall()], max(1, params.chunk_readings)
+        ) or [("", "\uffff")]
+        # Every SQL job works per vehicle, so the pass runs vehicle group by vehicle group
+        # (memory bounded by the group, not the fleet) and the outputs are concatenated and
+        # put back in the jobs' order: identical to one pass over everything.
+        parts: dict[str, list[pa.Table]] = {name: [] for name in _PASS_ORDER}
+        for first, last in groups:
+            lo, hi = first.replace("'", "''"), last.replace("'", "''")
+            con.execute(
+                f"CREATE OR REPLACE TEMP VIEW tele AS SELECT * FROM {source} "
+                f"WHERE vin BETWEEN '{lo}' AND '{hi}'"
+            )
+            for name, table in self._sql_pass(carry).items():
+                parts[name].append(table)
+        tables: dict[str, pa.Table] = {}
+        for name, order in _PASS_ORDER.items():
+            if len(parts[name]) == 1:
+                tables[name] = parts[name][0]
+            else:
+                combined = pa.concat_tables(parts[name])
+                tables[name] = combined.sort_by([(k, "ascending") for k in order])
         by_day = {name: _split_by_day(t) for name, t in tables.items()}
         out = []
         for day in days:
