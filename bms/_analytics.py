@@ -29,7 +29,7 @@ import math
 import os
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -715,8 +715,14 @@ def run_pending(
     fleet: str | None = None,
     params: AnalyticsParams | None = None,
     state_root: Path | None = None,
+    since: date | None = None,
+    until: date | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> list[AnalyticsSummary]:
     """Catch up: compute every date whose results are missing or stale, in order.
+
+    ``since`` / ``until`` limit the dates (inclusive; e.g. the nightly batch stops at its
+    run date); ``progress(done, total)`` is called after each unit of dates.
 
     Each fleet's dates run in one session (one DuckDB connection, the registry, the
     carried state and the estimate histories kept in memory between dates); outputs are
@@ -730,10 +736,22 @@ def run_pending(
     partitions = _partition_dates(lake_root)
     status = analytics_status(lake_root, fleet=fleet, params=params, state_root=state_root)
     out = []
-    for fl in sorted(partitions):
-        if fleet is not None and fl != fleet:
-            continue
-        days = sorted({s.day for s in status if s.fleet == fl and s.state != "current"})
+    todo = {
+        fl: sorted(
+            {
+                s.day
+                for s in status
+                if s.fleet == fl
+                and s.state != "current"
+                and (since is None or s.day >= since)
+                and (until is None or s.day <= until)
+            }
+        )
+        for fl in sorted(partitions)
+        if fleet is None or fl == fleet
+    }
+    total = sum(len(d) for d in todo.values())
+    for fl, days in todo.items():
         if not days:
             continue
         session = _FleetSession(lake_root, state, fl, params, partitions[fl])
@@ -744,6 +762,8 @@ def run_pending(
                 session.flush()
                 for day, res in zip(unit, results, strict=True):
                     out.append(_summary(day, (fl,), [res], started))
+                if progress is not None:
+                    progress(len(out), total)
         finally:
             session.close()
     return out

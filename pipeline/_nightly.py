@@ -256,11 +256,6 @@ def _stage_analytics(ctx: NightlyContext) -> StageResult:
     params = analytics_params(ctx.settings)
     # Dates retention moves to the archive tonight are not worth computing.
     oldest = ctx.run_date - timedelta(days=ctx.settings.retention.archive_after_days)
-    days = [
-        d
-        for d in bms.pending_dates(ctx.lake_dir, fleet=ctx.fleet, params=params)
-        if oldest <= d <= ctx.run_date
-    ]
     counts = {
         "dates": 0,
         "vehicles": 0,
@@ -271,8 +266,17 @@ def _stage_analytics(ctx: NightlyContext) -> StageResult:
     }
     outputs: list[str] = []
     verdicts: dict[str, int] = {}
-    for i, day in enumerate(days):
-        s = bms.run_analytics(ctx.lake_dir, day, fleet=ctx.fleet, params=params)
+    # One catch-up session computes consecutive dates together (same results as one by one).
+    summaries = bms.run_pending(
+        ctx.lake_dir,
+        fleet=ctx.fleet,
+        params=params,
+        since=oldest,
+        until=ctx.run_date,
+        progress=ctx.progress,
+    )
+    days = [s.day for s in summaries]
+    for s in summaries:
         counts["dates"] += 1
         counts["vehicles"] += s.vehicles
         counts["readings"] += s.readings
@@ -280,9 +284,8 @@ def _stage_analytics(ctx: NightlyContext) -> StageResult:
         counts["resistance_steps"] += s.resistance_steps
         counts["unknown_vins"] += len(s.unknown_vins)
         outputs += [ctx.rel(f) for f in s.files]
-        if day == ctx.run_date:
+        if s.day == ctx.run_date:
             verdicts = dict(s.verdicts)
-        ctx.progress(i + 1, len(days))
     if not days:
         return StageResult(UP_TO_DATE, counts, message="every date up to the run date is current")
     tally = ", ".join(f"{k} {v}" for k, v in sorted(verdicts.items())) or "none"
