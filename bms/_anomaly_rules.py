@@ -59,8 +59,9 @@ class RuleLimits:
     self_discharge_nmc_mv_per_day: float = 5.0  # relative to the pack median [mV/day]
     self_discharge_lfp_mv_per_day: float = 2.0  # [mV/day]
     self_discharge_min_z: float = 6.0  # and this far out of its pack [-]
-    deviation_trend_mv_per_day: float = 0.8  # slope of the rest deviation [mV/day]
-    deviation_min_mv: float = 10.0  # ... with the cell already this far off [mV]
+    deviation_trend_mv_per_day: float = 2.0  # slope of the rest deviation [mV/day]
+    deviation_min_mv: float = 15.0  # ... with the cell already this far off [mV]
+    min_window_days: int = 10  # trend rules need this many days of rest data [d]
     deviation_min_z: float = 4.0  # ... and this far out of its pack [-]
     spread_limit_mv: float = 100.0  # contract cell_spread limit at rest [mV]
     spread_warning_share: float = 0.4  # warn at this share of the limit [-]
@@ -68,7 +69,7 @@ class RuleLimits:
     resistance_rel_pct: float = 30.0  # cell resistance above the pack median [%]
     resistance_min_z: float = 5.0  # ... and this far out of its pack [-]
     temp_limit_c: float = 60.0  # contract over_temperature limit [degC]
-    temp_warning_margin_c: float = 8.0  # warn this far below the limit [degC]
+    temp_warning_margin_c: float = 5.0  # warn this far below the limit [degC]
     temp_critical_margin_c: float = 3.0  # critical this far below [degC]
     rest_rise_c_per_h: float = 2.0  # sensor rise relative to the pack at rest [degC/h]
     sensor_invalid_share: float = 0.05  # share of readings without a value [-]
@@ -143,7 +144,10 @@ def evaluate_rules(features: pa.Table, limits: RuleLimits) -> pa.Table:
             _i(features, "rest_dev_trend_cell") == sd_cell
         )
         add(
-            (sd <= -sd_lim) & (sd_z >= limits.self_discharge_min_z) & falling,
+            (sd <= -sd_lim)
+            & (sd_z >= limits.self_discharge_min_z)
+            & falling
+            & (_f(features, "window_days") >= limits.min_window_days),
             "self_discharge",
             sd,
             -sd_lim,
@@ -152,12 +156,16 @@ def evaluate_rules(features: pa.Table, limits: RuleLimits) -> pa.Table:
             critical=sd <= -3 * sd_lim,
         )
 
+        window = _f(features, "window_days")
         tr = _f(features, "rest_dev_trend_rel_mv_per_day")
         dev = _f(features, "rest_dev_rel_mv")
         tr_cell = _i(features, "rest_dev_trend_cell")
         dev_cell = _i(features, "rest_dev_cell")
+        # growing = moving away from the median (trend and deviation of the same sign)
         add(
             (np.abs(tr) >= limits.deviation_trend_mv_per_day)
+            & (tr * dev > 0)
+            & (window >= limits.min_window_days)
             & (_f(features, "rest_dev_trend_z") >= limits.deviation_min_z)
             & (np.abs(dev) >= limits.deviation_min_mv)
             & (tr_cell == dev_cell),

@@ -130,8 +130,8 @@ class AnomalyConfig:
     refit_days: int = 7  # refit at least this often [days]
     drift_days: int = 7  # drift measured over this many days [days]
     drift_factor: float = 4.0  # refit when rows above threshold exceed this x training share
-    persist_days: int = 4  # model flag needs this many days above threshold ... [days]
-    persist_window: int = 6  # ... within this many days [days]
+    persist_days: int = 6  # model flag needs this many days above threshold ... [days]
+    persist_window: int = 8  # ... within this many days [days]
     clear_days: int = 3  # a flag quiet this long is cleared [days]
     min_history_days: int = 7  # days of cell data before the model judges a vehicle [days]
     top_features: int = 3  # contributing features named per flag
