@@ -48,6 +48,7 @@ from bms._capacity import (
     rest_soc_pct_from_cell_mv,
     soc_sigma_pct_from_ocv,
 )
+from bms._duck import duckdb_connect
 from bms._errors import BmsError
 from bms._lake import telemetry_files
 from bms._ocv import CHEMISTRIES
@@ -821,12 +822,7 @@ def _summary(
 
 
 def _connect(params: AnalyticsParams) -> Any:
-    import duckdb
-
-    con = duckdb.connect(config={"preserve_insertion_order": False})
-    if params.threads > 0:
-        con.execute(f"SET threads = {int(params.threads)}")
-    con.execute("SET TimeZone = 'UTC'")
+    con = duckdb_connect(threads=params.threads)
     variables = {
         "rest_c_rate": params.rest_c_rate,
         "max_gap_s": params.max_gap_s,

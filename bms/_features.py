@@ -39,6 +39,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from bms._duck import duckdb_connect
+
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 
@@ -296,12 +298,7 @@ def _sql_paths(paths: Sequence[Path]) -> str:
 def _connect() -> Any:
     """DuckDB on one thread: parallel aggregation would add floating-point sums in a
     varying order, and a rerun must give byte-identical features."""
-    import duckdb
-
-    con = duckdb.connect(config={"preserve_insertion_order": True})
-    con.execute("SET threads = 1")
-    con.execute("SET TimeZone = 'UTC'")
-    return con
+    return duckdb_connect(threads=1, preserve_insertion_order=True)
 
 
 def cell_window(
