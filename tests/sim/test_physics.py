@@ -104,6 +104,30 @@ def test_soft_short_cell_drifts_below_its_neighbours_at_rest() -> None:
         assert faults[0]["limit_date"] > faults[0]["onset_date"]
 
 
+def test_fast_fading_cell_swings_wider_than_its_neighbours_and_sets_pack_capacity() -> None:
+    """A cell with less capacity moves further in SoC for the same charge: after its
+    fade it sits below its neighbours at the bottom of the day's discharge and above them
+    at the top of the charge, and as the weakest cell it sets the pack's true capacity."""
+    spec = sim.FleetSpec(vehicles=1, days=40, seed=2, chemistry="nmc", **SMALL)
+    fade = sim.FaultSpec("fast_fade", cell=7, sensor=-1, onset_day=5, ramp_days=10, severity=0.2)
+    _, days = _run(spec, {0: [fade]})
+
+    def swing_mv(out: sim.DayOutput) -> float:
+        dev = _cell_deviation_mv(out, 7)
+        low, high = (
+            out.soc_pct <= np.percentile(out.soc_pct, 5),
+            out.soc_pct >= np.percentile(out.soc_pct, 95),
+        )
+        return float(np.mean(dev[high]) - np.mean(dev[low]))
+
+    before = [swing_mv(d[0]) for d in days[:5]]
+    after = [swing_mv(d[0]) for d in days[-5:]]
+    assert max(abs(b) for b in before) < 5, before
+    assert np.median(after) > 15, after  # days with little SoC swing show less
+    assert days[-1][0].truth["weakest_cell"] == 7
+    assert days[-1][0].truth["soh_pct"] < days[4][0].truth["soh_pct"] - 10
+
+
 def test_resistance_growth_cell_sags_more_under_load() -> None:
     spec = sim.FleetSpec(vehicles=1, days=30, seed=3, chemistry="nmc", **SMALL)
     bad = sim.FaultSpec(
