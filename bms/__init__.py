@@ -93,6 +93,7 @@ from bms._lake import (
     telemetry_dir,
     telemetry_files,
     write_parquet_atomic,
+    write_secret_file,
     write_telemetry,
 )
 from bms._ocv import (
@@ -236,5 +237,6 @@ __all__ = [
     "warranty_presets",
     "warranty_verdict",
     "write_parquet_atomic",
+    "write_secret_file",
     "write_telemetry",
 ]

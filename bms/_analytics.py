@@ -50,7 +50,7 @@ from bms._capacity import (
 )
 from bms._duck import duckdb_connect
 from bms._errors import BmsError
-from bms._lake import telemetry_files
+from bms._lake import fsync_path, telemetry_files
 from bms._ocv import CHEMISTRIES
 from bms._resistance import resistance_mohm_from_step, resistance_temp_factor
 from bms._soh import (
@@ -1169,14 +1169,6 @@ def _split_by_day(table: pa.Table) -> dict[int, pa.Table]:
     return {int(day_n[lo]): table.slice(lo, hi - lo) for lo, hi in itertools.pairwise(bounds)}
 
 
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_durably(items: list[tuple[pa.Table | bytes, Path]]) -> None:
     """Write several files atomically: each into a hidden temporary file beside its
     target, all fsync'ed at once (parallel fsyncs share the file system's journal
@@ -1195,10 +1187,10 @@ def _write_durably(items: list[tuple[pa.Table | bytes, Path]]) -> None:
                     data, tmp, compression="zstd", compression_level=3, write_statistics=True
                 )
         with ThreadPoolExecutor(max_workers=min(16, len(tmps) or 1)) as pool:
-            list(pool.map(_fsync_path, [t for t, _ in tmps]))
+            list(pool.map(fsync_path, [t for t, _ in tmps]))
             for tmp, path in tmps:
                 os.replace(tmp, path)
-            list(pool.map(_fsync_path, sorted({p.parent for _, p in tmps})))
+            list(pool.map(fsync_path, sorted({p.parent for _, p in tmps})))
     finally:
         for tmp, _ in tmps:
             tmp.unlink(missing_ok=True)

@@ -58,6 +58,30 @@ def atomic_write_bytes(data: bytes, path: Path) -> Path:
     return path
 
 
+def write_secret_file(path: Path, data: bytes, mode: int, *, replace: bool) -> None:
+    """Write ``data`` to ``path`` with ``mode``; fail if it exists unless ``replace``.
+
+    The content is complete and on disk before the name appears (temporary file, fsync,
+    then ``link`` for create-only or ``replace`` for overwrite, then fsync of the folder).
+    """
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        try:
+            os.fchmod(fd, mode)
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_dir(path.parent)
+
+
 @contextmanager
 def atomic_parquet_writer(
     path: Path,

@@ -35,6 +35,7 @@ not stop new readings of the VIN from arriving: stop ingest of the vehicle first
 from __future__ import annotations
 
 import base64
+import contextlib
 import hmac
 import json
 import os
@@ -53,7 +54,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from bms import VIN_PATTERN, atomic_write_bytes, fsync_dir
+from bms import VIN_PATTERN, atomic_write_bytes, write_secret_file
 from pipeline._retention import rewrite_parquet
 
 _REMOVE = object()
@@ -75,13 +76,10 @@ def _hmac_key(state_dir: Path) -> bytes:
     path = state_dir / "erasure" / "hmac.key"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.write(fd, secrets.token_bytes(32))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        fsync_dir(path.parent)
+        # Complete and durable before its name appears: a crash never leaves an empty key.
+        # FileExistsError: another process created it first; use theirs.
+        with contextlib.suppress(FileExistsError):
+            write_secret_file(path, secrets.token_bytes(32), 0o600, replace=False)
     return path.read_bytes()
 
 

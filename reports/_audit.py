@@ -32,7 +32,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
-from bms import FLEET_PATTERN, fsync_dir
+from bms import FLEET_PATTERN, fsync_dir, write_secret_file
 from reports import _bundle as fmt
 from reports._dictionary import TableInfo, data_dictionary, methodology
 from reports._errors import ReportError
@@ -41,7 +41,6 @@ from reports._keys import (
     load_or_create_pseudonym_key,
     load_signing_key,
     public_key_fingerprint,
-    write_secret_file,
 )
 from reports._pseudonym import (
     PSEUDONYM_HEX_DIGITS,

@@ -18,10 +18,8 @@ when other users can read them, as OpenSSH does with private keys.
 from __future__ import annotations
 
 import hashlib
-import os
 import secrets
 import stat
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +27,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from bms import fsync_dir
+from bms import write_secret_file
 from reports._errors import ReportError
 
 SIGNING_KEY_NAME = "signing.key"
@@ -61,30 +59,6 @@ def public_key_fingerprint(key: Ed25519PublicKey) -> str:
     """``sha256:<hex>`` of the raw 32-byte Ed25519 public key (RFC 8032 encoding)."""
     raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return "sha256:" + hashlib.sha256(raw).hexdigest()
-
-
-def write_secret_file(path: Path, data: bytes, mode: int, *, replace: bool) -> None:
-    """Write ``data`` to ``path`` with ``mode``; fail if it exists unless ``replace``.
-
-    The content is complete and on disk before the name appears (temporary file, fsync,
-    then ``link`` for create-only or ``replace`` for overwrite, then fsync of the folder).
-    """
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        try:
-            os.fchmod(fd, mode)
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        if replace:
-            os.replace(tmp, path)
-        else:
-            os.link(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    fsync_dir(path.parent)
 
 
 def _make_key_dir(out_dir: Path) -> None:
