@@ -143,10 +143,15 @@ class ChartFlowable(Flowable):  # type: ignore[misc]
         draw_figure(self.fig, self.canv)
 
 
-def chart(fig: Figure, name: str, caption: str, heading: str | None = None) -> Flowable:
-    """A chart with its heading and caption, kept on one page."""
+def chart(fig: Figure | Flowable, name: str, caption: str, heading: str | None = None) -> Flowable:
+    """A chart with its heading and caption, kept on one page.
+
+    ``fig`` is a matplotlib figure, or a flowable that paints itself (and writes its
+    own ``% chart: NAME`` marker), such as ``reports._vcharts.VectorChart``.
+    """
     parts: list[Flowable] = [Paragraph(esc(heading), STYLES["h1"])] if heading else []
-    parts += [ChartFlowable(fig, name), Paragraph(esc(caption), STYLES["caption"]), Spacer(1, 6)]
+    body = fig if isinstance(fig, Flowable) else ChartFlowable(fig, name)
+    parts += [body, Paragraph(esc(caption), STYLES["caption"]), Spacer(1, 6)]
     return KeepTogether(parts)
 
 

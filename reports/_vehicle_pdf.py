@@ -12,7 +12,6 @@ from typing import Any
 import numpy as np
 from reportlab.platypus import Flowable, Paragraph, Spacer
 
-from reports._charts import cell_heatmap, charging, chart_style, exposure, soh_history
 from reports._inputs import Anomaly, VehicleData, VehicleRow
 from reports._layout import (
     STYLES,
@@ -27,6 +26,7 @@ from reports._layout import (
     generator_version,
     headline_table,
 )
+from reports._vcharts import cell_heatmap, charging, exposure, soh_history
 
 
 def _sum(v: VehicleData, key: str) -> float:
@@ -195,50 +195,49 @@ def vehicle_pdf(v: VehicleData) -> bytes:
         )
     )
     win = f"last {v.window_days} days"
-    with chart_style():
-        story.append(
-            chart(
-                soh_history(v, TEXT_WIDTH),
-                "soh_history",
-                "Grey: individual capacity estimates. Blue: the SoH fit of each day with its "
-                "90 % interval. Orange: projection to the end of warranty cover with its "
-                "interval. Red dashed: warranty minimum; dotted: end of cover.",
-                heading="State of health",
-            )
+    story.append(
+        chart(
+            soh_history(v, TEXT_WIDTH),
+            "soh_history",
+            "Grey: individual capacity estimates. Blue: the SoH fit of each day with its "
+            "90 % interval. Orange: projection to the end of warranty cover with its "
+            "interval. Red dashed: warranty minimum; dotted: end of cover.",
+            heading="State of health",
         )
-        story.append(
-            chart(
-                cell_heatmap(v, TEXT_WIDTH),
-                "cell_heatmap",
-                f"Each cell's voltage at rest minus the pack median, {win}. A cell drifting "
-                "blue (low) day after day discharges faster than its neighbours; grey: no "
-                "rest reading that day. Arrows mark cells with an anomaly flag.",
-                heading="Cell voltage balance",
-            )
+    )
+    story.append(
+        chart(
+            cell_heatmap(v, TEXT_WIDTH),
+            "cell_heatmap",
+            f"Each cell's voltage at rest minus the pack median, {win}. A cell drifting "
+            "blue (low) day after day discharges faster than its neighbours; grey: no "
+            "rest reading that day. Arrows mark cells with an anomaly flag.",
+            heading="Cell voltage balance",
         )
-        story.append(
-            chart(
-                exposure(v, TEXT_WIDTH),
-                "exposure",
-                f"Hours per band of the hottest sensor and of the state of charge, {win} "
-                f"(max temperature {fmt(_max(v, 'temp_c_max'), 1)} degC).",
-                heading="Temperature and state-of-charge exposure",
-            )
+    )
+    story.append(
+        chart(
+            exposure(v, TEXT_WIDTH),
+            "exposure",
+            f"Hours per band of the hottest sensor and of the state of charge, {win} "
+            f"(max temperature {fmt(_max(v, 'temp_c_max'), 1)} degC).",
+            heading="Temperature and state-of-charge exposure",
         )
-        charged = _sum(v, "ah_charged")
-        dc = _sum(v, "ah_charged_dc")
-        share = dc / charged if charged and math.isfinite(charged) and charged > 0 else math.nan
-        story.append(
-            chart(
-                charging(v, TEXT_WIDTH),
-                "charging",
-                f"Charge put in per day, {win}: {fmt(charged, 0)} Ah in total, DC fast "
-                f"{fmt(100 * share, 1)} %, {fmt(_sum(v, 'equivalent_full_cycles'), 1)} "
-                "equivalent full cycles, max charge C-rate "
-                f"{fmt(_max(v, 'max_charge_c_rate'), 2)}.",
-                heading="Charging behaviour",
-            )
+    )
+    charged = _sum(v, "ah_charged")
+    dc = _sum(v, "ah_charged_dc")
+    share = dc / charged if charged and math.isfinite(charged) and charged > 0 else math.nan
+    story.append(
+        chart(
+            charging(v, TEXT_WIDTH),
+            "charging",
+            f"Charge put in per day, {win}: {fmt(charged, 0)} Ah in total, DC fast "
+            f"{fmt(100 * share, 1)} %, {fmt(_sum(v, 'equivalent_full_cycles'), 1)} "
+            "equivalent full cycles, max charge C-rate "
+            f"{fmt(_max(v, 'max_charge_c_rate'), 2)}.",
+            heading="Charging behaviour",
         )
+    )
     story.append(Paragraph("Anomalies", STYLES["h1"]))
     if not v.anomalies:
         story.append(Paragraph("No anomaly flagged on this date.", STYLES["body"]))
