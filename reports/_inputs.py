@@ -658,22 +658,95 @@ def fleet_of(lake_root: Path, vin: str, day: date) -> str:
     )
 
 
-def _group(table: pa.Table | None) -> dict[str, list[dict[str, Any]]]:
-    out: dict[str, list[dict[str, Any]]] = {}
-    for r in _rows(table):
-        out.setdefault(r["vin"], []).append(r)
+def _float_column(column: pa.ChunkedArray) -> FloatArray:
+    """A column as float64, NaN where null or not a number (``_num`` on every value)."""
+    typ = column.type
+    if pa.types.is_integer(typ) or pa.types.is_floating(typ) or pa.types.is_decimal(typ):
+        filled = pc.fill_null(pc.cast(column, pa.float64()), math.nan)
+        return np.asarray(filled.to_numpy(), dtype=np.float64)
+    return np.full(len(column), math.nan)
+
+
+def _vin_groups(vins: pa.ChunkedArray) -> tuple[npt.NDArray[np.int64], dict[str, slice]]:
+    """Row order that groups equal VINs (stable), and each VIN's slice of that order.
+
+    Works on dictionary codes (integers), not strings: millions of cell rows sort fast.
+    """
+    encoded = pc.dictionary_encode(vins).combine_chunks()
+    codes = np.asarray(encoded.indices.to_numpy(zero_copy_only=False))
+    names = encoded.dictionary.to_pylist()
+    valid = np.asarray(pc.is_valid(encoded).to_numpy(zero_copy_only=False), dtype=bool)
+    codes = np.where(valid, codes, -1).astype(np.int64)
+    order = np.argsort(codes, kind="stable")
+    sorted_codes = codes[order]
+    bounds = np.flatnonzero(np.r_[True, sorted_codes[1:] != sorted_codes[:-1], True])
+    groups = {}
+    for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
+        code = int(sorted_codes[lo])
+        if code >= 0:
+            groups[str(names[code])] = slice(lo, hi)
+    return order, groups
+
+
+def _day_column(column: pa.ChunkedArray) -> npt.NDArray[np.datetime64]:
+    """Dates of a timestamp or date column (a zoned timestamp's local date, as
+    ``datetime.date()`` gives it); NaT where null or of another type."""
+    typ = column.type
+    if pa.types.is_timestamp(typ):
+        column = pc.cast(column, pa.date32())
+    elif not pa.types.is_date(typ):
+        return np.full(len(column), np.datetime64("NaT"), dtype="datetime64[D]")
+    return np.asarray(column.to_numpy(zero_copy_only=False), dtype="datetime64[D]")
+
+
+def _years_between(
+    later: npt.NDArray[np.datetime64] | np.datetime64,
+    earlier: npt.NDArray[np.datetime64] | np.datetime64,
+) -> FloatArray:
+    """Whole days from ``earlier`` to ``later`` in years [years]; NaN where either is NaT."""
+    delta = np.atleast_1d(np.asarray(later - earlier))
+    out: FloatArray = delta.astype(np.float64) / DAYS_PER_YEAR
+    out[np.isnat(delta)] = math.nan
     return out
 
 
-def _arr(rows: Sequence[dict[str, Any]], key: str) -> FloatArray:
-    return np.array([_num(r.get(key)) for r in rows], dtype=np.float64)
+@dataclass(frozen=True)
+class _ByVin:
+    """Rows of a table grouped by VIN, in date order within a VIN, as float columns
+    (and, if asked for, one column as dates)."""
+
+    groups: dict[str, slice]
+    columns: dict[str, FloatArray]
+    dates: npt.NDArray[np.datetime64]
+    day_columns: dict[str, npt.NDArray[np.datetime64]] = field(default_factory=dict)
+
+    def get(self, vin: str, key: str) -> FloatArray:
+        sl = self.groups.get(vin)
+        return self.columns[key][sl] if sl is not None else np.zeros(0)
+
+    def days(self, vin: str, key: str = "date") -> npt.NDArray[np.datetime64]:
+        column = self.dates if key == "date" else self.day_columns[key]
+        sl = self.groups.get(vin)
+        return column[sl] if sl is not None else column[:0]
 
 
-def _age_at(d: Any, in_service: Any) -> float:
-    if in_service is None or d is None:
-        return math.nan
-    day = d.date() if hasattr(d, "date") and callable(d.date) else d
-    return float((day - in_service).days) / DAYS_PER_YEAR
+def _by_vin(table: pa.Table | None, keys: Sequence[str], day_keys: Sequence[str] = ()) -> _ByVin:
+    """``table`` (with ``vin`` and ``date``) grouped per VIN, columns ``keys`` as floats,
+    ``day_keys`` as dates."""
+    if table is None or table.num_rows == 0:
+        no_days = np.zeros(0, "datetime64[D]")
+        return _ByVin({}, {k: np.zeros(0) for k in keys}, no_days, {k: no_days for k in day_keys})
+    # Date order first, then a stable grouping by VIN keeps it within each VIN.
+    table = table.take(pc.sort_indices(table["date"]))
+    order, groups = _vin_groups(table["vin"])
+    table = table.take(pa.array(order))
+    dates = np.asarray(table["date"].to_numpy(), dtype="datetime64[D]")
+    return _ByVin(
+        groups,
+        {k: _float_column(table[k]) for k in keys},
+        dates,
+        {k: _day_column(table[k]) for k in day_keys},
+    )
 
 
 def load_vehicles(
@@ -703,9 +776,19 @@ def load_vehicles(
     metrics = lake_root / "metrics"
     first_hist = day - timedelta(days=history_days)
     first_win = day - timedelta(days=window_days - 1)
-    soh_hist = _group(_read(metrics / "vehicle_soh", fleet, first_hist, day, _VEHICLE_SOH, want))
-    cap_hist = _group(_read(metrics / "capacity", fleet, first_hist, day, _CAPACITY, want))
-    usage = _group(_read(metrics / "vehicle_day", fleet, first_win, day, _VEHICLE_DAY, want))
+    soh_hist = _by_vin(
+        _read(metrics / "vehicle_soh", fleet, first_hist, day, _VEHICLE_SOH, want),
+        ("age_years", "soh_pct", "soh_low_pct", "soh_high_pct"),
+    )
+    cap_hist = _by_vin(
+        _read(metrics / "capacity", fleet, first_hist, day, _CAPACITY, want),
+        ("soh_pct",),
+        ("end_ts",),
+    )
+    usage_keys = [k for k in _VEHICLE_DAY if k != "vin"]
+    usage = _by_vin(
+        _read(metrics / "vehicle_day", fleet, first_win, day, _VEHICLE_DAY, want), usage_keys
+    )
     cells = _read(metrics / "cell_day", fleet, first_win, day, _CELL_DAY, want)
     rec_table = _read(metrics / "reconciliation", fleet, day, day, _RECONCILIATION, want)
     rec = {r["vin"]: r for r in _rows(rec_table)}
@@ -719,21 +802,16 @@ def load_vehicles(
         reg = registry.get(vin, {})
         soh = soh_day.get(vin, {})
         war = war_day.get(vin, {})
-        hist = sorted(soh_hist.get(vin, []), key=lambda r: r["date"])
-        use = sorted(usage.get(vin, []), key=lambda r: r["date"])
-        odo = next(
-            (float(r["odometer_km"]) for r in reversed(use) if r["odometer_km"] is not None),
-            _num(soh.get("odometer_km")),
-        )
+        odo_km = usage.get(vin, "odometer_km")
+        known = odo_km[np.isfinite(odo_km)]
+        odo = float(known[-1]) if known.size else _num(soh.get("odometer_km"))
         row = _vehicle_row(vin, reg, soh, war, odo, by_vin.get(vin, []), rec.get(vin))
         in_service = reg.get("in_service_date")
-        caps = cap_hist.get(vin, [])
-        est_age = np.array([_age_at(r["end_ts"], in_service) for r in caps], dtype=np.float64)
-        if in_service is None and caps:
+        if in_service is not None:
+            est_age = _years_between(cap_hist.days(vin, "end_ts"), np.datetime64(in_service, "D"))
+        else:
             # Without a registry date, place estimates by their date relative to today.
-            est_age = np.array(
-                [row.age_years - (day - r["date"]).days / DAYS_PER_YEAR for r in caps]
-            )
+            est_age = row.age_years - _years_between(np.datetime64(day, "D"), cap_hist.days(vin))
         cell_days, dev = cell_maps.get(vin, ((), np.zeros((0, 0))))
         try:
             evidence = json.loads(war.get("evidence") or "{}")
@@ -744,17 +822,17 @@ def load_vehicles(
                 day=day,
                 fleet=fleet,
                 row=row,
-                soh_age_years=_arr(hist, "age_years"),
-                soh_pct=_arr(hist, "soh_pct"),
-                soh_low_pct=_arr(hist, "soh_low_pct"),
-                soh_high_pct=_arr(hist, "soh_high_pct"),
+                soh_age_years=soh_hist.get(vin, "age_years"),
+                soh_pct=soh_hist.get(vin, "soh_pct"),
+                soh_low_pct=soh_hist.get(vin, "soh_low_pct"),
+                soh_high_pct=soh_hist.get(vin, "soh_high_pct"),
                 estimate_age_years=est_age,
-                estimate_soh_pct=_arr(caps, "soh_pct"),
+                estimate_soh_pct=cap_hist.get(vin, "soh_pct"),
                 soh_new_pct=_num(soh.get("soh_new_pct")),
                 fade_pct_per_year_pow=_num(soh.get("fade_pct_per_year_pow")),
                 fade_exponent=_num(soh.get("fade_exponent")),
-                usage_days=tuple(r["date"].isoformat() for r in use),
-                usage={k: _arr(use, k) for k in _VEHICLE_DAY if k != "vin"},
+                usage_days=tuple(np.datetime_as_string(usage.days(vin), unit="D").tolist()),
+                usage={k: usage.get(vin, k) for k in usage_keys},
                 cell_days=cell_days,
                 cell_rest_dev_mv=dev,
                 anomalies=tuple(by_vin.get(vin, [])),
@@ -773,17 +851,14 @@ def _cell_maps(
         return {}
     n_days = (last - first).days + 1
     days = tuple((first + timedelta(days=i)).isoformat() for i in range(n_days))
-    vin = np.asarray(cells["vin"].to_numpy(zero_copy_only=False)).astype(str)
-    cell = cells["cell"].to_numpy(zero_copy_only=False).astype(np.float64)
-    dev = cells["rest_dev_mv"].to_numpy(zero_copy_only=False).astype(np.float64)
+    cell = _float_column(cells["cell"])
+    dev = _float_column(cells["rest_dev_mv"])
     d = cells["date"].to_numpy(zero_copy_only=False).astype("datetime64[D]")
     col = (d - np.datetime64(first.isoformat())).astype(np.int64)
     out = {}
-    order = np.argsort(vin, kind="stable")
-    vin_sorted = vin[order]
-    bounds = np.flatnonzero(np.r_[True, vin_sorted[1:] != vin_sorted[:-1], True])
-    for i in range(bounds.size - 1):
-        sl = order[bounds[i] : bounds[i + 1]]
+    order, groups = _vin_groups(cells["vin"])
+    for vin, rows in groups.items():
+        sl = order[rows]
         ok = np.isfinite(cell[sl])
         sl = sl[ok]
         if sl.size == 0:
@@ -791,7 +866,7 @@ def _cell_maps(
         n_cells = int(cell[sl].max()) + 1
         m = np.full((n_cells, n_days), np.nan)
         m[cell[sl].astype(np.int64), col[sl]] = dev[sl]
-        out[str(vin_sorted[bounds[i]])] = (days, m)
+        out[vin] = (days, m)
     return out
 
 
