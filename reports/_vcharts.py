@@ -247,15 +247,20 @@ class _Axes:
         ]
         c._code.append(" ".join(parts) + " S")
         c.setFillColorRGB(*_rgb(INK))
-        c.setFont(FONT, TICK_FONT_PT)
         base = self.y0 - TICK_LEN_PT - TICK_PAD_PT - CAP * TICK_FONT_PT
         for x, label in zip(xs[in_x], np.asarray(xlabels, dtype=object)[in_x], strict=True):
-            c.drawCentredString(float(x), base, label)
+            text(c, float(x), base, label, TICK_FONT_PT, "centre")
         right = self.x0 - TICK_LEN_PT - TICK_PAD_PT
         for y, label in zip(ys[in_y], np.asarray(ylabels, dtype=object)[in_y], strict=True):
-            c.drawRightString(right, float(y) - CAP * TICK_FONT_PT / 2, label)
-        c.setFont(FONT, LABEL_FONT_PT)
-        c.drawCentredString(self.x0 + self.w / 2, self.y0 - 20 - CAP * LABEL_FONT_PT, xlabel)
+            text(c, right, float(y) - CAP * TICK_FONT_PT / 2, label, TICK_FONT_PT, "right")
+        text(
+            c,
+            self.x0 + self.w / 2,
+            self.y0 - 20 - CAP * LABEL_FONT_PT,
+            xlabel,
+            LABEL_FONT_PT,
+            "centre",
+        )
         vertical_text(c, self.x0 - ylabel_left_pt, self.y0 + self.h / 2, ylabel)
 
     def legend(
@@ -287,17 +292,43 @@ class _Axes:
             sample(c)
             c.restoreState()
             c.setFillColorRGB(*_rgb(INK))
-            c.setFont(FONT, LEGEND_FONT_PT)
-            c.drawString(x + 26, y + 1.5, label)
+            text(c, x + 26, y + 1.5, label, LEGEND_FONT_PT)
 
 
-def vertical_text(canv: Any, x: float, y: float, text: str) -> None:
-    """``text`` centred on (x, y), reading upwards, baseline at ``x`` (glyphs to its left)."""
-    canv.saveState()
-    canv.translate(x, y)
-    canv.rotate(90)
-    canv.drawCentredString(0, 0, text)
-    canv.restoreState()
+_PDF_STRING_ESCAPES = str.maketrans({"\\": "\\\\", "(": "\\(", ")": "\\)"})
+
+
+def text(
+    canv: Any,
+    x: float,
+    y: float,
+    s: str,
+    size_pt: float,
+    align: str = "left",
+    vertical: bool = False,
+) -> None:
+    """Helvetica text at (x, y) [pt] in the current fill colour, as raw PDF text operators.
+
+    ``align`` ``left``, ``centre`` or ``right`` of (x, y) along the baseline;
+    ``vertical`` reads upwards (baseline at ``x``, glyphs to its left). Cheaper than
+    ``canvas.drawString`` (reportlab's pure-Python text object escapes and re-measures
+    every string), which matters for the ~60 labels of every vehicle report.
+    """
+    if align != "left":
+        width = stringWidth(s, FONT, size_pt)
+        shift = width / 2 if align == "centre" else width
+    else:
+        shift = 0.0
+    font = canv._doc.getInternalFontName(FONT)
+    # Helvetica in reportlab is WinAnsi-encoded: chart text is ASCII; others degrade to "?".
+    body = s.encode("cp1252", "replace").decode("latin-1").translate(_PDF_STRING_ESCAPES)
+    matrix = f"0 1 -1 0 {x:.2f} {y:.2f}" if vertical else f"1 0 0 1 {x:.2f} {y:.2f}"
+    canv._code.append(f"BT {font} {size_pt:g} Tf {matrix} Tm {-shift:.2f} 0 Td ({body}) Tj ET")
+
+
+def vertical_text(canv: Any, x: float, y: float, s: str, size_pt: float = LABEL_FONT_PT) -> None:
+    """``s`` centred on (x, y), reading upwards, baseline at ``x`` (glyphs to its left)."""
+    text(canv, x, y, s, size_pt, "centre", vertical=True)
 
 
 def _polyline(xs: FloatArray, ys: FloatArray) -> str:
@@ -511,11 +542,14 @@ def cell_heatmap(v: VehicleData, width: float) -> VectorChart:
             ax = _Axes(c, _margins(width, height, 44, 34, 8, 20), (0.0, 1.0), (0.0, 1.0))
             ticks = np.linspace(0, 1, 6)
             ax.frame(ticks, tick_labels(ticks), ticks, tick_labels(ticks), xlabel, ylabel)
-            c.setFont(FONT, LABEL_FONT_PT)
-            c.drawCentredString(
+            c.setFillColorRGB(*_rgb(INK))
+            text(
+                c,
                 ax.x0 + ax.w / 2,
                 ax.y0 + ax.h / 2 - CAP * LABEL_FONT_PT / 2,
                 "no rest periods with cell data in the window",
+                LABEL_FONT_PT,
+                "centre",
             )
 
         return VectorChart(width, height, "cell_heatmap", paint_empty)
@@ -580,13 +614,11 @@ def cell_heatmap(v: VehicleData, width: float) -> VectorChart:
             + " S"
         )
         c.setFillColorRGB(*_rgb(INK))
-        c.setFont(FONT, TICK_FONT_PT)
         label_x = bx + bar_w + TICK_LEN_PT + TICK_PAD_PT
         widest = 0.0
         for y, label in zip(ys.tolist(), tick_labels(bt), strict=True):
-            c.drawString(label_x, y - CAP * TICK_FONT_PT / 2, label)
+            text(c, label_x, y - CAP * TICK_FONT_PT / 2, label, TICK_FONT_PT)
             widest = max(widest, stringWidth(label, FONT, TICK_FONT_PT))
-        c.setFont(FONT, LABEL_FONT_PT)
         vertical_text(
             c,
             label_x + widest + 4 + LABEL_FONT_PT,
