@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Protocol
 
-from ingest._processor import Processor
+from ingest._processor import Counters
 
 
-def start_metrics_server(port: int, processor: Processor) -> Any:
+class _HasCounters(Protocol):
+    lock: threading.Lock
+    counters: Counters
+
+
+def start_metrics_server(port: int, processor: _HasCounters) -> Any:
     """Serve ``/metrics`` on ``port``; returns the server (``.shutdown()`` stops it).
 
     Metrics (all prefixed ``fleetbms_ingest_``): ``messages_total``, ``readings_total``,

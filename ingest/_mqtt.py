@@ -1,13 +1,23 @@
 """The MQTT ingest worker: paho-mqtt 2.x, MQTT v5, persistent session, manual acks.
 
-Threads: paho's network loop (``loop_start``) decodes each message in ``on_message``
-(msgspec, microseconds) and appends it to the processor's columnar buffer; the calling
-thread is the flusher. It swaps the buffer out under a lock held for microseconds, writes
-it (Parquet, fsync) while the network thread keeps receiving into a fresh buffer, then
-publishes alerts and retained acks and acknowledges every message of the batch with
-``client.ack(mid, qos)``. Memory is bounded: when the fresh buffer reaches
-``2 * flush_rows`` readings while a flush is still running, ``on_message`` waits for it
-(TCP back-pressure), and the broker never has more than ``receive_maximum`` unacknowledged
+Two processes, so that decoding and writing never compete with the network loop for the
+GIL (paho's loop costs as much per message as decode + validation + buffering together).
+
+* This process: paho's network loop (``loop_start``) only appends each message's topic,
+  payload, receive time and ``(mid, qos, connection)`` token to an inbox (``on_message``,
+  a few microseconds); the calling thread is the flusher. It swaps the inbox out under a
+  lock, ships the raw payloads to the writer process and waits for its answer, then
+  publishes alerts and retained acks and acknowledges every message of the batch (many
+  PUBACKs per socket write, see ``_ack_all``).
+* The writer process (``ProcessorProcess``) decodes, validates, dedups, writes and fsyncs
+  the batch (``Processor``) and answers with the acks and alerts to publish. Nothing is
+  acknowledged before that answer. It ignores SIGINT/SIGTERM (this process flushes,
+  then closes it) and exits when this process dies.
+
+Memory is bounded: a flush starts at ``flush_rows`` messages, half of
+``receive_maximum`` or 16 MB of payload; when the inbox reaches ``2 * flush_rows``
+messages or 32 MB while a flush is still running, ``on_message`` waits for it (TCP
+back-pressure), and the broker never has more than ``receive_maximum`` unacknowledged
 messages in flight to us.
 
 Every mid is acknowledged at most once: each message remembers the connection it came on
@@ -20,9 +30,12 @@ meanwhile and one JSON log line says why.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import logging
 import signal
+import struct
 import threading
 import time
 from dataclasses import dataclass
@@ -33,7 +46,14 @@ from typing import Any
 from bms import encode_ack, topic_for
 from ingest._alerts import AlertEngine
 from ingest._errors import IngestError
-from ingest._processor import Batch, Counters, FlushResult, Processor
+from ingest._processor import (
+    Counters,
+    FlushReport,
+    ProcessorProcess,
+    RawBatch,
+    WriteFailedError,
+    WriterError,
+)
 
 log = logging.getLogger("fleetbms.ingest")
 
@@ -106,8 +126,120 @@ def log_event(event: str, **fields: Any) -> None:
     log.info(json.dumps({"event": event, "ts": round(time.time(), 3), **fields}))
 
 
+#: Bytes of payload that trigger a flush; twice this stops receiving until a flush ends.
+#: Decoding and writing a batch takes a few times its size in the writer process, so
+#: this bounds the memory of both processes whatever the backlog (~20k readings of 96
+#: cells per flush).
+_FLUSH_BYTES = 16 * 2**20
+#: PUBACKs written per socket packet when acknowledging a flushed batch.
+_ACKS_PER_PACKET = 16_384
+_PUBACK = 0x40  # MQTT control packet type 4, flags 0 (MQTT v5 spec 3.4)
+
+
+def _ack_all(client: Any, mids: list[int]) -> None:
+    """Acknowledge QoS 1 messages, many PUBACKs per socket write.
+
+    ``client.ack`` queues one 4-byte packet and wakes the network loop per message, which
+    costs the network thread about as much as receiving the message. A PUBACK with reason
+    "success" and no properties is ``0x40 0x02 mid`` (MQTT v5 spec 3.4.2.1 allows leaving
+    out the reason code), so a run of them is one byte string that paho's queue writes
+    like any packet. Falls back to ``client.ack`` if paho lacks the queue (other version).
+    """
+    queue = getattr(client, "_packet_queue", None)
+    if queue is None:
+        for mid in mids:
+            client.ack(mid, 1)
+        return
+    for i in range(0, len(mids), _ACKS_PER_PACKET):
+        chunk = mids[i : i + _ACKS_PER_PACKET]
+        blob = struct.pack(f"!{len(chunk)}I", *((_PUBACK << 24) | (2 << 16) | m for m in chunk))
+        queue(_PUBACK, blob, 0, 0)
+
+
+_READ_CHUNK = 256 * 1024  # [bytes] one recv() for many PUBLISH packets
+_PACKETS_PER_READ = 2_000  # packets handled per loop_read before writes get a turn
+
+
+@functools.cache
+def _client_class() -> type:
+    """paho ``Client`` reading the socket in large chunks.
+
+    paho reads every packet with three ``recv`` calls (type byte, length, body) after its
+    own ``select``; at thousands of messages per second those system calls and loop
+    turns cost about a fifth of the network thread. Here ``_sock_recv`` serves them from
+    one ``recv`` of up to 256 kB and ``loop_read`` handles every complete packet already
+    buffered (bounded, so acks and keepalives still get their turn). Both are paho 2.x
+    internals (``paho-mqtt<3`` is pinned); the buffer belongs to one socket and is
+    dropped when paho opens a new one.
+    """
+    import paho.mqtt.client as mqtt
+
+    class _Client(mqtt.Client):
+        _rbuf: bytes = b""
+        _rpos: int = 0
+        _rsock: object = None
+
+        def _sock_recv(self, bufsize: int) -> bytes:
+            if self._rsock is not self._sock:  # reconnected: bytes of the old socket are stale
+                self._rsock, self._rbuf, self._rpos = self._sock, b"", 0
+            if self._rpos >= len(self._rbuf):
+                data = super()._sock_recv(max(bufsize, _READ_CHUNK))
+                if len(data) <= bufsize:
+                    return data
+                self._rbuf, self._rpos = data, 0
+            start = self._rpos
+            self._rpos = min(start + bufsize, len(self._rbuf))
+            return self._rbuf[start : self._rpos]
+
+        def loop_read(self, max_packets: int = 1) -> Any:
+            rc = super().loop_read(max_packets)
+            n = 1
+            while (
+                rc == mqtt.MQTT_ERR_SUCCESS
+                and self._sock is not None
+                and self._rsock is self._sock
+                and self._rpos < len(self._rbuf)
+            ):
+                if n >= _PACKETS_PER_READ:
+                    # Packets are still buffered but select() only sees the socket:
+                    # wake the loop through paho's own wake-up pipe.
+                    wake = getattr(self, "_sockpairW", None)
+                    if wake is not None:
+                        with contextlib.suppress(BlockingIOError):
+                            wake.send(b"\0")
+                    break
+                rc = super().loop_read(max_packets)
+                n += 1
+            return rc
+
+    return _Client
+
+
+#: Messages (or payload bytes) the network thread collects before it ships them to the
+#: writer process in one pickle.
+_CHUNK_MSGS = 1_000
+_CHUNK_BYTES = 2**20
+
+
+class _Inbox:
+    """Messages received but not yet shipped to the writer, undecoded."""
+
+    __slots__ = ("nbytes", "payloads", "received_at_ms", "topics")
+
+    def __init__(self) -> None:
+        self.topics: list[str] = []
+        self.payloads: list[bytes] = []
+        self.received_at_ms: list[int] = []
+        self.nbytes = 0
+
+    def raw(self) -> RawBatch:
+        return RawBatch(self.topics, self.payloads, self.received_at_ms)
+
+
 class _Worker:
-    def __init__(self, options: IngestOptions, processor: Processor, stop: threading.Event) -> None:
+    def __init__(
+        self, options: IngestOptions, processor: ProcessorProcess, stop: threading.Event
+    ) -> None:
         import paho.mqtt.client as mqtt
         from paho.mqtt.enums import CallbackAPIVersion
         from paho.mqtt.packettypes import PacketTypes
@@ -116,16 +248,22 @@ class _Worker:
 
         self.options = options
         self.proc = processor
+        self.counters = processor.counters
         self.stop = stop
         self.gen = 0
-        self.ack_lock = threading.Lock()
+        # ``lock`` guards the inbox, the unflushed bookkeeping, gen and counters.messages;
+        # whoever ships messages takes ``proc.send_lock`` first, so they reach the writer
+        # in the order received and a flush covers exactly the tokens taken with it.
+        self.lock = threading.Lock()
+        self.inbox = _Inbox()
+        self.tokens: list[tuple[int, int, int]] = []  # unflushed: (mid, qos, connection)
+        self.unflushed_bytes = 0
+        self.unflushed_since = 0.0  # time.monotonic() of the oldest unflushed message
         self.wake = threading.Condition()
         self.space = threading.Condition()
-        self.fatal: BaseException | None = None
         self.last_activity = time.monotonic()
-        self.flushing = False
         self.connected_once = threading.Event()
-        client = mqtt.Client(
+        client = _client_class()(
             CallbackAPIVersion.VERSION2,
             client_id=options.client_id,
             protocol=mqtt.MQTTv5,
@@ -157,6 +295,9 @@ class _Worker:
         props.ReceiveMaximum = options.receive_maximum
         self.connect_props = props
         self.sub_options = SubscribeOptions(qos=1)
+        # At most receive_maximum messages are unacknowledged; flushing at half of it
+        # lets the next batch arrive while the previous one is being written.
+        self.flush_msgs = max(1, min(options.flush_rows, options.receive_maximum // 2))
         self.hard_cap = 2 * options.flush_rows
 
     # -- network thread ------------------------------------------------------------------
@@ -166,7 +307,7 @@ class _Worker:
         if reason_code.is_failure:
             log_event("connect_refused", reason=str(reason_code))
             return
-        with self.ack_lock:
+        with self.lock:
             self.gen += 1
         client.subscribe([(t, self.sub_options) for t in self.options.topics()])
         self.last_activity = time.monotonic()
@@ -197,60 +338,110 @@ class _Worker:
             log_event("disconnected", reason=str(reason_code), retry="with backoff")
 
     def on_message(self, client: Any, userdata: Any, msg: Any) -> None:
-        try:
-            rows, qbytes = self.proc.add(msg.topic, msg.payload, (msg.mid, msg.qos, self.gen))
-        except Exception as exc:  # a bug: stop the worker, keep the traceback
-            self.fatal = exc
-            self.stop.set()
+        # Only bookkeeping here: decoding happens in the writer process.
+        payload = msg.payload
+        now = time.monotonic()
+        with self.lock:
+            box = self.inbox
+            if not self.tokens:
+                self.unflushed_since = now
+            box.topics.append(msg.topic)
+            box.payloads.append(payload)
+            box.received_at_ms.append(int(time.time() * 1000))
+            box.nbytes += len(payload)
+            self.tokens.append((msg.mid, msg.qos, self.gen))
+            self.unflushed_bytes += len(payload)
+            self.counters.messages += 1
+            n, nbytes = len(self.tokens), self.unflushed_bytes
+            ship = len(box.payloads) >= _CHUNK_MSGS or box.nbytes >= _CHUNK_BYTES
+        self.last_activity = now
+        if ship:
+            self._ship()
+        if n >= self.flush_msgs or nbytes >= _FLUSH_BYTES:
             with self.wake:
                 self.wake.notify()
-            return
-        self.last_activity = time.monotonic()
-        if rows >= self.options.flush_rows or qbytes >= 64 * 2**20:
-            with self.wake:
-                self.wake.notify()
-            if rows >= self.hard_cap:
+            if n >= self.hard_cap or nbytes >= 2 * _FLUSH_BYTES:
                 with self.space:
-                    while self.proc.buffered_rows() >= self.hard_cap and not self.stop.is_set():
+                    while self._full() and not self.stop.is_set():
                         self.space.wait(0.5)
+
+    def _ship(self) -> None:
+        """Send the inbox to the writer (network thread; the flusher ships the rest)."""
+        try:
+            with self.proc.send_lock:
+                with self.lock:
+                    box, self.inbox = self.inbox, _Inbox()
+                if box.payloads:
+                    self.proc.send_chunk(box.raw())
+        except WriterError as exc:  # the flusher finds out too; stop receiving
+            log_event("writer_failed", error=str(exc))
+            self.stop.set()
+
+    def _full(self) -> bool:
+        with self.lock:
+            return len(self.tokens) >= self.hard_cap or self.unflushed_bytes >= 2 * _FLUSH_BYTES
+
+    def pending(self) -> tuple[int, int, float]:
+        """Messages and payload bytes received since the last flush, age of the oldest [s]."""
+        with self.lock:
+            n = len(self.tokens)
+            self.counters.buffer_rows = n
+            age = (time.monotonic() - self.unflushed_since) if n else 0.0
+            return n, self.unflushed_bytes, age
 
     # -- flusher (calling thread) --------------------------------------------------------
     def flush(self) -> bool:
         """Write, publish and acknowledge one batch; False if given up (stopping)."""
-        batch = self.proc.take()
+        with self.proc.send_lock:
+            with self.lock:
+                box, self.inbox = self.inbox, _Inbox()
+                tokens, self.tokens = self.tokens, []
+                self.unflushed_bytes = 0
+            if box.payloads:
+                self.proc.send_chunk(box.raw())
+            del box
+            if tokens:
+                self.proc.start_flush()
         with self.space:
             self.space.notify_all()
-        if batch is None:
+        if not tokens:
             return True
         delay = 0.5
-        while True:
+        try:
+            report = self.proc.finish_flush()
+        except WriteFailedError as exc:
+            err: WriteFailedError | None = exc
+        else:
+            err = None
+        while err is not None:
+            with self.proc.lock:
+                self.counters.flush_failures += 1
+            log_event(
+                "flush_failed",
+                error=err.error,
+                rows=err.rows,
+                action="not acknowledging; retrying",
+                retry_in_s=delay,
+            )
+            if self.stop.wait(delay):
+                log_event("shutdown_unflushed", messages=len(tokens))
+                return False
+            delay = min(delay * 2, 30.0)
             try:
-                result = self.proc.write(batch)
-                break
-            except OSError as exc:
-                self.proc.counters.flush_failures += 1
-                log_event(
-                    "flush_failed",
-                    error=f"{type(exc).__name__}: {exc}",
-                    rows=batch.rows,
-                    action="not acknowledging; retrying",
-                    retry_in_s=delay,
-                )
-                if self.stop.wait(delay):
-                    log_event("shutdown_unflushed", messages=len(batch.tokens))
-                    return False
-                delay = min(delay * 2, 30.0)
+                report = self.proc.retry()
+                err = None
+            except WriteFailedError as exc:
+                err = exc
         if delay > 0.5:
-            log_event("flush_recovered", rows=result.rows)
-        self._publish(result)
-        self._ack(batch, result)
+            log_event("flush_recovered", rows=report.rows)
+        self._publish(report)
+        self._ack(tokens)
         return True
 
-    def _publish(self, result: FlushResult) -> None:
-        worker = self.proc.worker
-        for e in result.events:
-            self.client.publish(topic_for(e.fleet, e.vin, "alert"), e.payload(worker), qos=1)
-        self._publish_acks(result.acks)
+    def _publish(self, report: FlushReport) -> None:
+        for topic, payload in report.alerts:
+            self.client.publish(topic, payload, qos=1)
+        self._publish_acks(report.acks)
 
     def _publish_acks(self, acks: dict[str, tuple[str, int]]) -> None:
         if not acks:
@@ -262,17 +453,18 @@ class _Worker:
             for vin, (fleet, seq) in acks.items()
         ]
 
-    def _ack(self, batch: Batch, result: FlushResult) -> None:
-        n = 0
-        with self.ack_lock:
+    def _ack(self, tokens: list[tuple[int, int, int]]) -> None:
+        with self.lock:
             gen = self.gen
+            # Messages of an earlier connection are not acknowledged: their mids belong
+            # to that connection; the broker redelivers them (then dropped as duplicates).
+            mids = [mid for mid, qos, g in tokens if g == gen and qos == 1]
             if self.client.is_connected():
-                for mid, qos, g in result.tokens:
-                    if g == gen and qos > 0:
-                        self.client.ack(mid, qos)
-                        n += 1
+                _ack_all(self.client, mids)
+            else:
+                mids = []
         with self.proc.lock:
-            self.proc.counters.acked += n
+            self.counters.acked += len(mids)
 
     def run(self) -> Counters:
         opts = self.options
@@ -283,14 +475,15 @@ class _Worker:
         self.client.loop_start()
         next_log = time.monotonic() + opts.log_interval_s
         next_peer_check = time.monotonic()
+        clean = False
         try:
             while not self.stop.is_set():
                 with self.wake:
                     self.wake.wait(min(0.05, opts.flush_age_s / 4))
-                rows, qbytes, msgs, age = self.proc.pending()
+                msgs, nbytes, age = self.pending()
                 if (
-                    rows >= opts.flush_rows
-                    or qbytes >= 64 * 2**20
+                    msgs >= self.flush_msgs
+                    or nbytes >= _FLUSH_BYTES
                     or (msgs and age >= opts.flush_age_s)
                 ):
                     self.flush()
@@ -300,7 +493,7 @@ class _Worker:
                     self._publish_acks(self.proc.refresh_group_acks())
                 if now >= next_log:
                     next_log = now + opts.log_interval_s
-                    log_event("counters", **self.proc.counters.snapshot())
+                    log_event("counters", **self._snapshot())
                 if (
                     opts.idle_exit_s > 0
                     and self.connected_once.is_set()
@@ -309,18 +502,23 @@ class _Worker:
                 ):
                     log_event("idle_exit", idle_s=opts.idle_exit_s)
                     self.stop.set()
-            if self.fatal is None:
-                self.flush()
-                for info in getattr(self, "last_acks", []):
-                    info.wait_for_publish(timeout=2.0)
+            self.flush()
+            for info in getattr(self, "last_acks", []):
+                info.wait_for_publish(timeout=2.0)
+            clean = True
         finally:
             self.client.disconnect()
             self.client.loop_stop()
-            self.proc.save_state()
-        if self.fatal is not None:
-            raise self.fatal
-        log_event("stopped", **self.proc.counters.snapshot())
-        return self.proc.counters
+            if clean:
+                self.proc.close()  # saves the state file
+            else:
+                self.proc.kill()
+        log_event("stopped", **self._snapshot())
+        return self.counters
+
+    def _snapshot(self) -> dict[str, Any]:
+        with self.proc.lock:
+            return self.counters.snapshot()
 
 
 def run_ingest(
@@ -360,7 +558,7 @@ def run_ingest(
     options.validate()
     stop = stop or threading.Event()
     worker_id = "".join(c if c.isalnum() or c in "-_" else "_" for c in options.client_id)
-    processor = Processor(
+    processor = ProcessorProcess(
         lake_dir=lake_dir,
         state_dir=state_dir,
         worker=worker_id,

@@ -3,16 +3,19 @@
 ``Processor.add`` decodes one message (``bms.decode_message``: validation with reason
 codes, batches reading by reading), drops ``(vin, seq)`` duplicates, sets
 ``CELL_COUNT_CHANGED`` and appends the readings to a columnar ``bms.ReadingBuffer``;
-rejections go to the quarantine list. It is called from the MQTT network thread; the
-flusher thread calls ``take`` (swap the buffers, a few microseconds under the lock) and
-``write`` (everything slow, outside the lock). ``write`` makes the batch durable in this
-order, each step done once even when a later step fails and the flush is retried:
+rejections go to the quarantine list. ``take`` swaps the buffers (a few microseconds
+under the lock, so ``add`` may run on another thread) and ``write`` does everything slow,
+outside the lock. ``write`` makes the batch durable in this order, each step done once
+even when a later step fails and the flush is retried:
 
 1. telemetry files (``bms.write_telemetry``), 2. alerts evaluated and written,
 3. quarantine file, 4. dirty-date markers, 5. seq ranges + watermarks committed and the
 state file written.
 
 Only then may the caller acknowledge the messages, publish the alerts and the acks.
+
+``ProcessorProcess`` runs a ``Processor`` in a child process for the MQTT worker: raw
+payloads go in, ``FlushReport`` (acks and alerts to publish) comes out once durable.
 """
 
 from __future__ import annotations
@@ -181,17 +184,29 @@ class Processor:
 
     # -- called by the receiving thread ------------------------------------------------
     def add(
-        self, topic: str, payload: bytes, token: Any = None, source: str = "mqtt"
+        self,
+        topic: str,
+        payload: bytes,
+        token: Any = None,
+        source: str = "mqtt",
+        received_at_ms: int | None = None,
     ) -> tuple[int, int]:
         """Decode one message and buffer its readings and rejections.
+
+        ``received_at_ms`` is when the message arrived (default: now); the MQTT worker
+        passes the time its network thread saw the message, decoding happens later.
 
         Returns
         -------
         rows, quarantine_bytes : int
             Readings and quarantined bytes now buffered (to decide on a flush).
         """
-        t = time.time()
-        recv_ms = int(t * 1000)
+        if received_at_ms is None:
+            t = time.time()
+            recv_ms = int(t * 1000)
+        else:
+            t = received_at_ms / 1000.0
+            recv_ms = received_at_ms
         if t - self._now_t > 1.0:  # the future check allows 24 h: a 1 s old "now" is exact enough
             self._now_t, self._now = t, datetime.fromtimestamp(t, UTC)
         decoded = decode_message(
@@ -399,3 +414,316 @@ class Processor:
 
 #: Largest number of readings one message can add (a full batch); used to bound memory.
 MAX_READINGS_PER_MESSAGE = MAX_BATCH_READINGS
+
+
+@dataclass(frozen=True)
+class RawBatch:
+    """Undecoded messages as the MQTT network thread received them (sent to the writer)."""
+
+    topics: list[str]
+    payloads: list[bytes]
+    received_at_ms: list[int]
+
+
+@dataclass(frozen=True)
+class FlushReport:
+    """A successful flush in the writer process, reduced to what the MQTT side needs."""
+
+    acks: dict[str, tuple[str, int]]  # vin -> (fleet, durable_seq) that advanced
+    alerts: list[tuple[str, bytes]]  # (topic, payload) to publish
+    rows: int  # readings written
+
+
+class WriterError(RuntimeError):
+    """The writer process failed (a bug or it died); nothing more is acknowledged."""
+
+
+class WriteFailedError(Exception):
+    """A flush in the writer process failed with ``OSError``; ``retry()`` it later."""
+
+    def __init__(self, error: str, rows: int) -> None:
+        super().__init__(error)
+        self.error = error
+        self.rows = rows
+
+
+def _writer_entry(fd: int, parent_pid: int) -> None:
+    """Entry point of the writer process (see ``ProcessorProcess``)."""
+    from multiprocessing.connection import Connection
+
+    conn = Connection(fd)
+    try:
+        cmd, kwargs = conn.recv()
+    except (EOFError, OSError):
+        return
+    assert cmd == "init"
+    _writer_main(conn, kwargs, parent_pid)
+
+
+def _writer_main(conn: Any, kwargs: dict[str, Any], parent_pid: int) -> None:
+    """Body of the writer process: a ``Processor`` driven by commands over ``conn``.
+
+    This thread receives: ``chunk`` (raw messages: decoded into the current batch at
+    once), ``flush`` (swap the batch out and queue it for writing), ``retry``,
+    ``group_acks``, ``close``. A second thread writes the queued batches in order and
+    sends the answers, so chunks keep being decoded while a batch is written.
+    """
+    import os
+    import queue
+    import signal
+    import traceback
+
+    from bms import topic_for
+    from ingest._errors import IngestError
+
+    # The parent decides when to stop (it flushes first); Ctrl-C reaches the whole
+    # process group, so the writer ignores it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # Arrow's default mimalloc pool keeps ~60 MB of freed pages after each batch is
+    # written (measured on 32k readings of 96 cells); malloc hands them back.
+    pa.set_memory_pool(pa.system_memory_pool())
+    send_lock = threading.Lock()
+
+    def send(msg: tuple[str, Any]) -> None:
+        with send_lock:
+            conn.send(msg)
+
+    try:
+        proc = Processor(**kwargs)
+    except IngestError as exc:
+        send(("init_error", str(exc)))
+        return
+    send(("ready", None))
+    jobs: queue.Queue[tuple[str, Batch | None]] = queue.Queue()
+
+    def write(batch: Batch) -> tuple[str, Any]:
+        try:
+            result = proc.write(batch)
+        except OSError as exc:
+            return "failed", (f"{type(exc).__name__}: {exc}", batch.rows, proc.counters)
+        alerts = [
+            (topic_for(e.fleet, e.vin, "alert"), e.payload(proc.worker)) for e in result.events
+        ]
+        return "flushed", (FlushReport(result.acks, alerts, result.rows), proc.counters)
+
+    def writer() -> None:
+        held: Batch | None = None
+        while True:
+            cmd, batch = jobs.get()
+            try:
+                if cmd == "flush":
+                    held = batch
+                    reply = ("flushed", (FlushReport({}, [], 0), proc.counters))
+                elif cmd == "retry":
+                    reply = ("flushed", (FlushReport({}, [], 0), proc.counters))
+                elif cmd == "group_acks":
+                    send(("acks", proc.refresh_group_acks()))
+                    continue
+                else:  # close
+                    proc.save_state()
+                    send(("closed", proc.counters))
+                    return
+                if held is not None:
+                    reply = write(held)
+                    if reply[0] == "flushed":
+                        held = None
+            except Exception:
+                send(("error", traceback.format_exc()))
+                return
+            send(reply)
+
+    thread = threading.Thread(target=writer, name="fleetbms-ingest-write", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        try:
+            cmd, arg = conn.recv()
+        except (EOFError, OSError):
+            return  # the parent is gone: stop, acknowledging nothing
+        if os.getppid() != parent_pid:
+            return
+        try:
+            if cmd == "chunk":
+                raw: RawBatch = arg
+                for topic, payload, recv_ms in zip(
+                    raw.topics, raw.payloads, raw.received_at_ms, strict=True
+                ):
+                    proc.add(topic, payload, True, received_at_ms=recv_ms)
+            elif cmd == "flush":
+                jobs.put(("flush", proc.take()))
+            elif cmd in ("retry", "group_acks"):
+                jobs.put((cmd, None))
+            elif cmd == "close":
+                jobs.put(("close", None))
+                thread.join()
+                return
+            else:
+                raise ValueError(f"unknown writer command {cmd!r}")
+        except Exception:
+            send(("error", traceback.format_exc()))
+            return
+        del arg
+
+
+class ProcessorProcess:
+    """A ``Processor`` in a child process, so decoding and writing do not share the GIL
+    with the MQTT network thread.
+
+    The network side streams raw messages in chunks (``send_chunk``, no answer), then
+    asks for a flush (``start_flush``) and collects its result (``finish_flush``); the
+    writer decodes every chunk as it arrives, and writes and fsyncs the batch of all
+    chunks sent before the flush while it keeps decoding the next ones. Senders hold
+    ``send_lock``. The writer ignores SIGINT/SIGTERM (the parent flushes and then closes
+    it) and exits on its own when the parent dies, so nothing is acknowledged after a
+    crash.
+
+    Parameters
+    ----------
+    **kwargs
+        ``Processor`` arguments (they are pickled: the alert engine must be picklable).
+
+    Raises
+    ------
+    IngestError
+        The state file cannot be read (raised by the writer on start).
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        import os
+        import socket
+        import subprocess
+        import sys
+        from multiprocessing.connection import Connection
+
+        from ingest._errors import IngestError
+
+        # A plain child interpreter (not multiprocessing's spawn: no resource-tracker
+        # process, no re-import of the caller's __main__; not fork: the caller may run
+        # threads already) speaking multiprocessing's framed pickles over a socketpair.
+        ours, theirs = socket.socketpair()
+        code = (
+            f"import sys; sys.path[:0] = {sys.path!r}; "
+            f"from ingest._processor import _writer_entry; "
+            f"_writer_entry({theirs.fileno()}, {os.getpid()})"
+        )
+        self._proc = subprocess.Popen(
+            [sys.executable, "-c", code],
+            pass_fds=(theirs.fileno(),),
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # Ctrl-C goes to this process only: it flushes first
+        )
+        theirs.close()
+        self._conn = Connection(ours.detach())
+        self.lock = threading.Lock()  # guards counters
+        self.send_lock = threading.Lock()  # one sender at a time, commands in order
+        self.counters = Counters()
+        self._send(("init", kwargs))
+        kind, arg = self._recv()
+        if kind == "init_error":
+            self._join(10)
+            raise IngestError(arg)
+
+    def _join(self, timeout_s: float) -> None:
+        import subprocess
+
+        try:
+            self._proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+
+    @property
+    def pid(self) -> int:
+        """Process id of the writer."""
+        return self._proc.pid
+
+    def _send(self, msg: tuple[str, Any]) -> None:
+        try:
+            self._conn.send(msg)
+        except OSError:
+            self._join(5)
+            raise WriterError(
+                f"ingest writer process died (exit code {self._proc.returncode})"
+            ) from None
+
+    def _recv(self) -> tuple[str, Any]:
+        try:
+            kind, arg = self._conn.recv()
+        except (EOFError, OSError):
+            self._join(5)
+            raise WriterError(
+                f"ingest writer process died (exit code {self._proc.returncode})"
+            ) from None
+        if kind == "error":
+            self._join(5)
+            raise WriterError(f"ingest writer process failed:\n{arg}")
+        return kind, arg
+
+    def _merge(self, child: Counters) -> None:
+        # messages, acked and flush_failures are counted on the MQTT side
+        with self.lock:
+            c = self.counters
+            c.readings, c.written, c.duplicates = child.readings, child.written, child.duplicates
+            c.quarantined, c.alerts = dict(child.quarantined), dict(child.alerts)
+            c.flushes, c.lag_s = child.flushes, child.lag_s
+
+    def send_chunk(self, raw: RawBatch) -> None:
+        """Hand messages to the writer (hold ``send_lock``); they join the next flush."""
+        self._send(("chunk", raw))
+
+    def start_flush(self) -> None:
+        """Ask for a flush of every chunk sent so far (hold ``send_lock``)."""
+        self._send(("flush", None))
+
+    def finish_flush(self) -> FlushReport:
+        """Wait for the flush started last; its acks may then be published.
+
+        Raises
+        ------
+        WriteFailedError
+            Disk full or lake not writable: nothing of the batch may be acknowledged;
+            call ``retry`` later (the writer keeps the batch).
+        WriterError
+            The writer process failed or died.
+        """
+        kind, arg = self._recv()
+        if kind == "failed":
+            error, rows, counters = arg
+            self._merge(counters)
+            raise WriteFailedError(error, rows)
+        report: FlushReport = arg[0]
+        self._merge(arg[1])
+        return report
+
+    def retry(self) -> FlushReport:
+        """Write the batch of the last failed flush again (same errors as ``finish_flush``)."""
+        with self.send_lock:
+            self._send(("retry", None))
+        return self.finish_flush()
+
+    def refresh_group_acks(self) -> dict[str, tuple[str, int]]:
+        """``Processor.refresh_group_acks`` in the writer (not while a flush is pending)."""
+        with self.send_lock:
+            self._send(("group_acks", None))
+        kind, acks = self._recv()
+        assert kind == "acks"
+        return acks  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        """Save the state file and stop the writer (after the last flush)."""
+        if self._proc.poll() is None:
+            try:
+                with self.send_lock:
+                    self._send(("close", None))
+                _, counters = self._recv()
+                self._merge(counters)
+            finally:
+                self._join(30)
+        self._conn.close()
+
+    def kill(self) -> None:
+        """Stop the writer without saving anything (the parent is failing)."""
+        if self._proc.poll() is None:
+            self._proc.kill()
+        self._proc.wait()
+        self._conn.close()
