@@ -40,6 +40,11 @@ def _render_batch(batch: list[VehicleData], reports_dir: Path) -> list[Path]:
     return [_render_one(d, reports_dir) for d in batch]
 
 
+def _warm_up() -> None:
+    """Import the PDF builder (reportlab, matplotlib: ~1 s) in a pool worker."""
+    import reports._vehicle_pdf  # noqa: F401
+
+
 def render_vehicle_reports(
     lake_root: Path,
     reports_dir: Path,
@@ -79,15 +84,19 @@ def render_vehicle_reports(
     """
     if not vins:
         return []
-    data = load_vehicles(lake_root, day, fleet, vins, window_days=window_days)
-    if workers <= 1 or len(data) < MIN_VEHICLES_FOR_POOL:
+    if workers <= 1 or len(set(vins)) < MIN_VEHICLES_FOR_POOL:
+        data = load_vehicles(lake_root, day, fleet, vins, window_days=window_days)
         return _render_batch(data, reports_dir)
-    # Chunks of a few vehicles keep the pickling overhead low and the cores busy.
-    n_chunks = min(len(data), workers * 8)
-    chunks = [data[i::n_chunks] for i in range(n_chunks)]
     # forkserver: no fork of a process that may hold DuckDB or BLAS threads.
     ctx = multiprocessing.get_context("forkserver")
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        # The workers start and import the PDF builder while this process reads the lake.
+        for _ in range(workers):
+            pool.submit(_warm_up)
+        data = load_vehicles(lake_root, day, fleet, vins, window_days=window_days)
+        # Chunks of a few vehicles keep the pickling overhead low and the cores busy.
+        n_chunks = min(len(data), workers * 8)
+        chunks = [data[i::n_chunks] for i in range(n_chunks)]
         done = list(pool.map(_render_batch, chunks, [reports_dir] * len(chunks)))
     return sorted((p for batch in done for p in batch), key=lambda p: p.name)
 
