@@ -85,28 +85,36 @@ def year_of_history(state: Path, fleet: str, vins: list[str]) -> None:
     """Pretend 365 days have passed: one capacity and one resistance estimate per
     vehicle and day in the history the trend fit reads."""
     rng = np.random.default_rng(0)
-    for kind, col, sig in (
-        ("capacity", "soh_pct", "sigma_pct"),
-        ("resistance", "r_mohm", "sigma_mohm"),
-    ):
+    for kind in ("capacity", "resistance"):
         path = state / "history" / f"fleet={fleet}" / f"{kind}.parquet"
         old = pq.read_table(path)
         days = [DAY - timedelta(days=k) for k in range(366, 1, -1)]
         n = len(vins) * len(days)
-        base = 95.0 if kind == "capacity" else 80.0
-        extra = pa.table(
-            {
-                "vin": pa.array(np.repeat(vins, len(days)), pa.string()),
-                "date": pa.array(days * len(vins), pa.date32()),
-                "t_ms": pa.array(
-                    [int((d - date(1970, 1, 1)).days * 86_400_000 + 43_200_000) for d in days]
-                    * len(vins),
-                    pa.int64(),
-                ),
-                col: pa.array(base + rng.standard_normal(n)),
-                sig: pa.array(np.full(n, 1.0)),
+        if kind == "capacity":
+            values = {"soh_pct": 95.0 + rng.standard_normal(n), "sigma_pct": np.full(n, 1.0)}
+        else:
+            # The pack and its two shares: cells (precise) and interconnects (coarse).
+            cells = 70.0 + 0.7 * rng.standard_normal(n)
+            inter = 10.0 + 3.0 * rng.standard_normal(n)
+            values = {
+                "r_mohm": cells + inter,
+                "sigma_mohm": np.full(n, 3.0),
+                "r_cells_mohm": cells,
+                "sigma_cells_mohm": np.full(n, 0.7),
+                "r_inter_mohm": inter,
+                "sigma_inter_mohm": np.full(n, 3.0),
             }
-        ).cast(old.schema)
+        columns = {
+            "vin": pa.array(np.repeat(vins, len(days)), pa.string()),
+            "date": pa.array(days * len(vins), pa.date32()),
+            "t_ms": pa.array(
+                [int((d - date(1970, 1, 1)).days * 86_400_000 + 43_200_000) for d in days]
+                * len(vins),
+                pa.int64(),
+            ),
+            **{k: pa.array(v) for k, v in values.items()},
+        }
+        extra = pa.table({f.name: columns[f.name] for f in old.schema}).cast(old.schema)
         table = pa.concat_tables([extra, old]).sort_by(
             [("vin", "ascending"), ("date", "ascending")]
         )

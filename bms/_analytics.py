@@ -69,7 +69,7 @@ from bms._warranty import (
 )
 
 #: Version of the analytics model; part of every run id and of the warranty evidence.
-ANALYTICS_MODEL_VERSION = "analytics-2"
+ANALYTICS_MODEL_VERSION = "analytics-3"
 #: Metrics tables written per (date, fleet).
 METRICS_TABLES = (
     "vehicle_day",
@@ -109,8 +109,12 @@ class AnalyticsParams:
     deep_discharge_soc_pct: float = 5.0  # deep-discharge event threshold [%]
     step_min_c_rate: float = 0.2  # current step for resistance [1/h]
     step_max_delay_s: float = 900.0  # a step's loaded reading at most this long after [s]
-    step_soc_min_pct: float = 20.0  # reference SoC band of resistance steps [%]
-    step_soc_max_pct: float = 90.0
+    # Reference SoC band of resistance steps [%]: the DC resistance rises steeply at low
+    # SoC and is nearly flat above (science.md 3 asks for a fixed window). The band reaches
+    # 100 % because a car charged to full and driven once a day steps out of rest only
+    # there; capping it at 90 % left such cars without any resistance estimate.
+    step_soc_min_pct: float = 20.0
+    step_soc_max_pct: float = 100.0
     load_c_rate: float = 0.3  # cell sag measured at discharge above this [1/h]
     cell_rest_min_s: int = 1800  # rest before a cell's rest deviation is read [s]
     settle_s: int = 1800  # self-discharge starts this long into a rest [s]
@@ -512,6 +516,10 @@ METRICS_SCHEMAS: dict[str, pa.Schema] = {
             ("resistance_mohm", _F),
             ("resistance_mohm_25c", _F),
             ("resistance_sigma_mohm", _F),
+            ("cells_mohm_25c", _F),
+            ("cells_sigma_mohm", _F),
+            ("interconnect_mohm", _F),
+            ("interconnect_sigma_mohm", _F),
             ("reference_temp_c", _F),
             ("cell_resistance_mohm_25c", pa.list_(_F32)),
         ]
@@ -613,6 +621,11 @@ _HISTORY_SCHEMAS = {
             ("t_ms", _I),
             ("r_mohm", _F),
             ("sigma_mohm", _F),
+            # The pack's two shares, trended apart (fit_vehicle_resistance_split).
+            ("r_cells_mohm", _F),
+            ("sigma_cells_mohm", _F),
+            ("r_inter_mohm", _F),
+            ("sigma_inter_mohm", _F),
         ]
     ),
 }
@@ -912,11 +925,21 @@ class _FleetSession:
     def _history(self, kind: str) -> pa.Table:
         if kind not in self.history:
             path = _history_path(self.state, self.fleet, kind)
-            self.history[kind] = (
-                pq.read_table(path, schema=_HISTORY_SCHEMAS[kind])
-                if path.exists()
-                else _HISTORY_SCHEMAS[kind].empty_table()
-            )
+            schema = _HISTORY_SCHEMAS[kind]
+            if path.exists():
+                # A history written before a column was added gets it as nulls.
+                table = pq.read_table(path)
+                self.history[kind] = pa.table(
+                    [
+                        table[f.name].cast(f.type)
+                        if f.name in table.column_names
+                        else pa.nulls(table.num_rows, f.type)
+                        for f in schema
+                    ],
+                    schema=schema,
+                )
+            else:
+                self.history[kind] = schema.empty_table()
         return self.history[kind]
 
     def _update_history(
@@ -945,6 +968,10 @@ class _FleetSession:
                     "t_ms": noon_ms,
                     "r_mohm": r["resistance_mohm_25c"],
                     "sigma_mohm": r["resistance_sigma_mohm"],
+                    "r_cells_mohm": r["cells_mohm_25c"],
+                    "sigma_cells_mohm": r["cells_sigma_mohm"],
+                    "r_inter_mohm": r["interconnect_mohm"],
+                    "sigma_inter_mohm": r["interconnect_sigma_mohm"],
                 }
                 for r in resistance.to_pylist()
             ],
@@ -1238,6 +1265,9 @@ def _steps_with_factor(steps: pa.Table, params: AnalyticsParams) -> pa.Table:
 #: Relative scatter of one resistance step, as a floor of a day's sigma: the pack
 #: voltage's 0.1 V resolution over a 0.2-0.5 C step is 5-20 % of a 10-15 mOhm pack.
 _STEP_REL_SIGMA = 0.15
+#: The same for the cells' share alone: 1 mV cell voltages over a 0.2-0.5 C step of a
+#: ~1 mOhm cell (10-50 mV) and the polarisation reached at the reading's delay.
+_CELL_STEP_REL_SIGMA = 0.03
 
 
 def _step_resistance_25c(
@@ -1307,21 +1337,29 @@ def _resistance_table(
             # which averages the rounding out where a median would stick to a step.
             c = cells25[split]
             ic = inter[split]
-            med = float(np.median(c)) + float(np.mean(ic))
-            mad = float(np.median(np.abs(c - np.median(c)))) * 1.4826
+            cells_med = float(np.median(c))
+            inter_mean = float(np.mean(ic))
+            med = cells_med + inter_mean
+            mad = float(np.median(np.abs(c - cells_med))) * 1.4826
             sd_ic = float(np.std(ic)) if ic.size > 2 else 0.0
             # A day's value must not claim more precision than a single step has (the
             # pack voltage's resolution, ~15 % of R per step): with one or two steps
             # their own scatter says nothing, and weighting by it would favour the
             # steps that rounded low.
+            # The floors scale with the cells' share, which is precise: scaled by the
+            # day's own (noisy) total, a day that rounded low would get more weight.
             sigma = max(
                 math.hypot(1.2533 * mad, sd_ic) / math.sqrt(c.size),
-                _STEP_REL_SIGMA * med / math.sqrt(c.size),
+                _STEP_REL_SIGMA * cells_med / math.sqrt(c.size),
             )
+            # The cells' share rests on 1 mV cell voltages: a few % per step.
+            cells_sigma = max(1.2533 * mad, _CELL_STEP_REL_SIGMA * cells_med) / math.sqrt(c.size)
+            inter_sigma = _STEP_REL_SIGMA * cells_med / math.sqrt(ic.size)
         else:
             med = float(np.median(r25o))
             mad = float(np.median(np.abs(r25o - med))) * 1.4826
             sigma = max(1.2533 * mad / math.sqrt(r25o.size), 0.005 * med)
+            cells_med = cells_sigma = inter_mean = inter_sigma = math.nan
         rows.append(
             {
                 "vin": vin,
@@ -1333,6 +1371,10 @@ def _resistance_table(
                 "resistance_mohm": float(np.median(r[ok])),
                 "resistance_mohm_25c": med,
                 "resistance_sigma_mohm": sigma,
+                "cells_mohm_25c": cells_med,
+                "cells_sigma_mohm": cells_sigma,
+                "interconnect_mohm": inter_mean,
+                "interconnect_sigma_mohm": inter_sigma,
                 "reference_temp_c": params.reference_temp_c,
                 "cell_resistance_mohm_25c": cells.get(vin),
             }
@@ -1676,6 +1718,36 @@ def fit_vehicle_resistance(
     )
 
 
+def interconnect_mohm(r_inter_mohm: np.ndarray, sigma_mohm: np.ndarray) -> float:
+    """The interconnects' resistance (busbars, contactors, fuse) over a history: the
+    weighted mean of the days' values, days beyond 3 sigma of it dropped once.
+
+    Parameters
+    ----------
+    r_inter_mohm : array
+        Each day's pack resistance minus the cells' share. [mOhm]
+    sigma_mohm : array
+        Their one-sigma uncertainty. [mOhm]
+
+    Returns
+    -------
+    float
+        Weighted mean; 0 without a usable value. [mOhm]
+    """
+    r = np.asarray(r_inter_mohm, dtype=np.float64)
+    sg = np.asarray(sigma_mohm, dtype=np.float64)
+    ok = np.isfinite(r) & np.isfinite(sg) & (sg > 0)
+    if not ok.any():
+        return 0.0
+    r, w = r[ok], 1.0 / sg[ok] ** 2
+    mean = float(np.sum(w * r) / np.sum(w))
+    spread = float(np.sqrt(np.sum(w * (r - mean) ** 2) / np.sum(w)))
+    keep = np.abs(r - mean) <= 3.0 * max(spread, 1e-9)
+    if keep.any() and not keep.all():
+        mean = float(np.sum(w[keep] * r[keep]) / np.sum(w[keep]))
+    return mean
+
+
 def _trend_and_warranty(
     day: date,
     carry: Mapping[str, Mapping[str, Any]],
@@ -1745,27 +1817,40 @@ def _trend_and_warranty(
         fit = soh_fit(vin, in_service, chem)
         shown = fit if fit is not None else priors.get(chem)
         r_fit = None
+        inter = 0.0
         res = ress.get(vin)
         if res is not None and res["t_ms"].size >= 3:
+            # The cells' share (1 mV cell voltages) is trended; the interconnects'
+            # (pack voltage minus cells, coarse but metallic: it does not age) is one
+            # constant over the history. Without cell steps, the pack's own values.
+            split = np.isfinite(res["r_cells_mohm"].astype(np.float64))
+            if split.sum() >= 3:
+                inter = interconnect_mohm(
+                    res["r_inter_mohm"][split], res["sigma_inter_mohm"][split]
+                )
+                y, sg = res["r_cells_mohm"], res["sigma_cells_mohm"]
+            else:
+                y, sg = res["r_mohm"], res["sigma_mohm"]
             r_fit = session.fit(
                 "resistance",
                 vin,
                 res,
-                lambda res=res, in_service=in_service, chem=chem: fit_vehicle_resistance(
-                    _age_years(res["t_ms"], in_service), res["r_mohm"], res["sigma_mohm"], chem
+                lambda res=res, in_service=in_service, chem=chem, y=y, sg=sg: (
+                    fit_vehicle_resistance(_age_years(res["t_ms"], in_service), y, sg, chem)
                 ),
             )
         soh = lo = hi = math.nan
         if shown is not None:
             soh, lo, hi = (float(v) for v in shown.interval(age))
         r_now = growth = g_lo = g_hi = math.nan
-        if r_fit is not None and r_fit.a > 0:
-            r_now = float(r_fit.predict(age)[0])
+        if r_fit is not None and r_fit.a + inter > 0:
+            r_new = r_fit.a + inter
+            r_now = float(r_fit.predict(age)[0]) + inter
             x = max(age, 0.0) ** r_fit.exponent
-            growth = 100.0 * r_fit.b * x / r_fit.a
-            sd_b = math.sqrt(max(r_fit.cov[2], 0.0)) * r_fit.scale / max(r_fit.scale, 1e-12)
-            g_lo = 100.0 * (r_fit.b - 1.6449 * sd_b) * x / r_fit.a
-            g_hi = 100.0 * (r_fit.b + 1.6449 * sd_b) * x / r_fit.a
+            growth = 100.0 * r_fit.b * x / r_new
+            sd_b = math.sqrt(max(r_fit.cov[2], 0.0))
+            g_lo = 100.0 * (r_fit.b - 1.6449 * sd_b) * x / r_new
+            g_hi = 100.0 * (r_fit.b + 1.6449 * sd_b) * x / r_new
         last_th = policy.thresholds[-1]
         h_years, h_km = coverage_end(last_th, age_years=age, odometer_km=odo, km_per_day=km_per_day)
         proj = p_lo = p_hi = math.nan

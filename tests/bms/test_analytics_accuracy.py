@@ -6,10 +6,11 @@ packs (14 cells) and a coarse cadence, analysed once with ``bms.run_pending``, a
 last date is scored by ``tests.bms.test_analytics_truth.score_fleet`` (the benchmark
 ``benchmarks/accuracy.py`` runs the same scoring at full size).
 
-Two targets of issue 6 are not met yet and are therefore not asserted here (a test that
-is known to fail would keep CI red): resistance growth within 10 % of the truth and
-warranty verdicts agreeing for 95 % of vehicles. ``benchmarks/accuracy.py`` prints both
-figures against their goals; see the issue notes for the reasons.
+Two targets of issue 6 are not met yet and are therefore not asserted at their goal here
+(a test that is known to fail would keep CI red): resistance growth within 10 % of the
+truth (measured 12.8 %: asserted at 15 % so that a regression shows) and warranty verdicts
+agreeing for 95 % of vehicles. ``benchmarks/accuracy.py`` prints both figures against
+their goals; see the issue notes for the reasons.
 """
 
 from __future__ import annotations
@@ -53,6 +54,13 @@ def test_true_soh_lies_in_the_90_percent_interval_for_85_percent_of_vehicles(
     scored: FleetScore,
 ) -> None:
     assert scored.soh_coverage >= 0.85, _explain(scored)
+
+
+@pytest.mark.slow
+def test_pack_resistance_and_its_growth_track_the_truth(scored: FleetScore) -> None:
+    assert all(v.r_mohm == v.r_mohm for v in scored.vehicles), "every vehicle gets a value"
+    assert scored.resistance_rel_error <= 0.05, _explain(scored)
+    assert scored.growth_rel_error <= 0.15, _explain(scored)
 
 
 @pytest.mark.slow
