@@ -175,16 +175,24 @@ def status_command(settings: Settings, runs: int, as_json: bool) -> None:
 
 @click.command("erase")
 @click.option("--vin", required=True, help="The vehicle whose personal data is removed.")
+@click.option(
+    "--broker",
+    metavar="HOST:PORT",
+    default=None,
+    help="Also delete the vehicle's retained acks on this MQTT broker (credentials and "
+    "TLS from the [ingest] configuration).",
+)
 @click.pass_obj
-def erase_command(settings: Settings, vin: str) -> int:
+def erase_command(settings: Settings, vin: str, broker: str | None) -> int:
     """Remove a vehicle's personal data from the lake, archive, state, truth and reports.
 
     Logs the erasure with a keyed hash of the VIN (never the VIN) in
     data/state/erasure/log.jsonl. Waits for no one: exits 75 while a nightly runs.
+    Stop ingest of the vehicle first; with --broker its retained acks go too.
 
-    Example: fleetbms --data-dir data erase --vin MAT612345NEX00001
+    Example: fleetbms --data-dir data erase --vin MAT612345NEX00001 --broker 127.0.0.1:1883
     """
-    from pipeline._erase import erase_vehicle
+    from pipeline._erase import BrokerError, clear_retained_acks, erase_vehicle
 
     try:
         with nightly_lock(settings.state_dir, purpose=f"erase {vin[:3]}...", timeout_s=0):
@@ -201,6 +209,22 @@ def erase_command(settings: Settings, vin: str) -> int:
         f"erased {vin}: {r.rows_removed} rows removed, {r.files_rewritten} files rewritten, "
         f"{r.files_deleted} deleted; logged as HMAC-SHA256 {r.vin_hmac[:16]}... in {r.log}"
     )
+    if broker is not None:
+        ing = settings.ingest
+        try:
+            cleared = clear_retained_acks(
+                vin,
+                broker,
+                username=ing.username,
+                password=str(ing.password),
+                tls_ca=ing.tls_ca,
+                tls_cert=ing.tls_cert,
+                tls_key=ing.tls_key,
+            )
+        except (BrokerError, OSError, ValueError) as exc:
+            click.echo(f"Error: files erased, but the retained acks were not: {exc}", err=True)
+            return 1
+        click.echo(f"retained acks deleted on {broker}: {len(cleared)}")
     return 0
 
 

@@ -28,6 +28,11 @@ hashed and matched in seconds. With the keyed hash the operator can still answer
 this VIN erased, and when?" for a VIN someone presents, while the log alone reveals
 nothing; destroying the key makes the log anonymous.
 
+The broker keeps one more trace: the retained ack ``fleet/{fleet}/{vin}/ack``.
+``clear_retained_acks`` (``fleetbms erase --broker``) finds the vehicle's retained acks
+by subscribing to ``fleet/+/{vin}/ack`` and deletes each with an empty retained message
+(MQTT v5, 3.3.1.3: a retained message with an empty payload removes the retained one).
+
 Erasure runs under the nightly lock so it does not race compaction or retention. It does
 not stop new readings of the VIN from arriving: stop ingest of the vehicle first.
 """
@@ -42,6 +47,8 @@ import os
 import re
 import secrets
 import shutil
+import threading
+import time
 import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -356,3 +363,74 @@ def erase_vehicle(
         fh.flush()
         os.fsync(fh.fileno())
     return ErasureResult(digest, rewritten, deleted, rows, log)
+
+
+class BrokerError(RuntimeError):
+    """The broker could not be reached or did not confirm the deletion."""
+
+
+def clear_retained_acks(
+    vin: str,
+    broker: str,
+    *,
+    username: str = "",
+    password: str = "",
+    tls_ca: str = "",
+    tls_cert: str = "",
+    tls_key: str = "",
+    timeout_s: float = 10.0,
+    settle_s: float = 0.5,
+) -> list[str]:
+    """Delete the retained acks of ``vin`` on ``broker`` (``HOST:PORT``).
+
+    Returns the topics cleared. Raises ``BrokerError`` when the broker cannot be reached
+    or does not acknowledge within ``timeout_s``; ``settle_s`` is how long retained
+    messages may take to arrive after the subscription is granted.
+    """
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    if not re.fullmatch(VIN_PATTERN, vin):
+        raise ValueError(f"{vin!r} is not a VIN (17 characters of A-H, J-N, P, R-Z, 0-9)")
+    host, _, port = broker.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"broker {broker!r} is not HOST:PORT")
+    topics: set[str] = set()
+    subscribed = threading.Event()
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=f"fleetbms-erase-{secrets.token_hex(4)}",
+        protocol=mqtt.MQTTv5,
+    )
+    if username:
+        client.username_pw_set(username, password or None)
+    if tls_ca:
+        client.tls_set(ca_certs=tls_ca, certfile=tls_cert or None, keyfile=tls_key or None)
+
+    def on_message(_c: Any, _u: Any, msg: Any) -> None:
+        if msg.retain and msg.payload:
+            topics.add(msg.topic)
+
+    client.on_message = on_message
+    client.on_subscribe = lambda *_a: subscribed.set()
+    try:
+        client.connect(host, int(port))
+    except OSError as exc:
+        raise BrokerError(f"cannot reach the broker at {broker}: {exc}") from None
+    client.loop_start()
+    try:
+        client.subscribe(f"fleet/+/{vin}/ack", qos=1)
+        if not subscribed.wait(timeout_s):
+            raise BrokerError(f"the broker at {broker} did not grant the subscription")
+        time.sleep(settle_s)
+        client.unsubscribe(f"fleet/+/{vin}/ack")
+        pending = [client.publish(t, b"", qos=1, retain=True) for t in sorted(topics)]
+        deadline = time.monotonic() + timeout_s
+        for info in pending:
+            info.wait_for_publish(max(deadline - time.monotonic(), 0.01))
+            if not info.is_published():
+                raise BrokerError(f"the broker at {broker} did not confirm the deletion")
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return sorted(topics)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import threading
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from pypdf import PdfReader
 
 import bms
 from reports import load_or_create_pseudonym_key, pseudonym
+from tests.broker import MosquittoBroker, free_port
 from tests.pipeline.nightly_data import VINS, day_table, fleetbms, write_flushes
 from tests.pipeline.test_nightly import OLD_DAY, RETENTION, RUN_DAY
 
@@ -206,3 +209,57 @@ def test_erase_keeps_row_groups_and_sort_order_of_a_big_file(tmp_path: Path):
     assert vins[2] not in set(t["vin"].to_pylist())
     order = np.lexsort((t["ts"].to_numpy(), np.array(t["vin"].to_pylist())))
     assert (order == np.arange(t.num_rows)).all()
+
+
+def _retained_acks(broker: MosquittoBroker) -> dict[str, bytes]:
+    """Every retained ack on the broker, by topic."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    got: dict[str, bytes] = {}
+    done = threading.Event()
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    c.on_message = lambda _c, _u, m: got.__setitem__(m.topic, m.payload) if m.retain else None
+    c.on_subscribe = lambda *_a: done.set()
+    c.connect(broker.host, broker.port)
+    c.loop_start()
+    c.subscribe("fleet/+/+/ack", qos=1)
+    assert done.wait(10)
+    time.sleep(0.5)
+    c.disconnect()
+    c.loop_stop()
+    return got
+
+
+def test_erase_with_broker_deletes_the_vehicles_retained_acks(
+    tmp_path: Path, broker: MosquittoBroker
+):
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    keep = VINS[1]
+    pub = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    pub.connect(broker.host, broker.port)
+    pub.loop_start()
+    for fleet, vin in (("north", GONE), ("south", GONE), ("north", keep)):
+        payload = json.dumps({"v": 1, "vin": vin, "durable_seq": 7}).encode()
+        pub.publish(bms.topic_for(fleet, vin, "ack"), payload, qos=1, retain=True).wait_for_publish(
+            10
+        )
+    pub.disconnect()
+    pub.loop_stop()
+    assert len(_retained_acks(broker)) == 3
+
+    (tmp_path / "data").mkdir()
+    r = fleetbms(tmp_path / "data", "erase", "--vin", GONE, "--broker", broker.address)
+    assert r.returncode == 0, r.stderr
+    assert "retained acks deleted on " + broker.address + ": 2" in r.stdout
+    assert list(_retained_acks(broker)) == [bms.topic_for("north", keep, "ack")]
+
+
+def test_erase_with_an_unreachable_broker_says_so_in_one_line(tmp_path: Path):
+    (tmp_path / "data").mkdir()
+    r = fleetbms(tmp_path / "data", "erase", "--vin", GONE, "--broker", f"127.0.0.1:{free_port()}")
+    assert r.returncode == 1
+    assert r.stderr.startswith("Error: files erased, but the retained acks were not: cannot reach")
+    assert r.stderr.count("\n") == 1
