@@ -480,6 +480,7 @@ class _Worker:
             while not self.stop.is_set():
                 with self.wake:
                     self.wake.wait(min(0.05, opts.flush_age_s / 4))
+                self.proc.check_alive()  # killed (OOM, kill -9): stop, acknowledge nothing
                 msgs, nbytes, age = self.pending()
                 if (
                     msgs >= self.flush_msgs

@@ -42,6 +42,7 @@ from bms import (
     write_telemetry,
 )
 from ingest._alerts import AlertEngine, AlertEvent, write_alerts
+from ingest._errors import IngestError
 from ingest._quarantine import QuarantineRow, write_quarantine
 from ingest._state import SeqState
 
@@ -434,8 +435,8 @@ class FlushReport:
     rows: int  # readings written
 
 
-class WriterError(RuntimeError):
-    """The writer process failed (a bug or it died); nothing more is acknowledged."""
+class WriterError(IngestError):
+    """The writer process failed or died (e.g. killed); nothing more is acknowledged."""
 
 
 class WriteFailedError(Exception):
@@ -474,7 +475,6 @@ def _writer_main(conn: Any, kwargs: dict[str, Any], parent_pid: int) -> None:
     import traceback
 
     from bms import topic_for
-    from ingest._errors import IngestError
 
     # The parent decides when to stop (it flushes first); Ctrl-C reaches the whole
     # process group, so the writer ignores it.
@@ -595,8 +595,6 @@ class ProcessorProcess:
         import sys
         from multiprocessing.connection import Connection
 
-        from ingest._errors import IngestError
-
         # A plain child interpreter (not multiprocessing's spawn: no resource-tracker
         # process, no re-import of the caller's __main__; not fork: the caller may run
         # threads already) speaking multiprocessing's framed pickles over a socketpair.
@@ -636,6 +634,11 @@ class ProcessorProcess:
     def pid(self) -> int:
         """Process id of the writer."""
         return self._proc.pid
+
+    def check_alive(self) -> None:
+        """Raise ``WriterError`` if the writer process has exited."""
+        if self._proc.poll() is not None:
+            raise WriterError(f"ingest writer process died (exit code {self._proc.returncode})")
 
     def _send(self, msg: tuple[str, Any]) -> None:
         try:

@@ -428,3 +428,69 @@ def test_simulator_live_through_a_broker_outage_lands_every_reading_once(
     # The acks reached the vehicles: what they still hold is a tail of unacknowledged seqs.
     held = sum(len(sim.StoreAndForwardBuffer(buffers, v).buffered_seqs()) for v in vins)
     assert held < 600
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        out += [int(c) for c in (task / "children").read_text().split()]
+    return out
+
+
+def test_a_drained_backlog_is_acknowledged_and_never_redelivered(
+    broker: MosquittoBroker, data_dir: Path
+) -> None:
+    # An offline persistent session collects a backlog larger than one chunk of messages
+    # shipped to the writer; the batched PUBACKs must settle every message at the broker.
+    IngestThread(broker.address, data_dir, client_id="drain").close()
+    pub = Client(broker.address, "pub")
+    n_per_vin = 900
+    try:
+        for seq in range(n_per_vin):
+            for vin in VINS:
+                pub.publish(bms_topic(vin), encode(reading(vin, seq, NOW)))
+    finally:
+        pub.close()
+    watcher = Client(broker.address, "watch", subscribe=("fleet/+/+/ack",))
+    try:
+        ingest = IngestThread(broker.address, data_dir, client_id="drain")
+        try:
+            wait_until(lambda: watcher.acks() == dict.fromkeys(VINS, n_per_vin - 1), what="acks")
+        finally:
+            counters = ingest.close()
+    finally:
+        watcher.close()
+    assert counters.messages == counters.acked == n_per_vin * len(VINS)
+    again = IngestThread(broker.address, data_dir, client_id="drain")
+    time.sleep(1.0)
+    assert again.close().messages == 0  # nothing left unacknowledged in the session
+    assert lake_counts(data_dir) == (n_per_vin * len(VINS), n_per_vin * len(VINS))
+
+
+def test_kill_9_of_the_writer_process_stops_ingest_without_acknowledging(
+    broker: MosquittoBroker, data_dir: Path
+) -> None:
+    proc = IngestProcess(data_dir, broker.address, "--flush-age", "60")
+    writers = _children(proc.proc.pid)
+    assert len(writers) == 1
+    pub = Client(broker.address, "pub")
+    watcher = Client(broker.address, "watch", subscribe=("fleet/+/+/ack",))
+    try:
+        for seq in range(20):
+            pub.publish(bms_topic(VINS[0]), encode(reading(VINS[0], seq, NOW)))
+        os.kill(writers[0], signal.SIGKILL)
+        rc, _, err = proc.wait()
+        assert rc != 0
+        assert "ingest writer process died" in err
+        assert watcher.acks() == {}
+        assert lake_counts(data_dir) == (0, 0)
+        # the session kept the unacknowledged readings: a restart lands them
+        again = IngestProcess(data_dir, broker.address, "--idle-exit", "1.5")
+        rc, out, err = again.wait()
+        assert rc == 0, err
+        assert out.startswith("ingest stopped: 20 readings written")
+        wait_until(lambda: watcher.acks() == {VINS[0]: 19}, what="acks after restart")
+    finally:
+        pub.close()
+        watcher.close()
+    assert lake_counts(data_dir) == (20, 20)
