@@ -150,6 +150,7 @@ class RssSampler:
         self.pid = pid
         self.peak_sum_kb = 0
         self.hwm_kb: dict[int, int] = {}  # pid -> VmHWM last seen
+        self.cpu_s: dict[int, float] = {}  # pid -> user + system CPU last seen [s]
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, args=(interval_s,), daemon=True)
         self.thread.start()
@@ -185,6 +186,11 @@ class RssSampler:
                 total += st.get("VmRSS", 0)
                 if "VmHWM" in st:
                     self.hwm_kb[pid] = st["VmHWM"]
+                try:
+                    stat = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+                    self.cpu_s[pid] = (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
+                except (OSError, IndexError, ValueError):
+                    pass
             self.peak_sum_kb = max(self.peak_sum_kb, total)
 
     def close(self) -> tuple[float, list[float]]:
@@ -290,6 +296,7 @@ def drain_ingest(
     start = next(e["ts"] for e in events if e["event"] == "connected")
     final = next(e for e in events if e["event"] == "stopped")
     cpus = (cpu / n * 1e6, broker_cpu / n * 1e6)
+    final["cpu_per_process"] = " + ".join(f"{c / n * 1e6:.0f}" for c in sampler.cpu_s.values())
     return n / (end["t"] - start), cpus, (peak_sum_mb, hwm_mb, max_one_mb), final
 
 
@@ -331,6 +338,7 @@ def main() -> None:
                 f"(CPU {cpu:.0f} us/msg incl. start-up, broker {broker_cpu:.0f} us/msg; "
                 f"{final['written']} written, {final['flushes']} flushes)"
             )
+            print(f"    CPU us/msg by process, network side first: {final['cpu_per_process']}")
             if bare:
                 print(f"ratio ingest/bare: {ing / bare:.2f} (goal >= 0.8)")
             print(
