@@ -38,6 +38,7 @@ import signal
 import struct
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -168,16 +169,54 @@ def _client_class() -> type:
     own ``select``; at thousands of messages per second those system calls and loop
     turns cost about a fifth of the network thread. Here ``_sock_recv`` serves them from
     one ``recv`` of up to 256 kB and ``loop_read`` handles every complete packet already
-    buffered (bounded, so acks and keepalives still get their turn). Both are paho 2.x
-    internals (``paho-mqtt<3`` is pinned); the buffer belongs to one socket and is
-    dropped when paho opens a new one.
+    buffered (bounded, so acks and keepalives still get their turn). ``_handle_publish``
+    hands QoS 0/1 messages to ``on_publish_packet`` without paho's message object. All
+    three are paho 2.x internals (``paho-mqtt<3`` is pinned); the read buffer belongs to
+    one socket and is dropped when paho opens a new one.
     """
     import paho.mqtt.client as mqtt
+    from paho.mqtt.exception import MalformedPacket
 
     class _Client(mqtt.Client):
         _rbuf: bytes = b""
         _rpos: int = 0
         _rsock: object = None
+        #: ``(topic, payload, mid, qos)`` callback for QoS 0/1 PUBLISH packets (MQTT v5)
+        on_publish_packet: Callable[[str, bytes, int, int], None] | None = None
+
+        def _handle_publish(self) -> Any:
+            # paho builds a message object, parses its properties and matches topic
+            # filters for every message: a third of its per-message cost. Reading
+            # topic, packet id and payload straight from the packet (MQTT v5 spec 3.3.2)
+            # skips that; QoS 2 and other protocol versions take paho's path.
+            callback = self.on_publish_packet
+            qos = (self._in_packet["command"] & 0x06) >> 1
+            if callback is None or qos == 2 or self._protocol != mqtt.MQTTv5:
+                return super()._handle_publish()
+            packet = self._in_packet["packet"]
+            end = 2 + int.from_bytes(packet[:2], "big")
+            topic = packet[2:end].decode("utf-8", errors="replace")
+            mid = 0
+            if qos:
+                mid = int.from_bytes(packet[end : end + 2], "big")
+                end += 2
+            props_len, shift = 0, 0  # Property Length: a variable byte integer (1.5.5)
+            for _ in range(4):
+                if end >= len(packet):
+                    raise MalformedPacket("PUBLISH packet too short")
+                byte = packet[end]
+                end += 1
+                props_len |= (byte & 0x7F) << shift
+                shift += 7
+                if not byte & 0x80:
+                    break
+            else:
+                raise MalformedPacket("bad property length in PUBLISH")
+            end += props_len
+            if end > len(packet):
+                raise MalformedPacket("PUBLISH properties longer than the packet")
+            callback(topic, bytes(memoryview(packet)[end:]), mid, qos)
+            return mqtt.MQTT_ERR_SUCCESS
 
         def _sock_recv(self, bufsize: int) -> bytes:
             if self._rsock is not self._sock:  # reconnected: bytes of the old socket are stale
@@ -288,6 +327,7 @@ class _Worker:
         client.on_connect_fail = self.on_connect_fail
         client.on_disconnect = self.on_disconnect
         client.on_message = self.on_message
+        client.on_publish_packet = self.on_publish_packet
         client.on_subscribe = self.on_subscribe
         self.client = client
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
@@ -338,18 +378,20 @@ class _Worker:
             log_event("disconnected", reason=str(reason_code), retry="with backoff")
 
     def on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        self.on_publish_packet(msg.topic, msg.payload, msg.mid, msg.qos)
+
+    def on_publish_packet(self, topic: str, payload: bytes, mid: int, qos: int) -> None:
         # Only bookkeeping here: decoding happens in the writer process.
-        payload = msg.payload
         now = time.monotonic()
         with self.lock:
             box = self.inbox
             if not self.tokens:
                 self.unflushed_since = now
-            box.topics.append(msg.topic)
+            box.topics.append(topic)
             box.payloads.append(payload)
             box.received_at_ms.append(int(time.time() * 1000))
             box.nbytes += len(payload)
-            self.tokens.append((msg.mid, msg.qos, self.gen))
+            self.tokens.append((mid, qos, self.gen))
             self.unflushed_bytes += len(payload)
             self.counters.messages += 1
             n, nbytes = len(self.tokens), self.unflushed_bytes

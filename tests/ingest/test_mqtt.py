@@ -494,3 +494,29 @@ def test_kill_9_of_the_writer_process_stops_ingest_without_acknowledging(
         pub.close()
         watcher.close()
     assert lake_counts(data_dir) == (20, 20)
+
+
+def test_messages_with_mqtt5_properties_are_read_past_them(
+    broker: MosquittoBroker, data_dir: Path
+) -> None:
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    props.UserProperty = [("gateway", "g-" + "x" * 200), ("fw", "1.2.3")]  # > 127 bytes
+    props.ContentType = "application/json"
+    props.MessageExpiryInterval = 3600
+    ingest = IngestThread(broker.address, data_dir)
+    pub = Client(broker.address, "pub")
+    watcher = Client(broker.address, "watch", subscribe=("fleet/+/+/ack",))
+    try:
+        for seq in range(5):
+            payload = encode(reading(VINS[0], seq, NOW))
+            pub.c.publish(bms_topic(VINS[0]), payload, qos=1, properties=props).wait_for_publish(30)
+        wait_until(lambda: watcher.acks() == {VINS[0]: 4}, what="acks")
+    finally:
+        counters = ingest.close()
+        pub.close()
+        watcher.close()
+    assert counters.written == 5
+    assert sum(counters.quarantined.values()) == 0
