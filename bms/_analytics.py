@@ -1073,9 +1073,14 @@ class _FleetSession:
             "'" + str(p).replace("'", "''") + "'" for day in days for p in files[day]
         )
         source = f"read_parquet([{file_list}], hive_partitioning = false)"
-        counts = con.sql(f"SELECT vin, count(*) FROM {source} GROUP BY vin ORDER BY vin")
+        counts = con.sql(
+            f"SELECT vin, count(*), count(DISTINCT seq) FROM {source} GROUP BY vin ORDER BY vin"
+        ).fetchall()
+        # The jobs keep the first received of duplicate (vin, seq) rows; a compacted
+        # partition has none, and then they skip that (a sort of every row) altogether.
+        con.execute(f"SET VARIABLE dedup = {any(n != u for _, n, u in counts)}")
         groups = _vin_groups(
-            [(str(v), int(n)) for v, n in counts.fetchall()], max(1, params.chunk_readings)
+            [(str(v), int(n)) for v, n, _ in counts], max(1, params.chunk_readings)
         ) or [("", "\uffff")]
         # Every SQL job works per vehicle, so the pass runs vehicle group by vehicle group
         # (memory bounded by the group, not the fleet) and the outputs are concatenated and

@@ -6,4 +6,5 @@ WITH keys AS (SELECT DISTINCT vin, seq FROM cell_select)
 SELECT t.vin, t.seq, epoch_ms(t.ts) // 86400000 AS day_n, t.cell_mv, t.temp_dc
 FROM tele t
 SEMI JOIN keys k ON t.vin = k.vin AND t.seq = k.seq
-QUALIFY row_number() OVER (PARTITION BY t.vin, t.seq ORDER BY t.received_at, t.worker) = 1;
+QUALIFY NOT getvariable('dedup')
+    OR row_number() OVER (PARTITION BY t.vin, t.seq ORDER BY t.received_at, t.worker) = 1;

@@ -32,7 +32,9 @@ WITH dedup AS (
         temp_c_min::DOUBLE AS temp_c_min, temp_c_max::DOUBLE AS temp_c_max,
         temp_c_mean::DOUBLE AS temp_c_mean, quality
     FROM tele
-    QUALIFY row_number() OVER (PARTITION BY vin, seq ORDER BY received_at, worker) = 1
+    -- variable dedup: the unit has duplicates (false: the window is folded away)
+    QUALIFY NOT getvariable('dedup')
+        OR row_number() OVER (PARTITION BY vin, seq ORDER BY received_at, worker) = 1
 ),
 lagged AS (
     SELECT
@@ -87,14 +89,37 @@ counted AS (
         at_rest IS DISTINCT FROM prev_at_rest
             OR (gap AND NOT (at_rest AND coalesce(prev_at_rest, FALSE))) AS new_run
     FROM intervals
+),
+-- Running totals over the unit, one window (a second one partitioned by day would sort
+-- every row again); the per-day totals subtract what the unit held before the day.
+unit_totals AS MATERIALIZED (
+    SELECT
+        *,
+        sum(dq_uah) OVER u AS q_unit_uah,
+        sum(dt_ms) OVER u AS covered_unit_ms,
+        sum(bad_gap::INTEGER) OVER u AS bad_gaps_unit,
+        sum(new_run::INTEGER) OVER u AS grun
+    FROM counted
+    WINDOW u AS (PARTITION BY vin ORDER BY ts_ms, seq ROWS UNBOUNDED PRECEDING)
+),
+day_base AS (
+    -- the unit's totals just before each (vehicle, day)'s first reading (lowest rn)
+    SELECT
+        vin,
+        day_n,
+        arg_min(q_unit_uah - dq_uah, rn) AS q_base,
+        arg_min(covered_unit_ms - dt_ms, rn) AS covered_base,
+        arg_min(bad_gaps_unit - bad_gap::INTEGER, rn) AS bad_gaps_base,
+        arg_min(grun - new_run::INTEGER, rn) AS run_base
+    FROM unit_totals
+    GROUP BY vin, day_n
 )
 SELECT
-    *,
-    sum(dq_uah) OVER d AS q_cum_uah,
-    sum(dt_ms) OVER d AS covered_cum_ms,
-    sum(bad_gap::INTEGER) OVER d AS bad_gaps_cum,
-    sum(new_run::INTEGER) OVER d AS run_id,
-    sum(new_run::INTEGER) OVER u AS grun
-FROM counted
-WINDOW d AS (PARTITION BY vin, day_n ORDER BY ts_ms, seq ROWS UNBOUNDED PRECEDING),
-    u AS (PARTITION BY vin ORDER BY ts_ms, seq ROWS UNBOUNDED PRECEDING);
+    t.* EXCLUDE (q_unit_uah, covered_unit_ms, bad_gaps_unit, grun),
+    q_unit_uah - q_base AS q_cum_uah,
+    covered_unit_ms - covered_base AS covered_cum_ms,
+    bad_gaps_unit - bad_gaps_base AS bad_gaps_cum,
+    grun - run_base AS run_id,
+    grun
+FROM unit_totals t
+JOIN day_base b USING (vin, day_n);

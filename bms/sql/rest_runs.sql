@@ -12,14 +12,23 @@
 -- LFP hysteresis branch).
 CREATE OR REPLACE TEMP TABLE rest_runs AS
 WITH rest AS (
+    -- only the columns used: a window sorts every column it carries
     SELECT
-        r.*,
-        max(ts_ms) OVER (PARTITION BY vin, day_n, run_id) AS end_ms,
-        min(ts_ms) OVER (PARTITION BY vin, day_n, run_id) AS min_ts,
-        min(ts_ms) OVER (PARTITION BY vin, grun) AS grun_start_ms,
-        arg_min(prev_mode, rn) OVER (PARTITION BY vin, grun) AS grun_mode_before
-    FROM readings r
+        vin, day_n, run_id, grun, ts_ms, rn, seq, voltage_v, n_cells, temp_c_mean,
+        soc_pct, soh_pct, q_cum_uah, covered_cum_ms, bad_gaps_cum, prev_mode,
+        max(ts_ms) OVER (PARTITION BY vin, day_n, run_id) AS end_ms
+    FROM readings
     WHERE at_rest
+),
+grun_info AS (
+    -- a rest that spans midnight: when it began and the mode before it
+    SELECT
+        vin,
+        grun,
+        min(ts_ms) AS grun_start_ms,
+        arg_min(prev_mode, rn) AS grun_mode_before
+    FROM rest
+    GROUP BY vin, grun
 ),
 runs AS (
     SELECT
@@ -27,8 +36,6 @@ runs AS (
         day_n,
         run_id,
         any_value(grun) AS grun,
-        any_value(grun_start_ms) AS grun_start_ms,
-        any_value(grun_mode_before) AS grun_mode_before,
         min(ts_ms) AS first_ms,
         max(ts_ms) AS end_ms,
         count(*) AS n_readings,
@@ -51,6 +58,8 @@ day_last AS (SELECT vin, day_n, max(ts_ms) AS last_ms FROM readings GROUP BY vin
 started AS (
     SELECT
         runs.*,
+        g.grun_start_ms,
+        g.grun_mode_before,
         CASE
             WHEN run_id > 0 THEN first_ms
             WHEN grun > 0 THEN grun_start_ms
@@ -62,6 +71,7 @@ started AS (
             ELSE c.rest_mode_before
         END AS mode_before_rest
     FROM runs
+    JOIN grun_info g USING (vin, grun)
     LEFT JOIN carry c USING (vin)
 )
 SELECT
