@@ -127,11 +127,12 @@ class AnalyticsParams:
     threads: int = 0  # DuckDB threads; 0 = all cores
     unit_readings: int = 2_000_000  # a catch-up computes dates together up to this many
     chunk_readings: int = 400_000  # the SQL pass takes vehicles in groups of about this many
+    chunk_workers: int = 0  # vehicle groups computed side by side; 0 = one per core
 
     def run_hash(self) -> str:
         """Digest of the parameters that change results (and of the override policy
-        file, if any); ``threads``, ``unit_readings`` and ``chunk_readings`` only change
-        speed and memory."""
+        file, if any); ``threads``, ``unit_readings``, ``chunk_readings`` and
+        ``chunk_workers`` only change speed and memory."""
         values = dataclasses.asdict(self)
         for name in _NOT_HASHED:
             values.pop(name)
@@ -142,7 +143,7 @@ class AnalyticsParams:
 
 
 #: Parameters that do not change results (left out of the run id).
-_NOT_HASHED = ("threads", "unit_readings", "chunk_readings")
+_NOT_HASHED = ("threads", "unit_readings", "chunk_readings", "chunk_workers")
 
 #: Row order of each table the SQL pass returns (every job orders by day, then vehicle),
 #: restored after the pass ran vehicle group by vehicle group.
@@ -836,6 +837,13 @@ def _summary(
 
 def _connect(params: AnalyticsParams) -> Any:
     con = duckdb_connect(threads=params.threads)
+    _set_variables(con, params)
+    return con
+
+
+def _set_variables(con: Any, params: AnalyticsParams) -> None:
+    """The SQL jobs' parameters, as variables of connection ``con`` (they are per
+    connection, as are temporary tables and registered Arrow tables)."""
     variables = {
         "rest_c_rate": params.rest_c_rate,
         "max_gap_s": params.max_gap_s,
@@ -854,7 +862,6 @@ def _connect(params: AnalyticsParams) -> Any:
     }
     for name, value in variables.items():
         con.execute(f"SET VARIABLE {name} = {float(value)!r}::DOUBLE")
-    return con
 
 
 class _FleetSession:
@@ -885,6 +892,7 @@ class _FleetSession:
         self.policies = _PolicyCache(params)
         self.run_hash = params.run_hash()
         self.con = _connect(params)
+        self.cons: list[Any] = [self.con]  # one connection per vehicle group in flight
         base = state / "carry" / f"fleet={fleet}"
         self.carry_days = (
             {date.fromisoformat(p.stem.removeprefix("date=")) for p in base.glob("date=*.parquet")}
@@ -899,7 +907,8 @@ class _FleetSession:
         self.fits: dict[tuple[str, str], tuple[bytes, PowerFit]] = {}
 
     def close(self) -> None:
-        self.con.close()
+        for con in reversed(self.cons):
+            con.close()
 
     # ----------------------------------------------------------------- state
 
@@ -1016,9 +1025,10 @@ class _FleetSession:
         """Compute one date (a unit of one)."""
         return self.run_days([day])[0]
 
-    def _sql_pass(self, carry: pa.Table) -> dict[str, pa.Table]:
-        """Run the SQL jobs over the ``tele`` view; the tables of ``_PASS_ORDER``."""
-        con, params = self.con, self.params
+    def _sql_pass(self, con: Any, carry: pa.Table) -> dict[str, pa.Table]:
+        """Run the SQL jobs over the ``tele`` view of connection ``con``; the tables of
+        ``_PASS_ORDER``."""
+        params = self.params
         con.register("registry", self.registry)
         con.register("carry", carry)
         try:
@@ -1076,23 +1086,48 @@ class _FleetSession:
         counts = con.sql(
             f"SELECT vin, count(*), count(DISTINCT seq) FROM {source} GROUP BY vin ORDER BY vin"
         ).fetchall()
-        # The jobs keep the first received of duplicate (vin, seq) rows; a compacted
-        # partition has none, and then they skip that (a sort of every row) altogether.
-        con.execute(f"SET VARIABLE dedup = {any(n != u for _, n, u in counts)}")
         groups = _vin_groups(
             [(str(v), int(n)) for v, n, _ in counts], max(1, params.chunk_readings)
         ) or [("", "\uffff")]
+        # The jobs keep the first received of duplicate (vin, seq) rows; a compacted
+        # partition has none, and then they skip that (a sort of every row) altogether.
+        dedup = any(n != u for _, n, u in counts)
         # Every SQL job works per vehicle, so the pass runs vehicle group by vehicle group
-        # (memory bounded by the group, not the fleet) and the outputs are concatenated and
-        # put back in the jobs' order: identical to one pass over everything.
-        parts: dict[str, list[pa.Table]] = {name: [] for name in _PASS_ORDER}
-        for first, last in groups:
+        # (memory bounded by the groups in flight, not the fleet) and the outputs are
+        # concatenated and put back in the jobs' order: identical to one pass over
+        # everything. DuckDB runs the jobs' window sorts on about one core, so groups run
+        # side by side, one connection each (temporary tables are per connection).
+        workers = min(len(groups), params.chunk_workers or os.cpu_count() or 1)
+        while len(self.cons) < workers:
+            extra = self.con.cursor()
+            _set_variables(extra, params)
+            self.cons.append(extra)
+
+        def run_group(i: int) -> dict[str, pa.Table]:
+            first, last = groups[i]
+            c = self.cons[i % workers]
             lo, hi = first.replace("'", "''"), last.replace("'", "''")
-            con.execute(
+            c.execute(f"SET VARIABLE dedup = {dedup}")
+            c.execute(
                 f"CREATE OR REPLACE TEMP VIEW tele AS SELECT * FROM {source} "
                 f"WHERE vin BETWEEN '{lo}' AND '{hi}'"
             )
-            for name, table in self._sql_pass(carry).items():
+            return self._sql_pass(c, carry)
+
+        parts: dict[str, list[pa.Table]] = {name: [] for name in _PASS_ORDER}
+        if workers == 1:
+            results = [run_group(i) for i in range(len(groups))]
+        else:
+            # Group i always runs on connection i % workers, after group i - workers.
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                lanes = [
+                    pool.submit(lambda w: [run_group(i) for i in range(w, len(groups), workers)], w)
+                    for w in range(workers)
+                ]
+                by_lane = [lane.result() for lane in lanes]
+            results = [by_lane[i % workers][i // workers] for i in range(len(groups))]
+        for result in results:
+            for name, table in result.items():
                 parts[name].append(table)
         tables: dict[str, pa.Table] = {}
         for name, order in _PASS_ORDER.items():

@@ -256,14 +256,18 @@ def test_catch_up_in_one_pass_equals_computing_each_date_alone(lake: Path, tmp_p
     assert _metric_bytes(copy / "lake") == _metric_bytes(lake)
 
 
-def test_vehicle_by_vehicle_pass_equals_one_pass_over_the_fleet(lake: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 3])
+def test_vehicle_by_vehicle_pass_equals_one_pass_over_the_fleet(
+    lake: Path, tmp_path: Path, workers: int
+) -> None:
     """With a tiny ``chunk_readings`` every vehicle gets its own SQL pass (bounded memory
-    for big fleets); the tables are byte-identical to one pass over all vehicles."""
+    for big fleets), run one after the other or side by side on several connections;
+    the tables are byte-identical to one pass over all vehicles."""
     copy = tmp_path / "data"
     shutil.copytree(lake.parent, copy)
     shutil.rmtree(copy / "state")
     shutil.rmtree(copy / "lake" / "metrics")
-    params = bms.AnalyticsParams(chunk_readings=1)
+    params = bms.AnalyticsParams(chunk_readings=1, chunk_workers=workers)
     for day in bms.pending_dates(copy / "lake"):
         bms.run_analytics(copy / "lake", day, params=params)
     assert _metric_bytes(copy / "lake") == _metric_bytes(lake)
