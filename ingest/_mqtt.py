@@ -15,8 +15,8 @@ GIL (paho's loop costs as much per message as decode + validation + buffering to
   then closes it) and exits when this process dies.
 
 Memory is bounded: a flush starts at ``flush_rows`` messages, half of
-``receive_maximum`` or 16 MB of payload; when the inbox reaches ``2 * flush_rows``
-messages or 32 MB while a flush is still running, ``on_message`` waits for it (TCP
+``receive_maximum`` or 8 MB of payload; when the inbox reaches ``2 * flush_rows``
+messages or 16 MB while a flush is still running, ``on_message`` waits for it (TCP
 back-pressure), and the broker never has more than ``receive_maximum`` unacknowledged
 messages in flight to us.
 
@@ -129,9 +129,9 @@ def log_event(event: str, **fields: Any) -> None:
 
 #: Bytes of payload that trigger a flush; twice this stops receiving until a flush ends.
 #: Decoding and writing a batch takes a few times its size in the writer process, so
-#: this bounds the memory of both processes whatever the backlog (~20k readings of 96
+#: this bounds the memory of both processes whatever the backlog (~10k readings of 96
 #: cells per flush).
-_FLUSH_BYTES = 16 * 2**20
+_FLUSH_BYTES = 8 * 2**20
 #: PUBACKs written per socket packet when acknowledging a flushed batch.
 _ACKS_PER_PACKET = 16_384
 _PUBACK = 0x40  # MQTT control packet type 4, flags 0 (MQTT v5 spec 3.4)
