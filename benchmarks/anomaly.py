@@ -20,6 +20,7 @@
 
 Usage: python benchmarks/anomaly.py [--rows 1000000] [--vehicles 1000] [--train-days 90]
        python benchmarks/anomaly.py --quality [--fleet-vehicles 200] [--fleet-days 365]
+                                   [--keep DIR [--rescore]]
 """
 
 from __future__ import annotations
@@ -46,8 +47,12 @@ def read_rows(files: list[Path]) -> pa.Table:
     return pa.concat_tables([pq.read_table(f) for f in files])
 
 
-def quality(work: Path, vehicles: int, days: int, seed: int) -> None:
-    """Simulate, analyse, score, and print the detection figures against the truth."""
+def quality(work: Path, vehicles: int, days: int, seed: int, *, rescore: bool = False) -> None:
+    """Simulate, analyse, score, and print the detection figures against the truth.
+
+    ``rescore``: keep the simulated fleet and analytics outputs already in ``work`` (a
+    previous ``--keep`` run with the same fleet arguments) and redo the anomaly stage only.
+    """
     from collections import Counter
     from statistics import median
 
@@ -68,14 +73,26 @@ def quality(work: Path, vehicles: int, days: int, seed: int) -> None:
     kinds = Counter(f.kind for v in sim.FleetSimulator(spec).vehicles for f in v.faults)
     print(f"injected faults: {dict(kinds)}")
     data = work / "fleet"
-    shutil.rmtree(data, ignore_errors=True)
     lake, state = data / "lake", data / "state"
-    t0 = time.perf_counter()
-    sim.simulate_to_lake(spec, data)
-    t_sim = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    bms.run_pending(lake, state_root=state / "analytics")
-    t_analytics = time.perf_counter() - t0
+    t_sim = t_analytics = 0.0
+    if rescore:
+        if not (lake / "metrics" / "vehicle_day").is_dir():
+            sys.exit(f"--rescore: no analytics outputs under {lake}; run once with --keep")
+        for folder in (
+            lake / "anomalies",
+            lake / "anomaly_features",
+            state / "models",
+            state / "anomaly",
+        ):
+            shutil.rmtree(folder, ignore_errors=True)
+    else:
+        shutil.rmtree(data, ignore_errors=True)
+        t0 = time.perf_counter()
+        sim.simulate_to_lake(spec, data)
+        t_sim = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        bms.run_pending(lake, state_root=state / "analytics")
+        t_analytics = time.perf_counter() - t0
     t0 = time.perf_counter()
     bms.score_pending_anomalies(lake, state)
     t_score = time.perf_counter() - t0
@@ -141,11 +158,18 @@ def main() -> None:
     parser.add_argument("--fleet-vehicles", type=int, default=200)
     parser.add_argument("--fleet-days", type=int, default=365)
     parser.add_argument("--seed", type=int, default=0, help="--quality: 0 injects every kind.")
+    parser.add_argument(
+        "--rescore",
+        action="store_true",
+        help="--quality with --keep: reuse the kept fleet and analytics, redo anomalies only.",
+    )
     args = parser.parse_args()
     work = args.keep or Path(tempfile.mkdtemp(prefix="bench-anomaly-"))
     try:
         if args.quality:
-            quality(work, args.fleet_vehicles, args.fleet_days, args.seed)
+            if args.rescore and args.keep is None:
+                sys.exit("--rescore needs --keep (the folder of an earlier --quality run)")
+            quality(work, args.fleet_vehicles, args.fleet_days, args.seed, rescore=args.rescore)
             return
         data = work / "data"
         shutil.rmtree(data, ignore_errors=True)
