@@ -292,6 +292,8 @@ class _Cache:
     features: dict[tuple[str, date], pa.Table | None] = field(default_factory=dict)
     models: dict[tuple[str, str], AnomalyModel] = field(default_factory=dict)
     scores: dict[tuple[str, date, str], tuple[list[str], np.ndarray]] = field(default_factory=dict)
+    # each day's per-cell swing sums from telemetry (bms._features.cell_swing trims it)
+    swing: dict[tuple[str, date], pa.Table] = field(default_factory=dict)
 
     def trim(self, keep_after: date) -> None:
         for key in [k for k in self.features if k[1] < keep_after]:
@@ -315,14 +317,27 @@ def _features(
     """
     if cache is not None and not rebuild and (fleet, day) in cache.features:
         return cache.features[(fleet, day)]
-    table = _features_uncached(lake_root, day, fleet, params, rebuild=rebuild)
+    table = _features_uncached(
+        lake_root,
+        day,
+        fleet,
+        params,
+        rebuild=rebuild,
+        swing_cache=cache.swing if cache is not None else None,
+    )
     if cache is not None:
         cache.features[(fleet, day)] = table
     return table
 
 
 def _features_uncached(
-    lake_root: Path, day: date, fleet: str, params: AnomalyParams, *, rebuild: bool
+    lake_root: Path,
+    day: date,
+    fleet: str,
+    params: AnomalyParams,
+    *,
+    rebuild: bool,
+    swing_cache: dict[tuple[str, date], pa.Table] | None = None,
 ) -> pa.Table | None:
     vd = lake_root / "metrics" / "vehicle_day" / f"date={day.isoformat()}" / f"fleet={fleet}"
     if not any(vd.glob("*.parquet")):
@@ -331,9 +346,10 @@ def _features_uncached(
     fp = _inputs_fingerprint(lake_root, day, fleet).encode()
     if not rebuild and path.is_file():
         meta = pq.read_schema(path).metadata or {}
-        if meta.get(b"fleetbms.inputs") == fp:
+        version = (FEATURES_SCHEMA.metadata or {}).get(b"fleetbms.version")
+        if meta.get(b"fleetbms.inputs") == fp and meta.get(b"fleetbms.version") == version:
             return pq.read_table(path, schema=FEATURES_SCHEMA.with_metadata(meta))
-    table = build_features(lake_root, day, fleet, params.features)
+    table = build_features(lake_root, day, fleet, params.features, swing_cache)
     table = table.replace_schema_metadata(
         {**(FEATURES_SCHEMA.metadata or {}), b"fleetbms.inputs": fp}
     )

@@ -18,6 +18,12 @@ and a severity. Thresholds are data (``RuleLimits``), with their sources:
 - ``cell_resistance``: a cell's DC resistance (voltage step over current step) this far
   above its pack's median cell; manufacturing spread is 0.5-4 % (sigma, Wildfeuer &
   Lienkamp, science.md 3), so +30 % is beyond any healthy pack.
+- ``cell_capacity``: a cell swinging wider in SoC than its pack (its SoC offset from the
+  pack growing with the pack's SoC, ``bms._features.swing_from_sums``): the slope is
+  about the cell's capacity deficit. Manufacturing spread is 0.2-0.3 % (sigma,
+  science.md 3), so 5 % is far beyond it; the fit can still go wild on a pack whose SoC
+  hardly moved, hence also 10 robust sigmas out of its own pack (no healthy pack of the
+  simulated 200-vehicle, 1-year fleet had a cell past both; the worst reached 8 sigmas).
 - ``temp_high``: the hottest sensor within a margin below the contract's 60 degC
   over-temperature limit.
 - ``rest_temp_rise``: a sensor warming relative to its pack while no current flows
@@ -40,6 +46,7 @@ WARNING = "warning"
 CRITICAL = "critical"
 
 RULES: dict[str, str] = {
+    "cell_capacity": "cell swinging wider in state of charge than its pack (capacity loss)",
     "cell_resistance": "cell resistance far above the pack's median cell",
     "cell_spread": "cell rest deviation from the pack median near the contract spread limit",
     "deviation_growth": "cell rest deviation growing day after day",
@@ -68,6 +75,9 @@ class RuleLimits:
     spread_critical_share: float = 0.7  # critical at this share [-]
     resistance_rel_pct: float = 30.0  # cell resistance above the pack median [%]
     resistance_min_z: float = 5.0  # ... and this far out of its pack [-]
+    swing_rel_pct: float = 5.0  # cell's SoC swing beyond its pack's [% per 100 % SoC]
+    swing_critical_pct: float = 20.0  # critical at this swing [% per 100 % SoC]
+    swing_min_z: float = 10.0  # ... and this far out of its pack [-]
     temp_limit_c: float = 60.0  # contract over_temperature limit [degC]
     temp_warning_margin_c: float = 5.0  # warn this far below the limit [degC]
     temp_critical_margin_c: float = 3.0  # critical this far below [degC]
@@ -197,6 +207,17 @@ def evaluate_rules(features: pa.Table, limits: RuleLimits) -> pa.Table:
             "%",
             cell=_i(features, "resistance_cell"),
             critical=res >= 100.0,
+        )
+
+        swing = _f(features, "swing_rel_pct")
+        add(
+            (swing >= limits.swing_rel_pct) & (_f(features, "swing_z") >= limits.swing_min_z),
+            "cell_capacity",
+            swing,
+            limits.swing_rel_pct,
+            "%",
+            cell=_i(features, "swing_cell"),
+            critical=swing >= limits.swing_critical_pct,
         )
 
         tmax = _f(features, "temp_c_max")

@@ -40,6 +40,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from bms._duck import duckdb_connect
+from bms._ocv import CHEMISTRIES, OCV_TABLES_V, ocv_slope_mv_per_pct, soc_pct_from_ocv_v
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -89,6 +90,11 @@ CELL_FEATURES: tuple[CellFeature, ...] = (
     CellFeature("resistance_z", "resistance_dev_pct", "resistance_rel_pct", "%", "pos", 1.5),
     # a cell losing capacity is the pack's lowest more and more often (low SoC first)
     CellFeature("min_share_z", "min_cell_share", "min_share_rel", "-", "pos", 0.05),
+    # ... and swings wider in SoC than its pack: the slope of its SoC offset against the
+    # pack's SoC, in % per 100 % (about its capacity deficit), from telemetry at rest;
+    # manufacturing capacity spread is 0.2-0.3 % sigma (science.md 3), the floor covers
+    # the fit's own scatter (0.5-1 % on the simulated fleet)
+    CellFeature("swing_z", "swing_pct", "swing_rel_pct", "%", "pos", 0.5),
 )
 
 #: Vehicle-level features and their units.
@@ -136,7 +142,7 @@ FEATURES_SCHEMA = pa.schema(
     ],
     metadata={
         b"fleetbms.table": b"anomaly_features",
-        b"fleetbms.version": b"1",
+        b"fleetbms.version": b"2",
     },
 )
 
@@ -389,6 +395,167 @@ def sensor_day(
     return table
 
 
+#: Columns of ``sql/anomaly_swing_day.sql`` that add up over days.
+SWING_SUMS = ("n", "w", "wx", "wxx", "wy", "wxy")
+
+
+def ocv_lookup_tables() -> tuple[pa.Table, pa.Table]:
+    """The OCV curves (``bms._ocv``) as the lookup tables of ``anomaly_swing_day.sql``.
+
+    ``ocv_lut``: SoC and local slope at every whole mV from 0 to 5,000 (slope 0 outside
+    the curve, where the SoC is clipped and says nothing); ``ocv_bins``: the slope of
+    each 5 % SoC segment.
+    """
+    mv = np.arange(0, 5001, dtype=np.int32)
+    luts, bins = [], []
+    for chem in CHEMISTRIES:
+        table = OCV_TABLES_V[chem]
+        volts = mv / 1000.0
+        soc = soc_pct_from_ocv_v(volts, chem)
+        inside = (volts >= table[0]) & (volts <= table[-1])
+        luts.append(
+            pa.table(
+                {
+                    "chemistry": pa.array([chem] * len(mv), pa.string()),
+                    "mv": pa.array(mv, pa.int32()),
+                    "soc_pct": pa.array(soc, pa.float64()),
+                    "slope_mv_per_pct": pa.array(
+                        np.where(inside, ocv_slope_mv_per_pct(soc, chem), 0.0), pa.float64()
+                    ),
+                }
+            )
+        )
+        seg = np.diff(table) * 1000.0 / 5.0
+        bins.append(
+            pa.table(
+                {
+                    "chemistry": pa.array([chem] * len(seg), pa.string()),
+                    "bin": pa.array(np.arange(len(seg)), pa.int64()),
+                    "slope_mv_per_pct": pa.array(seg, pa.float64()),
+                }
+            )
+        )
+    return pa.concat_tables(luts), pa.concat_tables(bins)
+
+
+def swing_day(
+    lake_root: Path,
+    day: date,
+    fleet: str,
+    vehicles: pa.Table,
+    *,
+    rest_c_rate: float,
+    default_capacity_ah: float,
+) -> pa.Table:
+    """Per (vin, cell) of one day: the weighted sums of the SoC-swing fit (``SWING_SUMS``).
+
+    ``vehicles``: vin, chemistry, capacity_ah of the vehicles to fit (others are left out).
+    """
+    files = partition_files(lake_root, "telemetry", [day], fleet)
+    if not files or vehicles.num_rows == 0:
+        return pa.table(
+            {
+                "vin": pa.array([], pa.string()),
+                "cell": pa.array([], pa.int16()),
+                **{c: pa.array([], pa.int64() if c == "n" else pa.float64()) for c in SWING_SUMS},
+            }
+        )
+    lut, bins = ocv_lookup_tables()
+    con = _connect()
+    try:
+        con.execute(f"CREATE VIEW tele AS SELECT * FROM read_parquet({_sql_paths(files)})")
+        con.register("vehicles", vehicles)
+        con.register("ocv_lut", lut)
+        con.register("ocv_bins", bins)
+        for name, value in (
+            ("rest_c_rate", rest_c_rate),
+            ("default_capacity_ah", default_capacity_ah),
+        ):
+            con.execute(f"SET VARIABLE {name} = {float(value)!r}::DOUBLE")
+        table: pa.Table = con.sql(_sql("anomaly_swing_day.sql")).to_arrow_table()
+    finally:
+        con.close()
+    return table
+
+
+def swing_from_sums(sums: pa.Table, min_soc_sd_pct: float, min_days: int = 1) -> pa.Table:
+    """Per (vin, cell): the swing of the cell, from ``SWING_SUMS`` added over the window
+    (and ``days``, the number of days with readings at rest, if present).
+
+    ``swing_pct`` is the weighted least-squares slope of the cell's SoC minus the pack's
+    against the pack's SoC, times 100 [% per 100 % SoC]: about ``C_pack / C_cell - 1``
+    for a cell of capacity ``C_cell`` (its SoC moves that much more for the same charge).
+    NaN when the pack's SoC varied by less than ``min_soc_sd_pct`` (weighted standard
+    deviation) over the window, or with fewer than ``min_days`` days of data: a slope
+    over a narrow range or over the first day or two of a vehicle is noise.
+    """
+    w, wx, wxx, wy, wxy = (_col(sums, c) for c in SWING_SUMS[1:])
+    days = _col(sums, "days") if "days" in sums.column_names else np.full(sums.num_rows, np.inf)
+    with np.errstate(all="ignore"):
+        spread = w * wxx - wx * wx  # W^2 x weighted variance of x
+        slope = 100.0 * (w * wxy - wx * wy) / spread
+        sd = np.sqrt(np.maximum(spread, 0.0)) / w
+    ok = (w > 0) & (sd >= min_soc_sd_pct) & (days >= min_days)
+    return pa.table(
+        {
+            "vin": sums["vin"],
+            "cell": sums["cell"],
+            "swing_pct": pa.array(np.where(ok, slope, np.nan), pa.float64(), from_pandas=True),
+            "swing_soc_sd_pct": pa.array(np.where(w > 0, sd, np.nan), pa.float64()),
+        }
+    )
+
+
+def cell_swing(
+    lake_root: Path,
+    day: date,
+    fleet: str,
+    vehicles_of: dict[date, pa.Table],
+    *,
+    window_days: int,
+    min_soc_sd_pct: float,
+    min_days: int = 1,
+    rest_c_rate: float,
+    default_capacity_ah: float,
+    cache: dict[tuple[str, date], pa.Table] | None = None,
+) -> pa.Table:
+    """Per (vin, cell): the SoC swing over the trailing ``window_days`` (``swing_from_sums``).
+
+    ``vehicles_of[d]``: the vehicles (vin, chemistry, capacity_ah) to fit on date ``d``;
+    a cell needs ``min_days`` days with readings at rest in the window.
+    ``cache`` keeps each day's sums for the next dates of a catch-up (days older than
+    the window are dropped from it).
+    """
+    days = [day - timedelta(days=k) for k in range(window_days)]
+    parts = []
+    for d in sorted(days):
+        part = cache.get((fleet, d)) if cache is not None else None
+        if part is None:
+            part = swing_day(
+                lake_root,
+                d,
+                fleet,
+                vehicles_of[d],
+                rest_c_rate=rest_c_rate,
+                default_capacity_ah=default_capacity_ah,
+            )
+            if cache is not None:
+                cache[(fleet, d)] = part
+        parts.append(part)
+    if cache is not None:
+        for key in [k for k in cache if k[0] == fleet and k[1] < days[-1]]:
+            del cache[key]
+    table = pa.concat_tables(parts)
+    table = table.append_column("days", pa.array(np.ones(table.num_rows, np.int64)))
+    sums = table.group_by(["vin", "cell"], use_threads=False).aggregate(
+        [(c, "sum") for c in (*SWING_SUMS, "days")]
+    )
+    sums = sums.rename_columns([c.removesuffix("_sum") for c in sums.column_names])
+    return swing_from_sums(
+        sums.sort_by([("vin", "ascending"), ("cell", "ascending")]), min_soc_sd_pct, min_days
+    )
+
+
 def read_registry(lake_root: Path, fleet: str) -> pa.Table:
     """The fleet's rows of ``registry/vehicles.parquet`` (empty table if none)."""
     path = lake_root / "registry" / "vehicles.parquet"
@@ -421,6 +588,9 @@ class FeatureParams:
     baseline_lag_days: int = 14  # ... ending this many days before the scored day [d]
     temp_smooth_days: int = 5  # temperatures compared as the mean of this many days [d]
     soh_lag_days: int = 30  # SoH fade and resistance growth over this many days [d]
+    swing_days: int = 14  # SoC swing of each cell fitted over this many days [d]
+    swing_min_soc_sd_pct: float = 0.2  # ... when the pack's SoC varied this much [%]
+    swing_min_days: int = 7  # ... on at least this many days with readings at rest [d]
     min_self_discharge_hours: float = 24.0  # rest needed in smooth_days for a drift [h]
     rest_c_rate: float = 0.02  # |current| below this x capacity = at rest [1/h]
     default_capacity_ah: float = 100.0  # capacity of a VIN missing from the registry [Ah]
@@ -449,6 +619,7 @@ def assemble_features(
     sensors: pa.Table,
     day: date,
     params: FeatureParams,
+    swing: pa.Table | None = None,
 ) -> pa.Table:
     """Build the feature rows of one (date, fleet) from already-read inputs.
 
@@ -463,6 +634,8 @@ def assemble_features(
         with a ``date`` column.
     sensors : pyarrow.Table
         Output of ``sensor_day`` for ``day``.
+    swing : pyarrow.Table, optional
+        Output of ``cell_swing`` (none: the swing features are missing).
     """
     n = len(vins)
     pos = {v: i for i, v in enumerate(vins)}
@@ -498,9 +671,17 @@ def assemble_features(
             g[crow, ccell] = _col(cells, column)[keep]
         return g
 
+    # The swing comes from telemetry, not cell_day: same grid, cells beyond it ignored.
+    swing_grid = np.full((n, width), np.nan)
+    if swing is not None and swing.num_rows and width:
+        srow = np.array([pos.get(v, -1) for v in _strs(swing, "vin")], dtype=np.int64)
+        scell = _col(swing, "cell").astype(np.int64)
+        sok = (srow >= 0) & (scell >= 0) & (scell < width)
+        swing_grid[srow[sok], scell[sok]] = _col(swing, "swing_pct")[sok]
+
     sd_hours = grid("self_discharge_hours")
     for f in CELL_FEATURES:
-        g = grid(f.source)
+        g = swing_grid if f.source == "swing_pct" else grid(f.source)
         if f.source == "self_discharge_mv_per_day":
             g = np.where(sd_hours >= params.min_self_discharge_hours, g, np.nan)
         z, med, _scale = pack_robust_z(g, f.floor)
@@ -688,10 +869,17 @@ def features_path(lake_root: Path, day: date, fleet: str) -> Path:
     )
 
 
-def build_features(lake_root: Path, day: date, fleet: str, params: FeatureParams) -> pa.Table:
+def build_features(
+    lake_root: Path,
+    day: date,
+    fleet: str,
+    params: FeatureParams,
+    swing_cache: dict[tuple[str, date], pa.Table] | None = None,
+) -> pa.Table:
     """Read the analytics outputs (and telemetry) of one (date, fleet) into feature rows.
 
-    Vehicles get a row when ``metrics/vehicle_day`` has them on ``day``.
+    Vehicles get a row when ``metrics/vehicle_day`` has them on ``day``. ``swing_cache``
+    carries each day's swing sums over to the next date of a catch-up (``cell_swing``).
     """
     registry = read_registry(lake_root, fleet)
     window = max(params.baseline_lag_days + params.baseline_days, params.trend_days)
@@ -734,4 +922,50 @@ def build_features(lake_root: Path, day: date, fleet: str, params: FeatureParams
         rest_min_s=params.rest_min_s,
         settle_s=params.settle_s,
     )
-    return assemble_features(vins, chem, cells, vehicle_window, soh_window, sensors, day, params)
+    swing = cell_swing(
+        lake_root,
+        day,
+        fleet,
+        _vehicles_by_day(registry, vehicle_window, day, params.swing_days),
+        window_days=params.swing_days,
+        min_soc_sd_pct=params.swing_min_soc_sd_pct,
+        min_days=params.swing_min_days,
+        rest_c_rate=params.rest_c_rate,
+        default_capacity_ah=params.default_capacity_ah,
+        cache=swing_cache,
+    )
+    return assemble_features(
+        vins, chem, cells, vehicle_window, soh_window, sensors, day, params, swing
+    )
+
+
+def _vehicles_by_day(
+    registry: pa.Table, vehicle_window: pa.Table, day: date, n_days: int
+) -> dict[date, pa.Table]:
+    """Vehicles (vin, chemistry, capacity_ah) of each of the last ``n_days`` dates: the
+    registry's, and those with a chemistry in ``metrics/vehicle_day`` of that date (each
+    date's list depends on that date's inputs only, so a catch-up can reuse it)."""
+    reg_chem = {
+        v: c for v, c in zip(_strs(registry, "vin"), registry["chemistry"].to_pylist(), strict=True)
+    }
+    reg_cap = dict(zip(_strs(registry, "vin"), _col(registry, "capacity_ah").tolist(), strict=True))
+    wdays = vehicle_window["date"].to_pylist() if vehicle_window.num_rows else []
+    wvins = _strs(vehicle_window, "vin") if vehicle_window.num_rows else []
+    wchem = vehicle_window["chemistry"].to_pylist() if vehicle_window.num_rows else []
+    out: dict[date, pa.Table] = {}
+    for k in range(n_days):
+        d = day - timedelta(days=k)
+        chem = {v: str(c) for v, c in reg_chem.items() if c is not None}
+        for v, c, wd in zip(wvins, wchem, wdays, strict=True):
+            if wd == d and c is not None:
+                chem.setdefault(v, str(c))
+        vins = sorted(chem)
+        cap = [reg_cap.get(v, math.nan) for v in vins]
+        out[d] = pa.table(
+            {
+                "vin": pa.array(vins, pa.string()),
+                "chemistry": pa.array([chem[v] for v in vins], pa.string()),
+                "capacity_ah": pa.array(cap, pa.float64(), from_pandas=True),
+            }
+        )
+    return out
