@@ -949,16 +949,22 @@ def _vehicles_by_day(
         v: c for v, c in zip(_strs(registry, "vin"), registry["chemistry"].to_pylist(), strict=True)
     }
     reg_cap = dict(zip(_strs(registry, "vin"), _col(registry, "capacity_ah").tolist(), strict=True))
-    wdays = vehicle_window["date"].to_pylist() if vehicle_window.num_rows else []
-    wvins = _strs(vehicle_window, "vin") if vehicle_window.num_rows else []
-    wchem = vehicle_window["chemistry"].to_pylist() if vehicle_window.num_rows else []
+    seen: dict[date, dict[str, str]] = {}
+    if vehicle_window.num_rows:
+        for v, c, wd in zip(
+            _strs(vehicle_window, "vin"),
+            vehicle_window["chemistry"].to_pylist(),
+            vehicle_window["date"].to_pylist(),
+            strict=True,
+        ):
+            if c is not None:
+                seen.setdefault(wd, {}).setdefault(v, str(c))
     out: dict[date, pa.Table] = {}
     for k in range(n_days):
         d = day - timedelta(days=k)
         chem = {v: str(c) for v, c in reg_chem.items() if c is not None}
-        for v, c, wd in zip(wvins, wchem, wdays, strict=True):
-            if wd == d and c is not None:
-                chem.setdefault(v, str(c))
+        for v, c in seen.get(d, {}).items():
+            chem.setdefault(v, c)
         vins = sorted(chem)
         cap = [reg_cap.get(v, math.nan) for v in vins]
         out[d] = pa.table(
