@@ -463,13 +463,24 @@ def _stage_retention(ctx: NightlyContext) -> StageResult:
         "archived_partitions": r.archived_partitions,
         "archived_files": r.archived_files,
         "purged_partitions": r.purged_partitions,
+        "purged_quarantine_alerts": r.purged_quarantine_alerts,
     }
-    status = DONE if r.archived_files or r.purged_partitions else UP_TO_DATE
+    status = (
+        DONE
+        if r.archived_files or r.purged_partitions or r.purged_quarantine_alerts
+        else UP_TO_DATE
+    )
     message = (
         f"archived {r.archived_partitions} partitions older than {r.archive_before}, "
-        f"purged {r.purged_partitions} older than {r.purge_before}"
+        f"purged {r.purged_partitions} older than {r.purge_before} "
+        f"and {r.purged_quarantine_alerts} of quarantine and alerts"
     )
-    inputs = (f"lake/telemetry/date<{r.archive_before}", f"archive/telemetry/date<{r.purge_before}")
+    inputs = (
+        f"lake/telemetry/date<{r.archive_before}",
+        f"archive/telemetry/date<{r.purge_before}",
+        f"lake/quarantine/date<{r.purge_before}",
+        f"lake/alerts/date<{r.purge_before}",
+    )
     return StageResult(status, counts, inputs, (), message)
 
 

@@ -5,7 +5,9 @@ s.8(7): erase once the purpose is served), and they are by far the largest table
 ``archive_after_days`` a telemetry partition moves from ``lake/telemetry/`` to
 ``archive/telemetry/`` (same layout, same file names, same row groups, a higher zstd
 level); after ``purge_after_days`` it is deleted, together with its compaction
-statistics. Metrics, anomalies and reports are kept.
+statistics. The quarantine (raw rejected messages, by receive date) and the live alerts
+(by event date) hold the same personal data and are deleted at the same age. Metrics,
+anomalies and reports are kept.
 
 Moving a file is: write the archive copy atomically, then unlink the lake file. A run
 killed in between finds the archive copy complete on the next run and only unlinks the
@@ -37,6 +39,7 @@ class RetentionResult:
     purged_partitions: int
     archive_before: date
     purge_before: date
+    purged_quarantine_alerts: int = 0  # date partitions of lake/quarantine and lake/alerts
 
 
 def _partition_dates(base: Path) -> list[tuple[date, Path]]:
@@ -128,6 +131,14 @@ def apply_retention(
         for base in (archive_base, lake_base):
             if base.is_dir():
                 fsync_dir(base)
+    side = 0
+    for base in (data_dir / "lake" / "quarantine", data_dir / "lake" / "alerts"):
+        old = [d for day, d in _partition_dates(base) if day < purge_before]
+        for d in old:
+            shutil.rmtree(d)
+        if old:
+            fsync_dir(base)
+        side += len(old)
 
     todo = [
         (day, fleet_dir)
@@ -149,7 +160,7 @@ def apply_retention(
         _remove_empty(fleet_dir, lake_base)
         if on_progress:
             on_progress(k + 1, len(todo))
-    return RetentionResult(files, len(todo), purged, archive_before, purge_before)
+    return RetentionResult(files, len(todo), purged, archive_before, purge_before, side)
 
 
 def _remove_empty(path: Path, stop: Path) -> None:

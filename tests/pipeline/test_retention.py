@@ -5,10 +5,11 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 import bms
-from tests.pipeline.nightly_data import day_table, fleetbms, snapshot, write_flushes
+from tests.pipeline.nightly_data import VINS, day_table, fleetbms, snapshot, write_flushes
 from tests.pipeline.test_nightly import RUN_DAY
 
 ENV = {
@@ -27,6 +28,13 @@ def test_retention_archives_old_partitions_and_purges_older_ones(tmp_path: Path)
     write_flushes(day_table(RUN_DAY - timedelta(days=370)), d / "archive")
     assert archived_before.is_dir()
     old_files = {p.name: pq.read_table(p) for p in bms.telemetry_files(lake, old)}
+    side = {}  # quarantine (receive date) and alerts (event date) of an ancient and a recent day
+    for kind, sub in (("quarantine", ""), ("alerts", "fleet=demo")):
+        for day in (ancient, recent):
+            path = lake / kind / f"date={day}" / sub / "part-1.parquet"
+            path.parent.mkdir(parents=True)
+            pq.write_table(pa.table({"topic": [f"fleet/demo/{VINS[0]}/telemetry"]}), path)
+            side[kind, day] = path
 
     r = fleetbms(d, "nightly", "--date", RUN_DAY.isoformat(), **ENV)
     assert r.returncode == 0, r.stderr
@@ -41,6 +49,10 @@ def test_retention_archives_old_partitions_and_purges_older_ones(tmp_path: Path)
         assert pq.read_table(p).equals(old_files[p.name])
         assert pq.ParquetFile(p).metadata.row_group(0).column(0).compression == "ZSTD"
     assert (lake / "metrics" / "reconciliation" / f"date={RUN_DAY}").is_dir()  # metrics kept
+    for (kind, day), path in side.items():
+        assert path.exists() == (day == recent), (kind, day)
+        assert (lake / kind / f"date={day}").exists() == (day == recent), (kind, day)
+    assert '"purged_quarantine_alerts": 2' in r.stdout
 
     before = snapshot(lake, d / "archive")
     again = fleetbms(d, "nightly", "--date", RUN_DAY.isoformat(), **ENV)
