@@ -30,7 +30,6 @@ meanwhile and one JSON log line says why.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import logging
@@ -132,6 +131,11 @@ def log_event(event: str, **fields: Any) -> None:
 #: this bounds the memory of both processes whatever the backlog (~10k readings of 96
 #: cells per flush).
 _FLUSH_BYTES = 8 * 2**20
+#: Retained acks handed to paho and not yet confirmed by the broker, at most. Beyond it
+#: the newest watermark per VIN waits in ``_Worker.ack_due``; paho's queue of QoS 1
+#: publishes would otherwise grow during a long backlog drain (their PUBACKs queue behind
+#: the backlog) until its 16-bit packet ids wrap and publishes fail.
+_ACK_WINDOW = 4_096
 #: PUBACKs written per socket packet when acknowledging a flushed batch.
 _ACKS_PER_PACKET = 16_384
 _PUBACK = 0x40  # MQTT control packet type 4, flags 0 (MQTT v5 spec 3.4)
@@ -158,7 +162,7 @@ def _ack_all(client: Any, mids: list[int]) -> None:
 
 
 _READ_CHUNK = 256 * 1024  # [bytes] one recv() for many PUBLISH packets
-_PACKETS_PER_READ = 2_000  # packets handled per loop_read before writes get a turn
+_PACKETS_PER_READ = 2_000  # packets handled between two turns of writes and keepalive
 
 
 @functools.cache
@@ -169,7 +173,7 @@ def _client_class() -> type:
     own ``select``; at thousands of messages per second those system calls and loop
     turns cost about a fifth of the network thread. Here ``_sock_recv`` serves them from
     one ``recv`` of up to 256 kB and ``loop_read`` handles every complete packet already
-    buffered (bounded, so acks and keepalives still get their turn). ``_handle_publish``
+    buffered (letting queued writes and the keepalive run every 2000). ``_handle_publish``
     hands QoS 0/1 messages to ``on_publish_packet`` without paho's message object. All
     three are paho 2.x internals (``paho-mqtt<3`` is pinned); the read buffer belongs to
     one socket and is dropped when paho opens a new one.
@@ -233,20 +237,19 @@ def _client_class() -> type:
         def loop_read(self, max_packets: int = 1) -> Any:
             rc = super().loop_read(max_packets)
             n = 1
+            # Every complete packet already buffered is handled now: select() only sees
+            # the socket, not this buffer. Queued writes (acks, publishes) and the
+            # keepalive get their turn every _PACKETS_PER_READ packets.
             while (
                 rc == mqtt.MQTT_ERR_SUCCESS
                 and self._sock is not None
                 and self._rsock is self._sock
                 and self._rpos < len(self._rbuf)
             ):
-                if n >= _PACKETS_PER_READ:
-                    # Packets are still buffered but select() only sees the socket:
-                    # wake the loop through paho's own wake-up pipe.
-                    wake = getattr(self, "_sockpairW", None)
-                    if wake is not None:
-                        with contextlib.suppress(BlockingIOError):
-                            wake.send(b"\0")
-                    break
+                if n % _PACKETS_PER_READ == 0:
+                    rc = self.loop_write() or self.loop_misc()
+                    if rc or self._sock is None:
+                        return rc
                 rc = super().loop_read(max_packets)
                 n += 1
             return rc
@@ -298,6 +301,11 @@ class _Worker:
         self.tokens: list[tuple[int, int, int]] = []  # unflushed: (mid, qos, connection)
         self.unflushed_bytes = 0
         self.unflushed_since = 0.0  # time.monotonic() of the oldest unflushed message
+        # retained acks, flusher thread only: waiting (vin -> (fleet, seq)), and those
+        # handed to paho that the broker has not confirmed yet
+        self.ack_due: dict[str, tuple[str, int]] = {}
+        self.ack_infos: list[Any] = []
+        self.no_conn = mqtt.MQTT_ERR_NO_CONN
         self.wake = threading.Condition()
         self.space = threading.Condition()
         self.last_activity = time.monotonic()
@@ -349,6 +357,12 @@ class _Worker:
             return
         with self.lock:
             self.gen += 1
+        # paho keeps 20 QoS 1 publishes in flight whatever the broker allows; use the
+        # broker's Receive Maximum (MQTT v5 3.2.2.3.3, 65535 when absent) so retained acks
+        # are not throttled to 20 per round trip behind a backlog. The public setter
+        # refuses while connected; this callback runs before paho sends anything queued.
+        if isinstance(getattr(client, "_max_inflight_messages", None), int):
+            client._max_inflight_messages = max(1, getattr(properties, "ReceiveMaximum", 65_535))
         client.subscribe([(t, self.sub_options) for t in self.options.topics()])
         self.last_activity = time.monotonic()
         self.connected_once.set()
@@ -486,14 +500,31 @@ class _Worker:
         self._publish_acks(report.acks)
 
     def _publish_acks(self, acks: dict[str, tuple[str, int]]) -> None:
-        if not acks:
-            return  # keep the last publishes: shutdown waits for them
-        self.last_acks = [
-            self.client.publish(
+        """Queue retained acks (a newer watermark replaces a waiting one) and send some."""
+        self.ack_due.update(acks)
+        self._pump_acks()
+
+    def _pump_acks(self) -> bool:
+        """Publish waiting acks while fewer than ``_ACK_WINDOW`` are unconfirmed.
+
+        Returns True when every ack is published and confirmed by the broker.
+        """
+        self.ack_infos = [i for i in self.ack_infos if not i.is_published()]
+        while self.ack_due and len(self.ack_infos) < _ACK_WINDOW:
+            vin, (fleet, seq) = next(iter(self.ack_due.items()))
+            info = self.client.publish(
                 topic_for(fleet, vin, "ack"), encode_ack(vin, seq), qos=1, retain=True
             )
-            for vin, (fleet, seq) in acks.items()
-        ]
+            if info.rc == self.no_conn:
+                # paho keeps it and sends it after reconnecting (is_published() of such
+                # a message raises, so it is not counted in the window)
+                del self.ack_due[vin]
+                continue
+            if info.rc != 0:  # paho refused it: try again later
+                break
+            del self.ack_due[vin]
+            self.ack_infos.append(info)
+        return not self.ack_due and not self.ack_infos
 
     def _ack(self, tokens: list[tuple[int, int, int]]) -> None:
         with self.lock:
@@ -523,6 +554,8 @@ class _Worker:
                 with self.wake:
                     self.wake.wait(min(0.05, opts.flush_age_s / 4))
                 self.proc.check_alive()  # killed (OOM, kill -9): stop, acknowledge nothing
+                if self.ack_due:
+                    self._pump_acks()
                 msgs, nbytes, age = self.pending()
                 if (
                     msgs >= self.flush_msgs
@@ -546,8 +579,9 @@ class _Worker:
                     log_event("idle_exit", idle_s=opts.idle_exit_s)
                     self.stop.set()
             self.flush()
-            for info in getattr(self, "last_acks", []):
-                info.wait_for_publish(timeout=2.0)
+            deadline = time.monotonic() + 2.0  # then the broker keeps what it confirmed
+            while not self._pump_acks() and time.monotonic() < deadline:
+                time.sleep(0.02)
             clean = True
         finally:
             self.client.disconnect()
