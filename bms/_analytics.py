@@ -106,6 +106,11 @@ class AnalyticsParams:
     max_gap_s: float = 900.0  # a longer silence is a data gap [s]
     default_capacity_ah: float = 100.0  # C-rates of a VIN missing from the registry [Ah]
     over_temp_c: float = 60.0  # over-temperature event threshold (contract v1 alert) [degC]
+    # An event also needs the sensors' mean within this of over_temp_c [K]: twice the
+    # 5 degC cell-to-cell spread that pack thermal design aims at (Pesaran, NREL 2002,
+    # "Battery thermal models for hybrid vehicle simulations"), so one failing or
+    # misplaced sensor reading far above the rest does not count as the driver's use.
+    over_temp_spread_c: float = 10.0
     deep_discharge_soc_pct: float = 5.0  # deep-discharge event threshold [%]
     step_min_c_rate: float = 0.2  # current step for resistance [1/h]
     step_max_delay_s: float = 900.0  # a step's loaded reading at most this long after [s]
@@ -849,6 +854,7 @@ def _set_variables(con: Any, params: AnalyticsParams) -> None:
         "max_gap_s": params.max_gap_s,
         "default_capacity_ah": params.default_capacity_ah,
         "over_temp_c": params.over_temp_c,
+        "over_temp_spread_c": params.over_temp_spread_c,
         "deep_discharge_soc_pct": params.deep_discharge_soc_pct,
         "rest_min_s": float(params.rest_min_s),
         "step_min_c_rate": params.step_min_c_rate,

@@ -45,7 +45,8 @@ class WarrantyThreshold:
 class UsageLimits:
     """Usage conditions that may void cover; ``None`` = not a condition.
 
-    ``max_over_temp_events`` counts excursions above ``analytics.over_temp_c``,
+    ``max_over_temp_events`` counts excursions above ``analytics.over_temp_c`` that the
+    sensors' mean confirms (``vehicle_day.over_temp_events``),
     ``max_dc_fast_share`` is the share of charged Ah through DC fast charging [-],
     ``max_deep_discharges`` counts excursions below ``analytics.deep_discharge_soc_pct``.
     """

@@ -114,6 +114,7 @@ class AnalyticsConfig:
     step_min_c_rate: float = 0.2  # current step used for resistance [1/h]
     step_max_delay_s: float = 900.0  # a step's loaded reading at most this long after [s]
     over_temp_c: float = 60.0  # over-temperature event threshold (warranty usage) [degC]
+    over_temp_spread_c: float = 10.0  # ... with the sensors' mean at most this below it [K]
     deep_discharge_soc_pct: float = 5.0  # deep-discharge event threshold [%]
     threads: int = 0  # DuckDB threads; 0 = all cores
 

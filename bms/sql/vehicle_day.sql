@@ -6,7 +6,9 @@
 -- counters of readings.sql (charging positive). Equivalent full cycles =
 -- (Ah charged + Ah discharged) / (2 x rated capacity). Temperatures are the hottest
 -- sensor (temp_c_max). An over-temperature event is a reading above over_temp_c after
--- one at or below it; a deep discharge a reading below deep_discharge_soc_pct after
+-- one at or below it, with the sensors' mean within over_temp_spread_c of the limit: the
+-- use that heats a pack heats it throughout, while one sensor far above the others is a
+-- failing sensor or a local defect (live alerts and anomalies report those); a deep discharge a reading below deep_discharge_soc_pct after
 -- one at or above it. `rest_periods` counts rests of at least rest_min_s that ended
 -- today (one still running continues tomorrow).
 WITH dup AS (
@@ -57,6 +59,7 @@ agg AS (
         arg_max(cycle_count, rn) AS bms_cycle_count,
         count(*) FILTER (
             WHERE temp_c_max > getvariable('over_temp_c')
+                AND temp_c_mean > getvariable('over_temp_c') - getvariable('over_temp_spread_c')
                 AND coalesce(prev_temp_c_max, -1e9) <= getvariable('over_temp_c')
         ) AS over_temp_events,
         count(*) FILTER (

@@ -271,3 +271,18 @@ def test_vehicle_by_vehicle_pass_equals_one_pass_over_the_fleet(
     for day in bms.pending_dates(copy / "lake"):
         bms.run_analytics(copy / "lake", day, params=params)
     assert _metric_bytes(copy / "lake") == _metric_bytes(lake)
+
+
+def test_over_temperature_events_need_the_pack_not_one_sensor(tmp_path: Path) -> None:
+    """A pack heated throughout counts one event per excursion (two drives a day); one
+    of eight sensors reading far above the others (a failing or misplaced sensor) counts
+    none, so it cannot void a warranty for the driver's use."""
+    lake = tmp_path / "lake"
+    hot = SynthVehicle("FBMAAAAA0TS000011", drive_temps_c=(64, 62, 61, 60, 59, 58, 57, 56))
+    faulty = SynthVehicle("FBMAAAAA0TS000012", drive_temps_c=(75, 30, 30, 30, 30, 30, 30, 30))
+    write_fleet(lake, [hot, faulty], START, 1, cadence_s=300)
+    bms.run_pending(lake)
+    vd = bms.read_metrics(lake, "vehicle_day", [START])
+    events = dict(zip(vd["vin"].to_pylist(), vd["over_temp_events"].to_pylist(), strict=True))
+    assert events == {hot.vin: 2, faulty.vin: 0}
+    assert max(vd["temp_c_max"].to_pylist()) == 75.0  # the reading itself is kept

@@ -31,6 +31,7 @@ class SynthVehicle:
     offset_a: float = 0.05  # current-sensor offset [A]
     temp_c: float = 25.0
     weak_cell: int = -1  # this cell has 3x resistance and leaks
+    drive_temps_c: tuple[float, ...] | None = None  # the sensors while driving [degC]
     in_service: date = date(2026, 1, 1)
 
 
@@ -78,7 +79,10 @@ def vehicle_day_table(
         cell_v[:, v.weak_cell] -= 0.002 * (age_d + t_s / 86_400)
     cell_mv = np.round(cell_v * 1000).astype(np.int64)
     pack_v = cell_v.sum(axis=1)
-    temps = np.full((n, 2), v.temp_c)
+    n_temps = 2 if v.drive_temps_c is None else len(v.drive_temps_c)
+    temps = np.full((n, n_temps), v.temp_c)
+    if v.drive_temps_c is not None:
+        temps[cur < 0] = v.drive_temps_c
     mode = np.where(cur > 0, "ac_charge", np.where(cur < 0, "drive", "idle"))
     odo = (
         1000.0
@@ -100,7 +104,7 @@ def vehicle_day_table(
         cell_mv=cell_mv.ravel(),
         cell_offsets=np.arange(n + 1) * v.n_cells,
         temp_c=temps.ravel(),
-        temp_offsets=np.arange(n + 1) * 2,
+        temp_offsets=np.arange(n + 1) * n_temps,
         received_at_ms=(t0.timestamp() * 1000 + t_s * 1000 + 500).astype(np.int64),
         worker="synth",
     )
