@@ -357,12 +357,15 @@ class _Worker:
             return
         with self.lock:
             self.gen += 1
-        # paho keeps 20 QoS 1 publishes in flight whatever the broker allows; use the
-        # broker's Receive Maximum (MQTT v5 3.2.2.3.3, 65535 when absent) so retained acks
-        # are not throttled to 20 per round trip behind a backlog. The public setter
-        # refuses while connected; this callback runs before paho sends anything queued.
+        # paho keeps 20 QoS 1 publishes in flight whatever the broker allows (its Receive
+        # Maximum, MQTT v5 3.2.2.3.3, 65535 when absent), so retained acks would trickle
+        # out 20 per round trip behind a backlog; and with a limit set, every PUBACK makes
+        # paho scan its whole queue. When the broker allows twice our own window, paho's
+        # limit is lifted (0), else it is the broker's. The public setter refuses while
+        # connected; this callback runs before paho sends anything queued.
+        receive_max = getattr(properties, "ReceiveMaximum", 65_535)
         if isinstance(getattr(client, "_max_inflight_messages", None), int):
-            client._max_inflight_messages = max(1, getattr(properties, "ReceiveMaximum", 65_535))
+            client._max_inflight_messages = 0 if receive_max >= 2 * _ACK_WINDOW else receive_max
         client.subscribe([(t, self.sub_options) for t in self.options.topics()])
         self.last_activity = time.monotonic()
         self.connected_once.set()
@@ -569,7 +572,12 @@ class _Worker:
                     self._publish_acks(self.proc.refresh_group_acks())
                 if now >= next_log:
                     next_log = now + opts.log_interval_s
-                    log_event("counters", **self._snapshot())
+                    log_event(
+                        "counters",
+                        **self._snapshot(),
+                        acks_waiting=len(self.ack_due),
+                        acks_unconfirmed=len(self.ack_infos),
+                    )
                 if (
                     opts.idle_exit_s > 0
                     and self.connected_once.is_set()
@@ -582,6 +590,13 @@ class _Worker:
             deadline = time.monotonic() + 2.0  # then the broker keeps what it confirmed
             while not self._pump_acks() and time.monotonic() < deadline:
                 time.sleep(0.02)
+            if self.ack_due or self.ack_infos:
+                log_event(
+                    "acks_unconfirmed",
+                    waiting=len(self.ack_due),
+                    unconfirmed=len(self.ack_infos),
+                    action="vehicles keep those readings buffered until a later ack",
+                )
             clean = True
         finally:
             self.client.disconnect()
