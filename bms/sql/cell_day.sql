@@ -12,21 +12,40 @@
 --                      sensor floor(i * n_temps / n_cells)
 --   min_cell_share, max_cell_share  share of all the day's readings in which the cell
 --                      was the lowest / highest
-WITH cells_t AS MATERIALIZED (
-    -- temp_dev_x: n_temps x (the cell's sensor - sensor mean), an integer in 0.1 degC so
-    -- that sums stay exact
+WITH per_reading AS (
+    SELECT vin, seq, day_n, cell_mv, temp_dc, list_median(cell_mv) AS median_mv
+    FROM cell_rows
+),
+cells_t AS MATERIALIZED (
     SELECT
         vin, seq, day_n,
-        unnest(cell_mv)::DOUBLE - list_median(cell_mv) AS dev_mv,
+        unnest(cell_mv)::DOUBLE - median_mv AS dev_mv,
         unnest(cell_mv)::DOUBLE AS mv,
         unnest(range(len(cell_mv)))::SMALLINT AS cell,
-        len(cell_mv) AS n_cells,
-        unnest([
-            temp_dc[1 + (i * len(temp_dc)) // len(cell_mv)] * len(temp_dc) - list_sum(temp_dc)
-            FOR i IN range(len(cell_mv))
-        ]) AS temp_dev_x,
-        len(temp_dc) AS n_temps
-    FROM cell_rows
+        len(cell_mv) AS n_cells
+    FROM per_reading
+),
+sensor_sums AS (
+    -- per sensor: the sum of n_temps x (sensor - sensor mean), an integer in 0.1 degC
+    -- so that sums stay exact, and of n_temps; summed per sensor (16 a reading), not
+    -- per cell (96), then handed to the cells that read that sensor
+    SELECT vin, day_n, n_cells, n_temps, sensor, sum(dev_x) AS dev_x, sum(n_temps) AS w
+    FROM (
+        SELECT
+            vin, day_n, len(cell_mv) AS n_cells, len(temp_dc) AS n_temps,
+            unnest(range(len(temp_dc))) AS sensor,
+            unnest(temp_dc) * len(temp_dc) - list_sum(temp_dc) AS dev_x
+        FROM cell_rows
+    )
+    GROUP BY vin, day_n, n_cells, n_temps, sensor
+),
+cell_temps AS (
+    -- cell i reads sensor floor(i * n_temps / n_cells)
+    SELECT s.vin, s.day_n, c.cell::SMALLINT AS cell, sum(s.dev_x) AS dev_x, sum(s.w) AS w
+    FROM sensor_sums s
+    JOIN (SELECT unnest(range(400)) AS cell) c
+        ON c.cell < s.n_cells AND (c.cell * s.n_temps) // s.n_cells = s.sensor
+    GROUP BY s.vin, s.day_n, c.cell
 ),
 roles AS MATERIALIZED (
     SELECT c.*, s.role, s.grp, s.delta_a, s.temp_factor, s.span_ms
@@ -72,10 +91,9 @@ steps_agg AS (
     FROM step_rel GROUP BY vin, day_n, cell
 ),
 temps AS (
-    SELECT vin, day_n, cell, any_value(n_cells) AS n_cells,
-           sum(temp_dev_x) / sum(n_temps) / 10.0 AS temp_dev_c
-    FROM cells_t
-    GROUP BY vin, day_n, cell
+    SELECT c.vin, c.day_n, c.cell, c.n_cells, t.dev_x / t.w / 10.0 AS temp_dev_c
+    FROM (SELECT vin, day_n, cell, any_value(n_cells) AS n_cells FROM cells_t GROUP BY ALL) c
+    LEFT JOIN cell_temps t USING (vin, day_n, cell)
 ),
 n_read AS (SELECT vin, day_n, count(*) AS n_readings FROM readings GROUP BY vin, day_n),
 mins AS (SELECT vin, day_n, cell_min_idx AS cell, count(*) AS n FROM readings GROUP BY ALL),
