@@ -12,7 +12,12 @@
 -- one at or above it. `rest_periods` counts rests of at least rest_min_s that ended
 -- today (one still running continues tomorrow).
 WITH dup AS (
-    SELECT vin, epoch_ms(ts) // 86400000 AS day_n, count(*) AS n_rows FROM tele GROUP BY ALL
+    -- rows as stored, duplicates included; without duplicates in the unit (variable
+    -- dedup false) the scan is folded away and nothing was dropped
+    SELECT vin, epoch_ms(ts) // 86400000 AS day_n, count(*) AS n_rows
+    FROM tele
+    WHERE getvariable('dedup')
+    GROUP BY ALL
 ),
 rests AS (
     SELECT vin, day_n, count(*) AS rest_periods
@@ -80,7 +85,7 @@ SELECT
     agg.day_n,
     agg.chemistry,
     agg.n_readings,
-    dup.n_rows - agg.n_readings AS duplicates_dropped,
+    coalesce(dup.n_rows - agg.n_readings, 0) AS duplicates_dropped,
     agg.flagged_readings,
     make_timestamp(agg.first_ts_ms * 1000) AS first_ts,
     make_timestamp(agg.last_ts_ms * 1000) AS last_ts,
@@ -123,6 +128,6 @@ SELECT
     agg.bms_soh_pct,
     agg.bms_cycle_count
 FROM agg
-JOIN dup USING (vin, day_n)
+LEFT JOIN dup USING (vin, day_n)
 LEFT JOIN rests USING (vin, day_n)
 ORDER BY agg.day_n, agg.vin;
