@@ -84,6 +84,7 @@ from bms._errors import BmsError, ContractError, SchemaError
 from bms._features import FEATURES_SCHEMA as ANOMALY_FEATURES_SCHEMA
 from bms._features import FeatureParams as AnomalyFeatureParams
 from bms._lake import (
+    COMPACTED_PREFIX,
     WrittenFile,
     atomic_parquet_writer,
     atomic_write_bytes,
@@ -132,6 +133,7 @@ __all__ = [
     "ANOMALIES_SCHEMA",
     "ANOMALY_FEATURES_SCHEMA",
     "CHEMISTRIES",
+    "COMPACTED_PREFIX",
     "FADE_EXPONENT",
     "FLEET_PATTERN",
     "MAX_BATCH_READINGS",

@@ -50,7 +50,7 @@ from bms._capacity import (
 )
 from bms._duck import duckdb_connect
 from bms._errors import BmsError
-from bms._lake import fsync_path, telemetry_files
+from bms._lake import COMPACTED_PREFIX, fsync_path, telemetry_files
 from bms._ocv import CHEMISTRIES
 from bms._resistance import resistance_mohm_from_step, resistance_temp_factor
 from bms._soh import (
@@ -1089,14 +1089,20 @@ class _FleetSession:
             "'" + str(p).replace("'", "''") + "'" for day in days for p in files[day]
         )
         source = f"read_parquet([{file_list}], hive_partitioning = false)"
+        # A compacted partition (its one file) holds one row per (vin, seq); otherwise
+        # the distinct seqs are counted (a hash of every key: dearer than the count).
+        compacted = all(
+            len(fs) == 1 and fs[0].name.startswith(COMPACTED_PREFIX) for fs in files.values()
+        )
+        distinct = "count(*)" if compacted else "count(DISTINCT seq)"
         counts = con.sql(
-            f"SELECT vin, count(*), count(DISTINCT seq) FROM {source} GROUP BY vin ORDER BY vin"
+            f"SELECT vin, count(*), {distinct} FROM {source} GROUP BY vin ORDER BY vin"
         ).fetchall()
         groups = _vin_groups(
             [(str(v), int(n)) for v, n, _ in counts], max(1, params.chunk_readings)
         ) or [("", "\uffff")]
-        # The jobs keep the first received of duplicate (vin, seq) rows; a compacted
-        # partition has none, and then they skip that (a sort of every row) altogether.
+        # The jobs keep the first received of duplicate (vin, seq) rows; without any
+        # they skip that (a sort of every row) altogether.
         dedup = any(n != u for _, n, u in counts)
         # Every SQL job works per vehicle, so the pass runs vehicle group by vehicle group
         # (memory bounded by the groups in flight, not the fleet) and the outputs are

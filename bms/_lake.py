@@ -145,6 +145,11 @@ class WrittenFile:
     rows: int
 
 
+#: Name prefix of the nightly compaction's output: the one file of a compacted partition,
+#: sorted by (vin, ts, seq) with one row per (vin, seq) (``pipeline`` writes it).
+COMPACTED_PREFIX = "compacted-"
+
+
 def telemetry_dir(lake_root: Path, day: date, fleet: str) -> Path:
     """Hive partition directory of telemetry for one UTC event date and fleet."""
     return lake_root / "telemetry" / f"date={day.isoformat()}" / f"fleet={fleet}"

@@ -48,6 +48,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from bms import (
+    COMPACTED_PREFIX,
     TELEMETRY_SCHEMA,
     SchemaError,
     atomic_parquet_writer,
@@ -65,7 +66,6 @@ from pipeline._nightly_state import (
 )
 
 STAGE = "compaction"
-COMPACTED_PREFIX = "compacted-"
 
 #: Per-VIN counts kept beside each compacted file (cumulative over recompactions).
 STATS_SCHEMA = pa.schema(

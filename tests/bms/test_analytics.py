@@ -127,7 +127,8 @@ def test_rerun_gives_byte_identical_files(lake: Path, tmp_path: Path) -> None:
 
 
 def test_duplicates_and_small_files_do_not_change_results(lake: Path, tmp_path: Path) -> None:
-    """The same readings split over many files with duplicate rows give the same tables."""
+    """The same readings split over many files with duplicate rows give the same tables
+    as one compacted file per day (named so: the jobs then skip deduplication)."""
     root = tmp_path / "dup" / "lake"
     shutil.copytree(lake.parent / "lake" / "registry", root / "registry")
     soc = 0.9
@@ -143,7 +144,8 @@ def test_duplicates_and_small_files_do_not_change_results(lake: Path, tmp_path: 
     for i in range(2):
         day = START + timedelta(days=i)
         table, soc = vehicle_day_table(NMC, day, soc, cadence_s=300, fleet="demo", seq0=i * 10**6)
-        bms.write_telemetry(table, clean, file_prefix="compact")
+        (written,) = bms.write_telemetry(table, clean, file_prefix="compacted")
+        assert written.path.name.startswith(bms.COMPACTED_PREFIX)
     bms.run_pending(root)
     bms.run_pending(clean)
     for name in ("capacity", "cell_day", "resistance", "vehicle_soh", "warranty"):
