@@ -22,8 +22,9 @@ and a severity. Thresholds are data (``RuleLimits``), with their sources:
   pack growing with the pack's SoC, ``bms._features.swing_from_sums``): the slope is
   about the cell's capacity deficit. Manufacturing spread is 0.2-0.3 % (sigma,
   science.md 3), so 5 % is far beyond it; the fit can still go wild on a pack whose SoC
-  hardly moved, hence also 10 robust sigmas out of its own pack (no healthy pack of the
-  simulated 200-vehicle, 1-year fleet had a cell past both; the worst reached 8 sigmas).
+  hardly moved, hence also 10 robust sigmas out of its own pack, in both halves of the
+  window (on two simulated 200-vehicle, 1-year fleets the worst healthy pack reached
+  5 sigmas; over the whole window, without the halves, 10.4).
 - ``temp_high``: the hottest sensor within a margin below the contract's 60 degC
   over-temperature limit.
 - ``rest_temp_rise``: a sensor warming relative to its pack while no current flows

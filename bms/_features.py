@@ -91,7 +91,8 @@ CELL_FEATURES: tuple[CellFeature, ...] = (
     # a cell losing capacity is the pack's lowest more and more often (low SoC first)
     CellFeature("min_share_z", "min_cell_share", "min_share_rel", "-", "pos", 0.05),
     # ... and swings wider in SoC than its pack: the slope of its SoC offset against the
-    # pack's SoC, in % per 100 % (about its capacity deficit), from telemetry at rest;
+    # pack's SoC, in % per 100 % (about its capacity deficit), from telemetry at rest
+    # (the smaller of the fits over the two halves of the window);
     # manufacturing capacity spread is 0.2-0.3 % sigma (science.md 3), the floor covers
     # the fit's own scatter (0.5-1 % on the simulated fleet)
     CellFeature("swing_z", "swing_pct", "swing_rel_pct", "%", "pos", 0.5),
@@ -519,10 +520,11 @@ def cell_swing(
     default_capacity_ah: float,
     cache: dict[tuple[str, date], pa.Table] | None = None,
 ) -> pa.Table:
-    """Per (vin, cell): the SoC swing over the trailing ``window_days`` (``swing_from_sums``).
+    """Per (vin, cell): the SoC swing (``swing_from_sums``) over the recent half of the
+    trailing ``window_days`` (``swing_pct``) and over the older half (``swing_early_pct``).
 
     ``vehicles_of[d]``: the vehicles (vin, chemistry, capacity_ah) to fit on date ``d``;
-    a cell needs ``min_days`` days with readings at rest in the window.
+    a cell needs ``min_days`` days with readings at rest in a half.
     ``cache`` keeps each day's sums for the next dates of a catch-up (days older than
     the window are dropped from it).
     """
@@ -545,14 +547,37 @@ def cell_swing(
     if cache is not None:
         for key in [k for k in cache if k[0] == fleet and k[1] < days[-1]]:
             del cache[key]
-    table = pa.concat_tables(parts)
-    table = table.append_column("days", pa.array(np.ones(table.num_rows, np.int64)))
-    sums = table.group_by(["vin", "cell"], use_threads=False).aggregate(
-        [(c, "sum") for c in (*SWING_SUMS, "days")]
-    )
-    sums = sums.rename_columns([c.removesuffix("_sum") for c in sums.column_names])
-    return swing_from_sums(
-        sums.sort_by([("vin", "ascending"), ("cell", "ascending")]), min_soc_sd_pct, min_days
+    # The window is fitted as two halves (older days first): a real loss of capacity
+    # shows in both, one odd day (a deep discharge into an LFP knee) in one only.
+    split = window_days - window_days // 2
+    halves = (sorted(days)[:split], sorted(days)[split:])
+    fits = []
+    for half_days in halves:
+        half = [p for d, p in zip(sorted(days), parts, strict=True) if d in half_days]
+        table = pa.concat_tables(half)
+        table = table.append_column("days", pa.array(np.ones(table.num_rows, np.int64)))
+        sums = table.group_by(["vin", "cell"], use_threads=False).aggregate(
+            [(c, "sum") for c in (*SWING_SUMS, "days")]
+        )
+        sums = sums.rename_columns([c.removesuffix("_sum") for c in sums.column_names])
+        fit = swing_from_sums(sums, min_soc_sd_pct, min_days)
+        fits.append(
+            {
+                (v, int(c)): x
+                for v, c, x in zip(
+                    _strs(fit, "vin"), _col(fit, "cell"), _col(fit, "swing_pct"), strict=True
+                )
+            }
+        )
+    early, recent = fits
+    keys = sorted(set(early) | set(recent))
+    return pa.table(
+        {
+            "vin": pa.array([k[0] for k in keys], pa.string()),
+            "cell": pa.array([k[1] for k in keys], pa.int16()),
+            "swing_pct": pa.array([recent.get(k, math.nan) for k in keys], pa.float64()),
+            "swing_early_pct": pa.array([early.get(k, math.nan) for k in keys], pa.float64()),
+        }
     )
 
 
@@ -588,9 +613,9 @@ class FeatureParams:
     baseline_lag_days: int = 14  # ... ending this many days before the scored day [d]
     temp_smooth_days: int = 5  # temperatures compared as the mean of this many days [d]
     soh_lag_days: int = 30  # SoH fade and resistance growth over this many days [d]
-    swing_days: int = 14  # SoC swing of each cell fitted over this many days [d]
+    swing_days: int = 14  # SoC swing of each cell fitted over two halves of this [d]
     swing_min_soc_sd_pct: float = 0.2  # ... when the pack's SoC varied this much [%]
-    swing_min_days: int = 7  # ... on at least this many days with readings at rest [d]
+    swing_min_days: int = 4  # ... on this many days with readings at rest in a half [d]
     min_self_discharge_hours: float = 24.0  # rest needed in smooth_days for a drift [h]
     rest_c_rate: float = 0.02  # |current| below this x capacity = at rest [1/h]
     default_capacity_ah: float = 100.0  # capacity of a VIN missing from the registry [Ah]
@@ -672,19 +697,32 @@ def assemble_features(
         return g
 
     # The swing comes from telemetry, not cell_day: same grid, cells beyond it ignored.
-    swing_grid = np.full((n, width), np.nan)
-    if swing is not None and swing.num_rows and width:
-        srow = np.array([pos.get(v, -1) for v in _strs(swing, "vin")], dtype=np.int64)
-        scell = _col(swing, "cell").astype(np.int64)
-        sok = (srow >= 0) & (scell >= 0) & (scell < width)
-        swing_grid[srow[sok], scell[sok]] = _col(swing, "swing_pct")[sok]
+    def swing_grid(column: str) -> FloatArray:
+        g = np.full((n, width), np.nan)
+        if swing is not None and swing.num_rows and width:
+            srow = np.array([pos.get(v, -1) for v in _strs(swing, "vin")], dtype=np.int64)
+            scell = _col(swing, "cell").astype(np.int64)
+            sok = (srow >= 0) & (scell >= 0) & (scell < width)
+            g[srow[sok], scell[sok]] = _col(swing, column)[sok]
+        return g
 
     sd_hours = grid("self_discharge_hours")
     for f in CELL_FEATURES:
-        g = swing_grid if f.source == "swing_pct" else grid(f.source)
-        if f.source == "self_discharge_mv_per_day":
-            g = np.where(sd_hours >= params.min_self_discharge_hours, g, np.nan)
-        z, med, _scale = pack_robust_z(g, f.floor)
+        if f.source == "swing_pct":
+            # both halves of the window must show the swing: the smaller z and value
+            z, med, _scale = pack_robust_z(swing_grid("swing_pct"), f.floor)
+            z_early, med_early, _scale = pack_robust_z(swing_grid("swing_early_pct"), f.floor)
+            z = np.minimum(z, z_early)
+            rel = np.minimum(
+                swing_grid("swing_pct") - med[:, None],
+                swing_grid("swing_early_pct") - med_early[:, None],
+            )
+        else:
+            g = grid(f.source)
+            if f.source == "self_discharge_mv_per_day":
+                g = np.where(sd_hours >= params.min_self_discharge_hours, g, np.nan)
+            z, med, _scale = pack_robust_z(g, f.floor)
+            rel = g - med[:, None]
         bad, idx = worst_cell(z, n_cells, f.direction)
         bad = np.where(has_today, bad, np.nan)
         idx = np.where(has_today, idx, -1)
@@ -692,7 +730,7 @@ def assemble_features(
         out[CELL_INDEX[f.name]] = pa.array(idx.astype(np.int16), pa.int16())
         raw = np.full(n, np.nan)
         ok = idx >= 0
-        raw[ok] = g[np.arange(n)[ok], idx[ok]] - med[ok]
+        raw[ok] = rel[np.arange(n)[ok], idx[ok]]
         out[CELL_EVIDENCE[f.name][0]] = raw
 
     # Spread growth: (max - min) of the recent rest deviation minus that of the early part.
