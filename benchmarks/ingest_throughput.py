@@ -5,6 +5,8 @@ two offline persistent sessions (QoS 1). Then, in the same run:
 
 (a) a bare paho-mqtt subscriber (MQTT v5, manual ack, receive-maximum 65535) that only
     acknowledges each message: the ceiling;
+(a') the same with ingest's own tuned paho client (for comparison: how much of ingest's
+     rate comes from the client tuning rather than from the writer process);
 (b) ``fleetbms ingest`` as a child process, durable (decode, dedup, alerts, Parquet with
     fsync before every ack); its drain ends when the retained ack of every vehicle
     reaches its last seq.
@@ -235,6 +237,49 @@ def drain_bare(broker: MosquittoBroker, n: int) -> tuple[float, float, float]:
     return n / dt, cpu / n * 1e6, broker_cpu / n * 1e6
 
 
+def drain_tuned(broker: MosquittoBroker, n: int) -> tuple[float, float, float]:
+    """(a') for comparison: ingest's tuned paho client (chunked socket reads, publish
+    packets without paho's message object, PUBACKs batched per 1000), ack only."""
+    from ingest._mqtt import _ack_all, _client_class
+
+    count = 0
+    mids: list[int] = []
+    done = threading.Event()
+    t = {"start": 0.0}
+
+    def on_connect(client, userdata, flags, rc, props) -> None:  # type: ignore[no-untyped-def]
+        t["start"] = time.perf_counter()
+
+    c = _client_class()(
+        CallbackAPIVersion.VERSION2, client_id="bench-tuned", protocol=mqtt.MQTTv5, manual_ack=True
+    )
+
+    def on_publish_packet(topic: str, payload: bytes, mid: int, qos: int) -> None:
+        nonlocal count
+        mids.append(mid)
+        count += 1
+        if len(mids) >= 1000 or count >= n:
+            _ack_all(c, mids)
+            mids.clear()
+        if count >= n:
+            done.set()
+
+    c.on_connect = on_connect
+    c.on_publish_packet = on_publish_packet
+    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    props.SessionExpiryInterval = 3600
+    props.ReceiveMaximum = 65535
+    cpu0, broker0 = cpu_s(resource.RUSAGE_SELF), broker_cpu_s(broker)
+    c.connect(broker.host, broker.port, clean_start=False, properties=props)
+    c.loop_start()
+    assert done.wait(3600)
+    dt = time.perf_counter() - t["start"]
+    cpu, broker_cpu = cpu_s(resource.RUSAGE_SELF) - cpu0, broker_cpu_s(broker) - broker0
+    c.disconnect()
+    c.loop_stop()
+    return n / dt, cpu / n * 1e6, broker_cpu / n * 1e6
+
+
 def drain_ingest(
     broker: MosquittoBroker, n: int, vehicles: int, data_dir: Path, flush_rows: int
 ) -> tuple[float, tuple[float, float], tuple[float, list[float], float], dict[str, object]]:
@@ -317,9 +362,10 @@ def main() -> None:
             print(f"backlog: {args.backlog} readings of 96 cells, {args.vehicles} vehicles")
             if not args.no_bare:
                 make_session(broker, "bench-bare")
+                make_session(broker, "bench-tuned")
             make_session(broker, "bench-ingest")
             rate, size = prefill(broker, payloads(args.backlog, args.vehicles))
-            sessions = 1 if args.no_bare else 2
+            sessions = 1 if args.no_bare else 3
             print(
                 f"prefill: {rate:,.0f} msgs/s ({size:.0f} B each), queued for {sessions} sessions"
             )
@@ -328,6 +374,11 @@ def main() -> None:
                 bare, cpu, broker_cpu = drain_bare(broker, args.backlog)
                 print(
                     f"(a) bare paho subscriber, ack only: {bare:,.0f} msgs/s "
+                    f"(CPU {cpu:.0f} us/msg, broker {broker_cpu:.0f} us/msg)"
+                )
+                tuned, cpu, broker_cpu = drain_tuned(broker, args.backlog)
+                print(
+                    f"(a') ingest's tuned paho client, ack only: {tuned:,.0f} msgs/s "
                     f"(CPU {cpu:.0f} us/msg, broker {broker_cpu:.0f} us/msg)"
                 )
             ing, (cpu, broker_cpu), (peak_sum, hwm, max_one), final = drain_ingest(
@@ -341,6 +392,7 @@ def main() -> None:
             print(f"    CPU us/msg by process, network side first: {final['cpu_per_process']}")
             if bare:
                 print(f"ratio ingest/bare: {ing / bare:.2f} (goal >= 0.8)")
+                print(f"ratio ingest/tuned client (for comparison): {ing / tuned:.2f}")
             print(
                 f"peak RSS of ingest, network + writer process summed: {peak_sum:,.0f} MB "
                 f"(goal < 500 MB); per-process peaks "
