@@ -20,6 +20,10 @@ messages or 16 MB while a flush is still running, ``on_message`` waits for it (T
 back-pressure), and the broker never has more than ``receive_maximum`` unacknowledged
 messages in flight to us.
 
+Retained acks go out through a window of at most ``_ACK_WINDOW`` unconfirmed publishes;
+beyond it only the newest watermark of each VIN waits, so paho's queue stays bounded
+however long a backlog drain lasts.
+
 Every mid is acknowledged at most once: each message remembers the connection it came on
 (a generation counter bumped in ``on_connect``); messages of an earlier connection are
 not acknowledged (the broker redelivers them on the resumed session, they are dropped as
