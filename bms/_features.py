@@ -182,6 +182,8 @@ def pack_robust_z(values: FloatArray, floor: float) -> tuple[FloatArray, FloatAr
         per-pack median and scale.
     """
     with np.errstate(all="ignore"):
+        # An infinite value (a ratio over a zero) says nothing about the cell: no value.
+        values = np.where(np.isfinite(values), values, np.nan)
         has = np.any(~np.isnan(values), axis=1)
         med = np.full(len(values), np.nan)
         mad = np.full(len(values), np.nan)
@@ -721,6 +723,7 @@ def assemble_features(
             g = grid(f.source)
             if f.source == "self_discharge_mv_per_day":
                 g = np.where(sd_hours >= params.min_self_discharge_hours, g, np.nan)
+            g = np.where(np.isfinite(g), g, np.nan)
             z, med, _scale = pack_robust_z(g, f.floor)
             rel = g - med[:, None]
         bad, idx = worst_cell(z, n_cells, f.direction)

@@ -86,7 +86,8 @@ steps_agg AS (
     SELECT vin, day_n, cell,
            median(r_mohm) AS resistance_mohm,
            median(r_mohm_25c) AS resistance_mohm_25c,
-           100 * median(r_mohm / r_median_mohm - 1) AS resistance_dev_pct,
+           -- no deviation from a median of 0 (voltage steps below the 1 mV resolution)
+           100 * median(r_mohm / nullif(r_median_mohm, 0) - 1) AS resistance_dev_pct,
            count(*) AS n_steps
     FROM step_rel GROUP BY vin, day_n, cell
 ),
