@@ -48,7 +48,7 @@ from bms._capacity import (
     rest_soc_pct_from_cell_mv,
     soc_sigma_pct_from_ocv,
 )
-from bms._duck import duckdb_connect
+from bms._duck import duckdb_connect, vin_groups
 from bms._errors import BmsError
 from bms._lake import COMPACTED_PREFIX, fsync_path, telemetry_files
 from bms._ocv import CHEMISTRIES
@@ -161,24 +161,6 @@ _PASS_ORDER: dict[str, list[str]] = {
     "rest_runs": ["day_n", "vin", "run_id"],
     "day_carry": ["day_n", "vin"],
 }
-
-
-def _vin_groups(counts: list[tuple[str, int]], max_rows: int) -> list[tuple[str, str]]:
-    """Contiguous (first, last) VIN ranges of sorted ``(vin, rows)`` holding about
-    ``max_rows`` readings each (a vehicle is never split)."""
-    groups: list[tuple[str, str]] = []
-    first: str | None = None
-    rows = 0
-    for vin, n in counts:
-        if first is None:
-            first = vin
-        rows += n
-        if rows >= max_rows:
-            groups.append((first, vin))
-            first, rows = None, 0
-    if first is not None:
-        groups.append((first, counts[-1][0]))
-    return groups
 
 
 @dataclass(frozen=True)
@@ -1098,7 +1080,7 @@ class _FleetSession:
         counts = con.sql(
             f"SELECT vin, count(*), {distinct} FROM {source} GROUP BY vin ORDER BY vin"
         ).fetchall()
-        groups = _vin_groups(
+        groups = vin_groups(
             [(str(v), int(n)) for v, n, _ in counts], max(1, params.chunk_readings)
         ) or [("", "\uffff")]
         # The jobs keep the first received of duplicate (vin, seq) rows; without any

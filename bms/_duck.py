@@ -33,3 +33,22 @@ def duckdb_connect(*, threads: int = 0, preserve_insertion_order: bool = False) 
         con.execute(f"SET threads = {int(threads)}")
     con.execute("SET TimeZone = 'UTC'")
     return con
+
+
+def vin_groups(counts: list[tuple[str, int]], max_rows: int) -> list[tuple[str, str]]:
+    """Contiguous (first, last) VIN ranges of sorted ``(vin, rows)`` holding about
+    ``max_rows`` readings each (a vehicle is never split): a job that works per vehicle
+    runs group by group with its memory bounded by the group, not the fleet."""
+    groups: list[tuple[str, str]] = []
+    first: str | None = None
+    rows = 0
+    for vin, n in counts:
+        if first is None:
+            first = vin
+        rows += n
+        if rows >= max_rows:
+            groups.append((first, vin))
+            first, rows = None, 0
+    if first is not None:
+        groups.append((first, counts[-1][0]))
+    return groups
