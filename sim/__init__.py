@@ -41,6 +41,7 @@ from sim._fleet import (
     SimSummary,
     iter_readings,
     simulate_to_lake,
+    telemetry_of,
 )
 from sim._live import LiveSummary, StoreAndForwardBuffer, run_live
 from sim._presets import CLIMATES, FAULT_KINDS, USAGE_PROFILES, VEHICLE_CLASSES
@@ -67,4 +68,5 @@ __all__ = [
     "make_vin",
     "run_live",
     "simulate_to_lake",
+    "telemetry_of",
 ]

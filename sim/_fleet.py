@@ -306,6 +306,12 @@ def _outputs_table(pieces: list[tuple[DayOutput, slice]], fleet: str) -> pa.Tabl
     )
 
 
+def telemetry_of(outputs: Iterable[DayOutput], fleet: str) -> pa.Table:
+    """Telemetry table (``bms.telemetry_table``) of whole vehicle-day outputs, as
+    ``simulate_to_lake`` writes them (for tests that put a simulated day in a lake)."""
+    return _outputs_table([(o, slice(None)) for o in outputs], fleet)
+
+
 def _utc_day(ts_ms: int) -> date:
     return date.fromordinal(date(1970, 1, 1).toordinal() + ts_ms // _MS_PER_DAY)
 

@@ -78,26 +78,7 @@ def lake(tmp_path_factory: pytest.TempPathFactory) -> Path:
     bms.write_parquet_atomic(fleet.registry_table(), root / "registry" / "vehicles.parquet")
     for _, outputs in fleet.run():
         for out in outputs:
-            n = len(out)
-            table = bms.telemetry_table(
-                fleet=np.full(n, FLEET, dtype=object),
-                vin=np.full(n, out.vin, dtype=object),
-                seq=out.seq,
-                ts_ms=out.ts_ms,
-                current_a=out.current_a,
-                voltage_v=out.voltage_v,
-                soc_pct=out.soc_pct,
-                soh_pct=out.soh_pct,
-                cycle_count=out.cycle_count,
-                odometer_km=out.odometer_km,
-                mode=np.full(n, "idle", dtype=object),  # not read by the swing fit
-                cell_mv=out.cell_mv.ravel(),
-                cell_offsets=np.arange(n + 1) * out.cell_mv.shape[1],
-                temp_c=out.temp_c.ravel(),
-                temp_offsets=np.arange(n + 1) * out.temp_c.shape[1],
-                received_at_ms=out.ts_ms,
-                worker="t",
-            )
+            table = sim.telemetry_of([out], FLEET)
             bms.write_telemetry(table, root, file_prefix=f"t-{out.vin}")
     return root
 

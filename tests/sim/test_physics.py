@@ -163,25 +163,7 @@ def test_failed_temperature_sensor_shows_its_failure_mode(mode: str) -> None:
         assert not np.any(before == 255.0)
         assert np.mean(after[:, 1] == 255.0) > 0.9
         out = days[-1][0]
-        table = bms.telemetry_table(
-            fleet="t",
-            vin=np.full(len(out), out.vin, dtype=object),
-            seq=out.seq,
-            ts_ms=out.ts_ms,
-            current_a=out.current_a,
-            voltage_v=out.voltage_v,
-            soc_pct=out.soc_pct,
-            soh_pct=out.soh_pct,
-            cycle_count=out.cycle_count,
-            odometer_km=out.odometer_km,
-            mode=np.full(len(out), "idle", dtype=object),
-            cell_mv=out.cell_mv.ravel(),
-            cell_offsets=np.arange(len(out) + 1) * out.cell_mv.shape[1],
-            temp_c=out.temp_c.ravel(),
-            temp_offsets=np.arange(len(out) + 1) * out.temp_c.shape[1],
-            received_at_ms=out.ts_ms,
-            worker="t",
-        )
+        table = sim.telemetry_of([out], "t")
         flagged = np.asarray(table["quality"]) & int(bms.Quality.SENTINEL)
         assert np.mean(flagged > 0) > 0.9
     else:
