@@ -37,6 +37,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import paho.mqtt.client as mqtt
@@ -202,6 +203,26 @@ class RssSampler:
         return self.peak_sum_kb / 1024, [kb / 1024 for kb in self.hwm_kb.values()]
 
 
+def _timed_drain(
+    broker: MosquittoBroker, c: Any, n: int, done: threading.Event, t: dict[str, float]
+) -> tuple[float, float, float]:
+    """Resume the offline session with client ``c`` (callbacks set; ``on_connect``
+    stores the start time in ``t``), wait until ``done``; msgs/s, CPU us/msg of this
+    process and of the broker."""
+    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    props.SessionExpiryInterval = 3600
+    props.ReceiveMaximum = 65535
+    cpu0, broker0 = cpu_s(resource.RUSAGE_SELF), broker_cpu_s(broker)
+    c.connect(broker.host, broker.port, clean_start=False, properties=props)
+    c.loop_start()
+    assert done.wait(3600)
+    dt = time.perf_counter() - t["start"]
+    cpu, broker_cpu = cpu_s(resource.RUSAGE_SELF) - cpu0, broker_cpu_s(broker) - broker0
+    c.disconnect()
+    c.loop_stop()
+    return n / dt, cpu / n * 1e6, broker_cpu / n * 1e6
+
+
 def drain_bare(broker: MosquittoBroker, n: int) -> tuple[float, float, float]:
     """(a) the ceiling: receive and acknowledge only; msgs/s, CPU us/msg of it and broker."""
     count = 0
@@ -223,18 +244,7 @@ def drain_bare(broker: MosquittoBroker, n: int) -> tuple[float, float, float]:
     )
     c.on_connect = on_connect
     c.on_message = on_message
-    props = Properties(PacketTypes.CONNECT)
-    props.SessionExpiryInterval = 3600
-    props.ReceiveMaximum = 65535
-    cpu0, broker0 = cpu_s(resource.RUSAGE_SELF), broker_cpu_s(broker)
-    c.connect(broker.host, broker.port, clean_start=False, properties=props)
-    c.loop_start()
-    assert done.wait(3600)
-    dt = time.perf_counter() - t["start"]
-    cpu, broker_cpu = cpu_s(resource.RUSAGE_SELF) - cpu0, broker_cpu_s(broker) - broker0
-    c.disconnect()
-    c.loop_stop()
-    return n / dt, cpu / n * 1e6, broker_cpu / n * 1e6
+    return _timed_drain(broker, c, n, done, t)
 
 
 def drain_tuned(broker: MosquittoBroker, n: int) -> tuple[float, float, float]:
@@ -266,18 +276,7 @@ def drain_tuned(broker: MosquittoBroker, n: int) -> tuple[float, float, float]:
 
     c.on_connect = on_connect
     c.on_publish_packet = on_publish_packet
-    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-    props.SessionExpiryInterval = 3600
-    props.ReceiveMaximum = 65535
-    cpu0, broker0 = cpu_s(resource.RUSAGE_SELF), broker_cpu_s(broker)
-    c.connect(broker.host, broker.port, clean_start=False, properties=props)
-    c.loop_start()
-    assert done.wait(3600)
-    dt = time.perf_counter() - t["start"]
-    cpu, broker_cpu = cpu_s(resource.RUSAGE_SELF) - cpu0, broker_cpu_s(broker) - broker0
-    c.disconnect()
-    c.loop_stop()
-    return n / dt, cpu / n * 1e6, broker_cpu / n * 1e6
+    return _timed_drain(broker, c, n, done, t)
 
 
 def drain_ingest(
