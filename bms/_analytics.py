@@ -48,7 +48,7 @@ from bms._capacity import (
     rest_soc_pct_from_cell_mv,
     soc_sigma_pct_from_ocv,
 )
-from bms._duck import duckdb_connect, vin_groups
+from bms._duck import duckdb_connect, set_double_variables, vin_groups
 from bms._errors import BmsError
 from bms._lake import COMPACTED_PREFIX, fsync_path, telemetry_files
 from bms._ocv import CHEMISTRIES
@@ -848,8 +848,7 @@ def _set_variables(con: Any, params: AnalyticsParams) -> None:
         "settle_s": float(params.settle_s),
         "self_discharge_min_s": float(params.self_discharge_min_s),
     }
-    for name, value in variables.items():
-        con.execute(f"SET VARIABLE {name} = {float(value)!r}::DOUBLE")
+    set_double_variables(con, variables)
 
 
 class _FleetSession:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,13 @@ def duckdb_connect(*, threads: int = 0, preserve_insertion_order: bool = False) 
         con.execute(f"SET threads = {int(threads)}")
     con.execute("SET TimeZone = 'UTC'")
     return con
+
+
+def set_double_variables(con: Any, values: Mapping[str, float]) -> None:
+    """Set the SQL jobs' parameters as DOUBLE variables of connection ``con`` (variables,
+    like temporary and registered tables, belong to one connection)."""
+    for name, value in values.items():
+        con.execute(f"SET VARIABLE {name} = {float(value)!r}::DOUBLE")
 
 
 def vin_groups(counts: list[tuple[str, int]], max_rows: int) -> list[tuple[str, str]]:

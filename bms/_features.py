@@ -25,7 +25,7 @@ The pure functions here take and return arrays; ``build_features`` does the I/O.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 from importlib import resources
@@ -39,7 +39,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from bms._duck import duckdb_connect, vin_groups
+from bms._duck import duckdb_connect, set_double_variables, vin_groups
 from bms._ocv import CHEMISTRIES, OCV_TABLES_V, ocv_slope_mv_per_pct, soc_pct_from_ocv_v
 
 FloatArray = npt.NDArray[np.float64]
@@ -310,22 +310,36 @@ def _sql_paths(paths: Sequence[Path]) -> str:
 _GROUP_READINGS = 400_000
 
 
-def _per_vehicle_groups(con: Any, files: Sequence[Path], sql: str) -> pa.Table:
-    """Run ``sql`` (a job that works per vehicle and orders its rows by ``vin`` first)
-    over view ``tele`` of ``files``, one VIN range at a time; the concatenation equals one
-    run over every vehicle."""
-    source = f"read_parquet({_sql_paths(files)})"
-    counts = con.sql(f"SELECT vin, count(*) FROM {source} GROUP BY vin ORDER BY vin").fetchall()
-    parts = []
-    for first, last in vin_groups([(str(v), int(n)) for v, n in counts], _GROUP_READINGS) or [
-        ("", "\uffff")
-    ]:
-        lo, hi = first.replace("'", "''"), last.replace("'", "''")
-        con.execute(
-            f"CREATE OR REPLACE VIEW tele AS SELECT * FROM {source} "
-            f"WHERE vin BETWEEN '{lo}' AND '{hi}'"
-        )
-        parts.append(con.sql(sql).to_arrow_table())
+def _telemetry_job(
+    files: Sequence[Path],
+    sql_file: str,
+    tables: Mapping[str, pa.Table],
+    variables: Mapping[str, float],
+) -> pa.Table:
+    """Run ``sql_file`` (a job that works per vehicle and orders its rows by ``vin``
+    first) over view ``tele`` of ``files`` with ``tables`` registered and ``variables``
+    set (DOUBLE), one VIN range at a time; the concatenation equals one run over every
+    vehicle."""
+    con = _connect()
+    try:
+        for name, table in tables.items():
+            con.register(name, table)
+        set_double_variables(con, variables)
+        sql = _sql(sql_file)
+        source = f"read_parquet({_sql_paths(files)})"
+        counts = con.sql(f"SELECT vin, count(*) FROM {source} GROUP BY vin ORDER BY vin").fetchall()
+        parts = []
+        for first, last in vin_groups([(str(v), int(n)) for v, n in counts], _GROUP_READINGS) or [
+            ("", "\uffff")
+        ]:
+            lo, hi = first.replace("'", "''"), last.replace("'", "''")
+            con.execute(
+                f"CREATE OR REPLACE VIEW tele AS SELECT * FROM {source} "
+                f"WHERE vin BETWEEN '{lo}' AND '{hi}'"
+            )
+            parts.append(con.sql(sql).to_arrow_table())
+    finally:
+        con.close()
     return pa.concat_tables(parts)
 
 
@@ -399,27 +413,22 @@ def sensor_day(
                 "pack_rest_rise_c_per_h": pa.array([], pa.float64()),
             }
         )
-    con = _connect()
-    try:
-        reg = (
-            registry.select(["vin", "capacity_ah"])
-            if registry.num_rows
-            else pa.table(
-                {"vin": pa.array([], pa.string()), "capacity_ah": pa.array([], pa.float64())}
-            )
-        )
-        con.register("registry", reg)
-        for name, value in (
-            ("rest_c_rate", rest_c_rate),
-            ("default_capacity_ah", default_capacity_ah),
-            ("rest_min_s", rest_min_s),
-            ("settle_s", settle_s),
-        ):
-            con.execute(f"SET VARIABLE {name} = {float(value)!r}::DOUBLE")
-        table = _per_vehicle_groups(con, files, _sql("anomaly_sensor_day.sql"))
-    finally:
-        con.close()
-    return table
+    reg = (
+        registry.select(["vin", "capacity_ah"])
+        if registry.num_rows
+        else pa.table({"vin": pa.array([], pa.string()), "capacity_ah": pa.array([], pa.float64())})
+    )
+    return _telemetry_job(
+        files,
+        "anomaly_sensor_day.sql",
+        {"registry": reg},
+        {
+            "rest_c_rate": rest_c_rate,
+            "default_capacity_ah": default_capacity_ah,
+            "rest_min_s": rest_min_s,
+            "settle_s": settle_s,
+        },
+    )
 
 
 #: Columns of ``sql/anomaly_swing_day.sql`` that add up over days.
@@ -488,20 +497,12 @@ def swing_day(
             }
         )
     lut, bins = ocv_lookup_tables()
-    con = _connect()
-    try:
-        con.register("vehicles", vehicles)
-        con.register("ocv_lut", lut)
-        con.register("ocv_bins", bins)
-        for name, value in (
-            ("rest_c_rate", rest_c_rate),
-            ("default_capacity_ah", default_capacity_ah),
-        ):
-            con.execute(f"SET VARIABLE {name} = {float(value)!r}::DOUBLE")
-        table = _per_vehicle_groups(con, files, _sql("anomaly_swing_day.sql"))
-    finally:
-        con.close()
-    return table
+    return _telemetry_job(
+        files,
+        "anomaly_swing_day.sql",
+        {"vehicles": vehicles, "ocv_lut": lut, "ocv_bins": bins},
+        {"rest_c_rate": rest_c_rate, "default_capacity_ah": default_capacity_ah},
+    )
 
 
 def swing_from_sums(sums: pa.Table, min_soc_sd_pct: float, min_days: int = 1) -> pa.Table:
