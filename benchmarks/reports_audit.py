@@ -9,7 +9,8 @@ same run:
   success, so the copy it is compared with must be too: a copy that stops at the page
   cache measures memory bandwidth, not the disk both have to reach;
 - export: ``reports.export_audit_bundle`` of the same period (read, pseudonymise, write
-  Parquet + CSV, hash, chain, sign, fsync);
+  Parquet + CSV, hash, chain, sign, fsync); and again without the per-cell CSV
+  (``--no-cell-csv``: cell_day in Parquet only);
 - verify: ``reports.verify_audit_bundle`` of the result.
 
 Both rates are over the same bytes: the input Parquet files the export reads (MB of
@@ -44,6 +45,7 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
 from reports import (  # noqa: E402
+    AuditExport,
     export_audit_bundle,
     generate_signing_keys,
     verify_audit_bundle,
@@ -184,20 +186,23 @@ def main() -> None:
         assert copied == size
         cache_s, _ = best_of_3(copytree_lake, root, "copytree")
 
-        t0 = time.perf_counter()
-        cpu0 = time.process_time()
-        result = export_audit_bundle(
-            lake,
-            state,
-            root / "bundle",
-            date_from=DAY0,
-            date_to=DAY0 + timedelta(days=args.days - 1),
-            workers=args.workers,
-        )
-        export_s = time.perf_counter() - t0
-        export_cpu_s = time.process_time() - cpu0
-        assert result.input_bytes == size
+        def timed_export(out: Path, cell_csv: bool) -> tuple[AuditExport, float, float]:
+            t0 = time.perf_counter()
+            cpu0 = time.process_time()
+            result = export_audit_bundle(
+                lake,
+                state,
+                out,
+                date_from=DAY0,
+                date_to=DAY0 + timedelta(days=args.days - 1),
+                workers=args.workers,
+                cell_csv=cell_csv,
+            )
+            assert result.input_bytes == size
+            return result, time.perf_counter() - t0, time.process_time() - cpu0
 
+        result, export_s, export_cpu_s = timed_export(root / "bundle", True)
+        lean, lean_s, lean_cpu_s = timed_export(root / "lean", False)
         t0 = time.perf_counter()
         verification = verify_audit_bundle(result.path, pair.public_key)
         verify_s = time.perf_counter() - t0
@@ -222,6 +227,11 @@ def main() -> None:
         print(f"audit verify: {verify_s:6.2f} s {verify_rate:8.1f} MB/s of bundle")
         ratio = export_rate / copy_rate
         print(f"ratio export/durable copy, same input bytes: {ratio:.3f} (goal >= 0.3)")
+        print(
+            f"without per-cell CSV (--no-cell-csv): {lean_s:6.2f} s "
+            f"{mb_in / lean_s:8.1f} MB/s of input (CPU {lean_cpu_s:.1f} s; "
+            f"{lean.output_bytes / 1e6:.1f} MB out): ratio {copy_s / lean_s:.3f}"
+        )
         print(
             f"bytes written: export {mb_out / export_s:.1f} MB/s, durable copy of the bundle "
             f"({out_copied / 1e6:.1f} MB) {out_copied / 1e6 / out_copy_s:.1f} MB/s: ratio "

@@ -82,6 +82,12 @@ def audit_group() -> None:
     default=None,
     help="Also write the pseudonym->VIN mapping (CSV, 0600) to this file, outside the bundle.",
 )
+@click.option(
+    "--cell-csv/--no-cell-csv",
+    default=True,
+    show_default=True,
+    help="Per-cell tables (cell_day) as CSV too; without, Parquet only (~10x smaller bundle).",
+)
 @click.pass_obj
 def audit_export(
     settings: Settings,
@@ -91,6 +97,7 @@ def audit_export(
     out: Path,
     key_file: Path | None,
     reveal: Path | None,
+    cell_csv: bool,
 ) -> None:
     """Write the period's metrics and verdicts as a signed audit bundle.
 
@@ -117,6 +124,7 @@ def audit_export(
         reveal=reveal,
         parameters=parameters,
         workers=settings.reports.workers,
+        cell_csv=cell_csv,
     )
     click.echo(
         f"Wrote {result.path}: fleets {', '.join(result.fleets)}, "

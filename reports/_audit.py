@@ -192,22 +192,35 @@ def _known_vins(lake_dir: Path, parts: list[_Partition]) -> set[str]:
     registry = lake_dir / "registry" / "vehicles.parquet"
     if registry.is_file():
         files.append(registry)
-    vins: set[str] = set()
-    for path in files:
+
+    def of_file(path: Path) -> set[str]:
         schema = _read_schema(path)
-        names = [f.name for f in schema if is_vin_column(f.name)]
+        names = [f.name for f in schema if is_vin_column(f.name) and _is_text(f.type)]
         if not names:
-            continue
+            return set()
         try:
-            table = pq.read_table(path, columns=names)
+            # As dictionaries: the distinct VINs come straight from the dictionary pages.
+            table = pq.read_table(path, columns=names, read_dictionary=names)
         except (OSError, pa.ArrowException) as exc:
             raise ReportError(f"cannot read {path}: {exc}") from None
+        found: set[str] = set()
         for column in table.columns:
-            if pa.types.is_dictionary(column.type):
-                column = column.cast(column.type.value_type)
-            if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
-                vins.update(v for v in pc.unique(column).to_pylist() if v)
+            for chunk in column.chunks:
+                values = chunk.dictionary if pa.types.is_dictionary(chunk.type) else chunk
+                found.update(v for v in pc.unique(values).to_pylist() if v)
+        return found
+
+    vins: set[str] = set()
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for found in pool.map(of_file, files):
+            vins |= found
     return vins
+
+
+def _is_text(typ: pa.DataType) -> bool:
+    if pa.types.is_dictionary(typ):
+        typ = typ.value_type
+    return bool(pa.types.is_string(typ) or pa.types.is_large_string(typ))
 
 
 def _read_schema(path: Path) -> pa.Schema:
@@ -217,17 +230,31 @@ def _read_schema(path: Path) -> pa.Schema:
         raise ReportError(f"cannot read {path}: {exc}") from None
 
 
-def _read_part(part: _Partition) -> pa.Table:
-    tables = []
+def _read_part(part: _Partition) -> tuple[pa.Table, list[int]]:
+    """The partition's rows, and the indices of the VIN columns read as dictionaries.
+
+    Plain-string VIN columns are read as dictionaries, so each distinct VIN is
+    pseudonymised once (not once per row); the caller casts them back to strings.
+    """
+    tables: list[pa.Table] = []
+    as_dictionary: list[int] = []
     for path in part.files:
         try:
-            tables.append(pq.read_table(path, partitioning=None))
+            schema = pq.read_schema(path)
+            if not tables:
+                as_dictionary = [
+                    i
+                    for i, f in enumerate(schema)
+                    if is_vin_column(f.name) and pa.types.is_string(f.type)
+                ]
+            names = [schema[i].name for i in as_dictionary if i < len(schema)]
+            tables.append(pq.read_table(path, partitioning=None, read_dictionary=names))
         except (OSError, pa.ArrowException) as exc:
             raise ReportError(f"cannot read {path}: {exc}") from None
     if len(tables) == 1:
-        return tables[0]
+        return tables[0], as_dictionary
     try:
-        return pa.concat_tables(tables, promote_options="permissive")
+        return pa.concat_tables(tables, promote_options="permissive"), as_dictionary
     except pa.ArrowException as exc:
         folder = part.files[0].parent
         raise ReportError(f"files of {folder} have incompatible schemas: {exc}") from None
@@ -347,14 +374,24 @@ def _stream(
     return _Written(rel, sink.hexdigest(), sink.size)
 
 
+def is_cell_table(key: str, schema: pa.Schema) -> bool:
+    """True for a metrics table with one row per cell (a ``cell`` column)."""
+    return key.startswith("metrics/") and "cell" in schema.names
+
+
 def _export_part(
-    part: _Partition, pseudonyms: Pseudonymizer, root: Path, sync: _Syncer
+    part: _Partition, pseudonyms: Pseudonymizer, root: Path, sync: _Syncer, cell_csv: bool
 ) -> _PartResult:
-    table = pseudonyms.table(_read_part(part))
+    table, as_dictionary = _read_part(part)
+    table = pseudonyms.table(table)
+    for i in as_dictionary:
+        if pa.types.is_dictionary(table.field(i).type):
+            field = table.field(i).with_type(pa.string())
+            table = table.set_column(i, field, table.column(i).cast(pa.string()))
     out_key = pseudonyms.text(part.key)
     out_fleet = pseudonyms.text(part.fleet)
     base = f"{fmt.day_dir(part.day)}/{out_key}/fleet={out_fleet}"
-    written = (
+    written = [
         _stream(
             root,
             f"{base}.parquet",
@@ -366,10 +403,12 @@ def _export_part(
                 write_statistics=True,
             ),
             sync,
-        ),
-        _stream(root, f"{base}.csv", lambda sink: pcsv.write_csv(_csv_table(table), sink), sync),
-    )
-    return _PartResult(part, out_key, out_fleet, table.schema, table.num_rows, written)
+        )
+    ]
+    if cell_csv or not is_cell_table(part.key, table.schema):
+        csv = _stream(root, f"{base}.csv", lambda s: pcsv.write_csv(_csv_table(table), s), sync)
+        written.append(csv)
+    return _PartResult(part, out_key, out_fleet, table.schema, table.num_rows, tuple(written))
 
 
 def _check_out(out: Path) -> None:
@@ -454,6 +493,7 @@ def export_audit_bundle(
     reveal: Path | None = None,
     parameters: Mapping[str, Any] | None = None,
     workers: int = 2,
+    cell_csv: bool = True,
 ) -> AuditExport:
     """Write a signed, pseudonymised audit bundle of the period's metrics and verdicts.
 
@@ -479,6 +519,9 @@ def export_audit_bundle(
         Configuration that produced the metrics, recorded in ``methodology.json``.
     workers : int
         Partitions exported in parallel.
+    cell_csv : bool
+        Also write the per-cell metrics tables (``cell_day``: a row per cell and day,
+        about 90 % of a period's rows) as CSV; when false they are Parquet only.
 
     Returns
     -------
@@ -523,7 +566,9 @@ def export_audit_bundle(
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp.mkdir()
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            results = list(pool.map(lambda p: _export_part(p, pseudonyms, tmp, sync), parts))
+            results = list(
+                pool.map(lambda p: _export_part(p, pseudonyms, tmp, sync, cell_csv), parts)
+            )
         export = _finish(
             tmp,
             results,
@@ -584,6 +629,7 @@ def _finish(
         by_day.setdefault(r.part.day, []).append(r)
         info = tables.setdefault(r.out_key, TableInfo(r.out_key))
         info.add(r.schema, r.rows, r.part.day.isoformat(), r.out_fleet)
+        info.csv = info.csv and any(w.path.endswith(".csv") for w in r.written)
     prev = fmt.GENESIS
     for day in fmt.period_days(date_from, date_to):
         day_files: dict[str, Any] = {}

@@ -150,6 +150,7 @@ class TableInfo:
     rows: int = 0
     days: set[str] = field(default_factory=set)
     fleets: set[str] = field(default_factory=set)
+    csv: bool = True  # every file of the table has a CSV twin
 
     def add(self, schema: pa.Schema, rows: int, day: str, fleet: str) -> None:
         for f in schema:
@@ -183,7 +184,11 @@ def data_dictionary(tables: Mapping[str, TableInfo]) -> dict[str, Any]:
             )
         out[key] = {
             "description": info.description or TABLE_DESCRIPTIONS.get(key, ""),
-            "files": f"days/*/{key}/fleet=*.parquet and .csv (same rows)",
+            "files": (
+                f"days/*/{key}/fleet=*.parquet and .csv (same rows)"
+                if info.csv
+                else f"days/*/{key}/fleet=*.parquet (per-cell table exported without CSV)"
+            ),
             "rows": info.rows,
             "days_with_data": len(info.days),
             "fleets": sorted(info.fleets),

@@ -402,6 +402,25 @@ def test_cli_export_then_verify_ok_and_failed(lake: Path, data_dir: Path, tmp_pa
     assert lines[-1].startswith(f"FAILED (1 problem): {out}")
 
 
+def test_cli_export_without_cell_csv_keeps_cell_tables_in_parquet_only(
+    lake: Path, data_dir: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "bundle"
+    args = ["--data-dir", str(data_dir), "audit", "export", "--from", str(DAY0)]
+    res = CliRunner().invoke(cli, [*args, "--to", str(LAST), "--out", str(out), "--no-cell-csv"])
+    assert res.exit_code == 0, res.output
+    files = _files(out)
+    for day in DAYS:
+        assert f"days/{day}/metrics/cell_day/fleet={FLEET}.parquet" in files
+        assert f"days/{day}/metrics/cell_day/fleet={FLEET}.csv" not in files
+        for table in ("metrics/vehicle_day", "anomalies"):
+            assert f"days/{day}/{table}/fleet={FLEET}.csv" in files
+    tables = json.loads(files["dictionary.json"])["tables"]
+    assert "without CSV" in tables["metrics/cell_day"]["files"]
+    assert tables["metrics/vehicle_day"]["files"].endswith(".csv (same rows)")
+    assert verify_audit_bundle(out, data_dir / "state" / "keys" / "signing.pub").problems == ()
+
+
 def test_cli_errors_are_one_line(lake: Path, data_dir: Path, tmp_path: Path) -> None:
     runner = CliRunner()
     pub = str(data_dir / "state" / "keys" / "signing.pub")
