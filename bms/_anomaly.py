@@ -54,6 +54,7 @@ from bms._features import (
     CELL_INDEX,
     FEATURE_UNITS,
     FEATURES_SCHEMA,
+    FeatureCache,
     FeatureParams,
     build_features,
     features_path,
@@ -292,14 +293,18 @@ class _Cache:
     features: dict[tuple[str, date], pa.Table | None] = field(default_factory=dict)
     models: dict[tuple[str, str], AnomalyModel] = field(default_factory=dict)
     scores: dict[tuple[str, date, str], tuple[list[str], np.ndarray]] = field(default_factory=dict)
-    # each day's per-cell swing sums from telemetry (bms._features.cell_swing trims it)
-    swing: dict[tuple[str, date], pa.Table] = field(default_factory=dict)
+    # the feature builder's inputs reused from date to date, and its DuckDB connection
+    inputs: FeatureCache = field(default_factory=FeatureCache)
 
-    def trim(self, keep_after: date) -> None:
+    def trim(self, keep_after: date, inputs_after: date) -> None:
         for key in [k for k in self.features if k[1] < keep_after]:
             del self.features[key]
         for skey in [k for k in self.scores if k[1] < keep_after]:
             del self.scores[skey]
+        self.inputs.trim(inputs_after)
+
+    def close(self) -> None:
+        self.inputs.close()
 
 
 def _features(
@@ -323,7 +328,7 @@ def _features(
         fleet,
         params,
         rebuild=rebuild,
-        swing_cache=cache.swing if cache is not None else None,
+        inputs=cache.inputs if cache is not None else None,
     )
     if cache is not None:
         cache.features[(fleet, day)] = table
@@ -337,7 +342,7 @@ def _features_uncached(
     params: AnomalyParams,
     *,
     rebuild: bool,
-    swing_cache: dict[tuple[str, date], pa.Table] | None = None,
+    inputs: FeatureCache | None = None,
 ) -> pa.Table | None:
     vd = lake_root / "metrics" / "vehicle_day" / f"date={day.isoformat()}" / f"fleet={fleet}"
     if not any(vd.glob("*.parquet")):
@@ -349,7 +354,7 @@ def _features_uncached(
         version = (FEATURES_SCHEMA.metadata or {}).get(b"fleetbms.version")
         if meta.get(b"fleetbms.inputs") == fp and meta.get(b"fleetbms.version") == version:
             return pq.read_table(path, schema=FEATURES_SCHEMA.with_metadata(meta))
-    table = build_features(lake_root, day, fleet, params.features, swing_cache)
+    table = build_features(lake_root, day, fleet, params.features, inputs)
     table = table.replace_schema_metadata(
         {**(FEATURES_SCHEMA.metadata or {}), b"fleetbms.inputs": fp}
     )
@@ -512,7 +517,12 @@ def model_for(
     cache: _Cache | None = None,
 ) -> tuple[AnomalyModel | None, ModelInfo | None]:
     """The model that scores ``day``: saved, fitted on schedule, or refitted if refused."""
-    cache = cache if cache is not None else _Cache()
+    if cache is None:
+        own = _Cache()
+        try:
+            return model_for(lake_root, state_dir, fleet, day, params, own)
+        finally:
+            own.close()
     root = models_root(state_dir, fleet)
     saved = [(vf, v) for vf, v in list_models(root) if vf <= day]
     scheduled = _schedule_date(day, params.refit_days)
@@ -561,7 +571,11 @@ def train_anomaly_model(
     out = []
     for fl, days in fleets.items():
         vf = day or days[-1] + timedelta(days=1)
-        model = _fit_and_save(lake_root, state_dir, fl, vf, params, "manual", _Cache())
+        cache = _Cache()
+        try:
+            model = _fit_and_save(lake_root, state_dir, fl, vf, params, "manual", cache)
+        finally:
+            cache.close()
         if model is None:
             raise BmsError(
                 f"fleet {fl}: fewer than {params.min_training_days} analysed days in the "
@@ -911,7 +925,11 @@ def score_anomalies(
     BmsError
         No analytics output for the date (and fleet).
     """
-    return _score_day(lake_root, state_dir, day, params or AnomalyParams(), fleet, _Cache())
+    cache = _Cache()
+    try:
+        return _score_day(lake_root, state_dir, day, params or AnomalyParams(), fleet, cache)
+    finally:
+        cache.close()
 
 
 def _score_day(
@@ -971,9 +989,20 @@ def score_pending_anomalies(
     out = []
     for fl, days in pending_anomaly_dates(lake_root, state_dir, fleet=fleet).items():
         cache = _Cache()
-        for d in days:
-            out.append(_score_day(lake_root, state_dir, d, params, fl, cache))
-            cache.trim(d - timedelta(days=params.training_days + params.refit_days))
+        # the oldest input a later date reads (bms._features.build_features windows)
+        fp = params.features
+        inputs_days = max(
+            fp.baseline_lag_days + fp.baseline_days, fp.trend_days, fp.soh_lag_days + 7
+        )
+        try:
+            for d in days:
+                out.append(_score_day(lake_root, state_dir, d, params, fl, cache))
+                cache.trim(
+                    d - timedelta(days=params.training_days + params.refit_days),
+                    d - timedelta(days=inputs_days),
+                )
+        finally:
+            cache.close()
     return out
 
 

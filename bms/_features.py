@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, timedelta
 from importlib import resources
 from pathlib import Path
@@ -280,18 +280,36 @@ def partition_files(lake_root: Path, table: str, days: Sequence[date], fleet: st
 
 
 def read_partitions(
-    lake_root: Path, table: str, days: Sequence[date], fleet: str, columns: Sequence[str]
+    lake_root: Path,
+    table: str,
+    days: Sequence[date],
+    fleet: str,
+    columns: Sequence[str],
+    cache: FeatureCache | None = None,
 ) -> pa.Table:
-    """Columns of a lake table over some dates, with a ``date`` column (date32)."""
+    """Columns of a lake table over some dates, with a ``date`` column (date32).
+
+    ``cache``: reuse the rows of a file read for an earlier date of a catch-up (while the
+    file keeps its size and modification time).
+    """
     parts = []
     for path in partition_files(lake_root, table, days, fleet):
+        d = date.fromisoformat(path.parent.parent.name.removeprefix("date="))
+        key = (path, tuple(columns))
+        st = path.stat()
+        hit = cache.tables.get(key) if cache is not None else None
+        if hit is not None and hit[:2] == (st.st_size, st.st_mtime_ns):
+            parts.append(hit[3])
+            continue
         t = pq.read_table(path)
         missing = [c for c in columns if c not in t.column_names]
         for c in missing:
             t = t.append_column(c, pa.nulls(t.num_rows, pa.float64()))
         t = t.select(list(columns))
-        d = date.fromisoformat(path.parent.parent.name.removeprefix("date="))
-        parts.append(t.append_column("date", pa.array([d] * t.num_rows, pa.date32())))
+        t = t.append_column("date", pa.array([d] * t.num_rows, pa.date32()))
+        if cache is not None:
+            cache.tables[key] = (st.st_size, st.st_mtime_ns, d, t)
+        parts.append(t)
     if not parts:
         return pa.table(
             {**{c: pa.array([], pa.float64()) for c in columns}, "date": pa.array([], pa.date32())}
@@ -315,12 +333,15 @@ def _telemetry_job(
     sql_file: str,
     tables: Mapping[str, pa.Table],
     variables: Mapping[str, float],
+    con: Any = None,
 ) -> pa.Table:
     """Run ``sql_file`` (a job that works per vehicle and orders its rows by ``vin``
     first) over view ``tele`` of ``files`` with ``tables`` registered and ``variables``
     set (DOUBLE), one VIN range at a time; the concatenation equals one run over every
-    vehicle."""
-    con = _connect()
+    vehicle. ``con``: a connection of ``_connect`` to use (default: a new one)."""
+    own = con is None
+    if own:
+        con = _connect()
     try:
         for name, table in tables.items():
             con.register(name, table)
@@ -339,7 +360,12 @@ def _telemetry_job(
             )
             parts.append(con.sql(sql).to_arrow_table())
     finally:
-        con.close()
+        if own:
+            con.close()
+        else:
+            con.execute("DROP VIEW IF EXISTS tele")
+            for name in tables:
+                con.unregister(name)
     return pa.concat_tables(parts)
 
 
@@ -349,13 +375,56 @@ def _connect() -> Any:
     return duckdb_connect(threads=1, preserve_insertion_order=True)
 
 
+@dataclass
+class FeatureCache:
+    """What a catch-up over consecutive dates reuses from one date to the next.
+
+    ``swing``: each day's per-cell swing sums (``cell_swing`` drops the days older than
+    its window); ``tables``: the rows read from each metrics file, keyed by file and
+    columns, with the file's size and modification time they were read at, and its date;
+    ``con``: one DuckDB connection for every job of the run (opening one costs ~30 ms,
+    and its first query as much again). ``close`` when done.
+    """
+
+    swing: dict[tuple[str, date], pa.Table] = field(default_factory=dict)
+    tables: dict[tuple[Path, tuple[str, ...]], tuple[int, int, date, pa.Table]] = field(
+        default_factory=dict
+    )
+    con: Any = None
+
+    def connection(self) -> Any:
+        if self.con is None:
+            self.con = _connect()
+        return self.con
+
+    def trim(self, keep_after: date) -> None:
+        """Forget the tables of dates before ``keep_after``."""
+        for key in [k for k, v in self.tables.items() if v[2] < keep_after]:
+            del self.tables[key]
+
+    def close(self) -> None:
+        if self.con is not None:
+            self.con.close()
+            self.con = None
+
+
 def cell_window(
-    lake_root: Path, day: date, fleet: str, *, smooth_days: int, trend_days: int
+    lake_root: Path,
+    day: date,
+    fleet: str,
+    *,
+    smooth_days: int,
+    trend_days: int,
+    con: Any = None,
 ) -> pa.Table:
-    """Per (vin, cell): the cell_day inputs condensed over the trailing window."""
+    """Per (vin, cell): the cell_day inputs condensed over the trailing window.
+
+    ``con``: a connection of ``_connect`` to use (default: a new one)."""
     days = [day - timedelta(days=k) for k in range(trend_days)]
     files = partition_files(lake_root, "metrics/cell_day", days, fleet)
-    con = _connect()
+    own = con is None
+    if own:
+        con = _connect()
     try:
         if files:
             con.execute(
@@ -381,7 +450,10 @@ def cell_window(
             con.execute(f"SET VARIABLE {name} = {int(value)}")
         table: pa.Table = con.sql(_sql("anomaly_cell_window.sql")).to_arrow_table()
     finally:
-        con.close()
+        if own:
+            con.close()
+        else:
+            con.execute("DROP VIEW IF EXISTS cell_day")
     return table
 
 
@@ -395,8 +467,11 @@ def sensor_day(
     default_capacity_ah: float,
     rest_min_s: float,
     settle_s: float,
+    con: Any = None,
 ) -> pa.Table:
-    """Per (vin, temperature sensor) health figures of one day, from telemetry."""
+    """Per (vin, temperature sensor) health figures of one day, from telemetry.
+
+    ``con``: a connection of ``_connect`` to use (default: a new one)."""
     files = partition_files(lake_root, "telemetry", [day], fleet)
     if not files:
         return pa.table(
@@ -428,6 +503,7 @@ def sensor_day(
             "rest_min_s": rest_min_s,
             "settle_s": settle_s,
         },
+        con,
     )
 
 
@@ -482,10 +558,12 @@ def swing_day(
     *,
     rest_c_rate: float,
     default_capacity_ah: float,
+    con: Any = None,
 ) -> pa.Table:
     """Per (vin, cell) of one day: the weighted sums of the SoC-swing fit (``SWING_SUMS``).
 
-    ``vehicles``: vin, chemistry, capacity_ah of the vehicles to fit (others are left out).
+    ``vehicles``: vin, chemistry, capacity_ah of the vehicles to fit (others are left out);
+    ``con``: a connection of ``_connect`` to use (default: a new one).
     """
     files = partition_files(lake_root, "telemetry", [day], fleet)
     if not files or vehicles.num_rows == 0:
@@ -502,6 +580,7 @@ def swing_day(
         "anomaly_swing_day.sql",
         {"vehicles": vehicles, "ocv_lut": lut, "ocv_bins": bins},
         {"rest_c_rate": rest_c_rate, "default_capacity_ah": default_capacity_ah},
+        con,
     )
 
 
@@ -545,6 +624,7 @@ def cell_swing(
     rest_c_rate: float,
     default_capacity_ah: float,
     cache: dict[tuple[str, date], pa.Table] | None = None,
+    con: Any = None,
 ) -> pa.Table:
     """Per (vin, cell): the SoC swing (``swing_from_sums``) over the recent half of the
     trailing ``window_days`` (``swing_pct``) and over the older half (``swing_early_pct``).
@@ -552,7 +632,8 @@ def cell_swing(
     ``vehicles_of[d]``: the vehicles (vin, chemistry, capacity_ah) to fit on date ``d``;
     a cell needs ``min_days`` days with readings at rest in a half.
     ``cache`` keeps each day's sums for the next dates of a catch-up (days older than
-    the window are dropped from it).
+    the window are dropped from it); ``vehicles_of`` needs only the days not in it.
+    ``con``: a connection of ``_connect`` to use (default: a new one per day).
     """
     days = [day - timedelta(days=k) for k in range(window_days)]
     parts = []
@@ -566,6 +647,7 @@ def cell_swing(
                 vehicles_of[d],
                 rest_c_rate=rest_c_rate,
                 default_capacity_ah=default_capacity_ah,
+                con=con,
             )
             if cache is not None:
                 cache[(fleet, d)] = part
@@ -939,12 +1021,13 @@ def build_features(
     day: date,
     fleet: str,
     params: FeatureParams,
-    swing_cache: dict[tuple[str, date], pa.Table] | None = None,
+    cache: FeatureCache | None = None,
 ) -> pa.Table:
     """Read the analytics outputs (and telemetry) of one (date, fleet) into feature rows.
 
-    Vehicles get a row when ``metrics/vehicle_day`` has them on ``day``. ``swing_cache``
-    carries each day's swing sums over to the next date of a catch-up (``cell_swing``).
+    Vehicles get a row when ``metrics/vehicle_day`` has them on ``day``. ``cache``
+    carries what a catch-up can reuse over to the next date (``FeatureCache``); the rows
+    are the same with or without it.
     """
     registry = read_registry(lake_root, fleet)
     window = max(params.baseline_lag_days + params.baseline_days, params.trend_days)
@@ -963,10 +1046,16 @@ def build_features(
             "hours_soc_above_90",
             "hours_temp_above_45c",
         ],
+        cache,
     )
     sdays = [day - timedelta(days=k) for k in range(params.soh_lag_days + 7)]
     soh_window = read_partitions(
-        lake_root, "metrics/vehicle_soh", sdays, fleet, ["vin", "soh_pct", "resistance_growth_pct"]
+        lake_root,
+        "metrics/vehicle_soh",
+        sdays,
+        fleet,
+        ["vin", "soh_pct", "resistance_growth_pct"],
+        cache,
     )
     today = vehicle_window.filter(pc.equal(vehicle_window["date"], pa.scalar(day, pa.date32())))
     vins = sorted(set(_strs(today, "vin")))
@@ -974,42 +1063,65 @@ def build_features(
     for v, c in zip(_strs(today, "vin"), today["chemistry"].to_pylist(), strict=True):
         if c is not None:
             chem.setdefault(v, str(c))
-    cells = cell_window(
-        lake_root, day, fleet, smooth_days=params.smooth_days, trend_days=params.trend_days
-    )
-    sensors = sensor_day(
-        lake_root,
-        day,
-        fleet,
-        registry,
-        rest_c_rate=params.rest_c_rate,
-        default_capacity_ah=params.default_capacity_ah,
-        rest_min_s=params.rest_min_s,
-        settle_s=params.settle_s,
-    )
-    swing = cell_swing(
-        lake_root,
-        day,
-        fleet,
-        _vehicles_by_day(registry, vehicle_window, day, params.swing_days),
-        window_days=params.swing_days,
-        min_soc_sd_pct=params.swing_min_soc_sd_pct,
-        min_days=params.swing_min_days,
-        rest_c_rate=params.rest_c_rate,
-        default_capacity_ah=params.default_capacity_ah,
-        cache=swing_cache,
-    )
+    own = cache is None
+    cache = cache if cache is not None else FeatureCache()
+    try:
+        con = cache.connection()
+        cells = cell_window(
+            lake_root,
+            day,
+            fleet,
+            smooth_days=params.smooth_days,
+            trend_days=params.trend_days,
+            con=con,
+        )
+        sensors = sensor_day(
+            lake_root,
+            day,
+            fleet,
+            registry,
+            rest_c_rate=params.rest_c_rate,
+            default_capacity_ah=params.default_capacity_ah,
+            rest_min_s=params.rest_min_s,
+            settle_s=params.settle_s,
+            con=con,
+        )
+        swing_days = [
+            d
+            for d in (day - timedelta(days=k) for k in range(params.swing_days))
+            if (fleet, d) not in cache.swing
+        ]
+        swing = cell_swing(
+            lake_root,
+            day,
+            fleet,
+            _vehicles_by_day(registry, vehicle_window, swing_days),
+            window_days=params.swing_days,
+            min_soc_sd_pct=params.swing_min_soc_sd_pct,
+            min_days=params.swing_min_days,
+            rest_c_rate=params.rest_c_rate,
+            default_capacity_ah=params.default_capacity_ah,
+            cache=cache.swing,
+            con=con,
+        )
+    finally:
+        if own:
+            cache.close()
     return assemble_features(
         vins, chem, cells, vehicle_window, soh_window, sensors, day, params, swing
     )
 
 
 def _vehicles_by_day(
-    registry: pa.Table, vehicle_window: pa.Table, day: date, n_days: int
+    registry: pa.Table, vehicle_window: pa.Table, days: Sequence[date]
 ) -> dict[date, pa.Table]:
-    """Vehicles (vin, chemistry, capacity_ah) of each of the last ``n_days`` dates: the
-    registry's, and those with a chemistry in ``metrics/vehicle_day`` of that date (each
-    date's list depends on that date's inputs only, so a catch-up can reuse it)."""
+    """Vehicles (vin, chemistry, capacity_ah) of each of ``days``: the registry's, and
+    those with a chemistry in ``metrics/vehicle_day`` of that date (each date's list
+    depends on that date's inputs only, so a catch-up can reuse it)."""
+    if not days:
+        return {}
+    wanted = pa.array(sorted(days), pa.date32())
+    vehicle_window = vehicle_window.filter(pc.is_in(vehicle_window["date"], value_set=wanted))
     reg_chem = {
         v: c for v, c in zip(_strs(registry, "vin"), registry["chemistry"].to_pylist(), strict=True)
     }
@@ -1025,8 +1137,7 @@ def _vehicles_by_day(
             if c is not None:
                 seen.setdefault(wd, {}).setdefault(v, str(c))
     out: dict[date, pa.Table] = {}
-    for k in range(n_days):
-        d = day - timedelta(days=k)
+    for d in days:
         chem = {v: str(c) for v, c in reg_chem.items() if c is not None}
         for v, c in seen.get(d, {}).items():
             chem.setdefault(v, c)
