@@ -29,7 +29,15 @@ see a row twice; readers that must be exact deduplicate on ``(vin, seq)``.
 Partitions larger than ``memory_rows`` are merged in VIN ranges: each input file is read
 once and split by range into uncompressed Arrow IPC pieces under ``state/nightly/tmp``,
 then each range is merged in memory, so memory stays bounded by about two ranges (the
-next range is merged while the current one is written).
+next range is prepared while the current one is written).
+
+A merge sorts integer keys only (each VIN's rank among the partition's VINs, ``ts``,
+``seq``) with numpy; the copies of a redelivered reading then sit side by side and are
+dropped in the same pass, and only when a ``(vin, seq)`` recurs with another ``ts`` does a
+second sort apply the rule directly. The rows are then gathered one row group at a time
+(the list columns as numpy arrays of their flat values), and every row group is written
+from one contiguous chunk, so the bytes are the same whether the partition was merged in
+memory or in ranges.
 """
 
 from __future__ import annotations
@@ -39,6 +47,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -75,9 +84,6 @@ STATS_SCHEMA = pa.schema(
         pa.field("duplicates_removed", pa.int64(), nullable=False),
     ]
 )
-
-_SORT_DEDUP = [("vin", "ascending"), ("seq", "ascending"), ("received_at", "ascending")]
-_SORT_OUT = [("vin", "ascending"), ("ts", "ascending"), ("seq", "ascending")]
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,8 +133,9 @@ def is_compacted(path: Path) -> bool:
 class RowGroupWriter:
     """Feeds a ParquetWriter row groups of exactly ``rows`` rows (the last may be short).
 
-    Row-group boundaries then depend on the rows only, not on how they were batched,
-    which keeps the file bytes deterministic.
+    Row-group boundaries then depend on the rows only, not on how they were batched, and
+    every row group is written from one contiguous chunk per column (the writer's page
+    boundaries follow chunk boundaries), which keeps the file bytes deterministic.
     """
 
     def __init__(self, writer: pq.ParquetWriter, rows: int) -> None:
@@ -137,54 +144,223 @@ class RowGroupWriter:
         self._buffer: list[pa.Table] = []
         self._buffered = 0
 
+    @property
+    def rows(self) -> int:
+        """Rows per row group."""
+        return self._rows
+
+    def room(self) -> int:
+        """Rows still missing from the current row group."""
+        return self._rows - self._buffered
+
     def write(self, table: pa.Table) -> None:
         """Buffer ``table`` and write every complete row group."""
+        if table.num_rows == 0:
+            return
         self._buffer.append(table)
         self._buffered += table.num_rows
         while self._buffered >= self._rows:
             whole = pa.concat_tables(self._buffer)
-            self._writer.write_table(whole.slice(0, self._rows), row_group_size=self._rows)
+            self._emit(whole.slice(0, self._rows))
             rest = whole.slice(self._rows)
-            self._buffer = [rest]
+            self._buffer = [rest] if rest.num_rows else []
             self._buffered = rest.num_rows
 
     def close(self) -> None:
         """Write the last, short row group."""
         if self._buffered:
-            self._writer.write_table(pa.concat_tables(self._buffer), row_group_size=self._rows)
+            self._emit(pa.concat_tables(self._buffer))
         self._buffer = []
         self._buffered = 0
+
+    def _emit(self, table: pa.Table) -> None:
+        if any(col.num_chunks > 1 for col in table.columns):
+            table = table.combine_chunks()
+        self._writer.write_table(table, row_group_size=self._rows)
+
+
+def _int64_keys(table: pa.Table, name: str) -> np.ndarray:
+    """A key column as int64 (timestamps as their ms count); keys must not be null."""
+    col = table[name]
+    if col.null_count:
+        raise SchemaError(f"telemetry column {name} holds nulls; it is a key of compaction")
+    if pa.types.is_timestamp(col.type):
+        col = col.cast(pa.int64())
+    return np.asarray(col.to_numpy(), dtype=np.int64)
+
+
+def _vin_ranks(table: pa.Table) -> tuple[np.ndarray, pa.Array]:
+    """Each row's VIN as its rank among the distinct VINs, and those VINs in order.
+
+    Ranks order as the strings do (byte order, as Arrow sorts them), so sorting by rank
+    sorts by VIN at the cost of integers.
+    """
+    col = table["vin"]
+    if col.null_count:
+        raise SchemaError("telemetry column vin holds nulls; it is a key of compaction")
+    vin = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
+    encoded = pc.dictionary_encode(vin)
+    by_name = pc.sort_indices(encoded.dictionary).to_numpy()
+    rank_of_code = np.empty(len(by_name), dtype=np.int32)
+    rank_of_code[by_name] = np.arange(len(by_name), dtype=np.int32)
+    ranks = rank_of_code[encoded.indices.to_numpy()]
+    return ranks, encoded.dictionary.take(pa.array(by_name))
+
+
+def _first_copies(received: np.ndarray, rows: np.ndarray, run_start: np.ndarray) -> np.ndarray:
+    """Mask over ``rows`` (grouped in runs that start where ``run_start``): in each run of
+    more than one row, the row received first (the earliest in ``rows`` among equal times)."""
+    keep = run_start.copy()
+    if run_start.all():
+        return keep
+    run_id = np.cumsum(run_start) - 1
+    in_multi = ~run_start
+    in_multi[:-1] |= ~run_start[1:]
+    idx = np.flatnonzero(in_multi)
+    # lexsort is stable: equal receive times keep the order of ``rows``.
+    by_received = idx[np.lexsort((received[rows[idx]], run_id[idx]))]
+    first = np.ones(len(by_received), dtype=bool)
+    first[1:] = run_id[by_received[1:]] != run_id[by_received[:-1]]
+    keep[idx] = False
+    keep[by_received[first]] = True
+    return keep
+
+
+def _output_order(table: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray, pa.Array]:
+    """Rows of ``table`` to keep, in output order, and the rows dropped as duplicates.
+
+    One row per ``(vin, seq)``: the earliest ``received_at``, among equal times the first
+    in ``table`` order; kept rows sorted by ``(vin, ts, seq)``.
+
+    Fast path: one stable sort by ``(vin, ts, seq)`` puts the copies of a redelivered
+    reading side by side; if after keeping the earliest of each such run ``seq`` rises
+    strictly within every VIN, no ``(vin, seq)`` is left twice and the order is final.
+    Otherwise (copies with different ``ts``, or ``seq`` not rising with ``ts``) a second
+    sort by ``(vin, seq, received_at)`` applies the rule directly.
+
+    Returns
+    -------
+    (numpy.ndarray, numpy.ndarray, numpy.ndarray, pyarrow.Array)
+        Kept row indices in output order, dropped row indices, every row's VIN rank, and
+        the distinct VINs by rank.
+    """
+    rank, vins = _vin_ranks(table)
+    ts = _int64_keys(table, "ts")
+    seq = _int64_keys(table, "seq")
+    received = _int64_keys(table, "received_at")
+    order = np.lexsort((seq, ts, rank))
+    r, t, s = rank[order], ts[order], seq[order]
+    n = len(order)
+    run_start = np.ones(n, dtype=bool)
+    if n > 1:
+        run_start[1:] = (r[1:] != r[:-1]) | (t[1:] != t[:-1]) | (s[1:] != s[:-1])
+    keep = _first_copies(received, order, run_start)
+    rk, sk = r[keep], s[keep]
+    if not np.any((rk[1:] == rk[:-1]) & (sk[1:] <= sk[:-1])):
+        return order[keep], order[~keep], rank, vins
+    by_seq = np.lexsort((received, seq, rank))
+    r, s = rank[by_seq], seq[by_seq]
+    first = np.ones(n, dtype=bool)
+    first[1:] = (r[1:] != r[:-1]) | (s[1:] != s[:-1])
+    kept = by_seq[first]
+    kept = kept[np.lexsort((seq[kept], ts[kept], rank[kept]))]
+    return kept, by_seq[~first], rank, vins
+
+
+#: Rows per block when gathering lists of unequal lengths (bounds the index arrays).
+_GATHER_BLOCK_ROWS = 65_536
+
+
+class _FlatList:
+    """A list column without nulls, held as numpy views of each chunk's flat values plus
+    every row's chunk, start and length, so rows are gathered with numpy (one copy of
+    the values, no concatenation of the chunks) instead of Arrow's list-by-list take."""
+
+    def __init__(self, col: pa.ChunkedArray) -> None:
+        self.type = col.type
+        chunks = [c for c in col.chunks if len(c)]
+        self.values = [c.flatten().to_numpy() for c in chunks]
+        offsets = [np.asarray(c.offsets.to_numpy(), dtype=np.int64) for c in chunks]
+        self.row_base = np.cumsum([0, *(len(c) for c in chunks)])
+        self.starts = np.concatenate([o[:-1] - o[0] for o in offsets] or [np.empty(0, np.int64)])
+        self.lengths = np.concatenate([np.diff(o) for o in offsets] or [np.empty(0, np.int64)])
+        # Every list of one length (the usual case: one cell count per vehicle model):
+        # each chunk's values are a 2-D array and a row gather is one numpy take.
+        width = int(self.lengths[0]) if len(self.lengths) else 0
+        self.width = width if width and (self.lengths == width).all() else 0
+
+    @staticmethod
+    def usable(col: pa.ChunkedArray) -> bool:
+        """Whether ``col`` is a list column with no nulls at any level."""
+        return pa.types.is_list(col.type) and not any(
+            c.null_count or c.flatten().null_count for c in col.chunks
+        )
+
+    def take(self, rows: np.ndarray) -> pa.Array:
+        """The lists of ``rows``, in that order."""
+        lengths = self.lengths[rows]
+        offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        total = int(offsets[-1])
+        if total > np.iinfo(np.int32).max:
+            raise ValueError(f"{total} list values do not fit the 32-bit offsets of {self.type}")
+        dtype = self.values[0].dtype if self.values else np.dtype(np.int16)
+        out = np.empty(total, dtype=dtype)
+        # Output rows grouped by source chunk (positions within a chunk stay ascending).
+        chunk = np.searchsorted(self.row_base, rows, side="right") - 1
+        by_chunk = np.argsort(chunk, kind="stable")
+        cuts = np.searchsorted(chunk[by_chunk], np.arange(len(self.values) + 1))
+        for k, values in enumerate(self.values):
+            pos = by_chunk[cuts[k] : cuts[k + 1]]
+            if not len(pos):
+                continue
+            local = rows[pos] - self.row_base[k]
+            if self.width:
+                w = self.width
+                out.reshape(-1, w)[pos] = values.reshape(-1, w)[local]
+                continue
+            for a in range(0, len(pos), _GATHER_BLOCK_ROWS):
+                p, n = pos[a : a + _GATHER_BLOCK_ROWS], lengths[pos[a : a + _GATHER_BLOCK_ROWS]]
+                within = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)
+                src = np.repeat(self.starts[rows[p]], n) + within
+                out[np.repeat(offsets[p], n) + within] = values[src]
+        return pa.ListArray.from_arrays(
+            pa.array(offsets.astype(np.int32)), pa.array(out), type=self.type
+        )
+
+
+class _Gatherer:
+    """A table prepared once for gathering many row subsets (``table.take`` piece by
+    piece): list columns as ``_FlatList``, the others as single Arrow arrays."""
+
+    def __init__(self, table: pa.Table) -> None:
+        self.schema = table.schema
+        self.columns: list[_FlatList | pa.Array] = []
+        for col in table.columns:
+            self.columns.append(_FlatList(col) if _FlatList.usable(col) else col.combine_chunks())
+
+    def take(self, rows: np.ndarray) -> pa.Table:
+        """The rows ``rows`` of the table, in that order."""
+        indices = pa.array(rows, pa.int64())
+        return pa.Table.from_arrays(
+            [c.take(rows) if isinstance(c, _FlatList) else c.take(indices) for c in self.columns],
+            schema=self.schema,
+        )
 
 
 def dedup_sort(table: pa.Table) -> tuple[pa.Table, pa.Array]:
     """Keep one row per ``(vin, seq)``, the earliest received; sort by ``(vin, ts, seq)``.
 
-    Among copies received at the same time the first in ``table`` order wins (Arrow's
-    ``sort_indices`` is stable), so the result depends only on the input order.
+    Among copies received at the same time the first in ``table`` order wins, so the
+    result depends only on the input order.
 
     Returns
     -------
     (pyarrow.Table, pyarrow.Array)
         The kept rows, and the VIN of every dropped duplicate.
     """
-    n = table.num_rows
-    keys = table.select(["vin", "seq", "ts", "received_at"])
-    order = pc.sort_indices(keys, sort_keys=_SORT_DEDUP).to_numpy()
-    vin = keys["vin"].combine_chunks().take(order)
-    seq = keys["seq"].combine_chunks().take(order)
-    first = np.ones(n, dtype=bool)
-    if n > 1:
-        same = pc.and_(
-            pc.equal(vin.slice(1), vin.slice(0, n - 1)),
-            pc.equal(seq.slice(1), seq.slice(0, n - 1)),
-        )
-        first[1:] = ~same.to_numpy(zero_copy_only=False)
-    kept = order[first]
-    dropped_vins = vin.filter(pa.array(~first))
-    kept_keys = keys.take(pa.array(kept))
-    final = kept[pc.sort_indices(kept_keys, sort_keys=_SORT_OUT).to_numpy()]
-    # One contiguous chunk first: take() over many chunks of list columns is slower.
-    return table.combine_chunks().take(pa.array(final)), dropped_vins
+    kept, dropped, rank, vins = _output_order(table)
+    return _Gatherer(table).take(kept), vins.take(pa.array(rank[dropped]))
 
 
 def _count_by_vin(vins: pa.Array | pa.ChunkedArray, column: str) -> pa.Table:
@@ -254,6 +430,95 @@ def _read(path: Path) -> pa.Table:
     return pq.read_table(path, schema=TELEMETRY_SCHEMA)
 
 
+def _write_sorted(
+    rg: RowGroupWriter, source: _Gatherer, kept: np.ndarray, pool: ThreadPoolExecutor
+) -> None:
+    """Write the ``kept`` rows of ``source`` in that order, gathered piece by piece (each
+    piece ends on a row-group boundary); the next piece is gathered while one is encoded."""
+    first = min(rg.room(), len(kept))
+    bounds = [0, *range(first, len(kept), rg.rows), len(kept)]
+    pieces = [(a, b) for a, b in pairwise(bounds) if b > a]
+    if not pieces:
+        return
+    ahead = pool.submit(source.take, kept[pieces[0][0] : pieces[0][1]])
+    for i in range(len(pieces)):
+        piece = ahead.result()
+        if i + 1 < len(pieces):
+            a, b = pieces[i + 1]
+            ahead = pool.submit(source.take, kept[a:b])
+        rg.write(piece)
+
+
+def _merge_ranges(
+    inputs: list[Path],
+    rg: RowGroupWriter,
+    pool: ThreadPoolExecutor,
+    spill_dir: Path,
+    memory_rows: int,
+    received_parts: list[pa.Table],
+    dropped: list[pa.Array],
+    on_progress: Callable[[int, int], None] | None,
+) -> int:
+    """Merge ``inputs`` VIN range by VIN range (see the module docstring); return rows out.
+
+    Appends each non-compacted input's per-VIN counts to ``received_parts`` and the VINs
+    of dropped duplicates to ``dropped``.
+    """
+    vin_parts = []
+    for p in inputs:
+        counts = _count_by_vin(pq.read_table(p, columns=["vin"])["vin"], "n")
+        vin_parts.append(counts)
+        if not is_compacted(p):
+            received_parts.append(counts.rename_columns(["vin", "readings_received"]))
+    sorted_vins, ranges = _plan_ranges(pa.concat_tables(vin_parts), memory_rows)
+    n_ranges = int(ranges.max()) + 1 if len(ranges) else 1
+    shutil.rmtree(spill_dir, ignore_errors=True)
+    spill_dir.mkdir(parents=True)
+    for r in range(n_ranges):
+        (spill_dir / f"{r:06d}").mkdir()
+
+    def split(i: int) -> None:
+        """Spill input ``i`` into one IPC piece per VIN range."""
+        t = _read(inputs[i])
+        rid = ranges[pc.index_in(t["vin"], value_set=sorted_vins).to_numpy()]
+        order = np.argsort(rid, kind="stable")
+        bounds = np.searchsorted(rid[order], np.arange(n_ranges + 1))
+        source = _Gatherer(t)
+        del t
+        for r in range(n_ranges):
+            lo, hi = int(bounds[r]), int(bounds[r + 1])
+            if hi > lo:
+                piece = source.take(order[lo:hi])
+                with pa.ipc.new_file(spill_dir / f"{r:06d}" / f"{i:06d}.arrow", piece.schema) as w:
+                    w.write_table(piece)
+
+    def prepare(r: int) -> tuple[_Gatherer, np.ndarray, pa.Array]:
+        """VIN range ``r`` from its pieces (input order): rows, kept rows, dropped VINs."""
+        pieces = sorted((spill_dir / f"{r:06d}").glob("*.arrow"))
+        tables = [pa.ipc.open_file(pa.memory_map(str(x))).read_all() for x in pieces]
+        table = pa.concat_tables(tables) if tables else TELEMETRY_SCHEMA.empty_table()
+        kept, drop, rank, vins = _output_order(table)
+        return _Gatherer(table), kept, vins.take(pa.array(rank[drop]))
+
+    rows_out = 0
+    try:
+        list(pool.map(split, range(len(inputs))))
+        ahead = pool.submit(prepare, 0)
+        for r in range(n_ranges):
+            source, kept, drop = ahead.result()
+            if r + 1 < n_ranges:
+                ahead = pool.submit(prepare, r + 1)
+            _write_sorted(rg, source, kept, pool)
+            dropped.append(drop)
+            rows_out += len(kept)
+            del source, kept
+            if on_progress:
+                on_progress(r + 1, n_ranges)
+    finally:
+        shutil.rmtree(spill_dir, ignore_errors=True)
+    return rows_out
+
+
 def _merge_to_file(
     inputs: list[Path],
     out: Path,
@@ -261,86 +526,50 @@ def _merge_to_file(
     *,
     stats_file: Path,
     prior_stats: list[pa.Table],
+    rows_total: int,
     memory_rows: int,
     row_group_rows: int,
     zstd_level: int,
     on_progress: Callable[[int, int], None] | None,
 ) -> tuple[int, int]:
-    """Merge ``inputs`` into ``out``; return rows in and rows out.
+    """Merge ``inputs`` (``rows_total`` rows) into ``out``; return rows in and rows out.
 
     The per-VIN statistics (``prior_stats`` plus this merge's counts) are written to
     ``stats_file`` before ``out`` appears, so an existing output always has its statistics.
     """
-    vin_parts = []
-    received_parts = []
-    rows_in = 0
-    for p in inputs:
-        vins = pq.read_table(p, columns=["vin"])["vin"]
-        rows_in += len(vins)
-        counts = _count_by_vin(vins, "n")
-        vin_parts.append(counts)
-        if not is_compacted(p):
-            received_parts.append(counts.rename_columns(["vin", "readings_received"]))
-    sorted_vins, ranges = _plan_ranges(pa.concat_tables(vin_parts), memory_rows)
-    n_ranges = int(ranges.max()) + 1 if len(ranges) else 1
+    received_parts: list[pa.Table] = []
     dropped: list[pa.Array] = []
     rows_out = 0
-    with atomic_parquet_writer(
-        out, TELEMETRY_SCHEMA, zstd_level=zstd_level, sorting=["vin", "ts", "seq"]
-    ) as writer:
+    # Two threads: Arrow and numpy release the GIL while reading, gathering and encoding.
+    with (
+        ThreadPoolExecutor(max_workers=2) as pool,
+        atomic_parquet_writer(
+            out, TELEMETRY_SCHEMA, zstd_level=zstd_level, sorting=["vin", "ts", "seq"]
+        ) as writer,
+    ):
         rg = RowGroupWriter(writer, row_group_rows)
-        if n_ranges == 1:
-            merged, drop = dedup_sort(pa.concat_tables([_read(p) for p in inputs]))
-            rg.write(merged)
-            dropped.append(drop)
-            rows_out += merged.num_rows
+        if rows_total <= memory_rows:
+            tables = list(pool.map(_read, inputs))
+            received_parts = [
+                _count_by_vin(t["vin"], "readings_received")
+                for p, t in zip(inputs, tables, strict=True)
+                if not is_compacted(p)
+            ]
+            table = pa.concat_tables(tables)
+            del tables
+            kept, drop, rank, vins = _output_order(table)
+            dropped.append(vins.take(pa.array(rank[drop])))
+            source = _Gatherer(table)
+            del table
+            _write_sorted(rg, source, kept, pool)
+            rows_out = len(kept)
+            del source
             if on_progress:
                 on_progress(1, 1)
         else:
-            shutil.rmtree(spill_dir, ignore_errors=True)
-            spill_dir.mkdir(parents=True)
-            for r in range(n_ranges):
-                (spill_dir / f"{r:06d}").mkdir()
-
-            def split(i: int) -> None:
-                """Spill input ``i`` into one IPC piece per VIN range."""
-                t = _read(inputs[i])
-                rank = pc.index_in(t["vin"], value_set=sorted_vins).to_numpy()
-                rid = ranges[rank]
-                order = np.argsort(rid, kind="stable")
-                t = t.take(pa.array(order))
-                bounds = np.searchsorted(rid[order], np.arange(n_ranges + 1))
-                for r in range(n_ranges):
-                    lo, hi = int(bounds[r]), int(bounds[r + 1])
-                    if hi > lo:
-                        piece = spill_dir / f"{r:06d}" / f"{i:06d}.arrow"
-                        with pa.ipc.new_file(piece, t.schema) as w:
-                            w.write_table(t.slice(lo, hi - lo))
-
-            def merge(r: int) -> tuple[pa.Table, pa.Array]:
-                """Deduplicate and sort VIN range ``r`` from its pieces (input order)."""
-                pieces = sorted((spill_dir / f"{r:06d}").glob("*.arrow"))
-                tables = [pa.ipc.open_file(pa.memory_map(str(x))).read_all() for x in pieces]
-                return dedup_sort(pa.concat_tables(tables))
-
-            # Arrow releases the GIL: two threads split the inputs, then the next range
-            # is merged while the current one is encoded and written.
-            try:
-                with ThreadPoolExecutor(max_workers=2) as pool:
-                    list(pool.map(split, range(len(inputs))))
-                    ahead = pool.submit(merge, 0)
-                    for r in range(n_ranges):
-                        merged, drop = ahead.result()
-                        if r + 1 < n_ranges:
-                            ahead = pool.submit(merge, r + 1)
-                        rg.write(merged)
-                        dropped.append(drop)
-                        rows_out += merged.num_rows
-                        del merged
-                        if on_progress:
-                            on_progress(r + 1, n_ranges)
-            finally:
-                shutil.rmtree(spill_dir, ignore_errors=True)
+            rows_out = _merge_ranges(
+                inputs, rg, pool, spill_dir, memory_rows, received_parts, dropped, on_progress
+            )
         rg.close()
         dup_counts = _count_by_vin(
             pa.chunked_array(dropped, pa.string()).combine_chunks(), "duplicates_removed"
@@ -348,7 +577,7 @@ def _merge_to_file(
         stats = _combine_stats([*prior_stats, *received_parts, dup_counts])
         write_parquet_atomic(stats, stats_file)
         pause_point("compaction:before-commit")
-    return rows_in, rows_out
+    return rows_total, rows_out
 
 
 def _finish(data_dir: Path, state_dir: Path, journal_path: Path, journal: dict[str, Any]) -> None:
@@ -480,6 +709,7 @@ def compact_partition(
         spill,
         stats_file=stats_path(state_dir, output),
         prior_stats=prior,
+        rows_total=rows_now,
         memory_rows=memory_rows,
         row_group_rows=row_group_rows,
         zstd_level=zstd_level,

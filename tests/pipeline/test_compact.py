@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -20,6 +21,7 @@ from tests.pipeline.nightly_data import (
     with_received,
     write_flushes,
 )
+from tests.pipeline.test_compact_order import reference
 from tests.pipeline.test_nightly import RUN_DAY
 
 
@@ -85,3 +87,63 @@ def test_a_partition_with_a_foreign_schema_fails_with_its_path(tmp_path: Path):
     assert r.returncode == 1
     assert r.stderr.startswith("Error: stage compaction failed: ")
     assert "stray.parquet" in r.stderr
+
+
+def _two_models(day_vins: int = 8) -> pa.Table:
+    """A fleet of two vehicle models (96 and 14 cells), one reading every 15 s."""
+    vins = [f"MAT612345NEX{i:05d}" for i in range(1, day_vins + 1)]
+    half = day_vins // 2
+    return pa.concat_tables(
+        [
+            day_table(RUN_DAY, vins=vins[half:], cadence_s=15, n_cells=96, seed=2),
+            day_table(RUN_DAY, vins=vins[:half], cadence_s=15, n_cells=14, seed=3),
+        ]
+    )
+
+
+def test_range_merge_of_big_row_groups_and_two_cell_counts_gives_the_in_memory_bytes(
+    tmp_path: Path,
+) -> None:
+    # Row groups of several pages straddle VIN ranges (one VIN each): the bytes must not
+    # depend on where the ranges cut them (the writer starts pages anew at chunk borders).
+    base = tmp_path / "base"
+    t = _two_models()
+    write_flushes(t, base / "lake", flushes=6)
+    write_flushes(t.slice(30_000, 300), base / "lake", flushes=1, prefix="dup")
+    outputs = []
+    for memory_rows in (10**9, 5_000):
+        d = tmp_path / f"m{memory_rows}"
+        shutil.copytree(base, d)
+        r = compact_partition(d, RUN_DAY, "demo", memory_rows=memory_rows, row_group_rows=20_000)
+        assert r.duplicates_removed == 300
+        assert r.output is not None
+        outputs.append((r.output.name, r.output.read_bytes()))
+        assert pq.ParquetFile(r.output).metadata.num_row_groups == 3
+    assert outputs[0] == outputs[1]
+    want, _ = reference(bms.read_telemetry(bms.telemetry_files(base / "lake", RUN_DAY)))
+    assert pq.read_table(r.output).combine_chunks().equals(want)
+
+
+@pytest.mark.parametrize("memory_rows", [10**9, 100])
+def test_a_reading_resent_with_another_ts_is_kept_once_the_earliest_received(
+    memory_rows: int, tmp_path: Path
+) -> None:
+    d = tmp_path / "data"
+    t = day_table(RUN_DAY)
+    write_flushes(t, d / "lake", flushes=3, prefix="a")
+    # The same (vin, seq) again from another file, its ts moved: a clock correction on the
+    # vehicle before a replay. Received earlier than the first copies for half of them.
+    resent = t.slice(10, 20)
+    ts = pa.array(resent["ts"].cast(pa.int64()).to_numpy() + 7_000, pa.timestamp("ms", tz="UTC"))
+    resent = resent.set_column(resent.schema.get_field_index("ts"), resent.schema.field("ts"), ts)
+    write_flushes(with_received(resent.slice(0, 10), 0), d / "lake", flushes=1, prefix="b")
+    write_flushes(resent.slice(10), d / "lake", flushes=1, prefix="c")
+    inputs = bms.read_telemetry(bms.telemetry_files(d / "lake", RUN_DAY))
+    r = compact_partition(d, RUN_DAY, "demo", memory_rows=memory_rows, row_group_rows=64)
+    assert r.duplicates_removed == 20
+    assert r.output is not None
+    out = pq.read_table(r.output)
+    want, _ = reference(inputs)
+    assert out.combine_chunks().equals(want)
+    received = pc.cast(out["received_at"], pa.int64())
+    assert pc.sum(pc.equal(received, 0)).as_py() == 10
