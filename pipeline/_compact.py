@@ -464,39 +464,46 @@ def _merge_ranges(
     Appends each non-compacted input's per-VIN counts to ``received_parts`` and the VINs
     of dropped duplicates to ``dropped``.
     """
-    vin_parts = []
-    for p in inputs:
-        counts = _count_by_vin(pq.read_table(p, columns=["vin"])["vin"], "n")
-        vin_parts.append(counts)
-        if not is_compacted(p):
-            received_parts.append(counts.rename_columns(["vin", "readings_received"]))
+
+    def count(p: Path) -> pa.Table:
+        return _count_by_vin(pq.read_table(p, columns=["vin"])["vin"], "n")
+
+    vin_parts = list(pool.map(count, inputs))
+    received_parts.extend(
+        c.rename_columns(["vin", "readings_received"])
+        for p, c in zip(inputs, vin_parts, strict=True)
+        if not is_compacted(p)
+    )
     sorted_vins, ranges = _plan_ranges(pa.concat_tables(vin_parts), memory_rows)
     n_ranges = int(ranges.max()) + 1 if len(ranges) else 1
     shutil.rmtree(spill_dir, ignore_errors=True)
     spill_dir.mkdir(parents=True)
-    for r in range(n_ranges):
-        (spill_dir / f"{r:06d}").mkdir()
 
     def split(i: int) -> None:
-        """Spill input ``i`` into one IPC piece per VIN range."""
+        """Spill input ``i`` as one IPC file, its rows grouped by VIN range: record batch
+        ``r`` holds range ``r`` (maybe no rows). One gather per input, not one per range."""
         t = _read(inputs[i])
+        if t.num_rows == 0:
+            return
         rid = ranges[pc.index_in(t["vin"], value_set=sorted_vins).to_numpy()]
         order = np.argsort(rid, kind="stable")
         bounds = np.searchsorted(rid[order], np.arange(n_ranges + 1))
-        source = _Gatherer(t)
+        grouped = _Gatherer(t).take(order).to_batches()[0]
         del t
-        for r in range(n_ranges):
-            lo, hi = int(bounds[r]), int(bounds[r + 1])
-            if hi > lo:
-                piece = source.take(order[lo:hi])
-                with pa.ipc.new_file(spill_dir / f"{r:06d}" / f"{i:06d}.arrow", piece.schema) as w:
-                    w.write_table(piece)
+        with pa.ipc.new_file(spill_dir / f"{i:06d}.arrow", grouped.schema) as w:
+            for r in range(n_ranges):
+                w.write_batch(grouped.slice(int(bounds[r]), int(bounds[r + 1] - bounds[r])))
 
     def prepare(r: int) -> tuple[_Gatherer, np.ndarray, pa.Array]:
-        """VIN range ``r`` from its pieces (input order): rows, kept rows, dropped VINs."""
-        pieces = sorted((spill_dir / f"{r:06d}").glob("*.arrow"))
-        tables = [pa.ipc.open_file(pa.memory_map(str(x))).read_all() for x in pieces]
-        table = pa.concat_tables(tables) if tables else TELEMETRY_SCHEMA.empty_table()
+        """VIN range ``r`` from the spilled inputs (in input order): its rows as a
+        ``_Gatherer``, the kept rows in output order, the VINs of dropped duplicates.
+        Each file is mapped anew per range, so its pages leave memory with the range."""
+        batches = []
+        for x in sorted(spill_dir.glob("*.arrow")):
+            batch = pa.ipc.open_file(pa.memory_map(str(x))).get_batch(r)
+            if batch.num_rows:
+                batches.append(batch)
+        table = pa.Table.from_batches(batches, TELEMETRY_SCHEMA)
         kept, drop, rank, vins = _output_order(table)
         return _Gatherer(table), kept, vins.take(pa.array(rank[drop]))
 

@@ -147,3 +147,15 @@ def test_a_reading_resent_with_another_ts_is_kept_once_the_earliest_received(
     assert out.combine_chunks().equals(want)
     received = pc.cast(out["received_at"], pa.int64())
     assert pc.sum(pc.equal(received, 0)).as_py() == 10
+
+
+@pytest.mark.parametrize("memory_rows", [10**9, 100])
+def test_an_empty_input_file_is_merged_away(memory_rows: int, tmp_path: Path) -> None:
+    d = tmp_path / "data"
+    t = day_table(RUN_DAY)
+    write_flushes(t, d / "lake", flushes=2)
+    part = bms.telemetry_dir(d / "lake", RUN_DAY, "demo")
+    bms.write_parquet_atomic(bms.TELEMETRY_SCHEMA.empty_table(), part / "empty.parquet")
+    r = compact_partition(d, RUN_DAY, "demo", memory_rows=memory_rows, row_group_rows=100)
+    assert (r.input_files, r.rows_out) == (3, t.num_rows)
+    assert bms.telemetry_files(d / "lake", RUN_DAY) == [r.output]
