@@ -48,10 +48,11 @@ from bms._capacity import (
     rest_soc_pct_from_cell_mv,
     soc_sigma_pct_from_ocv,
 )
+from bms._chargestep import fit_charge_step
 from bms._duck import duckdb_connect, set_double_variables, vin_groups
 from bms._errors import BmsError
 from bms._lake import COMPACTED_PREFIX, fsync_path, telemetry_files
-from bms._ocv import CHEMISTRIES
+from bms._ocv import CHEMISTRIES, ocv_v_from_soc_pct
 from bms._resistance import resistance_mohm_from_step, resistance_temp_factor
 from bms._soh import (
     FADE_EXPONENT,
@@ -69,7 +70,7 @@ from bms._warranty import (
 )
 
 #: Version of the analytics model; part of every run id and of the warranty evidence.
-ANALYTICS_MODEL_VERSION = "analytics-3"
+ANALYTICS_MODEL_VERSION = "analytics-4"
 #: Metrics tables written per (date, fleet).
 METRICS_TABLES = (
     "vehicle_day",
@@ -126,7 +127,18 @@ class AnalyticsParams:
     self_discharge_min_s: int = 7200  # self-discharge needs this much rest [s]
     offset_smoothing: float = 0.3  # weight of a day's current-offset estimate (EWMA) [-]
     cell_ratio_smoothing: float = 0.1  # weight of a pair's cell capacity ratios (EWMA) [-]
+    # LFP SoC anchors from constant-current charges across the 70-82 % OCV step
+    # (bms._chargestep): readings charging at >= this C-rate [1/h] whose BMS SoC is in
+    # the band [%] are fitted; sigma added to the fit's own for where the step really
+    # lies in an aged cell (the OCV table is a fresh cell's) [% SoC].
+    charge_step_c_rate: float = 0.05
+    charge_step_soc_min_pct: float = 45.0
+    charge_step_soc_max_pct: float = 97.0
+    charge_step_sigma_pct: float = 1.0
     systematic_soh_sigma_pct: float = 0.4  # model error in every SoH interval [%]
+    # A verdict other than claim_eligible needs a capacity estimate this recent [days]:
+    # older, the SoH "now" is the prior's projection (seasons: half a year).
+    max_evidence_age_days: float = 180.0
     warranty_policy: str = "oem-8y-160k-70"  # for vehicles whose registry names none
     policy_override: str = ""  # preset id or TOML path used for every vehicle if set
     threads: int = 0  # DuckDB threads; 0 = all cores
@@ -158,6 +170,7 @@ _PASS_ORDER: dict[str, list[str]] = {
     "cell_day": ["day_n", "vin", "cell"],
     "step_cells": ["day_n", "vin", "seq"],
     "rest_cells": ["day_n", "vin", "run_id"],
+    "charge_cells": ["day_n", "vin", "ts_ms", "seq"],
     "rest_runs": ["day_n", "vin", "run_id"],
     "day_carry": ["day_n", "vin"],
 }
@@ -380,7 +393,11 @@ _RP_FIELDS = (
     "temp_c",
     "ocv_v",
     "rest_h",
+    "anchor",  # 0 = end of a rest, 1 = charge-step fit (_ANCHORS)
 )
+
+#: What fixed a point's SoC: the OCV at the end of a rest, or a charge-step fit.
+_ANCHORS = ("rest", "charge_step")
 
 CARRY_SCHEMA = pa.schema(
     [
@@ -481,6 +498,8 @@ METRICS_SCHEMAS: dict[str, pa.Schema] = {
             ("ocv_end_v", _F),
             ("rest_start_h", _F),
             ("rest_end_h", _F),
+            ("start_anchor", pa.string()),
+            ("end_anchor", pa.string()),
             ("charge_ah", _F),
             ("current_offset_a", _F),
             ("duration_h", _F),
@@ -847,6 +866,9 @@ def _set_variables(con: Any, params: AnalyticsParams) -> None:
         "cell_rest_min_s": float(params.cell_rest_min_s),
         "settle_s": float(params.settle_s),
         "self_discharge_min_s": float(params.self_discharge_min_s),
+        "charge_step_c_rate": params.charge_step_c_rate,
+        "charge_step_soc_min_pct": params.charge_step_soc_min_pct,
+        "charge_step_soc_max_pct": params.charge_step_soc_max_pct,
     }
     set_double_variables(con, variables)
 
@@ -1029,10 +1051,12 @@ class _FleetSession:
             steps = _steps_with_factor(steps, params)
             con.register("steps", steps)
             con.execute(_sql("cell_select"))
+            con.execute(_sql("charge_select"))
             con.execute(_sql("cell_rows"))
             cell_day = con.sql(_sql("cell_day")).to_arrow_table()
             step_cells = con.sql(_sql("step_cells")).to_arrow_table()
             rest_cells = con.sql(_sql("rest_cells")).to_arrow_table()
+            charge_cells = con.sql(_sql("charge_cells")).to_arrow_table()
             rest_runs = con.sql(
                 "SELECT * FROM rest_runs ORDER BY day_n, vin, run_id"
             ).to_arrow_table()
@@ -1046,6 +1070,7 @@ class _FleetSession:
             "cell_day": cell_day,
             "step_cells": step_cells,
             "rest_cells": rest_cells,
+            "charge_cells": charge_cells,
             "rest_runs": rest_runs,
             "day_carry": day_carry,
         }
@@ -1153,7 +1178,7 @@ class _FleetSession:
         unknown = sorted(v for v in vd_rows if v not in reg)
 
         new_carry, capacity_rows = _update_carry_and_capacity(
-            day, prev, day_carry, rest_runs, rest_cells, vd_rows, reg, params
+            day, prev, day_carry, rest_runs, rest_cells, parts["charge_cells"], vd_rows, reg, params
         )
         resistance = _resistance_table(steps, step_cells, cell_day, reg, params)
         cap_hist, res_hist = self._update_history(day, capacity_rows, resistance)
@@ -1428,12 +1453,13 @@ def _update_carry_and_capacity(
     day_carry: pa.Table,
     rest_runs: pa.Table,
     rest_cells: pa.Table,
+    charge_cells: pa.Table,
     vd_rows: Mapping[str, Mapping[str, Any]],
     reg: Mapping[str, Mapping[str, Any]],
     params: AnalyticsParams,
 ) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
-    """Pair today's rest points with the carried ones; return the new carry and the
-    capacity estimates."""
+    """Pair today's SoC points (rest ends, charge-step fits) with the carried ones;
+    return the new carry and the capacity estimates."""
     cells_at = {
         (v, r): c
         for v, r, c in zip(
@@ -1446,6 +1472,7 @@ def _update_carry_and_capacity(
     runs_by_vin: dict[str, list[dict[str, Any]]] = {}
     for row in rest_runs.to_pylist():
         runs_by_vin.setdefault(row["vin"], []).append(row)
+    steps_by_vin = _charge_step_points(charge_cells, reg, params)
     new: dict[str, dict[str, Any]] = {vin: dict(row) for vin, row in prev.items()}
     estimates: list[dict[str, Any]] = []
     for dc in day_carry.to_pylist():
@@ -1480,7 +1507,7 @@ def _update_carry_and_capacity(
             else []
         )
         for p, cs in zip(points, (old or {}).get("rp_cell_soc_pct") or [], strict=False):
-            p["cell_soc"] = np.asarray(cs, dtype=np.float64)
+            p["cell_soc"] = None if cs is None else np.asarray(cs, dtype=np.float64)
         ratio = (
             np.asarray(old["cell_capacity_ratio"], dtype=np.float64)
             if old and old["cell_capacity_ratio"]
@@ -1488,44 +1515,37 @@ def _update_carry_and_capacity(
         )
         rest_start = None
         rest_mode = None
-        for run in sorted(runs_by_vin.get(vin, []), key=lambda r: r["end_ms"]):
-            if run["open_at_day_end"]:
-                rest_start = run["start_ms"]
-                rest_mode = run["mode_before_rest"]
-                continue
-            if info is None or run["duration_s"] < params.rest_min_s or not run["n_cells"]:
-                continue
-            chem = info["chemistry"]
-            direction = _DIRECTION.get(run["mode_before_rest"] or "", 0)
-            cell_mv = cells_at.get((vin, run["run_id"]))
-            cell_soc = None
-            if cell_mv is not None and None not in cell_mv:
-                cell_soc = rest_soc_pct_from_cell_mv(cell_mv, chem, direction)
-                ocv_v = float(np.mean(cell_mv)) / 1000.0
-                soc = float(np.mean(cell_soc))
+        events: list[tuple[float, dict[str, Any] | None, dict[str, Any] | None]] = [
+            (float(run["end_ms"]), run, None) for run in runs_by_vin.get(vin, [])
+        ]
+        events += [(s["t_ms"], None, s) for s in steps_by_vin.get(vin, [])]
+        for _, run, step in sorted(events, key=lambda e: e[0]):
+            if step is not None:
+                point = {
+                    **step,
+                    "q_uah": float(q_base + step["q_uah"]),
+                    "covered_ms": float(cov_base + step["covered_ms"]),
+                    "bad_gaps": float(gaps_base + step["bad_gaps"]),
+                }
             else:
-                ocv_v = run["end_voltage_v"] / run["n_cells"]
-                soc = float(rest_soc_pct_from_cell_mv(ocv_v * 1000.0, chem, direction))
-            sigma = float(soc_sigma_pct_from_ocv(soc, chem))
-            point = {
-                "t_ms": float(run["end_ms"]),
-                "q_uah": float(q_base + run["q_cum_uah"]),
-                "covered_ms": float(cov_base + run["covered_cum_ms"]),
-                "bad_gaps": float(gaps_base + run["bad_gaps_cum"]),
-                "soc_pct": soc,
-                "soc_sigma_pct": sigma,
-                "temp_c": float(run["end_temp_c"]) if run["end_temp_c"] is not None else 25.0,
-                "ocv_v": ocv_v,
-                "rest_h": run["duration_s"] / 3600.0,
-                "cell_soc": cell_soc,
-            }
-            if sigma <= params.max_soc_sigma_pct:
+                assert run is not None
+                if run["open_at_day_end"]:
+                    rest_start = run["start_ms"]
+                    rest_mode = run["mode_before_rest"]
+                    continue
+                if info is None or run["duration_s"] < params.rest_min_s or not run["n_cells"]:
+                    continue
+                point = _rest_point(run, cells_at.get((vin, run["run_id"])), info["chemistry"])
+                point["q_uah"] = float(q_base + run["q_cum_uah"])
+                point["covered_ms"] = float(cov_base + run["covered_cum_ms"])
+                point["bad_gaps"] = float(gaps_base + run["bad_gaps_cum"])
+            if point["soc_sigma_pct"] <= params.max_soc_sigma_pct and info is not None:
                 est = _best_pair(point, points, info, offset, offset_sigma, params)
                 if est is not None:
                     ratio = _weakest_cell(est, ratio, params)
                     est["vin"] = vin
-                    est["chemistry"] = chem
-                    est["bms_soh_pct"] = run["end_bms_soh_pct"]
+                    est["chemistry"] = info["chemistry"]
+                    est["bms_soh_pct"] = run["end_bms_soh_pct"] if run is not None else None
                     estimates.append(est)
                 points.append(point)
             points = [
@@ -1574,6 +1594,126 @@ def _update_carry_and_capacity(
         new[vin] = row
     estimates.sort(key=lambda e: (e["vin"], e["end_ts"]))
     return dict(sorted(new.items())), estimates
+
+
+def _rest_point(run: Mapping[str, Any], cell_mv: list[int] | None, chem: str) -> dict[str, Any]:
+    """The SoC point at the end of a rest (charge counters added by the caller)."""
+    direction = _DIRECTION.get(run["mode_before_rest"] or "", 0)
+    cell_soc = None
+    if cell_mv is not None and None not in cell_mv:
+        cell_soc = rest_soc_pct_from_cell_mv(cell_mv, chem, direction)
+        ocv_v = float(np.mean(cell_mv)) / 1000.0
+        soc = float(np.mean(cell_soc))
+    else:
+        ocv_v = run["end_voltage_v"] / run["n_cells"]
+        soc = float(rest_soc_pct_from_cell_mv(ocv_v * 1000.0, chem, direction))
+    return {
+        "t_ms": float(run["end_ms"]),
+        "soc_pct": soc,
+        "soc_sigma_pct": float(soc_sigma_pct_from_ocv(soc, chem)),
+        "temp_c": float(run["end_temp_c"]) if run["end_temp_c"] is not None else 25.0,
+        "ocv_v": ocv_v,
+        "rest_h": run["duration_s"] / 3600.0,
+        "anchor": 0.0,
+        "cell_soc": cell_soc,
+    }
+
+
+#: A charge run's readings count as constant current within this share of its median.
+_CC_TOLERANCE = 0.03
+
+
+def _charge_step_points(
+    charge_cells: pa.Table, reg: Mapping[str, Mapping[str, Any]], params: AnalyticsParams
+) -> dict[str, list[dict[str, Any]]]:
+    """SoC points from the day's constant-current charges across an OCV step, per VIN
+    (``bms._chargestep``; charge counters of the day, the caller adds the carried base).
+
+    A point needs the fit of at least 90 % of the cells; it carries every cell's SoC only
+    when all cells fitted (for the weakest-cell ratio), else the mean of those that did.
+    """
+    out: dict[str, list[dict[str, Any]]] = {}
+    if charge_cells.num_rows == 0:
+        return out
+    col = {
+        name: charge_cells[name].to_numpy(zero_copy_only=False)
+        for name in ("vin", "day_n", "run_id", "ts_ms", "current_a", "q_cum_uah")
+    }
+    covered = charge_cells["covered_cum_ms"].to_numpy(zero_copy_only=False)
+    gaps = charge_cells["bad_gaps_cum"].to_numpy(zero_copy_only=False)
+    temp = charge_cells["temp_c_mean"].to_numpy(zero_copy_only=False)
+    start_ms = charge_cells["start_ms"].to_numpy(zero_copy_only=False)
+    start_step_as = charge_cells["start_step_as"].to_numpy(zero_copy_only=False)
+    cells = charge_cells["cell_mv"]
+    n = charge_cells.num_rows
+    change = np.ones(n, dtype=bool)
+    change[1:] = (
+        (col["vin"][1:] != col["vin"][:-1])
+        | (col["day_n"][1:] != col["day_n"][:-1])
+        | (col["run_id"][1:] != col["run_id"][:-1])
+    )
+    starts = np.flatnonzero(change)
+    for a, b in zip(starts, np.append(starts[1:], n), strict=True):
+        vin = str(col["vin"][a])
+        info = reg.get(vin)
+        if info is None or b - a < 8:
+            continue
+        cur = col["current_a"][a:b].astype(np.float64)
+        med = float(np.median(cur))
+        keep = np.flatnonzero(np.abs(cur - med) <= _CC_TOLERANCE * med)
+        rows = cells.slice(a, b - a).take(pa.array(keep)).to_pylist()
+        if len(rows) < 8 or any(r is None or None in r or len(r) != len(rows[0]) for r in rows):
+            continue
+        idx = a + keep
+        q_ah = col["q_cum_uah"][idx].astype(np.float64) / 1e6
+        since_s = (col["ts_ms"][idx] - start_ms[idx]).astype(np.float64) / 1000.0
+        fit = fit_charge_step(
+            q_ah,
+            np.asarray(rows, dtype=np.float64),
+            float(info["capacity_ah"]),
+            info["chemistry"],
+            # settle time constant: a rest of rest_min_s is about three (science.md 6.2)
+            since_start_s=since_s,
+            settle_tau_s=params.rest_min_s / 3.0,
+        )
+        if fit is None:
+            continue
+        ok = np.isfinite(fit.soc_pct)
+        if ok.mean() < 0.9:
+            continue
+        soc = float(np.mean(fit.soc_pct[ok]))
+        k = int(idx[fit.ref])
+        out.setdefault(vin, []).append(
+            {
+                "t_ms": float(col["ts_ms"][k]),
+                "q_uah": float(col["q_cum_uah"][k]),
+                "covered_ms": float(covered[k]),
+                "bad_gaps": float(gaps[k]),
+                "soc_pct": soc,
+                # fit, where the step really lies, and the charge counted at the run's
+                # first reading (a current step at an unknown time within its interval:
+                # uniform, sigma = step x interval / sqrt(12))
+                "soc_sigma_pct": float(
+                    np.linalg.norm(
+                        [
+                            np.median(fit.sigma_pct[ok]),
+                            params.charge_step_sigma_pct,
+                            100.0
+                            * float(start_step_as[a] or 0.0)
+                            / 3600.0
+                            / math.sqrt(12.0)
+                            / float(info["capacity_ah"]),
+                        ]
+                    )
+                ),
+                "temp_c": float(temp[k]) if temp[k] is not None and np.isfinite(temp[k]) else 25.0,
+                "ocv_v": float(ocv_v_from_soc_pct(soc, info["chemistry"])),
+                "rest_h": 0.0,
+                "anchor": 1.0,
+                "cell_soc": fit.soc_pct if ok.all() else None,
+            }
+        )
+    return out
 
 
 def _best_pair(
@@ -1627,6 +1767,8 @@ def _best_pair(
                 "ocv_end_v": point["ocv_v"],
                 "rest_start_h": p["rest_h"],
                 "rest_end_h": point["rest_h"],
+                "start_anchor": _ANCHORS[int(p.get("anchor", 0.0))],
+                "end_anchor": _ANCHORS[int(point.get("anchor", 0.0))],
                 "charge_ah": charge_ah,
                 "current_offset_a": off,
                 "duration_h": dt_h,
@@ -1662,6 +1804,10 @@ def _weakest_cell(
     """
     dsoc = est.pop("cell_dsoc")
     if dsoc is None or not np.all(np.isfinite(dsoc)):
+        if ratio is not None:  # no cell SoCs this time: the ratios learnt so far
+            weakest = float(ratio.min())
+            est["capacity_ah"] *= weakest
+            est["soh_pct"] *= weakest
         return ratio
     mean = float(np.mean(dsoc))
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -1925,8 +2071,20 @@ def _trend_and_warranty(
             dc_fast_share=(c["charged_dc_total_uah"] or 0) / charged if charged > 0 else 0.0,
             deep_discharges=int(c["deep_discharges_total"] or 0),
         )
+        evidence_days = (
+            0.0
+            if cap is None or cap["t_ms"].size == 0
+            else (end_ms - float(np.max(cap["t_ms"]))) / 86_400_000
+        )
         verdict = warranty_verdict(
-            policy, fit, age_years=age, odometer_km=odo, km_per_day=km_per_day, usage=usage
+            policy,
+            fit,
+            age_years=age,
+            odometer_km=odo,
+            km_per_day=km_per_day,
+            usage=usage,
+            evidence_age_days=evidence_days,
+            max_evidence_age_days=params.max_evidence_age_days,
         )
         th = verdict.threshold
         evidence = {
@@ -1937,6 +2095,7 @@ def _trend_and_warranty(
                 "soh_low_pct": lo,
                 "soh_high_pct": hi,
                 "n_estimates": 0 if cap is None else int(cap["t_ms"].size),
+                "newest_estimate_age_days": evidence_days,
             },
             "fit": None
             if fit is None

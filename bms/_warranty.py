@@ -13,6 +13,7 @@ totals.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import tomllib
 from dataclasses import dataclass, field
@@ -253,6 +254,8 @@ def warranty_verdict(
     odometer_km: float,
     km_per_day: float,
     usage: UsageTotals | None = None,
+    evidence_age_days: float = 0.0,
+    max_evidence_age_days: float = math.inf,
 ) -> WarrantyVerdict:
     """A vehicle's warranty status under ``policy``.
 
@@ -269,6 +272,12 @@ def warranty_verdict(
         The vehicle's own mean distance per day, to project the km limit. [km/day]
     usage : UsageTotals, optional
         Usage since the start of the data, checked against the policy's usage limits.
+    evidence_age_days : float
+        Age of the newest capacity estimate behind ``fit``. [days]
+    max_evidence_age_days : float
+        Older evidence cannot say ``ok`` or ``at_risk``: the trend would be a projection
+        from the prior, not a measurement (``claim_eligible`` stands: capacity only
+        fades). [days]
 
     Returns
     -------
@@ -276,7 +285,8 @@ def warranty_verdict(
         Status per threshold still in cover: ``claim_eligible`` if the SoH now is below
         the minimum; ``at_risk`` if the 90 % interval now reaches below it, or the trend
         projected to the end of cover falls below it; else ``ok``. The worst over the
-        thresholds in cover wins; ``out_of_coverage`` when every threshold has ended.
+        thresholds in cover wins; ``out_of_coverage`` when every threshold has ended;
+        ``insufficient_data`` without an estimate, or with only stale ones (above).
     """
     flags = usage_flags(policy, usage or UsageTotals())
     nan = math.nan
@@ -344,4 +354,13 @@ def warranty_verdict(
         if best is None or _RANK[status] > _RANK[best.status]:
             best = verdict
     assert best is not None
+    if evidence_age_days > max_evidence_age_days and best.status != "claim_eligible":
+        return dataclasses.replace(
+            best,
+            status="insufficient_data",
+            reason=(
+                f"newest capacity estimate {evidence_age_days:.0f} days old "
+                f"(limit {max_evidence_age_days:g}); the trend would say: {best.reason}"
+            ),
+        )
     return best

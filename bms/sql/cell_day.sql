@@ -15,6 +15,7 @@
 WITH per_reading AS (
     SELECT vin, seq, day_n, cell_mv, temp_dc, list_median(cell_mv) AS median_mv
     FROM cell_rows
+    WHERE for_cells
 ),
 cells_t AS MATERIALIZED (
     SELECT
@@ -36,6 +37,7 @@ sensor_sums AS (
             unnest(range(len(temp_dc))) AS sensor,
             unnest(temp_dc) * len(temp_dc) - list_sum(temp_dc) AS dev_x
         FROM cell_rows
+        WHERE for_cells
     )
     GROUP BY vin, day_n, n_cells, n_temps, sensor
 ),

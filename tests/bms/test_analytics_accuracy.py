@@ -9,8 +9,11 @@ last date is scored by ``tests.bms.test_analytics_truth.score_fleet`` (the bench
 Two targets of issue 6 are not met yet and are therefore not asserted at their goal here
 (a test that is known to fail would keep CI red): resistance growth within 10 % of the
 truth (measured 12.8 %: asserted at 15 % so that a regression shows) and warranty verdicts
-agreeing for 95 % of vehicles. ``benchmarks/accuracy.py`` prints both figures against
-their goals; see the issue notes for the reasons.
+agreeing for 95 % of vehicles (measured 78 %, asserted at 75 %: the disagreements are
+vehicles without recent capacity evidence, ``insufficient_data``: LFP cars that never
+cross the OCV step with readable readings on both sides, and cars whose failed cell ended
+their estimates). ``benchmarks/accuracy.py`` prints both figures against their goals;
+see the issue notes for the reasons.
 """
 
 from __future__ import annotations
@@ -61,6 +64,24 @@ def test_pack_resistance_and_its_growth_track_the_truth(scored: FleetScore) -> N
     assert all(v.r_mohm == v.r_mohm for v in scored.vehicles), "every vehicle gets a value"
     assert scored.resistance_rel_error <= 0.05, _explain(scored)
     assert scored.growth_rel_error <= 0.15, _explain(scored)
+
+
+@pytest.mark.slow
+def test_warranty_verdicts_agree_with_the_truth_or_say_the_evidence_is_missing(
+    scored: FleetScore,
+) -> None:
+    assert scored.verdict_agreement >= 0.75, _explain(scored)
+    wrong = [v for v in scored.vehicles if v.status not in (v.status_true, "insufficient_data")]
+    assert len(wrong) <= 1, _explain(scored)
+
+
+@pytest.mark.slow
+def test_lfp_cars_without_readable_rests_get_estimates_from_charge_steps(
+    scored: FleetScore,
+) -> None:
+    lfp = [v for v in scored.vehicles if v.chemistry == "lfp"]
+    measured = [v for v in lfp if v.n_estimates >= 20]
+    assert len(measured) >= 0.6 * len(lfp), _explain(scored)
 
 
 @pytest.mark.slow

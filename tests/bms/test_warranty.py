@@ -87,6 +87,29 @@ def test_verdicts_ok_at_risk_claim_and_out_of_coverage() -> None:
     assert v.status == "insufficient_data"
 
 
+def test_stale_evidence_says_insufficient_data_but_a_claim_stands() -> None:
+    """A trend whose newest estimate is older than the limit is the prior's projection,
+    not a measurement: it may not say ok (a cell may have failed since), while a
+    SoH already measured below the threshold can only have fallen further."""
+    policy = bms.load_warranty_policy("oem-8y-160k-70")
+    healthy, broken = _fit(100.0, -2.0), _fit(100.0, -20.0)
+    common = {"age_years": 2, "odometer_km": 30_000, "km_per_day": 40}
+    fresh = bms.warranty_verdict(
+        policy, healthy, evidence_age_days=30, max_evidence_age_days=180, **common
+    )
+    assert fresh.status == "ok"
+    stale = bms.warranty_verdict(
+        policy, healthy, evidence_age_days=400, max_evidence_age_days=180, **common
+    )
+    assert stale.status == "insufficient_data"
+    assert stale.reason.startswith("newest capacity estimate 400 days old (limit 180)")
+    assert "projected soh_pct" in stale.reason  # what the trend would say is kept
+    claim = bms.warranty_verdict(
+        policy, broken, evidence_age_days=400, max_evidence_age_days=180, **common
+    )
+    assert claim.status == "claim_eligible"
+
+
 def test_gtr22_first_threshold_binds_early() -> None:
     policy = bms.load_warranty_policy("un-gtr22")
     fit = _fit(100.0, -9.0)  # 100 - 9 t^0.75: 78.6 at 3 y, below 80 within 5 y

@@ -1,0 +1,30 @@
+-- charge_select: charging readings of LFP vehicles that may cross the 70-82 % step of
+-- the OCV curve, for SoC anchors without a rest (bms._chargestep). Readings charging at
+-- at least charge_step_c_rate x capacity whose BMS SoC lies in
+-- [charge_step_soc_min_pct, charge_step_soc_max_pct] are taken: the BMS SoC only
+-- narrows the selection (their cell lists are read by cell_rows.sql); the SoC itself
+-- comes from the shape of the cell voltages against the charge counted.
+-- `start_ms` is the run's first charging reading (the polarisation settles from there);
+-- `start_step_as` the current step into it times its interval [A s]: when within that
+-- interval the current changed is unknown, so the charge counted to any later reading
+-- is uncertain by up to that much.
+-- Input: readings. One row per reading, grouped in charge runs (vin, day_n, run_id).
+CREATE OR REPLACE TEMP TABLE charge_select AS
+WITH charging AS (
+    SELECT vin, day_n, run_id, seq, ts_ms, soc_pct,
+        abs(current_a - coalesce(prev_current_a, 0.0)) * coalesce(dt_s, 0.0) AS step_as
+    FROM readings
+    WHERE chemistry = 'lfp'
+        AND mode IN ('ac_charge', 'dc_charge')
+        AND current_a >= getvariable('charge_step_c_rate') * c_ah
+),
+starts AS (
+    SELECT vin, day_n, run_id, min(ts_ms) AS start_ms, arg_min(step_as, ts_ms) AS start_step_as
+    FROM charging
+    GROUP BY vin, day_n, run_id
+)
+SELECT c.vin, c.day_n, c.run_id, c.seq, s.start_ms, s.start_step_as
+FROM charging c
+JOIN starts s USING (vin, day_n, run_id)
+WHERE c.soc_pct BETWEEN getvariable('charge_step_soc_min_pct')
+    AND getvariable('charge_step_soc_max_pct');

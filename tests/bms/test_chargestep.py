@@ -1,0 +1,88 @@
+"""SoC anchors from constant-current LFP charges across the OCV step (bms._chargestep)."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bms import ocv_v_from_soc_pct
+from bms._chargestep import STEP_WINDOW_PCT, fit_charge_step
+
+
+def _charge(
+    soc_start_pct: float,
+    soc_end_pct: float,
+    cell_ah: np.ndarray,
+    *,
+    offset_mv: float,
+    readings: int = 240,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A CC charge as a BMS reports it: charge counted [Ah], cell voltages quantised to
+    1 mV with 0.7 mV noise, true SoC per reading and cell. The cells end together at
+    ``soc_end_pct`` (a top-balanced pack); the mean cell starts at ``soc_start_pct``."""
+    rng = np.random.default_rng(seed)
+    mean_ah = float(np.mean(cell_ah))
+    q_ah = np.linspace(0.0, (soc_end_pct - soc_start_pct) / 100.0 * mean_ah, readings)
+    soc = soc_end_pct - 100.0 * (q_ah[-1] - q_ah[:, None]) / cell_ah[None, :]
+    mv = 1000.0 * ocv_v_from_soc_pct(soc, "lfp") + offset_mv
+    mv += 0.7 * rng.standard_normal(mv.shape)
+    return q_ah, np.rint(mv), soc
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    soc_start=st.floats(25.0, 60.0),
+    offset_mv=st.floats(10.0, 80.0),
+    capacity_error=st.floats(-0.15, 0.1),
+    seed=st.integers(0, 1000),
+)
+def test_fit_finds_each_cells_soc_within_half_a_percent(
+    soc_start: float, offset_mv: float, capacity_error: float, seed: int
+) -> None:
+    """Whatever the IR/hysteresis offset and however wrong the assumed capacity (within
+    the SoH range a warranty cares about), the anchor is where the cells really are."""
+    cell_ah = 120.0 * (1.0 + 0.02 * np.random.default_rng(seed).standard_normal(14))
+    q_ah, mv, soc = _charge(soc_start, 94.0, cell_ah, offset_mv=offset_mv, seed=seed)
+    fit = fit_charge_step(q_ah, mv, 120.0 * (1.0 + capacity_error), "lfp")
+    assert fit is not None
+    assert np.all(np.isfinite(fit.soc_pct))
+    err = fit.soc_pct - soc[fit.ref]
+    assert np.max(np.abs(err)) < 0.6, err
+    # The anchor is read near the step's centre, where capacity errors matter least.
+    assert 70.0 <= float(np.mean(soc[fit.ref])) <= 82.0
+    assert np.all(fit.sigma_pct > 0)
+    assert np.all(fit.rms_mv < 2.0)
+
+
+def test_a_weak_cell_is_found_at_its_own_soc() -> None:
+    """A cell with 15 % less capacity in a top-balanced pack is behind in SoC on the way
+    up: its anchor says where it is (the weakest-cell capacity ratio is learnt from
+    these differences)."""
+    cell_ah = np.full(14, 120.0)
+    cell_ah[5] = 102.0
+    q_ah, mv, soc = _charge(35.0, 94.0, cell_ah, offset_mv=40.0)
+    fit = fit_charge_step(q_ah, mv, 120.0, "lfp")
+    assert fit is not None
+    assert np.max(np.abs(fit.soc_pct - soc[fit.ref])) < 0.8
+    assert np.median(fit.soc_pct) - fit.soc_pct[5] > 2.0
+
+
+def test_charges_that_do_not_cross_the_whole_step_give_no_anchor() -> None:
+    cell_ah = np.full(14, 120.0)
+    lo, hi = STEP_WINDOW_PCT["lfp"]
+    for start, end in ((30.0, 70.0), (72.0, 95.0), (lo + 2.0, hi - 2.0), (45.0, 66.0)):
+        q_ah, mv, _ = _charge(start, end, cell_ah, offset_mv=40.0)
+        assert fit_charge_step(q_ah, mv, 120.0, "lfp") is None, (start, end)
+
+
+def test_no_anchor_for_nmc_or_unusable_input() -> None:
+    cell_ah = np.full(14, 120.0)
+    q_ah, mv, _ = _charge(35.0, 92.0, cell_ah, offset_mv=40.0)
+    assert fit_charge_step(q_ah, mv, 120.0, "nmc") is None
+    assert fit_charge_step(q_ah, mv, 0.0, "lfp") is None
+    assert fit_charge_step(q_ah[:5], mv[:5], 120.0, "lfp") is None
+    assert fit_charge_step(q_ah[::-1], mv[::-1], 120.0, "lfp") is None  # discharge order
+    flat = np.full_like(mv, 3400.0)
+    assert fit_charge_step(q_ah, flat, 120.0, "lfp") is None
