@@ -36,27 +36,50 @@ WITH dedup AS (
     QUALIFY NOT getvariable('dedup')
         OR row_number() OVER (PARTITION BY vin, seq ORDER BY received_at, worker) = 1
 ),
-lagged AS (
+lagged_raw AS (
+    -- the window carries only the reading's own columns (a window sorts every column
+    -- it carries); the registry and the carried last reading are joined after it
     SELECT
         d.*,
-        reg.chemistry,
-        reg.capacity_ah AS rated_capacity_ah,
-        coalesce(reg.capacity_ah, getvariable('default_capacity_ah')) AS c_ah,
         row_number() OVER w AS rn,
         lag(day_n) OVER w IS DISTINCT FROM day_n AS day_first,
         lag(seq) OVER w AS lag_seq,
-        lag(ts_ms, 1, c.last_ts_ms) OVER w AS prev_ts_ms,
-        lag(current_a, 1, c.last_current_a) OVER w AS prev_current_a,
-        lag(voltage_v, 1, c.last_voltage_v) OVER w AS prev_voltage_v,
-        lag(soc_pct, 1, c.last_soc_pct) OVER w AS prev_soc_pct,
-        lag(temp_c_max, 1, c.last_temp_c_max) OVER w AS prev_temp_c_max,
-        lag(mode, 1, c.last_mode) OVER w AS prev_mode,
-        lag(odometer_km, 1, c.last_odometer_km) OVER w AS prev_odometer_km,
-        lag(current_a, 2, c.last_current_a) OVER w AS lag2_current_a
+        lag(ts_ms) OVER w AS l_ts_ms,
+        lag(current_a) OVER w AS l_current_a,
+        lag(voltage_v) OVER w AS l_voltage_v,
+        lag(soc_pct) OVER w AS l_soc_pct,
+        lag(temp_c_max) OVER w AS l_temp_c_max,
+        lag(mode) OVER w AS l_mode,
+        lag(odometer_km) OVER w AS l_odometer_km,
+        lag(current_a, 2) OVER w AS l2_current_a
     FROM dedup d
+    WINDOW w AS (PARTITION BY d.vin ORDER BY d.ts_ms, d.seq)
+),
+lagged AS (
+    -- before the unit's first reading (rn = 1; two back: rn <= 2) the carried one
+    SELECT
+        l.* EXCLUDE (
+            rn, day_first, lag_seq, l_ts_ms, l_current_a, l_voltage_v, l_soc_pct,
+            l_temp_c_max, l_mode, l_odometer_km, l2_current_a
+        ),
+        reg.chemistry,
+        reg.capacity_ah AS rated_capacity_ah,
+        coalesce(reg.capacity_ah, getvariable('default_capacity_ah')) AS c_ah,
+        l.rn,
+        l.day_first,
+        l.lag_seq,
+        CASE WHEN l.rn = 1 THEN c.last_ts_ms ELSE l.l_ts_ms END AS prev_ts_ms,
+        CASE WHEN l.rn = 1 THEN c.last_current_a ELSE l.l_current_a END AS prev_current_a,
+        CASE WHEN l.rn = 1 THEN c.last_voltage_v ELSE l.l_voltage_v END AS prev_voltage_v,
+        CASE WHEN l.rn = 1 THEN c.last_soc_pct ELSE l.l_soc_pct END AS prev_soc_pct,
+        CASE WHEN l.rn = 1 THEN c.last_temp_c_max ELSE l.l_temp_c_max END AS prev_temp_c_max,
+        CASE WHEN l.rn = 1 THEN c.last_mode ELSE l.l_mode END AS prev_mode,
+        CASE WHEN l.rn = 1 THEN c.last_odometer_km ELSE l.l_odometer_km END
+            AS prev_odometer_km,
+        CASE WHEN l.rn <= 2 THEN c.last_current_a ELSE l.l2_current_a END AS lag2_current_a
+    FROM lagged_raw l
     LEFT JOIN registry reg USING (vin)
     LEFT JOIN carry c USING (vin)
-    WINDOW w AS (PARTITION BY d.vin ORDER BY d.ts_ms, d.seq)
 ),
 intervals AS (
     SELECT
@@ -92,15 +115,22 @@ counted AS (
 ),
 -- Running totals over the unit, one window (a second one partitioned by day would sort
 -- every row again); the per-day totals subtract what the unit held before the day.
-unit_totals AS MATERIALIZED (
+sums AS (
+    -- the running totals sort only the columns they need; joined back on (vin, seq)
     SELECT
-        *,
+        vin,
+        seq,
         sum(dq_uah) OVER u AS q_unit_uah,
         sum(dt_ms) OVER u AS covered_unit_ms,
         sum(bad_gap::INTEGER) OVER u AS bad_gaps_unit,
         sum(new_run::INTEGER) OVER u AS grun
     FROM counted
     WINDOW u AS (PARTITION BY vin ORDER BY ts_ms, seq ROWS UNBOUNDED PRECEDING)
+),
+unit_totals AS MATERIALIZED (
+    SELECT counted.*, s.q_unit_uah, s.covered_unit_ms, s.bad_gaps_unit, s.grun
+    FROM counted
+    JOIN sums s USING (vin, seq)
 ),
 day_base AS (
     -- the unit's totals just before each (vehicle, day)'s first reading (lowest rn)
