@@ -295,12 +295,23 @@ class _Cache:
     scores: dict[tuple[str, date, str], tuple[list[str], np.ndarray]] = field(default_factory=dict)
     # the feature builder's inputs reused from date to date, and its DuckDB connection
     inputs: FeatureCache = field(default_factory=FeatureCache)
+    # analysed dates per fleet (the run writes no analytics output); the vehicles flagged
+    # (not cleared) in each anomalies file this run wrote
+    analysed: dict[str | None, dict[str, list[date]]] = field(default_factory=dict)
+    flagged: dict[tuple[str, date], pa.Array] = field(default_factory=dict)
+
+    def analysed_dates(self, lake_root: Path, fleet: str | None) -> dict[str, list[date]]:
+        if fleet not in self.analysed:
+            self.analysed[fleet] = analysed_dates(lake_root, fleet)
+        return self.analysed[fleet]
 
     def trim(self, keep_after: date, inputs_after: date) -> None:
         for key in [k for k in self.features if k[1] < keep_after]:
             del self.features[key]
         for skey in [k for k in self.scores if k[1] < keep_after]:
             del self.scores[skey]
+        for fkey in [k for k in self.flagged if k[1] < keep_after]:
+            del self.flagged[fkey]
         self.inputs.trim(inputs_after)
 
     def close(self) -> None:
@@ -393,15 +404,28 @@ def _schedule_date(day: date, refit_days: int) -> date:
     return epoch + timedelta(days=n - n % refit_days)
 
 
+def _flagged_vins(table: pa.Table) -> pa.Array:
+    """VINs of an anomalies table's rows that are not cleared."""
+    flagged: pa.Array = pc.filter(table["vin"], pc.not_equal(table["status"], "cleared"))
+    return flagged
+
+
 def _clean_rows(
-    lake_root: Path, fleet: str, day: date, table: pa.Table, params: AnomalyParams
+    lake_root: Path,
+    fleet: str,
+    day: date,
+    table: pa.Table,
+    params: AnomalyParams,
+    cache: _Cache | None = None,
 ) -> pa.Table:
     """Training rows of one date: vehicles past their warm-up and not flagged that day."""
     keep = pc.greater_equal(table["window_days"], params.min_history_days)
-    path = anomalies_path(lake_root, day, fleet)
-    if path.is_file():
-        flags = pq.read_table(path, columns=["vin", "status"])
-        flagged = pc.filter(flags["vin"], pc.not_equal(flags["status"], "cleared"))
+    flagged = cache.flagged.get((fleet, day)) if cache is not None else None
+    if flagged is None:
+        path = anomalies_path(lake_root, day, fleet)
+        if path.is_file():
+            flagged = _flagged_vins(pq.read_table(path, columns=["vin", "status"]))
+    if flagged is not None:
         keep = pc.and_(keep, pc.invert(pc.is_in(table["vin"], value_set=flagged)))
     return table.filter(keep)
 
@@ -410,7 +434,7 @@ def _training_rows(
     lake_root: Path, fleet: str, valid_from: date, params: AnomalyParams, cache: _Cache
 ) -> tuple[np.ndarray, int, int, date, date]:
     """Training matrix of the window before ``valid_from``: rows, days, vehicles, span."""
-    analysed = set(analysed_dates(lake_root, fleet).get(fleet, []))
+    analysed = set(cache.analysed_dates(lake_root, fleet).get(fleet, []))
     start = valid_from - timedelta(days=params.training_days)
     end = valid_from - timedelta(days=1)
     mats = []
@@ -421,7 +445,7 @@ def _training_rows(
         if d in analysed:
             t = _features(lake_root, d, fleet, params, rebuild=False, cache=cache)
             if t is not None and t.num_rows:
-                t = _clean_rows(lake_root, fleet, d, t, params)
+                t = _clean_rows(lake_root, fleet, d, t, params, cache)
             if t is not None and t.num_rows:
                 mats.append(_matrix(t, params.model_features))
                 vins.update(str(v) for v in t["vin"].to_pylist())
@@ -863,6 +887,7 @@ def _score_fleet_day(
             )
     table = pa.Table.from_pylist(rows, schema=ANOMALIES_SCHEMA)
     path = write_parquet_atomic(table, anomalies_path(lake_root, day, fleet))
+    cache.flagged[(fleet, day)] = _flagged_vins(table)
     ledger = {
         "date": day.isoformat(),
         "fleet": fleet,
@@ -941,7 +966,7 @@ def _score_day(
     cache: _Cache,
 ) -> AnomalySummary:
     started = time.perf_counter()
-    fleets = [fl for fl, days in analysed_dates(lake_root, fleet).items() if day in days]
+    fleets = [fl for fl, days in cache.analysed_dates(lake_root, fleet).items() if day in days]
     if not fleets:
         where = f" and fleet {fleet}" if fleet else ""
         raise BmsError(
