@@ -279,7 +279,7 @@ class _FlatList:
     def __init__(self, col: pa.ChunkedArray) -> None:
         self.type = col.type
         chunks = [c for c in col.chunks if len(c)]
-        self.values = [c.flatten().to_numpy() for c in chunks]
+        self.values = [np.asarray(c.flatten().to_numpy()) for c in chunks]
         offsets = [np.asarray(c.offsets.to_numpy(), dtype=np.int64) for c in chunks]
         self.row_base = np.cumsum([0, *(len(c) for c in chunks)])
         self.starts = np.concatenate([o[:-1] - o[0] for o in offsets] or [np.empty(0, np.int64)])
@@ -291,10 +291,13 @@ class _FlatList:
 
     @staticmethod
     def usable(col: pa.ChunkedArray) -> bool:
-        """Whether ``col`` is a list column with no nulls at any level."""
-        return pa.types.is_list(col.type) and not any(
-            c.null_count or c.flatten().null_count for c in col.chunks
-        )
+        """Whether ``col`` is a list of integers or floats with no nulls at any level."""
+        if not pa.types.is_list(col.type):
+            return False
+        value_type = col.type.value_type
+        if not (pa.types.is_integer(value_type) or pa.types.is_floating(value_type)):
+            return False
+        return not any(c.null_count or c.flatten().null_count for c in col.chunks)
 
     def take(self, rows: np.ndarray) -> pa.Array:
         """The lists of ``rows``, in that order."""
@@ -304,8 +307,7 @@ class _FlatList:
         total = int(offsets[-1])
         if total > np.iinfo(np.int32).max:
             raise ValueError(f"{total} list values do not fit the 32-bit offsets of {self.type}")
-        dtype = self.values[0].dtype if self.values else np.dtype(np.int16)
-        out = np.empty(total, dtype=dtype)
+        out = np.empty(total, dtype=self.type.value_type.to_pandas_dtype())
         # Output rows grouped by source chunk (positions within a chunk stay ascending).
         chunk = np.searchsorted(self.row_base, rows, side="right") - 1
         by_chunk = np.argsort(chunk, kind="stable")
@@ -485,10 +487,12 @@ def _merge_ranges(
         t = _read(inputs[i])
         if t.num_rows == 0:
             return
-        # Rows sorted by (vin, ts, seq), hence grouped by range: the range merge then
-        # reads each spilled input front to back instead of hopping between its rows.
+        # Rows sorted by (vin, seq), hence grouped by range: the range merge then reads
+        # each spilled input front to back instead of hopping between its rows. Stable,
+        # and (vin, seq) only: copies of a reading keep their order in the file, which
+        # breaks ties between equal receive times.
         rank = pc.index_in(t["vin"], value_set=sorted_vins).to_numpy()
-        order = np.lexsort((_int64_keys(t, "seq"), _int64_keys(t, "ts"), rank))
+        order = np.lexsort((_int64_keys(t, "seq"), rank))
         bounds = np.searchsorted(ranges[rank[order]], np.arange(n_ranges + 1))
         grouped = _Gatherer(t).take(order).to_batches()[0]
         del t

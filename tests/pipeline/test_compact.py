@@ -159,3 +159,29 @@ def test_an_empty_input_file_is_merged_away(memory_rows: int, tmp_path: Path) ->
     r = compact_partition(d, RUN_DAY, "demo", memory_rows=memory_rows, row_group_rows=100)
     assert (r.input_files, r.rows_out) == (3, t.num_rows)
     assert bms.telemetry_files(d / "lake", RUN_DAY) == [r.output]
+
+
+@pytest.mark.parametrize("memory_rows", [10**9, 100])
+def test_copies_received_at_the_same_time_keep_the_first_in_file_order(
+    memory_rows: int, tmp_path: Path
+) -> None:
+    d = tmp_path / "data"
+    t = day_table(RUN_DAY)
+    write_flushes(t, d / "lake", flushes=2, prefix="a")
+    # One replayed file holds two copies of each reading, both received at the same time:
+    # first one with a corrected ts, then the original. The first in the file wins, in
+    # memory and in VIN ranges alike (the range split must keep the file's order).
+    part = t.slice(0, 30)
+    ts = pa.array(part["ts"].cast(pa.int64()).to_numpy() + 7_000, pa.timestamp("ms", tz="UTC"))
+    moved = part.set_column(part.schema.get_field_index("ts"), part.schema.field("ts"), ts)
+    replay = pa.concat_tables([with_received(moved, 0), with_received(part, 0)])
+    bms.write_telemetry(replay, d / "lake", file_prefix="b")
+    inputs = bms.read_telemetry(bms.telemetry_files(d / "lake", RUN_DAY))
+    r = compact_partition(d, RUN_DAY, "demo", memory_rows=memory_rows, row_group_rows=64)
+    assert r.duplicates_removed == 60
+    assert r.output is not None
+    out = pq.read_table(r.output).combine_chunks()
+    want, _ = reference(inputs)
+    assert out.equals(want)
+    kept_ts = set(pc.cast(out["ts"], pa.int64()).to_pylist())
+    assert set(ts.cast(pa.int64()).to_pylist()) <= kept_ts
