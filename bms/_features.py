@@ -25,6 +25,7 @@ The pure functions here take and return arrays; ``build_features`` does the I/O.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, timedelta
@@ -334,15 +335,21 @@ def _telemetry_job(
     tables: Mapping[str, pa.Table],
     variables: Mapping[str, float],
     con: Any = None,
+    *,
+    threads: int = 1,
 ) -> pa.Table:
     """Run ``sql_file`` (a job that works per vehicle and orders its rows by ``vin``
     first) over view ``tele`` of ``files`` with ``tables`` registered and ``variables``
     set (DOUBLE), one VIN range at a time; the concatenation equals one run over every
-    vehicle. ``con``: a connection of ``_connect`` to use (default: a new one)."""
+    vehicle. ``con``: a connection of ``_connect`` to use (default: a new one);
+    ``threads``: DuckDB threads for this job (more than 1 only for a job whose result
+    does not depend on the order rows are added in)."""
     own = con is None
     if own:
         con = _connect()
     try:
+        if threads != 1:
+            con.execute(f"SET threads = {int(threads)}")
         for name, table in tables.items():
             con.register(name, table)
         set_double_variables(con, variables)
@@ -366,6 +373,8 @@ def _telemetry_job(
             con.execute("DROP VIEW IF EXISTS tele")
             for name in tables:
                 con.unregister(name)
+            if threads != 1:
+                con.execute("SET threads = 1")
     return pa.concat_tables(parts)
 
 
@@ -504,6 +513,8 @@ def sensor_day(
             "settle_s": settle_s,
         },
         con,
+        # its sums are of integers (exact in any order): every core
+        threads=os.cpu_count() or 1,
     )
 
 

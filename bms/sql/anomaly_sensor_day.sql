@@ -12,17 +12,26 @@
 --   rest_rise_c_per_h       steepest least-squares rise of (sensor - pack median) over a
 --                           rest of at least rest_min_s, after settle_s
 --   pack_rest_rise_c_per_h  the same for the pack median itself (same for all sensors)
+-- Every sum is of integers (temperatures in 0.1 degC as sent, the pack median doubled so
+-- it stays whole, times in ms from the start of the rest) in HUGEINT: exact in any order,
+-- so the job may run on several threads and still give the same bytes every time. The
+-- least-squares slope is Sxy' / Sxx' with Sxy' = n Sxy - Sx Sy, Sxx' = n Sxx - Sx^2.
 WITH dedup AS (
     SELECT vin, seq, epoch_ms(ts) AS ts_ms, current_a, temp_dc
     FROM tele
-    QUALIFY row_number() OVER (PARTITION BY vin, seq ORDER BY received_at, worker) = 1
+    -- ties broken by every column used, so any thread order keeps the same reading
+    QUALIFY row_number() OVER (
+        PARTITION BY vin, seq ORDER BY received_at, worker, ts, current_a, temp_dc
+    ) = 1
 ),
 flagged AS (
     SELECT
         d.*,
         abs(d.current_a) <= getvariable('rest_c_rate')
             * coalesce(r.capacity_ah, getvariable('default_capacity_ah')) AS at_rest,
-        list_median(d.temp_dc) / 10.0 AS pack_c
+        -- twice the median of the sensors [0.05 degC]: whole (a median of integers is
+        -- one of them or halfway between two)
+        (2 * list_median(d.temp_dc))::BIGINT AS pack2
     FROM dedup d
     LEFT JOIN registry r USING (vin)
 ),
@@ -41,25 +50,44 @@ runs_t AS (
 ),
 s AS (
     SELECT
-        vin, seq, ts_ms, at_rest, run_id, run_start_ms, run_end_ms, pack_c,
+        vin, seq, ts_ms, at_rest, run_id, run_start_ms, run_end_ms, pack2,
         unnest(range(len(temp_dc)))::SMALLINT AS sensor,
-        unnest(temp_dc) / 10.0 AS temp_c
+        unnest(temp_dc)::BIGINT AS temp_dc
     FROM runs_t
 ),
 j AS (
-    SELECT *, temp_c - lag(temp_c) OVER (PARTITION BY vin, sensor ORDER BY ts_ms, seq) AS step_c
-    FROM s WHERE temp_c IS NOT NULL
+    SELECT vin, sensor,
+           temp_dc - lag(temp_dc) OVER (PARTITION BY vin, sensor ORDER BY ts_ms, seq) AS step_dc
+    FROM s WHERE temp_dc IS NOT NULL
 ),
-rest_slopes AS (
+rest_pts AS (
     SELECT vin, sensor, run_id,
-           regr_slope(temp_c - pack_c, ts_ms / 3.6e6) AS rel_slope,
-           regr_slope(pack_c, ts_ms / 3.6e6) AS pack_slope
+           (ts_ms - run_start_ms)::HUGEINT AS x,
+           (2 * temp_dc - pack2)::HUGEINT AS y,
+           pack2::HUGEINT AS p
     FROM s
-    WHERE at_rest AND temp_c IS NOT NULL AND pack_c IS NOT NULL
+    WHERE at_rest AND temp_dc IS NOT NULL AND pack2 IS NOT NULL
         AND run_end_ms - run_start_ms >= 1000 * getvariable('rest_min_s')
         AND ts_ms >= run_start_ms + 1000 * getvariable('settle_s')
+),
+rest_sums AS (
+    SELECT vin, sensor, run_id, count(*)::HUGEINT AS n,
+           sum(x) AS sx, sum(x * x) AS sxx, sum(y) AS sy, sum(x * y) AS sxy,
+           sum(p) AS sp, sum(x * p) AS sxp
+    FROM rest_pts
     GROUP BY vin, sensor, run_id
     HAVING count(*) >= 4
+),
+rest_slopes AS (
+    -- [0.05 degC per ms] x 3.6e6 ms/h / 20 = degC/h
+    SELECT vin, sensor, run_id,
+           CASE WHEN n * sxx - sx * sx = 0 THEN 'NaN'::DOUBLE
+                ELSE (n * sxy - sx * sy)::DOUBLE / (n * sxx - sx * sx)::DOUBLE * 180000.0
+           END AS rel_slope,
+           CASE WHEN n * sxx - sx * sx = 0 THEN 'NaN'::DOUBLE
+                ELSE (n * sxp - sx * sp)::DOUBLE / (n * sxx - sx * sx)::DOUBLE * 180000.0
+           END AS pack_slope
+    FROM rest_sums
 ),
 rest_max AS (
     SELECT vin, sensor, max(rel_slope) AS rest_rise_c_per_h,
@@ -67,12 +95,18 @@ rest_max AS (
     FROM rest_slopes GROUP BY vin, sensor
 ),
 stats AS (
-    SELECT vin, sensor, count(*) AS n_readings, count(temp_c) AS n_valid,
-           count(DISTINCT temp_c) AS n_distinct, avg(temp_c - pack_c) AS dev_mean_c
+    SELECT vin, sensor, count(*) AS n_readings, count(temp_dc) AS n_valid,
+           count(DISTINCT temp_dc) AS n_distinct,
+           sum((2 * temp_dc - pack2)::HUGEINT)::DOUBLE
+               / count(2 * temp_dc - pack2) / 20.0 AS dev_mean_c
     FROM s GROUP BY vin, sensor
 ),
-jit AS (SELECT vin, sensor, sqrt(avg(step_c * step_c)) AS jitter_c FROM j GROUP BY vin, sensor),
-pack AS (SELECT vin, max(pack_c) - min(pack_c) AS pack_range_c FROM flagged GROUP BY vin)
+jit AS (
+    SELECT vin, sensor,
+           sqrt(sum((step_dc * step_dc)::HUGEINT)::DOUBLE / count(step_dc)) / 10.0 AS jitter_c
+    FROM j GROUP BY vin, sensor
+),
+pack AS (SELECT vin, (max(pack2) - min(pack2)) / 20.0 AS pack_range_c FROM flagged GROUP BY vin)
 SELECT
     stats.vin,
     stats.sensor,
