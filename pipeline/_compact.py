@@ -43,8 +43,9 @@ memory or in ranges.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date
 from itertools import pairwise
@@ -428,6 +429,40 @@ def check_telemetry_schema(path: Path) -> int:
     return int(pf.metadata.num_rows)
 
 
+_jemalloc_tuned = False
+
+
+@contextmanager
+def _retaining_arrow_pool() -> Iterator[None]:
+    """pyarrow allocates from a jemalloc pool that keeps freed pages while a merge runs,
+    and gives them back to the system at the end.
+
+    The merge allocates and frees the same few hundred MB over and over (decoded inputs,
+    gathered row groups, the Parquet writer's level and page buffers). Arrow's default
+    pools return freed pages to the system at once, so every reuse faults them back in
+    zeroed: 3.5 GiB purged for 1.7 M readings, 2-4 s of system time out of 8-10 s of
+    CPU (strace, perf). Retained, the pages are reused; peak RSS grows by ~0.1 GB.
+    Without jemalloc in this pyarrow build the default pool is kept.
+    """
+    global _jemalloc_tuned
+    try:
+        pool = pa.jemalloc_memory_pool()
+        if not _jemalloc_tuned:
+            # Only arenas created afterwards take it: set once, before their first use.
+            pa.jemalloc_set_decay_ms(-1)
+            _jemalloc_tuned = True
+    except NotImplementedError:
+        yield
+        return
+    previous = pa.default_memory_pool()
+    pa.set_memory_pool(pool)
+    try:
+        yield
+    finally:
+        pa.set_memory_pool(previous)
+        pool.release_unused()
+
+
 def _read(path: Path) -> pa.Table:
     return pq.read_table(path, schema=TELEMETRY_SCHEMA)
 
@@ -716,18 +751,19 @@ def compact_partition(
     }
     write_json_atomic(journal, jp)
     pause_point("compaction:journaled")
-    rows_in, rows_out = _merge_to_file(
-        inputs,
-        output,
-        spill,
-        stats_file=stats_path(state_dir, output),
-        prior_stats=prior,
-        rows_total=rows_now,
-        memory_rows=memory_rows,
-        row_group_rows=row_group_rows,
-        zstd_level=zstd_level,
-        on_progress=on_progress,
-    )
+    with _retaining_arrow_pool():
+        rows_in, rows_out = _merge_to_file(
+            inputs,
+            output,
+            spill,
+            stats_file=stats_path(state_dir, output),
+            prior_stats=prior,
+            rows_total=rows_now,
+            memory_rows=memory_rows,
+            row_group_rows=row_group_rows,
+            zstd_level=zstd_level,
+            on_progress=on_progress,
+        )
     pause_point("compaction:committed")
     _finish(data_dir, state_dir, jp, journal)
     return CompactionResult(

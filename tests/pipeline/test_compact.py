@@ -185,3 +185,12 @@ def test_copies_received_at_the_same_time_keep_the_first_in_file_order(
     assert out.equals(want)
     kept_ts = set(pc.cast(out["ts"], pa.int64()).to_pylist())
     assert set(ts.cast(pa.int64()).to_pylist()) <= kept_ts
+
+
+def test_the_merge_allocates_from_jemalloc_and_restores_the_default_pool(tmp_path: Path) -> None:
+    d = tmp_path / "data"
+    write_flushes(day_table(RUN_DAY), d / "lake", flushes=2)
+    before = pa.default_memory_pool().backend_name
+    compact_partition(d, RUN_DAY, "demo")
+    assert pa.default_memory_pool().backend_name == before
+    assert pa.jemalloc_memory_pool().max_memory() > 0
