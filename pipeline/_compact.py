@@ -308,7 +308,14 @@ class _FlatList:
         total = int(offsets[-1])
         if total > np.iinfo(np.int32).max:
             raise ValueError(f"{total} list values do not fit the 32-bit offsets of {self.type}")
-        out = np.empty(total, dtype=self.type.value_type.to_pandas_dtype())
+        dtype = np.dtype(self.type.value_type.to_pandas_dtype())
+        # From Arrow's pool (which the merge keeps warm), not a fresh numpy allocation.
+        buffer = pa.allocate_buffer(total * dtype.itemsize)
+        out = np.frombuffer(buffer, dtype=dtype)
+        if self.width and len(self.values) == 1:
+            w = self.width
+            np.take(self.values[0].reshape(-1, w), rows, axis=0, out=out.reshape(-1, w))
+            return self._array(offsets, buffer, total)
         # Output rows grouped by source chunk (positions within a chunk stay ascending).
         chunk = np.searchsorted(self.row_base, rows, side="right") - 1
         by_chunk = np.argsort(chunk, kind="stable")
@@ -327,9 +334,11 @@ class _FlatList:
                 within = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)
                 src = np.repeat(self.starts[rows[p]], n) + within
                 out[np.repeat(offsets[p], n) + within] = values[src]
-        return pa.ListArray.from_arrays(
-            pa.array(offsets.astype(np.int32)), pa.array(out), type=self.type
-        )
+        return self._array(offsets, buffer, total)
+
+    def _array(self, offsets: np.ndarray, values: pa.Buffer, total: int) -> pa.Array:
+        flat = pa.Array.from_buffers(self.type.value_type, total, [None, values])
+        return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), flat, type=self.type)
 
 
 class _Gatherer:
