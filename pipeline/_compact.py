@@ -27,9 +27,10 @@ A concurrent reader that globs the partition between steps 3 and 4 (a few unlink
 see a row twice; readers that must be exact deduplicate on ``(vin, seq)``.
 
 Partitions larger than ``memory_rows`` are merged in VIN ranges: each input file is read
-once and split by range into uncompressed Arrow IPC pieces under ``state/nightly/tmp``,
-then each range is merged in memory, so memory stays bounded by about two ranges (the
-next range is prepared while the current one is written).
+once, sorted by ``(vin, seq)`` and spilled under ``state/nightly/tmp`` as an uncompressed
+Arrow IPC file with one record batch per range, then each range is merged in memory from
+its batches, so memory stays bounded by about two ranges (the next range is prepared
+while the current one is written).
 
 A merge sorts integer keys only (each VIN's rank among the partition's VINs, ``ts``,
 ``seq``) with numpy; the copies of a redelivered reading then sit side by side and are
