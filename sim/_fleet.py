@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import queue
 import shutil
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -12,6 +13,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -346,6 +348,73 @@ def _check_target(spec: FleetSpec, data_dir: Path, overwrite: bool) -> list[Path
     return existing
 
 
+def _part_worker(spec: FleetSpec, part: int, parts: int, out: Any) -> None:
+    """Child process of ``simulate_to_lake(workers=parts)``: step the vehicles whose
+    index is ``part`` modulo ``parts`` and put each day's outputs on ``out``, then
+    their fault limit dates. A vehicle's readings do not depend on the other vehicles
+    (``sim._spec``), so the parts together are the whole fleet's."""
+    try:
+        sim = FleetSimulator(spec)
+        sim.vehicles = sim.vehicles[part::parts]
+        sim.states = sim.states[part::parts]
+        for _ctx, outputs in sim.run():
+            out.put(outputs)
+        out.put({v.index: s.limit_dates for v, s in zip(sim.vehicles, sim.states, strict=True)})
+    except BaseException as exc:  # the parent re-raises it
+        out.put(exc)
+        raise
+
+
+def _parallel_run(
+    sim: FleetSimulator, workers: int
+) -> Iterator[tuple[DayContext, list[DayOutput]]]:
+    """``sim.run()`` with the vehicles stepped in ``workers`` child processes: the same
+    days and outputs in the same order; the children's fault limit dates are copied
+    into ``sim.states`` at the end."""
+    import multiprocessing
+
+    mp = multiprocessing.get_context("spawn")
+    queues = [mp.Queue(maxsize=8) for _ in range(workers)]
+    procs = [
+        mp.Process(target=_part_worker, args=(sim.spec, k, workers, q), daemon=True)
+        for k, q in enumerate(queues)
+    ]
+    for proc in procs:
+        proc.start()
+
+    def get(k: int) -> Any:
+        while True:
+            try:
+                item = queues[k].get(timeout=1.0)
+                break
+            except queue.Empty:
+                if not procs[k].is_alive() and queues[k].empty():
+                    raise RuntimeError(
+                        f"simulation worker {k} exited with code {procs[k].exitcode}"
+                    ) from None
+        if isinstance(item, BaseException):
+            raise RuntimeError(f"simulation worker {k} failed: {item!r}") from item
+        return item
+
+    try:
+        for i in range(sim.spec.days):
+            parts = [get(k) for k in range(workers)]
+            outputs: list[DayOutput] = [None] * len(sim.vehicles)  # type: ignore[list-item]
+            for k, part in enumerate(parts):
+                outputs[k::workers] = part
+            yield sim.context(i), outputs
+        for k in range(workers):
+            for index, limits in get(k).items():
+                sim.states[index].limit_dates = limits
+        for proc in procs:
+            proc.join()
+    finally:
+        for proc in procs:
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+
+
 def _simulate_days(
     sim: FleetSimulator,
     spec: FleetSpec,
@@ -353,10 +422,12 @@ def _simulate_days(
     truth_rows: list[dict[str, object]],
     flush: Callable[[int | None], None],
     progress: Callable[[date, int], None] | None,
+    workers: int = 1,
 ) -> None:
     """Step every day, queue each output's rows under their UTC date, flush finished dates."""
     readings = 0
-    for ctx, outputs in sim.run():
+    steps = sim.run() if workers <= 1 else _parallel_run(sim, workers)
+    for ctx, outputs in steps:
         for out in outputs:
             truth_rows.append({"fleet": spec.fleet, **out.truth})
             readings += len(out)
@@ -377,6 +448,7 @@ def simulate_to_lake(
     *,
     overwrite: bool = False,
     progress: Callable[[date, int], None] | None = None,
+    workers: int = 1,
 ) -> SimSummary:
     """Simulate the fleet and write telemetry, registry and ground truth.
 
@@ -392,6 +464,10 @@ def simulate_to_lake(
         Replace this fleet's telemetry already in the simulated date range.
     progress : callable, optional
         Called after each simulated day with its date and the readings so far.
+    workers : int
+        Child processes that step the vehicles side by side (1: none). The files are the
+        same whatever the number: each vehicle's readings depend on that vehicle alone,
+        and this process writes them in the same order.
 
     Returns
     -------
@@ -434,7 +510,7 @@ def simulate_to_lake(
             in_flight.append(writer.submit(write, pending.pop(day)))
 
     try:
-        _simulate_days(sim, spec, pending, truth_rows, flush, progress)
+        _simulate_days(sim, spec, pending, truth_rows, flush, progress, workers)
         flush(before_day=None)
         while in_flight:
             files += in_flight.pop(0).result()
