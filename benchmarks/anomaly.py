@@ -15,11 +15,14 @@
    recall and precision (a flag counts as a detection only on or after the fault's
    onset; flags on a faulty vehicle before its onset count as false alarms), the cell
    named for cell faults, the lead time before ``limit_date`` and the flags per 1,000
-   healthy vehicle-days. Goals: recall >= 0.9, precision >= 0.8, right cell >= 90 %,
-   median lead >= 14 days, < 1 flag per 1,000 healthy vehicle-days.
+   healthy vehicle-days (``tests/bms/anomaly_quality.py``, shared with the acceptance test
+   ``tests/bms/test_anomaly_quality.py``, which runs it at a 10 min cadence). Goals:
+   recall >= 0.9, precision >= 0.8, right cell >= 90 %, median lead >= 14 days, < 1 flag
+   per 1,000 healthy vehicle-days.
 
 Usage: python benchmarks/anomaly.py [--rows 1000000] [--vehicles 1000] [--train-days 90]
        python benchmarks/anomaly.py --quality [--fleet-vehicles 200] [--fleet-days 365]
+                                   [--cadence-s 300] [--idle-cadence-s 3600] [--workers 1]
                                    [--keep DIR [--rescore]]
 """
 
@@ -47,28 +50,33 @@ def read_rows(files: list[Path]) -> pa.Table:
     return pa.concat_tables([pq.read_table(f) for f in files])
 
 
-def quality(work: Path, vehicles: int, days: int, seed: int, *, rescore: bool = False) -> None:
+def quality(
+    work: Path,
+    vehicles: int,
+    days: int,
+    seed: int,
+    *,
+    rescore: bool = False,
+    cadence_s: int = 300,
+    idle_cadence_s: int = 3600,
+    workers: int = 1,
+) -> None:
     """Simulate, analyse, score, and print the detection figures against the truth.
 
     ``rescore``: keep the simulated fleet and analytics outputs already in ``work`` (a
     previous ``--keep`` run with the same fleet arguments) and redo the anomaly stage only.
     """
     from collections import Counter
-    from statistics import median
 
     import sim
+    from tests.bms.anomaly_quality import detection_figures, quality_spec
 
-    spec = sim.FleetSpec(
+    spec = quality_spec(
         vehicles=vehicles,
         days=days,
-        start=START,
-        fleet="acc",
         seed=seed,
-        cells=14,
-        cadence_s=300,
-        idle_cadence_s=3600,
-        fault_rate=0.05,
-        vehicle_class="mixed",
+        cadence_s=cadence_s,
+        idle_cadence_s=idle_cadence_s,
     )
     kinds = Counter(f.kind for v in sim.FleetSimulator(spec).vehicles for f in v.faults)
     print(f"injected faults: {dict(kinds)}")
@@ -88,7 +96,7 @@ def quality(work: Path, vehicles: int, days: int, seed: int, *, rescore: bool = 
     else:
         shutil.rmtree(data, ignore_errors=True)
         t0 = time.perf_counter()
-        sim.simulate_to_lake(spec, data)
+        sim.simulate_to_lake(spec, data, workers=workers)
         t_sim = time.perf_counter() - t0
         t0 = time.perf_counter()
         bms.run_pending(lake, state_root=state / "analytics")
@@ -97,54 +105,11 @@ def quality(work: Path, vehicles: int, days: int, seed: int, *, rescore: bool = 
     bms.score_pending_anomalies(lake, state)
     t_score = time.perf_counter() - t0
     print(
-        f"{vehicles} vehicles x {days} days: simulation {t_sim:.0f} s, analytics "
-        f"{t_analytics:.0f} s, anomaly catch-up {t_score:.0f} s"
+        f"{vehicles} vehicles x {days} days, cadence {cadence_s} s / {idle_cadence_s} s: "
+        f"simulation {t_sim:.0f} s ({workers} process(es)), analytics {t_analytics:.0f} s, "
+        f"anomaly catch-up {t_score:.0f} s"
     )
-
-    truth = {r["vin"]: r for r in pq.read_table(data / "truth" / "faults.parquet").to_pylist()}
-    rows = [r for r in bms.read_anomalies(lake).to_pylist() if r["status"] != "cleared"]
-    first: dict[str, tuple[object, int]] = {}
-    false_vins: set[str] = set()
-    healthy_days = 0
-    for r in sorted(rows, key=lambda r: (r["date"], r["vin"], r["cell"])):
-        t = truth.get(r["vin"])
-        if t is None:
-            healthy_days += 1
-            false_vins.add(r["vin"])
-        elif r["date"] >= t["onset_date"] - timedelta(days=1):
-            first.setdefault(r["vin"], (r["date"], r["cell"]))
-    false_vins |= {r["vin"] for r in rows if r["vin"] in truth and r["vin"] not in first}
-    detected = set(first)
-    recall = len(detected) / max(len(truth), 1)
-    precision = len(detected) / max(len(detected) + len(false_vins), 1)
-    cell_faults = [
-        v for v in detected if truth[v]["fault"] in ("soft_short", "fast_fade", "resistance_growth")
-    ]
-    right = sum(1 for v in cell_faults if first[v][1] == truth[v]["cell"])
-    leads = [
-        (truth[v]["limit_date"] - first[v][0]).days for v in detected if truth[v]["limit_date"]
-    ]
-    rate = 1000 * healthy_days / ((vehicles - len(truth)) * days)
-
-    def verdict(ok: bool) -> str:
-        return "ok" if ok else "MISSED"
-
-    print(
-        f"recall    {recall:.2f} ({len(detected)}/{len(truth)}) (goal >= 0.9): "
-        f"{verdict(recall >= 0.9)}"
-    )
-    print(
-        f"precision {precision:.2f} ({len(false_vins)} vehicles flagged without a fault) "
-        f"(goal >= 0.8): {verdict(precision >= 0.8)}"
-    )
-    share = right / max(len(cell_faults), 1)
-    print(f"right cell {right}/{len(cell_faults)} (goal >= 90 %): {verdict(share >= 0.9)}")
-    lead = median(leads) if leads else float("nan")
-    print(f"median lead {lead} days over {len(leads)} faults (goal >= 14): {verdict(lead >= 14)}")
-    print(f"healthy: {rate:.2f} flags per 1,000 vehicle-days (goal < 1): {verdict(rate < 1)}")
-    for v in sorted(set(truth) - detected):
-        t = truth[v]
-        print(f"  missed {v} {t['fault']} {t['mode']} cell {t['cell']} onset {t['onset_date']}")
+    print(detection_figures(data, vehicles, days).report())
 
 
 def main() -> None:
@@ -158,6 +123,9 @@ def main() -> None:
     parser.add_argument("--fleet-vehicles", type=int, default=200)
     parser.add_argument("--fleet-days", type=int, default=365)
     parser.add_argument("--seed", type=int, default=0, help="--quality: 0 injects every kind.")
+    parser.add_argument("--cadence-s", type=int, default=300, help="--quality: driving cadence.")
+    parser.add_argument("--idle-cadence-s", type=int, default=3600, help="--quality: parked.")
+    parser.add_argument("--workers", type=int, default=1, help="--quality: simulation processes.")
     parser.add_argument(
         "--rescore",
         action="store_true",
@@ -169,7 +137,16 @@ def main() -> None:
         if args.quality:
             if args.rescore and args.keep is None:
                 sys.exit("--rescore needs --keep (the folder of an earlier --quality run)")
-            quality(work, args.fleet_vehicles, args.fleet_days, args.seed, rescore=args.rescore)
+            quality(
+                work,
+                args.fleet_vehicles,
+                args.fleet_days,
+                args.seed,
+                rescore=args.rescore,
+                cadence_s=args.cadence_s,
+                idle_cadence_s=args.idle_cadence_s,
+                workers=args.workers,
+            )
             return
         data = work / "data"
         shutil.rmtree(data, ignore_errors=True)
