@@ -1629,8 +1629,8 @@ def _charge_step_points(
     """SoC points from the day's constant-current charges across an OCV step, per VIN
     (``bms._chargestep``; charge counters of the day, the caller adds the carried base).
 
-    A point needs the fit of at least 90 % of the cells; it carries every cell's SoC only
-    when all cells fitted (for the weakest-cell ratio), else the mean of those that did.
+    A point needs every cell's fit: the pack's capacity is its weakest cell's, and a cell
+    that does not fit (a fast-fading cell's curve is stretched) may be that one.
     """
     out: dict[str, list[dict[str, Any]]] = {}
     if charge_cells.num_rows == 0:
@@ -1679,9 +1679,9 @@ def _charge_step_points(
         if fit is None:
             continue
         ok = np.isfinite(fit.soc_pct)
-        if ok.mean() < 0.9:
-            continue
-        soc = float(np.mean(fit.soc_pct[ok]))
+        if not ok.all():
+            continue  # a cell that does not fit may be the weak one: no estimate
+        soc = float(np.mean(fit.soc_pct))
         k = int(idx[fit.ref])
         out.setdefault(vin, []).append(
             {
@@ -1696,7 +1696,7 @@ def _charge_step_points(
                 "soc_sigma_pct": float(
                     np.linalg.norm(
                         [
-                            np.median(fit.sigma_pct[ok]),
+                            np.median(fit.sigma_pct),
                             params.charge_step_sigma_pct,
                             100.0
                             * float(start_step_as[a] or 0.0)
@@ -1710,7 +1710,7 @@ def _charge_step_points(
                 "ocv_v": float(ocv_v_from_soc_pct(soc, info["chemistry"])),
                 "rest_h": 0.0,
                 "anchor": 1.0,
-                "cell_soc": fit.soc_pct if ok.all() else None,
+                "cell_soc": fit.soc_pct,
             }
         )
     return out
