@@ -135,6 +135,7 @@ class AnalyticsParams:
     charge_step_soc_min_pct: float = 45.0
     charge_step_soc_max_pct: float = 97.0
     charge_step_sigma_pct: float = 1.0
+    charge_step_every_s: float = 30.0  # at most one reading per this period is fitted [s]
     systematic_soh_sigma_pct: float = 0.4  # model error in every SoH interval [%]
     # A verdict other than claim_eligible needs a capacity estimate this recent [days]:
     # older, the SoH "now" is the prior's projection (seasons: half a year).
@@ -869,6 +870,7 @@ def _set_variables(con: Any, params: AnalyticsParams) -> None:
         "charge_step_c_rate": params.charge_step_c_rate,
         "charge_step_soc_min_pct": params.charge_step_soc_min_pct,
         "charge_step_soc_max_pct": params.charge_step_soc_max_pct,
+        "charge_step_every_s": params.charge_step_every_s,
     }
     set_double_variables(con, variables)
 
