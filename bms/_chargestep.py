@@ -152,10 +152,8 @@ def fit_charge_step(
         if since_start_s is None
         else np.exp(-np.asarray(since_start_s, dtype=np.float64) / settle_tau_s)
     )
-    x, vb, counts = _bins(x_all, v if settle is None else np.column_stack([v, settle]))
-    extra = None if settle is None else vb[:, -1]
-    vb = vb if settle is None else vb[:, :-1]
-    z0_guess = _locate(x, vb.mean(axis=1), counts, chemistry, extra)
+    x, vb, counts, settle_b = _bins(x_all, v, settle)
+    z0_guess = _locate(x, vb.mean(axis=1), counts, chemistry, settle_b)
     if z0_guess is None:
         return None
     soc_guess = x_all + z0_guess
@@ -180,15 +178,19 @@ def fit_charge_step(
     return StepFit(soc_pct=soc0 + x_keep[ref], sigma_pct=sigma, rms_mv=rms, ref=ref)
 
 
-def _bins(x_all: FloatArray, v: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray]:
+def _bins(
+    x_all: FloatArray, v: FloatArray, settle: FloatArray | None
+) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray | None]:
     """Readings averaged in bins of ``_BIN_PCT`` charge: fewer rows, less noise, same
-    shape. Returns bin SoC gains, bin mean voltages (B, J) and readings per bin."""
+    shape. Returns bin SoC gains, bin mean voltages (B, J), readings per bin and the
+    bin means of ``settle`` (None without)."""
     bins = np.floor(x_all / _BIN_PCT).astype(np.int64)
     starts = np.concatenate(([0], np.flatnonzero(np.diff(bins)) + 1))
     counts = np.diff(np.concatenate((starts, [x_all.size]))).astype(np.float64)
     x = np.add.reduceat(x_all, starts) / counts
     vb = np.add.reduceat(v, starts, axis=0) / counts[:, None]
-    return x, vb, counts
+    settle_b = None if settle is None else np.add.reduceat(settle, starts) / counts
+    return x, vb, counts, settle_b
 
 
 def _nuisance(x: FloatArray, settle: FloatArray | None) -> FloatArray:
@@ -239,9 +241,7 @@ def _fit_window(
     lo, hi = STEP_WINDOW_PCT[chemistry]
     x_all = 100.0 * (q - q[0]) / capacity_ah
     span = float(x_all[-1])
-    x, vb, w = _bins(x_all, v if settle is None else np.column_stack([v, settle]))
-    extra = None if settle is None else vb[:, -1]
-    vb = vb if settle is None else vb[:, :-1]
+    x, vb, w, settle_b = _bins(x_all, v, settle)
     if x.size < 8:
         return None
     # Start SoCs that put the window inside the charge, one grid step beyond each side
@@ -250,10 +250,10 @@ def _fit_window(
     if last - first < 3 * _GRID_PCT:
         return None
     z0 = np.arange(first, last + 1e-9, _GRID_PCT)
-    # Project out [1, x] (offset and linear drift) from the data and each candidate curve,
+    # Project out the nuisance columns (_nuisance) from the data and each candidate curve,
     # weighting each bin by its readings (a bin's mean has variance sigma^2 / count).
     sw = np.sqrt(w)
-    basis = _nuisance(x, extra) * sw[:, None]
+    basis = _nuisance(x, settle_b) * sw[:, None]
     qmat, _ = np.linalg.qr(basis)
 
     def project(a: FloatArray) -> FloatArray:
