@@ -1522,14 +1522,7 @@ def _update_carry_and_capacity(
         ]
         events += [(s["t_ms"], None, s) for s in steps_by_vin.get(vin, [])]
         for _, run, step in sorted(events, key=lambda e: e[0]):
-            if step is not None:
-                point = {
-                    **step,
-                    "q_uah": float(q_base + step["q_uah"]),
-                    "covered_ms": float(cov_base + step["covered_ms"]),
-                    "bad_gaps": float(gaps_base + step["bad_gaps"]),
-                }
-            else:
+            if step is None:
                 assert run is not None
                 if run["open_at_day_end"]:
                     rest_start = run["start_ms"]
@@ -1537,10 +1530,14 @@ def _update_carry_and_capacity(
                     continue
                 if info is None or run["duration_s"] < params.rest_min_s or not run["n_cells"]:
                     continue
-                point = _rest_point(run, cells_at.get((vin, run["run_id"])), info["chemistry"])
-                point["q_uah"] = float(q_base + run["q_cum_uah"])
-                point["covered_ms"] = float(cov_base + run["covered_cum_ms"])
-                point["bad_gaps"] = float(gaps_base + run["bad_gaps_cum"])
+                step = _rest_point(run, cells_at.get((vin, run["run_id"])), info["chemistry"])
+            # the day's counters, continued from the carried totals
+            point = {
+                **step,
+                "q_uah": float(q_base + step["q_uah"]),
+                "covered_ms": float(cov_base + step["covered_ms"]),
+                "bad_gaps": float(gaps_base + step["bad_gaps"]),
+            }
             if point["soc_sigma_pct"] <= params.max_soc_sigma_pct and info is not None:
                 est = _best_pair(point, points, info, offset, offset_sigma, params)
                 if est is not None:
@@ -1599,7 +1596,7 @@ def _update_carry_and_capacity(
 
 
 def _rest_point(run: Mapping[str, Any], cell_mv: list[int] | None, chem: str) -> dict[str, Any]:
-    """The SoC point at the end of a rest (charge counters added by the caller)."""
+    """The SoC point at the end of a rest (day counters; the caller adds the carried base)."""
     direction = _DIRECTION.get(run["mode_before_rest"] or "", 0)
     cell_soc = None
     if cell_mv is not None and None not in cell_mv:
@@ -1611,6 +1608,9 @@ def _rest_point(run: Mapping[str, Any], cell_mv: list[int] | None, chem: str) ->
         soc = float(rest_soc_pct_from_cell_mv(ocv_v * 1000.0, chem, direction))
     return {
         "t_ms": float(run["end_ms"]),
+        "q_uah": float(run["q_cum_uah"]),
+        "covered_ms": float(run["covered_cum_ms"]),
+        "bad_gaps": float(run["bad_gaps_cum"]),
         "soc_pct": soc,
         "soc_sigma_pct": float(soc_sigma_pct_from_ocv(soc, chem)),
         "temp_c": float(run["end_temp_c"]) if run["end_temp_c"] is not None else 25.0,
@@ -1639,13 +1639,9 @@ def _charge_step_points(
         return out
     col = {
         name: charge_cells[name].to_numpy(zero_copy_only=False)
-        for name in ("vin", "day_n", "run_id", "ts_ms", "current_a", "q_cum_uah")
+        for name in charge_cells.column_names
+        if name != "cell_mv"
     }
-    covered = charge_cells["covered_cum_ms"].to_numpy(zero_copy_only=False)
-    gaps = charge_cells["bad_gaps_cum"].to_numpy(zero_copy_only=False)
-    temp = charge_cells["temp_c_mean"].to_numpy(zero_copy_only=False)
-    start_ms = charge_cells["start_ms"].to_numpy(zero_copy_only=False)
-    start_step_as = charge_cells["start_step_as"].to_numpy(zero_copy_only=False)
     cells = charge_cells["cell_mv"]
     n = charge_cells.num_rows
     change = np.ones(n, dtype=bool)
@@ -1668,7 +1664,7 @@ def _charge_step_points(
             continue
         idx = a + keep
         q_ah = col["q_cum_uah"][idx].astype(np.float64) / 1e6
-        since_s = (col["ts_ms"][idx] - start_ms[idx]).astype(np.float64) / 1000.0
+        since_s = (col["ts_ms"][idx] - col["start_ms"][idx]).astype(np.float64) / 1000.0
         fit = fit_charge_step(
             q_ah,
             np.asarray(rows, dtype=np.float64),
@@ -1689,8 +1685,8 @@ def _charge_step_points(
             {
                 "t_ms": float(col["ts_ms"][k]),
                 "q_uah": float(col["q_cum_uah"][k]),
-                "covered_ms": float(covered[k]),
-                "bad_gaps": float(gaps[k]),
+                "covered_ms": float(col["covered_cum_ms"][k]),
+                "bad_gaps": float(col["bad_gaps_cum"][k]),
                 "soc_pct": soc,
                 # fit, where the step really lies, and the charge counted at the run's
                 # first reading (a current step at an unknown time within its interval:
@@ -1701,14 +1697,16 @@ def _charge_step_points(
                             np.median(fit.sigma_pct),
                             params.charge_step_sigma_pct,
                             100.0
-                            * float(start_step_as[a] or 0.0)
+                            * float(col["start_step_as"][a] or 0.0)
                             / 3600.0
                             / math.sqrt(12.0)
                             / float(info["capacity_ah"]),
                         ]
                     )
                 ),
-                "temp_c": float(temp[k]) if temp[k] is not None and np.isfinite(temp[k]) else 25.0,
+                "temp_c": float(col["temp_c_mean"][k])
+                if np.isfinite(col["temp_c_mean"][k])
+                else 25.0,
                 "ocv_v": float(ocv_v_from_soc_pct(soc, info["chemistry"])),
                 "rest_h": 0.0,
                 "anchor": 1.0,
