@@ -230,27 +230,25 @@ def _read_schema(path: Path) -> pa.Schema:
         raise ReportError(f"cannot read {path}: {exc}") from None
 
 
-def _read_part(part: _Partition) -> tuple[pa.Table, list[int]]:
-    """The partition's rows, and the indices of the VIN columns read as dictionaries.
+def _read_part(part: _Partition) -> tuple[pa.Table, set[str]]:
+    """The partition's rows, and the names of the VIN columns read as dictionaries.
 
     Plain-string VIN columns are read as dictionaries, so each distinct VIN is
     pseudonymised once (not once per row); the caller casts them back to strings.
     """
     tables: list[pa.Table] = []
-    as_dictionary: list[int] = []
+    as_dictionary: set[str] = set()
     for path in part.files:
         try:
-            schema = pq.read_schema(path)
-            if not tables:
-                as_dictionary = [
-                    i
-                    for i, f in enumerate(schema)
-                    if is_vin_column(f.name) and pa.types.is_string(f.type)
-                ]
-            names = [schema[i].name for i in as_dictionary if i < len(schema)]
+            names = [
+                f.name
+                for f in pq.read_schema(path)
+                if is_vin_column(f.name) and pa.types.is_string(f.type)
+            ]
             tables.append(pq.read_table(path, partitioning=None, read_dictionary=names))
         except (OSError, pa.ArrowException) as exc:
             raise ReportError(f"cannot read {path}: {exc}") from None
+        as_dictionary.update(names)
     if len(tables) == 1:
         return tables[0], as_dictionary
     try:
@@ -374,7 +372,7 @@ def _stream(
     return _Written(rel, sink.hexdigest(), sink.size)
 
 
-def is_cell_table(key: str, schema: pa.Schema) -> bool:
+def _is_cell_table(key: str, schema: pa.Schema) -> bool:
     """True for a metrics table with one row per cell (a ``cell`` column)."""
     return key.startswith("metrics/") and "cell" in schema.names
 
@@ -384,10 +382,10 @@ def _export_part(
 ) -> _PartResult:
     table, as_dictionary = _read_part(part)
     table = pseudonyms.table(table)
-    for i in as_dictionary:
-        if pa.types.is_dictionary(table.field(i).type):
-            field = table.field(i).with_type(pa.string())
-            table = table.set_column(i, field, table.column(i).cast(pa.string()))
+    for i, field in enumerate(table.schema):
+        if field.name in as_dictionary and pa.types.is_dictionary(field.type):
+            plain = field.with_type(pa.string())
+            table = table.set_column(i, plain, table.column(i).cast(pa.string()))
     out_key = pseudonyms.text(part.key)
     out_fleet = pseudonyms.text(part.fleet)
     base = f"{fmt.day_dir(part.day)}/{out_key}/fleet={out_fleet}"
@@ -405,7 +403,7 @@ def _export_part(
             sync,
         )
     ]
-    if cell_csv or not is_cell_table(part.key, table.schema):
+    if cell_csv or not _is_cell_table(part.key, table.schema):
         csv = _stream(root, f"{base}.csv", lambda s: pcsv.write_csv(_csv_table(table), s), sync)
         written.append(csv)
     return _PartResult(part, out_key, out_fleet, table.schema, table.num_rows, tuple(written))
@@ -628,8 +626,8 @@ def _finish(
     for r in results:
         by_day.setdefault(r.part.day, []).append(r)
         info = tables.setdefault(r.out_key, TableInfo(r.out_key))
-        info.add(r.schema, r.rows, r.part.day.isoformat(), r.out_fleet)
-        info.csv = info.csv and any(w.path.endswith(".csv") for w in r.written)
+        csv = any(w.path.endswith(".csv") for w in r.written)
+        info.add(r.schema, r.rows, r.part.day.isoformat(), r.out_fleet, csv)
     prev = fmt.GENESIS
     for day in fmt.period_days(date_from, date_to):
         day_files: dict[str, Any] = {}

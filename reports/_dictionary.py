@@ -152,7 +152,7 @@ class TableInfo:
     fleets: set[str] = field(default_factory=set)
     csv: bool = True  # every file of the table has a CSV twin
 
-    def add(self, schema: pa.Schema, rows: int, day: str, fleet: str) -> None:
+    def add(self, schema: pa.Schema, rows: int, day: str, fleet: str, csv: bool = True) -> None:
         for f in schema:
             self.fields.setdefault(f.name, f)
         meta = schema.metadata or {}
@@ -162,6 +162,7 @@ class TableInfo:
         self.rows += rows
         self.days.add(day)
         self.fleets.add(fleet)
+        self.csv = self.csv and csv
 
 
 def data_dictionary(tables: Mapping[str, TableInfo]) -> dict[str, Any]:
