@@ -92,6 +92,12 @@ def with_received(table: pa.Table, received_ms: int) -> pa.Table:
     return table.set_column(table.schema.get_field_index("received_at"), "received_at", col)
 
 
+def with_ts_shifted(table: pa.Table, shift_ms: int) -> pa.Table:
+    """``table`` with every ``ts`` moved by ``shift_ms`` (a clock corrected on the vehicle)."""
+    ts = pa.array(table["ts"].cast(pa.int64()).to_numpy() + shift_ms, pa.timestamp("ms", tz="UTC"))
+    return table.set_column(table.schema.get_field_index("ts"), table.schema.field("ts"), ts)
+
+
 FLEETBMS = str(Path(sys.executable).with_name("fleetbms"))
 
 
