@@ -65,12 +65,14 @@ from bms._warranty import (
     UsageTotals,
     WarrantyPolicy,
     coverage_end,
+    daily_ageing_stress,
     load_warranty_policy,
+    usage_stress_ratio,
     warranty_verdict,
 )
 
 #: Version of the analytics model; part of every run id and of the warranty evidence.
-ANALYTICS_MODEL_VERSION = "analytics-4"
+ANALYTICS_MODEL_VERSION = "analytics-5"
 #: Metrics tables written per (date, fleet).
 METRICS_TABLES = (
     "vehicle_day",
@@ -429,6 +431,14 @@ CARRY_SCHEMA = pa.schema(
         ("over_temp_events_total", pa.int64()),
         ("deep_discharges_total", pa.int64()),
         ("bms_soh_pct", pa.float64()),
+        # summed daily_ageing_stress (calendar, cycle) and days, since the data began
+        # and up to the newest capacity estimate (the day of an estimate counts after it)
+        ("stress_cal_total", pa.float64()),
+        ("stress_cyc_total", pa.float64()),
+        ("stress_days_total", pa.int64()),
+        ("stress_cal_at_estimate", pa.float64()),
+        ("stress_cyc_at_estimate", pa.float64()),
+        ("stress_days_at_estimate", pa.int64()),
     ]
 )
 
@@ -1480,6 +1490,7 @@ def _update_carry_and_capacity(
     for dc in day_carry.to_pylist():
         vin = dc["vin"]
         old = prev.get(vin)
+        n_before = len(estimates)
         info = reg.get(vin)
         vd = vd_rows[vin]
         q_base = old["q_total_uah"] if old else 0
@@ -1589,10 +1600,68 @@ def _update_carry_and_capacity(
             "bms_soh_pct": vd["bms_soh_pct"]
             if vd["bms_soh_pct"] is not None
             else (old or {}).get("bms_soh_pct"),
+            **_carry_stress(old, vd, info, estimated=len(estimates) > n_before),
         }
         new[vin] = row
     estimates.sort(key=lambda e: (e["vin"], e["end_ts"]))
     return dict(sorted(new.items())), estimates
+
+
+#: vehicle_day temperature bands with the temperature each is charged at in
+#: daily_ageing_stress: its upper edge (above 45 degC: the day's maximum). [degC]
+_TEMP_BANDS = (
+    ("hours_temp_below_0c", 0.0),
+    ("hours_temp_0_15c", 15.0),
+    ("hours_temp_15_25c", 25.0),
+    ("hours_temp_25_35c", 35.0),
+    ("hours_temp_35_45c", 45.0),
+    ("hours_temp_above_45c", math.nan),
+)
+
+
+def _day_stress(vd: Mapping[str, Any], info: Mapping[str, Any]) -> tuple[float, float]:
+    """``daily_ageing_stress`` of a vehicle_day row: each band at its upper edge, the hours
+    without data in the hottest band seen, a missing SoC or C-rate at its worst."""
+    hours = [float(vd[name] or 0.0) for name, _ in _TEMP_BANDS]
+    temps = [
+        t if math.isfinite(t) else max(float(vd["temp_c_max"] or 45.0), 45.0)
+        for _, t in _TEMP_BANDS
+    ]
+    seen = [t for t, h in zip(temps, hours, strict=True) if h > 0]
+    hours.append(max(24.0 - sum(hours), 0.0))
+    temps.append(max(seen) if seen else 45.0)
+    return daily_ageing_stress(
+        info["chemistry"],
+        band_hours=hours,
+        band_temp_c=temps,
+        soc_min_pct=float(vd["soc_min_pct"] if vd["soc_min_pct"] is not None else 0.0),
+        soc_max_pct=float(vd["soc_max_pct"] if vd["soc_max_pct"] is not None else 100.0),
+        throughput_ah=float((vd["ah_charged"] or 0.0) + (vd["ah_discharged"] or 0.0)),
+        rated_capacity_ah=float(info["capacity_ah"]),
+        max_c_rate=float(vd["max_c_rate"] if vd["max_c_rate"] is not None else 1.0),
+    )
+
+
+def _carry_stress(
+    old: Mapping[str, Any] | None,
+    vd: Mapping[str, Any],
+    info: Mapping[str, Any] | None,
+    *,
+    estimated: bool,
+) -> dict[str, Any]:
+    """The carried ageing-stress sums after today (a day with an estimate counts after
+    it: the use of that day is not all behind the estimate)."""
+    names = ("stress_cal_total", "stress_cyc_total", "stress_days_total")
+    at = ("stress_cal_at_estimate", "stress_cyc_at_estimate", "stress_days_at_estimate")
+    totals = [(old or {}).get(n) or 0 for n in names]
+    out: dict[str, Any] = dict(zip(at, [(old or {}).get(n) for n in at], strict=True))
+    if estimated:
+        out.update(zip(at, totals, strict=True))
+    if info is not None:
+        cal, cyc = _day_stress(vd, info)
+        totals = [totals[0] + cal, totals[1] + cyc, totals[2] + 1]
+    out.update(zip(names, totals, strict=True))
+    return out
 
 
 def _rest_point(run: Mapping[str, Any], cell_mv: list[int] | None, chem: str) -> dict[str, Any]:
@@ -1859,6 +1928,11 @@ def _by_vin(table: pa.Table, day: date, history_days: int) -> dict[str, dict[str
     return out
 
 
+#: Prior sigma of (SoH when new [%], fade coefficient [% per year**exponent]) of
+#: ``fit_vehicle_soh``: weak, around the fleet figures (Geotab 2024-26, science.md 5).
+SOH_PRIOR_SIGMA = (5.0, 4.0)
+
+
 def fit_vehicle_soh(
     t_years: np.ndarray,
     soh_pct: np.ndarray,
@@ -1876,7 +1950,7 @@ def fit_vehicle_soh(
         np.maximum(sigma_pct, 0.2),
         exponent=FADE_EXPONENT[chemistry],
         prior_mean=(100.0, -2.0),
-        prior_sigma=(5.0, 4.0),
+        prior_sigma=SOH_PRIOR_SIGMA,
         b_sign=-1,
         systematic_sigma=systematic_sigma_pct,
     )
@@ -2076,6 +2150,18 @@ def _trend_and_warranty(
             if cap is None or cap["t_ms"].size == 0
             else (end_ms - float(np.max(cap["t_ms"]))) / 86_400_000
         )
+        stress_ratio, stress_days = math.nan, 0
+        if c.get("stress_days_at_estimate") is not None:
+            stress_days = int(c["stress_days_total"] - c["stress_days_at_estimate"])
+            stress_ratio = usage_stress_ratio(
+                (c["stress_cal_at_estimate"], c["stress_cyc_at_estimate"]),
+                c["stress_days_at_estimate"],
+                (
+                    c["stress_cal_total"] - c["stress_cal_at_estimate"],
+                    c["stress_cyc_total"] - c["stress_cyc_at_estimate"],
+                ),
+                stress_days,
+            )
         verdict = warranty_verdict(
             policy,
             fit,
@@ -2085,6 +2171,8 @@ def _trend_and_warranty(
             usage=usage,
             evidence_age_days=evidence_days,
             max_evidence_age_days=params.max_evidence_age_days,
+            stress_ratio=stress_ratio,
+            prior_fade_sigma=SOH_PRIOR_SIGMA[1],
         )
         th = verdict.threshold
         evidence = {
@@ -2097,6 +2185,7 @@ def _trend_and_warranty(
                 "n_estimates": 0 if cap is None else int(cap["t_ms"].size),
                 "newest_estimate_age_days": evidence_days,
             },
+            "use_since_estimate": {"days": stress_days, "stress_ratio": stress_ratio},
             "fit": None
             if fit is None
             else {"a": fit.a, "b": fit.b, "exponent": fit.exponent, "scale": fit.scale},

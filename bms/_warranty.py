@@ -9,6 +9,13 @@ that may void cover (over-temperature events, DC fast-charge share, deep dischar
 Presets ship in ``bms/presets/*.toml``; ``load_warranty_policy`` takes a preset id or a
 path. The verdict is a pure function of the policy, the SoH trend fit and the usage
 totals.
+
+Stale evidence: a trend whose newest capacity estimate is older than
+``max_evidence_age_days`` may still say ``ok`` when the vehicle's observed use since then
+bounds its ageing (``daily_ageing_stress``, ``usage_stress_ratio``): the semi-empirical
+laws make fade a function of accumulated stress, not of calendar time alone, so a trend
+measured under some use, read at the stress-equivalent age, bounds the SoH of a vehicle
+used no harder since.
 """
 
 from __future__ import annotations
@@ -16,13 +23,25 @@ from __future__ import annotations
 import dataclasses
 import math
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
+
+from bms._ageing import (
+    SCHMALSTIEG_CELL_AH,
+    naumann_calendar_rates,
+    naumann_cycle_rates,
+    schmalstieg_calendar_rates,
+    schmalstieg_cycle_rates,
+)
 from bms._errors import BmsError
-from bms._soh import PowerFit
+from bms._ocv import ocv_v_from_soc_pct
+from bms._soh import FADE_EXPONENT, PowerFit
 
 #: Verdicts, from best to worst (``insufficient_data``: no capacity estimate yet).
 WARRANTY_STATUSES = ("ok", "at_risk", "claim_eligible", "out_of_coverage", "insufficient_data")
@@ -243,7 +262,167 @@ def coverage_end(
     return end_years, min(end_km, threshold.km)
 
 
+#: A stale trend may say ``ok`` only if its fade rate was measured, not taken from the
+#: prior: the fit's sigma of the fade coefficient at most this share of the prior's
+#: (the estimates then carry at least 3x the prior's information on it). [-]
+MEASURED_FADE_SIGMA_SHARE = 0.5
+
+
+def daily_ageing_stress(
+    chemistry: str,
+    *,
+    band_hours: npt.ArrayLike,
+    band_temp_c: npt.ArrayLike,
+    soc_min_pct: float,
+    soc_max_pct: float,
+    throughput_ah: float,
+    rated_capacity_ah: float,
+    max_c_rate: float,
+) -> tuple[float, float]:
+    r"""How far one day advances calendar and cycle fade, in units that add up.
+
+    Parameters
+    ----------
+    chemistry : str
+        ``'nmc'`` or ``'lfp'``.
+    band_hours : array
+        Hours of the day in each temperature band (hours without data: the caller gives
+        them to the hottest band). [h]
+    band_temp_c : array
+        Temperature charged to each band: its upper edge, so that the stress is a bound.
+        [degC]
+    soc_min_pct, soc_max_pct : float
+        Lowest and highest SoC of the day. [%]
+    throughput_ah : float
+        Charge in plus charge out. [Ah]
+    rated_capacity_ah : float
+        Rated capacity, to scale throughput to cycles. [Ah]
+    max_c_rate : float
+        Highest current of the day over the rated capacity. [1/h]
+
+    Returns
+    -------
+    tuple of float
+        ``(calendar, cycle)``: :math:`\sum_b (h_b/24)\,k_{cal}(z_{max}, T_b)^{1/p}` and
+        :math:`k_{cyc}^2 \Delta s`. [(relative fade)^(1/p)]
+
+    Notes
+    -----
+    A power-law fade :math:`x = k s^p` advanced day by day with the equivalent-time rule
+    (the BLAST-Lite state equations, ``bms.step_power_law``) obeys
+    :math:`d(x^{1/p})/ds = k^{1/p}`: under a rate that changes from day to day,
+    :math:`x^{1/p}` is the sum of the days' :math:`k^{1/p}\Delta s`, so these per-day
+    figures add up over any period. Each day is charged its worst stressors: storage at
+    the day's highest SoC, each temperature band at its upper edge, cycling with the
+    day's SoC range as depth and its highest C-rate. Calendar: Schmalstieg et al. 2014
+    (NMC, :math:`p` = 0.75, storage voltage from the OCV table) and Naumann et al. 2018
+    (LFP, :math:`p` = 0.5). Cycle (:math:`p` = 0.5): Schmalstieg :math:`\sqrt{Q}`, Q the
+    throughput scaled to the 2.05 Ah test cell, the RMS voltage taken at whichever end
+    of the day's SoC range lies further from 3.667 V (the model's minimum); Naumann 2020
+    :math:`\sqrt{FEC}` (science.md section 2, ``bms._ageing``).
+    """
+    hours = np.asarray(band_hours, dtype=np.float64)
+    temp_c = np.asarray(band_temp_c, dtype=np.float64)
+    share = hours / 24.0
+    z_max = min(max(soc_max_pct, 0.0), 100.0) / 100.0
+    z_min = min(max(soc_min_pct, 0.0), 100.0) / 100.0
+    dod = max(z_max - z_min, 0.01)
+    throughput = max(throughput_ah, 0.0)
+    if chemistry == "lfp":
+        k_cal, _ = naumann_calendar_rates(np.full(temp_c.shape, z_max), temp_c)
+        calendar = float(np.sum(share * k_cal ** (1.0 / FADE_EXPONENT["lfp"])))
+        k_cyc, _ = naumann_cycle_rates(max(max_c_rate, 0.0), dod)
+        return calendar, float(k_cyc) ** 2 * throughput / (2.0 * rated_capacity_ah)
+    if chemistry != "nmc":
+        raise ValueError(f"unknown chemistry {chemistry!r}; valid: lfp, nmc")
+    v_hi = float(ocv_v_from_soc_pct(100.0 * z_max, "nmc"))
+    v_lo = float(ocv_v_from_soc_pct(100.0 * z_min, "nmc"))
+    a_cap, _ = schmalstieg_calendar_rates(np.full(temp_c.shape, v_hi), temp_c)
+    calendar = float(np.sum(share * a_cap ** (1.0 / FADE_EXPONENT["nmc"])))
+    v_rms = max(v_hi, v_lo, key=lambda v: abs(v - 3.667))
+    b_cap, _ = schmalstieg_cycle_rates(v_rms, dod)
+    q_ref_ah = throughput * SCHMALSTIEG_CELL_AH / rated_capacity_ah
+    return calendar, float(b_cap) ** 2 * q_ref_ah
+
+
+def usage_stress_ratio(
+    before: tuple[float, float], before_days: float, since: tuple[float, float], since_days: float
+) -> float:
+    """How much harder a vehicle has been used since its newest capacity estimate.
+
+    Parameters
+    ----------
+    before : tuple of float
+        Summed ``daily_ageing_stress`` (calendar, cycle) of the days up to the estimate.
+    before_days : float
+        Number of those days. [days]
+    since : tuple of float
+        The same sums over the days after it.
+    since_days : float
+        Number of those days. [days]
+
+    Returns
+    -------
+    float
+        The larger of the two mechanisms' ratios of mean daily stress, since over
+        before (1 = used as before); ``inf`` when a mechanism had no stress before but
+        has some since, or nothing is known before. [-]
+    """
+    if since_days <= 0:
+        return 0.0
+    if before_days <= 0:
+        return math.inf
+    ratio = 0.0
+    for b, s in zip(before, since, strict=True):
+        mean_b, mean_s = b / before_days, s / since_days
+        if mean_s <= 0:
+            continue
+        ratio = max(ratio, mean_s / mean_b if mean_b > 0 else math.inf)
+    return ratio
+
+
 _RANK = {"ok": 0, "at_risk": 1, "claim_eligible": 2}
+
+
+def _judge(
+    policy: WarrantyPolicy,
+    fit: PowerFit,
+    in_cover: list[tuple[WarrantyThreshold, float, float]],
+    flags: tuple[str, ...],
+    now_years: float,
+    trend_years: Callable[[float], float],
+) -> WarrantyVerdict:
+    """The worst status over the thresholds in cover, reading the trend at
+    ``trend_years(t)`` for age ``t`` (the identity, or a stress-equivalent age)."""
+    now, now_lo, _now_hi = (float(v) for v in fit.interval(trend_years(now_years)))
+    best: WarrantyVerdict | None = None
+    for th, end_y, end_km in in_cover:
+        proj, proj_lo, proj_hi = (float(v) for v in fit.interval(trend_years(end_y)))
+        if now < th.min_soh_pct:
+            status = "claim_eligible"
+            reason = f"soh_pct {now:.1f} < {th.min_soh_pct:g} within cover"
+        elif now_lo < th.min_soh_pct:
+            status = "at_risk"
+            reason = f"soh_low_pct {now_lo:.1f} < {th.min_soh_pct:g} (90 % interval)"
+        elif proj < th.min_soh_pct:
+            status = "at_risk"
+            reason = (
+                f"projected soh_pct {proj:.1f} < {th.min_soh_pct:g} "
+                f"at {end_y:.2f} y / {end_km:.0f} km"
+            )
+        else:
+            status = "ok"
+            reason = (
+                f"projected soh_pct {proj:.1f} >= {th.min_soh_pct:g} "
+                f"at {end_y:.2f} y / {end_km:.0f} km"
+            )
+        verdict = WarrantyVerdict(
+            status, policy.id, th, end_y, end_km, proj, proj_lo, proj_hi, reason, flags
+        )
+        if best is None or _RANK[status] > _RANK[best.status]:
+            best = verdict
+    assert best is not None
+    return best
 
 
 def warranty_verdict(
@@ -256,6 +435,8 @@ def warranty_verdict(
     usage: UsageTotals | None = None,
     evidence_age_days: float = 0.0,
     max_evidence_age_days: float = math.inf,
+    stress_ratio: float = math.nan,
+    prior_fade_sigma: float = math.inf,
 ) -> WarrantyVerdict:
     """A vehicle's warranty status under ``policy``.
 
@@ -275,9 +456,14 @@ def warranty_verdict(
     evidence_age_days : float
         Age of the newest capacity estimate behind ``fit``. [days]
     max_evidence_age_days : float
-        Older evidence cannot say ``ok`` or ``at_risk``: the trend would be a projection
-        from the prior, not a measurement (``claim_eligible`` stands: capacity only
+        Older evidence cannot say ``ok`` or ``at_risk`` from the trend alone: it would be
+        an extrapolation, not a measurement (``claim_eligible`` stands: capacity only
         fades). [days]
+    stress_ratio : float
+        ``usage_stress_ratio`` of the use since the newest estimate; NaN = unknown. [-]
+    prior_fade_sigma : float
+        Prior sigma of the fit's fade coefficient (``MEASURED_FADE_SIGMA_SHARE``).
+        [% per year**exponent]
 
     Returns
     -------
@@ -286,7 +472,20 @@ def warranty_verdict(
         the minimum; ``at_risk`` if the 90 % interval now reaches below it, or the trend
         projected to the end of cover falls below it; else ``ok``. The worst over the
         thresholds in cover wins; ``out_of_coverage`` when every threshold has ended;
-        ``insufficient_data`` without an estimate, or with only stale ones (above).
+        ``insufficient_data`` without an estimate, or with only stale ones, unless the
+        use since bounds the ageing (below).
+
+    Notes
+    -----
+    Stale evidence says ``ok`` only if the fade rate was measured (its sigma at most
+    ``MEASURED_FADE_SIGMA_SHARE`` of the prior's), the use since the newest estimate is
+    known (``stress_ratio``) and the trend read at the stress-equivalent age still says
+    ``ok``: with :math:`t_e` the age at the newest estimate and
+    :math:`\\rho = \\max(1, stress\\_ratio)`, age :math:`t` maps to
+    :math:`t_e + \\rho (t - t_e)` (now and at the end of cover, the use assumed to go on
+    as since). Fade grows with accumulated stress (``daily_ageing_stress``), so a vehicle
+    used :math:`\\rho` times as hard ages at most as the trend does over :math:`\\rho`
+    times the time. It bounds ageing, not defects: a cell failing since is not seen.
     """
     flags = usage_flags(policy, usage or UsageTotals())
     nan = math.nan
@@ -326,41 +525,33 @@ def warranty_verdict(
             "no capacity estimate yet",
             flags,
         )
-    now, now_lo, _now_hi = (float(v) for v in fit.interval(age_years))
-    best: WarrantyVerdict | None = None
-    for th, end_y, end_km in in_cover:
-        proj, proj_lo, proj_hi = (float(v) for v in fit.interval(end_y))
-        if now < th.min_soh_pct:
-            status = "claim_eligible"
-            reason = f"soh_pct {now:.1f} < {th.min_soh_pct:g} within cover"
-        elif now_lo < th.min_soh_pct:
-            status = "at_risk"
-            reason = f"soh_low_pct {now_lo:.1f} < {th.min_soh_pct:g} (90 % interval)"
-        elif proj < th.min_soh_pct:
-            status = "at_risk"
-            reason = (
-                f"projected soh_pct {proj:.1f} < {th.min_soh_pct:g} "
-                f"at {end_y:.2f} y / {end_km:.0f} km"
+    best = _judge(policy, fit, in_cover, flags, age_years, lambda t: t)
+    if evidence_age_days <= max_evidence_age_days or best.status == "claim_eligible":
+        return best
+    stale = (
+        f"newest capacity estimate {evidence_age_days:.0f} days old "
+        f"(limit {max_evidence_age_days:g})"
+    )
+    measured = math.sqrt(max(fit.cov[2], 0.0)) <= MEASURED_FADE_SIGMA_SHARE * prior_fade_sigma
+    if measured and math.isfinite(stress_ratio):
+        rho = max(stress_ratio, 1.0)
+        t_e = age_years - evidence_age_days / DAYS_PER_YEAR
+        bounded = _judge(policy, fit, in_cover, flags, age_years, lambda t: t_e + rho * (t - t_e))
+        if bounded.status == "ok":
+            return dataclasses.replace(
+                bounded,
+                reason=(
+                    f"{stale}, use since {stress_ratio:.2f} x as ageing as before: trend at "
+                    f"{rho:.2f} x the time since: {bounded.reason}"
+                ),
             )
-        else:
-            status = "ok"
-            reason = (
-                f"projected soh_pct {proj:.1f} >= {th.min_soh_pct:g} "
-                f"at {end_y:.2f} y / {end_km:.0f} km"
-            )
-        verdict = WarrantyVerdict(
-            status, policy.id, th, end_y, end_km, proj, proj_lo, proj_hi, reason, flags
-        )
-        if best is None or _RANK[status] > _RANK[best.status]:
-            best = verdict
-    assert best is not None
-    if evidence_age_days > max_evidence_age_days and best.status != "claim_eligible":
-        return dataclasses.replace(
-            best,
-            status="insufficient_data",
-            reason=(
-                f"newest capacity estimate {evidence_age_days:.0f} days old "
-                f"(limit {max_evidence_age_days:g}); the trend would say: {best.reason}"
-            ),
-        )
-    return best
+        why = f"at {rho:.2f} x the time since (use {stress_ratio:.2f} x as ageing)"
+    elif not measured:
+        why = "fade rate not measured (prior)"
+    else:
+        why = "use since unknown"
+    return dataclasses.replace(
+        best,
+        status="insufficient_data",
+        reason=f"{stale}; {why}; the trend would say: {best.reason}",
+    )

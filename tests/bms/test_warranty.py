@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 import pytest
+from numpy.testing import assert_allclose
 
 import bms
+from bms._warranty import daily_ageing_stress, usage_stress_ratio
 
 
 def _fit(a: float, b: float, sigma: float = 0.3) -> bms.PowerFit:
@@ -108,6 +111,123 @@ def test_stale_evidence_says_insufficient_data_but_a_claim_stands() -> None:
         policy, broken, evidence_age_days=400, max_evidence_age_days=180, **common
     )
     assert claim.status == "claim_eligible"
+
+
+def test_daily_ageing_stress_adds_up_to_the_published_closed_forms() -> None:
+    """A year of the same day summed and raised to the law's power is the closed form of
+    Naumann 2018 (LFP, 4.3 % at 25 degC, 50 % SoC: science.md 2) and Schmalstieg 2014
+    (NMC); the cycle term is the square of the rate times the cycles (sqrt law)."""
+    day = {
+        "band_hours": [24.0],
+        "band_temp_c": [25.0],
+        "soc_min_pct": 50.0,
+        "soc_max_pct": 50.0,
+        "throughput_ah": 0.0,
+        "rated_capacity_ah": 100.0,
+        "max_c_rate": 0.0,
+    }
+    cal, cyc = daily_ageing_stress("lfp", **day)
+    assert cyc == 0.0
+    assert_allclose((365 * cal) ** 0.5, bms.naumann_capacity_loss_frac(365, 0.5, 25.0), rtol=1e-9)
+    assert_allclose((365 * cal) ** 0.5, 0.043, atol=0.001)
+    cal, _ = daily_ageing_stress("nmc", **{**day, "soc_max_pct": 80.0})
+    v80 = float(bms.ocv_v_from_soc_pct(80.0, "nmc"))
+    assert_allclose(
+        (365 * cal) ** 0.75, bms.schmalstieg_capacity_fade_frac(365, v80, 25.0), rtol=1e-9
+    )
+    # Split over two bands: each at its own rate; the hotter half weighs more.
+    hot, _ = daily_ageing_stress(
+        "lfp", **{**day, "band_hours": [12.0, 12.0], "band_temp_c": [25.0, 45.0]}
+    )
+    assert hot > daily_ageing_stress("lfp", **day)[0]
+    # 200 EFC of LFP cycling at 0.5 C and 60 % depth: Naumann 2020 in closed form.
+    _, cyc = daily_ageing_stress(
+        "lfp",
+        **{
+            **day,
+            "soc_min_pct": 20.0,
+            "soc_max_pct": 80.0,
+            "throughput_ah": 200 * 200.0,
+            "max_c_rate": 0.5,
+        },
+    )
+    assert_allclose(
+        cyc**0.5,
+        bms.naumann_capacity_loss_frac(0, 0.5, 25.0, fec=200, c_rate=0.5, dod_frac=0.6),
+        rtol=1e-9,
+    )
+    with pytest.raises(ValueError, match="unknown chemistry 'lco'"):
+        daily_ageing_stress("lco", **day)
+
+
+def test_usage_stress_ratio_compares_mean_daily_stress() -> None:
+    assert usage_stress_ratio((10.0, 2.0), 100, (5.0, 1.0), 50) == pytest.approx(1.0)
+    assert usage_stress_ratio((10.0, 2.0), 100, (5.0, 3.0), 50) == pytest.approx(3.0)
+    assert usage_stress_ratio((10.0, 2.0), 100, (0.0, 0.0), 0) == 0.0
+    assert usage_stress_ratio((10.0, 0.0), 100, (5.0, 0.1), 50) == math.inf
+    assert usage_stress_ratio((0.0, 0.0), 0, (5.0, 0.1), 50) == math.inf
+
+
+def test_stale_trend_says_ok_only_when_the_use_since_bounds_the_ageing() -> None:
+    """Evidence 400 days old: a measured trend read at the stress-equivalent age may say
+    ok; harder use since, an unmeasured (prior) fade rate or unknown use may not."""
+    policy = bms.load_warranty_policy("un-gtr22")
+    healthy = _fit(100.0, -4.0)  # 100 - 4 t^0.75: 87 at 5 y, 81 at 8 y
+    common = {
+        "age_years": 2.5,
+        "odometer_km": 40_000,
+        "km_per_day": 40,
+        "evidence_age_days": 400,
+        "max_evidence_age_days": 180,
+        "prior_fade_sigma": 4.0,
+    }
+    v = bms.warranty_verdict(policy, healthy, stress_ratio=0.8, **common)
+    assert v.status == "ok"
+    assert v.reason.startswith("newest capacity estimate 400 days old (limit 180), use since")
+    # Three times as hard since the estimate: the trend at the stress-equivalent age
+    # falls below 80 % before 5 y.
+    v = bms.warranty_verdict(policy, healthy, stress_ratio=3.0, **common)
+    assert v.status == "insufficient_data"
+    assert "at 3.00 x the time since" in v.reason
+    v = bms.warranty_verdict(policy, healthy, **common)
+    assert v.status == "insufficient_data"
+    assert "use since unknown" in v.reason
+    # A fade rate from a few estimates of the first days is the prior's.
+    t = np.array([0.002, 0.004, 0.006])
+    early = bms.fit_power_trend(
+        t,
+        100 - 4 * t**0.75,
+        np.full(3, 1.0),
+        exponent=0.75,
+        prior_mean=(100, -2),
+        prior_sigma=(5, 4),
+        b_sign=-1,
+    )
+    v = bms.warranty_verdict(policy, early, stress_ratio=0.5, **common)
+    assert v.status == "insufficient_data"
+    assert "fade rate not measured (prior)" in v.reason
+
+
+def test_stale_trend_never_says_ok_below_the_threshold() -> None:
+    """Whatever the use since, a trend that is below a threshold now (at the
+    stress-equivalent age, which is never younger than the age) is not ok."""
+    policy = bms.load_warranty_policy("un-gtr22")
+    for b in (-6.0, -9.0, -12.0):
+        fit = _fit(100.0, b)
+        for ratio in (0.0, 0.5, 1.0, 2.0):
+            v = bms.warranty_verdict(
+                policy,
+                fit,
+                age_years=3.5,
+                odometer_km=50_000,
+                km_per_day=40,
+                evidence_age_days=500,
+                max_evidence_age_days=180,
+                stress_ratio=ratio,
+                prior_fade_sigma=4.0,
+            )
+            below = float(fit.predict(3.5)[0]) < 80.0
+            assert not (below and v.status == "ok"), (b, ratio, v)
 
 
 def test_gtr22_first_threshold_binds_early() -> None:
