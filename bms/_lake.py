@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -82,6 +83,27 @@ def write_secret_file(path: Path, data: bytes, mode: int, *, replace: bool) -> N
     fsync_dir(path.parent)
 
 
+def _leaf_paths(schema: pa.Schema) -> dict[str, list[str]]:
+    """The Parquet leaf column paths of each top-level column of ``schema``.
+
+    The writer's per-column properties take leaf paths (``cell_mv.list.element``) and
+    silently ignore any other name, so they are read off the Parquet schema the writer
+    itself derives (of an empty file written in memory), not rebuilt by hand.
+    """
+    sink = pa.BufferOutputStream()
+    pq.ParquetWriter(sink, schema).close()
+    meta = pq.read_metadata(pa.BufferReader(sink.getvalue()))
+    leaves = [meta.schema.column(i).path for i in range(meta.num_columns)]
+    out: dict[str, list[str]] = {}
+    at = 0  # leaves come in the order of the columns (names may hold dots)
+    for name in schema.names:
+        mine = out.setdefault(name, [])
+        while at < len(leaves) and (leaves[at] == name or leaves[at].startswith(name + ".")):
+            mine.append(leaves[at])
+            at += 1
+    return out
+
+
 @contextmanager
 def atomic_parquet_writer(
     path: Path,
@@ -89,19 +111,48 @@ def atomic_parquet_writer(
     *,
     zstd_level: int = DEFAULT_ZSTD_LEVEL,
     sorting: list[str] | None = None,
+    column_encoding: Mapping[str, str] | None = None,
 ) -> Iterator[pq.ParquetWriter]:
     """A zstd Parquet writer whose file appears at ``path`` only when complete and durable.
 
     Writes to a hidden temporary in the same directory (leading dot, ``.tmp`` suffix, so
     globs of ``*.parquet`` never match it); on normal exit closes, fsyncs, renames and
     fsyncs the directory; on error removes the temporary. ``sorting`` records the
-    columns the rows are sorted by in the file's metadata.
+    columns the rows are sorted by in the file's metadata. ``column_encoding`` maps
+    top-level column names to a Parquet encoding (``DELTA_BINARY_PACKED``,
+    ``BYTE_STREAM_SPLIT``, ...) of their values (of a list column: its elements), written
+    without a dictionary; the other columns keep dictionary encoding.
+
+    Raises
+    ------
+    ValueError
+        ``column_encoding`` names a column that ``schema`` does not have.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
     sorting_columns = None
     if sorting:
         sorting_columns = [pq.SortingColumn(schema.get_field_index(c)) for c in sorting]
+    encoding: dict[str, Any] = {}
+    if column_encoding:
+        leaves = _leaf_paths(schema)
+        unknown = sorted(set(column_encoding) - set(leaves))
+        if unknown:
+            raise ValueError(
+                f"column_encoding names unknown column(s) {', '.join(unknown)}; "
+                f"valid: {', '.join(schema.names)}"
+            )
+        encoding = {
+            "use_dictionary": [
+                leaf
+                for name, paths in leaves.items()
+                if name not in column_encoding
+                for leaf in paths
+            ],
+            "column_encoding": {
+                leaf: enc for name, enc in column_encoding.items() for leaf in leaves[name]
+            },
+        }
     writer = pq.ParquetWriter(
         tmp,
         schema,
@@ -109,6 +160,7 @@ def atomic_parquet_writer(
         compression_level=zstd_level,
         write_statistics=True,
         sorting_columns=sorting_columns,
+        **encoding,
     )
     try:
         yield writer

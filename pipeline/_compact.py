@@ -87,6 +87,20 @@ STATS_SCHEMA = pa.schema(
     ]
 )
 
+#: Encodings of the compacted file's columns that sort well: ``seq``, ``ts`` and
+#: ``received_at`` rise within a VIN and adjacent cells of a pack sit a few mV apart, so
+#: delta encoding (Parquet DELTA_BINARY_PACKED) packs them into a few bits a value where
+#: a dictionary spends one index per value. Measured on the nightly benchmark's
+#: partition (200 vehicles, 1.73 M readings, 96 cells): file 15.4 -> 9.4 MiB, writer CPU
+#: 4.2-5.0 -> 3.5-3.9 s; DuckDB and pyarrow read the same values as fast. The
+#: temperatures keep their dictionary (few distinct values: 1.5 MB against 2.3 MB delta).
+COMPACTED_ENCODING = {
+    "seq": "DELTA_BINARY_PACKED",
+    "ts": "DELTA_BINARY_PACKED",
+    "received_at": "DELTA_BINARY_PACKED",
+    "cell_mv": "DELTA_BINARY_PACKED",
+}
+
 
 @dataclass(frozen=True, slots=True)
 class CompactionResult:
@@ -594,7 +608,11 @@ def _merge_to_file(
     with (
         ThreadPoolExecutor(max_workers=2) as pool,
         atomic_parquet_writer(
-            out, TELEMETRY_SCHEMA, zstd_level=zstd_level, sorting=["vin", "ts", "seq"]
+            out,
+            TELEMETRY_SCHEMA,
+            zstd_level=zstd_level,
+            sorting=["vin", "ts", "seq"],
+            column_encoding=COMPACTED_ENCODING,
         ) as writer,
     ):
         rg = RowGroupWriter(writer, row_group_rows)

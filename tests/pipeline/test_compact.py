@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -192,3 +193,65 @@ def test_the_merge_allocates_from_jemalloc_and_restores_the_default_pool(tmp_pat
     compact_partition(d, RUN_DAY, "demo")
     assert pa.default_memory_pool().backend_name == before
     assert pa.jemalloc_memory_pool().max_memory() > 0
+
+
+def _with_sentinel_cells(table: pa.Table, every: int) -> pa.Table:
+    """``table`` with every ``every``-th cell value missing (a sentinel, stored as null)."""
+    cells = table["cell_mv"].combine_chunks()
+    values = cells.values.to_numpy(zero_copy_only=False).astype(np.float64)
+    mask = np.zeros(len(values), dtype=bool)
+    mask[::every] = True
+    flat = pa.array(np.where(mask, 0, values).astype(np.int16), mask=mask)
+    col = pa.ListArray.from_arrays(cells.offsets, flat)
+    return table.set_column(table.schema.get_field_index("cell_mv"), "cell_mv", col)
+
+
+@pytest.mark.parametrize("memory_rows", [10**9, 500])
+def test_the_compacted_file_is_delta_encoded_and_duckdb_reads_what_was_written(
+    memory_rows: int, tmp_path: Path
+) -> None:
+    d = tmp_path / "data"
+    t = _with_sentinel_cells(day_table(RUN_DAY, cadence_s=120), every=7)
+    write_flushes(t, d / "lake", flushes=3)
+    write_flushes(t.slice(40, 30), d / "lake", flushes=1, prefix="dup")
+    inputs = bms.read_telemetry(bms.telemetry_files(d / "lake", RUN_DAY))
+    r = compact_partition(d, RUN_DAY, "demo", memory_rows=memory_rows, row_group_rows=1_000)
+    assert r.output is not None
+    meta = pq.ParquetFile(r.output).metadata
+    for g in range(meta.num_row_groups):
+        encodings = {
+            meta.row_group(g).column(i).path_in_schema: meta.row_group(g).column(i).encodings
+            for i in range(meta.num_columns)
+        }
+        for leaf in ("seq", "ts", "received_at", "cell_mv.list.element"):
+            assert "DELTA_BINARY_PACKED" in encodings[leaf], leaf
+            assert "RLE_DICTIONARY" not in encodings[leaf], leaf
+        assert "RLE_DICTIONARY" in encodings["temp_dc.list.element"]
+        assert "RLE_DICTIONARY" in encodings["vin"]
+    want, _ = reference(inputs)
+    assert pq.read_table(r.output).combine_chunks().equals(want)
+    # the analytics jobs read the lists with DuckDB: every value (and null) as written
+    con = duckdb.connect()
+    try:
+        path = str(r.output).replace("'", "''")
+        got = con.sql(
+            "SELECT vin, seq, ts, received_at, cell_mv, temp_dc "
+            f"FROM read_parquet('{path}') ORDER BY vin, ts, seq"
+        ).to_arrow_table()
+    finally:
+        con.close()
+    cols = ["vin", "seq", "ts", "received_at", "cell_mv", "temp_dc"]
+    assert got.column("cell_mv").to_pylist() == want["cell_mv"].to_pylist()
+    assert got.select(cols).to_pylist() == want.select(cols).to_pylist()
+    assert pc.sum(pc.is_null(pc.list_flatten(got["cell_mv"]))).as_py() > 0
+
+
+def test_a_column_encoding_of_an_unknown_column_is_refused(tmp_path: Path) -> None:
+    with (
+        pytest.raises(ValueError, match=r"unknown column\(s\) cells; valid: vin, seq"),
+        bms.atomic_parquet_writer(
+            tmp_path / "x.parquet", bms.TELEMETRY_SCHEMA, column_encoding={"cells": "PLAIN"}
+        ),
+    ):
+        pass
+    assert list(tmp_path.iterdir()) == []
