@@ -14,10 +14,18 @@ and a severity. Thresholds are data (``RuleLimits``), with their sources:
 - ``deviation_growth``: a cell's rest deviation from the pack median growing for the
   whole trend window (least-squares slope) while already well off the median.
 - ``cell_spread``: a cell's rest deviation beyond a share of the contract's 100 mV
-  spread limit (telemetry.md), before the live alert would fire.
+  spread limit (telemetry.md), before the live alert would fire, when the deviation is
+  also a real imbalance of the cell's state of charge: near full, the LFP curve rises
+  ~37 mV per % SoC (science.md 1), so the 1 % imbalance a healthy pack carries shows as
+  40 mV there (a healthy LFP car parked at 96-99 % was flagged for 108 days on a
+  simulated fleet); 2.5 % is ten times the manufacturing capacity spread (science.md 3)
+  and 24-40 mV on the NMC curve, so NMC packs are judged by the mV share as before.
 - ``cell_resistance``: a cell's DC resistance (voltage step over current step) this far
   above its pack's median cell; manufacturing spread is 0.5-4 % (sigma, Wildfeuer &
-  Lienkamp, science.md 3), so +30 % is beyond any healthy pack.
+  Lienkamp, science.md 3), so +30 % is beyond any healthy pack. A value from a single
+  current step needs twice that: cell voltages come in 1 mV steps, so on a 14 mV step
+  one reading off by 5 mV is already +36 % (seen on a healthy simulated car whose only
+  step in a month set its median for a week).
 - ``cell_capacity``: a cell swinging wider in SoC than its pack (its SoC offset from the
   pack growing with the pack's SoC, ``bms._features.swing_from_sums``): the slope is
   about the cell's capacity deficit. Manufacturing spread is 0.2-0.3 % (sigma,
@@ -74,8 +82,10 @@ class RuleLimits:
     spread_limit_mv: float = 100.0  # contract cell_spread limit at rest [mV]
     spread_warning_share: float = 0.4  # warn at this share of the limit [-]
     spread_critical_share: float = 0.7  # critical at this share [-]
+    spread_min_soc_pct: float = 2.5  # ... and the cell this far off its pack's SoC [%]
     resistance_rel_pct: float = 30.0  # cell resistance above the pack median [%]
     resistance_min_z: float = 5.0  # ... and this far out of its pack [-]
+    resistance_single_step_factor: float = 2.0  # threshold x this from one step only [-]
     swing_rel_pct: float = 5.0  # cell's SoC swing beyond its pack's [% per 100 % SoC]
     swing_critical_pct: float = 20.0  # critical at this swing [% per 100 % SoC]
     swing_min_z: float = 10.0  # ... and this far out of its pack [-]
@@ -188,8 +198,11 @@ def evaluate_rules(features: pa.Table, limits: RuleLimits) -> pa.Table:
         )
 
         warn_mv = limits.spread_warning_share * limits.spread_limit_mv
+        # unknown SoC offset (no readings at rest on the OCV curve): the mV share decides
+        soc_off = _f(features, "rest_dev_soc_pct")
+        imbalanced = ~(np.abs(soc_off) < limits.spread_min_soc_pct)
         add(
-            np.abs(dev) >= warn_mv,
+            (np.abs(dev) >= warn_mv) & imbalanced,
             "cell_spread",
             dev,
             warn_mv,
@@ -199,12 +212,16 @@ def evaluate_rules(features: pa.Table, limits: RuleLimits) -> pa.Table:
         )
 
         res = _f(features, "resistance_rel_pct")
+        res_lim = np.where(
+            _f(features, "resistance_steps") == 1,
+            limits.resistance_single_step_factor * limits.resistance_rel_pct,
+            limits.resistance_rel_pct,
+        )
         add(
-            (res >= limits.resistance_rel_pct)
-            & (_f(features, "resistance_z") >= limits.resistance_min_z),
+            (res >= res_lim) & (_f(features, "resistance_z") >= limits.resistance_min_z),
             "cell_resistance",
             res,
-            limits.resistance_rel_pct,
+            res_lim,
             "%",
             cell=_i(features, "resistance_cell"),
             critical=res >= 100.0,

@@ -136,6 +136,8 @@ FEATURES_SCHEMA = pa.schema(
         *[pa.field(name, pa.float64()) for name in FEATURE_UNITS],
         *[pa.field(CELL_INDEX[f.name], pa.int16()) for f in CELL_FEATURES],
         *[pa.field(CELL_EVIDENCE[f.name][0], pa.float64()) for f in CELL_FEATURES],
+        pa.field("rest_dev_soc_pct", pa.float64()),
+        pa.field("resistance_steps", pa.float64()),
         pa.field("temp_c_max", pa.float64()),
         pa.field("invalid_sensor", pa.int16()),
         pa.field("stuck_sensor", pa.int16()),
@@ -144,7 +146,7 @@ FEATURES_SCHEMA = pa.schema(
     ],
     metadata={
         b"fleetbms.table": b"anomaly_features",
-        b"fleetbms.version": b"2",
+        b"fleetbms.version": b"3",
     },
 )
 
@@ -605,6 +607,8 @@ def swing_from_sums(sums: pa.Table, min_soc_sd_pct: float, min_days: int = 1) ->
     NaN when the pack's SoC varied by less than ``min_soc_sd_pct`` (weighted standard
     deviation) over the window, or with fewer than ``min_days`` days of data: a slope
     over a narrow range or over the first day or two of a vehicle is noise.
+    ``soc_offset_pct`` is the weighted mean of the cell's SoC minus the pack's [%]: its
+    imbalance read where the OCV curve is readable (NaN without readings at rest).
     """
     w, wx, wxx, wy, wxy = (_col(sums, c) for c in SWING_SUMS[1:])
     days = _col(sums, "days") if "days" in sums.column_names else np.full(sums.num_rows, np.inf)
@@ -612,6 +616,7 @@ def swing_from_sums(sums: pa.Table, min_soc_sd_pct: float, min_days: int = 1) ->
         spread = w * wxx - wx * wx  # W^2 x weighted variance of x
         slope = 100.0 * (w * wxy - wx * wy) / spread
         sd = np.sqrt(np.maximum(spread, 0.0)) / w
+        offset = wy / w
     ok = (w > 0) & (sd >= min_soc_sd_pct) & (days >= min_days)
     return pa.table(
         {
@@ -619,6 +624,7 @@ def swing_from_sums(sums: pa.Table, min_soc_sd_pct: float, min_days: int = 1) ->
             "cell": sums["cell"],
             "swing_pct": pa.array(np.where(ok, slope, np.nan), pa.float64(), from_pandas=True),
             "swing_soc_sd_pct": pa.array(np.where(w > 0, sd, np.nan), pa.float64()),
+            "soc_offset_pct": pa.array(np.where(w > 0, offset, np.nan), pa.float64()),
         }
     )
 
@@ -638,7 +644,8 @@ def cell_swing(
     con: Any = None,
 ) -> pa.Table:
     """Per (vin, cell): the SoC swing (``swing_from_sums``) over the recent half of the
-    trailing ``window_days`` (``swing_pct``) and over the older half (``swing_early_pct``).
+    trailing ``window_days`` (``swing_pct``) and over the older half (``swing_early_pct``),
+    and the cell's SoC offset from its pack over the recent half (``soc_offset_pct``).
 
     ``vehicles_of[d]``: the vehicles (vin, chemistry, capacity_ah) to fit on date ``d``;
     a cell needs ``min_days`` days with readings at rest in a half.
@@ -671,6 +678,7 @@ def cell_swing(
     split = window_days - window_days // 2
     halves = (sorted(days)[:split], sorted(days)[split:])
     fits = []
+    offsets: dict[tuple[str, int], float] = {}
     for half_days in halves:
         half = [p for d, p in zip(sorted(days), parts, strict=True) if d in half_days]
         table = pa.concat_tables(half)
@@ -680,14 +688,11 @@ def cell_swing(
         )
         sums = sums.rename_columns([c.removesuffix("_sum") for c in sums.column_names])
         fit = swing_from_sums(sums, min_soc_sd_pct, min_days)
-        fits.append(
-            {
-                (v, int(c)): x
-                for v, c, x in zip(
-                    _strs(fit, "vin"), _col(fit, "cell"), _col(fit, "swing_pct"), strict=True
-                )
-            }
-        )
+        cells_half = _col(fit, "cell").astype(np.int64).tolist()
+        keys_half = list(zip(_strs(fit, "vin"), cells_half, strict=True))
+        fits.append(dict(zip(keys_half, _col(fit, "swing_pct").tolist(), strict=True)))
+        # the recent half comes last: its offsets are the ones kept
+        offsets = dict(zip(keys_half, _col(fit, "soc_offset_pct").tolist(), strict=True))
     early, recent = fits
     keys = sorted(set(early) | set(recent))
     return pa.table(
@@ -696,6 +701,7 @@ def cell_swing(
             "cell": pa.array([k[1] for k in keys], pa.int16()),
             "swing_pct": pa.array([recent.get(k, math.nan) for k in keys], pa.float64()),
             "swing_early_pct": pa.array([early.get(k, math.nan) for k in keys], pa.float64()),
+            "soc_offset_pct": pa.array([offsets.get(k, math.nan) for k in keys], pa.float64()),
         }
     )
 
@@ -852,6 +858,20 @@ def assemble_features(
         ok = idx >= 0
         raw[ok] = rel[np.arange(n)[ok], idx[ok]]
         out[CELL_EVIDENCE[f.name][0]] = raw
+
+    def at_cell(g: FloatArray, feature: str) -> FloatArray:
+        """The value of ``g`` at the worst cell of ``feature`` (NaN where none)."""
+        idx = np.asarray(out[CELL_INDEX[feature]].to_numpy(zero_copy_only=False), np.int64)
+        val = np.full(n, np.nan)
+        ok = (idx >= 0) & (idx < width)
+        val[ok] = g[np.arange(n)[ok], idx[ok]]
+        return val
+
+    # Context for the rules: the rest-deviation cell's imbalance in SoC (a mV deviation
+    # means little where the OCV curve is steep), and the current steps behind the
+    # resistance cell's value.
+    out["rest_dev_soc_pct"] = at_cell(swing_grid("soc_offset_pct"), "rest_dev_z")
+    out["resistance_steps"] = at_cell(grid("resistance_steps"), "resistance_z")
 
     # Spread growth: (max - min) of the recent rest deviation minus that of the early part.
     recent, early = grid("rest_dev_mv"), grid("rest_dev_early_mv")

@@ -9,6 +9,7 @@
 --   rest_dev_trend_mv_per_day  least-squares slope of rest_dev_mv over trend_days
 --   sag_mv                     load-reading-weighted mean sag (relative to the pack)
 --   resistance_dev_pct         median over the last smooth_days
+--   resistance_steps           current steps behind it (one step of a few mV is coarse)
 --   temp_dev_c                 mean over the last smooth_days
 --   min_cell_share             mean share of readings the cell was the pack's lowest
 WITH w AS (
@@ -41,6 +42,7 @@ SELECT
     sum(sag_mv * n_load) FILTER (WHERE is_recent AND n_load > 0)
         / nullif(sum(n_load) FILTER (WHERE is_recent AND n_load > 0), 0) AS sag_mv,
     median(resistance_dev_pct) FILTER (WHERE is_recent AND n_steps > 0) AS resistance_dev_pct,
+    coalesce(sum(n_steps) FILTER (WHERE is_recent AND n_steps > 0), 0) AS resistance_steps,
     avg(temp_dev_c) FILTER (WHERE is_recent) AS temp_dev_c,
     avg(min_cell_share) FILTER (WHERE is_recent) AS min_cell_share
 FROM recent

@@ -52,6 +52,10 @@ def test_swing_is_the_slope_of_the_cell_soc_offset_against_the_pack_soc() -> Non
     assert out[0]["swing_pct"] == pytest.approx(0.0, abs=1e-9)
     assert out[1]["swing_pct"] == pytest.approx(25.0)
     assert out[2]["swing_pct"] == pytest.approx(0.0, abs=1e-9)
+    # the imbalance is the weighted mean offset, whether or not a slope can be read
+    assert out[2]["soc_offset_pct"] == pytest.approx(1.5)
+    assert out[1]["soc_offset_pct"] == pytest.approx(-0.25 * (100.0 - (w * s).sum() / w.sum()))
+    assert out[3]["soc_offset_pct"] == pytest.approx(17 / 8)  # weighted mean of 0..4
     assert out[3]["swing_pct"] is None
     assert out[3]["swing_soc_sd_pct"] == pytest.approx(0.0, abs=1e-9)
     assert out[4]["swing_pct"] is None  # a vehicle's first days: too few to judge
