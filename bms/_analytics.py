@@ -63,6 +63,7 @@ from bms._soh import (
 from bms._warranty import (
     DAYS_PER_YEAR,
     UsageTotals,
+    UseSinceEstimate,
     WarrantyPolicy,
     coverage_end,
     daily_ageing_stress,
@@ -2150,17 +2151,23 @@ def _trend_and_warranty(
             if cap is None or cap["t_ms"].size == 0
             else (end_ms - float(np.max(cap["t_ms"]))) / 86_400_000
         )
-        stress_ratio, stress_days = math.nan, 0
+        use_since = None
         if c.get("stress_days_at_estimate") is not None:
-            stress_days = int(c["stress_days_total"] - c["stress_days_at_estimate"])
-            stress_ratio = usage_stress_ratio(
-                (c["stress_cal_at_estimate"], c["stress_cyc_at_estimate"]),
-                c["stress_days_at_estimate"],
-                (
-                    c["stress_cal_total"] - c["stress_cal_at_estimate"],
-                    c["stress_cyc_total"] - c["stress_cyc_at_estimate"],
+            since = (
+                c["stress_cal_total"] - c["stress_cal_at_estimate"],
+                c["stress_cyc_total"] - c["stress_cyc_at_estimate"],
+            )
+            days_since = c["stress_days_total"] - c["stress_days_at_estimate"]
+            use_since = UseSinceEstimate(
+                days_observed=float(days_since),
+                stress_ratio=usage_stress_ratio(
+                    (c["stress_cal_at_estimate"], c["stress_cyc_at_estimate"]),
+                    c["stress_days_at_estimate"],
+                    since,
+                    days_since,
                 ),
-                stress_days,
+                calendar_stress=since[0],
+                cycle_stress=since[1],
             )
         verdict = warranty_verdict(
             policy,
@@ -2171,7 +2178,8 @@ def _trend_and_warranty(
             usage=usage,
             evidence_age_days=evidence_days,
             max_evidence_age_days=params.max_evidence_age_days,
-            stress_ratio=stress_ratio,
+            use_since=use_since,
+            chemistry=chem,
             prior_fade_sigma=SOH_PRIOR_SIGMA[1],
         )
         th = verdict.threshold
@@ -2185,7 +2193,7 @@ def _trend_and_warranty(
                 "n_estimates": 0 if cap is None else int(cap["t_ms"].size),
                 "newest_estimate_age_days": evidence_days,
             },
-            "use_since_estimate": {"days": stress_days, "stress_ratio": stress_ratio},
+            "use_since_estimate": None if use_since is None else dataclasses.asdict(use_since),
             "fit": None
             if fit is None
             else {"a": fit.a, "b": fit.b, "exponent": fit.exponent, "scale": fit.scale},

@@ -41,7 +41,7 @@ from bms._ageing import (
 )
 from bms._errors import BmsError
 from bms._ocv import ocv_v_from_soc_pct
-from bms._soh import FADE_EXPONENT, PowerFit
+from bms._soh import FADE_EXPONENT, PowerFit, t_quantile_95
 
 #: Verdicts, from best to worst (``insufficient_data``: no capacity estimate yet).
 WARRANTY_STATUSES = ("ok", "at_risk", "claim_eligible", "out_of_coverage", "insufficient_data")
@@ -94,6 +94,22 @@ class UsageTotals:
     over_temp_events: int = 0
     dc_fast_share: float = 0.0  # of charged Ah [-]
     deep_discharges: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class UseSinceEstimate:
+    """A vehicle's observed use between its newest capacity estimate and the day judged.
+
+    ``days_observed`` days with telemetry [days]; ``stress_ratio`` the
+    ``usage_stress_ratio`` against the use before the estimate [-]; ``calendar_stress``
+    and ``cycle_stress`` the summed ``daily_ageing_stress`` of those days
+    [(relative fade)^(1/p)].
+    """
+
+    days_observed: float
+    stress_ratio: float
+    calendar_stress: float
+    cycle_stress: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,6 +282,9 @@ def coverage_end(
 #: prior: the fit's sigma of the fade coefficient at most this share of the prior's
 #: (the estimates then carry at least 3x the prior's information on it). [-]
 MEASURED_FADE_SIGMA_SHARE = 0.5
+#: ... and the use since its newest estimate must have been observed (telemetry) on at
+#: least this share of the days: a silent vehicle's temperature and SoC are unknown. [-]
+MIN_OBSERVED_USE_SHARE = 0.9
 
 
 def daily_ageing_stress(
@@ -381,6 +400,45 @@ def usage_stress_ratio(
     return ratio
 
 
+def fade_since_bound_frac(
+    calendar_stress: float, cycle_stress: float, fade_before_frac: float, chemistry: str
+) -> float:
+    r"""Upper bound on the relative capacity fade accrued over a period of known stress.
+
+    Parameters
+    ----------
+    calendar_stress, cycle_stress : float
+        Summed ``daily_ageing_stress`` of the period. [(relative fade)^(1/p)]
+    fade_before_frac : float
+        Fade already accrued before the period, at least (a lower bound; 0 if unknown):
+        power-law fade slows as it accrues. [-]
+    chemistry : str
+        ``'nmc'`` or ``'lfp'`` (calendar exponent ``FADE_EXPONENT``; cycle 0.5).
+
+    Returns
+    -------
+    float
+        Fade of the period relative to the fresh capacity. [-]
+
+    Notes
+    -----
+    Each mechanism advances as :math:`x_1 = (x_0^{1/p} + S)^p` (``daily_ageing_stress``);
+    its increment :math:`(x_0^{1/p} + S)^p - x_0` falls with :math:`x_0` and is convex
+    in it, so over every split of the fade before between calendar and cycle the largest
+    total increment lies at one end: all of it calendar, or all of it cycle.
+    """
+    p_cal = FADE_EXPONENT[chemistry]
+    x0 = max(fade_before_frac, 0.0)
+
+    def step(x: float, stress: float, p: float) -> float:
+        return float((x ** (1.0 / p) + max(stress, 0.0)) ** p - x)
+
+    return max(
+        step(x0, calendar_stress, p_cal) + step(0.0, cycle_stress, 0.5),
+        step(0.0, calendar_stress, p_cal) + step(x0, cycle_stress, 0.5),
+    )
+
+
 _RANK = {"ok": 0, "at_risk": 1, "claim_eligible": 2}
 
 
@@ -435,7 +493,8 @@ def warranty_verdict(
     usage: UsageTotals | None = None,
     evidence_age_days: float = 0.0,
     max_evidence_age_days: float = math.inf,
-    stress_ratio: float = math.nan,
+    use_since: UseSinceEstimate | None = None,
+    chemistry: str = "nmc",
     prior_fade_sigma: float = math.inf,
 ) -> WarrantyVerdict:
     """A vehicle's warranty status under ``policy``.
@@ -459,8 +518,10 @@ def warranty_verdict(
         Older evidence cannot say ``ok`` or ``at_risk`` from the trend alone: it would be
         an extrapolation, not a measurement (``claim_eligible`` stands: capacity only
         fades). [days]
-    stress_ratio : float
-        ``usage_stress_ratio`` of the use since the newest estimate; NaN = unknown. [-]
+    use_since : UseSinceEstimate, optional
+        The use observed since the newest estimate; None = unknown.
+    chemistry : str
+        ``'nmc'`` or ``'lfp'``, for ``fade_since_bound_frac``.
     prior_fade_sigma : float
         Prior sigma of the fit's fade coefficient (``MEASURED_FADE_SIGMA_SHARE``).
         [% per year**exponent]
@@ -478,14 +539,22 @@ def warranty_verdict(
     Notes
     -----
     Stale evidence says ``ok`` only if the fade rate was measured (its sigma at most
-    ``MEASURED_FADE_SIGMA_SHARE`` of the prior's), the use since the newest estimate is
-    known (``stress_ratio``) and the trend read at the stress-equivalent age still says
-    ``ok``: with :math:`t_e` the age at the newest estimate and
-    :math:`\\rho = \\max(1, stress\\_ratio)`, age :math:`t` maps to
-    :math:`t_e + \\rho (t - t_e)` (now and at the end of cover, the use assumed to go on
-    as since). Fade grows with accumulated stress (``daily_ageing_stress``), so a vehicle
-    used :math:`\\rho` times as hard ages at most as the trend does over :math:`\\rho`
-    times the time. It bounds ageing, not defects: a cell failing since is not seen.
+    ``MEASURED_FADE_SIGMA_SHARE`` of the prior's), the use since the newest estimate was
+    observed on ``MIN_OBSERVED_USE_SHARE`` of the days, and two bounds hold:
+
+    - today: the 90 % lower bound of the trend at the newest estimate, less the largest
+      fade the published lab-cell laws allow for the use since at its worst stressors
+      (``fade_since_bound_frac``; those cells lose 6-11 %/yr in their first year under
+      car use, 2-3 x the 1.8-2.3 %/yr of fleet data, science.md 5), is above every
+      threshold in cover;
+    - to the end of cover: the trend read at the stress-equivalent age says ``ok``. With
+      :math:`t_e` the age at the newest estimate and :math:`\\rho = \\max(1,
+      stress\\_ratio)`, age :math:`t` maps to :math:`t_e + \\rho (t - t_e)` (the use
+      assumed to go on as since): fade grows with accumulated stress, so a vehicle used
+      :math:`\\rho` times as hard ages at most as the trend does over :math:`\\rho`
+      times the time.
+
+    Both bound ageing, not defects: a cell failing since is not seen.
     """
     flags = usage_flags(policy, usage or UsageTotals())
     nan = math.nan
@@ -532,24 +601,43 @@ def warranty_verdict(
         f"newest capacity estimate {evidence_age_days:.0f} days old "
         f"(limit {max_evidence_age_days:g})"
     )
-    measured = math.sqrt(max(fit.cov[2], 0.0)) <= MEASURED_FADE_SIGMA_SHARE * prior_fade_sigma
-    if measured and math.isfinite(stress_ratio):
-        rho = max(stress_ratio, 1.0)
+    sd_b = math.sqrt(max(fit.cov[2], 0.0))
+    measured = sd_b <= MEASURED_FADE_SIGMA_SHARE * prior_fade_sigma
+    days = 0.0 if use_since is None else use_since.days_observed
+    observed = days >= MIN_OBSERVED_USE_SHARE * (evidence_age_days - 1.0)
+    if not measured:
+        why = "fade rate not measured (prior)"
+    elif use_since is None or not math.isfinite(use_since.stress_ratio):
+        why = "use since unknown"
+    elif not observed:
+        why = f"use since observed on {days:.0f} of {evidence_age_days:.0f} days"
+    else:
         t_e = age_years - evidence_age_days / DAYS_PER_YEAR
+        _, lo_e, _ = (float(v) for v in fit.interval(t_e))
+        # Fade measured up to the estimate, at least (one-sided 95 % on the fade rate),
+        # and the fresh capacity, at most, that a fraction of fade is taken from.
+        q = t_quantile_95(fit.dof)
+        fade_before = max(-(fit.b + q * sd_b), 0.0) * max(t_e, 0.0) ** fit.exponent
+        fresh = fit.a + q * math.sqrt(max(fit.cov[0], 0.0))
+        since = fade_since_bound_frac(
+            use_since.calendar_stress, use_since.cycle_stress, fade_before / fresh, chemistry
+        )
+        now_lo = lo_e - fresh * since
+        minimum = max(th.min_soh_pct for th, _, _ in in_cover)
+        rho = max(use_since.stress_ratio, 1.0)
         bounded = _judge(policy, fit, in_cover, flags, age_years, lambda t: t_e + rho * (t - t_e))
-        if bounded.status == "ok":
+        use = (
+            f"use since {use_since.stress_ratio:.2f} x as ageing as before, "
+            f"soh_pct now >= {now_lo:.1f} at the lab-cell ageing laws' worst"
+        )
+        if now_lo >= minimum and bounded.status == "ok":
             return dataclasses.replace(
                 bounded,
-                reason=(
-                    f"{stale}, use since {stress_ratio:.2f} x as ageing as before: trend at "
-                    f"{rho:.2f} x the time since: {bounded.reason}"
-                ),
+                reason=f"{stale}; {use}; trend at {rho:.2f} x the time since: {bounded.reason}",
             )
-        why = f"at {rho:.2f} x the time since (use {stress_ratio:.2f} x as ageing)"
-    elif not measured:
-        why = "fade rate not measured (prior)"
-    else:
-        why = "use since unknown"
+        why = f"{use} (>= {minimum:g} needed); trend at {rho:.2f} x the time since: " + (
+            bounded.reason
+        )
     return dataclasses.replace(
         best,
         status="insufficient_data",

@@ -10,7 +10,12 @@ import pytest
 from numpy.testing import assert_allclose
 
 import bms
-from bms._warranty import daily_ageing_stress, usage_stress_ratio
+from bms._warranty import (
+    UseSinceEstimate,
+    daily_ageing_stress,
+    fade_since_bound_frac,
+    usage_stress_ratio,
+)
 
 
 def _fit(a: float, b: float, sigma: float = 0.3) -> bms.PowerFit:
@@ -168,9 +173,41 @@ def test_usage_stress_ratio_compares_mean_daily_stress() -> None:
     assert usage_stress_ratio((0.0, 0.0), 0, (5.0, 0.1), 50) == math.inf
 
 
+def test_fade_since_bound_is_the_closed_form_and_the_worst_split() -> None:
+    """From new, a period's bound is the closed-form fade; fade already accrued slows it;
+    over every split of that fade between calendar and cycle, none exceeds the bound."""
+    day = daily_ageing_stress(
+        "nmc",
+        band_hours=[24.0],
+        band_temp_c=[25.0],
+        soc_min_pct=30.0,
+        soc_max_pct=80.0,
+        throughput_ah=100.0,
+        rated_capacity_ah=100.0,
+        max_c_rate=0.5,
+    )
+    cal, cyc = 365 * day[0], 365 * day[1]
+    assert_allclose(fade_since_bound_frac(cal, 0.0, 0.0, "nmc"), cal**0.75, rtol=1e-12)
+    assert_allclose(fade_since_bound_frac(0.0, cyc, 0.0, "nmc"), cyc**0.5, rtol=1e-12)
+    bound = fade_since_bound_frac(cal, cyc, 0.05, "nmc")
+    assert bound < fade_since_bound_frac(cal, cyc, 0.0, "nmc")
+    for share in np.linspace(0.0, 1.0, 11):
+        x_cal, x_cyc = 0.05 * share, 0.05 * (1 - share)
+        split = (x_cal ** (4 / 3) + cal) ** 0.75 - x_cal + (x_cyc**2 + cyc) ** 0.5 - x_cyc
+        assert split <= bound + 1e-12
+
+
+def _use(days: float, ratio: float, calendar: float = 0.014) -> UseSinceEstimate:
+    return UseSinceEstimate(
+        days_observed=days, stress_ratio=ratio, calendar_stress=calendar, cycle_stress=0.0
+    )
+
+
 def test_stale_trend_says_ok_only_when_the_use_since_bounds_the_ageing() -> None:
-    """Evidence 400 days old: a measured trend read at the stress-equivalent age may say
-    ok; harder use since, an unmeasured (prior) fade rate or unknown use may not."""
+    """Evidence 400 days old: a measured trend may say ok when the SoH today stays above
+    the threshold after the worst lab-cell fade of the use since, and the trend read at
+    the stress-equivalent age says ok; not with harder use, an unmeasured (prior) fade
+    rate, or unknown or unobserved use."""
     policy = bms.load_warranty_policy("un-gtr22")
     healthy = _fit(100.0, -4.0)  # 100 - 4 t^0.75: 87 at 5 y, 81 at 8 y
     common = {
@@ -180,18 +217,32 @@ def test_stale_trend_says_ok_only_when_the_use_since_bounds_the_ageing() -> None
         "evidence_age_days": 400,
         "max_evidence_age_days": 180,
         "prior_fade_sigma": 4.0,
+        "chemistry": "nmc",
     }
-    v = bms.warranty_verdict(policy, healthy, stress_ratio=0.8, **common)
+    # 0.014: 400 days at 80 % SoC and 25 degC (Schmalstieg): <= 4.1 points since.
+    v = bms.warranty_verdict(policy, healthy, use_since=_use(398, 0.8), **common)
     assert v.status == "ok"
-    assert v.reason.startswith("newest capacity estimate 400 days old (limit 180), use since")
+    assert v.reason.startswith(
+        "newest capacity estimate 400 days old (limit 180); use since 0.80 x as ageing"
+    )
+    now_lo = float(v.reason.split("soh_pct now >= ")[1].split(" ")[0])
+    assert 89.0 < now_lo < 93.0
+    # Stress enough for the lab-cell laws to allow 80 % today: no ok.
+    v = bms.warranty_verdict(policy, healthy, use_since=_use(398, 0.8, 0.2), **common)
+    assert v.status == "insufficient_data"
+    assert "(>= 80 needed)" in v.reason
     # Three times as hard since the estimate: the trend at the stress-equivalent age
     # falls below 80 % before 5 y.
-    v = bms.warranty_verdict(policy, healthy, stress_ratio=3.0, **common)
+    v = bms.warranty_verdict(policy, healthy, use_since=_use(398, 3.0), **common)
     assert v.status == "insufficient_data"
-    assert "at 3.00 x the time since" in v.reason
+    assert "trend at 3.00 x the time since: projected soh_pct" in v.reason
     v = bms.warranty_verdict(policy, healthy, **common)
     assert v.status == "insufficient_data"
     assert "use since unknown" in v.reason
+    # A vehicle silent for most of the time since: its temperatures are unknown.
+    v = bms.warranty_verdict(policy, healthy, use_since=_use(120, 0.8), **common)
+    assert v.status == "insufficient_data"
+    assert "use since observed on 120 of 400 days" in v.reason
     # A fade rate from a few estimates of the first days is the prior's.
     t = np.array([0.002, 0.004, 0.006])
     early = bms.fit_power_trend(
@@ -203,7 +254,7 @@ def test_stale_trend_says_ok_only_when_the_use_since_bounds_the_ageing() -> None
         prior_sigma=(5, 4),
         b_sign=-1,
     )
-    v = bms.warranty_verdict(policy, early, stress_ratio=0.5, **common)
+    v = bms.warranty_verdict(policy, early, use_since=_use(398, 0.5), **common)
     assert v.status == "insufficient_data"
     assert "fade rate not measured (prior)" in v.reason
 
@@ -212,7 +263,8 @@ def test_stale_trend_never_says_ok_below_the_threshold() -> None:
     """Whatever the use since, a trend that is below a threshold now (at the
     stress-equivalent age, which is never younger than the age) is not ok."""
     policy = bms.load_warranty_policy("un-gtr22")
-    for b in (-6.0, -9.0, -12.0):
+    statuses = set()
+    for b in (-3.0, -6.0, -9.0, -12.0):
         fit = _fit(100.0, b)
         for ratio in (0.0, 0.5, 1.0, 2.0):
             v = bms.warranty_verdict(
@@ -223,11 +275,13 @@ def test_stale_trend_never_says_ok_below_the_threshold() -> None:
                 km_per_day=40,
                 evidence_age_days=500,
                 max_evidence_age_days=180,
-                stress_ratio=ratio,
+                use_since=_use(499, ratio, 0.0),
                 prior_fade_sigma=4.0,
             )
             below = float(fit.predict(3.5)[0]) < 80.0
             assert not (below and v.status == "ok"), (b, ratio, v)
+            statuses.add((below, v.status))
+    assert (False, "ok") in statuses  # the bound does say ok for a healthy trend
 
 
 def test_gtr22_first_threshold_binds_early() -> None:
