@@ -137,6 +137,7 @@ FEATURES_SCHEMA = pa.schema(
         *[pa.field(CELL_INDEX[f.name], pa.int16()) for f in CELL_FEATURES],
         *[pa.field(CELL_EVIDENCE[f.name][0], pa.float64()) for f in CELL_FEATURES],
         pa.field("rest_dev_soc_pct", pa.float64()),
+        pa.field("rest_dev_soc_change_pct", pa.float64()),
         pa.field("resistance_steps", pa.float64()),
         pa.field("temp_c_max", pa.float64()),
         pa.field("invalid_sensor", pa.int16()),
@@ -146,7 +147,7 @@ FEATURES_SCHEMA = pa.schema(
     ],
     metadata={
         b"fleetbms.table": b"anomaly_features",
-        b"fleetbms.version": b"3",
+        b"fleetbms.version": b"4",
     },
 )
 
@@ -645,7 +646,8 @@ def cell_swing(
 ) -> pa.Table:
     """Per (vin, cell): the SoC swing (``swing_from_sums``) over the recent half of the
     trailing ``window_days`` (``swing_pct``) and over the older half (``swing_early_pct``),
-    and the cell's SoC offset from its pack over the recent half (``soc_offset_pct``).
+    and the cell's SoC offset from its pack over each half (``soc_offset_pct``,
+    ``soc_offset_early_pct``).
 
     ``vehicles_of[d]``: the vehicles (vin, chemistry, capacity_ah) to fit on date ``d``;
     a cell needs ``min_days`` days with readings at rest in a half.
@@ -678,7 +680,7 @@ def cell_swing(
     split = window_days - window_days // 2
     halves = (sorted(days)[:split], sorted(days)[split:])
     fits = []
-    offsets: dict[tuple[str, int], float] = {}
+    offsets = []
     for half_days in halves:
         half = [p for d, p in zip(sorted(days), parts, strict=True) if d in half_days]
         table = pa.concat_tables(half)
@@ -691,8 +693,7 @@ def cell_swing(
         cells_half = _col(fit, "cell").astype(np.int64).tolist()
         keys_half = list(zip(_strs(fit, "vin"), cells_half, strict=True))
         fits.append(dict(zip(keys_half, _col(fit, "swing_pct").tolist(), strict=True)))
-        # the recent half comes last: its offsets are the ones kept
-        offsets = dict(zip(keys_half, _col(fit, "soc_offset_pct").tolist(), strict=True))
+        offsets.append(dict(zip(keys_half, _col(fit, "soc_offset_pct").tolist(), strict=True)))
     early, recent = fits
     keys = sorted(set(early) | set(recent))
     return pa.table(
@@ -701,7 +702,10 @@ def cell_swing(
             "cell": pa.array([k[1] for k in keys], pa.int16()),
             "swing_pct": pa.array([recent.get(k, math.nan) for k in keys], pa.float64()),
             "swing_early_pct": pa.array([early.get(k, math.nan) for k in keys], pa.float64()),
-            "soc_offset_pct": pa.array([offsets.get(k, math.nan) for k in keys], pa.float64()),
+            "soc_offset_pct": pa.array([offsets[1].get(k, math.nan) for k in keys], pa.float64()),
+            "soc_offset_early_pct": pa.array(
+                [offsets[0].get(k, math.nan) for k in keys], pa.float64()
+            ),
         }
     )
 
@@ -868,9 +872,13 @@ def assemble_features(
         return val
 
     # Context for the rules: the rest-deviation cell's imbalance in SoC (a mV deviation
-    # means little where the OCV curve is steep), and the current steps behind the
+    # means little where the OCV curve is steep) and the trend cell's change of it from
+    # the older to the recent half of the window, and the current steps behind the
     # resistance cell's value.
     out["rest_dev_soc_pct"] = at_cell(swing_grid("soc_offset_pct"), "rest_dev_z")
+    out["rest_dev_soc_change_pct"] = at_cell(
+        swing_grid("soc_offset_pct") - swing_grid("soc_offset_early_pct"), "rest_dev_trend_z"
+    )
     out["resistance_steps"] = at_cell(grid("resistance_steps"), "resistance_z")
 
     # Spread growth: (max - min) of the recent rest deviation minus that of the early part.

@@ -23,20 +23,43 @@ def _hits(rows: list[dict[str, object]]) -> list[tuple[object, ...]]:
 
 
 def test_spread_needs_a_real_soc_imbalance_not_a_steep_curve() -> None:
-    """40 mV at rest is 4 % of SoC on the NMC curve, but 1 % at the top of the LFP curve
-    (37 mV/%): a full LFP pack with a normal imbalance is not near the spread limit."""
+    """55 mV at rest is 5-6 % of SoC on the NMC curve, but 1.5 % at the top of the LFP
+    curve (37 mV/%): a full LFP pack with a normal imbalance is not near the spread
+    limit."""
     rows = [
-        _row("A", "nmc", rest_dev_rel_mv=-45.0, rest_dev_cell=3, rest_dev_soc_pct=-4.5),
-        _row("B", "lfp", rest_dev_rel_mv=40.1, rest_dev_cell=4, rest_dev_soc_pct=1.1),
+        _row("A", "nmc", rest_dev_rel_mv=-55.0, rest_dev_cell=3, rest_dev_soc_pct=-5.5),
+        _row("B", "lfp", rest_dev_rel_mv=55.0, rest_dev_cell=4, rest_dev_soc_pct=1.5),
         _row("C", "lfp", rest_dev_rel_mv=95.0, rest_dev_cell=4, rest_dev_soc_pct=2.6),
         # no readings at rest on the OCV curve: the mV share alone decides
-        _row("D", "lfp", rest_dev_rel_mv=41.0, rest_dev_cell=9, rest_dev_soc_pct=None),
-        _row("E", "nmc", rest_dev_rel_mv=30.0, rest_dev_cell=1, rest_dev_soc_pct=3.2),
+        _row("D", "lfp", rest_dev_rel_mv=51.0, rest_dev_cell=9, rest_dev_soc_pct=None),
+        _row("E", "nmc", rest_dev_rel_mv=45.0, rest_dev_cell=1, rest_dev_soc_pct=4.5),
     ]
     assert _hits(rows) == [
-        ("A", "cell_spread", 3, "warning", 40.0),
-        ("C", "cell_spread", 4, "critical", 40.0),
-        ("D", "cell_spread", 9, "warning", 40.0),
+        ("A", "cell_spread", 3, "warning", 50.0),
+        ("C", "cell_spread", 4, "critical", 50.0),
+        ("D", "cell_spread", 9, "warning", 50.0),
+    ]
+
+
+def test_deviation_growth_needs_the_soc_offset_to_grow_too() -> None:
+    """A fixed 3.5 % imbalance read at rest SoCs of 76-88 % swings between ~15 and ~35 mV
+    on the NMC curve: a trend in mV alone is not a cell drifting away."""
+    common = {
+        "rest_dev_rel_mv": -30.0,
+        "rest_dev_cell": 6,
+        "rest_dev_trend_rel_mv_per_day": -2.5,
+        "rest_dev_trend_cell": 6,
+        "rest_dev_trend_z": 6.0,
+    }
+    rows = [
+        _row("A", "nmc", rest_dev_soc_change_pct=-2.0, **common),  # drained 2 % in a week
+        _row("B", "nmc", rest_dev_soc_change_pct=-0.2, **common),  # same imbalance
+        _row("C", "nmc", rest_dev_soc_change_pct=1.0, **common),  # moving back
+        _row("D", "nmc", rest_dev_soc_change_pct=None, **common),  # unknown: mV decides
+    ]
+    assert [(h[0], h[1], h[2]) for h in _hits(rows)] == [
+        ("A", "deviation_growth", 6),
+        ("D", "deviation_growth", 6),
     ]
 
 
