@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from datetime import date, timedelta
 from pathlib import Path
@@ -128,6 +129,13 @@ def test_vehicle_soh_and_warranty_rows_for_every_vehicle(lake: Path) -> None:
     war = bms.read_metrics(lake, "warranty", [last])
     assert set(war["status"].to_pylist()) == {"ok"}
     assert set(war["policy_id"].to_pylist()) == {"oem-8y-160k-70"}
+    # The use since the newest estimate, for a verdict on stale evidence: every day has
+    # estimates, and the day of an estimate counts after it, so one day of use.
+    for row in war.to_pylist():
+        since = json.loads(row["evidence"])["use_since_estimate"]
+        assert since["days_observed"] == 1.0, row["vin"]
+        assert since["calendar_stress"] > 0.0
+        assert 0.2 < since["stress_ratio"] < 5.0  # the same use every day
 
 
 def test_rerun_gives_byte_identical_files(lake: Path, tmp_path: Path) -> None:
