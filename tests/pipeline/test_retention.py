@@ -9,6 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 import bms
+from pipeline._retention import rewrite_parquet
 from tests.pipeline.nightly_data import VINS, day_table, fleetbms, snapshot, write_flushes
 from tests.pipeline.test_nightly import RUN_DAY
 
@@ -77,3 +78,31 @@ def test_retention_with_purge_before_archive_fails_the_run(tmp_path: Path):
         "Error: stage retention failed: retention: need 0 <= archive_after_days < "
         "purge_after_days, got 30 and 20\n"
     )
+
+
+def test_rewrite_keeps_the_delta_encodings_of_a_compacted_file(tmp_path: Path):
+    """Archiving (and erasure) rewrite a file at another zstd level: the delta-encoded
+    columns of a compacted file stay delta-encoded, the others keep their dictionary."""
+    table = pa.table(
+        {
+            "vin": pa.array(["A"] * 4 + ["B"] * 4),
+            "seq": pa.array(range(8), pa.int64()),
+            "cell_mv": pa.array([[3700 + k, 3701 + k] for k in range(8)], pa.list_(pa.int16())),
+        }
+    )
+    src, dst = tmp_path / "src.parquet", tmp_path / "dst.parquet"
+    encoding = {"seq": "DELTA_BINARY_PACKED", "cell_mv": "DELTA_BINARY_PACKED"}
+    with bms.atomic_parquet_writer(src, table.schema, column_encoding=encoding) as w:
+        w.write_table(table, row_group_size=4)
+    assert rewrite_parquet(src, dst, zstd_level=9) == 8
+    assert pq.read_table(dst).equals(table)
+    meta = pq.ParquetFile(dst).metadata
+    assert meta.num_row_groups == 2
+    for g in range(2):
+        chunks = {
+            meta.row_group(g).column(i).path_in_schema: meta.row_group(g).column(i)
+            for i in range(3)
+        }
+        assert "DELTA_BINARY_PACKED" in chunks["seq"].encodings
+        assert "DELTA_BINARY_PACKED" in chunks["cell_mv.list.element"].encodings
+        assert "RLE_DICTIONARY" in chunks["vin"].encodings
