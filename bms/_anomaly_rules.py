@@ -16,21 +16,24 @@ and a severity. Thresholds are data (``RuleLimits``), with their sources:
   SoC offset from the pack growing too, by 0.5 % from the older to the recent week: at
   rest SoCs that change from day to day, the mV deviation of a fixed imbalance swings
   with the OCV slope (NMC: 9.6 mV/% at 80 %, 4.4 at 90 %, science.md 1) and fakes a
-  trend (seen on a healthy simulated car resting at 76-88 %); the simulator's slowest
-  soft short drains 0.6 % a day (science.md 3), ~8 times faster.
+  trend (seen on a healthy simulated car resting at 76-88 %); a soft short drains
+  ~1.5 % a day (100 Ohm on a 60 Ah cell, science.md 3; the simulator draws 0.6-1.5 %),
+  8-20 times faster.
 - ``cell_spread``: a cell's rest deviation beyond half the contract's 100 mV spread
   limit (telemetry.md), before the live alert would fire, when the deviation is
   also a real imbalance of the cell's state of charge: near full, the LFP curve rises
-  ~37 mV per % SoC (science.md 1), so the 1 % imbalance a healthy pack carries shows as
-  40 mV there (a healthy LFP car parked at 96-99 % was flagged for 108 days on a
-  simulated fleet); 2.5 % is ten times the manufacturing capacity spread (science.md 3)
-  and 24-40 mV on the NMC curve, so NMC packs are judged by the mV share as before.
+  ~37 mV per % SoC (science.md 1), so an imbalance of about 1 % shows as 40 mV there
+  (a healthy simulated LFP car parked at 96-99 %, its cell 1.1 % off, was flagged for
+  108 days); 2.5 % is ten times the manufacturing capacity spread (science.md 3), and a
+  50 mV deviation is at least 2.5 % wherever the curve rises at most 20 mV per % (NMC
+  above ~15 % SoC), so there the mV share decides as before.
 - ``cell_resistance``: a cell's DC resistance (voltage step over current step) this far
   above its pack's median cell; manufacturing spread is 0.5-4 % (sigma, Wildfeuer &
   Lienkamp, science.md 3), so +30 % is beyond any healthy pack. A value from a single
-  current step needs twice that: cell voltages come in 1 mV steps, so on a 14 mV step
-  one reading off by 5 mV is already +36 % (seen on a healthy simulated car whose only
-  step in a month set its median for a week).
+  current step needs twice that: it rests on two readings of each cell (1 mV
+  resolution, a few mV of noise), and on a 14 mV step 5 mV of error is already +36 %
+  (seen on a healthy simulated car whose only step in a month set its median for a
+  week).
 - ``cell_capacity``: a cell swinging wider in SoC than its pack (its SoC offset from the
   pack growing with the pack's SoC, ``bms._features.swing_from_sums``): the slope is
   about the cell's capacity deficit. Manufacturing spread is 0.2-0.3 % (sigma,

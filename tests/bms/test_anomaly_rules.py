@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from bms._anomaly_rules import RuleLimits, evaluate_rules
-from bms._features import FEATURES_SCHEMA
+from bms import ANOMALY_FEATURES_SCHEMA as FEATURES_SCHEMA
+from bms import RuleLimits
+from bms._anomaly_rules import evaluate_rules  # the rules' pure core: not a public API
 
 
 def _row(vin: str, chemistry: str, **values: object) -> dict[str, object]:

@@ -14,7 +14,7 @@ import pytest
 import bms
 import sim
 from bms._anomaly_rules import RuleLimits, evaluate_rules
-from bms._features import FEATURES_SCHEMA, cell_swing, swing_from_sums
+from bms._features import FEATURES_SCHEMA, cell_swing, swing_day, swing_from_sums
 
 FLEET = "swing"
 START = date(2026, 3, 2)
@@ -102,6 +102,46 @@ def _swing(lake: Path, day: date, cache: dict[tuple[str, date], pa.Table] | None
         default_capacity_ah=100.0,
         cache=cache,
     )
+
+
+def test_soc_offsets_come_from_their_own_half_of_the_window(lake: Path) -> None:
+    """``soc_offset_pct`` is the last 7 days' weighted mean offset, ``soc_offset_early_pct``
+    the 7 days before (the deviation_growth rule reads their difference as a drift)."""
+    reg = pq.read_table(lake / "registry" / "vehicles.parquet")
+    vehicles = reg.select(["vin", "chemistry", "capacity_ah"])
+    last = START + timedelta(days=DAYS - 1)
+
+    def offsets(first: date) -> dict[tuple[str, int], float]:
+        days = [
+            swing_day(
+                lake,
+                first + timedelta(days=k),
+                FLEET,
+                vehicles,
+                rest_c_rate=0.02,
+                default_capacity_ah=100.0,
+            )
+            for k in range(7)
+        ]
+        sums = (
+            pa.concat_tables(days)
+            .group_by(["vin", "cell"], use_threads=False)
+            .aggregate([(c, "sum") for c in ("n", "w", "wx", "wxx", "wy", "wxy")])
+        )
+        sums = sums.rename_columns([c.removesuffix("_sum") for c in sums.column_names])
+        fit = swing_from_sums(sums, min_soc_sd_pct=0.2).to_pylist()
+        return {(r["vin"], r["cell"]): r["soc_offset_pct"] for r in fit}
+
+    recent, early = offsets(last - timedelta(days=6)), offsets(last - timedelta(days=13))
+    rows = _swing(lake, last, None).to_pylist()
+    assert len(rows) == len(recent) == 28
+    for r in rows:
+        assert r["soc_offset_pct"] == pytest.approx(recent[(r["vin"], r["cell"])])
+        assert r["soc_offset_early_pct"] == pytest.approx(early[(r["vin"], r["cell"])])
+    # the fading cell drifts from its pack between the two weeks; its offset is not flat
+    faulty = min(r["vin"] for r in rows)
+    fade = next(r for r in rows if (r["vin"], r["cell"]) == (faulty, 7))
+    assert fade["soc_offset_pct"] != pytest.approx(fade["soc_offset_early_pct"], abs=0.05)
 
 
 def test_fast_fading_cell_swings_wider_than_its_neighbours(lake: Path) -> None:
