@@ -2230,7 +2230,7 @@ def _trend_and_warranty(
                 "dc_fast_share": usage.dc_fast_share,
                 "deep_discharges": usage.deep_discharges,
                 "usage_flags": list(verdict.usage_flags),
-                "evidence": json.dumps(evidence, sort_keys=True, default=_json_default),
+                "evidence": json.dumps(_finite_or_none(evidence), sort_keys=True, allow_nan=False),
                 "model_version": ANALYTICS_MODEL_VERSION,
             }
         )
@@ -2258,10 +2258,16 @@ def _fleet_prior(ab: np.ndarray, exponent: float, systematic_sigma: float) -> Po
     )
 
 
-def _json_default(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    raise TypeError(f"not JSON serialisable: {value!r}")
+def _finite_or_none(value: Any) -> Any:
+    """``value`` with every non-finite float (an infinite stress ratio, a NaN SoH)
+    replaced by None: JSON has no Infinity or NaN."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite_or_none(v) for v in value]
+    return value
 
 
 def read_metrics(lake_root: Path, table: str, days: Iterable[date] | None = None) -> pa.Table:
