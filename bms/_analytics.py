@@ -910,7 +910,15 @@ class _FleetSession:
         self.params = params
         self.partition_days = partition_days
         self.registry = read_registry(lake_root, fleet)
-        self.reg = {r["vin"]: r for r in self.registry.to_pylist()}
+        # capacity_ah is nullable: the default, as readings.sql takes for the C-rates
+        default_ah = params.default_capacity_ah
+        self.reg = {
+            r["vin"]: {
+                **r,
+                "capacity_ah": default_ah if r["capacity_ah"] is None else r["capacity_ah"],
+            }
+            for r in self.registry.to_pylist()
+        }
         self.policies = _PolicyCache(params)
         self.run_hash = params.run_hash()
         self.con = _connect(params)

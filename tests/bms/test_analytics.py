@@ -310,3 +310,23 @@ def test_over_temperature_events_need_the_pack_not_one_sensor(tmp_path: Path) ->
     events = dict(zip(vd["vin"].to_pylist(), vd["over_temp_events"].to_pylist(), strict=True))
     assert events == {hot.vin: 2, faulty.vin: 0}
     assert max(vd["temp_c_max"].to_pylist()) == 75.0  # the reading itself is kept
+
+
+def test_registry_row_without_capacity_takes_the_default_capacity(tmp_path: Path) -> None:
+    """capacity_ah is nullable in the registry: the run goes on with
+    analytics.default_capacity_ah (as readings.sql does), ageing stress included."""
+    root = tmp_path / "lake"
+    write_fleet(root, [NMC], START, 2, cadence_s=300)
+    from tests.bms.test_analytics_synth import write_registry
+
+    write_registry(root, [NMC])
+    path = root / "registry" / "vehicles.parquet"
+    reg = pq.read_table(path)
+    i = reg.schema.get_field_index("capacity_ah")
+    pq.write_table(reg.set_column(i, "capacity_ah", pa.nulls(1, pa.float64())), path)
+    bms.run_pending(root)
+    war = bms.read_metrics(root, "warranty")
+    assert war.num_rows == 2
+    for row in war.to_pylist():
+        since = json.loads(row["evidence"])["use_since_estimate"]
+        assert since is None or since["calendar_stress"] > 0.0
