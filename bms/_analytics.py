@@ -2167,6 +2167,7 @@ def _trend_and_warranty(
             )
             days_since = c["stress_days_total"] - c["stress_days_at_estimate"]
             use_since = UseSinceEstimate(
+                chemistry=chem,
                 days_observed=float(days_since),
                 stress_ratio=usage_stress_ratio(
                     (c["stress_cal_at_estimate"], c["stress_cyc_at_estimate"]),
@@ -2187,7 +2188,6 @@ def _trend_and_warranty(
             evidence_age_days=evidence_days,
             max_evidence_age_days=params.max_evidence_age_days,
             use_since=use_since,
-            chemistry=chem,
             prior_fade_sigma=SOH_PRIOR_SIGMA[1],
         )
         th = verdict.threshold

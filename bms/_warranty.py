@@ -100,16 +100,26 @@ class UsageTotals:
 class UseSinceEstimate:
     """A vehicle's observed use between its newest capacity estimate and the day judged.
 
-    ``days_observed`` days with telemetry [days]; ``stress_ratio`` the
-    ``usage_stress_ratio`` against the use before the estimate [-]; ``calendar_stress``
-    and ``cycle_stress`` the summed ``daily_ageing_stress`` of those days
-    [(relative fade)^(1/p)].
+    ``chemistry`` the key of ``FADE_EXPONENT`` the stresses were computed for (their
+    units depend on it); ``days_observed`` days with telemetry [days]; ``stress_ratio``
+    the ``usage_stress_ratio`` against the use before the estimate [-];
+    ``calendar_stress`` and ``cycle_stress`` the summed ``daily_ageing_stress`` of those
+    days [(relative fade)^(1/p)].
+
+    Raises
+    ------
+    ValueError
+        Unknown chemistry (the message names the valid ones).
     """
 
+    chemistry: str
     days_observed: float
     stress_ratio: float
     calendar_stress: float
     cycle_stress: float
+
+    def __post_init__(self) -> None:
+        _calendar_exponent(self.chemistry)
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,6 +297,15 @@ MEASURED_FADE_SIGMA_SHARE = 0.5
 MIN_OBSERVED_USE_SHARE = 0.9
 
 
+def _calendar_exponent(chemistry: str) -> float:
+    """``FADE_EXPONENT[chemistry]``; an unknown key raises ValueError naming the valid ones."""
+    try:
+        return FADE_EXPONENT[chemistry]
+    except KeyError:
+        valid = ", ".join(sorted(FADE_EXPONENT))
+        raise ValueError(f"unknown chemistry {chemistry!r}; valid: {valid}") from None
+
+
 def daily_ageing_stress(
     chemistry: str,
     *,
@@ -340,6 +359,7 @@ def daily_ageing_stress(
     of the day's SoC range lies further from 3.667 V (the model's minimum); Naumann 2020
     :math:`\sqrt{FEC}` (science.md section 2, ``bms._ageing``).
     """
+    p_cal = _calendar_exponent(chemistry)
     hours = np.asarray(band_hours, dtype=np.float64)
     temp_c = np.asarray(band_temp_c, dtype=np.float64)
     share = hours / 24.0
@@ -349,15 +369,13 @@ def daily_ageing_stress(
     throughput = max(throughput_ah, 0.0)
     if chemistry == "lfp":
         k_cal, _ = naumann_calendar_rates(np.full(temp_c.shape, z_max), temp_c)
-        calendar = float(np.sum(share * k_cal ** (1.0 / FADE_EXPONENT["lfp"])))
+        calendar = float(np.sum(share * k_cal ** (1.0 / p_cal)))
         k_cyc, _ = naumann_cycle_rates(max(max_c_rate, 0.0), dod)
         return calendar, float(k_cyc) ** 2 * throughput / (2.0 * rated_capacity_ah)
-    if chemistry != "nmc":
-        raise ValueError(f"unknown chemistry {chemistry!r}; valid: lfp, nmc")
     v_hi = float(ocv_v_from_soc_pct(100.0 * z_max, "nmc"))
     v_lo = float(ocv_v_from_soc_pct(100.0 * z_min, "nmc"))
     a_cap, _ = schmalstieg_calendar_rates(np.full(temp_c.shape, v_hi), temp_c)
-    calendar = float(np.sum(share * a_cap ** (1.0 / FADE_EXPONENT["nmc"])))
+    calendar = float(np.sum(share * a_cap ** (1.0 / p_cal)))
     v_rms = max(v_hi, v_lo, key=lambda v: abs(v - 3.667))
     b_cap, _ = schmalstieg_cycle_rates(v_rms, dod)
     q_ref_ah = throughput * SCHMALSTIEG_CELL_AH / rated_capacity_ah
@@ -427,7 +445,7 @@ def fade_since_bound_frac(
     in it, so over every split of the fade before between calendar and cycle the largest
     total increment lies at one end: all of it calendar, or all of it cycle.
     """
-    p_cal = FADE_EXPONENT[chemistry]
+    p_cal = _calendar_exponent(chemistry)
     x0 = max(fade_before_frac, 0.0)
 
     def step(x: float, stress: float, p: float) -> float:
@@ -494,7 +512,6 @@ def warranty_verdict(
     evidence_age_days: float = 0.0,
     max_evidence_age_days: float = math.inf,
     use_since: UseSinceEstimate | None = None,
-    chemistry: str = "nmc",
     prior_fade_sigma: float = math.inf,
 ) -> WarrantyVerdict:
     """A vehicle's warranty status under ``policy``.
@@ -519,9 +536,7 @@ def warranty_verdict(
         an extrapolation, not a measurement (``claim_eligible`` stands: capacity only
         fades). [days]
     use_since : UseSinceEstimate, optional
-        The use observed since the newest estimate; None = unknown.
-    chemistry : str
-        ``'nmc'`` or ``'lfp'``, for ``fade_since_bound_frac``.
+        The use observed since the newest estimate (with its chemistry); None = unknown.
     prior_fade_sigma : float
         Prior sigma of the fit's fade coefficient (``MEASURED_FADE_SIGMA_SHARE``).
         [% per year**exponent]
@@ -620,7 +635,10 @@ def warranty_verdict(
         fade_before = max(-(fit.b + q * sd_b), 0.0) * max(t_e, 0.0) ** fit.exponent
         fresh = fit.a + q * math.sqrt(max(fit.cov[0], 0.0))
         since = fade_since_bound_frac(
-            use_since.calendar_stress, use_since.cycle_stress, fade_before / fresh, chemistry
+            use_since.calendar_stress,
+            use_since.cycle_stress,
+            fade_before / fresh,
+            use_since.chemistry,
         )
         now_lo = lo_e - fresh * since
         minimum = max(th.min_soh_pct for th, _, _ in in_cover)

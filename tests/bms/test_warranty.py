@@ -11,7 +11,6 @@ from numpy.testing import assert_allclose
 
 import bms
 from bms._warranty import (
-    UseSinceEstimate,
     daily_ageing_stress,
     fade_since_bound_frac,
     usage_stress_ratio,
@@ -197,10 +196,24 @@ def test_fade_since_bound_is_the_closed_form_and_the_worst_split() -> None:
         assert split <= bound + 1e-12
 
 
-def _use(days: float, ratio: float, calendar: float = 0.014) -> UseSinceEstimate:
-    return UseSinceEstimate(
-        days_observed=days, stress_ratio=ratio, calendar_stress=calendar, cycle_stress=0.0
+def _use(
+    days: float, ratio: float, calendar: float = 0.014, chemistry: str = "nmc"
+) -> bms.UseSinceEstimate:
+    return bms.UseSinceEstimate(
+        chemistry=chemistry,
+        days_observed=days,
+        stress_ratio=ratio,
+        calendar_stress=calendar,
+        cycle_stress=0.0,
     )
+
+
+def test_use_since_estimate_names_the_valid_chemistries() -> None:
+    """The stresses' units depend on the chemistry: it travels with them, no default."""
+    with pytest.raises(ValueError, match="unknown chemistry 'LFP'; valid: lfp, nmc"):
+        _use(10, 1.0, chemistry="LFP")
+    with pytest.raises(ValueError, match="unknown chemistry 'nca'; valid: lfp, nmc"):
+        fade_since_bound_frac(0.1, 0.0, 0.0, "nca")
 
 
 def test_stale_trend_says_ok_only_when_the_use_since_bounds_the_ageing() -> None:
@@ -217,7 +230,6 @@ def test_stale_trend_says_ok_only_when_the_use_since_bounds_the_ageing() -> None
         "evidence_age_days": 400,
         "max_evidence_age_days": 180,
         "prior_fade_sigma": 4.0,
-        "chemistry": "nmc",
     }
     # 0.014: 400 days at 80 % SoC and 25 degC (Schmalstieg): <= 4.1 points since.
     v = bms.warranty_verdict(policy, healthy, use_since=_use(398, 0.8), **common)
