@@ -876,6 +876,9 @@ def newly_flagged(lake_root: Path, day: date, fleet: str) -> list[str]:
     A vehicle is newly flagged when an anomaly of it has status ``new`` on the date, or
     its warranty status became ``at_risk`` or ``claim_eligible`` on the date (it was
     different, or unknown, on the latest earlier date with a ``warranty`` partition).
+    A flagged VIN without SoH or warranty rows on the date (not in the registry) has no
+    vehicle report to make: its anomalies are in the fleet report, and one unregistered
+    vehicle must not stop the nightly reports of the others.
     """
     _, anomalies = _anomalies_on(lake_root, fleet, day)
     flagged = {a.vin for a in anomalies if a.status == "new"}
@@ -889,4 +892,7 @@ def newly_flagged(lake_root: Path, day: date, fleet: str) -> list[str]:
     for r in _rows(today):
         if r["status"] in ("at_risk", "claim_eligible") and before.get(r["vin"]) != r["status"]:
             flagged.add(r["vin"])
-    return sorted(flagged)
+    if not flagged:
+        return []
+    soh_day, war_day = _day_tables(lake_root, fleet, day, flagged)
+    return sorted(v for v in flagged if v in soh_day or v in war_day)

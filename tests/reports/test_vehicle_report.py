@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 from pypdf import PdfReader
@@ -113,6 +116,29 @@ def test_render_reports_adds_vehicle_reports_of_newly_flagged_only(
         f"{rd.GAP_VIN}.pdf",
         f"{rd.FLAGGED_VIN}.pdf",
     ]  # no temporaries left
+
+
+def test_a_flagged_vehicle_missing_from_the_registry_does_not_stop_the_reports(
+    lake: Path, tmp_path: Path
+) -> None:
+    """A new anomaly on a VIN without SoH or warranty rows (not registered): the fleet
+    report lists it and the other vehicles get their reports; it gets none."""
+    data = tmp_path / "data"
+    shutil.copytree(lake.parent, data)
+    part = next((data / "lake" / "anomalies" / f"date={rd.DAY}").rglob("*.parquet"))
+    anomalies = pq.read_table(part)
+    stranger = anomalies.slice(0, 1).set_column(
+        0, "vin", pa.array(["MAT612345NEX99999"], anomalies.schema.field("vin").type)
+    )
+    pq.write_table(pa.concat_tables([anomalies, stranger]), part)
+    paths = reports.render_reports(data / "lake", tmp_path / "out", rd.DAY, rd.FLEET, workers=1)
+    assert [p.name for p in paths] == [
+        "fleet-demo.pdf",
+        "fleet-demo.csv",
+        f"{rd.GAP_VIN}.pdf",
+        f"{rd.FLAGGED_VIN}.pdf",
+    ]
+    assert "MAT612345NEX99999" in pdf_text(paths[0])
 
 
 def test_process_pool_gives_the_same_bytes_as_one_process(
