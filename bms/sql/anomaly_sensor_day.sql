@@ -55,10 +55,33 @@ s AS (
         unnest(temp_dc)::BIGINT AS temp_dc
     FROM runs_t
 ),
+-- Reading-to-reading steps of each sensor. A sensor with a value in every reading of its
+-- vehicle (nearly all) takes its previous value from the previous reading's list: one
+-- window over readings instead of one over readings x sensors (~60 % of the job's time
+-- at 14 sensors). A sensor with gaps steps from its previous valid value, as before.
+counts AS (
+    SELECT vin, sensor, count(*) AS n, count(temp_dc) AS n_valid FROM s GROUP BY vin, sensor
+),
+gappy AS (
+    SELECT c.vin, c.sensor
+    FROM counts c JOIN (SELECT vin, count(*) AS n FROM runs_t GROUP BY vin) r USING (vin)
+    WHERE c.n_valid < r.n
+),
+pairs AS (
+    SELECT vin, unnest(range(len(temp_dc)))::SMALLINT AS sensor,
+           unnest(temp_dc)::BIGINT AS cur_dc, unnest(prev_dc)::BIGINT AS prev_dc
+    FROM (SELECT vin, temp_dc,
+                 lag(temp_dc) OVER (PARTITION BY vin ORDER BY ts_ms, seq) AS prev_dc
+          FROM runs_t)
+),
 j AS (
+    SELECT vin, sensor, cur_dc - prev_dc AS step_dc
+    FROM pairs ANTI JOIN gappy USING (vin, sensor)
+    UNION ALL
     SELECT vin, sensor,
            temp_dc - lag(temp_dc) OVER (PARTITION BY vin, sensor ORDER BY ts_ms, seq) AS step_dc
-    FROM s WHERE temp_dc IS NOT NULL
+    FROM s SEMI JOIN gappy USING (vin, sensor)
+    WHERE temp_dc IS NOT NULL
 ),
 rest_pts AS (
     SELECT vin, sensor, run_id,
