@@ -73,7 +73,7 @@ from bms._warranty import (
 )
 
 #: Version of the analytics model; part of every run id and of the warranty evidence.
-ANALYTICS_MODEL_VERSION = "analytics-5"
+ANALYTICS_MODEL_VERSION = "analytics-6"
 #: Metrics tables written per (date, fleet).
 METRICS_TABLES = (
     "vehicle_day",
@@ -432,13 +432,18 @@ CARRY_SCHEMA = pa.schema(
         ("over_temp_events_total", pa.int64()),
         ("deep_discharges_total", pa.int64()),
         ("bms_soh_pct", pa.float64()),
-        # summed daily_ageing_stress (calendar, cycle) and days, since the data began
-        # and up to the newest capacity estimate (the day of an estimate counts after it)
+        # summed daily_ageing_stress (calendar, cycle; upper and lower bound) and days,
+        # since the data began and up to the newest capacity estimate (the day of an
+        # estimate counts after it)
         ("stress_cal_total", pa.float64()),
         ("stress_cyc_total", pa.float64()),
+        ("stress_cal_low_total", pa.float64()),
+        ("stress_cyc_low_total", pa.float64()),
         ("stress_days_total", pa.int64()),
         ("stress_cal_at_estimate", pa.float64()),
         ("stress_cyc_at_estimate", pa.float64()),
+        ("stress_cal_low_at_estimate", pa.float64()),
+        ("stress_cyc_low_at_estimate", pa.float64()),
         ("stress_days_at_estimate", pa.int64()),
     ]
 )
@@ -1616,39 +1621,85 @@ def _update_carry_and_capacity(
     return dict(sorted(new.items())), estimates
 
 
-#: vehicle_day temperature bands with the temperature each is charged at in
-#: daily_ageing_stress: its upper edge (above 45 degC: the day's maximum). [degC]
+#: vehicle_day temperature bands with their (lower, upper) edges, the temperatures
+#: daily_ageing_stress charges them at for its lower and upper bound (NaN: below 0 degC
+#: the day's minimum, above 45 degC the day's maximum). [degC]
 _TEMP_BANDS = (
-    ("hours_temp_below_0c", 0.0),
-    ("hours_temp_0_15c", 15.0),
-    ("hours_temp_15_25c", 25.0),
-    ("hours_temp_25_35c", 35.0),
-    ("hours_temp_35_45c", 45.0),
-    ("hours_temp_above_45c", math.nan),
+    ("hours_temp_below_0c", math.nan, 0.0),
+    ("hours_temp_0_15c", 0.0, 15.0),
+    ("hours_temp_15_25c", 15.0, 25.0),
+    ("hours_temp_25_35c", 25.0, 35.0),
+    ("hours_temp_35_45c", 35.0, 45.0),
+    ("hours_temp_above_45c", 45.0, math.nan),
 )
+#: C-rate of a day whose highest current is missing, for the upper bound: DC fast
+#: charging can exceed 2C (225 kW into a 75 kWh pack is 3C, derived), so 3C. The upper
+#: bound rises with it only for LFP (Naumann 2020); Schmalstieg's has no C-rate. [1/h]
+_WORST_C_RATE = 3.0
 
 
-def _day_stress(vd: Mapping[str, Any], info: Mapping[str, Any]) -> tuple[float, float]:
-    """``daily_ageing_stress`` of a vehicle_day row: each band at its upper edge, the hours
-    without data in the hottest band seen, a missing SoC or C-rate at its worst."""
-    hours = [float(vd[name] or 0.0) for name, _ in _TEMP_BANDS]
-    temps = [
-        t if math.isfinite(t) else max(float(vd["temp_c_max"] or 45.0), 45.0)
-        for _, t in _TEMP_BANDS
+def _day_stress(
+    vd: Mapping[str, Any], info: Mapping[str, Any]
+) -> tuple[float, float, float, float]:
+    """``daily_ageing_stress`` of a vehicle_day row, upper then lower bound (calendar,
+    cycle each). Upper: each band at its upper edge, hours without data in the hottest
+    band seen, a missing SoC or C-rate at its worst; lower: each band at its lower edge
+    (the day's minimum below 0 degC), hours without data at the day's minimum (as a
+    parked car's), a missing SoC at its mildest, C-rate 0."""
+    hours = [float(vd[name] or 0.0) for name, _, _ in _TEMP_BANDS]
+    t_max = vd["temp_c_max"]
+    t_min = vd["temp_c_min"]
+    upper = [
+        hi if math.isfinite(hi) else max(float(t_max if t_max is not None else 45.0), 45.0)
+        for _, _, hi in _TEMP_BANDS
     ]
-    seen = [t for t, h in zip(temps, hours, strict=True) if h > 0]
+    lower = [
+        lo if math.isfinite(lo) else min(float(t_min if t_min is not None else -40.0), 0.0)
+        for _, lo, _ in _TEMP_BANDS
+    ]
+    seen = [t for t, h in zip(upper, hours, strict=True) if h > 0]
+    coldest = min((t for t, h in zip(lower, hours, strict=True) if h > 0), default=-40.0)
     hours.append(max(24.0 - sum(hours), 0.0))
-    temps.append(max(seen) if seen else 45.0)
-    return daily_ageing_stress(
+    upper.append(max(seen) if seen else 45.0)
+    lower.append(max(float(t_min), coldest) if t_min is not None else coldest)
+    rated_ah = float(info["capacity_ah"])
+    throughput_ah = float((vd["ah_charged"] or 0.0) + (vd["ah_discharged"] or 0.0))
+    soc_min, soc_max = vd["soc_min_pct"], vd["soc_max_pct"]
+    c_max = vd["max_c_rate"]
+    hi = daily_ageing_stress(
         info["chemistry"],
         band_hours=hours,
-        band_temp_c=temps,
-        soc_min_pct=float(vd["soc_min_pct"] if vd["soc_min_pct"] is not None else 0.0),
-        soc_max_pct=float(vd["soc_max_pct"] if vd["soc_max_pct"] is not None else 100.0),
-        throughput_ah=float((vd["ah_charged"] or 0.0) + (vd["ah_discharged"] or 0.0)),
-        rated_capacity_ah=float(info["capacity_ah"]),
-        max_c_rate=float(vd["max_c_rate"] if vd["max_c_rate"] is not None else 1.0),
+        band_temp_c=upper,
+        soc_min_pct=float(soc_min if soc_min is not None else 0.0),
+        soc_max_pct=float(soc_max if soc_max is not None else 100.0),
+        throughput_ah=throughput_ah,
+        rated_capacity_ah=rated_ah,
+        c_rate=float(c_max if c_max is not None else _WORST_C_RATE),
+        bound="upper",
     )
+    lo = daily_ageing_stress(
+        info["chemistry"],
+        band_hours=hours,
+        band_temp_c=lower,
+        soc_min_pct=float(soc_min if soc_min is not None else 0.0),
+        soc_max_pct=float(soc_max if soc_max is not None else (soc_min or 0.0)),
+        throughput_ah=throughput_ah,
+        rated_capacity_ah=rated_ah,
+        c_rate=0.0,
+        bound="lower",
+    )
+    return hi[0], hi[1], lo[0], lo[1]
+
+
+#: Carried stress sums: totals and their values at the newest estimate.
+_STRESS_TOTALS = (
+    "stress_cal_total",
+    "stress_cyc_total",
+    "stress_cal_low_total",
+    "stress_cyc_low_total",
+    "stress_days_total",
+)
+_STRESS_AT_ESTIMATE = tuple(n.replace("_total", "_at_estimate") for n in _STRESS_TOTALS)
 
 
 def _carry_stress(
@@ -1660,16 +1711,14 @@ def _carry_stress(
 ) -> dict[str, Any]:
     """The carried ageing-stress sums after today (a day with an estimate counts after
     it: the use of that day is not all behind the estimate)."""
-    names = ("stress_cal_total", "stress_cyc_total", "stress_days_total")
-    at = ("stress_cal_at_estimate", "stress_cyc_at_estimate", "stress_days_at_estimate")
-    totals = [(old or {}).get(n) or 0 for n in names]
-    out: dict[str, Any] = dict(zip(at, [(old or {}).get(n) for n in at], strict=True))
+    totals = [(old or {}).get(n) or 0 for n in _STRESS_TOTALS]
+    out: dict[str, Any] = {n: (old or {}).get(n) for n in _STRESS_AT_ESTIMATE}
     if estimated:
-        out.update(zip(at, totals, strict=True))
+        out.update(zip(_STRESS_AT_ESTIMATE, totals, strict=True))
     if info is not None:
-        cal, cyc = _day_stress(vd, info)
-        totals = [totals[0] + cal, totals[1] + cyc, totals[2] + 1]
-    out.update(zip(names, totals, strict=True))
+        day = (*_day_stress(vd, info), 1)
+        totals = [t + d for t, d in zip(totals, day, strict=True)]
+    out.update(zip(_STRESS_TOTALS, totals, strict=True))
     return out
 
 
@@ -2169,8 +2218,9 @@ def _trend_and_warranty(
             use_since = UseSinceEstimate(
                 chemistry=chem,
                 days_observed=float(days_since),
+                # the use since at its upper bound over the use before at its lower
                 stress_ratio=usage_stress_ratio(
-                    (c["stress_cal_at_estimate"], c["stress_cyc_at_estimate"]),
+                    (c["stress_cal_low_at_estimate"], c["stress_cyc_low_at_estimate"]),
                     c["stress_days_at_estimate"],
                     since,
                     days_since,

@@ -102,9 +102,9 @@ class UseSinceEstimate:
 
     ``chemistry`` the key of ``FADE_EXPONENT`` the stresses were computed for (their
     units depend on it); ``days_observed`` days with telemetry [days]; ``stress_ratio``
-    the ``usage_stress_ratio`` against the use before the estimate [-];
-    ``calendar_stress`` and ``cycle_stress`` the summed ``daily_ageing_stress`` of those
-    days [(relative fade)^(1/p)].
+    the ``usage_stress_ratio`` of the use since (upper bound) against the use before
+    the estimate (lower bound) [-]; ``calendar_stress`` and ``cycle_stress`` the summed
+    upper-bound ``daily_ageing_stress`` of the observed days [(relative fade)^(1/p)].
 
     Raises
     ------
@@ -323,7 +323,8 @@ def daily_ageing_stress(
     soc_max_pct: float,
     throughput_ah: float,
     rated_capacity_ah: float,
-    max_c_rate: float,
+    c_rate: float,
+    bound: str,
 ) -> tuple[float, float]:
     r"""How far one day advances calendar and cycle fade, in units that add up.
 
@@ -332,25 +333,35 @@ def daily_ageing_stress(
     chemistry : str
         ``'nmc'`` or ``'lfp'``.
     band_hours : array
-        Hours of the day in each temperature band (hours without data: the caller gives
-        them to the hottest band). [h]
+        Hours of the day in each temperature band (the caller assigns hours without
+        data). [h]
     band_temp_c : array
-        Temperature charged to each band: its upper edge, so that the stress is a bound.
-        [degC]
+        Temperature charged to each band: its upper edge for ``bound='upper'``, its
+        lower edge for ``'lower'``. [degC]
     soc_min_pct, soc_max_pct : float
         Lowest and highest SoC of the day. [%]
     throughput_ah : float
         Charge in plus charge out. [Ah]
     rated_capacity_ah : float
         Rated capacity, to scale throughput to cycles. [Ah]
-    max_c_rate : float
-        Highest current of the day over the rated capacity. [1/h]
+    c_rate : float
+        Current over the rated capacity: the day's highest for ``'upper'``, a lower
+        bound (0 if none is known) for ``'lower'``. [1/h]
+    bound : str
+        ``'upper'``: the stress is at most this (for the use since an estimate);
+        ``'lower'``: at least this (for the use before it, the denominator of
+        ``usage_stress_ratio``).
 
     Returns
     -------
     tuple of float
-        ``(calendar, cycle)``: :math:`\sum_b (h_b/24)\,k_{cal}(z_{max}, T_b)^{1/p}` and
-        :math:`k_{cyc}^2 \Delta s`. [(relative fade)^(1/p)]
+        ``(calendar, cycle)``: :math:`\sum_b (h_b/24)\,k_{cal}(z, T_b)^{1/p}` and
+        :math:`\sum_j k_{cyc,j}^2 \Delta s_j`. [(relative fade)^(1/p)]
+
+    Raises
+    ------
+    ValueError
+        Unknown chemistry or bound (the message names the valid ones).
 
     Notes
     -----
@@ -358,36 +369,63 @@ def daily_ageing_stress(
     (the BLAST-Lite state equations, ``bms.step_power_law``) obeys
     :math:`d(x^{1/p})/ds = k^{1/p}`: under a rate that changes from day to day,
     :math:`x^{1/p}` is the sum of the days' :math:`k^{1/p}\Delta s`, so these per-day
-    figures add up over any period. Each day is charged its worst stressors: storage at
-    the day's highest SoC, each temperature band at its upper edge, cycling with the
-    day's SoC range as depth and its highest C-rate. Calendar: Schmalstieg et al. 2014
-    (NMC, :math:`p` = 0.75, storage voltage from the OCV table) and Naumann et al. 2018
-    (LFP, :math:`p` = 0.5). Cycle (:math:`p` = 0.5): Schmalstieg :math:`\sqrt{Q}`, Q the
-    throughput scaled to the 2.05 Ah test cell, the RMS voltage taken at whichever end
-    of the day's SoC range lies further from 3.667 V (the model's minimum); Naumann 2020
-    :math:`\sqrt{FEC}` (science.md section 2, ``bms._ageing``).
+    figures add up over any period. Every rate below rises with temperature, storage
+    SoC, depth and (Naumann) C-rate, so the bounds take those at their ends:
+
+    - upper: storage at the day's highest SoC, all throughput cycled at the day's SoC
+      range as depth, the RMS voltage (Schmalstieg) at whichever end of that range lies
+      further from 3.667 V (the model's minimum);
+    - lower: storage at the day's lowest SoC; the day crossed its SoC range at least
+      once, so that much throughput (range x capacity) cycles at the range as depth, the
+      rest at depth 0.01; the RMS voltage at the point of the range nearest 3.667 V.
+
+    Calendar: Schmalstieg et al. 2014 (NMC, :math:`p` = 0.75, storage voltage from the
+    OCV table) and Naumann et al. 2018 (LFP, :math:`p` = 0.5). Cycle (:math:`p` = 0.5):
+    Schmalstieg :math:`\sqrt{Q}`, Q the throughput scaled to the 2.05 Ah test cell;
+    Naumann 2020 :math:`\sqrt{FEC}` (science.md section 2, ``bms._ageing``). The cycle
+    laws have no temperature term (Schmalstieg cycled at 35 degC, Naumann at 25 and 45).
     """
     p_cal = _calendar_exponent(chemistry)
+    if bound not in ("upper", "lower"):
+        raise ValueError(f"unknown bound {bound!r}; valid: lower, upper")
     hours = np.asarray(band_hours, dtype=np.float64)
     temp_c = np.asarray(band_temp_c, dtype=np.float64)
     share = hours / 24.0
     z_max = min(max(soc_max_pct, 0.0), 100.0) / 100.0
-    z_min = min(max(soc_min_pct, 0.0), 100.0) / 100.0
+    z_min = min(min(max(soc_min_pct, 0.0), 100.0) / 100.0, z_max)
+    z_store = z_max if bound == "upper" else z_min
     dod = max(z_max - z_min, 0.01)
     throughput = max(throughput_ah, 0.0)
+    # (depth, throughput [Ah]) pieces of the day's cycling
+    if bound == "upper":
+        pieces = [(dod, throughput)]
+    else:
+        deep_ah = min((z_max - z_min) * rated_capacity_ah, throughput)
+        pieces = [(dod, deep_ah), (0.01, throughput - deep_ah)]
+    c = max(c_rate, 0.0)
     if chemistry == "lfp":
-        k_cal, _ = naumann_calendar_rates(np.full(temp_c.shape, z_max), temp_c)
+        k_cal, _ = naumann_calendar_rates(np.full(temp_c.shape, z_store), temp_c)
         calendar = float(np.sum(share * k_cal ** (1.0 / p_cal)))
-        k_cyc, _ = naumann_cycle_rates(max(max_c_rate, 0.0), dod)
-        return calendar, float(k_cyc) ** 2 * throughput / (2.0 * rated_capacity_ah)
+        cycle = 0.0
+        for depth, ah in pieces:
+            k_cyc, _ = naumann_cycle_rates(c, depth)
+            cycle += float(k_cyc) ** 2 * ah / (2.0 * rated_capacity_ah)
+        return calendar, cycle
     v_hi = float(ocv_v_from_soc_pct(100.0 * z_max, "nmc"))
     v_lo = float(ocv_v_from_soc_pct(100.0 * z_min, "nmc"))
-    a_cap, _ = schmalstieg_calendar_rates(np.full(temp_c.shape, v_hi), temp_c)
+    a_cap, _ = schmalstieg_calendar_rates(
+        np.full(temp_c.shape, v_hi if bound == "upper" else v_lo), temp_c
+    )
     calendar = float(np.sum(share * a_cap ** (1.0 / p_cal)))
-    v_rms = max(v_hi, v_lo, key=lambda v: abs(v - 3.667))
-    b_cap, _ = schmalstieg_cycle_rates(v_rms, dod)
-    q_ref_ah = throughput * SCHMALSTIEG_CELL_AH / rated_capacity_ah
-    return calendar, float(b_cap) ** 2 * q_ref_ah
+    if bound == "upper":
+        v_rms = max(v_hi, v_lo, key=lambda v: abs(v - 3.667))
+    else:
+        v_rms = min(max(3.667, v_lo), v_hi)
+    cycle = 0.0
+    for depth, ah in pieces:
+        b_cap, _ = schmalstieg_cycle_rates(v_rms, depth)
+        cycle += float(b_cap) ** 2 * ah * SCHMALSTIEG_CELL_AH / rated_capacity_ah
+    return calendar, cycle
 
 
 def silent_day_stress(chemistry: str) -> float:
@@ -401,7 +439,8 @@ def silent_day_stress(chemistry: str) -> float:
         soc_max_pct=100.0,
         throughput_ah=0.0,
         rated_capacity_ah=1.0,
-        max_c_rate=0.0,
+        c_rate=0.0,
+        bound="upper",
     )
     return calendar
 
@@ -414,11 +453,12 @@ def usage_stress_ratio(
     Parameters
     ----------
     before : tuple of float
-        Summed ``daily_ageing_stress`` (calendar, cycle) of the days up to the estimate.
+        Summed lower-bound ``daily_ageing_stress`` (calendar, cycle) of the days up to
+        the estimate (a lower bound, so that the ratio is an upper bound).
     before_days : float
         Number of those days. [days]
     since : tuple of float
-        The same sums over the days after it.
+        The summed upper-bound stress of the days after it.
     since_days : float
         Number of those days. [days]
 
@@ -450,7 +490,8 @@ def fade_since_bound_frac(
     Parameters
     ----------
     calendar_stress, cycle_stress : float
-        Summed ``daily_ageing_stress`` of the period. [(relative fade)^(1/p)]
+        Summed upper-bound ``daily_ageing_stress`` of the period.
+        [(relative fade)^(1/p)]
     fade_before_frac : float
         Fade already accrued before the period, at least (a lower bound; 0 if unknown):
         power-law fade slows as it accrues. [-]
@@ -462,6 +503,11 @@ def fade_since_bound_frac(
     float
         Fade of the period relative to the fresh capacity, of the lab cell (the caller
         scales to a pack: ``PACK_LIFE_FACTOR``). [-]
+
+    Raises
+    ------
+    ValueError
+        Unknown chemistry (the message names the valid ones).
 
     Notes
     -----
@@ -596,7 +642,10 @@ def warranty_verdict(
       stress\\_ratio)`, age :math:`t` maps to :math:`t_e + \\rho (t - t_e)` (the use
       assumed to go on as since): fade grows with accumulated stress, so a vehicle used
       :math:`\\rho` times as hard ages at most as the trend does over :math:`\\rho`
-      times the time.
+      times the time. The ratio compares the use since at its upper-bound stress with
+      the use before at its lower-bound stress (``daily_ageing_stress``), so it is not
+      understated. The ``projected_*`` figures of such an ``ok`` are the trend's at the
+      stress-equivalent age, not at the age.
 
     Both bound ageing, not defects: a cell failing since is not seen.
     """

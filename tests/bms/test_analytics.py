@@ -135,7 +135,9 @@ def test_vehicle_soh_and_warranty_rows_for_every_vehicle(lake: Path) -> None:
         since = json.loads(row["evidence"])["use_since_estimate"]
         assert since["days_observed"] == 1.0, row["vin"]
         assert since["calendar_stress"] > 0.0
-        assert 0.2 < since["stress_ratio"] < 5.0  # the same use every day
+        # The same use every day: the ratio is a day's upper-bound stress over its lower
+        # bound (storage at 90 against 10 % SoC, band edges 25 against 15 degC: 10-50 x).
+        assert 1.0 < since["stress_ratio"] < 100.0
 
 
 def test_rerun_gives_byte_identical_files(lake: Path, tmp_path: Path) -> None:

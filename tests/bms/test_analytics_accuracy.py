@@ -9,14 +9,20 @@ last date is scored by ``tests.bms.test_analytics_truth.score_fleet`` (the bench
 Two targets of issue 6 are not met yet and are therefore not asserted at their goal here
 (a test that is known to fail would keep CI red): resistance growth within 10 % of the
 truth (measured 12.8 %: asserted at 15 % so that a regression shows) and warranty verdicts
-agreeing for 95 % of vehicles (measured 84 %, asserted at 82 %, one vehicle of headroom).
+agreeing for 95 % of vehicles (measured 78 %, asserted at 76 %, one vehicle of headroom).
 The disagreements are vehicles whose capacity was measured only in their first days, or
 never (``insufficient_data``, as a prior-dominated trend may not say ``ok``): LFP cars
 that swing between 70-90 % and 100 % SoC, never crossing the OCV step with readable
 readings on both sides nor resting where the rested voltage tells the SoC, an NMC
 occasional driver that idles near full, and a fast-fading LFP car below its threshold.
 Vehicles whose estimates stopped later (a failed cell, an occasional driver) get a
-verdict when their use since bounds their ageing (``bms.warranty_verdict``).
+verdict only when their use since bounds their ageing (``bms.warranty_verdict``). With
+daily summaries (temperature bands, lowest and highest SoC) that bound is loose: the use
+since at its upper bound over the use before at its lower bound is 2.1-5.3 x for 9, 28
+and 34 (ok as the truth), whose trends stretched so cross 80 % within cover, and 9 and
+34 lose the today bound to the cell-to-pack factor; they say ``insufficient_data``
+(agreement was 84 % when both periods were charged their upper bounds, which
+understates the ratio).
 ``benchmarks/accuracy.py`` prints both figures against their goals.
 """
 
@@ -74,7 +80,7 @@ def test_pack_resistance_and_its_growth_track_the_truth(scored: FleetScore) -> N
 def test_warranty_verdicts_agree_with_the_truth_or_say_the_evidence_is_missing(
     scored: FleetScore,
 ) -> None:
-    assert scored.verdict_agreement >= 0.82, _explain(scored)
+    assert scored.verdict_agreement >= 0.76, _explain(scored)
     wrong = [v for v in scored.vehicles if v.status not in (v.status_true, "insufficient_data")]
     assert len(wrong) <= 1, _explain(scored)
 

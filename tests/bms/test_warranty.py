@@ -10,23 +10,26 @@ import pytest
 from numpy.testing import assert_allclose
 
 import bms
+from bms._soh import t_quantile_95
 from bms._warranty import (
+    PACK_LIFE_FACTOR,
     daily_ageing_stress,
     fade_since_bound_frac,
+    silent_day_stress,
     usage_stress_ratio,
 )
 
 
-def _fit(a: float, b: float, sigma: float = 0.3) -> bms.PowerFit:
-    """A fitted SoH trend y = a + b t^0.75 from exact points with the given scatter."""
+def _fit(a: float, b: float, sigma: float = 0.3, exponent: float = 0.75) -> bms.PowerFit:
+    """A fitted SoH trend y = a + b t^exponent from exact points with the given scatter."""
     t = np.linspace(0.05, 2.0, 60)
     rng = np.random.default_rng(1)
-    y = a + b * t**0.75 + sigma * rng.standard_normal(t.size)
+    y = a + b * t**exponent + sigma * rng.standard_normal(t.size)
     return bms.fit_power_trend(
         t,
         y,
         np.full(t.size, sigma),
-        exponent=0.75,
+        exponent=exponent,
         prior_mean=(100, -2),
         prior_sigma=(5, 4),
         b_sign=-1,
@@ -128,7 +131,8 @@ def test_daily_ageing_stress_adds_up_to_the_published_closed_forms() -> None:
         "soc_max_pct": 50.0,
         "throughput_ah": 0.0,
         "rated_capacity_ah": 100.0,
-        "max_c_rate": 0.0,
+        "c_rate": 0.0,
+        "bound": "upper",
     }
     cal, cyc = daily_ageing_stress("lfp", **day)
     assert cyc == 0.0
@@ -152,7 +156,7 @@ def test_daily_ageing_stress_adds_up_to_the_published_closed_forms() -> None:
             "soc_min_pct": 20.0,
             "soc_max_pct": 80.0,
             "throughput_ah": 200 * 200.0,
-            "max_c_rate": 0.5,
+            "c_rate": 0.5,
         },
     )
     assert_allclose(
@@ -160,8 +164,69 @@ def test_daily_ageing_stress_adds_up_to_the_published_closed_forms() -> None:
         bms.naumann_capacity_loss_frac(0, 0.5, 25.0, fec=200, c_rate=0.5, dod_frac=0.6),
         rtol=1e-9,
     )
-    with pytest.raises(ValueError, match="unknown chemistry 'lco'"):
+    with pytest.raises(ValueError, match="unknown chemistry 'lco'; valid: lfp, nmc"):
         daily_ageing_stress("lco", **day)
+    with pytest.raises(ValueError, match="unknown bound 'worst'; valid: lower, upper"):
+        daily_ageing_stress("lfp", **{**day, "bound": "worst"})
+
+
+def _day(chemistry: str, temp_c: float, bound: str, soc_min_pct: float = 30.0) -> float:
+    cal, _ = daily_ageing_stress(
+        chemistry,
+        band_hours=[24.0],
+        band_temp_c=[temp_c],
+        soc_min_pct=soc_min_pct,
+        soc_max_pct=90.0,
+        throughput_ah=0.0,
+        rated_capacity_ah=100.0,
+        c_rate=0.5,
+        bound=bound,
+    )
+    return cal
+
+
+@pytest.mark.parametrize("chemistry", ["lfp", "nmc"])
+def test_stress_ratio_of_upper_since_over_lower_before_is_not_understated(
+    chemistry: str,
+) -> None:
+    """Winter before the estimate (2 degC, band 0-15), summer since (33 degC, band 25-35),
+    stored at 90 % SoC both times: the true calendar ratio (LFP 4.55, NMC 30.7) is
+    understated by charging both periods their upper edges (2.53, 8.1), not by the
+    upper bound since over the lower bound before (lower edge 0 degC, lowest SoC)."""
+    true = _day(chemistry, 33.0, "upper") / _day(chemistry, 2.0, "upper")
+    assert_allclose(true, {"lfp": 4.55, "nmc": 30.66}[chemistry], rtol=1e-3)
+    both_upper = _day(chemistry, 35.0, "upper") / _day(chemistry, 15.0, "upper")
+    assert both_upper < true
+    ratio = usage_stress_ratio(
+        (100 * _day(chemistry, 0.0, "lower"), 0.0),
+        100,
+        (50 * _day(chemistry, 35.0, "upper"), 0.0),
+        50,
+    )
+    assert ratio >= true
+    # The lower bound stores at the lowest SoC, the upper at the highest.
+    assert _day(chemistry, 25.0, "lower", 30.0) < _day(chemistry, 25.0, "lower", 80.0)
+    assert _day(chemistry, 25.0, "lower", 80.0) < _day(chemistry, 25.0, "upper", 80.0)
+
+
+@pytest.mark.parametrize("chemistry", ["lfp", "nmc"])
+def test_lower_bound_cycle_stress_cycles_the_range_once_and_the_rest_shallow(
+    chemistry: str,
+) -> None:
+    """A day that crossed 20-80 % SoC with 3 equivalent cycles: at least 0.6 x capacity
+    cycled 60 % deep; the lower bound lies between that alone and the upper bound."""
+    common = {
+        "band_hours": [24.0],
+        "band_temp_c": [25.0],
+        "soc_min_pct": 20.0,
+        "soc_max_pct": 80.0,
+        "rated_capacity_ah": 100.0,
+        "c_rate": 0.0,
+    }
+    _, once = daily_ageing_stress(chemistry, throughput_ah=60.0, bound="lower", **common)
+    _, low = daily_ageing_stress(chemistry, throughput_ah=600.0, bound="lower", **common)
+    _, high = daily_ageing_stress(chemistry, throughput_ah=600.0, bound="upper", **common)
+    assert 0 < once < low < high
 
 
 def test_usage_stress_ratio_compares_mean_daily_stress() -> None:
@@ -183,9 +248,12 @@ def test_fade_since_bound_is_the_closed_form_and_the_worst_split() -> None:
         soc_max_pct=80.0,
         throughput_ah=100.0,
         rated_capacity_ah=100.0,
-        max_c_rate=0.5,
+        c_rate=0.5,
+        bound="upper",
     )
     cal, cyc = 365 * day[0], 365 * day[1]
+    with pytest.raises(ValueError, match="unknown chemistry 'nca'; valid: lfp, nmc"):
+        fade_since_bound_frac(cal, cyc, 0.0, "nca")
     assert_allclose(fade_since_bound_frac(cal, 0.0, 0.0, "nmc"), cal**0.75, rtol=1e-12)
     assert_allclose(fade_since_bound_frac(0.0, cyc, 0.0, "nmc"), cyc**0.5, rtol=1e-12)
     bound = fade_since_bound_frac(cal, cyc, 0.05, "nmc")
@@ -197,23 +265,20 @@ def test_fade_since_bound_is_the_closed_form_and_the_worst_split() -> None:
 
 
 def _use(
-    days: float, ratio: float, calendar: float = 0.014, chemistry: str = "nmc"
+    days: float, ratio: float, calendar: float = 0.014, cycle: float = 0.0, chemistry: str = "nmc"
 ) -> bms.UseSinceEstimate:
     return bms.UseSinceEstimate(
         chemistry=chemistry,
         days_observed=days,
         stress_ratio=ratio,
         calendar_stress=calendar,
-        cycle_stress=0.0,
+        cycle_stress=cycle,
     )
 
 
 def test_use_since_estimate_names_the_valid_chemistries() -> None:
-    """The stresses' units depend on the chemistry: it travels with them, no default."""
     with pytest.raises(ValueError, match="unknown chemistry 'LFP'; valid: lfp, nmc"):
         _use(10, 1.0, chemistry="LFP")
-    with pytest.raises(ValueError, match="unknown chemistry 'nca'; valid: lfp, nmc"):
-        fade_since_bound_frac(0.1, 0.0, 0.0, "nca")
 
 
 def test_stale_trend_says_ok_only_when_the_use_since_bounds_the_ageing() -> None:
@@ -276,29 +341,72 @@ def test_stale_trend_says_ok_only_when_the_use_since_bounds_the_ageing() -> None
     assert "fade rate not measured (prior)" in v.reason
 
 
-def test_stale_trend_never_says_ok_below_the_threshold() -> None:
-    """Whatever the use since, a trend that is below a threshold now (at the
-    stress-equivalent age, which is never younger than the age) is not ok."""
+def _silent_day_stress(chemistry: str) -> float:
+    """A day at 45 degC and full charge, from the published closed forms."""
+    if chemistry == "lfp":
+        return float(bms.naumann_capacity_loss_frac(1.0, 1.0, 45.0)) ** 2
+    v_full = float(bms.ocv_v_from_soc_pct(100.0, "nmc"))
+    return float(bms.schmalstieg_capacity_fade_frac(1.0, v_full, 45.0)) ** (4 / 3)
+
+
+@pytest.mark.parametrize("chemistry", ["lfp", "nmc"])
+def test_stale_trend_says_ok_only_when_both_bounds_hold(chemistry: str) -> None:
+    """Trends above 80 % today (so the stale path runs) over a grid of fade rates, stress
+    ratios, calendar and cycle stress and silent days: ok implies the SoH today, the 90 %
+    lower bound at the estimate less the pack's largest fade since, is >= 80, and the
+    trend at the stress-equivalent age is above each threshold now and at the end of its
+    cover, both recomputed here. Each condition alone turns some ok away."""
     policy = bms.load_warranty_policy("un-gtr22")
-    statuses = set()
-    for b in (-3.0, -6.0, -9.0, -12.0):
-        fit = _fit(100.0, b)
-        for ratio in (0.0, 0.5, 1.0, 2.0):
-            v = bms.warranty_verdict(
-                policy,
-                fit,
-                age_years=3.5,
-                odometer_km=50_000,
-                km_per_day=40,
-                evidence_age_days=500,
-                max_evidence_age_days=180,
-                use_since=_use(499, ratio, 0.0),
-                prior_fade_sigma=4.0,
-            )
-            below = float(fit.predict(3.5)[0]) < 80.0
-            assert not (below and v.status == "ok"), (b, ratio, v)
-            statuses.add((below, v.status))
-    assert (False, "ok") in statuses  # the bound does say ok for a healthy trend
+    p = bms.FADE_EXPONENT[chemistry]
+    age, odo, km_day, evidence = 3.5, 50_000.0, 40.0, 500.0
+    t_e = age - evidence / 365.25
+    ends = [(80.0, 5.0), (70.0, 8.0)]  # 40 km/day reaches neither km limit first
+    assert silent_day_stress(chemistry) == pytest.approx(_silent_day_stress(chemistry), 1e-9)
+    seen: dict[tuple[bool, bool], set[str]] = {}
+    for b in {"lfp": (-2.0, -4.0, -6.0, -8.0), "nmc": (-2.0, -3.5, -5.0, -6.5)}[chemistry]:
+        fit = _fit(100.0, b, exponent=p)
+        assert float(fit.predict(age)[0]) >= 80.0  # the normal path claims nothing
+        sd_a, sd_b = math.sqrt(fit.cov[0]), math.sqrt(fit.cov[2])
+        q = t_quantile_95(fit.dof)
+        fresh = fit.a + q * sd_a
+        x_before = max(-(fit.b + q * sd_b), 0.0) * t_e**p / fresh
+        lo_e = float(fit.interval(t_e)[1])
+        for ratio in (0.5, 1.0, 2.0, 4.0):
+            for cal in (0.0, 0.003, 0.03, 0.3):
+                for cyc in (0.0, 0.003, 0.03):
+                    for observed in (evidence, 460.0):
+                        v = bms.warranty_verdict(
+                            policy,
+                            fit,
+                            age_years=age,
+                            odometer_km=odo,
+                            km_per_day=km_day,
+                            evidence_age_days=evidence,
+                            max_evidence_age_days=180,
+                            use_since=_use(observed, ratio, cal, cyc, chemistry),
+                            prior_fade_sigma=4.0,
+                        )
+                        silent = evidence - observed
+                        cal_all = cal + silent * _silent_day_stress(chemistry)
+                        cyc_all = cyc * evidence / observed
+                        # the worst split of the fade before (science: fade_since_bound_frac)
+                        fade = max(
+                            (x_before ** (1 / p) + cal_all) ** p - x_before + cyc_all**0.5,
+                            cal_all**p + (x_before**2 + cyc_all) ** 0.5 - x_before,
+                        )
+                        today = lo_e - fresh * fade / PACK_LIFE_FACTOR >= 80.0
+                        rho = max(ratio, 1.0)
+                        trend = all(
+                            float(fit.predict(t_e + rho * (t - t_e))[0]) >= th
+                            for th, t in [(80.0, age), *ends]
+                        )
+                        if v.status == "ok":
+                            assert today, (b, ratio, cal, cyc, observed, v)
+                            assert trend, (b, ratio, cal, cyc, observed, v)
+                        seen.setdefault((today, trend), set()).add(v.status)
+    assert "ok" in seen[(True, True)]
+    assert seen[(True, False)] == {"insufficient_data"}
+    assert seen[(False, True)] == {"insufficient_data"}
 
 
 def test_gtr22_first_threshold_binds_early() -> None:
