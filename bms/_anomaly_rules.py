@@ -43,6 +43,18 @@ and a severity. Thresholds are data (``RuleLimits``), with their sources:
   5 sigmas; over the whole window, without the halves, 10.4).
 - ``temp_high``: the hottest sensor within a margin below the contract's 60 degC
   over-temperature limit.
+- ``cooling_slow``: the pack's daily temperature cycle lagging its peers' (same vehicle
+  class) by an hour or more, median of 14 days (``bms._features.diurnal_lag``). A
+  parked pack follows the ambient cycle as a first-order low-pass and lags it by
+  atan(w tau) / w, tau = C / h (heat capacity over conductance to ambient, w = 2 pi /
+  24 h): a two-wheeler pack of tau ~1.7 h lags 1.6 h; one whose conductance fell by 60 %
+  (tau 4.3 h) lags 3.2 h. Healthy two-wheelers of three simulated 200-vehicle fleets
+  stayed within 0.5 h of their peers (monthly medians); passively cooled two-wheelers
+  with a cooling failure lagged 1.5-2.4 h, while their mean temperature rose by only
+  1-1.5 degC, inside the healthy spread. Cars scatter by hours (charging and the liquid
+  loop also move their parked temperature), hence also 10 robust sigmas of the class
+  (on five simulated fleets healthy cars reached 7.0, healthy two-wheelers 4.1, failed
+  cooling of two-wheelers 17-21).
 - ``rest_temp_rise``: a sensor warming relative to its pack while no current flows
   (heat from inside the cell: internal short; telemetry.md ``thermal_rise`` is the live,
   1 degC/min version).
@@ -66,6 +78,7 @@ RULES: dict[str, str] = {
     "cell_capacity": "cell swinging wider in state of charge than its pack (capacity loss)",
     "cell_resistance": "cell resistance far above the pack's median cell",
     "cell_spread": "cell rest deviation from the pack median near the contract spread limit",
+    "cooling_slow": "pack temperature lagging its peers' daily cycle (cooling degraded)",
     "deviation_growth": "cell rest deviation growing day after day",
     "rest_temp_rise": "sensor warming relative to its pack while at rest",
     "self_discharge": "cell self-discharging faster than its pack (soft short)",
@@ -101,6 +114,8 @@ class RuleLimits:
     temp_limit_c: float = 60.0  # contract over_temperature limit [degC]
     temp_warning_margin_c: float = 5.0  # warn this far below the limit [degC]
     temp_critical_margin_c: float = 3.0  # critical this far below [degC]
+    cooling_lag_h: float = 1.0  # pack's daily cycle behind its peers' [h]
+    cooling_lag_min_z: float = 10.0  # ... and this far out of its class [-]
     rest_rise_c_per_h: float = 2.0  # sensor rise relative to the pack at rest [degC/h]
     sensor_invalid_share: float = 0.05  # share of readings without a value [-]
     sensor_jitter_excess_c: float = 1.0  # RMS reading-to-reading jump above the pack's [degC]
@@ -259,6 +274,17 @@ def evaluate_rules(features: pa.Table, limits: RuleLimits) -> pa.Table:
             warn_c,
             "degC",
             critical=tmax >= limits.temp_limit_c - limits.temp_critical_margin_c,
+        )
+
+        lag = _f(features, "cooling_lag_h")
+        add(
+            (lag >= limits.cooling_lag_h)
+            & (_f(features, "cooling_lag_z") >= limits.cooling_lag_min_z),
+            "cooling_slow",
+            lag,
+            limits.cooling_lag_h,
+            "h",
+            critical=lag >= 2 * limits.cooling_lag_h,
         )
 
         rise = _f(features, "rest_rise_c_per_h")

@@ -139,6 +139,8 @@ FEATURES_SCHEMA = pa.schema(
         pa.field("rest_dev_soc_pct", pa.float64()),
         pa.field("rest_dev_soc_change_pct", pa.float64()),
         pa.field("resistance_steps", pa.float64()),
+        pa.field("cooling_lag_h", pa.float64()),
+        pa.field("cooling_lag_z", pa.float64()),
         pa.field("temp_c_max", pa.float64()),
         pa.field("invalid_sensor", pa.int16()),
         pa.field("stuck_sensor", pa.int16()),
@@ -147,7 +149,7 @@ FEATURES_SCHEMA = pa.schema(
     ],
     metadata={
         b"fleetbms.table": b"anomaly_features",
-        b"fleetbms.version": b"4",
+        b"fleetbms.version": b"5",
     },
 )
 
@@ -399,6 +401,7 @@ class FeatureCache:
     """
 
     swing: dict[tuple[str, date], pa.Table] = field(default_factory=dict)
+    diurnal: dict[tuple[str, date], pa.Table] = field(default_factory=dict)
     tables: dict[tuple[Path, tuple[str, ...]], tuple[int, int, date, pa.Table]] = field(
         default_factory=dict
     )
@@ -710,10 +713,119 @@ def cell_swing(
     )
 
 
+#: Columns of ``sql/anomaly_diurnal_day.sql``: sums that add up over readings.
+DIURNAL_SUMS = ("n", "sc", "ss", "scc", "sss", "scs", "st", "stc", "sts")
+
+
+def diurnal_day(
+    lake_root: Path,
+    day: date,
+    fleet: str,
+    registry: pa.Table,
+    *,
+    rest_c_rate: float,
+    default_capacity_ah: float,
+    con: Any = None,
+) -> pa.Table:
+    """Per vin of one day: the sums of the fit of the pack temperature at rest against the
+    time of day (``DIURNAL_SUMS``, ``sql/anomaly_diurnal_day.sql``)."""
+    files = partition_files(lake_root, "telemetry", [day], fleet)
+    if not files:
+        return pa.table(
+            {
+                "vin": pa.array([], pa.string()),
+                **{c: pa.array([], pa.float64()) for c in DIURNAL_SUMS},
+            }
+        )
+    reg = registry.select(["vin", "capacity_ah"])
+    return _telemetry_job(
+        files,
+        "anomaly_diurnal_day.sql",
+        {"registry": reg},
+        {"rest_c_rate": rest_c_rate, "default_capacity_ah": default_capacity_ah},
+        con,
+        threads=os.cpu_count() or 1,  # sums of whole numbers: any order, same bytes
+    )
+
+
+def diurnal_peak_hour(
+    sums: Mapping[str, npt.ArrayLike], min_readings: int = 16, min_coverage: float = 0.05
+) -> tuple[FloatArray, FloatArray]:
+    """Time of day of the fitted daily maximum [h, UTC] and its amplitude [degC].
+
+    ``sums``: ``DIURNAL_SUMS`` arrays (cosine and sine in 1/10,000, temperature in
+    0.05 degC). The least-squares fit T = a + b cos(w t) + c sin(w t) peaks at
+    atan2(c, b) / w. NaN with fewer than ``min_readings`` readings, or when the readings
+    cover too little of the day to tell the phase (the determinant of the covariance of
+    (cos, sin) below ``min_coverage``; 0.25 for readings spread over the whole day).
+    """
+    n, sc, ss, scc, sss, scs, st, stc, sts = (
+        np.asarray(sums[c], dtype=np.float64) for c in DIURNAL_SUMS
+    )
+    with np.errstate(all="ignore"):
+        k = 1e4
+        mc, ms, mt = sc / n / k, ss / n / k, st / n
+        vcc, vss, vcs = scc / n / k**2 - mc * mc, sss / n / k**2 - ms * ms, scs / n / k**2 - mc * ms
+        ctc, cts = stc / n / k - mt * mc, sts / n / k - mt * ms  # covariances of T with cos, sin
+        det = vcc * vss - vcs * vcs
+        b = (ctc * vss - cts * vcs) / det
+        c = (cts * vcc - ctc * vcs) / det
+        ok = (n >= min_readings) & (det >= min_coverage)
+        peak_h = np.mod(np.arctan2(c, b) * 24.0 / (2 * np.pi), 24.0)
+        amp_c = np.hypot(b, c) / 20.0  # T in 0.05 degC
+    return np.where(ok, peak_h, np.nan), np.where(ok, amp_c, np.nan)
+
+
+def diurnal_lag(
+    days: Sequence[pa.Table],
+    vehicle_class: Mapping[str, str],
+    min_peers: int = 5,
+    min_days: int = 7,
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Per vin: the median, over ``days`` (``diurnal_day`` tables), of how many hours its
+    pack's daily temperature peak comes after that of its peers (vehicles of the same
+    class, by circular mean of their peaks), for vehicles measured on at least
+    ``min_days`` of them; and that lag in robust sigmas of its class's lags (MAD, with
+    at least ``min_peers`` vehicles): cars, whose parked temperature also follows
+    charging and a liquid loop, scatter by hours, two-wheelers by minutes.
+
+    A parked pack follows the ambient cycle as a first-order low-pass, lagging it by
+    atan(w tau) / w with tau = C / h its thermal time constant (heat capacity over
+    conductance to ambient; w = 2 pi / 24 h): a pack whose cooling degrades lags more.
+    The peers' peak stands in for the ambient one, which telemetry does not carry.
+    """
+    lags: dict[str, list[float]] = {}
+    for t in days:
+        if t.num_rows == 0:
+            continue
+        peak, _amp = diurnal_peak_hour({c: _col(t, c) for c in DIURNAL_SUMS})
+        vins = _strs(t, "vin")
+        classes = np.array([vehicle_class.get(v, "") for v in vins], dtype=object)
+        ang = peak * 2 * np.pi / 24.0
+        for cls in sorted(set(classes.tolist())):
+            sel = (classes == cls) & np.isfinite(peak)
+            if sel.sum() < min_peers:
+                continue
+            ref = math.atan2(float(np.sin(ang[sel]).mean()), float(np.cos(ang[sel]).mean()))
+            diff = np.mod(peak[sel] - ref * 24.0 / (2 * np.pi) + 12.0, 24.0) - 12.0
+            for v, d in zip((vins[i] for i in np.flatnonzero(sel)), diff, strict=True):
+                lags.setdefault(v, []).append(float(d))
+    lag_h = {v: float(np.median(x)) for v, x in lags.items() if len(x) >= min_days}
+    z: dict[str, float] = {}
+    for cls in sorted({vehicle_class.get(v, "") for v in lag_h}):
+        mine = [v for v in lag_h if vehicle_class.get(v, "") == cls]
+        if len(mine) < min_peers:
+            continue
+        x = np.array([lag_h[v] for v in mine])
+        sigma = max(MAD_TO_SIGMA * float(np.median(np.abs(x - np.median(x)))), 0.05)
+        z.update({v: lag_h[v] / sigma for v in mine})
+    return lag_h, z
+
+
 def read_registry(lake_root: Path, fleet: str) -> pa.Table:
     """The fleet's rows of ``registry/vehicles.parquet`` (empty table if none)."""
     path = lake_root / "registry" / "vehicles.parquet"
-    cols = ["vin", "chemistry", "capacity_ah", "n_cells"]
+    cols = ["vin", "chemistry", "capacity_ah", "n_cells", "vehicle_class"]
     if not path.is_file():
         return pa.table(
             {
@@ -721,11 +833,14 @@ def read_registry(lake_root: Path, fleet: str) -> pa.Table:
                 "chemistry": pa.array([], pa.string()),
                 "capacity_ah": pa.array([], pa.float64()),
                 "n_cells": pa.array([], pa.int16()),
+                "vehicle_class": pa.array([], pa.string()),
             }
         )
     t = pq.read_table(path)
     if "fleet" in t.column_names:
         t = t.filter(pc.equal(t["fleet"], fleet))
+    if "vehicle_class" not in t.column_names:
+        t = t.append_column("vehicle_class", pa.nulls(t.num_rows, pa.string()))
     return t.select(cols)
 
 
@@ -745,6 +860,7 @@ class FeatureParams:
     swing_days: int = 14  # SoC swing of each cell fitted over two halves of this [d]
     swing_min_soc_sd_pct: float = 0.2  # ... when the pack's SoC varied this much [%]
     swing_min_days: int = 4  # ... on this many days with readings at rest in a half [d]
+    diurnal_min_days: int = 7  # lag behind peers' daily cycle from this many days [d]
     min_self_discharge_hours: float = 24.0  # rest needed in smooth_days for a drift [h]
     rest_c_rate: float = 0.02  # |current| below this x capacity = at rest [1/h]
     default_capacity_ah: float = 100.0  # capacity of a VIN missing from the registry [Ah]
@@ -774,6 +890,7 @@ def assemble_features(
     day: date,
     params: FeatureParams,
     swing: pa.Table | None = None,
+    diurnal: tuple[Mapping[str, float], Mapping[str, float]] | None = None,
 ) -> pa.Table:
     """Build the feature rows of one (date, fleet) from already-read inputs.
 
@@ -790,6 +907,9 @@ def assemble_features(
         Output of ``sensor_day`` for ``day``.
     swing : pyarrow.Table, optional
         Output of ``cell_swing`` (none: the swing features are missing).
+    diurnal : (dict, dict), optional
+        Output of ``diurnal_lag``: each vehicle's lag behind its peers' daily temperature
+        cycle [h] and in robust sigmas of its class (none: both are missing).
     """
     n = len(vins)
     pos = {v: i for i, v in enumerate(vins)}
@@ -880,6 +1000,9 @@ def assemble_features(
         swing_grid("soc_offset_pct") - swing_grid("soc_offset_early_pct"), "rest_dev_trend_z"
     )
     out["resistance_steps"] = at_cell(grid("resistance_steps"), "resistance_z")
+    lag_h, lag_z = diurnal if diurnal is not None else ({}, {})
+    out["cooling_lag_h"] = np.array([lag_h.get(v, np.nan) for v in vins])
+    out["cooling_lag_z"] = np.array([lag_z.get(v, np.nan) for v in vins])
 
     # Spread growth: (max - min) of the recent rest deviation minus that of the early part.
     recent, early = grid("rest_dev_mv"), grid("rest_dev_early_mv")
@@ -1143,11 +1266,36 @@ def build_features(
             cache=cache.swing,
             con=con,
         )
+        lag_days = [day - timedelta(days=k) for k in range(params.swing_days)]
+        for d in lag_days:
+            if (fleet, d) not in cache.diurnal:
+                cache.diurnal[(fleet, d)] = diurnal_day(
+                    lake_root,
+                    d,
+                    fleet,
+                    registry,
+                    rest_c_rate=params.rest_c_rate,
+                    default_capacity_ah=params.default_capacity_ah,
+                    con=con,
+                )
+        for key in [k for k in cache.diurnal if k[0] == fleet and k[1] < lag_days[-1]]:
+            del cache.diurnal[key]
+        classes = {
+            v: str(c or "")
+            for v, c in zip(
+                _strs(registry, "vin"), registry["vehicle_class"].to_pylist(), strict=True
+            )
+        }
+        diurnal = diurnal_lag(
+            [cache.diurnal[(fleet, d)] for d in sorted(lag_days)],
+            classes,
+            min_days=params.diurnal_min_days,
+        )
     finally:
         if own:
             cache.close()
     return assemble_features(
-        vins, chem, cells, vehicle_window, soh_window, sensors, day, params, swing
+        vins, chem, cells, vehicle_window, soh_window, sensors, day, params, swing, diurnal
     )
 
 
