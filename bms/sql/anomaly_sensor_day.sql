@@ -55,17 +55,25 @@ s AS (
         unnest(temp_dc)::BIGINT AS temp_dc
     FROM runs_t
 ),
+stats AS (
+    SELECT vin, sensor, count(*) AS n_readings, count(temp_dc) AS n_valid,
+           count(DISTINCT temp_dc) AS n_distinct,
+           sum((2 * temp_dc - pack2)::HUGEINT)::DOUBLE
+               / count(2 * temp_dc - pack2) / 20.0 AS dev_mean_c
+    FROM s GROUP BY vin, sensor
+),
+pack AS (
+    SELECT vin, count(*) AS n_readings, (max(pack2) - min(pack2)) / 20.0 AS pack_range_c
+    FROM flagged GROUP BY vin
+),
 -- Reading-to-reading steps of each sensor. A sensor with a value in every reading of its
 -- vehicle (nearly all) takes its previous value from the previous reading's list: one
 -- window over readings instead of one over readings x sensors (~60 % of the job's time
 -- at 14 sensors). A sensor with gaps steps from its previous valid value, as before.
-counts AS (
-    SELECT vin, sensor, count(*) AS n, count(temp_dc) AS n_valid FROM s GROUP BY vin, sensor
-),
 gappy AS (
-    SELECT c.vin, c.sensor
-    FROM counts c JOIN (SELECT vin, count(*) AS n FROM runs_t GROUP BY vin) r USING (vin)
-    WHERE c.n_valid < r.n
+    SELECT stats.vin, stats.sensor
+    FROM stats JOIN pack USING (vin)
+    WHERE stats.n_valid < pack.n_readings
 ),
 pairs AS (
     SELECT vin, unnest(range(len(temp_dc)))::SMALLINT AS sensor,
@@ -117,19 +125,11 @@ rest_max AS (
            max(pack_slope) AS pack_rest_rise_c_per_h
     FROM rest_slopes GROUP BY vin, sensor
 ),
-stats AS (
-    SELECT vin, sensor, count(*) AS n_readings, count(temp_dc) AS n_valid,
-           count(DISTINCT temp_dc) AS n_distinct,
-           sum((2 * temp_dc - pack2)::HUGEINT)::DOUBLE
-               / count(2 * temp_dc - pack2) / 20.0 AS dev_mean_c
-    FROM s GROUP BY vin, sensor
-),
 jit AS (
     SELECT vin, sensor,
            sqrt(sum((step_dc * step_dc)::HUGEINT)::DOUBLE / count(step_dc)) / 10.0 AS jitter_c
     FROM j GROUP BY vin, sensor
-),
-pack AS (SELECT vin, (max(pack2) - min(pack2)) / 20.0 AS pack_range_c FROM flagged GROUP BY vin)
+)
 SELECT
     stats.vin,
     stats.sensor,
