@@ -955,6 +955,14 @@ def assemble_features(
             g[srow[sok], scell[sok]] = _col(swing, column)[sok]
         return g
 
+    def at_cell(g: FloatArray, idx: IntArray) -> FloatArray:
+        """Each vehicle's value of ``g`` at its cell ``idx`` (NaN where -1)."""
+        val = np.full(n, np.nan)
+        ok = idx >= 0
+        val[ok] = g[np.arange(n)[ok], idx[ok]]
+        return val
+
+    worst: dict[str, IntArray] = {}  # feature -> each vehicle's worst cell (-1: none)
     sd_hours = grid("self_discharge_hours")
     for f in CELL_FEATURES:
         if f.source == "swing_pct":
@@ -978,28 +986,19 @@ def assemble_features(
         idx = np.where(has_today, idx, -1)
         out[f.name] = bad
         out[CELL_INDEX[f.name]] = pa.array(idx.astype(np.int16), pa.int16())
-        raw = np.full(n, np.nan)
-        ok = idx >= 0
-        raw[ok] = rel[np.arange(n)[ok], idx[ok]]
-        out[CELL_EVIDENCE[f.name][0]] = raw
-
-    def at_cell(g: FloatArray, feature: str) -> FloatArray:
-        """The value of ``g`` at the worst cell of ``feature`` (NaN where none)."""
-        idx = np.asarray(out[CELL_INDEX[feature]].to_numpy(zero_copy_only=False), np.int64)
-        val = np.full(n, np.nan)
-        ok = (idx >= 0) & (idx < width)
-        val[ok] = g[np.arange(n)[ok], idx[ok]]
-        return val
+        out[CELL_EVIDENCE[f.name][0]] = at_cell(rel, idx)
+        worst[f.name] = idx
 
     # Context for the rules: the rest-deviation cell's imbalance in SoC (a mV deviation
     # means little where the OCV curve is steep) and the trend cell's change of it from
     # the older to the recent half of the window, and the current steps behind the
     # resistance cell's value.
-    out["rest_dev_soc_pct"] = at_cell(swing_grid("soc_offset_pct"), "rest_dev_z")
+    offset = swing_grid("soc_offset_pct")
+    out["rest_dev_soc_pct"] = at_cell(offset, worst["rest_dev_z"])
     out["rest_dev_soc_change_pct"] = at_cell(
-        swing_grid("soc_offset_pct") - swing_grid("soc_offset_early_pct"), "rest_dev_trend_z"
+        offset - swing_grid("soc_offset_early_pct"), worst["rest_dev_trend_z"]
     )
-    out["resistance_steps"] = at_cell(grid("resistance_steps"), "resistance_z")
+    out["resistance_steps"] = at_cell(grid("resistance_steps"), worst["resistance_z"])
     lag_h, lag_z = diurnal if diurnal is not None else ({}, {})
     out["cooling_lag_h"] = np.array([lag_h.get(v, np.nan) for v in vins])
     out["cooling_lag_z"] = np.array([lag_z.get(v, np.nan) for v in vins])
