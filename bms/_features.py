@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from importlib import resources
@@ -633,6 +633,29 @@ def swing_from_sums(sums: pa.Table, min_soc_sd_pct: float, min_days: int = 1) ->
     )
 
 
+def _window_parts(
+    days: Sequence[date],
+    fleet: str,
+    cache: dict[tuple[str, date], pa.Table] | None,
+    make: Callable[[date], pa.Table],
+) -> list[pa.Table]:
+    """The per-day tables of a trailing window, oldest first: from ``cache`` where it has
+    them, else ``make(day)`` (kept in it for the next dates of a catch-up); the cache then
+    forgets the fleet's dates older than the window."""
+    parts = []
+    for d in sorted(days):
+        part = cache.get((fleet, d)) if cache is not None else None
+        if part is None:
+            part = make(d)
+            if cache is not None:
+                cache[(fleet, d)] = part
+        parts.append(part)
+    if cache is not None:
+        for key in [k for k in cache if k[0] == fleet and k[1] < min(days)]:
+            del cache[key]
+    return parts
+
+
 def cell_swing(
     lake_root: Path,
     day: date,
@@ -659,25 +682,20 @@ def cell_swing(
     ``con``: a connection of ``_connect`` to use (default: a new one per day).
     """
     days = [day - timedelta(days=k) for k in range(window_days)]
-    parts = []
-    for d in sorted(days):
-        part = cache.get((fleet, d)) if cache is not None else None
-        if part is None:
-            part = swing_day(
-                lake_root,
-                d,
-                fleet,
-                vehicles_of[d],
-                rest_c_rate=rest_c_rate,
-                default_capacity_ah=default_capacity_ah,
-                con=con,
-            )
-            if cache is not None:
-                cache[(fleet, d)] = part
-        parts.append(part)
-    if cache is not None:
-        for key in [k for k in cache if k[0] == fleet and k[1] < days[-1]]:
-            del cache[key]
+    parts = _window_parts(
+        days,
+        fleet,
+        cache,
+        lambda d: swing_day(
+            lake_root,
+            d,
+            fleet,
+            vehicles_of[d],
+            rest_c_rate=rest_c_rate,
+            default_capacity_ah=default_capacity_ah,
+            con=con,
+        ),
+    )
     # The window is fitted as two halves (older days first): a real loss of capacity
     # shows in both, one odd day (a deep discharge into an LFP knee) in one only.
     split = window_days - window_days // 2
@@ -1265,20 +1283,20 @@ def build_features(
             cache=cache.swing,
             con=con,
         )
-        lag_days = [day - timedelta(days=k) for k in range(params.swing_days)]
-        for d in lag_days:
-            if (fleet, d) not in cache.diurnal:
-                cache.diurnal[(fleet, d)] = diurnal_day(
-                    lake_root,
-                    d,
-                    fleet,
-                    registry,
-                    rest_c_rate=params.rest_c_rate,
-                    default_capacity_ah=params.default_capacity_ah,
-                    con=con,
-                )
-        for key in [k for k in cache.diurnal if k[0] == fleet and k[1] < lag_days[-1]]:
-            del cache.diurnal[key]
+        lag_parts = _window_parts(
+            [day - timedelta(days=k) for k in range(params.swing_days)],
+            fleet,
+            cache.diurnal,
+            lambda d: diurnal_day(
+                lake_root,
+                d,
+                fleet,
+                registry,
+                rest_c_rate=params.rest_c_rate,
+                default_capacity_ah=params.default_capacity_ah,
+                con=con,
+            ),
+        )
         classes = {
             v: str(c or "")
             for v, c in zip(
@@ -1286,7 +1304,7 @@ def build_features(
             )
         }
         diurnal = diurnal_lag(
-            [cache.diurnal[(fleet, d)] for d in sorted(lag_days)],
+            lag_parts,
             classes,
             min_days=params.diurnal_min_days,
         )
