@@ -104,6 +104,33 @@ def _leaf_paths(schema: pa.Schema) -> dict[str, list[str]]:
     return out
 
 
+#: Parquet encodings a writer must be asked for (dictionary and plain are its defaults).
+_CHOSEN_ENCODINGS = (
+    "DELTA_BINARY_PACKED",
+    "DELTA_LENGTH_BYTE_ARRAY",
+    "DELTA_BYTE_ARRAY",
+    "BYTE_STREAM_SPLIT",
+)
+
+
+def parquet_column_encodings(pf: pq.ParquetFile) -> dict[str, str]:
+    """Top-level column -> the non-default encoding its values were written with, read off
+    the first row group: the ``column_encoding`` of ``atomic_parquet_writer`` that
+    rewrites the file alike (compaction's delta-encoded sequence numbers, times and cell
+    lists)."""
+    meta = pf.metadata
+    if not meta.num_row_groups:
+        return {}
+    owner = [name for name, leaves in _leaf_paths(pf.schema_arrow).items() for _ in leaves]
+    rg = meta.row_group(0)
+    out: dict[str, str] = {}
+    for i in range(rg.num_columns):
+        chosen = [e for e in rg.column(i).encodings if e in _CHOSEN_ENCODINGS]
+        if chosen:
+            out[owner[i]] = chosen[0]
+    return out
+
+
 @contextmanager
 def atomic_parquet_writer(
     path: Path,

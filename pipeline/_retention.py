@@ -26,7 +26,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from bms import atomic_parquet_writer, fsync_dir
+from bms import atomic_parquet_writer, fsync_dir, parquet_column_encodings
 from pipeline._nightly_state import pause_point
 
 
@@ -52,33 +52,6 @@ def _partition_dates(base: Path) -> list[tuple[date, Path]]:
     return out
 
 
-#: Parquet encodings a writer must be asked for (dictionary and plain are its defaults).
-_CHOSEN_ENCODINGS = (
-    "DELTA_BINARY_PACKED",
-    "DELTA_LENGTH_BYTE_ARRAY",
-    "DELTA_BYTE_ARRAY",
-    "BYTE_STREAM_SPLIT",
-)
-
-
-def _column_encodings(pf: pq.ParquetFile) -> dict[str, str]:
-    """Top-level column -> the non-default encoding its values were written with (of the
-    first row group; compaction's delta-encoded sequence numbers, times and cell lists)."""
-    meta = pf.metadata
-    if not meta.num_row_groups:
-        return {}
-    names = pf.schema_arrow.names
-    out: dict[str, str] = {}
-    rg = meta.row_group(0)
-    for i in range(rg.num_columns):
-        chosen = [e for e in rg.column(i).encodings if e in _CHOSEN_ENCODINGS]
-        path = pf.schema.column(i).path
-        owner = [n for n in names if path == n or path.startswith(n + ".")]
-        if chosen and owner:
-            out[max(owner, key=len)] = chosen[0]
-    return out
-
-
 def rewrite_parquet(
     src: Path,
     dst: Path,
@@ -90,7 +63,7 @@ def rewrite_parquet(
     """Copy ``src`` to ``dst`` atomically, row group by row group, at ``zstd_level``.
 
     Schema, metadata, row-group boundaries, declared sort order and the columns' chosen
-    encodings (``_column_encodings``) are kept, and memory holds one row group.
+    encodings (``bms.parquet_column_encodings``) are kept, and memory holds one row group.
     ``keep(file, i)`` may return a filtered table for row group ``i`` and ``metadata``
     replaces the schema metadata (both used by erasure). Returns the number of rows
     written.
@@ -106,7 +79,7 @@ def rewrite_parquet(
         schema,
         zstd_level=zstd_level,
         sorting=names or None,
-        column_encoding=_column_encodings(pf) or None,
+        column_encoding=parquet_column_encodings(pf) or None,
     ) as writer:
         for i in range(meta.num_row_groups):
             table = keep(pf, i) if keep is not None else pf.read_row_group(i)
