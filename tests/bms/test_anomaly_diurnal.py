@@ -12,8 +12,6 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from bms import ANOMALY_FEATURES_SCHEMA, RuleLimits
-from bms._anomaly_rules import evaluate_rules
 from bms._features import DIURNAL_SUMS, diurnal_lag, diurnal_peak_hour
 
 W_PER_H = 2 * math.pi / 24.0
@@ -99,21 +97,3 @@ def test_lag_behind_peers_names_the_slow_pack_and_not_scattered_cars() -> None:
     assert max(abs(lag_h[f"TW{i}"]) for i in range(1, 8)) < 0.3
     assert max(lag_z[f"CAR{i}"] for i in range(8)) < 10.0
     assert diurnal_lag(days[:6], classes, min_days=7) == ({}, {})  # too few days
-
-
-def test_cooling_rule_needs_an_hour_and_ten_sigmas_of_its_class() -> None:
-    def row(vin: str, lag_h: float, lag_z: float) -> dict[str, object]:
-        base: dict[str, object] = {f.name: None for f in ANOMALY_FEATURES_SCHEMA}
-        base.update(vin=vin, chemistry="lfp", has_cell_data=True, window_days=14)
-        base.update(cooling_lag_h=lag_h, cooling_lag_z=lag_z)
-        return base
-
-    features = pa.Table.from_pylist(
-        [row("A", 1.6, 12.0), row("B", 2.4, 15.0), row("C", 1.6, 7.0), row("D", 0.6, 12.0)],
-        schema=ANOMALY_FEATURES_SCHEMA,
-    )
-    hits = evaluate_rules(features, RuleLimits()).to_pylist()
-    assert [(h["vin"], h["rule"], h["severity"]) for h in hits] == [
-        ("A", "cooling_slow", "warning"),
-        ("B", "cooling_slow", "critical"),
-    ]

@@ -76,3 +76,16 @@ def test_resistance_from_a_single_current_step_needs_twice_the_margin() -> None:
         ("B", "cell_resistance", 7, "warning", 30.0),
         ("C", "cell_resistance", 7, "critical", 60.0),
     ]
+
+
+def test_cooling_rule_needs_an_hour_and_ten_sigmas_of_its_class() -> None:
+    rows = [
+        _row("A", "lfp", cooling_lag_h=1.6, cooling_lag_z=12.0),
+        _row("B", "lfp", cooling_lag_h=2.4, cooling_lag_z=15.0),
+        _row("C", "lfp", cooling_lag_h=1.6, cooling_lag_z=7.0),
+        _row("D", "lfp", cooling_lag_h=0.6, cooling_lag_z=12.0),
+    ]
+    assert [(h[0], h[1], h[3]) for h in _hits(rows)] == [
+        ("A", "cooling_slow", "warning"),
+        ("B", "cooling_slow", "critical"),
+    ]
