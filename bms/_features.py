@@ -41,6 +41,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from bms._duck import duckdb_connect, set_double_variables, vin_groups
+from bms._lake import COMPACTED_PREFIX
 from bms._ocv import CHEMISTRIES, OCV_TABLES_V, ocv_slope_mv_per_pct, soc_pct_from_ocv_v
 
 FloatArray = npt.NDArray[np.float64]
@@ -358,6 +359,10 @@ def _telemetry_job(
         for name, table in tables.items():
             con.register(name, table)
         set_double_variables(con, variables)
+        # A compacted partition (its one file) holds one row per (vin, seq): the jobs
+        # skip their deduplicating sort of every reading.
+        compacted = len(files) == 1 and files[0].name.startswith(COMPACTED_PREFIX)
+        con.execute(f"SET VARIABLE dedup = {not compacted}")
         sql = _sql(sql_file)
         source = f"read_parquet({_sql_paths(files)})"
         counts = con.sql(f"SELECT vin, count(*) FROM {source} GROUP BY vin ORDER BY vin").fetchall()
@@ -495,7 +500,7 @@ def sensor_day(
                 "sensor": pa.array([], pa.int16()),
                 "n_readings": pa.array([], pa.int64()),
                 "n_valid": pa.array([], pa.int64()),
-                "n_distinct": pa.array([], pa.int64()),
+                "range_c": pa.array([], pa.float64()),
                 "pack_range_c": pa.array([], pa.float64()),
                 "dev_mean_c": pa.array([], pa.float64()),
                 "jitter_c": pa.array([], pa.float64()),
@@ -1142,7 +1147,7 @@ def assemble_features(
     n_read = _col(sensors, "n_readings")
     invalid = np.where(n_read > 0, 1.0 - _col(sensors, "n_valid") / np.maximum(n_read, 1), np.nan)
     stuck = (
-        (_col(sensors, "n_distinct") <= 1)
+        (_col(sensors, "range_c") == 0.0)
         & (_col(sensors, "n_valid") >= 10)
         & (_col(sensors, "pack_range_c") >= 2.0)
     ).astype(np.float64)

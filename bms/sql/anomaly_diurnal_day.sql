@@ -4,7 +4,8 @@
 -- ambient cycle like a first-order low-pass of time constant tau = C / h (heat capacity
 -- over conductance to ambient), lagging it by atan(w tau) / w. A pack whose cooling
 -- degrades (tau grows) lags its peers more. Inputs: view `tele` (the partition's files,
--- duplicates possible), table `registry` (vin, capacity_ah); variables rest_c_rate,
+-- duplicates possible), table `registry` (vin, capacity_ah); variables dedup (the files
+-- may hold duplicate (vin, seq) rows; false folds the window away), rest_c_rate,
 -- default_capacity_ah.
 --   n                    readings at rest with a pack temperature
 --   sc, ss, scc, sss, scs, st, stc, sts   sums of c, s, c^2, s^2, c s, T, T c, T s with
@@ -16,7 +17,7 @@
 WITH dedup AS (
     SELECT vin, seq, ts, current_a, temp_dc
     FROM tele
-    QUALIFY row_number() OVER (
+    QUALIFY NOT getvariable('dedup') OR row_number() OVER (
         PARTITION BY vin, seq ORDER BY received_at, worker, ts, current_a, temp_dc
     ) = 1
 ),

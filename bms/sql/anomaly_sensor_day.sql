@@ -1,11 +1,12 @@
 -- anomaly_sensor_day: one row per (vin, temperature sensor) of one (date, fleet)
 -- telemetry partition: what the sensor-fault and thermal rules need and the analytics
 -- tables do not carry. Inputs: view `tele` (the partition's files, duplicates possible),
--- table `registry` (vin, capacity_ah); variables rest_c_rate, default_capacity_ah,
--- rest_min_s, settle_s.
+-- table `registry` (vin, capacity_ah); variables dedup (the files may hold duplicate
+-- (vin, seq) rows), rest_c_rate, default_capacity_ah, rest_min_s, settle_s.
 --   n_readings, n_valid     readings, and readings with a value (sentinels and
 --                           out-of-type values are stored as null, bms.Quality)
---   n_distinct              distinct values (1 with a varying pack = stuck)
+--   range_c                 max - min of the sensor's values over the day (0 with a
+--                           varying pack = stuck)
 --   pack_range_c            range over the day of the pack's median sensor
 --   dev_mean_c              mean of (sensor - pack median)
 --   jitter_c                RMS change between consecutive valid readings
@@ -13,14 +14,18 @@
 --                           rest of at least rest_min_s, after settle_s
 --   pack_rest_rise_c_per_h  the same for the pack median itself (same for all sensors)
 -- Every sum is of integers (temperatures in 0.1 degC as sent, the pack median doubled so
--- it stays whole, times in ms from the start of the rest) in HUGEINT: exact in any order,
--- so the job may run on several threads and still give the same bytes every time. The
+-- it stays whole, times in ms from the start of the rest): exact in any order, so the
+-- job may run on several threads and still give the same bytes every time. The rest
+-- fit's sums of squared times need HUGEINT; the others stay far inside BIGINT (a
+-- SMALLINT value squared, times the readings of a day). The
 -- least-squares slope is Sxy' / Sxx' with Sxy' = n Sxy - Sx Sy, Sxx' = n Sxx - Sx^2.
 WITH dedup AS (
     SELECT vin, seq, epoch_ms(ts) AS ts_ms, current_a, temp_dc
     FROM tele
-    -- ties broken by every column used, so any thread order keeps the same reading
-    QUALIFY row_number() OVER (
+    -- variable dedup: the files may hold duplicate (vin, seq) rows (false: the window
+    -- is folded away). Ties broken by every column used, so any thread order keeps the
+    -- same reading.
+    QUALIFY NOT getvariable('dedup') OR row_number() OVER (
         PARTITION BY vin, seq ORDER BY received_at, worker, ts, current_a, temp_dc
     ) = 1
 ),
@@ -35,30 +40,38 @@ flagged AS (
     FROM dedup d
     LEFT JOIN registry r USING (vin)
 ),
-runs AS (
-    SELECT
-        *,
-        sum(CASE WHEN at_rest IS DISTINCT FROM prev_rest THEN 1 ELSE 0 END)
-            OVER (PARTITION BY vin ORDER BY ts_ms, seq ROWS UNBOUNDED PRECEDING) AS run_id
-    FROM (SELECT *, lag(at_rest) OVER (PARTITION BY vin ORDER BY ts_ms, seq) AS prev_rest
-          FROM flagged)
+lagged AS (
+    -- one sort for both lags: the rest flag (runs) and the sensor values (steps)
+    SELECT *,
+           lag(at_rest) OVER w AS prev_rest,
+           lag(temp_dc) OVER w AS prev_dc
+    FROM flagged
+    WINDOW w AS (PARTITION BY vin ORDER BY ts_ms, seq)
 ),
-runs_t AS (
-    SELECT *, min(ts_ms) OVER (PARTITION BY vin, run_id) AS run_start_ms,
-           max(ts_ms) OVER (PARTITION BY vin, run_id) AS run_end_ms
-    FROM runs
+runs AS (
+    -- a run starts where the rest flag changes; its start is the latest such reading
+    SELECT vin, seq, ts_ms, at_rest, pack2, temp_dc,
+           sum(CASE WHEN at_rest IS DISTINCT FROM prev_rest THEN 1 ELSE 0 END) OVER u AS run_id,
+           max(CASE WHEN at_rest IS DISTINCT FROM prev_rest THEN ts_ms END) OVER u
+               AS run_start_ms
+    FROM lagged
+    WINDOW u AS (PARTITION BY vin ORDER BY ts_ms, seq ROWS UNBOUNDED PRECEDING)
+),
+run_ends AS (
+    SELECT vin, run_id, max(ts_ms) AS run_end_ms FROM runs GROUP BY vin, run_id
 ),
 s AS (
     SELECT
-        vin, seq, ts_ms, at_rest, run_id, run_start_ms, run_end_ms, pack2,
+        vin, seq, ts_ms, at_rest, run_id, run_start_ms, pack2,
         unnest(range(len(temp_dc)))::SMALLINT AS sensor,
         unnest(temp_dc)::BIGINT AS temp_dc
-    FROM runs_t
+    FROM runs
 ),
 stats AS (
+    -- a stuck sensor reads one value all day: min = max
     SELECT vin, sensor, count(*) AS n_readings, count(temp_dc) AS n_valid,
-           count(DISTINCT temp_dc) AS n_distinct,
-           sum((2 * temp_dc - pack2)::HUGEINT)::DOUBLE
+           ((max(temp_dc) - min(temp_dc)) / 10.0)::DOUBLE AS range_c,
+           sum(2 * temp_dc - pack2)::DOUBLE
                / count(2 * temp_dc - pack2) / 20.0 AS dev_mean_c
     FROM s GROUP BY vin, sensor
 ),
@@ -78,9 +91,7 @@ gappy AS (
 pairs AS (
     SELECT vin, unnest(range(len(temp_dc)))::SMALLINT AS sensor,
            unnest(temp_dc)::BIGINT AS cur_dc, unnest(prev_dc)::BIGINT AS prev_dc
-    FROM (SELECT vin, temp_dc,
-                 lag(temp_dc) OVER (PARTITION BY vin ORDER BY ts_ms, seq) AS prev_dc
-          FROM runs_t)
+    FROM lagged
 ),
 j AS (
     SELECT vin, sensor, cur_dc - prev_dc AS step_dc
@@ -88,26 +99,38 @@ j AS (
     UNION ALL
     SELECT vin, sensor,
            temp_dc - lag(temp_dc) OVER (PARTITION BY vin, sensor ORDER BY ts_ms, seq) AS step_dc
-    FROM s SEMI JOIN gappy USING (vin, sensor)
+    FROM (
+        SELECT vin, seq, ts_ms, unnest(range(len(temp_dc)))::SMALLINT AS sensor,
+               unnest(temp_dc)::BIGINT AS temp_dc
+        FROM flagged
+        WHERE vin IN (SELECT vin FROM gappy)
+    ) g
+    SEMI JOIN gappy USING (vin, sensor)
     WHERE temp_dc IS NOT NULL
 ),
 rest_pts AS (
-    SELECT vin, sensor, run_id,
+    SELECT vin, sensor, run_id, run_start_ms,
            (ts_ms - run_start_ms)::HUGEINT AS x,
            (2 * temp_dc - pack2)::HUGEINT AS y,
            pack2::HUGEINT AS p
     FROM s
     WHERE at_rest AND temp_dc IS NOT NULL AND pack2 IS NOT NULL
-        AND run_end_ms - run_start_ms >= 1000 * getvariable('rest_min_s')
         AND ts_ms >= run_start_ms + 1000 * getvariable('settle_s')
 ),
 rest_sums AS (
-    SELECT vin, sensor, run_id, count(*)::HUGEINT AS n,
-           sum(x) AS sx, sum(x * x) AS sxx, sum(y) AS sy, sum(x * y) AS sxy,
-           sum(p) AS sp, sum(x * p) AS sxp
-    FROM rest_pts
-    GROUP BY vin, sensor, run_id
-    HAVING count(*) >= 4
+    -- only runs of at least rest_min_s (their end: run_ends)
+    SELECT r.*
+    FROM (
+        SELECT vin, sensor, run_id, any_value(run_start_ms) AS run_start_ms,
+               count(*)::HUGEINT AS n,
+               sum(x) AS sx, sum(x * x) AS sxx, sum(y) AS sy, sum(x * y) AS sxy,
+               sum(p) AS sp, sum(x * p) AS sxp
+        FROM rest_pts
+        GROUP BY vin, sensor, run_id
+        HAVING count(*) >= 4
+    ) r
+    JOIN run_ends e USING (vin, run_id)
+    WHERE e.run_end_ms - r.run_start_ms >= 1000 * getvariable('rest_min_s')
 ),
 rest_slopes AS (
     -- [0.05 degC per ms] x 3.6e6 ms/h / 20 = degC/h
@@ -127,7 +150,7 @@ rest_max AS (
 ),
 jit AS (
     SELECT vin, sensor,
-           sqrt(sum((step_dc * step_dc)::HUGEINT)::DOUBLE / count(step_dc)) / 10.0 AS jitter_c
+           sqrt(sum(step_dc * step_dc)::DOUBLE / count(step_dc)) / 10.0 AS jitter_c
     FROM j GROUP BY vin, sensor
 )
 SELECT
@@ -135,7 +158,7 @@ SELECT
     stats.sensor,
     stats.n_readings,
     stats.n_valid,
-    stats.n_distinct,
+    stats.range_c,
     pack.pack_range_c,
     stats.dev_mean_c,
     jit.jitter_c,

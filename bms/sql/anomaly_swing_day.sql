@@ -6,7 +6,8 @@
 -- partition's files, duplicates possible), table `vehicles` (vin, chemistry,
 -- capacity_ah), table `ocv_lut` (chemistry, mv, soc_pct, slope_mv_per_pct: the OCV curve
 -- read off at every whole mV, slope 0 outside the curve), table `ocv_bins` (chemistry,
--- bin, slope_mv_per_pct: the slope of each 5 % SoC segment); variables rest_c_rate,
+-- bin, slope_mv_per_pct: the slope of each 5 % SoC segment); variables dedup (the files
+-- may hold duplicate (vin, seq) rows; false folds the window away), rest_c_rate,
 -- default_capacity_ah.
 -- Each reading is weighted by the square of the smaller of the cell's and the pack's OCV
 -- slope: a 1 mV step is a large SoC step on the LFP plateau, a small one on the knees.
@@ -16,7 +17,8 @@
 WITH dedup AS (
     SELECT vin, seq, current_a, cell_mv
     FROM tele
-    QUALIFY row_number() OVER (PARTITION BY vin, seq ORDER BY received_at, worker) = 1
+    QUALIFY NOT getvariable('dedup')
+        OR row_number() OVER (PARTITION BY vin, seq ORDER BY received_at, worker) = 1
 ),
 rest AS (
     SELECT d.vin, d.seq, v.chemistry, d.cell_mv
