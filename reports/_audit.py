@@ -57,6 +57,8 @@ _UTC_NAMES = frozenset({"UTC", "utc", "Etc/UTC", "+00:00", "Z"})
 #: default 1,024 calls the Python sink ~100 times per 96-cell day table, for the same
 #: bytes; ~10 % of the CSV time).
 _CSV_OPTIONS = pcsv.WriteOptions(batch_size=65_536)
+#: fsyncs in flight at once (``_Syncer``).
+_SYNC_THREADS = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,16 +290,18 @@ def _csv_table(table: pa.Table) -> pa.Table:
 
 
 class _Syncer:
-    """fsyncs finished files on background threads.
+    """fsyncs finished files and folders on background threads.
 
     The disk flushes one file while the exporters format the next (an fsync right after
     each write left a core idle for every flush); ``wait`` returns when all are durable.
-    ``enabled=False`` for a ``.tar`` bundle, whose loose files are temporary: only the
-    tar file has to reach the disk.
+    The threads wait on the disk, not on a core: several fsyncs in flight share the
+    file system's journal commits (on ext4 here, 270 files took 0.85-1.3 s to fsync one
+    after the other and 0.1 s on 8 threads). ``enabled=False`` for a ``.tar`` bundle,
+    whose loose files are temporary: only the tar file has to reach the disk.
     """
 
     def __init__(self, enabled: bool = True) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=2) if enabled else None
+        self._pool = ThreadPoolExecutor(max_workers=_SYNC_THREADS) if enabled else None
         self._pending: list[Future[None]] = []
 
     def __call__(self, path: Path) -> None:
@@ -452,13 +456,15 @@ def _tar_into(src: Path, files: list[str], tar_path: Path, top: str, mtime: int)
 
 def _install(tmp: Path, out: Path, files: list[str], date_to: date, sync: _Syncer) -> None:
     """Move the finished bundle in ``tmp`` to ``out`` (directory or ``.tar``)."""
-    sync.wait()
     if not out.name.endswith(".tar"):
+        # Every folder's entries durable before the rename publishes the bundle; among
+        # themselves the folders need no order (none is visible before the rename).
         folders = {tmp}
         for rel in files:
             folders.update((tmp / rel).parents[: len(Path(rel).parts) - 1])
         for folder in sorted(folders, key=lambda p: -len(p.parts)):
-            fsync_dir(folder)
+            sync(folder)
+    sync.wait()
     if out.name.endswith(".tar"):
         mtime = int(datetime.combine(date_to, datetime.max.time(), UTC).timestamp())
         tar_tmp = out.parent / f".{out.name}.{uuid.uuid4().hex}.tmp"
