@@ -13,8 +13,9 @@ physical value travel with the row as evidence.
 
 Vehicle-level inputs are compared with the vehicle's own past and with the fleet on the
 same day (a double difference that removes season, climate and usage): the hottest
-sensor and the day's temperature rise (``metrics/vehicle_day``), the fade of state of
-health and the growth of resistance over 30 days (``metrics/vehicle_soh``). Temperature
+sensor and the day's temperature rise (``metrics/vehicle_day``; against the vehicle's
+thermal peers: same class, similar climate and use), the fade of state of health and
+the growth of resistance over 30 days (``metrics/vehicle_soh``). Temperature
 sensor health (values missing, stuck, jittering; rise at rest relative to the pack)
 comes straight from telemetry (``sql/anomaly_sensor_day.sql``): the analytics tables do
 not carry it.
@@ -150,7 +151,7 @@ FEATURES_SCHEMA = pa.schema(
     ],
     metadata={
         b"fleetbms.table": b"anomaly_features",
-        b"fleetbms.version": b"5",
+        b"fleetbms.version": b"6",
     },
 )
 
@@ -249,20 +250,79 @@ def excess_over_own_and_fleet(
     return out
 
 
-def climate_groups(baseline_c: FloatArray, n_groups: int = 4) -> npt.NDArray[np.int64]:
-    """Peer groups of vehicles by their own baseline temperature (quantile bins).
+def nearest(values: FloatArray, n: int) -> list[IntArray]:
+    """For each element, the indices of the ``n`` elements (itself included) whose value
+    is nearest its own (all of them if there are no more); NaNs are each other's.
 
-    Vehicles in the same climate warm and cool with the seasons alike; comparing a
-    vehicle's excess with its thermal peers removes the season. NaN baselines go to
-    group -1.
+    In sorted order the ``n`` nearest are a window around the element: of the windows
+    that hold it, the one with the smallest sum of distances to it.
     """
-    out = np.full(len(baseline_c), -1, dtype=np.int64)
-    ok = ~np.isnan(baseline_c)
-    if np.count_nonzero(ok) >= 2 * n_groups:
-        edges = np.quantile(baseline_c[ok], np.linspace(0, 1, n_groups + 1)[1:-1])
-        out[ok] = np.searchsorted(edges, baseline_c[ok], side="right")
-    elif np.any(ok):
-        out[ok] = 0
+    out: list[IntArray] = [np.zeros(0, dtype=np.int64)] * len(values)
+    nan = np.flatnonzero(np.isnan(values))
+    for i in nan:
+        out[i] = nan
+    order = np.flatnonzero(~np.isnan(values))
+    order = order[np.argsort(values[order], kind="stable")]
+    u = values[order]
+    m = len(order)
+    k = min(n, m)
+    if m == 0:
+        return out
+    pos = np.arange(m)
+    lo = np.clip(pos[:, None] - np.arange(k)[None, :], 0, m - k)  # candidate window starts
+    c = np.r_[0.0, np.cumsum(u - u[0])]  # prefix sums, shifted for precision
+    x = (u - u[0])[:, None]
+    p = pos[:, None]
+    below = (p - lo) * x - (c[p] - c[lo])  # distances to the window's values below ...
+    above = (c[lo + k] - c[p + 1]) - (lo + k - 1 - p) * x  # ... and above the element
+    best = lo[pos, np.argmin(below + above, axis=1)]
+    for i, b in zip(pos, best, strict=True):
+        out[order[i]] = order[b : b + k]
+    return out
+
+
+def excess_over_own_and_peers(
+    today: FloatArray,
+    baseline: FloatArray,
+    vehicle_class: Sequence[str],
+    baseline_c: FloatArray,
+    use_efc_per_day: FloatArray,
+    *,
+    n_climate: int = 36,
+    n_peers: int = 9,
+) -> FloatArray:
+    """Double difference for temperatures: (today - own baseline) minus the median of the
+    same over the vehicle's thermal peers. [unit of x]
+
+    A pack's daily maximum follows the ambient temperature only as far as the ambient
+    sets it: parked, or driven lightly, it warms and cools with the weather; driven or
+    fast-charged hard under an active cooling loop, it sits near the loop's setpoint
+    plus its own Joule heat over the loop's conductance, whatever the weather. When the
+    season cools, the first kind's maximum falls with it and the second's does not (on
+    a simulated fleet in September, commuter cars' fell by 4 degC while taxis' stayed at
+    39-40 degC on fast-charging days), so each vehicle is compared with its own kind,
+    among the vehicles with a value today: of the same ``vehicle_class`` (the cooling
+    hardware), the ``n_climate`` nearest in climate (baseline night temperature
+    ``baseline_c`` [degC]: vehicles in one climate warm and cool with the seasons alike)
+    and of those the ``n_peers`` nearest in use
+    (``use_efc_per_day``: equivalent full cycles a day, the heat generated per unit of
+    heat capacity [1/d]). Nearest neighbours rather than quantile bins, whose edges
+    would split a climate or a kind of use (bins split the simulated fleet's mild-climate
+    two-wheelers and set half of them 5 degC off in September).
+    """
+    own = today - baseline
+    classes = np.asarray(vehicle_class, dtype=object)
+    out = np.full(len(own), np.nan)
+    has = ~np.isnan(own)
+    for cls in sorted(set(classes[has].tolist())):
+        members = np.flatnonzero(has & (classes == cls))
+        use = use_efc_per_day[members]
+        for k, pool in enumerate(nearest(baseline_c[members], n_climate)):
+            gap = np.abs(use[pool] - use[k])
+            if np.isnan(use[k]):
+                gap = np.where(np.isnan(use[pool]), 0.0, np.inf)
+            peers = pool[np.argsort(np.nan_to_num(gap, nan=np.inf), kind="stable")[:n_peers]]
+            out[members[k]] = own[members[k]] - float(np.median(own[members[peers]]))
     return out
 
 
@@ -914,6 +974,7 @@ def assemble_features(
     params: FeatureParams,
     swing: pa.Table | None = None,
     diurnal: tuple[Mapping[str, float], Mapping[str, float]] | None = None,
+    vehicle_class: Mapping[str, str] | None = None,
 ) -> pa.Table:
     """Build the feature rows of one (date, fleet) from already-read inputs.
 
@@ -933,6 +994,9 @@ def assemble_features(
     diurnal : (dict, dict), optional
         Output of ``diurnal_lag``: each vehicle's lag behind its peers' daily temperature
         cycle [h] and in robust sigmas of its class (none: both are missing).
+    vehicle_class : dict, optional
+        Vehicle class of each vin (registry), a key of the temperature peer groups
+        (``excess_over_own_and_peers``; none or a missing vin: one class).
     """
     n = len(vins)
     pos = {v: i for i, v in enumerate(vins)}
@@ -1088,14 +1152,25 @@ def assemble_features(
     # One-sided: a pack cooler than usual (parked, winter) is not a fault.
     t_today, t_base = today_and_baseline(tmax)
     _tmin_now, tmin_base = today_and_baseline(tmin)
-    peers = climate_groups(tmin_base)
-    out["temp_max_excess_c"] = np.fmax(excess_over_own_and_fleet(t_today, t_base, peers), 0.0)
+    # the vehicle's use over the baseline days (every kind of day)
+    efc = _col(vehicle_window, "equivalent_full_cycles")
+    sel_u = (vw_row >= 0) & (vw_day >= base_lo) & (vw_day <= base_hi) & ~np.isnan(efc)
+    use_base = np.full(n, np.nan)
+    if np.any(sel_u):
+        order = np.lexsort((efc[sel_u], vw_row[sel_u]))
+        rows_u, vals_u = vw_row[sel_u][order], efc[sel_u][order]
+        starts = np.flatnonzero(np.r_[True, rows_u[1:] != rows_u[:-1]])
+        for s, e in zip(starts, np.r_[starts[1:], len(rows_u)], strict=True):
+            use_base[rows_u[s]] = float(np.median(vals_u[s:e]))
+    classes = vehicle_class or {}
+    peer_keys = ([classes.get(v, "") for v in vins], tmin_base, use_base)
+    out["temp_max_excess_c"] = np.fmax(excess_over_own_and_peers(t_today, t_base, *peer_keys), 0.0)
     t_day = np.full(n, np.nan)
     sel_d = (vw_row >= 0) & (vw_day == day_num)
     t_day[vw_row[sel_d]] = tmax[sel_d]
     out["temp_c_max"] = t_day
     r_today, r_base = today_and_baseline(tmax - tmin)
-    out["temp_rise_excess_c"] = np.fmax(excess_over_own_and_fleet(r_today, r_base, peers), 0.0)
+    out["temp_rise_excess_c"] = np.fmax(excess_over_own_and_peers(r_today, r_base, *peer_keys), 0.0)
 
     # Exposure over the recent days (context: charging and heat).
     for name, how in (
@@ -1229,6 +1304,7 @@ def build_features(
             "dc_fast_share",
             "hours_soc_above_90",
             "hours_temp_above_45c",
+            "equivalent_full_cycles",
         ],
         cache,
     )
@@ -1317,7 +1393,17 @@ def build_features(
         if own:
             cache.close()
     return assemble_features(
-        vins, chem, cells, vehicle_window, soh_window, sensors, day, params, swing, diurnal
+        vins,
+        chem,
+        cells,
+        vehicle_window,
+        soh_window,
+        sensors,
+        day,
+        params,
+        swing,
+        diurnal,
+        vehicle_class=classes,
     )
 
 
