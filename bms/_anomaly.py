@@ -64,21 +64,38 @@ from bms._lake import atomic_write_bytes, write_parquet_atomic
 #: Features the isolation forest uses by default: the cell z-scores within the pack and
 #: the vehicle's temperature excess over its own past and the fleet. The level of a
 #: cell's rest deviation is left to the spread rule (a cell that has always sat a few mV
-#: off is a manufacturing outlier, not a developing fault; its trend is in). Charging and heat
+#: off is a manufacturing outlier, not a developing fault; its trend is in, as ``drift_z``
+#: and ``drift_growth_z``: read in SoC where the OCV curve gives the cells' offsets, so
+#: that a fixed imbalance read at rest SoCs of a flatter or steeper curve does not look
+#: like a cell drifting away; a healthy occasional-use LFP car whose cell sat 0.8 % off
+#: its pack (0.00-0.04 % change a week) went from 10 to 29 mV and back in a month and was
+#: flagged on the mV trend for 16 days, seed 5). Charging and heat
 #: exposure are in the feature rows as context but not in the model (they describe use,
 #: not faults); so are the 30-day SoH and resistance trends, whose early fits scatter too
 #: much to isolate a vehicle on (a weak cell shows earlier in the cell features), and the
 #: temperature-sensor figures, which the sensor rules judge physically.
 DEFAULT_MODEL_FEATURES: tuple[str, ...] = (
     "self_discharge_z",
-    "rest_dev_trend_z",
+    "drift_z",
     "sag_z",
     "resistance_z",
     "min_share_z",
-    "spread_growth_z",
+    "drift_growth_z",
     "temp_max_excess_c",
     "temp_rise_excess_c",
 )
+
+#: The cell a model flag names when its top feature is a pack-level drift feature: the
+#: SoC view's cell (``_DRIFT_CELL``) where the row has it (``_DRIFT_SOURCE`` not null),
+#: else the mV view's (``_DRIFT_MV_CELL``).
+_DRIFT_CELL = {
+    "spread_growth_z": "rest_dev_cell",
+    "soc_spread_growth_z": "soc_drift_cell",
+    "drift_z": "soc_drift_cell",
+    "drift_growth_z": "soc_drift_cell",
+}
+_DRIFT_SOURCE = {"drift_z": "soc_drift_z", "drift_growth_z": "soc_spread_growth_z"}
+_DRIFT_MV_CELL = {"drift_z": "rest_dev_trend_cell", "drift_growth_z": "rest_dev_cell"}
 
 STATUSES = ("new", "ongoing", "cleared")
 
@@ -765,10 +782,12 @@ def _score_fleet_day(
         assert model is not None
         top, _dist = _top_features(model, x_today[i], params.top_features)
         # the cell of the top feature if it is a cell feature (spread growth: the cell
-        # furthest from the median), else the pack
+        # furthest from the median, or the one whose SoC offset moved most), else the pack
         cell = -1
         lead = top[0]["feature"] if top else ""
-        index_col = CELL_INDEX.get(lead) or ("rest_dev_cell" if lead == "spread_growth_z" else "")
+        index_col = CELL_INDEX.get(lead) or _DRIFT_CELL.get(lead, "")
+        if lead in _DRIFT_SOURCE and today[_DRIFT_SOURCE[lead]][i].as_py() is None:
+            index_col = _DRIFT_MV_CELL[lead]
         if index_col:
             c = today[index_col][i].as_py()
             cell = int(c) if c is not None and c >= 0 else -1

@@ -99,11 +99,26 @@ CELL_FEATURES: tuple[CellFeature, ...] = (
     # manufacturing capacity spread is 0.2-0.3 % sigma (science.md 3), the floor covers
     # the fit's own scatter (0.5-1 % on the simulated fleet)
     CellFeature("swing_z", "swing_pct", "swing_rel_pct", "%", "pos", 0.5),
+    # ... and its SoC offset from the pack at rest moving, from the older to the recent
+    # half of the swing window: the drift of ``rest_dev_trend_z`` read off the OCV curve
+    # (``soc_offset_pct``), so that a fixed imbalance read at rest SoCs where the curve
+    # is flatter or steeper (the LFP plateau: ~0.5 mV per % SoC against ~37 near full,
+    # science.md 1) does not fake one. NaN where fewer than half the pack's cells have
+    # an offset in both halves. Floor: healthy simulated packs' cells scatter by 0.02-0.06 %
+    # (median-p90 of the pack sigma, 0.16 % at p99; seed 5, five dates), a soft short
+    # drains 0.6-1.5 %/day (science.md 3).
+    CellFeature("soc_drift_z", "soc_offset_change_pct", "soc_drift_rel_pct", "%", "abs", 0.1),
 )
 
 #: Vehicle-level features and their units.
 VEHICLE_FEATURES: dict[str, str] = {
     "spread_growth_z": "-",
+    "soc_spread_growth_z": "-",
+    # the model's view of a cell drifting away from its pack: in SoC where the OCV curve
+    # gives the pack's offsets (``soc_drift_z``, ``soc_spread_growth_z``), else in mV
+    # (``rest_dev_trend_z``, ``spread_growth_z``)
+    "drift_z": "z",
+    "drift_growth_z": "-",
     "temp_max_excess_c": "degC",
     "temp_rise_excess_c": "degC",
     "soh_drop_excess_pct": "%",
@@ -151,7 +166,7 @@ FEATURES_SCHEMA = pa.schema(
     ],
     metadata={
         b"fleetbms.table": b"anomaly_features",
-        b"fleetbms.version": b"6",
+        b"fleetbms.version": b"7",
     },
 )
 
@@ -1050,6 +1065,14 @@ def assemble_features(
         return val
 
     worst: dict[str, IntArray] = {}  # feature -> each vehicle's worst cell (-1: none)
+    # each cell's SoC offset in the older and the recent half of the swing window, for
+    # packs with both for at least half their cells (else none: too few to compare)
+    soc_recent, soc_early = swing_grid("soc_offset_pct"), swing_grid("soc_offset_early_pct")
+    both = np.isfinite(soc_recent) & np.isfinite(soc_early)
+    soc_known = np.count_nonzero(both, axis=1) >= np.maximum(n_cells / 2.0, 2.0)
+    both &= soc_known[:, None]
+    soc_recent, soc_early = np.where(both, soc_recent, np.nan), np.where(both, soc_early, np.nan)
+    soc_change = soc_recent - soc_early
     sd_hours = grid("self_discharge_hours")
     for f in CELL_FEATURES:
         if f.source == "swing_pct":
@@ -1061,6 +1084,10 @@ def assemble_features(
                 swing_grid("swing_pct") - med[:, None],
                 swing_grid("swing_early_pct") - med_early[:, None],
             )
+        elif f.source == "soc_offset_change_pct":
+            g = soc_change
+            z, med, _scale = pack_robust_z(g, f.floor)
+            rel = g - med[:, None]
         else:
             g = grid(f.source)
             if f.source == "self_discharge_mv_per_day":
@@ -1097,6 +1124,17 @@ def assemble_features(
     spread_then = _nan_range(early)
     growth = np.fmax((spread_now - spread_then) / scale, 0.0)  # shrinking spread is fine
     out["spread_growth_z"] = np.where(has_today, growth, np.nan)
+    # ... and of the SoC offsets, where known (scale floored like ``soc_drift_z``)
+    _z, _m, soc_scale = pack_robust_z(soc_recent, 0.1)
+    with np.errstate(invalid="ignore"):
+        soc_growth = np.fmax((_nan_range(soc_recent) - _nan_range(soc_early)) / soc_scale, 0.0)
+    out["soc_spread_growth_z"] = np.where(has_today & soc_known, soc_growth, np.nan)
+    soc_drift = np.asarray(out["soc_drift_z"], dtype=np.float64)
+    out["drift_z"] = np.where(np.isfinite(soc_drift), soc_drift, out["rest_dev_trend_z"])
+    out["drift_growth_z"] = np.where(
+        np.isfinite(out["soc_spread_growth_z"]), out["soc_spread_growth_z"], growth
+    )
+    out["drift_growth_z"] = np.where(has_today, out["drift_growth_z"], np.nan)
 
     # Temperatures against own baseline and the fleet.
     vw_vin = _strs(vehicle_window, "vin") if vehicle_window.num_rows else []

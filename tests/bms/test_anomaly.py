@@ -186,7 +186,7 @@ def test_top_features_carry_the_fleet_normal_range(scored: Path) -> None:
     row = next(r for r in t.to_pylist() if r["source"] == "both")
     top = row["top_features"]
     assert len(top) == PARAMS.top_features
-    assert top[0]["feature"] in ("self_discharge_z", "rest_dev_trend_z", "spread_growth_z")
+    assert top[0]["feature"] in ("self_discharge_z", "drift_z", "drift_growth_z")
     assert top[0]["value"] > top[0]["normal_high"]
     assert top[0]["distance"] >= top[1]["distance"] >= top[2]["distance"]
     assert row["score"] > row["threshold"]
