@@ -291,8 +291,8 @@ def nearest(values: FloatArray, n: int) -> list[IntArray]:
     below = (p - lo) * x - (c[p] - c[lo])  # distances to the window's values below ...
     above = (c[lo + k] - c[p + 1]) - (lo + k - 1 - p) * x  # ... and above the element
     best = lo[pos, np.argmin(below + above, axis=1)]
-    for i, b in zip(pos, best, strict=True):
-        out[order[i]] = order[b : b + k]
+    for i, window in zip(order, order[best[:, None] + np.arange(k)[None, :]], strict=True):
+        out[i] = window
     return out
 
 
@@ -332,12 +332,18 @@ def excess_over_own_and_peers(
     for cls in sorted(set(classes[has].tolist())):
         members = np.flatnonzero(has & (classes == cls))
         use = use_efc_per_day[members]
-        for k, pool in enumerate(nearest(baseline_c[members], n_climate)):
-            gap = np.abs(use[pool] - use[k])
-            if np.isnan(use[k]):
-                gap = np.where(np.isnan(use[pool]), 0.0, np.inf)
-            peers = pool[np.argsort(np.nan_to_num(gap, nan=np.inf), kind="stable")[:n_peers]]
-            out[members[k]] = own[members[k]] - float(np.median(own[members[peers]]))
+        pools = nearest(baseline_c[members], n_climate)
+        # vehicles whose pools are of one size (all but those without a baseline) at once
+        sizes = np.array([len(p) for p in pools])
+        for size in np.unique(sizes):
+            rows = np.flatnonzero(sizes == size)
+            pool = np.stack([pools[r] for r in rows])  # (rows, size) indices into members
+            gap = np.abs(use[pool] - use[rows, None])
+            no_use = np.isnan(use[rows])
+            gap[no_use] = np.where(np.isnan(use[pool[no_use]]), 0.0, np.inf)
+            near = np.argsort(np.nan_to_num(gap, nan=np.inf), axis=1, kind="stable")
+            peers = np.take_along_axis(pool, near[:, :n_peers], axis=1)
+            out[members[rows]] = own[members[rows]] - np.median(own[members[peers]], axis=1)
     return out
 
 
