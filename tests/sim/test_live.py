@@ -209,3 +209,22 @@ def test_cli_live_stops_cleanly_on_sigterm(broker: MosquittoBroker, tmp_path: Pa
 def test_run_live_rejects_a_bad_broker_address(tmp_path: Path, address: str) -> None:
     with pytest.raises(ValueError, match="HOST:PORT"):
         sim.run_live(SPEC, address, buffer_dir=tmp_path, max_readings=1)
+
+
+def test_a_publish_refused_while_the_link_drops_is_settled_not_fatal() -> None:
+    """A reading published just as the broker went away comes back refused (not
+    connected); paho's ``is_published`` raises for it. The simulator lets it go (the
+    reading stays in its buffer for the replay) instead of ending the run."""
+    from paho.mqtt.enums import MQTTErrorCode
+
+    from sim._live import _settled
+
+    refused = mqtt.MQTTMessageInfo(1)
+    refused.rc = MQTTErrorCode.MQTT_ERR_NO_CONN
+    with pytest.raises(RuntimeError):
+        refused.is_published()
+    assert _settled(refused)
+    in_flight = mqtt.MQTTMessageInfo(2)
+    assert not _settled(in_flight)
+    in_flight._set_as_published()
+    assert _settled(in_flight)
