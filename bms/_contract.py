@@ -187,6 +187,18 @@ def _reason_for(exc: msgspec.ValidationError) -> str:
     return "bad_value"
 
 
+def _invalid(payload: bytes | msgspec.Raw, exc: msgspec.ValidationError) -> ContractError:
+    """The rejection for a payload the typed decoder refused. It stops at the first value
+    of the wrong type, so bytes that merely start like JSON (a digit, a quote: one random
+    payload in ~16) would read as ``wrong_type``; they are ``not_json`` unless the whole
+    payload parses. A second parse, on the rejection path only."""
+    try:
+        msgspec.json.decode(payload)
+    except msgspec.DecodeError as bad:
+        return ContractError("not_json", str(bad))
+    return _version_error(payload) or ContractError(_reason_for(exc), str(exc))
+
+
 def _version_error(payload: bytes | msgspec.Raw) -> ContractError | None:
     """On a failed decode, tell whether the cause is an unsupported version."""
     try:
@@ -220,7 +232,7 @@ def decode_reading(
     try:
         reading = _reading_decoder.decode(payload)
     except msgspec.ValidationError as exc:
-        raise _version_error(payload) or ContractError(_reason_for(exc), str(exc)) from None
+        raise _invalid(payload, exc) from None
     except msgspec.DecodeError as exc:
         raise ContractError("not_json", str(exc)) from None
     if reading.v != 1:
@@ -261,7 +273,7 @@ def decode_message(
     try:
         batch = _batch_decoder.decode(payload)
     except msgspec.ValidationError as exc:
-        err = _version_error(payload) or ContractError(_reason_for(exc), str(exc))
+        err = _invalid(payload, exc)
         return Decoded(parsed, [], [Rejection(err.reason, err.detail, payload)])
     except msgspec.DecodeError as exc:
         return Decoded(parsed, [], [Rejection("not_json", str(exc), payload)])

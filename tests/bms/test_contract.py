@@ -175,6 +175,35 @@ def test_decoding_arbitrary_bytes_never_raises(payload: bytes) -> None:
         assert all(r.reason in bms.REJECT_REASONS for r in result.rejections)
 
 
+@pytest.mark.parametrize("topic", [TOPIC, TOPIC + "/batch"])
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (b"5\xff\x00 garbage", "not_json"),  # starts like a number: still not JSON
+        (b'"abc\x01', "not_json"),
+        (b"[1, 2", "not_json"),
+        (b"5", "wrong_type"),  # JSON, of the wrong type
+        (b'["x"]', "wrong_type"),
+    ],
+)
+def test_bytes_that_only_start_like_json_are_not_json(
+    payload: bytes, reason: str, topic: str
+) -> None:
+    (rejection,) = decode(payload, topic).rejections
+    assert rejection.reason == reason
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(min_size=1, max_size=2000))
+def test_payloads_that_do_not_parse_are_not_json(payload: bytes) -> None:
+    try:
+        msgspec.json.decode(payload)
+    except msgspec.DecodeError:
+        for topic in (TOPIC, TOPIC + "/batch"):
+            (rejection,) = decode(payload, topic).rejections
+            assert rejection.reason == "not_json"
+
+
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
     lambda children: st.lists(children) | st.dictionaries(st.text(), children),
