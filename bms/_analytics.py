@@ -51,7 +51,7 @@ from bms._capacity import (
 from bms._chargestep import fit_charge_step
 from bms._duck import duckdb_connect, set_double_variables, vin_groups
 from bms._errors import BmsError
-from bms._lake import COMPACTED_PREFIX, fsync_path, telemetry_files
+from bms._lake import fsync_path, holds_unique_readings, telemetry_files
 from bms._ocv import CHEMISTRIES, ocv_v_from_soc_pct
 from bms._resistance import resistance_mohm_from_step, resistance_temp_factor
 from bms._soh import (
@@ -1123,9 +1123,7 @@ class _FleetSession:
         source = f"read_parquet([{file_list}], hive_partitioning = false)"
         # A compacted partition (its one file) holds one row per (vin, seq); otherwise
         # the distinct seqs are counted (a hash of every key: dearer than the count).
-        compacted = all(
-            len(fs) == 1 and fs[0].name.startswith(COMPACTED_PREFIX) for fs in files.values()
-        )
+        compacted = all(holds_unique_readings(fs) for fs in files.values())
         distinct = "count(*)" if compacted else "count(DISTINCT seq)"
         counts = con.sql(
             f"SELECT vin, count(*), {distinct} FROM {source} GROUP BY vin ORDER BY vin"

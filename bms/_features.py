@@ -42,7 +42,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from bms._duck import duckdb_connect, set_double_variables, vin_groups
-from bms._lake import COMPACTED_PREFIX
+from bms._lake import holds_unique_readings
 from bms._ocv import CHEMISTRIES, OCV_TABLES_V, ocv_slope_mv_per_pct, soc_pct_from_ocv_v
 
 FloatArray = npt.NDArray[np.float64]
@@ -440,10 +440,8 @@ def _telemetry_job(
         for name, table in tables.items():
             con.register(name, table)
         set_double_variables(con, variables)
-        # A compacted partition (its one file) holds one row per (vin, seq): the jobs
-        # skip their deduplicating sort of every reading.
-        compacted = len(files) == 1 and files[0].name.startswith(COMPACTED_PREFIX)
-        con.execute(f"SET VARIABLE dedup = {not compacted}")
+        # the jobs skip their deduplicating sort of every reading where they may
+        con.execute(f"SET VARIABLE dedup = {not holds_unique_readings(files)}")
         sql = _sql(sql_file)
         source = f"read_parquet({_sql_paths(files)})"
         counts = con.sql(f"SELECT vin, count(*) FROM {source} GROUP BY vin ORDER BY vin").fetchall()

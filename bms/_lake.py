@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date
@@ -227,6 +227,15 @@ class WrittenFile:
 #: Name prefix of the nightly compaction's output: the one file of a compacted partition,
 #: sorted by (vin, ts, seq) with one row per (vin, seq) (``pipeline`` writes it).
 COMPACTED_PREFIX = "compacted-"
+
+
+def holds_unique_readings(files: Sequence[Path]) -> bool:
+    """Whether a telemetry partition's ``files`` hold one row per ``(vin, seq)`` for sure:
+    its one file is a compaction output. Ingest files may repeat a redelivered reading,
+    and a late file beside a compacted one may repeat one of its readings; a job that
+    reads such a partition must deduplicate (a sort of every row) and may skip that
+    only here."""
+    return len(files) == 1 and files[0].name.startswith(COMPACTED_PREFIX)
 
 
 def telemetry_dir(lake_root: Path, day: date, fleet: str) -> Path:

@@ -64,6 +64,7 @@ from bms import (
     SchemaError,
     atomic_parquet_writer,
     fsync_dir,
+    holds_unique_readings,
     telemetry_dir,
     write_parquet_atomic,
 )
@@ -754,7 +755,7 @@ def compact_partition(
     rows_now = sum(check_telemetry_schema(p) for p in inputs)
     if done.is_done(STAGE, key, digest(fingerprint)):
         return CompactionResult(day, fleet, "up to date", len(inputs), rows_now, rows_now, 0, None)
-    if len(inputs) == 1 and is_compacted(inputs[0]) and stats_path(state_dir, inputs[0]).exists():
+    if holds_unique_readings(inputs) and stats_path(state_dir, inputs[0]).exists():
         # Already a compaction output (e.g. rewritten by an erasure): nothing to merge.
         done.mark_done(STAGE, key, digest(fingerprint), inputs)
         return CompactionResult(day, fleet, "up to date", 1, rows_now, rows_now, 0, None)

@@ -33,7 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from bms import telemetry_dir, write_parquet_atomic
+from bms import holds_unique_readings, telemetry_dir, write_parquet_atomic
 from pipeline._compact import dedup_sort, is_compacted, read_stats, stats_path
 
 _TS = pa.timestamp("ms", tz="UTC")
@@ -325,7 +325,7 @@ def reconcile_partition(
         _quarantined_by_vin(quarantine_files(lake, day), fleet),
         _registered_vins(lake, fleet, day),
         late_after_s=late_after_s,
-        already_unique=len(files) == 1 and is_compacted(files[0]),
+        already_unique=holds_unique_readings(files),
     )
     out_vin, out_gaps = reconciliation_paths(lake, day, fleet)
     write_parquet_atomic(per_vin, out_vin)
