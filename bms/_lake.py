@@ -132,6 +132,77 @@ def parquet_column_encodings(pf: pq.ParquetFile) -> dict[str, str]:
 
 
 @contextmanager
+def durable_parquet_writer(
+    tmp: Path,
+    schema: pa.Schema,
+    *,
+    zstd_level: int = DEFAULT_ZSTD_LEVEL,
+    sorting: list[str] | None = None,
+    column_encoding: Mapping[str, str] | None = None,
+    statistics: Sequence[str] | None = None,
+) -> Iterator[pq.ParquetWriter]:
+    """A zstd Parquet writer of ``tmp`` that is closed and fsync'ed on normal exit and
+    removed on error; renaming it into place is the caller's (see
+    ``atomic_parquet_writer``, and compaction, which renames several files at once).
+
+    ``sorting`` records the columns the rows are sorted by in the file's metadata.
+    ``column_encoding`` maps top-level column names to a Parquet encoding
+    (``DELTA_BINARY_PACKED``, ``BYTE_STREAM_SPLIT``, ...) of their values (of a list
+    column: its elements), written without a dictionary; the other columns keep
+    dictionary encoding. ``statistics`` names the top-level columns whose min/max are
+    written (default: all); the statistics of a list's elements cost the writer time and
+    no reader prunes on them.
+
+    Raises
+    ------
+    ValueError
+        ``column_encoding`` or ``statistics`` names a column that ``schema`` does not have.
+    """
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    sorting_columns = None
+    if sorting:
+        sorting_columns = [pq.SortingColumn(schema.get_field_index(c)) for c in sorting]
+    options: dict[str, Any] = {"write_statistics": True}
+    if column_encoding or statistics is not None:
+        leaves = _leaf_paths(schema)
+        unknown = sorted((set(column_encoding or ()) | set(statistics or ())) - set(leaves))
+        if unknown:
+            raise ValueError(
+                f"column_encoding or statistics names unknown column(s) {', '.join(unknown)}; "
+                f"valid: {', '.join(schema.names)}"
+            )
+        if column_encoding:
+            options["use_dictionary"] = [
+                leaf
+                for name, paths in leaves.items()
+                if name not in column_encoding
+                for leaf in paths
+            ]
+            options["column_encoding"] = {
+                leaf: enc for name, enc in column_encoding.items() for leaf in leaves[name]
+            }
+        if statistics is not None:
+            options["write_statistics"] = [leaf for name in statistics for leaf in leaves[name]]
+    writer = pq.ParquetWriter(
+        tmp,
+        schema,
+        compression="zstd",
+        compression_level=zstd_level,
+        sorting_columns=sorting_columns,
+        **options,
+    )
+    try:
+        yield writer
+        writer.close()
+        fsync_path(tmp)
+    except BaseException:
+        if writer.is_open:
+            writer.close()
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
 def atomic_parquet_writer(
     path: Path,
     schema: pa.Schema,
@@ -144,61 +215,25 @@ def atomic_parquet_writer(
 
     Writes to a hidden temporary in the same directory (leading dot, ``.tmp`` suffix, so
     globs of ``*.parquet`` never match it); on normal exit closes, fsyncs, renames and
-    fsyncs the directory; on error removes the temporary. ``sorting`` records the
-    columns the rows are sorted by in the file's metadata. ``column_encoding`` maps
-    top-level column names to a Parquet encoding (``DELTA_BINARY_PACKED``,
-    ``BYTE_STREAM_SPLIT``, ...) of their values (of a list column: its elements), written
-    without a dictionary; the other columns keep dictionary encoding.
+    fsyncs the directory; on error removes the temporary. ``sorting`` and
+    ``column_encoding`` are those of ``durable_parquet_writer``.
 
     Raises
     ------
     ValueError
         ``column_encoding`` names a column that ``schema`` does not have.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
-    sorting_columns = None
-    if sorting:
-        sorting_columns = [pq.SortingColumn(schema.get_field_index(c)) for c in sorting]
-    encoding: dict[str, Any] = {}
-    if column_encoding:
-        leaves = _leaf_paths(schema)
-        unknown = sorted(set(column_encoding) - set(leaves))
-        if unknown:
-            raise ValueError(
-                f"column_encoding names unknown column(s) {', '.join(unknown)}; "
-                f"valid: {', '.join(schema.names)}"
-            )
-        encoding = {
-            "use_dictionary": [
-                leaf
-                for name, paths in leaves.items()
-                if name not in column_encoding
-                for leaf in paths
-            ],
-            "column_encoding": {
-                leaf: enc for name, enc in column_encoding.items() for leaf in leaves[name]
-            },
-        }
-    writer = pq.ParquetWriter(
-        tmp,
-        schema,
-        compression="zstd",
-        compression_level=zstd_level,
-        write_statistics=True,
-        sorting_columns=sorting_columns,
-        **encoding,
-    )
-    try:
+    with durable_parquet_writer(
+        tmp, schema, zstd_level=zstd_level, sorting=sorting, column_encoding=column_encoding
+    ) as writer:
         yield writer
-        writer.close()
-        fsync_path(tmp)
+    try:
         os.replace(tmp, path)
-        fsync_dir(path.parent)
-    finally:
-        if writer.is_open:
-            writer.close()
+    except BaseException:
         tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
 
 
 def write_parquet_atomic(
@@ -224,18 +259,31 @@ class WrittenFile:
     rows: int
 
 
-#: Name prefix of the nightly compaction's output: the one file of a compacted partition,
-#: sorted by (vin, ts, seq) with one row per (vin, seq) (``pipeline`` writes it).
+#: Name prefix of the nightly compaction's output, the files of a compacted partition:
+#: ``compacted-<digest>.parquet``, or for a partition written as n files of disjoint VIN
+#: ranges ``compacted-<digest>-<i>of<n>.parquet``; each sorted by (vin, ts, seq) with
+#: one row per (vin, seq) (``pipeline`` writes them).
 COMPACTED_PREFIX = "compacted-"
+
+
+def compaction_digest(path: Path) -> str | None:
+    """The digest naming the compaction that wrote ``path``, or ``None`` if it is not a
+    compaction output."""
+    name = path.name
+    if not name.startswith(COMPACTED_PREFIX):
+        return None
+    return name[len(COMPACTED_PREFIX) :].split(".", 1)[0].split("-", 1)[0]
 
 
 def holds_unique_readings(files: Sequence[Path]) -> bool:
     """Whether a telemetry partition's ``files`` hold one row per ``(vin, seq)`` for sure:
-    its one file is a compaction output. Ingest files may repeat a redelivered reading,
-    and a late file beside a compacted one may repeat one of its readings; a job that
-    reads such a partition must deduplicate (a sort of every row) and may skip that
-    only here."""
-    return len(files) == 1 and files[0].name.startswith(COMPACTED_PREFIX)
+    they are all outputs of one compaction (whose files hold disjoint VIN ranges).
+    Ingest files may repeat a redelivered reading, and a late file beside a compacted one
+    may repeat one of its readings, as may the files of two compactions (seen while a
+    recompaction replaces the old file); a job that reads such a partition must
+    deduplicate (a sort of every row) and may skip that only here."""
+    digests = {compaction_digest(p) for p in files}
+    return len(digests) == 1 and None not in digests
 
 
 def telemetry_dir(lake_root: Path, day: date, fleet: str) -> Path:

@@ -5,32 +5,42 @@ per flush). Compaction merges them into one file sorted by ``(vin, ts, seq)``, k
 row per ``(vin, seq)`` (the earliest ``received_at``; among equal times the first in file
 name order) and writes row groups of ``row_group_rows`` rows.
 
+A partition of at least twice ``file_rows`` rows is written as several files of
+consecutive, disjoint VIN ranges (``compacted-<digest>-<i>of<n>.parquet``, each of at
+least ``file_rows`` rows), two at a time: pyarrow's Parquet writer encodes on one core,
+and the encoding is the larger part of a merge. The cut depends on the rows per VIN only,
+so it is the same however the partition is merged.
+
 Replacing several files cannot be one atomic rename, so the switch is journalled:
 
 1. the journal ``state/nightly/journal/compaction-date=D-fleet=F.json`` names the input
-   files and the output file;
-2. the output is written under a hidden temporary name and fsync'ed, and its per-VIN
-   statistics (readings received, duplicates removed) are written to state;
-3. the output is renamed to ``compacted-<digest of the input names and sizes>.parquet``
-   (the commit point);
+   files and the output files;
+2. each output is written under a hidden temporary name (``.<name>.tmp``) and fsync'ed,
+   and its per-VIN statistics (readings received, duplicates removed) are written to
+   state;
+3. the outputs are renamed to ``compacted-<digest of the input names and sizes>...``; the
+   last rename is the commit point;
 4. the inputs are unlinked, the done record written and the journal removed.
 
-A run killed before step 3 leaves the old files as they were: recovery deletes the
-journal, the orphan statistics and the hidden temporary. A run killed after step 3
-leaves the new file beside (some of) the inputs: recovery finishes step 4. The output
-name derives from the inputs only, so an interrupted and an uninterrupted run give the
-same file with the same bytes, and the rows of an input are never counted twice once
-recovery has run (every run recovers before it reads). Files that ingest writes into the
-partition while compaction runs are not inputs and stay for the next run.
+A run killed before the last rename of step 3 leaves every input as it was: recovery
+deletes the journal, the orphan statistics, the temporaries and any output already
+renamed. A run killed after it leaves the new files beside (some of) the inputs: recovery
+finishes step 4. The output names derive from the inputs only, so an interrupted and an
+uninterrupted run give the same files with the same bytes, and the rows of an input are
+never counted twice once recovery has run (every run recovers before it reads). Files
+that ingest writes into the partition while compaction runs are not inputs and stay for
+the next run.
 
-A concurrent reader that globs the partition between steps 3 and 4 (a few unlinks) can
-see a row twice; readers that must be exact deduplicate on ``(vin, seq)``.
+A concurrent reader that globs the partition during steps 3 and 4 (a few renames and
+unlinks) can see a row twice; readers that must be exact deduplicate on ``(vin, seq)``
+unless ``bms.holds_unique_readings`` says the files are one compaction's.
 
 Partitions larger than ``memory_rows`` are merged in VIN ranges: each input file is read
 once, sorted by ``(vin, seq)`` and spilled under ``state/nightly/tmp`` as an uncompressed
 Arrow IPC file with one record batch per range, then each range is merged in memory from
-its batches, so memory stays bounded by about two ranges (the next range is prepared
-while the current one is written).
+its batches, so memory stays bounded by about two ranges (a lone output prepares the next
+range while the current one is written; two outputs are written at once instead). A
+range never straddles two output files.
 
 A merge sorts integer keys only (each VIN's rank among the partition's VINs, ``ts``,
 ``seq``) with numpy; the copies of a redelivered reading then sit side by side and are
@@ -43,7 +53,9 @@ memory or in ranges.
 
 from __future__ import annotations
 
+import os
 import shutil
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -62,7 +74,7 @@ from bms import (
     COMPACTED_PREFIX,
     TELEMETRY_SCHEMA,
     SchemaError,
-    atomic_parquet_writer,
+    durable_parquet_writer,
     fsync_dir,
     holds_unique_readings,
     telemetry_dir,
@@ -102,6 +114,11 @@ COMPACTED_ENCODING = {
     "cell_mv": "DELTA_BINARY_PACKED",
 }
 
+#: Columns whose min/max the compacted file records: the keys and scalars readers filter
+#: on. The statistics of the cell and temperature lists' elements cost the writer ~8 %
+#: of its CPU (measured on 2M readings of the nightly benchmark) and prune nothing.
+COMPACTED_STATISTICS = [f.name for f in TELEMETRY_SCHEMA if f.name not in ("cell_mv", "temp_dc")]
+
 
 @dataclass(frozen=True, slots=True)
 class CompactionResult:
@@ -117,7 +134,13 @@ class CompactionResult:
     rows_in: int
     rows_out: int
     duplicates_removed: int
-    output: Path | None
+    outputs: tuple[Path, ...]
+
+    @property
+    def output(self) -> Path | None:
+        """The first output file (the only one unless the partition was split), or
+        ``None`` if nothing was written."""
+        return self.outputs[0] if self.outputs else None
 
 
 def partition_key(day: date, fleet: str) -> str:
@@ -425,19 +448,78 @@ def _combine_stats(parts: list[pa.Table]) -> pa.Table:
     return out.sort_by("vin")
 
 
-def _plan_ranges(vin_counts: pa.Table, memory_rows: int) -> tuple[pa.Array, np.ndarray]:
-    """Sorted VINs and, for each, the index of the VIN range it is merged in."""
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """How a partition is merged: its distinct VINs in order, with each VIN's output file
+    (``part``) and merge range (``range_``); a range never straddles two files."""
+
+    vins: pa.Array
+    part: np.ndarray
+    range_: np.ndarray
+
+    @property
+    def parts(self) -> int:
+        return int(self.part.max()) + 1 if len(self.part) else 1
+
+    @property
+    def ranges(self) -> int:
+        return int(self.range_.max()) + 1 if len(self.range_) else 0
+
+    def ranges_of(self, part: int) -> list[int]:
+        """The merge ranges of output file ``part``, in order."""
+        return sorted({int(r) for r in self.range_[self.part == part]})
+
+    def part_of(self, vins: pa.Array | pa.ChunkedArray) -> np.ndarray:
+        """The output file of each of ``vins`` by VIN order (a VIN the partition does
+        not hold goes to the file whose VIN range it falls in)."""
+        if not len(self.vins):
+            return np.zeros(len(vins), dtype=np.int64)
+        firsts = np.array(
+            [self.vins[int(np.argmax(self.part == k))].as_py() for k in range(self.parts)],
+            dtype=object,
+        )
+        where = np.searchsorted(firsts, np.array(vins.to_pylist(), dtype=object), side="right")
+        return np.maximum(where - 1, 0)
+
+
+def _plan(vin_counts: pa.Table, file_rows: int, memory_rows: int) -> _Plan:
+    """Cut the partition's VINs (``vin_counts``: rows ``n`` per VIN, VINs may repeat) into
+    output files of at least ``file_rows`` rows each, of about equal size, and each file
+    into merge ranges of about ``memory_rows`` rows."""
     agg = vin_counts.group_by("vin", use_threads=False).aggregate([("n", "sum")]).sort_by("vin")
     vins = agg["vin"].combine_chunks()
-    counts = agg["n_sum"].to_numpy()
+    counts = agg["n_sum"].to_numpy().astype(np.int64)
+    total = int(counts.sum())
+    files = max(1, min(len(counts), total // max(file_rows, 1)))
+    # Each VIN goes to the file its middle row falls in when the rows are cut into equal
+    # shares; a VIN bigger than a share can leave a share empty, so ids are renumbered.
+    before = np.cumsum(counts) - counts
+    share = (2 * before + counts) * files // max(2 * total, 1)
+    part = np.unique(share, return_inverse=True)[1].astype(np.int64).reshape(-1)
     ranges = np.zeros(len(counts), dtype=np.int64)
     current, filled = 0, 0
     for i, c in enumerate(counts):
-        if filled and filled + c > memory_rows:
+        if filled and (filled + c > memory_rows or part[i] != part[i - 1]):
             current, filled = current + 1, 0
         ranges[i] = current
         filled += int(c)
-    return vins, ranges
+    return _Plan(vins, part, ranges)
+
+
+def output_names(name_digest: str, files: int) -> list[str]:
+    """Names of a compaction's output files (see ``bms.COMPACTED_PREFIX``)."""
+    if files == 1:
+        return [f"{COMPACTED_PREFIX}{name_digest}.parquet"]
+    width = len(str(files))
+    return [
+        f"{COMPACTED_PREFIX}{name_digest}-{i:0{width}d}of{files}.parquet"
+        for i in range(1, files + 1)
+    ]
+
+
+def _tmp_path(output: Path) -> Path:
+    """The hidden temporary an output is written to before the commit renames it."""
+    return output.parent / f".{output.name}.tmp"
 
 
 def check_telemetry_schema(path: Path) -> int:
@@ -484,6 +566,10 @@ def _read(path: Path) -> pa.Table:
     return pq.read_table(path, schema=TELEMETRY_SCHEMA)
 
 
+def _read_vins(path: Path) -> pa.ChunkedArray:
+    return pq.read_table(path, columns=["vin"])["vin"]
+
+
 def _write_sorted(
     rg: RowGroupWriter, source: _Gatherer, kept: np.ndarray, pool: ThreadPoolExecutor
 ) -> None:
@@ -503,33 +589,91 @@ def _write_sorted(
         rg.write(piece)
 
 
+class _Outputs:
+    """The output files of one merge: a durable writer per file, written one or two at a
+    time; progress is reported as ranges are done (from any thread)."""
+
+    def __init__(
+        self,
+        outputs: list[Path],
+        row_group_rows: int,
+        zstd_level: int,
+        total_steps: int,
+        on_progress: Callable[[int, int], None] | None,
+    ) -> None:
+        self.outputs = outputs
+        self.row_group_rows = row_group_rows
+        self.zstd_level = zstd_level
+        self.total_steps = max(total_steps, 1)
+        self._steps = 0
+        self._lock = threading.Lock()
+        self._on_progress = on_progress
+
+    @contextmanager
+    def writer(self, part: int) -> Iterator[RowGroupWriter]:
+        """Row groups of output ``part``, written to its temporary (closed and fsync'ed)."""
+        with durable_parquet_writer(
+            _tmp_path(self.outputs[part]),
+            TELEMETRY_SCHEMA,
+            zstd_level=self.zstd_level,
+            sorting=["vin", "ts", "seq"],
+            column_encoding=COMPACTED_ENCODING,
+            statistics=COMPACTED_STATISTICS,
+        ) as writer:
+            rg = RowGroupWriter(writer, self.row_group_rows)
+            yield rg
+            rg.close()
+
+    def step_done(self) -> None:
+        with self._lock:
+            self._steps += 1
+            if self._on_progress:
+                self._on_progress(min(self._steps, self.total_steps), self.total_steps)
+
+    def each_part(self, work: Callable[[int], None]) -> None:
+        """Run ``work(part)`` for every output: two at a time, as each Parquet writer
+        encodes on one core."""
+        if len(self.outputs) == 1:
+            work(0)
+            return
+        with ThreadPoolExecutor(max_workers=2) as parts:
+            list(parts.map(work, range(len(self.outputs))))
+
+
+def _merge_in_memory(
+    inputs: list[Path], plan: _Plan, out: _Outputs, dropped: list[pa.Array]
+) -> int:
+    """Merge ``inputs`` held in memory at once; return rows out."""
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        table = pa.concat_tables(list(pool.map(_read, inputs)))
+    kept, drop, rank, vins = _output_order(table)
+    dropped.append(vins.take(pa.array(rank[drop])))
+    source = _Gatherer(table)
+    del table
+    # Kept rows are in VIN order, and files hold consecutive VIN ranks.
+    bounds = np.searchsorted(plan.part[rank[kept]], np.arange(plan.parts + 1))
+
+    def write(part: int) -> None:
+        with ThreadPoolExecutor(max_workers=2) as pool, out.writer(part) as rg:
+            _write_sorted(rg, source, kept[bounds[part] : bounds[part + 1]], pool)
+        out.step_done()
+
+    out.each_part(write)
+    return len(kept)
+
+
 def _merge_ranges(
     inputs: list[Path],
-    rg: RowGroupWriter,
-    pool: ThreadPoolExecutor,
+    plan: _Plan,
+    out: _Outputs,
     spill_dir: Path,
-    memory_rows: int,
-    received_parts: list[pa.Table],
     dropped: list[pa.Array],
-    on_progress: Callable[[int, int], None] | None,
 ) -> int:
     """Merge ``inputs`` VIN range by VIN range (see the module docstring); return rows out.
 
-    Appends each non-compacted input's per-VIN counts to ``received_parts`` and the VINs
-    of dropped duplicates to ``dropped``.
+    Appends the VINs of dropped duplicates to ``dropped``.
     """
-
-    def count(p: Path) -> pa.Table:
-        return _count_by_vin(pq.read_table(p, columns=["vin"])["vin"], "n")
-
-    vin_parts = list(pool.map(count, inputs))
-    received_parts.extend(
-        c.rename_columns(["vin", "readings_received"])
-        for p, c in zip(inputs, vin_parts, strict=True)
-        if not is_compacted(p)
-    )
-    sorted_vins, ranges = _plan_ranges(pa.concat_tables(vin_parts), memory_rows)
-    n_ranges = int(ranges.max()) + 1 if len(ranges) else 1
+    n_ranges = plan.ranges
     shutil.rmtree(spill_dir, ignore_errors=True)
     spill_dir.mkdir(parents=True)
 
@@ -543,9 +687,9 @@ def _merge_ranges(
         # each spilled input front to back instead of hopping between its rows. Stable,
         # and (vin, seq) only: copies of a reading keep their order in the file, which
         # breaks ties between equal receive times.
-        rank = pc.index_in(t["vin"], value_set=sorted_vins).to_numpy()
+        rank = pc.index_in(t["vin"], value_set=plan.vins).to_numpy()
         order = np.lexsort((_int64_keys(t, "seq"), rank))
-        bounds = np.searchsorted(ranges[rank[order]], np.arange(n_ranges + 1))
+        bounds = np.searchsorted(plan.range_[rank[order]], np.arange(n_ranges + 1))
         grouped = _Gatherer(t).take(order).to_batches()[0]
         del t
         with pa.ipc.new_file(spill_dir / f"{i:06d}.arrow", grouped.schema) as w:
@@ -566,87 +710,92 @@ def _merge_ranges(
         return _Gatherer(table), kept, vins.take(pa.array(rank[drop]))
 
     rows_out = 0
+    rows_lock = threading.Lock()
+
+    def write(part: int) -> None:
+        """Merge the ranges of output ``part``. A lone output prepares the next range while
+        one is written; outputs written two at a time keep both cores busy without that
+        (and memory at about two ranges either way)."""
+        nonlocal rows_out
+        ranges = plan.ranges_of(part)
+        ahead_of_time = len(out.outputs) == 1
+        with ThreadPoolExecutor(max_workers=2) as pool, out.writer(part) as rg:
+            ahead = pool.submit(prepare, ranges[0]) if ahead_of_time and ranges else None
+            for k, r in enumerate(ranges):
+                if ahead is not None:
+                    source, kept, drop = ahead.result()
+                    if k + 1 < len(ranges):
+                        ahead = pool.submit(prepare, ranges[k + 1])
+                else:
+                    source, kept, drop = prepare(r)
+                _write_sorted(rg, source, kept, pool)
+                dropped.append(drop)
+                with rows_lock:
+                    rows_out += len(kept)
+                del source, kept
+                out.step_done()
+
     try:
-        list(pool.map(split, range(len(inputs))))
-        ahead = pool.submit(prepare, 0)
-        for r in range(n_ranges):
-            source, kept, drop = ahead.result()
-            if r + 1 < n_ranges:
-                ahead = pool.submit(prepare, r + 1)
-            _write_sorted(rg, source, kept, pool)
-            dropped.append(drop)
-            rows_out += len(kept)
-            del source, kept
-            if on_progress:
-                on_progress(r + 1, n_ranges)
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            list(pool.map(split, range(len(inputs))))
+        out.each_part(write)
     finally:
         shutil.rmtree(spill_dir, ignore_errors=True)
     return rows_out
 
 
-def _merge_to_file(
+def _merge(
     inputs: list[Path],
-    out: Path,
+    outputs: list[Path],
     spill_dir: Path,
     *,
-    stats_file: Path,
+    plan: _Plan,
+    stats_of: Callable[[Path], Path],
     prior_stats: list[pa.Table],
+    received: list[pa.Table],
     rows_total: int,
     memory_rows: int,
     row_group_rows: int,
     zstd_level: int,
     on_progress: Callable[[int, int], None] | None,
-) -> tuple[int, int]:
-    """Merge ``inputs`` (``rows_total`` rows) into ``out``; return rows in and rows out.
-
-    The per-VIN statistics (``prior_stats`` plus this merge's counts) are written to
-    ``stats_file`` before ``out`` appears, so an existing output always has its statistics.
+) -> int:
+    """Merge ``inputs`` (``rows_total`` rows) into the temporaries of ``outputs`` (one per
+    file of ``plan``), each closed and fsync'ed, and write each output's per-VIN
+    statistics (``prior_stats`` plus ``received`` plus this merge's duplicates, split
+    by the outputs' VIN ranges) to ``stats_of(output)``; return rows out.
     """
-    received_parts: list[pa.Table] = []
     dropped: list[pa.Array] = []
-    rows_out = 0
-    # Two threads: Arrow and numpy release the GIL while reading, gathering and encoding.
-    with (
-        ThreadPoolExecutor(max_workers=2) as pool,
-        atomic_parquet_writer(
-            out,
-            TELEMETRY_SCHEMA,
-            zstd_level=zstd_level,
-            sorting=["vin", "ts", "seq"],
-            column_encoding=COMPACTED_ENCODING,
-        ) as writer,
-    ):
-        rg = RowGroupWriter(writer, row_group_rows)
-        if rows_total <= memory_rows:
-            tables = list(pool.map(_read, inputs))
-            received_parts = [
-                _count_by_vin(t["vin"], "readings_received")
-                for p, t in zip(inputs, tables, strict=True)
-                if not is_compacted(p)
-            ]
-            table = pa.concat_tables(tables)
-            del tables
-            kept, drop, rank, vins = _output_order(table)
-            dropped.append(vins.take(pa.array(rank[drop])))
-            source = _Gatherer(table)
-            del table
-            _write_sorted(rg, source, kept, pool)
-            rows_out = len(kept)
-            del source
-            if on_progress:
-                on_progress(1, 1)
-        else:
-            rows_out = _merge_ranges(
-                inputs, rg, pool, spill_dir, memory_rows, received_parts, dropped, on_progress
-            )
-        rg.close()
-        dup_counts = _count_by_vin(
-            pa.chunked_array(dropped, pa.string()).combine_chunks(), "duplicates_removed"
-        )
-        stats = _combine_stats([*prior_stats, *received_parts, dup_counts])
-        write_parquet_atomic(stats, stats_file)
-        pause_point("compaction:before-commit")
-    return rows_total, rows_out
+    in_memory = rows_total <= memory_rows
+    out = _Outputs(
+        outputs, row_group_rows, zstd_level, len(outputs) if in_memory else plan.ranges, on_progress
+    )
+    if in_memory:
+        rows_out = _merge_in_memory(inputs, plan, out, dropped)
+    else:
+        rows_out = _merge_ranges(inputs, plan, out, spill_dir, dropped)
+    dup_counts = _count_by_vin(
+        pa.chunked_array(dropped, pa.string()).combine_chunks(), "duplicates_removed"
+    )
+    stats = _combine_stats([*prior_stats, *received, dup_counts])
+    part = plan.part_of(stats["vin"])
+    for k, output in enumerate(outputs):
+        write_parquet_atomic(stats.filter(pa.array(part == k)), stats_of(output))
+    return rows_out
+
+
+def _outputs_of(journal: dict[str, Any]) -> list[str]:
+    """The output names a journal names (one ``output`` in journals of before the split)."""
+    names = journal.get("outputs")
+    return list(names) if names is not None else [journal["output"]]
+
+
+def _commit(outputs: list[Path]) -> None:
+    """Step 3: rename every durable temporary into place; the last rename commits."""
+    for i, output in enumerate(outputs):
+        os.replace(_tmp_path(output), output)
+        if i == 0 and len(outputs) > 1:
+            pause_point("compaction:first-renamed")
+    fsync_dir(outputs[0].parent)
 
 
 def _finish(data_dir: Path, state_dir: Path, journal_path: Path, journal: dict[str, Any]) -> None:
@@ -654,28 +803,34 @@ def _finish(data_dir: Path, state_dir: Path, journal_path: Path, journal: dict[s
     day = date.fromisoformat(journal["date"])
     fleet = journal["fleet"]
     part = telemetry_dir(data_dir / "lake", day, fleet)
-    output = part / journal["output"]
+    outputs = _outputs_of(journal)
     for name in journal["inputs"]:
-        if name != journal["output"]:
+        if name not in outputs:
             (part / name).unlink(missing_ok=True)
             if name.startswith(COMPACTED_PREFIX):
                 stats_path(state_dir, part / name).unlink(missing_ok=True)
     fsync_dir(part)
     done = DoneStore(state_dir, data_dir)
-    inputs_digest = digest(file_fingerprint([output], data_dir))
-    done.mark_done(STAGE, partition_key(day, fleet), inputs_digest, [output])
+    files = [part / name for name in outputs]
+    inputs_digest = digest(file_fingerprint(files, data_dir))
+    done.mark_done(STAGE, partition_key(day, fleet), inputs_digest, files)
     journal_path.unlink()
 
 
 def _roll_back(
     data_dir: Path, state_dir: Path, journal_path: Path, journal: dict[str, Any]
 ) -> None:
-    """The output never appeared: drop its temporary, its statistics and the journal."""
+    """Not every output was renamed into place, so no input was removed yet: drop the
+    outputs that were, the temporaries, their statistics and the journal."""
     day = date.fromisoformat(journal["date"])
     part = telemetry_dir(data_dir / "lake", day, journal["fleet"])
-    for tmp in part.glob(f".{journal['output']}.*.tmp"):
-        tmp.unlink()
-    stats_path(state_dir, part / journal["output"]).unlink(missing_ok=True)
+    for name in _outputs_of(journal):
+        if name not in journal["inputs"]:
+            (part / name).unlink(missing_ok=True)
+        # ``.name.tmp``, and ``.name.<uuid>.tmp`` of journals of before the split.
+        for tmp in part.glob(f".{name}*.tmp"):
+            tmp.unlink()
+        stats_path(state_dir, part / name).unlink(missing_ok=True)
     journal_path.unlink()
 
 
@@ -695,7 +850,7 @@ def recover_compactions(data_dir: Path) -> list[str]:
         day = date.fromisoformat(journal["date"])
         part = telemetry_dir(data_dir / "lake", day, journal["fleet"])
         key = partition_key(day, journal["fleet"])
-        if (part / journal["output"]).exists():
+        if all((part / name).exists() for name in _outputs_of(journal)):
             _finish(data_dir, state_dir, jp, journal)
             done.append(f"rolled forward {key}")
         else:
@@ -712,6 +867,7 @@ def compact_partition(
     *,
     row_group_rows: int = 250_000,
     memory_rows: int = 1_000_000,
+    file_rows: int = 4_000_000,
     zstd_level: int = 3,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> CompactionResult:
@@ -727,10 +883,13 @@ def compact_partition(
         Rows per row group of the output. [rows]
     memory_rows : int
         Partitions with more rows are merged in VIN ranges of about this many rows. [rows]
+    file_rows : int
+        A partition of at least twice this many rows is written as several files of
+        disjoint VIN ranges, each of at least this many rows, two at a time. [rows]
     zstd_level : int
         zstd level of the output.
     on_progress : callable, optional
-        Called with (ranges done, ranges in total).
+        Called with (steps done, steps in total).
 
     Raises
     ------
@@ -749,44 +908,63 @@ def compact_partition(
         raise ValueError(f"compaction journal {jp} is pending; recover it first")
     inputs = sorted(part.glob("*.parquet"))
     if not inputs:
-        return CompactionResult(day, fleet, "empty", 0, 0, 0, 0, None)
+        return CompactionResult(day, fleet, "empty", 0, 0, 0, 0, ())
     done = DoneStore(state_dir, data_dir)
     fingerprint = file_fingerprint(inputs, data_dir)
     rows_now = sum(check_telemetry_schema(p) for p in inputs)
     if done.is_done(STAGE, key, digest(fingerprint)):
-        return CompactionResult(day, fleet, "up to date", len(inputs), rows_now, rows_now, 0, None)
-    if holds_unique_readings(inputs) and stats_path(state_dir, inputs[0]).exists():
+        return CompactionResult(day, fleet, "up to date", len(inputs), rows_now, rows_now, 0, ())
+    if holds_unique_readings(inputs) and all(stats_path(state_dir, p).exists() for p in inputs):
         # Already a compaction output (e.g. rewritten by an erasure): nothing to merge.
         done.mark_done(STAGE, key, digest(fingerprint), inputs)
-        return CompactionResult(day, fleet, "up to date", 1, rows_now, rows_now, 0, None)
+        return CompactionResult(day, fleet, "up to date", len(inputs), rows_now, rows_now, 0, ())
 
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        vin_counts = list(pool.map(lambda p: _count_by_vin(_read_vins(p), "n"), inputs))
+    plan = _plan(pa.concat_tables(vin_counts), file_rows, memory_rows)
     name_digest = digest([[p.name, p.stat().st_size] for p in inputs])[:16]
-    output = part / f"{COMPACTED_PREFIX}{name_digest}.parquet"
+    outputs = [part / name for name in output_names(name_digest, plan.parts)]
     spill = state_dir / "nightly" / "tmp" / f"compaction-{key}"
     prior = [s for p in inputs if is_compacted(p) and (s := read_stats(state_dir, p)) is not None]
+    received = [
+        c.rename_columns(["vin", "readings_received"])
+        for p, c in zip(inputs, vin_counts, strict=True)
+        if not is_compacted(p)
+    ]
     journal = {
         "date": day.isoformat(),
         "fleet": fleet,
         "inputs": [p.name for p in inputs],
-        "output": output.name,
+        "outputs": [p.name for p in outputs],
     }
     write_json_atomic(journal, jp)
     pause_point("compaction:journaled")
     with _jemalloc_pool():
-        rows_in, rows_out = _merge_to_file(
+        rows_out = _merge(
             inputs,
-            output,
+            outputs,
             spill,
-            stats_file=stats_path(state_dir, output),
+            plan=plan,
+            stats_of=lambda p: stats_path(state_dir, p),
             prior_stats=prior,
+            received=received,
             rows_total=rows_now,
             memory_rows=memory_rows,
             row_group_rows=row_group_rows,
             zstd_level=zstd_level,
             on_progress=on_progress,
         )
+    pause_point("compaction:before-commit")
+    _commit(outputs)
     pause_point("compaction:committed")
     _finish(data_dir, state_dir, jp, journal)
     return CompactionResult(
-        day, fleet, "compacted", len(inputs), rows_in, rows_out, rows_in - rows_out, output
+        day,
+        fleet,
+        "compacted",
+        len(inputs),
+        rows_now,
+        rows_out,
+        rows_now - rows_out,
+        tuple(outputs),
     )

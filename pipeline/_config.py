@@ -160,6 +160,7 @@ class NightlyConfig:
     lookback_days: int = 2  # also redo earlier dates whose telemetry changed since [days]
     row_group_rows: int = 250_000  # rows per row group of compacted telemetry [rows]
     compact_memory_rows: int = 1_000_000  # bigger partitions merge in VIN ranges [rows]
+    compact_file_rows: int = 4_000_000  # a partition of 2x this is split into files [rows]
     compact_zstd_level: int = 3  # zstd level of compacted telemetry
     late_after_s: float = 3600.0  # a reading received later than this after ts is late [s]
     skip_stages: str = ""  # comma-separated stage names not to run (recorded as skipped)

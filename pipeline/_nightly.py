@@ -167,7 +167,14 @@ class Stage:
 
 def _stage_compaction(ctx: NightlyContext) -> StageResult:
     cfg = ctx.settings.nightly
-    counts = {"partitions": 0, "compacted": 0, "files_in": 0, "rows_out": 0, "duplicates": 0}
+    counts = {
+        "partitions": 0,
+        "compacted": 0,
+        "files_in": 0,
+        "files_out": 0,
+        "rows_out": 0,
+        "duplicates": 0,
+    }
     inputs: list[str] = []
     outputs: list[str] = []
     for i, day in enumerate(ctx.dates):
@@ -177,6 +184,7 @@ def _stage_compaction(ctx: NightlyContext) -> StageResult:
             ctx.fleet,
             row_group_rows=cfg.row_group_rows,
             memory_rows=cfg.compact_memory_rows,
+            file_rows=cfg.compact_file_rows,
             zstd_level=cfg.compact_zstd_level,
         )
         if r.status != "empty":
@@ -184,17 +192,18 @@ def _stage_compaction(ctx: NightlyContext) -> StageResult:
             inputs.append(
                 f"{ctx.rel(telemetry_dir(ctx.lake_dir, day, ctx.fleet))}: {r.input_files} files"
             )
-        if r.output is not None:
+        if r.outputs:
             counts["compacted"] += 1
             counts["files_in"] += r.input_files
+            counts["files_out"] += len(r.outputs)
             counts["rows_out"] += r.rows_out
             counts["duplicates"] += r.duplicates_removed
-            outputs.append(ctx.rel(r.output))
+            outputs.extend(ctx.rel(p) for p in r.outputs)
         ctx.progress(i + 1, len(ctx.dates))
     status = DONE if counts["compacted"] else UP_TO_DATE
     message = (
         f"{counts['compacted']} of {counts['partitions']} partitions compacted "
-        f"({counts['files_in']} files -> {counts['compacted']}, "
+        f"({counts['files_in']} files -> {counts['files_out']}, "
         f"{counts['duplicates']} duplicates removed)"
     )
     return StageResult(status, counts, tuple(inputs), tuple(outputs), message)

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import bms
-from pipeline._compact import compact_partition
+from pipeline._compact import compact_partition, read_stats
 from tests.pipeline.nightly_data import (
     day_table,
     fleetbms,
@@ -255,3 +255,72 @@ def test_a_column_encoding_of_an_unknown_column_is_refused(tmp_path: Path) -> No
     ):
         pass
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_big_partition_is_split_into_files_of_disjoint_vins_with_the_same_rows(
+    tmp_path: Path,
+) -> None:
+    base = tmp_path / "base"
+    vins = [f"MAT612345NEX{i:05d}" for i in range(1, 10)]
+    t = day_table(RUN_DAY, vins=vins, cadence_s=300)  # 9 x 288 readings
+    write_flushes(t, base / "lake", flushes=5)
+    write_flushes(t.slice(100, 50), base / "lake", flushes=1, prefix="dup")
+    results = {}
+    for memory_rows, file_rows in ((10**9, 10**9), (10**9, 800), (700, 800)):
+        d = tmp_path / f"m{memory_rows}-f{file_rows}"
+        shutil.copytree(base, d)
+        results[memory_rows, file_rows] = compact_partition(
+            d, RUN_DAY, "demo", memory_rows=memory_rows, file_rows=file_rows, row_group_rows=500
+        )
+    whole = results[10**9, 10**9]
+    split = results[10**9, 800]
+    assert len(whole.outputs) == 1
+    # 2,592 readings in files of at least 800: three files of three VINs each.
+    assert [p.name.split("-")[-1] for p in split.outputs] == [
+        "1of3.parquet",
+        "2of3.parquet",
+        "3of3.parquet",
+    ]
+    assert split.duplicates_removed == whole.duplicates_removed == 50
+    parts = [pq.read_table(p) for p in split.outputs]
+    assert [sorted(set(p["vin"].to_pylist())) for p in parts] == [
+        vins[0:3],
+        vins[3:6],
+        vins[6:9],
+    ]
+    assert pa.concat_tables(parts).combine_chunks().equals(pq.read_table(whole.output))
+    # Merged in memory or VIN range by VIN range: the same files, byte for byte.
+    ranged = results[700, 800]
+    assert [(p.name, p.read_bytes()) for p in ranged.outputs] == [
+        (p.name, p.read_bytes()) for p in split.outputs
+    ]
+    assert bms.holds_unique_readings(split.outputs)
+    assert bms.holds_unique_readings(split.outputs[1:])
+    # Each file's statistics count its own VINs: 288 received each, the 50 resent
+    # readings (rows 100-149: the first VINs' first readings) counted where they belong.
+    state = tmp_path / "m1000000000-f800" / "state"
+    stats = [read_stats(state, p) for p in split.outputs]
+    assert [s["vin"].to_pylist() for s in stats if s is not None] == [
+        vins[0:3],
+        vins[3:6],
+        vins[6:9],
+    ]
+    received = pa.concat_tables([s for s in stats if s is not None])
+    assert pc.sum(received["readings_received"]).as_py() == 9 * 288 + 50
+    assert pc.sum(received["duplicates_removed"]).as_py() == 50
+    # A second run finds the split partition compacted as it is.
+    again = compact_partition(
+        tmp_path / "m1000000000-f800", RUN_DAY, "demo", memory_rows=10**9, file_rows=800
+    )
+    assert again.status == "up to date"
+
+
+def test_files_of_two_compactions_or_beside_an_ingest_file_need_dedup(tmp_path: Path) -> None:
+    one = [tmp_path / "compacted-0123456789abcdef-1of2.parquet"]
+    both = [*one, tmp_path / "compacted-0123456789abcdef-2of2.parquet"]
+    assert bms.holds_unique_readings(both)
+    assert bms.holds_unique_readings([tmp_path / "compacted-0123456789abcdef.parquet"])
+    assert not bms.holds_unique_readings([*one, tmp_path / "compacted-fedcba9876543210.parquet"])
+    assert not bms.holds_unique_readings([*both, tmp_path / "w1-3f2a.parquet"])
+    assert not bms.holds_unique_readings([tmp_path / "w1-3f2a.parquet"])
+    assert not bms.holds_unique_readings([])

@@ -21,7 +21,7 @@ import bms
 from reports import load_or_create_pseudonym_key, pseudonym
 from tests.broker import MosquittoBroker, free_port
 from tests.pipeline.nightly_data import VINS, day_table, fleetbms, write_flushes
-from tests.pipeline.test_nightly import OLD_DAY, RETENTION, RUN_DAY
+from tests.pipeline.test_nightly import OLD_DAY, RUN_DAY, RUN_ENV
 
 GONE = VINS[0]
 
@@ -112,7 +112,7 @@ def full_data_dir(tmp_path: Path) -> Path:
         "--date",
         RUN_DAY.isoformat(),
         FLEETBMS_REPORTS__AUDIT_ENABLED="1",
-        **RETENTION,
+        **RUN_ENV,
     )
     assert r.returncode in (0, 3), r.stderr
     assert list((d / "archive").rglob("*.parquet"))
@@ -177,7 +177,7 @@ def test_erase_leaves_no_trace_of_the_vin_anywhere(full_data_dir: Path):
     assert (d / "state" / "erasure" / "hmac.key").stat().st_mode & 0o077 == 0
 
     # The next nightly does not bring anything back.
-    again = fleetbms(d, "nightly", "--date", RUN_DAY.isoformat(), **RETENTION)
+    again = fleetbms(d, "nightly", "--date", RUN_DAY.isoformat(), **RUN_ENV)
     assert again.returncode in (0, 3), again.stderr
     for p in d.rglob("*.parquet"):
         assert not any(GONE in v for v in textual_values(pq.read_table(p))), p

@@ -26,9 +26,12 @@ from tests.pipeline.nightly_data import (
 
 RUN_DAY = date(2026, 11, 25)
 OLD_DAY = RUN_DAY - timedelta(days=40)  # archived by retention (archive_after_days=30)
-RETENTION = {
+RUN_ENV = {
     "FLEETBMS_RETENTION__ARCHIVE_AFTER_DAYS": "30",
     "FLEETBMS_RETENTION__PURGE_AFTER_DAYS": "365",
+    # Each day's ~430 readings are compacted into two files of disjoint VINs, as a big
+    # fleet's day is, so that every later stage reads a split partition.
+    "FLEETBMS_NIGHTLY__COMPACT_FILE_ROWS": "200",
 }
 
 
@@ -54,7 +57,7 @@ def reference(base_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[
     """Outputs of one uninterrupted run."""
     d = tmp_path_factory.mktemp("ref") / "data"
     shutil.copytree(base_dir, d)
-    r = fleetbms(d, "nightly", "--date", RUN_DAY.isoformat(), **RETENTION)
+    r = fleetbms(d, "nightly", "--date", RUN_DAY.isoformat(), **RUN_ENV)
     assert r.returncode == 3, r.stderr
     return snapshot(d / "lake", d / "archive", d / "reports")
 
@@ -72,7 +75,7 @@ def last_record(data_dir: Path) -> dict:
 
 def test_nightly_rerun_does_no_work_and_changes_no_output(base_dir: Path, tmp_path: Path):
     d = copy_of(base_dir, tmp_path)
-    first = fleetbms(d, "nightly", "--date", RUN_DAY.isoformat(), **RETENTION)
+    first = fleetbms(d, "nightly", "--date", RUN_DAY.isoformat(), **RUN_ENV)
     assert first.returncode == 3, first.stderr  # VIN 2 misses three readings
     rec = last_record(d)
     status = {s["name"]: s["status"] for s in rec["stages"]}
@@ -91,10 +94,15 @@ def test_nightly_rerun_does_no_work_and_changes_no_output(base_dir: Path, tmp_pa
     compaction = rec["stages"][0]
     assert compaction["counts"]["duplicates"] == 40
     assert compaction["counts"]["files_in"] == 8
+    assert compaction["counts"]["files_out"] == 4
+    assert [p.name[-13:] for p in bms.telemetry_files(d / "lake", RUN_DAY)] == [
+        "-1of2.parquet",
+        "-2of2.parquet",
+    ]
     before = snapshot(d / "lake", d / "archive", d / "reports")
     times = mtimes(d / "lake") | mtimes(d / "archive") | mtimes(d / "reports")
 
-    second = fleetbms(d, "nightly", "--date", RUN_DAY.isoformat(), **RETENTION)
+    second = fleetbms(d, "nightly", "--date", RUN_DAY.isoformat(), **RUN_ENV)
     assert second.returncode == 3, second.stderr
     rec2 = last_record(d)
     assert rec2["run_id"] != rec["run_id"]
@@ -171,6 +179,7 @@ PAUSE_POINTS = [
     "before:compaction",
     "compaction:journaled",
     "compaction:before-commit",
+    "compaction:first-renamed",
     "compaction:committed",
     "after:compaction",
     "after:reconciliation",
@@ -187,9 +196,9 @@ def test_kill9_then_rerun_gives_the_bytes_of_an_uninterrupted_run(
     point: str, base_dir: Path, reference: dict[str, str], tmp_path: Path
 ):
     d = copy_of(base_dir, tmp_path)
-    proc = start_paused(d, point, tmp_path / "paused", "--date", RUN_DAY.isoformat(), **RETENTION)
+    proc = start_paused(d, point, tmp_path / "paused", "--date", RUN_DAY.isoformat(), **RUN_ENV)
     kill9(proc)
-    r = fleetbms(d, "nightly", "--date", RUN_DAY.isoformat(), **RETENTION)
+    r = fleetbms(d, "nightly", "--date", RUN_DAY.isoformat(), **RUN_ENV)
     assert r.returncode == 3, r.stderr
     assert snapshot(d / "lake", d / "archive", d / "reports") == reference
     assert not list((d / "state" / "nightly" / "journal").glob("*.json"))
