@@ -41,96 +41,97 @@ flagged AS (
     LEFT JOIN registry r USING (vin)
 ),
 lagged AS (
-    -- one sort for both lags: the rest flag (runs) and the sensor values (steps)
+    -- One sort of the readings serves everything done in reading order: each sensor's
+    -- previous value (steps) and the rest runs. A reading at rest belongs to the run
+    -- numbered by the readings not at rest before it (row number minus readings at rest
+    -- so far): constant along a run, rising from one run to the next.
     SELECT *,
-           lag(at_rest) OVER w AS prev_rest,
-           lag(temp_dc) OVER w AS prev_dc
+           lag(temp_dc) OVER w AS prev_dc,
+           row_number() OVER w - sum(at_rest::BIGINT) OVER (w ROWS UNBOUNDED PRECEDING)
+               AS run_id
     FROM flagged
     WINDOW w AS (PARTITION BY vin ORDER BY ts_ms, seq)
-),
-runs AS (
-    -- a run starts where the rest flag changes; its start is the latest such reading
-    SELECT vin, seq, ts_ms, at_rest, pack2, temp_dc,
-           sum(CASE WHEN at_rest IS DISTINCT FROM prev_rest THEN 1 ELSE 0 END) OVER u AS run_id,
-           max(CASE WHEN at_rest IS DISTINCT FROM prev_rest THEN ts_ms END) OVER u
-               AS run_start_ms
-    FROM lagged
-    WINDOW u AS (PARTITION BY vin ORDER BY ts_ms, seq ROWS UNBOUNDED PRECEDING)
-),
-run_ends AS (
-    SELECT vin, run_id, max(ts_ms) AS run_end_ms FROM runs GROUP BY vin, run_id
-),
-s AS (
-    SELECT
-        vin, seq, ts_ms, at_rest, run_id, run_start_ms, pack2,
-        unnest(range(len(temp_dc)))::SMALLINT AS sensor,
-        unnest(temp_dc)::BIGINT AS temp_dc
-    FROM runs
-),
-stats AS (
-    -- a stuck sensor reads one value all day: min = max
-    SELECT vin, sensor, count(*) AS n_readings, count(temp_dc) AS n_valid,
-           ((max(temp_dc) - min(temp_dc)) / 10.0)::DOUBLE AS range_c,
-           sum(2 * temp_dc - pack2)::DOUBLE
-               / count(2 * temp_dc - pack2) / 20.0 AS dev_mean_c
-    FROM s GROUP BY vin, sensor
 ),
 pack AS (
     SELECT vin, count(*) AS n_readings, (max(pack2) - min(pack2)) / 20.0 AS pack_range_c
     FROM flagged GROUP BY vin
 ),
--- Reading-to-reading steps of each sensor. A sensor with a value in every reading of its
--- vehicle (nearly all) takes its previous value from the previous reading's list: one
--- window over readings instead of one over readings x sensors (~60 % of the job's time
--- at 14 sensors). A sensor with gaps steps from its previous valid value, as before.
+stats AS (
+    -- A stuck sensor reads one value all day: min = max. The step sums serve a sensor
+    -- with a value in every reading of its vehicle (nearly all): its previous value is
+    -- the previous reading's (that list cut to this reading's sensors).
+    SELECT vin, sensor, count(*) AS n_readings, count(temp_dc) AS n_valid,
+           ((max(temp_dc) - min(temp_dc)) / 10.0)::DOUBLE AS range_c,
+           sum(2 * temp_dc - pack2)::DOUBLE
+               / count(2 * temp_dc - pack2) / 20.0 AS dev_mean_c,
+           sqrt(sum((temp_dc - prev_dc) * (temp_dc - prev_dc))::DOUBLE
+               / count(temp_dc - prev_dc)) / 10.0 AS steps_jitter_c
+    FROM (
+        SELECT vin, pack2,
+               unnest(range(len(temp_dc)))::SMALLINT AS sensor,
+               unnest(temp_dc)::BIGINT AS temp_dc,
+               unnest(prev_dc[1:len(temp_dc)])::BIGINT AS prev_dc
+        FROM lagged
+    )
+    GROUP BY vin, sensor
+),
+-- A sensor with gaps steps from its previous valid value instead: a window over its own
+-- readings, for the few gappy sensors only.
 gappy AS (
     SELECT stats.vin, stats.sensor
     FROM stats JOIN pack USING (vin)
     WHERE stats.n_valid < pack.n_readings
 ),
-pairs AS (
-    SELECT vin, unnest(range(len(temp_dc)))::SMALLINT AS sensor,
-           unnest(temp_dc)::BIGINT AS cur_dc, unnest(prev_dc)::BIGINT AS prev_dc
-    FROM lagged
-),
-j AS (
-    SELECT vin, sensor, cur_dc - prev_dc AS step_dc
-    FROM pairs ANTI JOIN gappy USING (vin, sensor)
-    UNION ALL
+gappy_jit AS (
     SELECT vin, sensor,
-           temp_dc - lag(temp_dc) OVER (PARTITION BY vin, sensor ORDER BY ts_ms, seq) AS step_dc
+           sqrt(sum(step_dc * step_dc)::DOUBLE / count(step_dc)) / 10.0 AS jitter_c
     FROM (
-        SELECT vin, seq, ts_ms, unnest(range(len(temp_dc)))::SMALLINT AS sensor,
-               unnest(temp_dc)::BIGINT AS temp_dc
-        FROM flagged
-        WHERE vin IN (SELECT vin FROM gappy)
-    ) g
-    SEMI JOIN gappy USING (vin, sensor)
-    WHERE temp_dc IS NOT NULL
+        SELECT vin, sensor,
+               temp_dc - lag(temp_dc) OVER (PARTITION BY vin, sensor ORDER BY ts_ms, seq)
+                   AS step_dc
+        FROM (
+            SELECT vin, seq, ts_ms, unnest(range(len(temp_dc)))::SMALLINT AS sensor,
+                   unnest(temp_dc)::BIGINT AS temp_dc
+            FROM flagged
+            WHERE vin IN (SELECT vin FROM gappy)
+        ) g
+        SEMI JOIN gappy USING (vin, sensor)
+        WHERE temp_dc IS NOT NULL
+    )
+    GROUP BY vin, sensor
+),
+rest_runs AS (
+    -- rest runs of at least rest_min_s from their first to their last reading
+    SELECT vin, run_id, min(ts_ms) AS run_start_ms
+    FROM lagged
+    WHERE at_rest
+    GROUP BY vin, run_id
+    HAVING max(ts_ms) - min(ts_ms) >= 1000 * getvariable('rest_min_s')
 ),
 rest_pts AS (
     SELECT vin, sensor, run_id, run_start_ms,
            (ts_ms - run_start_ms)::HUGEINT AS x,
            (2 * temp_dc - pack2)::HUGEINT AS y,
            pack2::HUGEINT AS p
-    FROM s
-    WHERE at_rest AND temp_dc IS NOT NULL AND pack2 IS NOT NULL
-        AND ts_ms >= run_start_ms + 1000 * getvariable('settle_s')
+    FROM (
+        SELECT l.vin, l.run_id, r.run_start_ms, l.ts_ms, l.pack2,
+               unnest(range(len(l.temp_dc)))::SMALLINT AS sensor,
+               unnest(l.temp_dc)::BIGINT AS temp_dc
+        FROM lagged l
+        JOIN rest_runs r USING (vin, run_id)
+        WHERE l.at_rest AND l.pack2 IS NOT NULL
+            AND l.ts_ms >= r.run_start_ms + 1000 * getvariable('settle_s')
+    )
+    WHERE temp_dc IS NOT NULL
 ),
 rest_sums AS (
-    -- only runs of at least rest_min_s (their end: run_ends)
-    SELECT r.*
-    FROM (
-        SELECT vin, sensor, run_id, any_value(run_start_ms) AS run_start_ms,
-               count(*)::HUGEINT AS n,
-               sum(x) AS sx, sum(x * x) AS sxx, sum(y) AS sy, sum(x * y) AS sxy,
-               sum(p) AS sp, sum(x * p) AS sxp
-        FROM rest_pts
-        GROUP BY vin, sensor, run_id
-        HAVING count(*) >= 4
-    ) r
-    JOIN run_ends e USING (vin, run_id)
-    WHERE e.run_end_ms - r.run_start_ms >= 1000 * getvariable('rest_min_s')
+    SELECT vin, sensor, run_id, any_value(run_start_ms) AS run_start_ms,
+           count(*)::HUGEINT AS n,
+           sum(x) AS sx, sum(x * x) AS sxx, sum(y) AS sy, sum(x * y) AS sxy,
+           sum(p) AS sp, sum(x * p) AS sxp
+    FROM rest_pts
+    GROUP BY vin, sensor, run_id
+    HAVING count(*) >= 4
 ),
 rest_slopes AS (
     -- [0.05 degC per ms] x 3.6e6 ms/h / 20 = degC/h
@@ -147,11 +148,6 @@ rest_max AS (
     SELECT vin, sensor, max(rel_slope) AS rest_rise_c_per_h,
            max(pack_slope) AS pack_rest_rise_c_per_h
     FROM rest_slopes GROUP BY vin, sensor
-),
-jit AS (
-    SELECT vin, sensor,
-           sqrt(sum(step_dc * step_dc)::DOUBLE / count(step_dc)) / 10.0 AS jitter_c
-    FROM j GROUP BY vin, sensor
 )
 SELECT
     stats.vin,
@@ -161,11 +157,13 @@ SELECT
     stats.range_c,
     pack.pack_range_c,
     stats.dev_mean_c,
-    jit.jitter_c,
+    CASE WHEN gappy.sensor IS NULL THEN stats.steps_jitter_c ELSE gappy_jit.jitter_c END
+        AS jitter_c,
     rest_max.rest_rise_c_per_h,
     rest_max.pack_rest_rise_c_per_h
 FROM stats
 JOIN pack USING (vin)
-LEFT JOIN jit USING (vin, sensor)
+LEFT JOIN gappy USING (vin, sensor)
+LEFT JOIN gappy_jit USING (vin, sensor)
 LEFT JOIN rest_max USING (vin, sensor)
 ORDER BY stats.vin, stats.sensor;
