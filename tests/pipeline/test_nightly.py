@@ -207,6 +207,23 @@ def test_kill9_then_rerun_gives_the_bytes_of_an_uninterrupted_run(
     assert json.loads(records[1].read_text())["status"] == "ok, data gaps"
 
 
+def test_a_day_compacted_into_one_file_gives_the_outputs_of_the_split_day(
+    base_dir: Path, reference: dict[str, str], tmp_path: Path
+):
+    d = copy_of(base_dir, tmp_path)
+    one_file = {k: v for k, v in RUN_ENV.items() if k != "FLEETBMS_NIGHTLY__COMPACT_FILE_ROWS"}
+    r = fleetbms(d, "nightly", "--date", RUN_DAY.isoformat(), **one_file)
+    assert r.returncode == 3, r.stderr
+    assert len(bms.telemetry_files(d / "lake", RUN_DAY)) == 1
+
+    def outputs(files: dict[str, str]) -> dict[str, str]:
+        return {k: v for k, v in files.items() if "telemetry/" not in k}
+
+    got = snapshot(d / "lake", d / "archive", d / "reports")
+    assert outputs(got) == outputs(reference)
+    assert len(outputs(got)) > 20
+
+
 def test_second_concurrent_run_exits_75_and_a_killed_run_leaves_no_stale_lock(
     base_dir: Path, tmp_path: Path
 ):
