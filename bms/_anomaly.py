@@ -234,6 +234,11 @@ def models_root(state_dir: Path, fleet: str) -> Path:
     return state_dir / "models" / f"fleet={fleet}"
 
 
+def day_sums_root(state_dir: Path) -> Path:
+    """Where the feature builder keeps each day's telemetry sums between runs."""
+    return state_dir / "anomaly" / "day_sums"
+
+
 def _ledger_path(state_dir: Path, fleet: str, day: date) -> Path:
     return state_dir / "anomaly" / "runs" / f"fleet={fleet}" / f"{day.isoformat()}.json"
 
@@ -316,6 +321,13 @@ class _Cache:
     # (not cleared) in each anomalies file this run wrote
     analysed: dict[str | None, dict[str, list[date]]] = field(default_factory=dict)
     flagged: dict[tuple[str, date], pa.Array] = field(default_factory=dict)
+
+    @classmethod
+    def for_state(cls, state_dir: Path) -> _Cache:
+        """A cache whose feature builder keeps its per-day telemetry sums in state."""
+        cache = cls()
+        cache.inputs.day_store = day_sums_root(state_dir)
+        return cache
 
     def analysed_dates(self, lake_root: Path, fleet: str | None) -> dict[str, list[date]]:
         if fleet not in self.analysed:
@@ -559,7 +571,7 @@ def model_for(
 ) -> tuple[AnomalyModel | None, ModelInfo | None]:
     """The model that scores ``day``: saved, fitted on schedule, or refitted if refused."""
     if cache is None:
-        own = _Cache()
+        own = _Cache.for_state(state_dir)
         try:
             return model_for(lake_root, state_dir, fleet, day, params, own)
         finally:
@@ -612,7 +624,7 @@ def train_anomaly_model(
     out = []
     for fl, days in fleets.items():
         vf = day or days[-1] + timedelta(days=1)
-        cache = _Cache()
+        cache = _Cache.for_state(state_dir)
         try:
             model = _fit_and_save(lake_root, state_dir, fl, vf, params, "manual", cache)
         finally:
@@ -969,7 +981,7 @@ def score_anomalies(
     BmsError
         No analytics output for the date (and fleet).
     """
-    cache = _Cache()
+    cache = _Cache.for_state(state_dir)
     try:
         return _score_day(lake_root, state_dir, day, params or AnomalyParams(), fleet, cache)
     finally:
@@ -1032,7 +1044,7 @@ def score_pending_anomalies(
     params = params or AnomalyParams()
     out = []
     for fl, days in pending_anomaly_dates(lake_root, state_dir, fleet=fleet).items():
-        cache = _Cache()
+        cache = _Cache.for_state(state_dir)
         # the oldest input a later date reads (bms._features.build_features windows)
         fp = params.features
         inputs_days = max(

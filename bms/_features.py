@@ -25,6 +25,7 @@ The pure functions here take and return arrays; ``build_features`` does the I/O.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -42,7 +43,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from bms._duck import duckdb_connect, set_double_variables, vin_groups
-from bms._lake import holds_unique_readings
+from bms._lake import holds_unique_readings, write_parquet_atomic
 from bms._ocv import CHEMISTRIES, OCV_TABLES_V, ocv_slope_mv_per_pct, soc_pct_from_ocv_v
 
 FloatArray = npt.NDArray[np.float64]
@@ -481,7 +482,9 @@ class FeatureCache:
     its window); ``tables``: the rows read from each metrics file, keyed by file and
     columns, with the file's size and modification time they were read at, and its date;
     ``con``: one DuckDB connection for every job of the run (opening one costs ~30 ms,
-    and its first query as much again). ``close`` when done.
+    and its first query as much again); ``day_store``: a folder keeping the per-day sums
+    of the telemetry for later runs (``swing_day``, ``diurnal_day``; none: not kept).
+    ``close`` when done.
     """
 
     swing: dict[tuple[str, date], pa.Table] = field(default_factory=dict)
@@ -490,6 +493,7 @@ class FeatureCache:
         default_factory=dict
     )
     con: Any = None
+    day_store: Path | None = None
 
     def connection(self) -> Any:
         if self.con is None:
@@ -651,6 +655,48 @@ def ocv_lookup_tables() -> tuple[pa.Table, pa.Table]:
     return pa.concat_tables(luts), pa.concat_tables(bins)
 
 
+def _stored_day(
+    store: Path | None,
+    sql_file: str,
+    day: date,
+    fleet: str,
+    files: Sequence[Path],
+    tables: Mapping[str, pa.Table],
+    variables: Mapping[str, float],
+    run: Callable[[], pa.Table],
+) -> pa.Table:
+    """``run()``, the per-day job ``sql_file`` of (``day``, ``fleet``), or its result kept
+    under ``store`` by an earlier run for the same inputs.
+
+    The features of a date fit windows of the last two weeks, so each night would
+    otherwise read fourteen days of telemetry to add one. A kept result is valid for the
+    digest it was written with: the job's SQL, its variables and tables, and the name,
+    size and modification time of each telemetry file (late data, compaction and erasure
+    change them); one file per (job, date, fleet), replaced when the inputs change.
+    """
+    if store is None:
+        return run()
+    h = hashlib.sha256(_sql(sql_file).encode())
+    h.update(repr(sorted(variables.items())).encode())
+    for name in sorted(tables):
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, tables[name].schema) as w:
+            w.write_table(tables[name])
+        h.update(name.encode() + hashlib.sha256(sink.getvalue()).digest())
+    for f in sorted(files):
+        st = f.stat()
+        h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    key = h.hexdigest().encode()
+    path = store / Path(sql_file).stem / f"date={day.isoformat()}" / f"fleet={fleet}.parquet"
+    if path.is_file():
+        kept = pq.read_table(path)
+        if (kept.schema.metadata or {}).get(b"fleetbms.inputs") == key:
+            return kept.replace_schema_metadata(None)
+    table = run()
+    write_parquet_atomic(table.replace_schema_metadata({b"fleetbms.inputs": key}), path)
+    return table
+
+
 def swing_day(
     lake_root: Path,
     day: date,
@@ -660,11 +706,13 @@ def swing_day(
     rest_c_rate: float,
     default_capacity_ah: float,
     con: Any = None,
+    store: Path | None = None,
 ) -> pa.Table:
     """Per (vin, cell) of one day: the weighted sums of the SoC-swing fit (``SWING_SUMS``).
 
     ``vehicles``: vin, chemistry, capacity_ah of the vehicles to fit (others are left out);
-    ``con``: a connection of ``_connect`` to use (default: a new one).
+    ``con``: a connection of ``_connect`` to use (default: a new one); ``store``: a folder
+    keeping the result for later runs (``_stored_day``).
     """
     files = partition_files(lake_root, "telemetry", [day], fleet)
     if not files or vehicles.num_rows == 0:
@@ -676,12 +724,17 @@ def swing_day(
             }
         )
     lut, bins = ocv_lookup_tables()
-    return _telemetry_job(
-        files,
+    tables = {"vehicles": vehicles, "ocv_lut": lut, "ocv_bins": bins}
+    variables = {"rest_c_rate": rest_c_rate, "default_capacity_ah": default_capacity_ah}
+    return _stored_day(
+        store,
         "anomaly_swing_day.sql",
-        {"vehicles": vehicles, "ocv_lut": lut, "ocv_bins": bins},
-        {"rest_c_rate": rest_c_rate, "default_capacity_ah": default_capacity_ah},
-        con,
+        day,
+        fleet,
+        files,
+        tables,
+        variables,
+        lambda: _telemetry_job(files, "anomaly_swing_day.sql", tables, variables, con),
     )
 
 
@@ -753,6 +806,7 @@ def cell_swing(
     default_capacity_ah: float,
     cache: dict[tuple[str, date], pa.Table] | None = None,
     con: Any = None,
+    store: Path | None = None,
 ) -> pa.Table:
     """Per (vin, cell): the SoC swing (``swing_from_sums``) over the recent half of the
     trailing ``window_days`` (``swing_pct``) and over the older half (``swing_early_pct``),
@@ -763,7 +817,8 @@ def cell_swing(
     a cell needs ``min_days`` days with readings at rest in a half.
     ``cache`` keeps each day's sums for the next dates of a catch-up (days older than
     the window are dropped from it); ``vehicles_of`` needs only the days not in it.
-    ``con``: a connection of ``_connect`` to use (default: a new one per day).
+    ``con``: a connection of ``_connect`` to use (default: a new one per day); ``store``:
+    a folder keeping each day's sums for later runs (``swing_day``).
     """
     days = [day - timedelta(days=k) for k in range(window_days)]
     parts = _window_parts(
@@ -778,6 +833,7 @@ def cell_swing(
             rest_c_rate=rest_c_rate,
             default_capacity_ah=default_capacity_ah,
             con=con,
+            store=store,
         ),
     )
     # The window is fitted as two halves (older days first): a real loss of capacity
@@ -828,9 +884,11 @@ def diurnal_day(
     rest_c_rate: float,
     default_capacity_ah: float,
     con: Any = None,
+    store: Path | None = None,
 ) -> pa.Table:
     """Per vin of one day: the sums of the fit of the pack temperature at rest against the
-    time of day (``DIURNAL_SUMS``, ``sql/anomaly_diurnal_day.sql``)."""
+    time of day (``DIURNAL_SUMS``, ``sql/anomaly_diurnal_day.sql``); ``store`` as in
+    ``swing_day``."""
     files = partition_files(lake_root, "telemetry", [day], fleet)
     if not files:
         return pa.table(
@@ -839,14 +897,24 @@ def diurnal_day(
                 **{c: pa.array([], pa.float64()) for c in DIURNAL_SUMS},
             }
         )
-    reg = registry.select(["vin", "capacity_ah"])
-    return _telemetry_job(
-        files,
+    tables = {"registry": registry.select(["vin", "capacity_ah"])}
+    variables = {"rest_c_rate": rest_c_rate, "default_capacity_ah": default_capacity_ah}
+    return _stored_day(
+        store,
         "anomaly_diurnal_day.sql",
-        {"registry": reg},
-        {"rest_c_rate": rest_c_rate, "default_capacity_ah": default_capacity_ah},
-        con,
-        threads=os.cpu_count() or 1,  # sums of whole numbers: any order, same bytes
+        day,
+        fleet,
+        files,
+        tables,
+        variables,
+        lambda: _telemetry_job(
+            files,
+            "anomaly_diurnal_day.sql",
+            tables,
+            variables,
+            con,
+            threads=os.cpu_count() or 1,  # sums of whole numbers: any order, same bytes
+        ),
     )
 
 
@@ -1405,6 +1473,7 @@ def build_features(
             default_capacity_ah=params.default_capacity_ah,
             cache=cache.swing,
             con=con,
+            store=cache.day_store,
         )
         lag_parts = _window_parts(
             [day - timedelta(days=k) for k in range(params.swing_days)],
@@ -1418,6 +1487,7 @@ def build_features(
                 rest_c_rate=params.rest_c_rate,
                 default_capacity_ah=params.default_capacity_ah,
                 con=con,
+                store=cache.day_store,
             ),
         )
         classes = {

@@ -3,6 +3,7 @@ found by how much wider it swings in state of charge than its neighbours at rest
 
 from __future__ import annotations
 
+import shutil
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -87,7 +88,12 @@ def lake(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def _swing(lake: Path, day: date, cache: dict[tuple[str, date], pa.Table] | None) -> pa.Table:
+def _swing(
+    lake: Path,
+    day: date,
+    cache: dict[tuple[str, date], pa.Table] | None,
+    store: Path | None = None,
+) -> pa.Table:
     reg = pq.read_table(lake / "registry" / "vehicles.parquet")
     vehicles = reg.select(["vin", "chemistry", "capacity_ah"])
     return cell_swing(
@@ -101,6 +107,7 @@ def _swing(lake: Path, day: date, cache: dict[tuple[str, date], pa.Table] | None
         rest_c_rate=0.02,
         default_capacity_ah=100.0,
         cache=cache,
+        store=store,
     )
 
 
@@ -203,3 +210,35 @@ def test_capacity_rule_names_the_cell_only_far_out_of_its_pack() -> None:
         ("A", "cell_capacity", 7, "warning"),
         ("D", "cell_capacity", 7, "critical"),
     ]
+
+
+def test_day_sums_kept_for_the_next_run_are_reused_until_the_telemetry_changes(
+    lake: Path, tmp_path: Path
+) -> None:
+    """A nightly run fits a window of 14 days but adds one: the other 13 days' sums come
+    from the store an earlier run (another process) left, not from their telemetry."""
+    work = tmp_path / "lake"
+    shutil.copytree(lake, work)
+    store = tmp_path / "day_sums"
+    last = START + timedelta(days=DAYS - 1)
+    first = _swing(work, last - timedelta(days=1), None, store)
+    kept = sorted(store.rglob("*.parquet"))
+    assert len(kept) == 14
+    stamps = {p: p.stat().st_mtime_ns for p in kept}
+    # The next night: one new day computed, the 13 others read back, same result.
+    assert _swing(work, last, None, store).equals(_swing(lake, last, None))
+    kept_now = sorted(store.rglob("*.parquet"))
+    assert len(kept_now) == 15
+    assert {p: p.stat().st_mtime_ns for p in kept} == stamps
+    assert first.equals(_swing(lake, last - timedelta(days=1), None))
+    # Late data rewrites a day's telemetry: that day's sums are computed again.
+    day = last - timedelta(days=5)
+    part = bms.telemetry_dir(work, day, FLEET)
+    files = sorted(part.glob("*.parquet"))
+    table = pa.concat_tables(pq.read_table(f) for f in files)
+    for f in files:
+        f.unlink()
+    bms.write_parquet_atomic(table, part / "rewritten.parquet")
+    assert _swing(work, last, None, store).equals(_swing(work, last, None))
+    rewritten = [p for p in kept if stamps[p] != p.stat().st_mtime_ns]
+    assert [p.parent.name for p in rewritten] == [f"date={day.isoformat()}"]
