@@ -655,6 +655,10 @@ def ocv_lookup_tables() -> tuple[pa.Table, pa.Table]:
     return pa.concat_tables(luts), pa.concat_tables(bins)
 
 
+#: Days of per-day sums ``_stored_day`` keeps before the one it writes.
+_DAY_SUMS_KEEP_DAYS = 60
+
+
 def _stored_day(
     store: Path | None,
     sql_file: str,
@@ -672,7 +676,8 @@ def _stored_day(
     otherwise read fourteen days of telemetry to add one. A kept result is valid for the
     digest it was written with: the job's SQL, its variables and tables, and the name,
     size and modification time of each telemetry file (late data, compaction and erasure
-    change them); one file per (job, date, fleet), replaced when the inputs change.
+    change them); one file per (job, date, fleet), replaced when the inputs change, and
+    removed once ``_DAY_SUMS_KEEP_DAYS`` older than the newest written.
     """
     if store is None:
         return run()
@@ -694,6 +699,17 @@ def _stored_day(
             return kept.replace_schema_metadata(None)
     table = run()
     write_parquet_atomic(table.replace_schema_metadata({b"fleetbms.inputs": key}), path)
+    # Keep a few windows' worth: older days are recomputed if a rescoring asks for them.
+    cutoff = day - timedelta(days=_DAY_SUMS_KEEP_DAYS)
+    for old in path.parent.parent.glob(f"date=*/fleet={fleet}.parquet"):
+        try:
+            old_day = date.fromisoformat(old.parent.name.removeprefix("date="))
+        except ValueError:
+            continue
+        if old_day < cutoff:
+            old.unlink()
+            if not any(old.parent.iterdir()):
+                old.parent.rmdir()
     return table
 
 

@@ -231,7 +231,11 @@ def test_day_sums_kept_for_the_next_run_are_reused_until_the_telemetry_changes(
     assert len(kept_now) == 15
     assert {p: p.stat().st_mtime_ns for p in kept} == stamps
     assert first.equals(_swing(lake, last - timedelta(days=1), None))
-    # Late data rewrites a day's telemetry: that day's sums are computed again.
+    # Late data rewrites a day's telemetry: that day's sums are computed again (and sums
+    # kept for days long gone are removed when a day is written).
+    gone = store / "anomaly_swing_day" / "date=2025-01-01" / f"fleet={FLEET}.parquet"
+    gone.parent.mkdir()
+    shutil.copy(kept[0], gone)
     day = last - timedelta(days=5)
     part = bms.telemetry_dir(work, day, FLEET)
     files = sorted(part.glob("*.parquet"))
@@ -242,3 +246,4 @@ def test_day_sums_kept_for_the_next_run_are_reused_until_the_telemetry_changes(
     assert _swing(work, last, None, store).equals(_swing(work, last, None))
     rewritten = [p for p in kept if stamps[p] != p.stat().st_mtime_ns]
     assert [p.parent.name for p in rewritten] == [f"date={day.isoformat()}"]
+    assert not gone.parent.exists()
