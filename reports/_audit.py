@@ -29,11 +29,11 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
 from bms import FLEET_PATTERN, fsync_dir, fsync_path, write_secret_file
 from reports import _bundle as fmt
+from reports._csv import write_csv
 from reports._dictionary import TableInfo, data_dictionary, methodology
 from reports._errors import ReportError
 from reports._keys import (
@@ -53,10 +53,6 @@ from reports._pseudonym import (
 PARQUET_ZSTD_LEVEL = 3
 _DATE_DIR = re.compile(r"^date=(\d{4}-\d{2}-\d{2})$")
 _UTC_NAMES = frozenset({"UTC", "utc", "Etc/UTC", "+00:00", "Z"})
-#: CSV writer options: the default dialect, formatted 65,536 rows at a time (Arrow's
-#: default 1,024 calls the Python sink ~100 times per 96-cell day table, for the same
-#: bytes; ~10 % of the CSV time).
-_CSV_OPTIONS = pcsv.WriteOptions(batch_size=65_536)
 #: fsyncs in flight at once (``_Syncer``).
 _SYNC_THREADS = 8
 
@@ -388,7 +384,10 @@ def _export_part(
     part: _Partition, pseudonyms: Pseudonymizer, root: Path, sync: _Syncer, cell_csv: bool
 ) -> _PartResult:
     table, as_dictionary = _read_part(part)
-    table = pseudonyms.table(table)
+    # The CSV keeps the VIN columns as dictionaries (each pseudonym quoted once); the
+    # Parquet file has the lake's plain strings.
+    csv_table = pseudonyms.table(table)
+    table = csv_table
     for i, field in enumerate(table.schema):
         if field.name in as_dictionary and pa.types.is_dictionary(field.type):
             plain = field.with_type(pa.string())
@@ -414,7 +413,7 @@ def _export_part(
         csv = _stream(
             root,
             f"{base}.csv",
-            lambda s: pcsv.write_csv(_csv_table(table), s, _CSV_OPTIONS),
+            lambda s: write_csv(_csv_table(csv_table), s),
             sync,
         )
         written.append(csv)

@@ -1,0 +1,223 @@
+"""CSV text of Arrow tables: byte for byte what ``pyarrow.csv.write_csv`` writes, faster.
+
+An audit bundle's CSV files are Arrow's default dialect (RFC 4180, header of quoted
+names, strings and binary in double quotes with ``"`` doubled, other values unquoted as
+Arrow's cast to string gives them, a null as an empty field, ``\\n`` line ends). Most of
+their cost is formatting doubles: Arrow gives each the shortest text that reads back to
+the same double (double-conversion's Grisu3, with the decimal point for decimal
+exponents -6 to 9 and ``1e+10`` style outside). Polars finds the same shortest digits
+with Ryu [1]_, 2-5x faster, but lays some of them out differently (``100.0``, ``1e-6``,
+``10000000000.0``, ``NaN``). ``write_csv`` takes Polars' text where the two layouts
+agree (non-integral values from 1e-5 to 1e10, and the exponent forms below 1e-6 and from
+1e16 up), Arrow's for every other value, and lets Polars join the fields into lines.
+
+The bytes equal Arrow's writer's (``tests/reports/test_audit_csv.py`` checks edge values
+and millions of random bit patterns); if an installed Polars ever formats differently,
+``polars_matches_arrow`` notices on first use and every double goes through Arrow.
+
+References
+----------
+.. [1] U. Adams, "Ryu: fast float-to-string conversion", in Proc. 39th ACM SIGPLAN
+   Conf. Programming Language Design and Implementation (PLDI), 2018, pp. 270-282.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import IO, TYPE_CHECKING, Any, Protocol, cast
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+if TYPE_CHECKING:
+    import polars as pl
+
+__all__ = ["float_text", "polars_matches_arrow", "write_csv"]
+
+#: Rows formatted at a time (bounds the memory of the text of one batch).
+BATCH_ROWS = 65_536
+
+
+class _BinarySink(Protocol):
+    def write(self, data: Any, /) -> int: ...
+
+
+def _arrow_text(values: pa.Array) -> pa.Array:
+    return pc.cast(values, pa.string())
+
+
+def _polars_layout_is_arrows(values: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    """True where Polars' text of a float equals Arrow's (see the module docstring).
+
+    Thresholds in the values' own precision: a float32 just under 1e-6 can have the
+    shortest float32 text ``1e-6``, which Arrow writes as ``0.000001``.
+    """
+    one = values.dtype.type
+    mag = np.abs(values)
+    with np.errstate(invalid="ignore"):
+        decimal = (mag >= one(1e-5)) & (mag < one(1e10)) & (values != np.trunc(values))
+        tiny = (mag > 0) & (mag < one(1e-6))
+        huge = (mag >= one(1e16)) & (mag < np.inf)
+    return np.asarray(decimal | tiny | huge)
+
+
+def _polars_float_text(column: pa.Array) -> pl.Series:
+    import polars as pl  # heavy: imported on first use
+
+    # Polars writes a float32 with the shortest float32 digits, as Arrow does.
+    series = pl.from_arrow(column)
+    assert isinstance(series, pl.Series)
+    values = column.to_numpy(zero_copy_only=False)
+    other = ~_polars_layout_is_arrows(values)
+    if column.null_count:
+        other &= column.is_valid().to_numpy(zero_copy_only=False)
+    text = series.cast(pl.String)
+    idx = np.flatnonzero(other)
+    if len(idx):
+        arrow = pl.from_arrow(_arrow_text(column.take(pa.array(idx))))
+        assert isinstance(arrow, pl.Series)
+        text = text.scatter(idx, arrow)
+    return text
+
+
+def _probe_values(dtype: type[np.floating[Any]]) -> np.ndarray[Any, Any]:
+    """Values whose text differs between the layouts, or sits at their thresholds."""
+    finfo = np.finfo(dtype)
+    low, high = np.floor(np.log10([finfo.smallest_subnormal, finfo.max])).astype(int)
+    powers = np.array([f"1e{e}" for e in range(low, high + 1)]).astype(dtype)
+    with np.errstate(over="ignore", under="ignore"):
+        near = np.concatenate(
+            [powers, np.nextafter(powers, dtype(0)), np.nextafter(powers, dtype(np.inf))]
+        )
+    special = np.array(
+        [0.0, -0.0, 0.1, 2.5, 100.0, 1 / 3, 3700.12, np.nan, np.inf, -np.inf], dtype=dtype
+    )
+    extremes = np.array([finfo.max, finfo.smallest_subnormal, finfo.tiny], dtype=dtype)
+    values = np.concatenate([near, special, extremes])
+    return np.concatenate([values, -values])
+
+
+@functools.cache
+def polars_matches_arrow() -> bool:
+    """True when the installed Polars and Arrow give the same text on probe values.
+
+    Checked once per process, on powers of ten and their neighbours, the layout
+    thresholds, zeros, infinities and NaN, in float64 and float32.
+    """
+    for dtype, typ in ((np.float64, pa.float64()), (np.float32, pa.float32())):
+        column = pa.array(_probe_values(dtype), typ)
+        if _polars_float_text(column).to_arrow().cast(pa.string()) != _arrow_text(column):
+            return False
+    return True
+
+
+def float_text(column: pa.Array) -> pl.Series:
+    """Text of a float32 or float64 array, as Arrow's cast to string gives it.
+
+    Parameters
+    ----------
+    column : pyarrow.Array
+        Float values (nulls allowed).
+
+    Returns
+    -------
+    polars.Series
+        String series, null where ``column`` is null.
+    """
+    import polars as pl
+
+    if polars_matches_arrow():
+        return _polars_float_text(column)
+    text = pl.from_arrow(_arrow_text(column))
+    assert isinstance(text, pl.Series)
+    return text
+
+
+def _is_quoted(typ: pa.DataType) -> bool:
+    """Types Arrow's writer puts in quotes: strings and binary (and dictionaries of them)."""
+    if pa.types.is_dictionary(typ):
+        return _is_quoted(typ.value_type)
+    return bool(
+        pa.types.is_string(typ)
+        or pa.types.is_large_string(typ)
+        or pa.types.is_binary(typ)
+        or pa.types.is_large_binary(typ)
+        or pa.types.is_fixed_size_binary(typ)
+    )
+
+
+def _quote(values: pa.Array) -> pa.Array:
+    typ = values.type
+    if pa.types.is_string(typ) or pa.types.is_large_string(typ):
+        text = values
+    else:  # binary: as UTF-8 text, like Arrow's writer (which rejects invalid UTF-8 too)
+        large = pa.types.is_large_binary(typ)
+        text = pc.cast(values, pa.large_string() if large else pa.string())
+    quote = pa.scalar('"', text.type)
+    escaped = pc.replace_substring(text, '"', '""')
+    return pc.binary_join_element_wise(quote, escaped, quote, pa.scalar("", text.type))
+
+
+def _field_text(column: pa.Array) -> pl.Series:
+    """One column's CSV fields, for Polars to write unquoted (nulls become empty)."""
+    import polars as pl
+
+    typ = column.type
+    if _is_quoted(typ):
+        if pa.types.is_dictionary(typ):
+            # Each distinct value quoted once; Polars writes a categorical by its text.
+            quoted = pa.DictionaryArray.from_arrays(column.indices, _quote(column.dictionary))
+            series = pl.from_arrow(quoted)
+        else:
+            series = pl.from_arrow(_quote(column))
+    elif pa.types.is_float64(typ) or pa.types.is_float32(typ):
+        return float_text(column)
+    elif pa.types.is_integer(typ):
+        series = pl.from_arrow(column)  # plain decimal digits, as Arrow's
+    elif pa.types.is_null(typ):
+        series = pl.Series(values=[None] * len(column), dtype=pl.String)
+    else:
+        # Dates, booleans, decimals, times...: Arrow's own text of each distinct value.
+        if pa.types.is_dictionary(typ):
+            column = column.dictionary_decode()
+        encoded = pc.dictionary_encode(column)
+        text = pa.DictionaryArray.from_arrays(encoded.indices, _arrow_text(encoded.dictionary))
+        series = pl.from_arrow(text)
+    assert isinstance(series, pl.Series)
+    return series
+
+
+def _header(names: list[str]) -> bytes:
+    return (",".join('"' + n.replace('"', '""') + '"' for n in names) + "\n").encode("utf-8")
+
+
+def write_csv(table: pa.Table, sink: _BinarySink) -> None:
+    """Write ``table`` to ``sink`` as CSV: the bytes of ``pyarrow.csv.write_csv``.
+
+    Parameters
+    ----------
+    table : pyarrow.Table
+        Columns of any type Arrow's CSV writer accepts (nested types must be turned
+        into text first).
+    sink : binary file
+        Receives the header and then one ``write`` per batch of ``BATCH_ROWS`` rows.
+    """
+    import polars as pl
+
+    if table.num_columns == 0:
+        raise ValueError("a CSV file needs at least one column")
+    sink.write(_header(table.column_names))
+    for batch in table.to_batches(max_chunksize=BATCH_ROWS):
+        if batch.num_rows == 0:
+            continue
+        # Positional names: Polars needs unique ones, and the header is written above.
+        frame = pl.DataFrame({f"c{i}": _field_text(c) for i, c in enumerate(batch.columns)})
+        frame.write_csv(
+            cast("IO[bytes]", sink),  # Polars only calls its ``write``
+            include_header=False,
+            separator=",",
+            line_terminator="\n",
+            quote_style="never",
+            null_value="",
+        )

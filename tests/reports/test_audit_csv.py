@@ -1,0 +1,127 @@
+"""Bundle CSV text (reports._csv): the bytes of Arrow's CSV writer, for every value."""
+
+from __future__ import annotations
+
+import io
+from datetime import date, datetime, time
+from decimal import Decimal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pcsv
+import pytest
+
+from reports._csv import BATCH_ROWS, float_text, polars_matches_arrow, write_csv
+
+
+def _arrow_csv(table: pa.Table) -> bytes:
+    sink = io.BytesIO()
+    pcsv.write_csv(table, sink)
+    return sink.getvalue()
+
+
+def _ours(table: pa.Table) -> bytes:
+    sink = io.BytesIO()
+    write_csv(table, sink)
+    return sink.getvalue()
+
+
+def _assert_same_text(values: np.ndarray, typ: pa.DataType) -> None:
+    column = pa.array(values, typ)
+    want = pc.cast(column, pa.string())
+    got = float_text(column).to_arrow().cast(pa.string())
+    differ = pc.invert(pc.equal(got, want))
+    bad = pc.indices_nonzero(pc.fill_null(differ, True))[:5].to_pylist()
+    assert not bad, [(values[i], got[i].as_py(), want[i].as_py()) for i in bad]
+
+
+def test_installed_polars_formats_floats_like_arrow() -> None:
+    # Else the export silently takes the slow path; this keeps the fast one tested.
+    assert polars_matches_arrow()
+
+
+@pytest.mark.parametrize(("dtype", "typ"), [(np.float64, pa.float64()), (np.float32, pa.float32())])
+def test_float_text_equals_arrows_at_powers_of_ten_and_their_neighbours(
+    dtype: type[np.floating], typ: pa.DataType
+) -> None:
+    finfo = np.finfo(dtype)
+    low, high = (-45, 38) if dtype is np.float32 else (-323, 308)
+    powers = np.array([f"1e{e}" for e in range(low, high + 1)]).astype(dtype)
+    with np.errstate(over="ignore", under="ignore"):
+        values = np.concatenate(
+            [powers, np.nextafter(powers, dtype(0)), np.nextafter(powers, dtype(np.inf))]
+        )
+    values = np.concatenate([values, [0.0, np.nan, np.inf, finfo.max, finfo.tiny]])
+    _assert_same_text(np.concatenate([values, -values]).astype(dtype), typ)
+
+
+@pytest.mark.parametrize(("bits", "typ"), [(np.uint64, pa.float64()), (np.uint32, pa.float32())])
+def test_float_text_equals_arrows_on_a_million_random_bit_patterns(
+    bits: type[np.unsignedinteger], typ: pa.DataType
+) -> None:
+    rng = np.random.default_rng(20261206)
+    raw = rng.integers(0, np.iinfo(bits).max, 1_000_000, dtype=bits, endpoint=True)
+    _assert_same_text(raw.view(np.float64 if bits is np.uint64 else np.float32), typ)
+
+
+def test_float_text_equals_arrows_on_measurements_of_every_magnitude() -> None:
+    rng = np.random.default_rng(7)
+    n = 1_000_000
+    full = rng.uniform(-1, 1, n) * 10.0 ** rng.integers(-12, 20, n)
+    scale = 10.0 ** rng.integers(0, 8, n)
+    rounded = np.round(rng.normal(0, 1, n) * 10.0 ** rng.integers(-7, 14, n) * scale) / scale
+    integral = np.round(rng.uniform(-1e6, 1e6, n))
+    _assert_same_text(np.concatenate([full, rounded, integral]), pa.float64())
+
+
+def test_float_text_keeps_nulls() -> None:
+    text = float_text(pa.array([1.5, None, float("nan"), None, 100.0]))
+    assert text.to_list() == ["1.5", None, "nan", None, "100"]
+
+
+def _every_type_table(n: int) -> pa.Table:
+    rng = np.random.default_rng(3)
+    strings = ["plain", 'with "quotes"', "comma, inside", "line\nbreak", "", None, "ünï"]
+    floats = rng.normal(0, 1, n) * 10.0 ** rng.integers(-8, 17, n)
+    floats[::97] = np.nan
+    mask = np.zeros(n, dtype=bool)
+    mask[::13] = True
+    return pa.table(
+        {
+            "vin": pa.array([strings[i % len(strings)] for i in range(n)], pa.string()),
+            "big": pa.array([strings[i % 3] for i in range(n)], pa.large_string()),
+            "psn": pa.array([f"psn_{i % 50:024x}" for i in range(n)]).dictionary_encode(),
+            "raw": pa.array([b'ab"c', None, b""] * (n // 3) + [b"x"] * (n % 3), pa.binary()),
+            "cell": pa.array(np.arange(n) % 96, pa.int16()),
+            "n_u64": pa.array(rng.integers(0, 2**63, n), pa.uint64()),
+            "n_i8": pa.array(rng.integers(-128, 128, n), pa.int8(), mask=mask),
+            "ok": pa.array(rng.integers(0, 2, n).astype(bool), mask=mask),
+            "date": pa.array([date(2026, 1, 1 + i % 28) for i in range(n)], pa.date32()),
+            "ts": pa.array(
+                [datetime(2026, 1, 1, 12, i % 60, 5, 250_000) for i in range(n)],
+                pa.timestamp("ms"),
+            ),
+            "at": pa.array([time(1, 2, i % 60) for i in range(n)], pa.time32("s")),
+            "price": pa.array(
+                [Decimal("1.50"), None, Decimal("-0.01")] * (n // 3) + [None] * (n % 3),
+                pa.decimal128(6, 2),
+            ),
+            "soh_pct": pa.array(floats, mask=mask),
+            "temp_c": pa.array(floats.astype(np.float32)),
+            "nothing": pa.nulls(n),
+            'odd "name", too': pa.array(np.linspace(0, 1, n)),
+        }
+    )
+
+
+def test_write_csv_writes_the_bytes_of_arrows_writer_for_every_column_type() -> None:
+    table = _every_type_table(BATCH_ROWS + 1_001)  # two batches
+    assert _ours(table) == _arrow_csv(table)
+
+
+def test_write_csv_of_chunked_and_empty_tables_matches_arrow() -> None:
+    table = _every_type_table(300)
+    chunked = pa.concat_tables([table.slice(0, 100), table.slice(100)])
+    assert _ours(chunked) == _arrow_csv(table)
+    assert _ours(table.slice(0, 0)) == _arrow_csv(table.slice(0, 0))
