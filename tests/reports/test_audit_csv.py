@@ -125,3 +125,21 @@ def test_write_csv_of_chunked_and_empty_tables_matches_arrow() -> None:
     chunked = pa.concat_tables([table.slice(0, 100), table.slice(100)])
     assert _ours(chunked) == _arrow_csv(table)
     assert _ours(table.slice(0, 0)) == _arrow_csv(table.slice(0, 0))
+
+
+def test_write_csv_of_repeating_measurements_matches_arrow() -> None:
+    # Few distinct values: each formatted once; -0.0, 0.0 and NaNs must stay apart.
+    rng = np.random.default_rng(11)
+    n = 20_000
+    levels = np.array([-0.0, 0.0, np.nan, -np.nan, 3700.0, 3700.12, 1e-7, 2.5e12, -1.5])
+    rest_mv = levels[rng.integers(0, len(levels), n)]
+    mask = np.zeros(n, dtype=bool)
+    mask[::7] = True
+    table = pa.table(
+        {
+            "rest_mv": pa.array(rest_mv, mask=mask),
+            "temp_c": pa.array(np.round(rng.normal(30, 5, n), 1).astype(np.float32)),
+            "drift_mv_per_day": pa.array(np.round(rng.normal(0, 0.2, n), 3)),
+        }
+    )
+    assert _ours(table) == _arrow_csv(table)
