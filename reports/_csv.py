@@ -35,7 +35,7 @@ import pyarrow.csv as pcsv
 if TYPE_CHECKING:
     import polars as pl
 
-__all__ = ["float_text", "polars_matches_arrow", "write_csv"]
+__all__ = ["float_text", "polars_matches_arrow", "preload", "write_csv"]
 
 #: Rows formatted at a time (bounds the memory of the text of one batch; a day of a
 #: 1,000-vehicle fleet's per-cell table, 96,000 rows, is one batch).
@@ -114,6 +114,11 @@ def polars_matches_arrow() -> bool:
         if _polars_float_text(column).to_arrow().cast(pa.string()) != _arrow_text(column):
             return False
     return True
+
+
+def preload() -> None:
+    """Import Polars and run the layout check now (e.g. on a spare thread)."""
+    polars_matches_arrow()
 
 
 def float_text(column: pa.Array) -> pl.Series:
