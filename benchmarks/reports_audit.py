@@ -1,56 +1,68 @@
-"""Audit bundle export rate against a plain durable copy of the same lake files.
+"""Audit bundle export rate against a plain durable copy of the same data: the bundle.
 
-Generates a realistic metrics volume (default 1,000 vehicles x 90 days: a vehicle_day
-table, a 96-cell cell_day table and a few anomaly flags per day), then measures in the
-same run:
+Generates a metrics lake (default 1,000 vehicles x 90 days: a vehicle_day table, a
+96-cell cell_day table and a few anomaly flags per day), then measures, ``--repeat``
+times, each pair within one run:
 
-- baseline: a plain copy of the metrics and anomalies files, each file and folder
-  fsync'ed like the bundle's (best of 3). The export must be durable before it reports
-  success, so the copy it is compared with must be too: a copy that stops at the page
-  cache measures memory bandwidth, not the disk both have to reach;
-- export: ``reports.export_audit_bundle`` of the same period (read, pseudonymise, write
-  Parquet + CSV, hash, chain, sign, fsync); and again without the per-cell CSV
-  (``--no-cell-csv``: cell_day in Parquet only);
-- verify: ``reports.verify_audit_bundle`` of the result.
+- export: ``reports.export_audit_bundle`` of the period (read, pseudonymise, write
+  Parquet + CSV, hash, chain, sign, fsync);
+- baseline: a plain copy of the bundle it wrote, each file and folder fsync'ed like the
+  bundle's (best of 3). The export must be durable before it reports success, so the
+  copy it is compared with must be too: a copy that stops at the page cache measures
+  memory bandwidth, not the disk both have to reach;
+- the same for ``--no-cell-csv`` (cell_day in Parquet only), and a durable copy of the
+  input lake files; ``reports.verify_audit_bundle`` once.
 
-Both rates are over the same bytes: the input Parquet files the export reads (MB of
-input per second). The headline ratio is export rate / durable copy rate (goal >= 0.3).
-The bundle carries every table twice (zstd Parquet and plain RFC 4180 CSV), so it is
-~10x larger than its input; for that reason the run also prints the export's rate over
-the bytes it writes against a durable copy of those same bytes (the bundle itself):
-how close the export comes to the disk's durable write speed. For reference it prints
-the old page-cache ``shutil.copytree`` rate too, and the ceiling of the input-bytes
-ratio: the ratio an export would reach if it were as fast as a durable copy of its own
-bundle (copy of the input / copy of the bundle). Run:
-``.venv/bin/python benchmarks/reports_audit.py [--vehicles N] [--days N]``.
+HEADLINE: export rate / durable copy rate, both in MB of the bundle per second (goal
+>= 0.3; issue 8: "the bundle export rate in MB/s against a plain file copy of the same
+data"). Why the bundle's bytes: "the same data" a copy can move is what the export
+delivers, the bundle. Both then put the same bytes, in the same files, durably on the
+same disk, and the ratio of the rates (= the ratio of the times) is the price of
+producing them (reading, pseudonymising, encoding, hashing, signing) against only
+moving them. The other reading, the export's rate over the bytes of the lake files it
+reads against a copy of those files, compares writing a bundle 11.7 times larger than
+its input (every table twice, zstd Parquet and plain CSV) with copying the input: its
+ceiling, for an export as fast as a durable copy of its own bundle, is the copy of the
+input over the copy of the bundle (0.24-0.29 with a free disk), below the goal
+whatever the exporter does; it measures the format's size, not the exporter. It is
+printed on the second line, with its ceiling. ``--no-cell-csv`` does not lift the
+headline: a bundle 9x smaller copies in 0.3-0.5 s, most of it fsync latency of its
+635 files, while the export still reads and re-encodes every table.
 
-Measured 2026-12-06 (2 cores shared with other workers, load average 7-9; 59.5 MB in,
-697.4 MB out, 8.7 M rows, 635 files; each figure is a ratio within one run; before =
-the exporter of b815ee1, after = 599c6b9):
+Run: ``.venv/bin/python benchmarks/reports_audit.py [--vehicles N] [--days N] [--repeat N]``.
 
-==============================  ===============  ==============  =======
-ratio                           before (7 runs)  after (3 runs)  goal
-==============================  ===============  ==============  =======
-full bundle, input bytes        0.12-0.17        0.16-0.23       >= 0.3
-``--no-cell-csv``, input bytes  0.34-0.48        0.55-0.77
-full bundle, bundle bytes       0.12-0.45        0.50-0.64
-==============================  ===============  ==============  =======
+Measured 2026-12-06, 1,000 x 90 (59.5 MB in, 697.4 MB and 635 files out, 8.7 M rows),
+2 cores shared with other workers (load average 3.7-7.4 during every run: no quiet
+machine was available); before = the exporter of 254c4de, after = this commit's; the
+two alternated, 10 export/copy pairs each:
 
-(before: 13.3-22.9 s, CPU 7.6-8.9 s; after: 11.4-13.1 s, CPU 6.9-8.0 s; one earlier
-run with load 6 gave 0.30 / 0.59 / 0.55 before.) The copy of the input is bound by
-fsync latency (270 files and 545 folders one after the other: 1.4-3.2 s), the export
-by CPU: with one worker, Arrow's CSV writer takes ~4.5 s of thread time (shortest
-round-trip text of 35 M doubles of ``cell_day``), Parquet writing 1.5 s, SHA-256 and
-the writes 0.85 s, reading 0.3 s; on a loaded machine the export gets about half a
-core. The bundle is 11.7 times its input: an export as fast as a durable copy of its
-own bundle would reach only the ceiling (0.41 in the last run) over input bytes. The
-full bundle does not meet 0.3 over input bytes on this machine today; without the
-per-cell CSV, and over bundle bytes, it does.
+===========================================  ==================  ==================
+                                             before              after
+===========================================  ==================  ==================
+export CPU [s]                               6.1-7.8 (med. 7.1)  4.8-6.4 (med. 5.6)
+export wall [s]                              6.0-14.0            4.0-7.8
+HEADLINE, all runs                           0.16-0.49           0.20-0.64
+HEADLINE, runs with a free disk (copy<1.2 s) 0.16-0.19 (3 runs)  0.20-0.27 (4 runs)
+over input bytes, all runs                   0.045-0.29          0.065-0.37
+===========================================  ==================  ==================
+
+The headline swings with the other workers' disk traffic (the durable copy of the
+bundle took 1.0-6.3 s), so only runs with a free disk say much; the export's CPU is the
+steadier figure: 21 % less, the same bytes (``manifest.json`` SHA-256 unchanged). On a
+quiet machine the exporter of 254c4de took 3.89 s wall, 7.0 s CPU, against 0.82 s for
+the durable copy of its bundle: 0.21. The same parallel efficiency with 21 % less CPU
+gives about 3.1 s, 0.27: short of 0.3, not yet confirmed on a quiet machine. Where the
+CPU goes now (one 96,000-row cell_day day): CSV ~13 ms (Arrow's writer took ~31),
+Parquet ~10 ms (dictionary-encoding the doubles), SHA-256 3 ms, writes 2.5 ms, reading
+3 ms, pseudonyms 1 ms. With full-precision doubles, as the analytics stage writes them
+(this generator rounds them to 2-4 decimals), the same export is 1,400 MB from 327 MB
+and takes 10.3-11.2 s CPU instead of 13.6-13.9 s.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import shutil
 import sys
@@ -182,11 +194,16 @@ def best_of_3(copy: Callable[[Path], int], root: Path, name: str) -> tuple[float
     return min(times), size
 
 
+def dir_bytes(root: Path) -> int:
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--vehicles", type=int, default=1000)
     parser.add_argument("--days", type=int, default=90)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--repeat", type=int, default=1, help="export/copy pairs to measure")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="fleetbms-bench-audit-") as tmp:
         root = Path(tmp)
@@ -195,21 +212,12 @@ def main() -> None:
         size = write_lake(lake, args.vehicles, args.days)
         print(
             f"lake: {args.vehicles} vehicles x {args.days} days, {size / 1e6:.1f} MB Parquet "
-            f"(generated in {time.perf_counter() - t0:.1f} s)"
+            f"(generated in {time.perf_counter() - t0:.1f} s); workers {args.workers}"
         )
         pair = generate_signing_keys(state / "keys")
 
         def copy_lake(dst: Path) -> int:
             return sum(durable_copy(lake / sub, dst / sub) for sub in ("metrics", "anomalies"))
-
-        def copytree_lake(dst: Path) -> int:
-            for sub in ("metrics", "anomalies"):
-                shutil.copytree(lake / sub, dst / sub)
-            return size
-
-        copy_s, copied = best_of_3(copy_lake, root, "copy")
-        assert copied == size
-        cache_s, _ = best_of_3(copytree_lake, root, "copytree")
 
         def timed_export(out: Path, cell_csv: bool) -> tuple[AuditExport, float, float]:
             t0 = time.perf_counter()
@@ -226,49 +234,54 @@ def main() -> None:
             assert result.input_bytes == size
             return result, time.perf_counter() - t0, time.process_time() - cpu0
 
-        result, export_s, export_cpu_s = timed_export(root / "bundle", True)
-        lean, lean_s, lean_cpu_s = timed_export(root / "lean", False)
-        t0 = time.perf_counter()
-        verification = verify_audit_bundle(result.path, pair.public_key)
-        verify_s = time.perf_counter() - t0
-        assert verification.ok, verification.problems
+        headline: list[float] = []
+        for run in range(1, args.repeat + 1):
+            copy_s, copied = best_of_3(copy_lake, root, "copy")
+            assert copied == size
+            result, export_s, export_cpu_s = timed_export(root / "bundle", True)
+            if run == 1:
+                t0 = time.perf_counter()
+                verification = verify_audit_bundle(result.path, pair.public_key)
+                verify_s = time.perf_counter() - t0
+                assert verification.ok, verification.problems
+            out_copy_s, out_copied = best_of_3(
+                functools.partial(durable_copy, result.path), root, "bundlecopy"
+            )
+            assert out_copied == result.output_bytes == dir_bytes(result.path)
+            lean, lean_s, lean_cpu_s = timed_export(root / "lean", False)
+            lean_copy_s, _ = best_of_3(functools.partial(durable_copy, lean.path), root, "leancopy")
+            shutil.rmtree(result.path)
+            shutil.rmtree(lean.path)
 
-        out_copy_s, out_copied = best_of_3(
-            lambda dst: durable_copy(result.path, dst), root, "bundlecopy"
-        )
-
-        mb_in, mb_out = result.input_bytes / 1e6, result.output_bytes / 1e6
-        copy_rate, export_rate = mb_in / copy_s, mb_in / export_s
-        print(f"workers: {args.workers}, load average {os.getloadavg()[0]:.1f} at the end")
+            mb_in, mb_out = size / 1e6, result.output_bytes / 1e6
+            ratio = out_copy_s / export_s  # same bytes: the ratio of the rates is of the times
+            headline.append(ratio)
+            print(f"-- run {run}/{args.repeat}, load average {os.getloadavg()[0]:.1f}")
+            print(
+                f"HEADLINE export/durable copy of the same data (the bundle, {mb_out:.1f} MB, "
+                f"{result.files} files): {ratio:.3f} (goal >= 0.3)"
+            )
+            print(
+                f"  export {export_s:6.2f} s {mb_out / export_s:7.1f} MB/s "
+                f"(CPU {export_cpu_s:.1f} s; {result.rows:,} rows); "
+                f"durable copy {out_copy_s:6.2f} s {mb_out / out_copy_s:7.1f} MB/s"
+            )
+            print(
+                f"  over input bytes ({mb_in:.1f} MB; durable copy of the input {copy_s:.2f} s): "
+                f"{copy_s / export_s:.3f}; ceiling (copy of the input / copy of the bundle) "
+                f"{copy_s / out_copy_s:.3f}"
+            )
+            print(
+                f"  --no-cell-csv: export {lean_s:.2f} s (CPU {lean_cpu_s:.1f} s, "
+                f"{lean.output_bytes / 1e6:.1f} MB), durable copy of that bundle "
+                f"{lean_copy_s:.2f} s: ratio {lean_copy_s / lean_s:.3f}; over input bytes "
+                f"{copy_s / lean_s:.3f}"
+            )
+            if run == 1:
+                print(f"  audit verify: {verify_s:.2f} s, {mb_out / verify_s:.1f} MB/s of bundle")
         print(
-            f"durable copy of the input (baseline): {copy_s:6.2f} s {copy_rate:8.1f} MB/s of input"
-        )
-        print(
-            f"audit export:                         {export_s:6.2f} s {export_rate:8.1f} MB/s "
-            f"of input (CPU {export_cpu_s:.1f} s; {result.rows:,} rows, {result.files} files, "
-            f"{mb_out:.1f} MB out)"
-        )
-        verify_rate = mb_out / verify_s
-        print(f"audit verify: {verify_s:6.2f} s {verify_rate:8.1f} MB/s of bundle")
-        ratio = export_rate / copy_rate
-        print(f"ratio export/durable copy, same input bytes: {ratio:.3f} (goal >= 0.3)")
-        print(
-            f"without per-cell CSV (--no-cell-csv): {lean_s:6.2f} s "
-            f"{mb_in / lean_s:8.1f} MB/s of input (CPU {lean_cpu_s:.1f} s; "
-            f"{lean.output_bytes / 1e6:.1f} MB out): ratio {copy_s / lean_s:.3f}"
-        )
-        print(
-            f"bytes written: export {mb_out / export_s:.1f} MB/s, durable copy of the bundle "
-            f"({out_copied / 1e6:.1f} MB) {out_copied / 1e6 / out_copy_s:.1f} MB/s: ratio "
-            f"{out_copy_s / export_s * mb_out * 1e6 / out_copied:.3f}"
-        )
-        print(
-            f"ceiling of the input-bytes ratio (an export as fast as a durable copy of its "
-            f"own bundle): {copy_s / out_copy_s:.3f}"
-        )
-        print(
-            f"(page-cache copytree of the input, no fsync: {cache_s:.2f} s, "
-            f"{mb_in / cache_s:.1f} MB/s; export/copytree {cache_s / export_s:.3f})"
+            f"headline over {len(headline)} run(s): {min(headline):.3f}-{max(headline):.3f}, "
+            f"median {float(np.median(headline)):.3f} (goal >= 0.3)"
         )
 
 
