@@ -6,10 +6,12 @@ Arrow's cast to string gives them, a null as an empty field, ``\\n`` line ends).
 their cost is formatting doubles: Arrow gives each the shortest text that reads back to
 the same double (double-conversion's Grisu3, with the decimal point for decimal
 exponents -6 to 9 and ``1e+10`` style outside). Polars finds the same shortest digits
-with Ryu [1]_, 2-5x faster, but lays some of them out differently (``100.0``, ``1e-6``,
+with Ryu [1]_, 2-6x faster, but lays some of them out differently (``100.0``, ``1e-6``,
 ``10000000000.0``, ``NaN``). ``write_csv`` takes Polars' text where the two layouts
 agree (non-integral values from 1e-5 to 1e10, and the exponent forms below 1e-6 and from
-1e16 up), Arrow's for every other value, and lets Polars join the fields into lines.
+1e16 up), Arrow's for every other value, and lets Polars join the fields into lines. A
+float column whose values repeat (readings at a fixed resolution) is formatted once per
+distinct value; tables under ``_POLARS_MIN_ROWS`` rows go through Arrow's writer.
 
 The bytes equal Arrow's writer's (``tests/reports/test_audit_csv.py`` checks edge values
 and millions of random bit patterns); if an installed Polars ever formats differently,
