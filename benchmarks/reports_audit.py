@@ -283,6 +283,9 @@ def main() -> None:
             f"headline over {len(headline)} run(s): {min(headline):.3f}-{max(headline):.3f}, "
             f"median {float(np.median(headline)):.3f} (goal >= 0.3)"
         )
+        if os.getloadavg()[0] > 1.0:
+            # Other work slows the copy (disk) and the export (cores) by different amounts.
+            print("load average above 1: not a quiet-machine figure (see the docstring)")
 
 
 if __name__ == "__main__":
