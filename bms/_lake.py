@@ -131,6 +131,41 @@ def parquet_column_encodings(pf: pq.ParquetFile) -> dict[str, str]:
     return out
 
 
+def parquet_encoding_options(
+    schema: pa.Schema, column_encoding: Mapping[str, str]
+) -> dict[str, Any]:
+    """Keyword arguments of ``pyarrow.parquet.ParquetWriter`` / ``write_table`` that write
+    each top-level column of ``column_encoding`` in its encoding (``DELTA_BINARY_PACKED``,
+    ``BYTE_STREAM_SPLIT``, ...; of a list column: its elements) without a dictionary, and
+    every other column with one (empty: the writer's defaults).
+
+    The writer takes leaf paths (``cell_mv.list.element``) and silently ignores any other
+    name, so they are derived here from ``schema``.
+
+    Raises
+    ------
+    ValueError
+        ``column_encoding`` names a column that ``schema`` does not have.
+    """
+    if not column_encoding:
+        return {}
+    leaves = _leaf_paths(schema)
+    unknown = sorted(set(column_encoding) - set(leaves))
+    if unknown:
+        raise ValueError(
+            f"column_encoding names unknown column(s) {', '.join(unknown)}; "
+            f"valid: {', '.join(schema.names)}"
+        )
+    return {
+        "use_dictionary": [
+            leaf for name, paths in leaves.items() if name not in column_encoding for leaf in paths
+        ],
+        "column_encoding": {
+            leaf: enc for name, enc in column_encoding.items() for leaf in leaves[name]
+        },
+    }
+
+
 @contextmanager
 def durable_parquet_writer(
     tmp: Path,
@@ -163,26 +198,16 @@ def durable_parquet_writer(
     if sorting:
         sorting_columns = [pq.SortingColumn(schema.get_field_index(c)) for c in sorting]
     options: dict[str, Any] = {"write_statistics": True}
-    if column_encoding or statistics is not None:
+    if statistics is not None:
         leaves = _leaf_paths(schema)
-        unknown = sorted((set(column_encoding or ()) | set(statistics or ())) - set(leaves))
+        unknown = sorted(set(statistics) - set(leaves))
         if unknown:
             raise ValueError(
-                f"column_encoding or statistics names unknown column(s) {', '.join(unknown)}; "
+                f"statistics names unknown column(s) {', '.join(unknown)}; "
                 f"valid: {', '.join(schema.names)}"
             )
-        if column_encoding:
-            options["use_dictionary"] = [
-                leaf
-                for name, paths in leaves.items()
-                if name not in column_encoding
-                for leaf in paths
-            ]
-            options["column_encoding"] = {
-                leaf: enc for name, enc in column_encoding.items() for leaf in leaves[name]
-            }
-        if statistics is not None:
-            options["write_statistics"] = [leaf for name in statistics for leaf in leaves[name]]
+        options["write_statistics"] = [leaf for name in statistics for leaf in leaves[name]]
+    options.update(parquet_encoding_options(schema, column_encoding or {}))
     writer = pq.ParquetWriter(
         tmp,
         schema,

@@ -31,9 +31,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from bms import FLEET_PATTERN, fsync_dir, fsync_path, write_secret_file
+from bms import FLEET_PATTERN, fsync_dir, fsync_path, parquet_encoding_options, write_secret_file
 from reports import _bundle as fmt
-from reports._csv import preload, write_csv
+from reports._csv import preload, repeats, write_csv
 from reports._dictionary import TableInfo, data_dictionary, methodology
 from reports._errors import ReportError
 from reports._keys import (
@@ -405,6 +405,7 @@ def _export_part(
                 compression="zstd",
                 compression_level=PARQUET_ZSTD_LEVEL,
                 write_statistics=True,
+                **parquet_encoding_options(table.schema, _float_encodings(table)),
             ),
             sync,
         )
@@ -418,6 +419,19 @@ def _export_part(
         )
         written.append(csv)
     return _PartResult(part, out_key, out_fleet, table.schema, table.num_rows, tuple(written))
+
+
+def _float_encodings(table: pa.Table) -> dict[str, str]:
+    """BYTE_STREAM_SPLIT for the float columns whose values rarely repeat (full-precision
+    measurements): a dictionary of nearly every value costs the writer more than it saves.
+    Measured on a 96,000-row cell_day day of full-precision doubles: 23.0 ms and 3.5 MB
+    with dictionaries, 9.7 ms and 2.5 MB split; columns of rounded values that repeat
+    keep their dictionary (9.4 ms and 0.56 MB, against 14.2 ms and 2.2 MB split)."""
+    return {
+        f.name: "BYTE_STREAM_SPLIT"
+        for f in table.schema
+        if pa.types.is_floating(f.type) and not repeats(table[f.name])
+    }
 
 
 def _check_out(out: Path) -> None:

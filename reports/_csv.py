@@ -37,7 +37,7 @@ import pyarrow.csv as pcsv
 if TYPE_CHECKING:
     import polars as pl
 
-__all__ = ["float_text", "polars_matches_arrow", "preload", "write_csv"]
+__all__ = ["float_text", "polars_matches_arrow", "preload", "repeats", "write_csv"]
 
 #: Rows formatted at a time (bounds the memory of the text of one batch; a day of a
 #: 1,000-vehicle fleet's per-cell table, 96,000 rows, is one batch).
@@ -45,7 +45,7 @@ BATCH_ROWS = 131_072
 #: Below this many rows Arrow's writer is cheaper: Polars costs ~0.5 ms a call.
 _POLARS_MIN_ROWS = 10_000
 #: Values looked at to decide whether a float column repeats enough to format each
-#: distinct value once (``_repeats``).
+#: distinct value once (``repeats``).
 _SAMPLE_ROWS = 8_192
 
 
@@ -183,7 +183,7 @@ def _field_text(column: pa.Array) -> pl.Series:
         else:
             series = pl.from_arrow(_quote(column))
     elif pa.types.is_float64(typ) or pa.types.is_float32(typ):
-        if not _repeats(column):
+        if not repeats(column):
             return float_text(column)
         # Measurements at a fixed resolution repeat: each distinct value (by its bits,
         # so -0.0 stays apart from 0.0) formatted once.
@@ -205,7 +205,7 @@ def _field_text(column: pa.Array) -> pl.Series:
     return series
 
 
-def _repeats(column: pa.Array) -> bool:
+def repeats(column: pa.Array) -> bool:
     """True when the first ``_SAMPLE_ROWS`` values hold at most half as many distinct."""
     sample = column.slice(0, _SAMPLE_ROWS)
     return len(sample) >= 1_000 and pc.count_distinct(sample).as_py() * 2 <= len(sample)
