@@ -110,7 +110,15 @@ from bms._ocv import (
     soc_pct_from_ocv_v,
 )
 from bms._resistance import resistance_mohm_at_reference, resistance_mohm_from_step
-from bms._soh import FADE_EXPONENT, PowerFit, fit_power_trend, soh_pct_from_capacity_ah
+from bms._soh import (
+    FADE_EXPONENT,
+    STEP_MIN_BIC_DROP,
+    PowerFit,
+    StepTrend,
+    fit_power_trend,
+    fit_step_trend,
+    soh_pct_from_capacity_ah,
+)
 from bms._telemetry import (
     TELEMETRY_SCHEMA,
     Quality,
@@ -150,6 +158,7 @@ __all__ = [
     "OCV_TABLES_V",
     "REJECT_REASONS",
     "SCHMALSTIEG_CELL_AH",
+    "STEP_MIN_BIC_DROP",
     "TELEMETRY_SCHEMA",
     "VIN_PATTERN",
     "WARRANTY_STATUSES",
@@ -175,6 +184,7 @@ __all__ = [
     "RuleLimits",
     "SchemaError",
     "ScoredRows",
+    "StepTrend",
     "Topic",
     "UsageLimits",
     "UsageTotals",
@@ -201,6 +211,7 @@ __all__ = [
     "encode_reading",
     "event_date",
     "fit_power_trend",
+    "fit_step_trend",
     "fit_vehicle_resistance",
     "fit_vehicle_soh",
     "fsync_dir",

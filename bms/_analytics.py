@@ -33,9 +33,10 @@ from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from functools import partial
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -57,8 +58,10 @@ from bms._resistance import resistance_mohm_from_step, resistance_temp_factor
 from bms._soh import (
     FADE_EXPONENT,
     RESISTANCE_EXPONENT,
+    STEP_MIN_BIC_DROP,
     PowerFit,
     fit_power_trend,
+    fit_step_trend,
 )
 from bms._warranty import (
     DAYS_PER_YEAR,
@@ -73,7 +76,7 @@ from bms._warranty import (
 )
 
 #: Version of the analytics model; part of every run id and of the warranty evidence.
-ANALYTICS_MODEL_VERSION = "analytics-6"
+ANALYTICS_MODEL_VERSION = "analytics-7"
 #: Metrics tables written per (date, fleet).
 METRICS_TABLES = (
     "vehicle_day",
@@ -84,6 +87,7 @@ METRICS_TABLES = (
     "warranty",
 )
 _MS_PER_DAY = 86_400_000
+_Fit = TypeVar("_Fit")  # a cached trend fit (FleetSession.fit)
 _EPOCH_DAY = date(1970, 1, 1)
 
 
@@ -939,7 +943,7 @@ class _FleetSession:
         self.history_dirty = False
         self.run_ids: dict[date, str] = {}
         self.ledgers: list[tuple[bytes, Path]] = []
-        self.fits: dict[tuple[str, str], tuple[bytes, PowerFit]] = {}
+        self.fits: dict[tuple[str, str], tuple[bytes, Any]] = {}
 
     def close(self) -> None:
         for con in reversed(self.cons):
@@ -1033,13 +1037,16 @@ class _FleetSession:
         self.history_dirty = True
         return out[0], out[1]
 
-    def fit(self, kind: str, vin: str, rows: Mapping[str, np.ndarray], make: Any) -> PowerFit:
+    def fit(
+        self, kind: str, vin: str, rows: Mapping[str, np.ndarray], make: Callable[[], _Fit]
+    ) -> _Fit:
         """``make()`` unless the same estimates were fitted before in this session."""
         key = b"".join(np.ascontiguousarray(v).tobytes() for _, v in sorted(rows.items()))
         hit = self.fits.get((kind, vin))
         if hit is not None and hit[0] == key:
-            return hit[1]
-        fit: PowerFit = make()
+            out: _Fit = hit[1]
+            return out
+        fit = make()
         self.fits[(kind, vin)] = (key, fit)
         return fit
 
@@ -1376,15 +1383,25 @@ def _resistance_table(
         n: steps[n].to_numpy(zero_copy_only=False)
         for n in ("vin", "seq", "r_mohm", "delay_s", "temp_c", "soc_pct", "delta_a", "temp_factor")
     }
-    cells_dv = {
-        (v, q): d
-        for v, q, d in zip(
-            step_cells["vin"].to_pylist(),
-            step_cells["seq"].to_pylist(),
-            step_cells["cells_delta_mv"].to_pylist(),
-            strict=True,
-        )
+    # The reference SoC band holds for every cell (science.md 6.5: fix the SoC window):
+    # a step with a cell rested below the OCV of the band's lower edge is left out.
+    low_mv = {
+        chem: 1000.0 * float(ocv_v_from_soc_pct(params.step_soc_min_pct, chem))
+        for chem in CHEMISTRIES
     }
+    cells_dv = {}
+    drained = set()
+    for v, q, d, lo in zip(
+        step_cells["vin"].to_pylist(),
+        step_cells["seq"].to_pylist(),
+        step_cells["cells_delta_mv"].to_pylist(),
+        step_cells["pre_min_mv"].to_pylist(),
+        strict=True,
+    ):
+        cells_dv[(v, q)] = d
+        chem = (reg.get(v) or {}).get("chemistry")
+        if lo is not None and chem in low_mv and lo < low_mv[chem]:
+            drained.add((v, q))
     r_cells = np.array(
         [
             cells_dv.get((v, int(q)), math.nan) / float(di) if di else math.nan
@@ -1394,6 +1411,9 @@ def _resistance_table(
     )
     r25_all = _step_resistance_25c(
         cols["r_mohm"].astype(np.float64), r_cells, cols["temp_factor"].astype(np.float64)
+    )
+    r25_all[[(v, int(q)) in drained for v, q in zip(cols["vin"], cols["seq"], strict=True)]] = (
+        math.nan
     )
     cells: dict[str, list[float]] = {}
     for vin, r25 in zip(
@@ -2126,6 +2146,7 @@ def _trend_and_warranty(
         fit = soh_fit(vin, in_service, chem)
         shown = fit if fit is not None else priors.get(chem)
         r_fit = None
+        r_step = None
         inter = 0.0
         res = ress.get(vin)
         if res is not None and res["t_ms"].size >= 3:
@@ -2140,19 +2161,29 @@ def _trend_and_warranty(
                 y, sg = res["r_cells_mohm"], res["sigma_cells_mohm"]
             else:
                 y, sg = res["r_mohm"], res["sigma_mohm"]
+            t_res = _age_years(res["t_ms"], in_service)
             r_fit = session.fit(
-                "resistance",
+                "resistance", vin, res, partial(fit_vehicle_resistance, t_res, y, sg, chem)
+            )
+            # A fault that makes a cell's resistance jump is a step, not ageing.
+            r_step = session.fit(
+                "resistance_step",
                 vin,
                 res,
-                lambda res=res, in_service=in_service, chem=chem, y=y, sg=sg: (
-                    fit_vehicle_resistance(_age_years(res["t_ms"], in_service), y, sg, chem)
-                ),
+                partial(fit_step_trend, t_res, y, sg, exponent=RESISTANCE_EXPONENT[chem]),
             )
         soh = lo = hi = math.nan
         if shown is not None:
             soh, lo, hi = (float(v) for v in shown.interval(age))
         r_now = growth = g_lo = g_hi = math.nan
-        if r_fit is not None and r_fit.a + inter > 0:
+        if r_step is not None and r_step.bic_drop > STEP_MIN_BIC_DROP and r_step.a + inter > 0:
+            r_new = r_step.a + inter
+            rise, sd_rise = r_step.growth(age)
+            r_now = r_new + rise
+            growth = 100.0 * rise / r_new
+            g_lo = 100.0 * (rise - 1.6449 * sd_rise) / r_new
+            g_hi = 100.0 * (rise + 1.6449 * sd_rise) / r_new
+        elif r_fit is not None and r_fit.a + inter > 0:
             r_new = r_fit.a + inter
             r_now = float(r_fit.predict(age)[0]) + inter
             x = max(age, 0.0) ** r_fit.exponent

@@ -235,3 +235,157 @@ def soh_pct_from_capacity_ah(
         / np.asarray(rated_capacity_ah, dtype=np.float64)
     )
     return out
+
+
+#: A step in a trend is accepted when it lowers the Bayesian information criterion by
+#: more than this: "very strong" evidence on the scale of Kass & Raftery 1995
+#: (J. Am. Stat. Assoc. 90, 773-795, section 3.2: 2 ln B > 10).
+STEP_MIN_BIC_DROP = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class StepTrend:
+    """Fit of ``y = a + b * t**exponent + c * [t > t_step_years]`` (``fit_step_trend``).
+
+    Attributes
+    ----------
+    a, b, c : float
+        Value when new, ageing coefficient and the step's height (units of y).
+    t_step_years : float
+        Age at which the step happened (midway between the readings either side). [years]
+    cov : tuple of float
+        Covariance of ``(a, b, c)``, row by row (9 values).
+    exponent : float
+        Power of time. [-]
+    bic_drop : float
+        How much the step lowers the Bayesian information criterion against the same
+        trend without a step (positive = better). [-]
+    """
+
+    a: float
+    b: float
+    c: float
+    t_step_years: float
+    cov: tuple[float, ...]
+    exponent: float
+    bic_drop: float
+
+    def growth(self, t_years: float) -> tuple[float, float]:
+        """Rise since new at ``t_years`` (``b t**p`` plus the step once past it) and its
+        one-sigma uncertainty. [units of y]"""
+        x = max(t_years, 0.0) ** self.exponent
+        h = 1.0 if t_years > self.t_step_years else 0.0
+        cv = np.asarray(self.cov).reshape(3, 3)
+        g = np.array([0.0, x, h])
+        return self.b * x + self.c * h, float(np.sqrt(max(float(g @ cv @ g), 0.0)))
+
+
+def fit_step_trend(
+    t_years: npt.ArrayLike,
+    y: npt.ArrayLike,
+    sigma: npt.ArrayLike,
+    *,
+    exponent: float,
+    min_side: int = 8,
+) -> StepTrend | None:
+    r"""The best single upward step added to a power-law trend (a change point).
+
+    Gradual ageing follows the semi-empirical laws (``y = a + b t^p``); a fault such as
+    a cell whose resistance jumps (a failing weld or tab contact) is a step the power law
+    cannot bend to: fitted anyway, it pulls the value when new down and misplaces the
+    value now, so the growth comes out wrong both ends. This fits
+    :math:`y = a + b t^p + c\,H(t - t_s)` for every split of the (time-ordered) data with
+    at least ``min_side`` estimates either side, by weighted least squares.
+
+    Parameters
+    ----------
+    t_years : array
+        Age at each estimate, ascending. [years]
+    y : array
+        Estimates, e.g. resistance. [unit of y]
+    sigma : array
+        Their one-sigma uncertainties (weights 1/sigma^2). [unit of y]
+    exponent : float
+        Power of time (``RESISTANCE_EXPONENT``). [-]
+    min_side : int
+        Estimates needed before and after the step.
+
+    Returns
+    -------
+    StepTrend or None
+        The split with the smallest residual among those with ``b >= 0`` and ``c > 0``
+        (resistance only grows), with its ``bic_drop``; None when no split qualifies.
+        Callers use it only when ``bic_drop > STEP_MIN_BIC_DROP``.
+
+    Notes
+    -----
+    All splits are solved at once from cumulative sums of the normal equations.
+    :math:`\Delta BIC = n \ln(SSR_0 / SSR_1) - 2 \ln n` (two more parameters: the
+    step's height and time; Schwarz 1978, Ann. Stat. 6, 461-464), with :math:`SSR_0`
+    the weighted residual of the trend without a step (``b >= 0``). Covariance:
+    :math:`(X^T W X)^{-1} SSR_1 / (n - 3)`.
+    """
+    t = np.asarray(t_years, dtype=np.float64)
+    yv = np.asarray(y, dtype=np.float64)
+    sg = np.asarray(sigma, dtype=np.float64)
+    ok = np.isfinite(t) & np.isfinite(yv) & np.isfinite(sg) & (sg > 0)
+    t, yv, sg = np.maximum(t[ok], 0.0), yv[ok], sg[ok]
+    n = int(t.size)
+    if n < 2 * min_side or np.any(np.diff(t) < 0):
+        return None
+    x = t**exponent
+    w = 1.0 / sg**2
+    sums = np.stack([w, w * x, w * x * x, w * yv, w * x * yv])  # (5, n)
+    tot = sums.sum(axis=1)
+    # Sums over the estimates after each split k (data k.. n-1), k = min_side..n-min_side.
+    after = np.cumsum(sums[:, ::-1], axis=1)[:, ::-1]
+    ks = np.arange(min_side, n - min_side + 1)
+    ks = ks[t[ks] > t[ks - 1]]  # a step needs time between its two sides
+    if ks.size == 0:
+        return None
+    sw, swx, swxx, swy, swxy = tot
+    hw, hwx, _, hwy, _ = after[:, ks]
+    mats = np.empty((ks.size, 3, 3))
+    mats[:, 0, 0], mats[:, 0, 1], mats[:, 0, 2] = sw, swx, hw
+    mats[:, 1, 0], mats[:, 1, 1], mats[:, 1, 2] = swx, swxx, hwx
+    mats[:, 2, 0], mats[:, 2, 1], mats[:, 2, 2] = hw, hwx, hw
+    rhs = np.stack([np.full(ks.size, swy), np.full(ks.size, swxy), hwy], axis=1)
+    det = np.linalg.det(mats)
+    good = np.abs(det) > 1e-12 * np.abs(mats[:, 0, 0] * mats[:, 1, 1] * mats[:, 2, 2])
+    if not good.any():
+        return None
+    ks, mats, rhs = ks[good], mats[good], rhs[good]
+    theta = np.linalg.solve(mats, rhs[:, :, None])[:, :, 0]
+    swyy = float(np.sum(w * yv * yv))
+    ssr = swyy - np.sum(theta * rhs, axis=1)
+    valid = (theta[:, 1] >= 0) & (theta[:, 2] > 0)
+    if not valid.any():
+        return None
+    i = int(np.flatnonzero(valid)[np.argmin(ssr[valid])])
+    ssr1 = max(float(ssr[i]), 1e-300)
+    ssr0 = _ssr_without_step(sw, swx, swxx, swy, swxy, swyy)
+    k = int(ks[i])
+    cov = np.linalg.inv(mats[i]) * ssr1 / max(n - 3, 1)
+    return StepTrend(
+        a=float(theta[i, 0]),
+        b=float(theta[i, 1]),
+        c=float(theta[i, 2]),
+        t_step_years=float((t[k - 1] + t[k]) / 2.0),
+        cov=tuple(float(v) for v in cov.ravel()),
+        exponent=exponent,
+        bic_drop=n * math.log(max(ssr0, 1e-300) / ssr1) - 2.0 * math.log(n),
+    )
+
+
+def _ssr_without_step(
+    sw: float, swx: float, swxx: float, swy: float, swxy: float, swyy: float
+) -> float:
+    """Weighted residual of ``a + b x`` with ``b >= 0`` from its sums (a alone if the
+    free optimum has ``b < 0``)."""
+    det = sw * swxx - swx * swx
+    if det > 1e-12 * sw * swxx:
+        a = (swxx * swy - swx * swxy) / det
+        b = (sw * swxy - swx * swy) / det
+        if b >= 0:
+            return float(swyy - a * swy - b * swxy)
+    return float(swyy - swy * swy / sw)

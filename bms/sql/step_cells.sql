@@ -1,7 +1,9 @@
 -- step_cells: per resistance step, the sum over the cells of their voltage steps
 -- [mV, an exact integer] (steps where a cell value is missing are left out). With the pack
 -- step it splits the pack resistance into cells (thermally activated) and interconnects
--- (busbars, contactors: not normalised), see bms._analytics.
+-- (busbars, contactors: not normalised), see bms._analytics. `pre_min_mv` is the lowest
+-- cell's rested voltage before the step: the pack's SoC band says nothing of a cell that
+-- a leak has drained, whose resistance rises as it empties (bms._analytics drops the step).
 -- The pre-step rows are joined first and kept (MATERIALIZED): with the list-length
 -- conditions in one statement DuckDB may join the two cell_rows sides to each other
 -- first, on vin and the lengths alone, which pairs every reading of a vehicle with every
@@ -21,6 +23,7 @@ SELECT
     day_n,
     seq,
     (list_sum(post_mv) - list_sum(pre_mv))::BIGINT AS cells_delta_mv,
+    list_min(pre_mv) AS pre_min_mv,
     len(post_mv) AS n_cells
 FROM both_sides
 WHERE len(pre_mv) = len(post_mv)

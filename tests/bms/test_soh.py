@@ -97,3 +97,46 @@ def test_resistance_step_and_temperature_normalisation() -> None:
     assert_allclose(bms.resistance_mohm_from_step([-0.75, 0.3], [-50.0, 20.0]), [15.0, 15.0])
     # 17 kJ/mol: x1.44 at 10 degC (science.md 3: x1.4-1.45 for the Sony LFP).
     assert_allclose(bms.resistance_mohm_at_reference(14.38, 10.0), 10.0, rtol=0.001)
+
+
+def _step_history(
+    seed: int, step_mohm: float, n: int = 200
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A resistance history: 10.5 mOhm new, t^0.75 ageing, 1 % noise, and a cell whose
+    resistance jumps by ``step_mohm`` at 1.3 years."""
+    rng = np.random.default_rng(seed)
+    t = np.sort(rng.uniform(0.0, 2.0, n))
+    y = 10.5 + 0.6 * t**0.75 + step_mohm * (t > 1.3) + 0.105 * rng.standard_normal(n)
+    return t, y, np.full(n, 0.105)
+
+
+def test_fit_step_trend_recovers_a_resistance_jump_and_its_time() -> None:
+    t, y, sigma = _step_history(5, 4.0)
+    step = bms.fit_step_trend(t, y, sigma, exponent=0.75)
+    assert step is not None
+    assert step.bic_drop > bms.STEP_MIN_BIC_DROP
+    assert step.t_step_years == pytest.approx(1.3, abs=0.03)
+    assert step.c == pytest.approx(4.0, abs=0.15)
+    assert step.a == pytest.approx(10.5, abs=0.1)
+    rise, sd = step.growth(2.0)
+    assert rise == pytest.approx(0.6 * 2.0**0.75 + 4.0, abs=0.2)
+    assert 0 < sd < 0.2
+    before, _ = step.growth(1.0)  # before the step: ageing only
+    assert before == pytest.approx(0.6, abs=0.15)
+
+
+def test_fit_step_trend_finds_no_convincing_step_in_plain_ageing() -> None:
+    drops = []
+    for seed in range(40):
+        t, y, sigma = _step_history(seed, 0.0)
+        step = bms.fit_step_trend(t, y, sigma, exponent=0.75)
+        drops.append(-np.inf if step is None else step.bic_drop)
+    # Kass & Raftery's "very strong" threshold: chance alone rarely reaches it.
+    assert np.mean(np.asarray(drops) > bms.STEP_MIN_BIC_DROP) <= 0.05
+
+
+def test_fit_step_trend_needs_estimates_on_both_sides() -> None:
+    t, y, sigma = _step_history(1, 4.0, n=15)
+    assert bms.fit_step_trend(t, y, sigma, exponent=0.75) is None  # < 2 x min_side
+    t, y, sigma = _step_history(1, 4.0)
+    assert bms.fit_step_trend(t[::-1], y[::-1], sigma, exponent=0.75) is None  # unordered
