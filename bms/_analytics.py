@@ -1818,6 +1818,7 @@ def _charge_step_points(
             # settle time constant: a rest of rest_min_s is about three (science.md 6.2)
             since_start_s=since_s,
             settle_tau_s=params.rest_min_s / 3.0,
+            soc_hint_pct=float(col["soc_pct"][idx[0]]),  # NaN (no hint) when missing
         )
         if fit is None:
             continue

@@ -32,6 +32,15 @@ curvature of the residual there. ``C`` is the capacity assumed for the stretch o
 charge axis: an error in it stretches the curve about the step's centre, where the
 anchor is read, so it moves the anchor little.
 
+A car that lives above 70 % SoC starts its charges inside the step, on the discharge
+branch of the hysteresis, which flips to the charge branch over the first few % of the
+charge (one-state model, Plett 2015 section 2.7) and rises like the step itself. Such a
+charge (starting up to ``STEP_LATEST_START_PCT``) is fitted with the flip as one more
+nuisance column, :math:`e^{-\gamma (q_k - q_0)/C}` with the rate :math:`\gamma` that suits
+the mean cell best (``HYSTERESIS_RATES``), on the step's upper half and the plateau
+above; as that is a weaker feature, only near where the BMS's own SoC says the charge
+began.
+
 Limits (why a systematic floor is added by the caller): the step's position in SoC is
 that of the chemistry's OCV table; in a real cell it moves with how the electrodes' SoC
 windows shift as the cell ages (loss of lithium inventory), by an amount the table does
@@ -40,6 +49,7 @@ not know.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,7 +57,13 @@ import numpy.typing as npt
 
 from bms._ocv import ocv_v_from_soc_pct
 
-__all__ = ["STEP_WINDOW_PCT", "StepFit", "fit_charge_step"]
+__all__ = [
+    "HYSTERESIS_RATES",
+    "STEP_LATEST_START_PCT",
+    "STEP_WINDOW_PCT",
+    "StepFit",
+    "fit_charge_step",
+]
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -60,9 +76,24 @@ STEP_WINDOW_PCT: dict[str, tuple[float, float]] = {"lfp": (64.0, 88.0)}
 #: assumed capacity moves the alignment least. [%]
 STEP_CENTRE_PCT: dict[str, float] = {"lfp": 76.0}
 
+#: Latest SoC at which a charge may start and still give an anchor: the step's upper
+#: half (76-82 %, 3 mV per % in the Sony table) and the plateau above must lie in it. A
+#: charge that starts inside the window is fitted with the hysteresis flip (below). [%]
+STEP_LATEST_START_PCT: dict[str, float] = {"lfp": 76.0}
+
+#: Rates of the hysteresis flip tried when a charge starts close to the step. In the
+#: one-state hysteresis model (Plett 2015, *Battery Management Systems Vol. I*, section
+#: 2.7) the hysteresis voltage moves from the discharge to the charge branch as
+#: :math:`M (1 - (1 - h_0) e^{-\gamma \Delta q / C})`: on the 20-60 mV scale of the
+#: 17-30 mV gap (science.md 1) it overlaps the step. The rate is a property of the cell
+#: that the OCV tables do not give, so the mean cell chooses it from e-folds of 1.25 to
+#: 10 % of capacity. [-]
+HYSTERESIS_RATES: tuple[float, ...] = (10.0, 20.0, 40.0, 80.0)
+
 _LOCATE_GRID_PCT = 1.0  # coarse grid that locates the step [%]
 _GRID_PCT = 0.2  # grid of start SoCs, refined by a parabola [%]
 _MAX_RESIDUAL_SHARE = 0.5  # fit rms / straight-line rms (a quarter of the residual)
+_MIN_STEP_CHI2 = 25.0  # a partial window's step must lower chi^2 by this much (5 sigma)
 _MARGIN_PCT = 4.0  # plateau kept on either side of the window for the final fit [%]
 _BIN_PCT = 0.25  # readings are averaged in bins of this much charge [% of C]
 
@@ -99,6 +130,8 @@ def fit_charge_step(
     since_start_s: npt.ArrayLike | None = None,
     settle_tau_s: float = 3600.0,
     max_rms_mv: float = 3.0,
+    soc_hint_pct: float | None = None,
+    soc_hint_tolerance_pct: float = 10.0,
 ) -> StepFit | None:
     """Align a constant-current charge with the OCV curve's step; SoC per cell.
 
@@ -122,6 +155,14 @@ def fit_charge_step(
         OCV (science.md 6.2: 3 h of rest suffice, i.e. about three time constants). [s]
     max_rms_mv : float
         Cells whose fit leaves a larger root-mean-square residual fail. [mV]
+    soc_hint_pct : float, optional
+        The BMS's own SoC at the first reading. [%] Only with it is a charge that starts
+        inside the window (above its lower margin, up to ``STEP_LATEST_START_PCT``)
+        fitted: the step's upper half with the hysteresis flip is a weaker feature, and
+        a stretch of the curve elsewhere (20-35 %, also 2-3 mV per %) can mimic it. The
+        hint only bounds where the fit looks: start SoCs within
+        ``soc_hint_tolerance_pct`` of it (a coulomb-counted SoC drifts between resets at
+        full charge, science.md 6.4; 10 % is generous).
 
     Returns
     -------
@@ -143,30 +184,51 @@ def fit_charge_step(
     v = np.asarray(cell_mv, dtype=np.float64)
     if v.ndim != 2 or v.shape[0] != q.size or q.size < 8:
         return None
-    lo, hi = STEP_WINDOW_PCT[chemistry]
     x_all = 100.0 * (q - q[0]) / capacity_ah  # SoC gained since the first reading
-    if float(x_all[-1]) < hi - lo or not np.all(np.diff(x_all) >= 0):
+    if not np.all(np.diff(x_all) >= 0):
         return None
     settle = (
         None
         if since_start_s is None
         else np.exp(-np.asarray(since_start_s, dtype=np.float64) / settle_tau_s)
     )
-    x, vb, counts, settle_b = _bins(x_all, v, settle)
-    z0_guess = _locate(x, vb.mean(axis=1), counts, chemistry, settle_b)
-    if z0_guess is None:
+    # A charge across the whole window first; one that starts inside it only if not.
+    fit = _fit_charge(q, v, x_all, settle, capacity_ah, chemistry, max_rms_mv, None)
+    if fit is None and soc_hint_pct is not None and math.isfinite(soc_hint_pct):
+        hint = (soc_hint_pct - soc_hint_tolerance_pct, soc_hint_pct + soc_hint_tolerance_pct)
+        fit = _fit_charge(q, v, x_all, settle, capacity_ah, chemistry, max_rms_mv, hint)
+    return fit
+
+
+def _fit_charge(
+    q: FloatArray,
+    v: FloatArray,
+    x_all: FloatArray,
+    settle: FloatArray | None,
+    capacity_ah: float,
+    chemistry: str,
+    max_rms_mv: float,
+    hint: tuple[float, float] | None,
+) -> StepFit | None:
+    """``fit_charge_step`` for a charge across the whole window (``hint`` None) or one
+    that starts inside it, above its lower margin and within ``hint`` (the lowest and
+    highest start SoC the BMS allows) [%], with the hysteresis flip."""
+    partial = hint is not None
+    lo, hi = STEP_WINDOW_PCT[chemistry]
+    if float(x_all[-1]) < hi - (STEP_LATEST_START_PCT[chemistry] if partial else lo):
         return None
+    x, vb, counts, settle_b = _bins(x_all, v, settle)
+    located = _locate(x, vb.mean(axis=1), counts, chemistry, settle_b, hint)
+    if located is None:
+        return None
+    z0_guess, rate = located
     soc_guess = x_all + z0_guess
     keep = np.flatnonzero((soc_guess >= lo - _MARGIN_PCT) & (soc_guess <= hi + _MARGIN_PCT))
     if keep.size < 8:
         return None
+    extra = _nuisance_extra(x_all[keep], settle[keep] if settle is not None else None, rate)
     found = _fit_window(
-        q[keep],
-        v[keep],
-        None if settle is None else settle[keep],
-        capacity_ah,
-        chemistry,
-        max_rms_mv,
+        q[keep], v[keep], extra, capacity_ah, chemistry, max_rms_mv, partial=partial
     )
     if found is None:
         return None
@@ -179,81 +241,170 @@ def fit_charge_step(
 
 
 def _bins(
-    x_all: FloatArray, v: FloatArray, settle: FloatArray | None
+    x_all: FloatArray, v: FloatArray, extra: FloatArray | None
 ) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray | None]:
     """Readings averaged in bins of ``_BIN_PCT`` charge: fewer rows, less noise, same
     shape. Returns bin SoC gains, bin mean voltages (B, J), readings per bin and the
-    bin means of ``settle`` (None without)."""
+    bin means of ``extra`` (K,) or (K, E) (None without)."""
     bins = np.floor(x_all / _BIN_PCT).astype(np.int64)
     starts = np.concatenate(([0], np.flatnonzero(np.diff(bins)) + 1))
     counts = np.diff(np.concatenate((starts, [x_all.size]))).astype(np.float64)
     x = np.add.reduceat(x_all, starts) / counts
     vb = np.add.reduceat(v, starts, axis=0) / counts[:, None]
-    settle_b = None if settle is None else np.add.reduceat(settle, starts) / counts
-    return x, vb, counts, settle_b
+    if extra is None:
+        return x, vb, counts, None
+    eb = np.add.reduceat(extra, starts, axis=0)
+    eb = eb / (counts[:, None] if eb.ndim == 2 else counts)
+    return x, vb, counts, eb
 
 
-def _nuisance(x: FloatArray, settle: FloatArray | None) -> FloatArray:
+def _flip(x_since_start: FloatArray, rate: float) -> FloatArray:
+    r"""Shape of the hysteresis flip, :math:`e^{-\gamma \Delta z}`, at ``x_since_start``
+    % of capacity charged since the charge's first reading (``HYSTERESIS_RATES``)."""
+    out: FloatArray = np.exp(-rate * x_since_start / 100.0)
+    return out
+
+
+def _nuisance_extra(
+    x_since_start: FloatArray, settle: FloatArray | None, rate: float | None
+) -> FloatArray | None:
+    """The optional nuisance columns (K, E): settling polarisation and hysteresis flip."""
+    cols = [
+        c for c in (settle, None if rate is None else _flip(x_since_start, rate)) if c is not None
+    ]
+    return np.stack(cols, axis=1) if cols else None
+
+
+def _nuisance(x: FloatArray, extra: FloatArray | None) -> FloatArray:
     """Columns of what the fit removes besides the OCV: offset, linear drift and, when
-    known, the settling polarisation (B, 2 or 3)."""
+    given, the settling polarisation and the hysteresis flip (B, 2 to 4); a column that
+    hardly varies over the readings is left out (it would only duplicate the offset)."""
     cols = [np.ones_like(x), x - x.mean()]
-    if settle is not None and np.ptp(settle) > 1e-3:
-        cols.append(settle - settle.mean())
+    if extra is not None:
+        for c in np.atleast_2d(extra.T):
+            if np.ptp(c) > 1e-3:
+                cols.append(c - c.mean())
     return np.stack(cols, axis=1)
 
 
 def _locate(
-    x: FloatArray, v_mv: FloatArray, w: FloatArray, chemistry: str, settle: FloatArray | None
-) -> float | None:
+    x: FloatArray,
+    v_mv: FloatArray,
+    w: FloatArray,
+    chemistry: str,
+    settle: FloatArray | None,
+    hint: tuple[float, float] | None,
+) -> tuple[float, float | None] | None:
     """Start SoC (at ``x = 0``) that best aligns the mean cell with the OCV curve,
     each candidate judged on its own window (``STEP_WINDOW_PCT`` +- ``_MARGIN_PCT``) on
-    a ``_LOCATE_GRID_PCT`` grid; None if no candidate puts the window inside the data."""
+    a ``_LOCATE_GRID_PCT`` grid: start SoCs that put the whole window in the data, or
+    (``hint``) from the window's lower margin to ``STEP_LATEST_START_PCT`` within the
+    hint's bounds. A
+    candidate whose charge begins within two margins of the window is fitted with the
+    hysteresis rate (``HYSTERESIS_RATES``) that fits best (None otherwise: the flip is
+    over before the window). None if no candidate has enough readings in its window."""
     lo, hi = STEP_WINDOW_PCT[chemistry]
-    first, last = hi - float(x[-1]), lo - float(x[0])
+    partial = hint is not None
+    if hint is not None:
+        # From the window's lower margin (a charge that began lower crossed the whole
+        # window) to two grid steps beyond the latest start, and no further than a charge
+        # ending at 100 % allows (the charge axis, at the capacity assumed, can only
+        # understate the SoC gained by an aged cell). An alignment at either limit is
+        # refused: it is pinned there, not found.
+        first = max(hi - float(x[-1]), lo - _MARGIN_PCT, hint[0]) - float(x[0])
+        last = min(
+            STEP_LATEST_START_PCT[chemistry] + 2.0 * _LOCATE_GRID_PCT,
+            100.0 - float(x[-1]),
+            hint[1],
+        ) - float(x[0])
+    else:
+        first, last = hi - float(x[-1]), lo - float(x[0])
     if last < first:
         return None
-    best, best_score = None, np.inf
-    for z0 in np.arange(first, last + 1e-9, _LOCATE_GRID_PCT):
+
+    # Nuisance columns over all bins, once per rate; each candidate takes its window.
+    flips = {r: _flip(x - float(x[0]), r) for r in HYSTERESIS_RATES}
+
+    def score(z0: float, rate: float | None) -> float:
         soc = x + z0
         inside = (soc >= lo - _MARGIN_PCT) & (soc <= hi + _MARGIN_PCT)
         if inside.sum() < 8:
-            continue
-        xs, vs, ws = x[inside], v_mv[inside], np.sqrt(w[inside])
-        curve = 1000.0 * ocv_v_from_soc_pct(soc[inside], chemistry)
-        design = _nuisance(xs, None if settle is None else settle[inside]) * ws[:, None]
-        coef, *_ = np.linalg.lstsq(design, (vs - curve) * ws, rcond=None)
-        score = float(np.mean(((vs - curve) * ws - design @ coef) ** 2))
-        if score < best_score:
-            best, best_score = float(z0), score
+            return np.inf
+        ws = np.sqrt(w[inside])
+        cols = [ws, x[inside] * ws]
+        for c in (
+            None if settle is None else settle[inside],
+            None if rate is None else flips[rate][inside],
+        ):
+            if c is not None and np.ptp(c) > 1e-3:
+                cols.append(c * ws)
+        design = np.stack(cols, axis=1)
+        y = (v_mv[inside] - 1000.0 * ocv_v_from_soc_pct(soc[inside], chemistry)) * ws
+        # least squares through the normal equations (a handful of columns)
+        gram = design.T @ design
+        rhs = design.T @ y
+        try:
+            coef = np.linalg.solve(gram, rhs)
+        except np.linalg.LinAlgError:
+            return np.inf
+        return max(float(y @ y - rhs @ coef), 0.0) / float(y.size)
+
+    grid = np.arange(first, last + 1e-9, _LOCATE_GRID_PCT)
+    rates: tuple[float | None, ...] = HYSTERESIS_RATES if partial else (None,)
+    scored = [(score(float(z0), r), float(z0), r) for z0 in grid for r in rates]
+    best_score, z_best, r_best = min(scored, key=lambda c: c[0], default=(np.inf, 0.0, None))
+    if not partial and z_best + float(x[0]) > lo - 2.0 * _MARGIN_PCT:
+        # The charge began near the window, so the flip is still under way in it: the
+        # rate refined around the first alignment (cheaper than every rate everywhere).
+        near = grid[np.abs(grid - z_best) <= 3.0 * _LOCATE_GRID_PCT + 1e-9]
+        scored = [(score(float(z0), r), float(z0), r) for z0 in near for r in HYSTERESIS_RATES]
+        best_score, z_best, r_best = min(
+            [(best_score, z_best, r_best), *scored], key=lambda c: c[0]
+        )
+    best = None if not np.isfinite(best_score) else (z_best, r_best)
+    if (
+        partial
+        and best is not None
+        and (
+            best[0] + float(x[0]) > STEP_LATEST_START_PCT[chemistry]
+            or best[0] < first + 0.5 * _LOCATE_GRID_PCT
+            or best[0] > last - 0.5 * _LOCATE_GRID_PCT
+        )
+    ):
+        return None
     return best
 
 
 def _fit_window(
     q: FloatArray,
     v: FloatArray,
-    settle: FloatArray | None,
+    extra: FloatArray | None,
     capacity_ah: float,
     chemistry: str,
     max_rms_mv: float,
+    *,
+    partial: bool = False,
 ) -> tuple[FloatArray, FloatArray, FloatArray] | None:
     """Grid fit of each cell's start SoC (at ``q[0]``) over readings around the step:
     (soc0, sigma, rms) per cell, NaN where the fit fails; None if none succeeds."""
     lo, hi = STEP_WINDOW_PCT[chemistry]
     x_all = 100.0 * (q - q[0]) / capacity_ah
     span = float(x_all[-1])
-    x, vb, w, settle_b = _bins(x_all, v, settle)
+    x, vb, w, extra_b = _bins(x_all, v, extra)
     if x.size < 8:
         return None
-    # Start SoCs that put the window inside the charge, one grid step beyond each side
-    # so that an alignment at the edge can be recognised and refused.
-    first, last = max(hi - span - _GRID_PCT, 0.0), min(lo + _GRID_PCT, 100.0 - span)
+    # Start SoCs that put the window inside the charge (its upper part only for a charge
+    # that starts inside it: ``partial``), one grid step beyond each side so that an
+    # alignment at the edge can be recognised and refused.
+    latest = STEP_LATEST_START_PCT[chemistry] if partial else lo
+    first, last = max(hi - span - _GRID_PCT, 0.0), min(latest + _GRID_PCT, 100.0 - span)
     if last - first < 3 * _GRID_PCT:
         return None
     z0 = np.arange(first, last + 1e-9, _GRID_PCT)
     # Project out the nuisance columns (_nuisance) from the data and each candidate curve,
     # weighting each bin by its readings (a bin's mean has variance sigma^2 / count).
     sw = np.sqrt(w)
-    basis = _nuisance(x, settle_b) * sw[:, None]
+    basis = _nuisance(x, extra_b) * sw[:, None]
     qmat, _ = np.linalg.qr(basis)
 
     def project(a: FloatArray) -> FloatArray:
@@ -273,12 +424,15 @@ def _fit_window(
     rms = np.sqrt(np.maximum(null + obj[best, np.arange(n_cells)], 0.0) / dof)
     # The step must explain the voltage: against a straight line (offset and drift only)
     # the fit must leave at most a quarter of the residual, or the data may be a plateau.
-    good = (
-        (best > 0)
-        & (best < z0.size - 1)
-        & (rms <= max_rms_mv)
-        & (rms <= _MAX_RESIDUAL_SHARE * np.sqrt(null / dof))
+    gain = -obj[best, np.arange(n_cells)]  # residual removed by the step [mV^2]
+    explains = (
+        # after the hysteresis flip is removed, the step's upper half is a small share of
+        # the residual, but over many readings still a clear one (F-test-like)
+        gain >= _MIN_STEP_CHI2 * np.maximum(rms, 0.3) ** 2
+        if partial
+        else rms <= _MAX_RESIDUAL_SHARE * np.sqrt(null / dof)
     )
+    good = (best > 0) & (best < z0.size - 1) & (rms <= max_rms_mv) & explains
     soc0 = np.full(n_cells, np.nan)
     sigma = np.full(n_cells, np.nan)
     for j in np.flatnonzero(good):
