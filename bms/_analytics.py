@@ -144,6 +144,9 @@ class AnalyticsParams:
     charge_step_sigma_pct: float = 1.0
     charge_step_every_s: float = 30.0  # at most one reading per this period is fitted [s]
     systematic_soh_sigma_pct: float = 0.4  # model error in every SoH interval [%]
+    # Capacity estimates within this many days count as one group in the SoH fit's
+    # scale and degrees of freedom (they share season and rest points) [days]
+    soh_cluster_days: float = 7.0
     # A verdict other than claim_eligible needs a capacity estimate this recent [days]:
     # older, the SoH "now" is the prior's projection (seasons: half a year).
     max_evidence_age_days: float = 180.0
@@ -2017,12 +2020,16 @@ def fit_vehicle_soh(
     chemistry: str,
     *,
     systematic_sigma_pct: float = 0.4,
+    cluster_days: float | None = None,
 ) -> PowerFit:
     """SoH trend of one vehicle from its capacity estimates (``fit_power_trend`` with the
     chemistry's exponent, fade forced non-negative, weak prior 100 % when new and
-    ~2 %/yr fade: Geotab 2024-26 fleet figures, science.md 5)."""
+    ~2 %/yr fade: Geotab 2024-26 fleet figures, science.md 5). With ``cluster_days``
+    the estimates of each such period are one group of ``fit_power_trend``'s cluster
+    (a few days' estimates share the season and their rest points)."""
+    t = np.asarray(t_years, dtype=np.float64)
     return fit_power_trend(
-        t_years,
+        t,
         soh_pct,
         np.maximum(sigma_pct, 0.2),
         exponent=FADE_EXPONENT[chemistry],
@@ -2030,6 +2037,9 @@ def fit_vehicle_soh(
         prior_sigma=SOH_PRIOR_SIGMA,
         b_sign=-1,
         systematic_sigma=systematic_sigma_pct,
+        cluster=None
+        if cluster_days is None
+        else np.floor(t * DAYS_PER_YEAR / cluster_days).astype(np.int64),
     )
 
 
@@ -2109,6 +2119,7 @@ def _trend_and_warranty(
                 cap["sigma_pct"],
                 chem,
                 systematic_sigma_pct=params.systematic_soh_sigma_pct,
+                cluster_days=params.soh_cluster_days,
             ),
         )
 

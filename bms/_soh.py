@@ -108,6 +108,7 @@ def fit_power_trend(
     systematic_sigma: float = 0.0,
     huber_c: float = HUBER_C,
     iterations: int = 30,
+    cluster: npt.ArrayLike | None = None,
 ) -> PowerFit:
     r"""Robust weighted fit of ``y = a + b * t**exponent``.
 
@@ -132,6 +133,13 @@ def fit_power_trend(
         Huber threshold in standardised residuals.
     iterations : int
         IRLS iterations (stops early when the weights settle).
+    cluster : array of int, optional
+        Group of each estimate (e.g. its week). Estimates of one group share their
+        conditions (season, temperature, the same few rest points) and so part of their
+        error: the scale is then taken from the groups' mean residuals and the degrees
+        of freedom from the number of groups (cluster-robust, as in Liang & Zeger 1986,
+        Biometrika 73, 13-22), so a handful of bursts of estimates does not claim the
+        precision of as many independent ones.
 
     Returns
     -------
@@ -152,6 +160,11 @@ def fit_power_trend(
     ok = np.isfinite(t) & np.isfinite(yv) & np.isfinite(sg) & (sg > 0)
     t, yv, sg = np.maximum(t[ok], 0.0), yv[ok], sg[ok]
     n = int(t.size)
+    groups = None
+    n_groups = n
+    if cluster is not None:
+        _, groups = np.unique(np.asarray(cluster)[ok], return_inverse=True)
+        n_groups = int(groups.max()) + 1 if n else 0
     x = np.column_stack([np.ones(n), t**exponent])
     w = 1.0 / sg**2
     mu = np.asarray(prior_mean, dtype=np.float64)
@@ -165,7 +178,7 @@ def fit_power_trend(
         theta, cov = _solve(x, yv, w * h / scale**2, lam, mu, b_sign)
         r = yv - x @ theta
         u = r * np.sqrt(w)
-        new_scale = math.sqrt((1.0 + float(np.sum(h * u * u))) / (1.0 + max(n - 2, 0)))
+        new_scale = _scale(u, w, h, groups, n_groups)
         new_h = np.minimum(1.0, huber_c * new_scale / np.maximum(np.abs(u), 1e-12))
         done = (
             float(np.max(np.abs(new_h - h), initial=0.0)) <= 1e-6 and abs(new_scale - scale) < 1e-9
@@ -181,9 +194,27 @@ def fit_power_trend(
         exponent=exponent,
         scale=scale,
         n=n,
-        dof=float(max(n - 2, 1)),
+        dof=float(max(n_groups - 2, 1)),
         systematic_sigma=systematic_sigma,
     )
+
+
+def _scale(
+    u: FloatArray, w: FloatArray, h: FloatArray, groups: npt.NDArray[np.intp] | None, k: int
+) -> float:
+    """Robust residual scale from standardised residuals ``u`` (Huber weights ``h``),
+    pooled with one pseudo-observation at 1; with ``groups`` (``k`` of them), from each
+    group's weighted mean residual standardised by its total weight: under independent
+    errors the same in expectation, larger when a group's errors are shared."""
+    if groups is None:
+        return math.sqrt((1.0 + float(np.sum(h * u * u))) / (1.0 + max(u.size - 2, 0)))
+    hw = h * w
+    sum_w = np.bincount(groups, weights=hw, minlength=k)
+    sum_r = np.bincount(groups, weights=hw * u / np.sqrt(w), minlength=k)
+    keep = sum_w > 0
+    u_group = sum_r[keep] / np.sqrt(sum_w[keep])  # mean residual x sqrt(its weight)
+    # Each group's residual counts once (its Huber weight is already in sum_w).
+    return math.sqrt((1.0 + float(np.sum(u_group**2))) / (1.0 + max(int(keep.sum()) - 2, 0)))
 
 
 def _solve(
