@@ -34,7 +34,7 @@ anchor is read, so it moves the anchor little.
 
 A car that lives above 70 % SoC starts its charges inside the step, on the discharge
 branch of the hysteresis, which flips to the charge branch over the first few % of the
-charge (one-state model, Plett 2015 section 2.7) and rises like the step itself. Such a
+charge (one-state model, Plett 2015 ch. 2) and rises like the step itself. Such a
 charge (starting up to ``STEP_LATEST_START_PCT``) is fitted with the flip as one more
 nuisance column, :math:`e^{-\gamma (q_k - q_0)/C}` with the rate :math:`\gamma` that suits
 the mean cell best (``HYSTERESIS_RATES``), on the step's upper half and the plateau
@@ -82,12 +82,12 @@ STEP_CENTRE_PCT: dict[str, float] = {"lfp": 76.0}
 STEP_LATEST_START_PCT: dict[str, float] = {"lfp": 76.0}
 
 #: Rates of the hysteresis flip tried when a charge starts close to the step. In the
-#: one-state hysteresis model (Plett 2015, *Battery Management Systems Vol. I*, section
-#: 2.7) the hysteresis voltage moves from the discharge to the charge branch as
-#: :math:`M (1 - (1 - h_0) e^{-\gamma \Delta q / C})`: on the 20-60 mV scale of the
-#: 17-30 mV gap (science.md 1) it overlaps the step. The rate is a property of the cell
-#: that the OCV tables do not give, so the mean cell chooses it from e-folds of 1.25 to
-#: 10 % of capacity. [-]
+#: one-state hysteresis model (Plett 2015, *Battery Management Systems Vol. I*, ch. 2)
+#: the hysteresis voltage moves from the discharge to the charge branch as
+#: :math:`M (1 - (1 - h_0) e^{-\gamma \Delta q / C})`: a rise of up to the whole
+#: 17-30 mV gap (science.md 1) over a few % of charge, as large as the step's 23 mV. The
+#: rate is a property of the cell that the OCV tables do not give, so the mean cell
+#: chooses it from e-folds of 1.25 to 10 % of capacity. [-]
 HYSTERESIS_RATES: tuple[float, ...] = (10.0, 20.0, 40.0, 80.0)
 
 _LOCATE_GRID_PCT = 1.0  # coarse grid that locates the step [%]

@@ -6,24 +6,29 @@ packs (14 cells) and a coarse cadence, analysed once with ``bms.run_pending``, a
 last date is scored by ``tests.bms.test_analytics_truth.score_fleet`` (the benchmark
 ``benchmarks/accuracy.py`` runs the same scoring at full size).
 
-Two targets of issue 6 are not met yet and are therefore not asserted at their goal here
-(a test that is known to fail would keep CI red): resistance growth within 10 % of the
-truth (measured 12.8 %: asserted at 15 % so that a regression shows) and warranty verdicts
-agreeing for 95 % of vehicles (measured 78 %, asserted at 76 %, one vehicle of headroom).
-The disagreements are vehicles whose capacity was measured only in their first days, or
-never (``insufficient_data``, as a prior-dominated trend may not say ``ok``): LFP cars
-that swing between 70-90 % and 100 % SoC, never crossing the OCV step with readable
-readings on both sides nor resting where the rested voltage tells the SoC, an NMC
-occasional driver that idles near full, and a fast-fading LFP car below its threshold.
-Vehicles whose estimates stopped later (a failed cell, an occasional driver) get a
-verdict only when their use since bounds their ageing (``bms.warranty_verdict``). With
-daily summaries (temperature bands, lowest and highest SoC) that bound is loose: the use
-since at its upper bound over the use before at its lower bound is 2.1-5.3 x for 9, 28
-and 34 (ok as the truth), whose trends stretched so cross 80 % within cover, and 9 and
-34 lose the today bound to the cell-to-pack factor; they say ``insufficient_data``
-(agreement was 84 % when both periods were charged their upper bounds, which
-understates the ratio).
-``benchmarks/accuracy.py`` prints both figures against their goals.
+Measured: SoH MAE 1.01 points, 90 % interval coverage 88 %, resistance growth error
+7.8 % of the mean true growth, warranty verdicts agree for 88 % of vehicles (44 of 50).
+The first three are asserted at their goal. Verdict agreement is not met yet (goal 95 %)
+and is asserted at 86 % (one vehicle of headroom), so that a regression shows.
+
+The six disagreements all say ``insufficient_data``, as a trend without recent
+estimates may not say ``ok``: vehicles whose SoC never moves where it can be read.
+Two occasional drivers idle within 10 % of full (NMC 26, LFP 20: no window of 10 %
+between two readable points) and a fast-fading LFP occasional driver (36, truly below
+its threshold) rests and starts its charges at 86-99 %, above the step's upper half.
+Vehicles whose estimates stopped (a cell drained by a soft short, 28 and 34; NMC 9,
+driven a few times a month) get a verdict only when their use since bounds their ageing
+(``bms.warranty_verdict``); with daily summaries that bound is loose (the use since at
+its upper bound over the use before at its lower bound is 2.1-5.3 x), so their trends
+stretched so cross 80 % within cover, and 9 and 34 also lose the today bound (SoH now
+>= 74.0 and 79.4 % at the lab-cell laws' worst).
+
+LFP cars that live above 70 % SoC (13, 25, 27, 35) were the rest of the gap: their
+charges start inside the 70-82 % OCV step, on the discharge branch of the hysteresis,
+which flips to the charge branch while the step rises; ``bms._chargestep`` now fits the
+flip with the step's upper half (near where the BMS's SoC says the charge began).
+Resistance growth: a cell whose resistance jumps (9) is a step, not a power law
+(``bms.fit_step_trend``).
 """
 
 from __future__ import annotations
@@ -73,14 +78,14 @@ def test_true_soh_lies_in_the_90_percent_interval_for_85_percent_of_vehicles(
 def test_pack_resistance_and_its_growth_track_the_truth(scored: FleetScore) -> None:
     assert all(v.r_mohm == v.r_mohm for v in scored.vehicles), "every vehicle gets a value"
     assert scored.resistance_rel_error <= 0.05, _explain(scored)
-    assert scored.growth_rel_error <= 0.15, _explain(scored)
+    assert scored.growth_rel_error <= 0.10, _explain(scored)
 
 
 @pytest.mark.slow
 def test_warranty_verdicts_agree_with_the_truth_or_say_the_evidence_is_missing(
     scored: FleetScore,
 ) -> None:
-    assert scored.verdict_agreement >= 0.76, _explain(scored)
+    assert scored.verdict_agreement >= 0.86, _explain(scored)
     wrong = [v for v in scored.vehicles if v.status not in (v.status_true, "insufficient_data")]
     assert len(wrong) <= 1, _explain(scored)
 
@@ -91,7 +96,7 @@ def test_lfp_cars_without_readable_rests_get_estimates_from_charge_steps(
 ) -> None:
     lfp = [v for v in scored.vehicles if v.chemistry == "lfp"]
     measured = [v for v in lfp if v.n_estimates >= 20]
-    assert len(measured) >= 0.6 * len(lfp), _explain(scored)
+    assert len(measured) >= 0.75 * len(lfp), _explain(scored)
 
 
 @pytest.mark.slow
