@@ -332,3 +332,22 @@ def test_registry_row_without_capacity_takes_the_default_capacity(tmp_path: Path
     for row in war.to_pylist():
         since = json.loads(row["evidence"])["use_since_estimate"]
         assert since is None or since["calendar_stress"] > 0.0
+
+
+def test_resistance_steps_with_a_drained_cell_are_left_out(tmp_path: Path) -> None:
+    """The reference SoC band holds for every cell: a leaking cell that has drained
+    below the OCV of 20 % SoC (its resistance rises as it empties) keeps the pack's
+    steps out of the resistance table, while the same pack a year younger has them."""
+    young = SynthVehicle("FBMAAAAA0TS000011", weak_cell=2, in_service=START - timedelta(days=2))
+    # 2 mV a day for 400 days: the leaking cell rests ~0.8 V low, below OCV(20 %).
+    old = SynthVehicle("FBMAAAAA0TS000012", weak_cell=2, in_service=START - timedelta(days=400))
+    root = tmp_path / "data" / "lake"
+    write_fleet(root, [young, old], START, 2, cadence_s=30)
+    bms.run_pending(root)
+    low_mv = 1000.0 * float(bms.ocv_v_from_soc_pct(20.0, "nmc"))
+    table, _ = vehicle_day_table(old, START, 0.9, cadence_s=30, fleet="demo", seq0=0)
+    cells = np.asarray(table["cell_mv"].to_pylist())
+    assert cells[:, old.weak_cell].max() < low_mv < cells[:, 0].max()  # the premise
+    res = bms.read_metrics(root, "resistance")
+    assert young.vin in res["vin"].to_pylist()
+    assert old.vin not in res["vin"].to_pylist()
