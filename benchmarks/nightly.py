@@ -38,6 +38,7 @@ import numpy as np
 import pyarrow as pa
 
 import bms
+import sim
 
 DAY = date(2026, 11, 25)
 RECONCILE_COLUMNS = ["vin", "seq", "ts", "received_at", "quality"]
@@ -85,6 +86,25 @@ def generate(
         temp_offsets=np.arange(n + 1) * temps,
         received_at_ms=np.zeros(n, np.int64),
         worker="bench",
+    )
+    # The fleet's registry, as a real fleet has one: without it the anomaly stage would
+    # skip the per-cell SoC swing job (it fits the cells of registered vehicles only).
+    bms.write_parquet_atomic(
+        pa.table(
+            {
+                "vin": pa.array(vins, pa.string()),
+                "fleet": pa.array(["demo"] * vehicles, pa.string()),
+                "chemistry": pa.array(["nmc"] * vehicles, pa.string()),
+                "capacity_ah": pa.array(np.full(vehicles, 100.0)),
+                "n_cells": pa.array(np.full(vehicles, cells, np.int16)),
+                "n_temps": pa.array(np.full(vehicles, temps, np.int16)),
+                "vehicle_class": pa.array(["car"] * vehicles, pa.string()),
+                "in_service_date": pa.array([date(2025, 1, 1)] * vehicles, pa.date32()),
+                "warranty_policy": pa.array(["oem-8y-160k-70"] * vehicles, pa.string()),
+            },
+            schema=sim.REGISTRY_SCHEMA,
+        ),
+        lake / "registry" / "vehicles.parquet",
     )
     start_ms = int(datetime(DAY.year, DAY.month, DAY.day, tzinfo=UTC).timestamp() * 1000)
     steps = 86_400 // cadence_s
