@@ -117,6 +117,8 @@ def registry_file(lake: Path) -> Path:
 
 def _vin_counts(vins: pa.Array | pa.ChunkedArray) -> dict[str, int]:
     """Rows per VIN (nulls ignored)."""
+    if pa.types.is_dictionary(vins.type):
+        vins = pc.cast(vins, pa.string())
     vins = pc.drop_null(vins)
     if not len(vins):
         return {}
@@ -166,20 +168,20 @@ def _registered_vins(lake: Path, fleet: str, day: date) -> set[str]:
     return vins
 
 
-def _sorted_by_vin_seq(table: pa.Table) -> bool:
-    """Whether the rows are in ``(vin, seq)`` order already, as they nearly always are
-    (compaction sorts by ``(vin, ts, seq)`` and ``seq`` rises with ``ts``): a check in a
-    few linear passes instead of a sort of every row by a string key."""
-    n = table.num_rows
-    if n < 2:
-        return True
-    vin = table["vin"].combine_chunks()
-    before, after = vin.slice(0, n - 1), vin.slice(1)
-    if pc.any(pc.less(after, before)).as_py():
-        return False
-    same = pc.equal(before, after).to_numpy(zero_copy_only=False)
-    seq = table["seq"].to_numpy()
-    return not bool(np.any(same & (np.diff(seq) <= 0)))
+def _vin_ranks(vin: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
+    """Each row's VIN as its rank among the distinct VINs (ranks order as the strings do),
+    and the VINs by rank. A dictionary column (a compacted partition read as such) gives
+    its codes without hashing a string per row."""
+    if pa.types.is_dictionary(vin.type):
+        unified = vin.unify_dictionaries() if vin.num_chunks > 1 else vin
+        codes = unified.combine_chunks() if unified.num_chunks != 1 else unified.chunk(0)
+    else:
+        codes = pc.dictionary_encode(vin.combine_chunks() if vin.num_chunks != 1 else vin.chunk(0))
+    by_name = pc.sort_indices(codes.dictionary).to_numpy()
+    rank_of_code = np.empty(len(by_name), dtype=np.int32)
+    rank_of_code[by_name] = np.arange(len(by_name), dtype=np.int32)
+    names = pc.cast(codes.dictionary, pa.string()).take(pa.array(by_name))
+    return rank_of_code[np.asarray(codes.indices.to_numpy(zero_copy_only=False))], names
 
 
 def reconcile_tables(
@@ -207,24 +209,24 @@ def reconcile_tables(
         ``readings`` hold one row per ``(vin, seq)`` (a compacted file): skip deduplication.
     """
     kept = readings if already_unique else dedup_sort(readings)[0]
-    if not _sorted_by_vin_seq(kept):
-        kept = kept.sort_by([("vin", "ascending"), ("seq", "ascending")])
     n = kept.num_rows
-    vin = kept["vin"].combine_chunks()
-    seq = kept["seq"].to_numpy()
+    rank, names = _vin_ranks(kept["vin"])
+    seq = np.asarray(kept["seq"].to_numpy(), dtype=np.int64)
+    # (vin, seq) order: nearly always already there (compaction writes (vin, ts, seq) and
+    # seq rises with ts), checked in one pass over integers; else one integer sort.
+    if n > 1 and (np.any(np.diff(rank) < 0) or np.any((np.diff(rank) == 0) & (np.diff(seq) <= 0))):
+        order = np.lexsort((seq, rank))
+        kept, rank, seq = kept.take(pa.array(order)), rank[order], seq[order]
     ts = pc.cast(kept["ts"], pa.int64()).to_numpy()
     recv = pc.cast(kept["received_at"], pa.int64()).to_numpy()
     quality = kept["quality"].to_numpy()
     starts = np.zeros(0, dtype=np.int64)
     if n:
         change = np.ones(n, dtype=bool)
-        if n > 1:
-            change[1:] = pc.not_equal(vin.slice(1), vin.slice(0, n - 1)).to_numpy(
-                zero_copy_only=False
-            )
+        change[1:] = rank[1:] != rank[:-1]
         starts = np.flatnonzero(change)
     ends = np.append(starts[1:], n)
-    vins = vin.take(pa.array(starts)).to_pylist()
+    vins = names.take(pa.array(rank[starts])).to_pylist()
     stored = ends - starts
     late = np.add.reduceat(recv - ts > late_after_s * 1000, starts) if n else np.zeros(0)
     flagged = np.add.reduceat(quality != 0, starts) if n else np.zeros(0)
@@ -235,7 +237,7 @@ def reconcile_tables(
     gap_owner = np.searchsorted(starts, gap_at, side="right") - 1
     gaps = pa.table(
         {
-            "vin": vin.take(pa.array(gap_at)),
+            "vin": names.take(pa.array(rank[gap_at])),
             "seq_from": seq[gap_at] + 1,
             "seq_to": seq[gap_at + 1] - 1,
             "readings_missing": step[gap_at] - 1,
@@ -314,7 +316,12 @@ def reconcile_partition(
     lake = data_dir / "lake"
     state = data_dir / "state"
     files = sorted(telemetry_dir(lake, day, fleet).glob("*.parquet"))
-    tables = [pq.read_table(p, columns=_COLUMNS) for p in files]
+    unique = holds_unique_readings(files)
+    # One compaction's files: VINs read as the file's dictionary codes (no string per row).
+    tables = [
+        pq.read_table(p, columns=_COLUMNS, read_dictionary=["vin"] if unique else None)
+        for p in files
+    ]
     readings = (
         pa.concat_tables(tables)
         if tables
@@ -342,7 +349,7 @@ def reconcile_partition(
         _quarantined_by_vin(quarantine_files(lake, day), fleet),
         _registered_vins(lake, fleet, day),
         late_after_s=late_after_s,
-        already_unique=holds_unique_readings(files),
+        already_unique=unique,
     )
     out_vin, out_gaps = reconciliation_paths(lake, day, fleet)
     write_parquet_atomic(per_vin, out_vin)
