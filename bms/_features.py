@@ -28,7 +28,9 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import threading
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from importlib import resources
@@ -425,47 +427,101 @@ def _telemetry_job(
     con: Any = None,
     *,
     threads: int = 1,
+    group_readings: int = _GROUP_READINGS,
 ) -> pa.Table:
     """Run ``sql_file`` (a job that works per vehicle and orders its rows by ``vin``
     first) over view ``tele`` of ``files`` with ``tables`` registered and ``variables``
-    set (DOUBLE), one VIN range at a time; the concatenation equals one run over every
-    vehicle. ``con``: a connection of ``_connect`` to use (default: a new one);
-    ``threads``: DuckDB threads for this job (more than 1 only for a job whose result
-    does not depend on the order rows are added in)."""
+    set (DOUBLE), one VIN range at a time; the concatenation holds what one run over every
+    vehicle would (to the last bits of a floating-point sum: the plan of a group's joins
+    depends on its size, so the groups are a function of the partition's readings only).
+    ``con``: a connection of ``_connect`` to use (default: a new one); ``threads``: DuckDB
+    threads for this job (more than 1 only for a job whose result does not depend on the
+    order rows are added in); ``group_readings``: readings per VIN group (about).
+
+    A job on one thread (its floating-point sums depend on the order rows are added in)
+    runs its VIN groups two at a time instead, each on a single-threaded connection of
+    its own (``con`` and a second one): every group is computed as it would be alone,
+    so the result is the same bytes, and both cores work.
+    """
     own = con is None
     if own:
         con = _connect()
+    unique = holds_unique_readings(files)
+    sql = _sql(sql_file)
+    source = f"read_parquet({_sql_paths(files)})"
+
+    def prepare(c: Any) -> None:
+        for name, table in tables.items():
+            c.register(name, table)
+        set_double_variables(c, variables)
+        # the jobs skip their deduplicating sort of every reading where they may
+        c.execute(f"SET VARIABLE dedup = {not unique}")
+
+    def run(c: Any, group: tuple[str, str]) -> pa.Table:
+        lo, hi = (v.replace("'", "''") for v in group)
+        c.execute(
+            f"CREATE OR REPLACE VIEW tele AS SELECT * FROM {source} "
+            f"WHERE vin BETWEEN '{lo}' AND '{hi}'"
+        )
+        return c.sql(sql).to_arrow_table()
+
+    def release(c: Any) -> None:
+        c.execute("DROP VIEW IF EXISTS tele")
+        for name in tables:
+            c.unregister(name)
+
     try:
         if threads != 1:
             con.execute(f"SET threads = {int(threads)}")
-        for name, table in tables.items():
-            con.register(name, table)
-        set_double_variables(con, variables)
-        # the jobs skip their deduplicating sort of every reading where they may
-        con.execute(f"SET VARIABLE dedup = {not holds_unique_readings(files)}")
-        sql = _sql(sql_file)
-        source = f"read_parquet({_sql_paths(files)})"
+        prepare(con)
         counts = con.sql(f"SELECT vin, count(*) FROM {source} GROUP BY vin ORDER BY vin").fetchall()
-        parts = []
-        for first, last in vin_groups([(str(v), int(n)) for v, n in counts], _GROUP_READINGS) or [
+        groups = vin_groups([(str(v), int(n)) for v, n in counts], group_readings) or [
             ("", "\uffff")
-        ]:
-            lo, hi = first.replace("'", "''"), last.replace("'", "''")
-            con.execute(
-                f"CREATE OR REPLACE VIEW tele AS SELECT * FROM {source} "
-                f"WHERE vin BETWEEN '{lo}' AND '{hi}'"
-            )
-            parts.append(con.sql(sql).to_arrow_table())
+        ]
+        if threads != 1 or len(groups) == 1:
+            parts = [run(con, g) for g in groups]
+        else:
+            parts = _two_at_a_time(groups, con, prepare, run)
     finally:
         if own:
             con.close()
         else:
-            con.execute("DROP VIEW IF EXISTS tele")
-            for name in tables:
-                con.unregister(name)
+            release(con)
             if threads != 1:
                 con.execute("SET threads = 1")
     return pa.concat_tables(parts)
+
+
+def _two_at_a_time(
+    groups: Sequence[tuple[str, str]],
+    con: Any,
+    prepare: Callable[[Any], None],
+    run: Callable[[Any, tuple[str, str]], pa.Table],
+) -> list[pa.Table]:
+    """``run(connection, group)`` for every group, in two threads: one on ``con``, one on
+    a second single-threaded connection; the results in the order of ``groups``."""
+    results: list[pa.Table | None] = [None] * len(groups)
+    lock = threading.Lock()
+    pending = iter(range(len(groups)))
+
+    def work(c: Any) -> None:
+        while True:
+            with lock:
+                i = next(pending, None)
+            if i is None:
+                return
+            results[i] = run(c, groups[i])
+
+    second = _connect()
+    try:
+        prepare(second)
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            other = pool.submit(work, second)
+            work(con)
+            other.result()
+    finally:
+        second.close()
+    return [r for r in results if r is not None]
 
 
 def _connect() -> Any:

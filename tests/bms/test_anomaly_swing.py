@@ -15,7 +15,14 @@ import pytest
 import bms
 import sim
 from bms._anomaly_rules import RuleLimits, evaluate_rules
-from bms._features import FEATURES_SCHEMA, cell_swing, swing_day, swing_from_sums
+from bms._features import (
+    FEATURES_SCHEMA,
+    _telemetry_job,
+    cell_swing,
+    ocv_lookup_tables,
+    swing_day,
+    swing_from_sums,
+)
 
 FLEET = "swing"
 START = date(2026, 3, 2)
@@ -247,3 +254,33 @@ def test_day_sums_kept_for_the_next_run_are_reused_until_the_telemetry_changes(
     rewritten = [p for p in kept if stamps[p] != p.stat().st_mtime_ns]
     assert [p.parent.name for p in rewritten] == [f"date={day.isoformat()}"]
     assert not gone.parent.exists()
+
+
+def test_vehicle_groups_run_two_at_a_time_give_each_vehicle_its_own_sums(lake: Path) -> None:
+    """The swing job adds floating-point sums, so it runs on one thread per connection;
+    its vehicle groups then run two at a time on two connections. Each group's rows come
+    back in VIN order, deterministic, with the sums of a run over every vehicle (to the
+    last bits: how a group's rows are joined depends on its size)."""
+    day = START + timedelta(days=DAYS - 1)
+    files = bms.telemetry_files(lake, day)
+    reg = pq.read_table(lake / "registry" / "vehicles.parquet")
+    lut, bins = ocv_lookup_tables()
+    tables = {
+        "vehicles": reg.select(["vin", "chemistry", "capacity_ah"]),
+        "ocv_lut": lut,
+        "ocv_bins": bins,
+    }
+    variables = {"rest_c_rate": 0.02, "default_capacity_ah": 100.0}
+    whole = _telemetry_job(files, "anomaly_swing_day.sql", tables, variables)
+    runs = [
+        _telemetry_job(files, "anomaly_swing_day.sql", tables, variables, group_readings=1)
+        for _ in range(3)
+    ]
+    assert whole.num_rows == 2 * 14
+    assert runs[0].equals(runs[1])
+    assert runs[0].equals(runs[2])
+    assert runs[0].select(["vin", "cell", "n"]).equals(whole.select(["vin", "cell", "n"]))
+    for name in ("w", "wx", "wxx", "wy", "wxy"):
+        np.testing.assert_allclose(
+            runs[0][name].to_numpy(), whole[name].to_numpy(), rtol=1e-12, atol=1e-6
+        )
