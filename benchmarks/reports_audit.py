@@ -98,8 +98,14 @@ def make_vins(n: int, rng: np.random.Generator) -> list[str]:
     return ["MAT" + "".join(rng.choice(_VIN_CHARS, 14)) for _ in range(n)]
 
 
-def write_lake(lake: Path, n_vehicles: int, n_days: int) -> int:
-    """Write the metrics lake; return its size in bytes."""
+def write_lake(lake: Path, n_vehicles: int, n_days: int, *, rounded: bool = False) -> int:
+    """Write the metrics lake; return its size in bytes. The per-cell figures are doubles
+    at full precision, as the analytics write them (medians, means, fits), or with
+    ``rounded`` cut to 2-4 decimals (the data of the figures before 2026-12-06)."""
+
+    def cut(values: np.ndarray, decimals: int) -> np.ndarray:
+        return np.round(values, decimals) if rounded else values
+
     rng = np.random.default_rng(7)
     vins = np.array(make_vins(n_vehicles, rng), dtype=object)
     soh0 = rng.uniform(88, 100, n_vehicles)
@@ -131,10 +137,10 @@ def write_lake(lake: Path, n_vehicles: int, n_days: int) -> int:
                 "vin": pa.array(np.repeat(vins, N_CELLS), pa.string()),
                 "date": pa.array(np.full(n_vehicles * N_CELLS, np.datetime64(day, "D"))),
                 "cell": pa.array(np.tile(np.arange(N_CELLS, dtype=np.int16), n_vehicles)),
-                "rest_mv": np.round(rest_mv.ravel(), 2),
-                "rest_mv_delta": np.round((rest_mv - rest_mv.mean(1, keepdims=True)).ravel(), 2),
-                "drift_mv_per_day": np.round(rng.normal(0, 0.2, n_vehicles * N_CELLS), 3),
-                "resistance_mohm": np.round(rng.normal(0.82, 0.02, n_vehicles * N_CELLS), 4),
+                "rest_mv": cut(rest_mv.ravel(), 2),
+                "rest_mv_delta": cut((rest_mv - rest_mv.mean(1, keepdims=True)).ravel(), 2),
+                "drift_mv_per_day": cut(rng.normal(0, 0.2, n_vehicles * N_CELLS), 3),
+                "resistance_mohm": cut(rng.normal(0.82, 0.02, n_vehicles * N_CELLS), 4),
             }
         )
         flagged = rng.choice(n_vehicles, 3, replace=False)
@@ -204,14 +210,18 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=90)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--repeat", type=int, default=1, help="export/copy pairs to measure")
+    parser.add_argument(
+        "--rounded", action="store_true", help="per-cell figures cut to 2-4 decimals"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="fleetbms-bench-audit-") as tmp:
         root = Path(tmp)
         lake, state = root / "data" / "lake", root / "data" / "state"
         t0 = time.perf_counter()
-        size = write_lake(lake, args.vehicles, args.days)
+        size = write_lake(lake, args.vehicles, args.days, rounded=args.rounded)
         print(
-            f"lake: {args.vehicles} vehicles x {args.days} days, {size / 1e6:.1f} MB Parquet "
+            f"lake: {args.vehicles} vehicles x {args.days} days, {size / 1e6:.1f} MB Parquet, "
+            f"per-cell figures {'rounded' if args.rounded else 'at full precision'} "
             f"(generated in {time.perf_counter() - t0:.1f} s); workers {args.workers}"
         )
         pair = generate_signing_keys(state / "keys")
