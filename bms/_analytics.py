@@ -1070,12 +1070,17 @@ class _FleetSession:
         """Compute one date (a unit of one)."""
         return self.run_days([day])[0]
 
-    def _sql_pass(self, con: Any, carry: pa.Table) -> dict[str, pa.Table]:
-        """Run the SQL jobs over the ``tele`` view of connection ``con``; the tables of
+    def _sql_pass(self, con: Any, carry: pa.Table, in_order: bool) -> dict[str, pa.Table]:
+        """Run the SQL jobs over the ``tele`` view of connection ``con`` (``in_order``:
+        its rows are in (vin, ts, seq) order, one per (vin, seq)); the tables of
         ``_PASS_ORDER``."""
         params = self.params
         con.register("registry", self.registry)
         con.register("carry", carry)
+        if in_order:
+            con.execute("CREATE OR REPLACE TEMP VIEW reading_rows AS SELECT * FROM tele")
+        else:
+            con.register("reading_rows", con.sql(_sql("reading_rows")).to_arrow_table())
         try:
             con.execute(_sql("readings"))
             con.execute(_sql("rest_runs"))
@@ -1100,6 +1105,10 @@ class _FleetSession:
         finally:
             for name in ("steps", "carry", "registry"):
                 con.unregister(name)
+            if in_order:
+                con.execute("DROP VIEW reading_rows")
+            else:
+                con.unregister("reading_rows")
         return {
             "vehicle_day": vehicle_day,
             "steps": steps,
@@ -1135,15 +1144,26 @@ class _FleetSession:
         # the distinct seqs are counted (a hash of every key: dearer than the count).
         compacted = all(holds_unique_readings(fs) for fs in files.values())
         distinct = "count(*)" if compacted else "count(DISTINCT seq)"
+        # Per VIN also: in how many runs of consecutive rows the files hold it, and how
+        # many of its rows do not follow the one before in (ts, seq) order (an empty
+        # OVER () reads the rows once, in file order, on one thread).
         counts = con.sql(
-            f"SELECT vin, count(*), {distinct} FROM {source} GROUP BY vin ORDER BY vin"
+            f"SELECT vin, count(*), {distinct}, count(*) FILTER (WHERE run_start), "
+            "count(*) FILTER (WHERE NOT run_start AND NOT in_order) "
+            "FROM (SELECT vin, seq, lag(vin) OVER () IS DISTINCT FROM vin AS run_start, "
+            "coalesce(ts > lag(ts) OVER () OR (ts = lag(ts) OVER () AND seq > lag(seq) OVER ()), "
+            f"FALSE) AS in_order FROM {source}) GROUP BY vin ORDER BY vin"
         ).fetchall()
         groups = vin_groups(
-            [(str(v), int(n)) for v, n, _ in counts], max(1, params.chunk_readings)
+            [(str(v), int(n)) for v, n, *_ in counts], max(1, params.chunk_readings)
         ) or [("", "\uffff")]
         # The jobs keep the first received of duplicate (vin, seq) rows; without any
         # they skip that (a sort of every row) altogether.
-        dedup = any(n != u for _, n, u in counts)
+        dedup = any(n != u for _, n, u, _, _ in counts)
+        # readings.sql reads the rows in (vin, ts, seq) order, each VIN's rows together
+        # and no (vin, seq) twice: compaction writes them so; other files are sorted
+        # first (reading_rows.sql, without the cell lists).
+        in_order = not dedup and all(runs == 1 and back == 0 for _, _, _, runs, back in counts)
         # Every SQL job works per vehicle, so the pass runs vehicle group by vehicle group
         # (memory bounded by the groups in flight, not the fleet) and the outputs are
         # concatenated and put back in the jobs' order: identical to one pass over
@@ -1164,7 +1184,7 @@ class _FleetSession:
                 f"CREATE OR REPLACE TEMP VIEW tele AS SELECT * FROM {source} "
                 f"WHERE vin BETWEEN '{lo}' AND '{hi}'"
             )
-            return self._sql_pass(c, carry)
+            return self._sql_pass(c, carry, in_order)
 
         parts: dict[str, list[pa.Table]] = {name: [] for name in _PASS_ORDER}
         if workers == 1:

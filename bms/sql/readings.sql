@@ -2,11 +2,15 @@
 -- "unit"), in time order, with what each interval since the previous reading
 -- contributes.
 --
--- Inputs (registered by bms._analytics): view `tele` = the unit's Parquet files
--- (several small files and duplicate (vin, seq) rows before nightly compaction),
--- tables `registry` (vin, chemistry, capacity_ah, n_cells, ...) and `carry` (each
--- vehicle's last reading before the unit's first date). Variables: rest_c_rate,
--- max_gap_s, default_capacity_ah.
+-- Inputs (registered by bms._analytics): `reading_rows` = the unit's readings in
+-- (vin, ts, seq) order, one row per (vin, seq): a compacted partition's file as it is,
+-- otherwise the output of reading_rows.sql; tables `registry` (vin, chemistry,
+-- capacity_ah, n_cells, ...) and `carry` (each vehicle's last reading before the unit's
+-- first date). Variables: rest_c_rate, max_gap_s, default_capacity_ah.
+--
+-- The rows' order does all the sequencing: the previous reading comes from one streaming
+-- pass (no sort of the wide rows), the running totals from one sort of a few narrow
+-- columns on the row number.
 --
 -- The interval (previous reading, this reading] belongs to this reading; the first
 -- reading of the unit continues from the carried last reading, later ones from the
@@ -23,7 +27,7 @@
 -- (0 = the run that continues from before the unit) so a rest that spans midnight keeps
 -- its start.
 CREATE OR REPLACE TEMP TABLE readings AS
-WITH dedup AS (
+WITH rows_in AS (
     SELECT
         vin, seq, epoch_ms(ts) AS ts_ms, epoch_ms(ts) // 86400000 AS day_n,
         current_a::DOUBLE AS current_a, voltage_v::DOUBLE AS voltage_v,
@@ -31,52 +35,53 @@ WITH dedup AS (
         mode, n_cells, cell_min_idx, cell_max_idx,
         temp_c_min::DOUBLE AS temp_c_min, temp_c_max::DOUBLE AS temp_c_max,
         temp_c_mean::DOUBLE AS temp_c_mean, quality
-    FROM tele
-    -- variable dedup: the unit has duplicates (false: the window is folded away)
-    QUALIFY NOT getvariable('dedup')
-        OR row_number() OVER (PARTITION BY vin, seq ORDER BY received_at, worker) = 1
+    FROM reading_rows
 ),
 lagged_raw AS (
-    -- the window carries only the reading's own columns (a window sorts every column
-    -- it carries); the registry and the carried last reading are joined after it
+    -- Window functions with an empty OVER () run as one streaming pass over the rows in
+    -- their input order (DuckDB runs such a pipeline on one thread, in order): no sort.
+    -- The input is in (vin, ts, seq) order, so the previous row is the vehicle's
+    -- previous reading unless the VIN changed (then the carried one is taken below).
     SELECT
         d.*,
-        row_number() OVER w AS rn,
-        lag(day_n) OVER w IS DISTINCT FROM day_n AS day_first,
-        lag(seq) OVER w AS lag_seq,
-        lag(ts_ms) OVER w AS l_ts_ms,
-        lag(current_a) OVER w AS l_current_a,
-        lag(voltage_v) OVER w AS l_voltage_v,
-        lag(soc_pct) OVER w AS l_soc_pct,
-        lag(temp_c_max) OVER w AS l_temp_c_max,
-        lag(mode) OVER w AS l_mode,
-        lag(odometer_km) OVER w AS l_odometer_km,
-        lag(current_a, 2) OVER w AS l2_current_a
-    FROM dedup d
-    WINDOW w AS (PARTITION BY d.vin ORDER BY d.ts_ms, d.seq)
+        row_number() OVER () AS rn,
+        lag(vin) OVER () IS DISTINCT FROM vin AS vin_first,
+        lag(vin, 2) OVER () IS DISTINCT FROM vin AS vin_first2,
+        lag(day_n) OVER () AS l_day_n,
+        lag(seq) OVER () AS lag_seq,
+        lag(ts_ms) OVER () AS l_ts_ms,
+        lag(current_a) OVER () AS l_current_a,
+        lag(voltage_v) OVER () AS l_voltage_v,
+        lag(soc_pct) OVER () AS l_soc_pct,
+        lag(temp_c_max) OVER () AS l_temp_c_max,
+        lag(mode) OVER () AS l_mode,
+        lag(odometer_km) OVER () AS l_odometer_km,
+        lag(current_a, 2) OVER () AS l2_current_a
+    FROM rows_in d
 ),
 lagged AS (
-    -- before the unit's first reading (rn = 1; two back: rn <= 2) the carried one
+    -- before the vehicle's first reading of the unit (two back: its first two) the
+    -- carried one
     SELECT
         l.* EXCLUDE (
-            rn, day_first, lag_seq, l_ts_ms, l_current_a, l_voltage_v, l_soc_pct,
-            l_temp_c_max, l_mode, l_odometer_km, l2_current_a
+            vin_first, vin_first2, l_day_n, lag_seq, l_ts_ms, l_current_a, l_voltage_v,
+            l_soc_pct, l_temp_c_max, l_mode, l_odometer_km, l2_current_a
         ),
         reg.chemistry,
         reg.capacity_ah AS rated_capacity_ah,
         coalesce(reg.capacity_ah, getvariable('default_capacity_ah')) AS c_ah,
-        l.rn,
-        l.day_first,
+        l.vin_first OR l.l_day_n IS DISTINCT FROM l.day_n AS day_first,
         l.lag_seq,
-        CASE WHEN l.rn = 1 THEN c.last_ts_ms ELSE l.l_ts_ms END AS prev_ts_ms,
-        CASE WHEN l.rn = 1 THEN c.last_current_a ELSE l.l_current_a END AS prev_current_a,
-        CASE WHEN l.rn = 1 THEN c.last_voltage_v ELSE l.l_voltage_v END AS prev_voltage_v,
-        CASE WHEN l.rn = 1 THEN c.last_soc_pct ELSE l.l_soc_pct END AS prev_soc_pct,
-        CASE WHEN l.rn = 1 THEN c.last_temp_c_max ELSE l.l_temp_c_max END AS prev_temp_c_max,
-        CASE WHEN l.rn = 1 THEN c.last_mode ELSE l.l_mode END AS prev_mode,
-        CASE WHEN l.rn = 1 THEN c.last_odometer_km ELSE l.l_odometer_km END
+        CASE WHEN l.vin_first THEN c.last_ts_ms ELSE l.l_ts_ms END AS prev_ts_ms,
+        CASE WHEN l.vin_first THEN c.last_current_a ELSE l.l_current_a END AS prev_current_a,
+        CASE WHEN l.vin_first THEN c.last_voltage_v ELSE l.l_voltage_v END AS prev_voltage_v,
+        CASE WHEN l.vin_first THEN c.last_soc_pct ELSE l.l_soc_pct END AS prev_soc_pct,
+        CASE WHEN l.vin_first THEN c.last_temp_c_max ELSE l.l_temp_c_max END
+            AS prev_temp_c_max,
+        CASE WHEN l.vin_first THEN c.last_mode ELSE l.l_mode END AS prev_mode,
+        CASE WHEN l.vin_first THEN c.last_odometer_km ELSE l.l_odometer_km END
             AS prev_odometer_km,
-        CASE WHEN l.rn <= 2 THEN c.last_current_a ELSE l.l2_current_a END AS lag2_current_a
+        CASE WHEN l.vin_first2 THEN c.last_current_a ELSE l.l2_current_a END AS lag2_current_a
     FROM lagged_raw l
     LEFT JOIN registry reg USING (vin)
     LEFT JOIN carry c USING (vin)
@@ -113,43 +118,46 @@ counted AS (
             OR (gap AND NOT (at_rest AND coalesce(prev_at_rest, FALSE))) AS new_run
     FROM intervals
 ),
--- Running totals over the unit, one window (a second one partitioned by day would sort
--- every row again); the per-day totals subtract what the unit held before the day.
+-- Running totals over the unit: one cumulative sum over all rows in input order (rn);
+-- each (vehicle, day) subtracts what had been summed before its first reading, and each
+-- vehicle's run count what had been counted before its first reading in the unit.
 sums AS (
-    -- the running totals sort only the columns they need; joined back on (vin, seq)
+    -- only the columns the sums need are sorted (on rn alone); joined back on rn
     SELECT
-        vin,
-        seq,
+        rn, vin, day_n, dq_uah, dt_ms, bad_gap, new_run,
         sum(dq_uah) OVER u AS q_unit_uah,
         sum(dt_ms) OVER u AS covered_unit_ms,
         sum(bad_gap::INTEGER) OVER u AS bad_gaps_unit,
-        sum(new_run::INTEGER) OVER u AS grun
+        sum(new_run::INTEGER) OVER u AS runs_unit
     FROM counted
-    WINDOW u AS (PARTITION BY vin ORDER BY ts_ms, seq ROWS UNBOUNDED PRECEDING)
-),
-unit_totals AS MATERIALIZED (
-    SELECT counted.*, s.q_unit_uah, s.covered_unit_ms, s.bad_gaps_unit, s.grun
-    FROM counted
-    JOIN sums s USING (vin, seq)
+    WINDOW u AS (ORDER BY rn ROWS UNBOUNDED PRECEDING)
 ),
 day_base AS (
-    -- the unit's totals just before each (vehicle, day)'s first reading (lowest rn)
+    -- the totals just before each (vehicle, day)'s first reading (lowest rn)
     SELECT
         vin,
         day_n,
         arg_min(q_unit_uah - dq_uah, rn) AS q_base,
         arg_min(covered_unit_ms - dt_ms, rn) AS covered_base,
         arg_min(bad_gaps_unit - bad_gap::INTEGER, rn) AS bad_gaps_base,
-        arg_min(grun - new_run::INTEGER, rn) AS run_base
-    FROM unit_totals
+        arg_min(runs_unit - new_run::INTEGER, rn) AS run_base
+    FROM sums
     GROUP BY vin, day_n
+),
+-- the run count does not decrease: the vehicle's smallest day base is its unit base
+vin_base AS (SELECT vin, min(run_base) AS grun_base FROM day_base GROUP BY vin),
+day_counters AS (
+    SELECT
+        s.rn,
+        q_unit_uah - q_base AS q_cum_uah,
+        covered_unit_ms - covered_base AS covered_cum_ms,
+        bad_gaps_unit - bad_gaps_base AS bad_gaps_cum,
+        runs_unit - run_base AS run_id,
+        runs_unit - grun_base AS grun
+    FROM sums s
+    JOIN day_base b USING (vin, day_n)
+    JOIN vin_base v USING (vin)
 )
-SELECT
-    t.* EXCLUDE (q_unit_uah, covered_unit_ms, bad_gaps_unit, grun),
-    q_unit_uah - q_base AS q_cum_uah,
-    covered_unit_ms - covered_base AS covered_cum_ms,
-    bad_gaps_unit - bad_gaps_base AS bad_gaps_cum,
-    grun - run_base AS run_id,
-    grun
-FROM unit_totals t
-JOIN day_base b USING (vin, day_n);
+SELECT c.* EXCLUDE (day_first, prev2_current_a, new_run), d.* EXCLUDE (rn)
+FROM counted c
+JOIN day_counters d USING (rn);
