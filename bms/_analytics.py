@@ -1070,13 +1070,19 @@ class _FleetSession:
         """Compute one date (a unit of one)."""
         return self.run_days([day])[0]
 
-    def _sql_pass(self, con: Any, carry: pa.Table, in_order: bool) -> dict[str, pa.Table]:
+    def _sql_pass(
+        self, con: Any, carry: pa.Table, in_order: bool, vins: list[str]
+    ) -> dict[str, pa.Table]:
         """Run the SQL jobs over the ``tele`` view of connection ``con`` (``in_order``:
-        its rows are in (vin, ts, seq) order, one per (vin, seq)); the tables of
-        ``_PASS_ORDER``."""
+        its rows are in (vin, ts, seq) order, one per (vin, seq); ``vins``: its VINs in
+        the order of their rows, else sorted); the tables of ``_PASS_ORDER``."""
         params = self.params
         con.register("registry", self.registry)
         con.register("carry", carry)
+        con.register(
+            "unit_vins",
+            pa.table({"vin": pa.array(vins, pa.string()), "k": pa.array(range(1, len(vins) + 1))}),
+        )
         if in_order:
             con.execute("CREATE OR REPLACE TEMP VIEW reading_rows AS SELECT * FROM tele")
         else:
@@ -1103,7 +1109,7 @@ class _FleetSession:
             ).to_arrow_table()
             day_carry = con.sql(_sql("carry")).to_arrow_table()
         finally:
-            for name in ("steps", "carry", "registry"):
+            for name in ("steps", "carry", "registry", "unit_vins"):
                 con.unregister(name)
             if in_order:
                 con.execute("DROP VIEW reading_rows")
@@ -1149,8 +1155,9 @@ class _FleetSession:
         # OVER () reads the rows once, in file order, on one thread).
         counts = con.sql(
             f"SELECT vin, count(*), {distinct}, count(*) FILTER (WHERE run_start), "
-            "count(*) FILTER (WHERE NOT run_start AND NOT in_order) "
-            "FROM (SELECT vin, seq, lag(vin) OVER () IS DISTINCT FROM vin AS run_start, "
+            "count(*) FILTER (WHERE NOT run_start AND NOT in_order), min(row_n) "
+            "FROM (SELECT vin, seq, row_number() OVER () AS row_n, "
+            "lag(vin) OVER () IS DISTINCT FROM vin AS run_start, "
             "coalesce(ts > lag(ts) OVER () OR (ts = lag(ts) OVER () AND seq > lag(seq) OVER ()), "
             f"FALSE) AS in_order FROM {source}) GROUP BY vin ORDER BY vin"
         ).fetchall()
@@ -1159,11 +1166,13 @@ class _FleetSession:
         ) or [("", "\uffff")]
         # The jobs keep the first received of duplicate (vin, seq) rows; without any
         # they skip that (a sort of every row) altogether.
-        dedup = any(n != u for _, n, u, _, _ in counts)
+        dedup = any(n != u for _, n, u, *_ in counts)
         # readings.sql reads the rows in (vin, ts, seq) order, each VIN's rows together
         # and no (vin, seq) twice: compaction writes them so; other files are sorted
-        # first (reading_rows.sql, without the cell lists).
-        in_order = not dedup and all(runs == 1 and back == 0 for _, _, _, runs, back in counts)
+        # first (reading_rows.sql, without the cell lists). It looks each vehicle's
+        # registry and carried values up by its position in that order.
+        in_order = not dedup and all(runs == 1 and back == 0 for _, _, _, runs, back, _ in counts)
+        first_row = {str(v): int(r) for v, *_, r in counts}
         # Every SQL job works per vehicle, so the pass runs vehicle group by vehicle group
         # (memory bounded by the groups in flight, not the fleet) and the outputs are
         # concatenated and put back in the jobs' order: identical to one pass over
@@ -1184,7 +1193,10 @@ class _FleetSession:
                 f"CREATE OR REPLACE TEMP VIEW tele AS SELECT * FROM {source} "
                 f"WHERE vin BETWEEN '{lo}' AND '{hi}'"
             )
-            return self._sql_pass(c, carry, in_order)
+            vins = [v for v in first_row if first <= v <= last]
+            if in_order:
+                vins.sort(key=first_row.__getitem__)
+            return self._sql_pass(c, carry, in_order, vins)
 
         parts: dict[str, list[pa.Table]] = {name: [] for name in _PASS_ORDER}
         if workers == 1:

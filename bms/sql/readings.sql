@@ -26,6 +26,29 @@
 -- run ids restart every day. `grun` numbers the vehicle's runs across the whole unit
 -- (0 = the run that continues from before the unit) so a rest that spans midnight keeps
 -- its start.
+-- The registry's and the carry's values, one struct per vehicle in the order the
+-- vehicles' rows come (`unit_vins`: vin, k = 1, 2, ...), looked up by position in the
+-- streaming pass (a join there could reorder the rows).
+SET VARIABLE vin_info = (
+    SELECT list(
+        {
+            'chemistry': r.chemistry,
+            'rated_capacity_ah': r.capacity_ah,
+            'c_ah': coalesce(r.capacity_ah, getvariable('default_capacity_ah')),
+            'last_ts_ms': c.last_ts_ms,
+            'last_current_a': c.last_current_a,
+            'last_voltage_v': c.last_voltage_v,
+            'last_soc_pct': c.last_soc_pct,
+            'last_temp_c_max': c.last_temp_c_max,
+            'last_mode': c.last_mode,
+            'last_odometer_km': c.last_odometer_km
+        }
+        ORDER BY u.k
+    )
+    FROM unit_vins u
+    LEFT JOIN registry r USING (vin)
+    LEFT JOIN carry c USING (vin)
+);
 CREATE OR REPLACE TEMP TABLE readings AS
 WITH rows_in AS (
     SELECT
@@ -38,10 +61,11 @@ WITH rows_in AS (
     FROM reading_rows
 ),
 lagged_raw AS (
-    -- Window functions with an empty OVER () run as one streaming pass over the rows in
-    -- their input order (DuckDB runs such a pipeline on one thread, in order): no sort.
-    -- The input is in (vin, ts, seq) order, so the previous row is the vehicle's
-    -- previous reading unless the VIN changed (then the carried one is taken below).
+    -- Window functions with an empty OVER () (and running sums from the first row) run
+    -- as streaming passes over the rows in their input order (DuckDB runs such a
+    -- pipeline on one thread, in order): no sort. The input is in (vin, ts, seq) order,
+    -- so the previous row is the vehicle's previous reading unless the VIN changed
+    -- (then the carried one is taken below).
     SELECT
         d.*,
         row_number() OVER () AS rn,
@@ -59,32 +83,42 @@ lagged_raw AS (
         lag(current_a, 2) OVER () AS l2_current_a
     FROM rows_in d
 ),
+with_info AS (
+    -- the k-th vehicle of the rows: its registry and carry values
+    SELECT
+        *,
+        getvariable('vin_info')[
+            (sum(vin_first::INTEGER) OVER (ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW))::BIGINT
+        ] AS info
+    FROM lagged_raw
+),
 lagged AS (
     -- before the vehicle's first reading of the unit (two back: its first two) the
     -- carried one
     SELECT
         l.* EXCLUDE (
-            vin_first, vin_first2, l_day_n, lag_seq, l_ts_ms, l_current_a, l_voltage_v,
-            l_soc_pct, l_temp_c_max, l_mode, l_odometer_km, l2_current_a
+            info, vin_first, vin_first2, l_day_n, lag_seq, l_ts_ms, l_current_a,
+            l_voltage_v, l_soc_pct, l_temp_c_max, l_mode, l_odometer_km, l2_current_a
         ),
-        reg.chemistry,
-        reg.capacity_ah AS rated_capacity_ah,
-        coalesce(reg.capacity_ah, getvariable('default_capacity_ah')) AS c_ah,
+        info.chemistry,
+        info.rated_capacity_ah,
+        info.c_ah,
         l.vin_first OR l.l_day_n IS DISTINCT FROM l.day_n AS day_first,
         l.lag_seq,
-        CASE WHEN l.vin_first THEN c.last_ts_ms ELSE l.l_ts_ms END AS prev_ts_ms,
-        CASE WHEN l.vin_first THEN c.last_current_a ELSE l.l_current_a END AS prev_current_a,
-        CASE WHEN l.vin_first THEN c.last_voltage_v ELSE l.l_voltage_v END AS prev_voltage_v,
-        CASE WHEN l.vin_first THEN c.last_soc_pct ELSE l.l_soc_pct END AS prev_soc_pct,
-        CASE WHEN l.vin_first THEN c.last_temp_c_max ELSE l.l_temp_c_max END
+        CASE WHEN l.vin_first THEN info.last_ts_ms ELSE l.l_ts_ms END AS prev_ts_ms,
+        CASE WHEN l.vin_first THEN info.last_current_a ELSE l.l_current_a END
+            AS prev_current_a,
+        CASE WHEN l.vin_first THEN info.last_voltage_v ELSE l.l_voltage_v END
+            AS prev_voltage_v,
+        CASE WHEN l.vin_first THEN info.last_soc_pct ELSE l.l_soc_pct END AS prev_soc_pct,
+        CASE WHEN l.vin_first THEN info.last_temp_c_max ELSE l.l_temp_c_max END
             AS prev_temp_c_max,
-        CASE WHEN l.vin_first THEN c.last_mode ELSE l.l_mode END AS prev_mode,
-        CASE WHEN l.vin_first THEN c.last_odometer_km ELSE l.l_odometer_km END
+        CASE WHEN l.vin_first THEN info.last_mode ELSE l.l_mode END AS prev_mode,
+        CASE WHEN l.vin_first THEN info.last_odometer_km ELSE l.l_odometer_km END
             AS prev_odometer_km,
-        CASE WHEN l.vin_first2 THEN c.last_current_a ELSE l.l2_current_a END AS lag2_current_a
-    FROM lagged_raw l
-    LEFT JOIN registry reg USING (vin)
-    LEFT JOIN carry c USING (vin)
+        CASE WHEN l.vin_first2 THEN info.last_current_a ELSE l.l2_current_a END
+            AS lag2_current_a
+    FROM with_info l
 ),
 intervals AS (
     SELECT
@@ -118,19 +152,19 @@ counted AS (
             OR (gap AND NOT (at_rest AND coalesce(prev_at_rest, FALSE))) AS new_run
     FROM intervals
 ),
--- Running totals over the unit: one cumulative sum over all rows in input order (rn);
--- each (vehicle, day) subtracts what had been summed before its first reading, and each
--- vehicle's run count what had been counted before its first reading in the unit.
-sums AS (
-    -- only the columns the sums need are sorted (on rn alone); joined back on rn
+-- Running totals over the unit: one cumulative sum over all rows in input order (a
+-- streaming pass too); each (vehicle, day) subtracts what had been summed before its
+-- first reading, and each vehicle's run count what had been counted before its first
+-- reading in the unit.
+unit_totals AS MATERIALIZED (
     SELECT
-        rn, vin, day_n, dq_uah, dt_ms, bad_gap, new_run,
+        * EXCLUDE (day_first, prev2_current_a),
         sum(dq_uah) OVER u AS q_unit_uah,
         sum(dt_ms) OVER u AS covered_unit_ms,
         sum(bad_gap::INTEGER) OVER u AS bad_gaps_unit,
         sum(new_run::INTEGER) OVER u AS runs_unit
     FROM counted
-    WINDOW u AS (ORDER BY rn ROWS UNBOUNDED PRECEDING)
+    WINDOW u AS (ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
 ),
 day_base AS (
     -- the totals just before each (vehicle, day)'s first reading (lowest rn)
@@ -141,23 +175,18 @@ day_base AS (
         arg_min(covered_unit_ms - dt_ms, rn) AS covered_base,
         arg_min(bad_gaps_unit - bad_gap::INTEGER, rn) AS bad_gaps_base,
         arg_min(runs_unit - new_run::INTEGER, rn) AS run_base
-    FROM sums
+    FROM unit_totals
     GROUP BY vin, day_n
 ),
 -- the run count does not decrease: the vehicle's smallest day base is its unit base
-vin_base AS (SELECT vin, min(run_base) AS grun_base FROM day_base GROUP BY vin),
-day_counters AS (
-    SELECT
-        s.rn,
-        q_unit_uah - q_base AS q_cum_uah,
-        covered_unit_ms - covered_base AS covered_cum_ms,
-        bad_gaps_unit - bad_gaps_base AS bad_gaps_cum,
-        runs_unit - run_base AS run_id,
-        runs_unit - grun_base AS grun
-    FROM sums s
-    JOIN day_base b USING (vin, day_n)
-    JOIN vin_base v USING (vin)
-)
-SELECT c.* EXCLUDE (day_first, prev2_current_a, new_run), d.* EXCLUDE (rn)
-FROM counted c
-JOIN day_counters d USING (rn);
+vin_base AS (SELECT vin, min(run_base) AS grun_base FROM day_base GROUP BY vin)
+SELECT
+    t.* EXCLUDE (new_run, q_unit_uah, covered_unit_ms, bad_gaps_unit, runs_unit),
+    q_unit_uah - q_base AS q_cum_uah,
+    covered_unit_ms - covered_base AS covered_cum_ms,
+    bad_gaps_unit - bad_gaps_base AS bad_gaps_cum,
+    runs_unit - run_base AS run_id,
+    runs_unit - grun_base AS grun
+FROM unit_totals t
+JOIN day_base b USING (vin, day_n)
+JOIN vin_base v USING (vin);
