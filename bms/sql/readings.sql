@@ -97,7 +97,7 @@ lagged AS (
     -- carried one
     SELECT
         l.* EXCLUDE (
-            info, vin_first, vin_first2, l_day_n, lag_seq, l_ts_ms, l_current_a,
+            info, vin_first2, l_day_n, lag_seq, l_ts_ms, l_current_a,
             l_voltage_v, l_soc_pct, l_temp_c_max, l_mode, l_odometer_km, l2_current_a
         ),
         info.chemistry,
@@ -152,13 +152,13 @@ counted AS (
             OR (gap AND NOT (at_rest AND coalesce(prev_at_rest, FALSE))) AS new_run
     FROM intervals
 ),
--- Running totals over the unit: one cumulative sum over all rows in input order (a
--- streaming pass too); each (vehicle, day) subtracts what had been summed before its
--- first reading, and each vehicle's run count what had been counted before its first
--- reading in the unit.
-unit_totals AS MATERIALIZED (
+-- Running totals over the unit: cumulative sums over all rows in input order; each
+-- (vehicle, day) subtracts what had been summed before its first reading, and each
+-- vehicle's run count what had been counted before its first reading in the unit (the
+-- latest such base, carried forward: streaming passes too).
+unit_totals AS (
     SELECT
-        * EXCLUDE (day_first, prev2_current_a),
+        *,
         sum(dq_uah) OVER u AS q_unit_uah,
         sum(dt_ms) OVER u AS covered_unit_ms,
         sum(bad_gap::INTEGER) OVER u AS bad_gaps_unit,
@@ -166,27 +166,28 @@ unit_totals AS MATERIALIZED (
     FROM counted
     WINDOW u AS (ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
 ),
-day_base AS (
-    -- the totals just before each (vehicle, day)'s first reading (lowest rn)
+bases AS (
     SELECT
-        vin,
-        day_n,
-        arg_min(q_unit_uah - dq_uah, rn) AS q_base,
-        arg_min(covered_unit_ms - dt_ms, rn) AS covered_base,
-        arg_min(bad_gaps_unit - bad_gap::INTEGER, rn) AS bad_gaps_base,
-        arg_min(runs_unit - new_run::INTEGER, rn) AS run_base
+        *,
+        arg_max(q_unit_uah - dq_uah, rn) FILTER (WHERE day_first) OVER u AS q_base,
+        arg_max(covered_unit_ms - dt_ms, rn) FILTER (WHERE day_first) OVER u AS covered_base,
+        arg_max(bad_gaps_unit - bad_gap::INTEGER, rn) FILTER (WHERE day_first) OVER u
+            AS bad_gaps_base,
+        arg_max(runs_unit - new_run::INTEGER, rn) FILTER (WHERE day_first) OVER u
+            AS run_base,
+        arg_max(runs_unit - new_run::INTEGER, rn) FILTER (WHERE vin_first) OVER u
+            AS grun_base
     FROM unit_totals
-    GROUP BY vin, day_n
-),
--- the run count does not decrease: the vehicle's smallest day base is its unit base
-vin_base AS (SELECT vin, min(run_base) AS grun_base FROM day_base GROUP BY vin)
+    WINDOW u AS (ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
+)
 SELECT
-    t.* EXCLUDE (new_run, q_unit_uah, covered_unit_ms, bad_gaps_unit, runs_unit),
+    * EXCLUDE (
+        vin_first, day_first, prev2_current_a, new_run, q_unit_uah, covered_unit_ms,
+        bad_gaps_unit, runs_unit, q_base, covered_base, bad_gaps_base, run_base, grun_base
+    ),
     q_unit_uah - q_base AS q_cum_uah,
     covered_unit_ms - covered_base AS covered_cum_ms,
     bad_gaps_unit - bad_gaps_base AS bad_gaps_cum,
     runs_unit - run_base AS run_id,
     runs_unit - grun_base AS grun
-FROM unit_totals t
-JOIN day_base b USING (vin, day_n)
-JOIN vin_base v USING (vin);
+FROM bases;
