@@ -1146,33 +1146,33 @@ class _FleetSession:
             "'" + str(p).replace("'", "''") + "'" for day in days for p in files[day]
         )
         source = f"read_parquet([{file_list}], hive_partitioning = false)"
-        # A compacted partition (its one file) holds one row per (vin, seq); otherwise
-        # the distinct seqs are counted (a hash of every key: dearer than the count).
+        con.execute(f"CREATE OR REPLACE TEMP VIEW unit_rows AS SELECT * FROM {source}")
+        vins = con.sql(_sql("unit_vins")).fetchall()
+        con.execute("DROP VIEW unit_rows")
+        # A vehicle's rows hold each seq once if its partition is compacted (its one
+        # file) or if they come in one run with rising seqs; otherwise the distinct seqs
+        # are counted (a hash of every key: dearer than the count).
         compacted = all(holds_unique_readings(fs) for fs in files.values())
-        distinct = "count(*)" if compacted else "count(DISTINCT seq)"
-        # Per VIN also: in how many runs of consecutive rows the files hold it, and how
-        # many of its rows do not follow the one before in (ts, seq) order (an empty
-        # OVER () reads the rows once, in file order, on one thread).
-        counts = con.sql(
-            f"SELECT vin, count(*), {distinct}, count(*) FILTER (WHERE run_start), "
-            "count(*) FILTER (WHERE NOT run_start AND NOT in_order), min(row_n) "
-            "FROM (SELECT vin, seq, row_number() OVER () AS row_n, "
-            "lag(vin) OVER () IS DISTINCT FROM vin AS run_start, "
-            "coalesce(ts > lag(ts) OVER () OR (ts = lag(ts) OVER () AND seq > lag(seq) OVER ()), "
-            f"FALSE) AS in_order FROM {source}) GROUP BY vin ORDER BY vin"
-        ).fetchall()
+        unique = compacted or all(runs == 1 and up == 0 for _, _, _, runs, _, up in vins)
+        distinct = (
+            {}
+            if unique
+            else dict(
+                con.sql(f"SELECT vin, count(DISTINCT seq) FROM {source} GROUP BY vin").fetchall()
+            )
+        )
         groups = vin_groups(
-            [(str(v), int(n)) for v, n, *_ in counts], max(1, params.chunk_readings)
+            [(str(v), int(n)) for v, n, *_ in vins], max(1, params.chunk_readings)
         ) or [("", "\uffff")]
         # The jobs keep the first received of duplicate (vin, seq) rows; without any
         # they skip that (a sort of every row) altogether.
-        dedup = any(n != u for _, n, u, *_ in counts)
+        dedup = any(distinct[v] != n for v, n, *_ in vins) if distinct else False
         # readings.sql reads the rows in (vin, ts, seq) order, each VIN's rows together
         # and no (vin, seq) twice: compaction writes them so; other files are sorted
         # first (reading_rows.sql, without the cell lists). It looks each vehicle's
         # registry and carried values up by its position in that order.
-        in_order = not dedup and all(runs == 1 and back == 0 for _, _, _, runs, back, _ in counts)
-        first_row = {str(v): int(r) for v, *_, r in counts}
+        in_order = not dedup and all(runs == 1 and back == 0 for _, _, _, runs, back, _ in vins)
+        first_row = {str(v): int(r) for v, _, r, *_ in vins}
         # Every SQL job works per vehicle, so the pass runs vehicle group by vehicle group
         # (memory bounded by the groups in flight, not the fleet) and the outputs are
         # concatenated and put back in the jobs' order: identical to one pass over
