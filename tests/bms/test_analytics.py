@@ -299,6 +299,34 @@ def test_vehicle_by_vehicle_pass_equals_one_pass_over_the_fleet(
     assert _metric_bytes(copy / "lake") == _metric_bytes(lake)
 
 
+def test_rows_in_any_order_give_the_tables_of_rows_in_vin_ts_order(
+    lake: Path, tmp_path: Path
+) -> None:
+    """A day's readings in one file, shuffled (sorted once before the pass), in (vin,
+    ts, seq) order (read as they come, as from a compacted file) or with each vehicle's
+    rows together but the vehicles in reverse order: byte-identical tables."""
+    outputs = []
+    for layout in ("shuffled", "sorted", "vins_reversed"):
+        root = tmp_path / layout / "data" / "lake"
+        shutil.copytree(lake / "registry", root / "registry")
+        for part in sorted((lake / "telemetry").glob("date=*/fleet=*")):
+            t = pa.concat_tables(pq.read_table(p) for p in sorted(part.glob("*.parquet")))
+            vins = np.unique(t["vin"].to_numpy(zero_copy_only=False), return_inverse=True)[1]
+            key = -vins if layout == "vins_reversed" else vins
+            order = np.lexsort((t["seq"].to_numpy(), t["ts"].to_numpy(), key))
+            if layout == "shuffled":
+                order = np.random.default_rng(3).permutation(t.num_rows)
+            dest = root / part.relative_to(lake) / "day.parquet"
+            dest.parent.mkdir(parents=True)
+            pq.write_table(t.take(pa.array(order)), dest)
+        for day in bms.pending_dates(root):
+            bms.run_analytics(root, day)
+        outputs.append(_metric_bytes(root))
+    assert outputs[0] == outputs[1] == outputs[2]
+    vd = bms.read_metrics(tmp_path / "sorted" / "data" / "lake", "vehicle_day")
+    assert vd.equals(bms.read_metrics(lake, "vehicle_day"))
+
+
 def test_over_temperature_events_need_the_pack_not_one_sensor(tmp_path: Path) -> None:
     """A pack heated throughout counts one event per excursion (two drives a day); one
     of eight sensors reading far above the others (a failing or misplaced sensor) counts
