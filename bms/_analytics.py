@@ -1146,13 +1146,25 @@ class _FleetSession:
             "'" + str(p).replace("'", "''") + "'" for day in days for p in files[day]
         )
         source = f"read_parquet([{file_list}], hive_partitioning = false)"
-        con.execute(f"CREATE OR REPLACE TEMP VIEW unit_rows AS SELECT * FROM {source}")
-        vins = con.sql(_sql("unit_vins")).fetchall()
-        con.execute("DROP VIEW unit_rows")
+        compacted = all(holds_unique_readings(fs) for fs in files.values())
+        if compacted and len(days) == 1:
+            # Compaction wrote one row per (vin, seq) in (vin, ts, seq) order
+            # (pipeline/_compact.py): only the rows per VIN are counted (in parallel).
+            vins = [
+                (v, n, i, 1, 0, 0)
+                for i, (v, n) in enumerate(
+                    con.sql(
+                        f"SELECT vin, count(*) FROM {source} GROUP BY vin ORDER BY vin"
+                    ).fetchall()
+                )
+            ]
+        else:
+            con.execute(f"CREATE OR REPLACE TEMP VIEW unit_rows AS SELECT * FROM {source}")
+            vins = con.sql(_sql("unit_vins")).fetchall()
+            con.execute("DROP VIEW unit_rows")
         # A vehicle's rows hold each seq once if its partition is compacted (its one
         # file) or if they come in one run with rising seqs; otherwise the distinct seqs
         # are counted (a hash of every key: dearer than the count).
-        compacted = all(holds_unique_readings(fs) for fs in files.values())
         unique = compacted or all(runs == 1 and up == 0 for _, _, _, runs, _, up in vins)
         distinct = (
             {}
