@@ -1229,6 +1229,10 @@ class _FleetSession:
         for name, order in _PASS_ORDER.items():
             if len(parts[name]) == 1:
                 tables[name] = parts[name][0]
+            elif len(days) == 1:
+                # one day: the groups' ascending VIN ranges, each in (day_n, vin, ...)
+                # order with unique keys, are in that order once concatenated
+                tables[name] = pa.concat_tables(parts[name])
             else:
                 combined = pa.concat_tables(parts[name])
                 tables[name] = combined.sort_by([(k, "ascending") for k in order])
