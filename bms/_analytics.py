@@ -961,7 +961,9 @@ class _FleetSession:
         latest = max(earlier)
         if self.carry_mem is not None and self.carry_mem[0] == latest:
             return self.carry_mem[1]
-        return pq.read_table(_carry_path(self.state, self.fleet, latest), schema=CARRY_SCHEMA)
+        table = pq.read_table(_carry_path(self.state, self.fleet, latest), schema=CARRY_SCHEMA)
+        self.carry_mem = (latest, table)  # the SQL pass and the day's finish both read it
+        return table
 
     def _prev_run_id(self, day: date) -> str | None:
         days = [d for d in self.partition_days if d < day]
