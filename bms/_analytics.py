@@ -1082,7 +1082,7 @@ class _FleetSession:
         con.register("registry", self.registry)
         con.register("carry", carry)
         con.register(
-            "unit_vins",
+            "vin_order",
             pa.table({"vin": pa.array(vins, pa.string()), "k": pa.array(range(1, len(vins) + 1))}),
         )
         if in_order:
@@ -1111,7 +1111,7 @@ class _FleetSession:
             ).to_arrow_table()
             day_carry = con.sql(_sql("carry")).to_arrow_table()
         finally:
-            for name in ("steps", "carry", "registry", "unit_vins"):
+            for name in ("steps", "carry", "registry", "vin_order"):
                 con.unregister(name)
             if in_order:
                 con.execute("DROP VIEW reading_rows")

@@ -4,13 +4,15 @@
 --
 -- Inputs (registered by bms._analytics): `reading_rows` = the unit's readings in
 -- (vin, ts, seq) order, one row per (vin, seq): a compacted partition's file as it is,
--- otherwise the output of reading_rows.sql; tables `registry` (vin, chemistry,
--- capacity_ah, n_cells, ...) and `carry` (each vehicle's last reading before the unit's
--- first date). Variables: rest_c_rate, max_gap_s, default_capacity_ah.
+-- otherwise the output of reading_rows.sql; `vin_order` (vin, k: its VINs in the order
+-- their rows come); tables `registry` (vin, chemistry, capacity_ah, n_cells, ...) and
+-- `carry` (each vehicle's last reading before the unit's first date). Variables:
+-- rest_c_rate, max_gap_s, default_capacity_ah.
 --
--- The rows' order does all the sequencing: the previous reading comes from one streaming
--- pass (no sort of the wide rows), the running totals from one sort of a few narrow
--- columns on the row number.
+-- The rows' order does all the sequencing: the previous readings, the running totals
+-- and their bases come from streaming window passes (an empty OVER (), or a frame from
+-- the first row), which DuckDB runs on one thread in the input's order: no sort, no
+-- join back, and the table is written straight from the pass.
 --
 -- The interval (previous reading, this reading] belongs to this reading; the first
 -- reading of the unit continues from the carried last reading, later ones from the
@@ -26,8 +28,9 @@
 -- run ids restart every day. `grun` numbers the vehicle's runs across the whole unit
 -- (0 = the run that continues from before the unit) so a rest that spans midnight keeps
 -- its start.
+--
 -- The registry's and the carry's values, one struct per vehicle in the order the
--- vehicles' rows come (`unit_vins`: vin, k = 1, 2, ...), looked up by position in the
+-- vehicles' rows come (`vin_order`: vin, k = 1, 2, ...), looked up by position in the
 -- streaming pass (a join there could reorder the rows).
 SET VARIABLE vin_info = (
     SELECT list(
@@ -45,7 +48,7 @@ SET VARIABLE vin_info = (
         }
         ORDER BY u.k
     )
-    FROM unit_vins u
+    FROM vin_order u
     LEFT JOIN registry r USING (vin)
     LEFT JOIN carry c USING (vin)
 );
@@ -87,10 +90,9 @@ with_info AS (
     -- the k-th vehicle of the rows: its registry and carry values
     SELECT
         *,
-        getvariable('vin_info')[
-            (sum(vin_first::INTEGER) OVER (ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW))::BIGINT
-        ] AS info
+        getvariable('vin_info')[(sum(vin_first::INTEGER) OVER u)::BIGINT] AS info
     FROM lagged_raw
+    WINDOW u AS (ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
 ),
 lagged AS (
     -- before the vehicle's first reading of the unit (two back: its first two) the
@@ -167,6 +169,8 @@ unit_totals AS (
     WINDOW u AS (ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
 ),
 bases AS (
+    -- the value at the latest first reading of the day (of the vehicle); the terms are
+    -- never NULL (ts, current and voltage are required by the contract)
     SELECT
         *,
         arg_max(q_unit_uah - dq_uah, rn) FILTER (WHERE day_first) OVER u AS q_base,
