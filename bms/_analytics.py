@@ -1106,8 +1106,11 @@ class _FleetSession:
             step_cells = con.sql(_sql("step_cells")).to_arrow_table()
             rest_cells = con.sql(_sql("rest_cells")).to_arrow_table()
             charge_cells = con.sql(_sql("charge_cells")).to_arrow_table()
+            # the rests the carry and capacity step uses: long enough for an OCV point,
+            # or still open at the day's end (a flickering current makes many others)
             rest_runs = con.sql(
-                "SELECT * FROM rest_runs ORDER BY day_n, vin, run_id"
+                "SELECT * FROM rest_runs WHERE open_at_day_end "
+                "OR duration_s >= getvariable('rest_min_s') ORDER BY day_n, vin, run_id"
             ).to_arrow_table()
             day_carry = con.sql(_sql("carry")).to_arrow_table()
         finally:
