@@ -14,14 +14,16 @@ the analyze run are both printed: on a machine shared with other work the CPU ra
 the steadier figure.
 
 Measured on a 2-core machine shared with other jobs (load average 4-7), 1,000 vehicles,
-before -> after the readings job became one streaming pass (commits of 2026-12-06):
+before -> after the readings job became one streaming pass (branch h-speed):
 analyze 36.6 s -> 21.7 s wall (ratio 7.0 -> 6.7; the floor's own wall time moves with
 the load), 38.0 s -> 24.9 s CPU (CPU ratio 9.1 -> 6.0), peak RSS 1,427 -> 938 MB; day 365
 / day 1 32.5 / 36.6 s = 0.89 -> 28.1 / 21.7 s = 1.30 (day 1 got faster, the year-long
 trend fits did not). 200 vehicles: CPU ratio 9.2 -> 6.4, peak RSS 1,368 -> 852 MB. Goal
-ratio <= 3 not met: the analyze CPU is about one scan of the cell lists (the readings
-chosen for cell features), the readings table (44 columns, written once), the per-day
-aggregations and the Python science (capacity and charge-step fits, trend fits).
+ratio <= 3 not met. Where the CPU goes at 1,000 vehicles (one vehicle group at a time):
+the readings table 9.6 s (about half of it writing its 44 columns), the second scan of
+the cell lists for the chosen readings 5.1 s (about the floor itself), cell_day 3.8 s,
+vehicle_day 2.8 s, rest runs 1.8 s, the other jobs 3 s, Python 3.7 s (mostly the
+charge-step and trend fits).
 
 Usage: python benchmarks/analytics.py [--vehicles 1000]
 """
