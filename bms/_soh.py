@@ -96,6 +96,18 @@ def t_quantile_95(dof: float) -> float:
     return z + g1 / nu + g2 / nu**2 + g3 / nu**3
 
 
+def _usable_points(
+    t_years: npt.ArrayLike, y: npt.ArrayLike, sigma: npt.ArrayLike
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The points a trend fit uses (every value finite, ``sigma`` > 0): their mask, and
+    their ages (negative ages clipped to 0), values and sigmas."""
+    t = np.asarray(t_years, dtype=np.float64)
+    yv = np.asarray(y, dtype=np.float64)
+    sg = np.asarray(sigma, dtype=np.float64)
+    ok = np.isfinite(t) & np.isfinite(yv) & np.isfinite(sg) & (sg > 0)
+    return ok, np.maximum(t[ok], 0.0), yv[ok], sg[ok]
+
+
 def fit_power_trend(
     t_years: npt.ArrayLike,
     y: npt.ArrayLike,
@@ -154,11 +166,7 @@ def fit_power_trend(
     estimates do not claim a tiny error. Covariance:
     :math:`(X^T H W X / s^2 + \Lambda)^{-1}`.
     """
-    t = np.asarray(t_years, dtype=np.float64)
-    yv = np.asarray(y, dtype=np.float64)
-    sg = np.asarray(sigma, dtype=np.float64)
-    ok = np.isfinite(t) & np.isfinite(yv) & np.isfinite(sg) & (sg > 0)
-    t, yv, sg = np.maximum(t[ok], 0.0), yv[ok], sg[ok]
+    ok, t, yv, sg = _usable_points(t_years, y, sigma)
     n = int(t.size)
     groups = None
     n_groups = n
@@ -356,11 +364,7 @@ def fit_step_trend(
     the weighted residual of the trend without a step (``b >= 0``). Covariance:
     :math:`(X^T W X)^{-1} SSR_1 / (n - 3)`.
     """
-    t = np.asarray(t_years, dtype=np.float64)
-    yv = np.asarray(y, dtype=np.float64)
-    sg = np.asarray(sigma, dtype=np.float64)
-    ok = np.isfinite(t) & np.isfinite(yv) & np.isfinite(sg) & (sg > 0)
-    t, yv, sg = np.maximum(t[ok], 0.0), yv[ok], sg[ok]
+    _, t, yv, sg = _usable_points(t_years, y, sigma)
     n = int(t.size)
     if n < 2 * min_side or np.any(np.diff(t) < 0):
         return None
