@@ -134,6 +134,19 @@ def parquet_column_encodings(pf: pq.ParquetFile) -> dict[str, str]:
     return out
 
 
+def _known_leaf_paths(schema: pa.Schema, names: Iterable[str], option: str) -> dict[str, list[str]]:
+    """``_leaf_paths(schema)``, after checking that writer ``option`` names only columns of
+    ``schema`` (``ValueError`` naming the others)."""
+    leaves = _leaf_paths(schema)
+    unknown = sorted(set(names) - set(leaves))
+    if unknown:
+        raise ValueError(
+            f"{option} names unknown column(s) {', '.join(unknown)}; "
+            f"valid: {', '.join(schema.names)}"
+        )
+    return leaves
+
+
 def parquet_encoding_options(
     schema: pa.Schema, column_encoding: Mapping[str, str]
 ) -> dict[str, Any]:
@@ -152,13 +165,7 @@ def parquet_encoding_options(
     """
     if not column_encoding:
         return {}
-    leaves = _leaf_paths(schema)
-    unknown = sorted(set(column_encoding) - set(leaves))
-    if unknown:
-        raise ValueError(
-            f"column_encoding names unknown column(s) {', '.join(unknown)}; "
-            f"valid: {', '.join(schema.names)}"
-        )
+    leaves = _known_leaf_paths(schema, column_encoding, "column_encoding")
     return {
         "use_dictionary": [
             leaf for name, paths in leaves.items() if name not in column_encoding for leaf in paths
@@ -202,13 +209,7 @@ def durable_parquet_writer(
         sorting_columns = [pq.SortingColumn(schema.get_field_index(c)) for c in sorting]
     options: dict[str, Any] = {"write_statistics": True}
     if statistics is not None:
-        leaves = _leaf_paths(schema)
-        unknown = sorted(set(statistics) - set(leaves))
-        if unknown:
-            raise ValueError(
-                f"statistics names unknown column(s) {', '.join(unknown)}; "
-                f"valid: {', '.join(schema.names)}"
-            )
+        leaves = _known_leaf_paths(schema, statistics, "statistics")
         options["write_statistics"] = [leaf for name in statistics for leaf in leaves[name]]
     options.update(parquet_encoding_options(schema, column_encoding or {}))
     writer = pq.ParquetWriter(
