@@ -229,22 +229,28 @@ def _int64_keys(table: pa.Table, name: str) -> np.ndarray:
     return np.asarray(col.to_numpy(), dtype=np.int64)
 
 
-def _vin_ranks(table: pa.Table) -> tuple[np.ndarray, pa.Array]:
+def vin_ranks(col: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
     """Each row's VIN as its rank among the distinct VINs, and those VINs in order.
 
     Ranks order as the strings do (byte order, as Arrow sorts them), so sorting by rank
-    sorts by VIN at the cost of integers.
+    sorts by VIN at the cost of integers. A dictionary column (a compacted partition
+    read as such) gives its codes without hashing a string per row.
     """
-    col = table["vin"]
     if col.null_count:
         raise SchemaError("telemetry column vin holds nulls; it is a key of compaction")
-    vin = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
-    encoded = pc.dictionary_encode(vin)
+    if pa.types.is_dictionary(col.type):
+        unified = col.unify_dictionaries() if col.num_chunks > 1 else col
+        encoded = unified.combine_chunks() if unified.num_chunks != 1 else unified.chunk(0)
+    else:
+        encoded = pc.dictionary_encode(
+            col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
+        )
     by_name = pc.sort_indices(encoded.dictionary).to_numpy()
     rank_of_code = np.empty(len(by_name), dtype=np.int32)
     rank_of_code[by_name] = np.arange(len(by_name), dtype=np.int32)
-    ranks = rank_of_code[encoded.indices.to_numpy()]
-    return ranks, encoded.dictionary.take(pa.array(by_name))
+    ranks = rank_of_code[np.asarray(encoded.indices.to_numpy(zero_copy_only=False))]
+    names = pc.cast(encoded.dictionary, pa.string()).take(pa.array(by_name))
+    return ranks, names
 
 
 def _first_copies(received: np.ndarray, rows: np.ndarray, run_start: np.ndarray) -> np.ndarray:
@@ -284,7 +290,7 @@ def _output_order(table: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
         Kept row indices in output order, dropped row indices, every row's VIN rank, and
         the distinct VINs by rank.
     """
-    rank, vins = _vin_ranks(table)
+    rank, vins = vin_ranks(table["vin"])
     ts = _int64_keys(table, "ts")
     seq = _int64_keys(table, "seq")
     received = _int64_keys(table, "received_at")

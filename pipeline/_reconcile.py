@@ -34,7 +34,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from bms import holds_unique_readings, telemetry_dir, write_parquet_atomic
-from pipeline._compact import dedup_sort, is_compacted, read_stats, stats_path
+from pipeline._compact import dedup_sort, is_compacted, read_stats, stats_path, vin_ranks
 
 _TS = pa.timestamp("ms", tz="UTC")
 
@@ -168,22 +168,6 @@ def _registered_vins(lake: Path, fleet: str, day: date) -> set[str]:
     return vins
 
 
-def _vin_ranks(vin: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
-    """Each row's VIN as its rank among the distinct VINs (ranks order as the strings do),
-    and the VINs by rank. A dictionary column (a compacted partition read as such) gives
-    its codes without hashing a string per row."""
-    if pa.types.is_dictionary(vin.type):
-        unified = vin.unify_dictionaries() if vin.num_chunks > 1 else vin
-        codes = unified.combine_chunks() if unified.num_chunks != 1 else unified.chunk(0)
-    else:
-        codes = pc.dictionary_encode(vin.combine_chunks() if vin.num_chunks != 1 else vin.chunk(0))
-    by_name = pc.sort_indices(codes.dictionary).to_numpy()
-    rank_of_code = np.empty(len(by_name), dtype=np.int32)
-    rank_of_code[by_name] = np.arange(len(by_name), dtype=np.int32)
-    names = pc.cast(codes.dictionary, pa.string()).take(pa.array(by_name))
-    return rank_of_code[np.asarray(codes.indices.to_numpy(zero_copy_only=False))], names
-
-
 def reconcile_tables(
     readings: pa.Table,
     received_by_vin: dict[str, int],
@@ -210,7 +194,7 @@ def reconcile_tables(
     """
     kept = readings if already_unique else dedup_sort(readings)[0]
     n = kept.num_rows
-    rank, names = _vin_ranks(kept["vin"])
+    rank, names = vin_ranks(kept["vin"])
     seq = np.asarray(kept["seq"].to_numpy(), dtype=np.int64)
     # (vin, seq) order: nearly always already there (compaction writes (vin, ts, seq) and
     # seq rises with ts), checked in one pass over integers; else one integer sort.
