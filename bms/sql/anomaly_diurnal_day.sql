@@ -22,15 +22,23 @@ WITH dedup AS (
     ) = 1
 ),
 rest AS (
-    SELECT
-        d.vin,
-        (2 * list_median(d.temp_dc))::BIGINT AS t,
-        round(1e4 * cos(2 * pi() * (epoch_ms(d.ts) % 86400000) / 86400000.0))::BIGINT AS c,
-        round(1e4 * sin(2 * pi() * (epoch_ms(d.ts) % 86400000) / 86400000.0))::BIGINT AS s
+    -- the readings at rest with a sensor value (a median), before any median is taken:
+    -- a filter on the median itself would be pushed below the rest filter, onto every
+    -- reading
+    SELECT d.vin, d.ts, d.temp_dc
     FROM dedup d
     LEFT JOIN registry r USING (vin)
     WHERE abs(d.current_a) <= getvariable('rest_c_rate')
         * coalesce(r.capacity_ah, getvariable('default_capacity_ah'))
+        AND list_count(d.temp_dc) > 0
+),
+pts AS (
+    SELECT
+        vin,
+        (2 * list_median(temp_dc))::BIGINT AS t,
+        round(1e4 * cos(2 * pi() * (epoch_ms(ts) % 86400000) / 86400000.0))::BIGINT AS c,
+        round(1e4 * sin(2 * pi() * (epoch_ms(ts) % 86400000) / 86400000.0))::BIGINT AS s
+    FROM rest
 )
 SELECT
     vin,
@@ -43,7 +51,6 @@ SELECT
     sum(t::HUGEINT)::DOUBLE AS st,
     sum(t::HUGEINT * c)::DOUBLE AS stc,
     sum(t::HUGEINT * s)::DOUBLE AS sts
-FROM rest
-WHERE t IS NOT NULL
+FROM pts
 GROUP BY vin
 ORDER BY vin;
