@@ -454,8 +454,10 @@ def _telemetry_job(
         for name, table in tables.items():
             c.register(name, table)
         set_double_variables(c, variables)
-        # the jobs skip their deduplicating sort of every reading where they may
+        # the jobs skip their deduplicating sort of every reading where they may, and
+        # a job on one thread reads a compacted partition's rows in (vin, ts, seq) order
         c.execute(f"SET VARIABLE dedup = {not unique}")
+        c.execute(f"SET VARIABLE in_order = {unique and threads == 1}")
 
     def run(c: Any, group: tuple[str, str]) -> pa.Table:
         lo, hi = (v.replace("'", "''") for v in group)
@@ -663,8 +665,6 @@ def sensor_day(
             "settle_s": settle_s,
         },
         con,
-        # its sums are of integers (exact in any order): every core
-        threads=os.cpu_count() or 1,
     )
 
 

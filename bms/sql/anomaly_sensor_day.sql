@@ -2,7 +2,8 @@
 -- telemetry partition: what the sensor-fault and thermal rules need and the analytics
 -- tables do not carry. Inputs: view `tele` (the partition's files, duplicates possible),
 -- table `registry` (vin, capacity_ah); variables dedup (the files may hold duplicate
--- (vin, seq) rows), rest_c_rate, default_capacity_ah, rest_min_s, settle_s.
+-- (vin, seq) rows), in_order (they come in (vin, ts, seq) order, each VIN's rows
+-- together, read on one thread), rest_c_rate, default_capacity_ah, rest_min_s, settle_s.
 --   n_readings, n_valid     readings, and readings with a value (sentinels and
 --                           out-of-type values are stored as null, bms.Quality)
 --   range_c                 max - min of the sensor's values over the day (0 with a
@@ -14,8 +15,8 @@
 --                           rest of at least rest_min_s, after settle_s
 --   pack_rest_rise_c_per_h  the same for the pack median itself (same for all sensors)
 -- Every sum is of integers (temperatures in 0.1 degC as sent, the pack median doubled so
--- it stays whole, times in ms from the start of the rest): exact in any order, so the
--- job may run on several threads and still give the same bytes every time. The rest
+-- it stays whole, times in ms from the start of the rest): exact in any order (without
+-- in_order the job may run on several threads and still give the same bytes). The rest
 -- fit's sums of squared times need HUGEINT; the others stay far inside BIGINT (a
 -- SMALLINT value squared, times the readings of a day). The
 -- least-squares slope is Sxy' / Sxx' with Sxy' = n Sxy - Sx Sy, Sxx' = n Sxx - Sx^2.
@@ -29,6 +30,22 @@ WITH dedup AS (
         PARTITION BY vin, seq ORDER BY received_at, worker, ts, current_a, temp_dc
     ) = 1
 ),
+ordered AS (
+    -- Each reading's number in (vin, ts, seq) order and its vehicle's previous reading
+    -- (the steps). Variable in_order: the rows come in that order, each VIN's together
+    -- (a compacted partition, read on one thread), so one pass in file order numbers
+    -- them (the empty OVER (), no sort; numbers rise by VIN, not from 1 in each);
+    -- false: a sort. The folded CASE keeps one of the two. Done before any join: a hash
+    -- join need not keep the order of its rows.
+    SELECT *,
+           CASE WHEN getvariable('in_order') THEN row_number() OVER ()
+                ELSE row_number() OVER w END AS rn,
+           CASE WHEN getvariable('in_order')
+                THEN CASE WHEN lag(vin) OVER () = vin THEN lag(temp_dc) OVER () END
+                ELSE lag(temp_dc) OVER w END AS prev_dc
+    FROM dedup
+    WINDOW w AS (PARTITION BY vin ORDER BY ts_ms, seq)
+),
 flagged AS (
     SELECT
         d.*,
@@ -37,20 +54,17 @@ flagged AS (
         -- twice the median of the sensors [0.05 degC]: whole (a median of integers is
         -- one of them or halfway between two)
         (2 * list_median(d.temp_dc))::BIGINT AS pack2
-    FROM dedup d
+    FROM ordered d
     LEFT JOIN registry r USING (vin)
 ),
-lagged AS (
-    -- One sort of the readings serves everything done in reading order: each sensor's
-    -- previous value (steps) and the rest runs. A reading at rest belongs to the run
-    -- numbered by the readings not at rest before it (row number minus readings at rest
-    -- so far): constant along a run, rising from one run to the next.
-    SELECT *,
-           lag(temp_dc) OVER w AS prev_dc,
-           row_number() OVER w - sum(at_rest::BIGINT) OVER (w ROWS UNBOUNDED PRECEDING)
-               AS run_id
+rest AS (
+    -- The readings at rest, each with the run of consecutive readings at rest it
+    -- belongs to: its number minus its rank among its vehicle's readings at rest is
+    -- constant along a run and rises from one run to the next.
+    SELECT vin, ts_ms, pack2, temp_dc,
+           rn - row_number() OVER (PARTITION BY vin ORDER BY rn) AS run_id
     FROM flagged
-    WINDOW w AS (PARTITION BY vin ORDER BY ts_ms, seq)
+    WHERE at_rest
 ),
 pack AS (
     SELECT vin, count(*) AS n_readings, (max(pack2) - min(pack2)) / 20.0 AS pack_range_c
@@ -71,7 +85,7 @@ stats AS (
                unnest(range(len(temp_dc)))::SMALLINT AS sensor,
                unnest(temp_dc)::BIGINT AS temp_dc,
                unnest(prev_dc[1:len(temp_dc)])::BIGINT AS prev_dc
-        FROM lagged
+        FROM flagged
     )
     GROUP BY vin, sensor
 ),
@@ -103,8 +117,7 @@ gappy_jit AS (
 rest_runs AS (
     -- rest runs of at least rest_min_s from their first to their last reading
     SELECT vin, run_id, min(ts_ms) AS run_start_ms
-    FROM lagged
-    WHERE at_rest
+    FROM rest
     GROUP BY vin, run_id
     HAVING max(ts_ms) - min(ts_ms) >= 1000 * getvariable('rest_min_s')
 ),
@@ -117,9 +130,9 @@ rest_pts AS (
         SELECT l.vin, l.run_id, r.run_start_ms, l.ts_ms, l.pack2,
                unnest(range(len(l.temp_dc)))::SMALLINT AS sensor,
                unnest(l.temp_dc)::BIGINT AS temp_dc
-        FROM lagged l
+        FROM rest l
         JOIN rest_runs r USING (vin, run_id)
-        WHERE l.at_rest AND l.pack2 IS NOT NULL
+        WHERE l.pack2 IS NOT NULL
             AND l.ts_ms >= r.run_start_ms + 1000 * getvariable('settle_s')
     )
     WHERE temp_dc IS NOT NULL
