@@ -73,7 +73,10 @@ pack AS (
 stats AS (
     -- A stuck sensor reads one value all day: min = max. The step sums serve a sensor
     -- with a value in every reading of its vehicle (nearly all): its previous value is
-    -- the previous reading's (that list cut to this reading's sensors).
+    -- the previous reading's (that list cut to this reading's sensors). Summed as
+    -- DOUBLE (cheaper than BIGINT's HUGEINT sums) and still exact: every term and
+    -- partial sum is whole and below 2^53 (a squared step below 2^32, times the readings
+    -- of a day).
     SELECT vin, sensor, count(*) AS n_readings, count(temp_dc) AS n_valid,
            ((max(temp_dc) - min(temp_dc)) / 10.0)::DOUBLE AS range_c,
            sum(2 * temp_dc - pack2)::DOUBLE
@@ -83,8 +86,8 @@ stats AS (
     FROM (
         SELECT vin, pack2,
                unnest(range(len(temp_dc)))::SMALLINT AS sensor,
-               unnest(temp_dc)::BIGINT AS temp_dc,
-               unnest(prev_dc[1:len(temp_dc)])::BIGINT AS prev_dc
+               unnest(temp_dc)::DOUBLE AS temp_dc,
+               unnest(prev_dc[1:len(temp_dc)])::DOUBLE AS prev_dc
         FROM flagged
     )
     GROUP BY vin, sensor
