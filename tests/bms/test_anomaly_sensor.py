@@ -34,14 +34,16 @@ def _temps_c() -> np.ndarray:
     return temps
 
 
-def _table(seq: np.ndarray, received_delay_ms: int = 500) -> pa.Table:
+def _table(
+    seq: np.ndarray, received_delay_ms: int = 500, vin: str = VIN, offset_c: float = 0.0
+) -> pa.Table:
     t0_ms = int(datetime(DAY.year, DAY.month, DAY.day, tzinfo=UTC).timestamp() * 1000)
-    temps = _temps_c()[seq]
+    temps = _temps_c()[seq] + offset_c
     n = len(seq)
     ts_ms = t0_ms + seq * CADENCE_S * 1000
     return bms.telemetry_table(
         fleet="demo",
-        vin=np.full(n, VIN, dtype=object),
+        vin=np.full(n, vin, dtype=object),
         seq=seq,
         ts_ms=ts_ms,
         current_a=CURRENT_A[seq],
@@ -125,3 +127,29 @@ def test_rise_at_rest_against_the_pack(figures: tuple[pa.Table, pa.Table]) -> No
         assert abs(table["rest_rise_c_per_h"][sensor]) < 0.02
     # the pack's own rise: the steepest over a rest of the daily sine (0.39 degC/h max)
     assert 0.1 < table["pack_rest_rise_c_per_h"][2] < 0.4
+
+
+def test_a_compacted_file_of_several_vehicles_gives_each_its_own_figures(
+    tmp_path: Path, figures: tuple[pa.Table, pa.Table]
+) -> None:
+    """A compacted partition is read in one pass in file order: a vehicle's first
+    reading must not step from the previous vehicle's last, nor its first rest run join
+    that vehicle's last one (both vehicles here end and start at rest)."""
+    other = "FBMSENSOR00000002"
+    raw, compacted = tmp_path / "raw" / "lake", tmp_path / "compacted" / "lake"
+    seq = np.arange(N)
+    for k in range(0, N, 60):
+        for vin, offset_c in ((VIN, 0.0), (other, 20.0)):
+            bms.write_telemetry(
+                _table(seq[k : k + 60], vin=vin, offset_c=offset_c), raw, file_prefix=f"w{k}"
+            )
+    both = pa.concat_tables([_table(seq), _table(seq, vin=other, offset_c=20.0)])
+    (written,) = bms.write_telemetry(both, compacted, file_prefix="compacted")
+    assert written.path.name.startswith(bms.COMPACTED_PREFIX)
+    from_raw, from_compacted = _sensor_day(raw), _sensor_day(compacted)
+    assert from_raw.equals(from_compacted)
+    rows = from_compacted.to_pydict()
+    assert rows["vin"] == [VIN] * 5 + [other] * 5
+    one = figures[1].to_pydict()
+    for column in ("n_readings", "jitter_c", "dev_mean_c", "range_c", "rest_rise_c_per_h"):
+        assert rows[column][5:] == pytest.approx(one[column], rel=1e-9, abs=1e-12), column
