@@ -568,8 +568,20 @@ def _jemalloc_pool() -> Iterator[None]:
         pool.release_unused()
 
 
+#: Rows per record batch when reading an input. Whole-file reads (50,000 readings of 96
+#: cells) decode each list column into buffers grown by reallocation, tens of MB of fresh
+#: memory per file; batches this small reuse the pool's memory. Measured on 40 ingest
+#: files of the nightly benchmark: 1.4-1.5 s CPU instead of 1.9-2.9 s.
+_READ_BATCH_ROWS = 8192
+
+
 def _read(path: Path) -> pa.Table:
-    return pq.read_table(path, schema=TELEMETRY_SCHEMA)
+    """An input file in batches of ``_READ_BATCH_ROWS`` rows, decoded on this thread (the
+    caller reads files two at a time)."""
+    pf = pq.ParquetFile(path)
+    batches = list(pf.iter_batches(batch_size=_READ_BATCH_ROWS, use_threads=False))
+    # The cast only renames (list item fields, nullability): no values are copied.
+    return pa.Table.from_batches(batches, pf.schema_arrow).cast(TELEMETRY_SCHEMA)
 
 
 def _read_vins(path: Path) -> pa.ChunkedArray:
