@@ -1,6 +1,7 @@
 -- cell_day: one row per cell and day (day_n), features for the anomaly detector
 -- (science.md 3 and 6.7; schema in docs/lake.md). Only the readings chosen by
--- cell_select.sql (held in cell_rows) are unnested.
+-- cell_select.sql (held in cell_rows) are unnested; the shares of min_cell_share and
+-- max_cell_share come counted (cell_counts.sql).
 --   rest_dev_mv        mean of (cell - pack median) at the ends of rests
 --   self_discharge_mv_per_day  change of (cell - pack median) over rests, per day
 --                      (negative: the cell loses charge faster than its pack)
@@ -98,9 +99,8 @@ temps AS (
     FROM (SELECT vin, day_n, cell, any_value(n_cells) AS n_cells FROM cells_t GROUP BY ALL) c
     LEFT JOIN cell_temps t USING (vin, day_n, cell)
 ),
-n_read AS (SELECT vin, day_n, count(*) AS n_readings FROM readings GROUP BY vin, day_n),
-mins AS (SELECT vin, day_n, cell_min_idx AS cell, count(*) AS n FROM readings GROUP BY ALL),
-maxs AS (SELECT vin, day_n, cell_max_idx AS cell, count(*) AS n FROM readings GROUP BY ALL)
+n_read AS (SELECT DISTINCT vin, day_n, n_readings FROM cell_counts),
+counts AS (SELECT vin, day_n, cell, n_min, n_max FROM cell_counts WHERE cell IS NOT NULL)
 SELECT
     t.vin,
     t.day_n,
@@ -117,14 +117,13 @@ SELECT
     steps_agg.resistance_dev_pct,
     coalesce(steps_agg.n_steps, 0) AS n_steps,
     t.temp_dev_c,
-    coalesce(mins.n, 0) / n_read.n_readings AS min_cell_share,
-    coalesce(maxs.n, 0) / n_read.n_readings AS max_cell_share
+    coalesce(counts.n_min, 0) / n_read.n_readings AS min_cell_share,
+    coalesce(counts.n_max, 0) / n_read.n_readings AS max_cell_share
 FROM temps t
 LEFT JOIN rest USING (vin, day_n, cell)
 LEFT JOIN drift USING (vin, day_n, cell)
 LEFT JOIN load USING (vin, day_n, cell)
 LEFT JOIN steps_agg USING (vin, day_n, cell)
 LEFT JOIN n_read USING (vin, day_n)
-LEFT JOIN mins USING (vin, day_n, cell)
-LEFT JOIN maxs USING (vin, day_n, cell)
+LEFT JOIN counts USING (vin, day_n, cell)
 ORDER BY t.day_n, t.vin, t.cell;
