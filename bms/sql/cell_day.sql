@@ -18,14 +18,10 @@ WITH per_reading AS (
     FROM cell_rows
     WHERE for_cells
 ),
-cells_t AS MATERIALIZED (
-    SELECT
-        vin, seq, day_n,
-        unnest(cell_mv)::DOUBLE - median_mv AS dev_mv,
-        unnest(cell_mv)::DOUBLE AS mv,
-        unnest(range(len(cell_mv)))::SMALLINT AS cell,
-        len(cell_mv) AS n_cells
-    FROM per_reading
+cell_sets AS (
+    -- the cells of the chosen readings of each day
+    SELECT vin, day_n, unnest(range(n_cells))::SMALLINT AS cell, n_cells
+    FROM (SELECT DISTINCT vin, day_n, len(cell_mv) AS n_cells FROM per_reading)
 ),
 sensor_sums AS (
     -- per sensor: the sum of n_temps x (sensor - sensor mean), an integer in 0.1 degC
@@ -51,8 +47,16 @@ cell_temps AS (
     GROUP BY s.vin, s.day_n, c.cell
 ),
 roles AS MATERIALIZED (
-    SELECT c.*, s.role, s.grp, s.delta_a, s.temp_factor, s.span_ms
-    FROM cells_t c
+    -- the readings joined to their roles before the lists are unnested (a reading has
+    -- one or two roles; joining its 96 cell rows cost 10 times as much)
+    SELECT
+        p.vin, p.seq, p.day_n,
+        unnest(p.cell_mv)::DOUBLE - p.median_mv AS dev_mv,
+        unnest(p.cell_mv)::DOUBLE AS mv,
+        unnest(range(len(p.cell_mv)))::SMALLINT AS cell,
+        len(p.cell_mv) AS n_cells,
+        s.role, s.grp, s.delta_a, s.temp_factor, s.span_ms
+    FROM per_reading p
     JOIN cell_select s USING (vin, day_n, seq)
 ),
 rest AS (
@@ -96,7 +100,7 @@ steps_agg AS (
 ),
 temps AS (
     SELECT c.vin, c.day_n, c.cell, c.n_cells, t.dev_x / t.w / 10.0 AS temp_dev_c
-    FROM (SELECT vin, day_n, cell, any_value(n_cells) AS n_cells FROM cells_t GROUP BY ALL) c
+    FROM (SELECT vin, day_n, cell, any_value(n_cells) AS n_cells FROM cell_sets GROUP BY ALL) c
     LEFT JOIN cell_temps t USING (vin, day_n, cell)
 ),
 n_read AS (SELECT DISTINCT vin, day_n, n_readings FROM cell_counts),
