@@ -88,6 +88,7 @@ METRICS_TABLES = (
 )
 _MS_PER_DAY = 86_400_000
 _Fit = TypeVar("_Fit")  # a cached trend fit (FleetSession.fit)
+_T = TypeVar("_T")
 _EPOCH_DAY = date(1970, 1, 1)
 
 
@@ -1072,12 +1073,15 @@ class _FleetSession:
         """Compute one date (a unit of one)."""
         return self.run_days([day])[0]
 
-    def _sql_pass(
+    def _rows_pass(
         self, con: Any, carry: pa.Table, in_order: bool, vins: list[str]
     ) -> dict[str, pa.Table]:
-        """Run the SQL jobs over the ``tele`` view of connection ``con`` (``in_order``:
-        its rows are in (vin, ts, seq) order, one per (vin, seq); ``vins``: its VINs in
-        the order of their rows, else sorted); the tables of ``_PASS_ORDER``."""
+        """The jobs that read every reading, over the ``tele`` view of connection ``con``
+        (``in_order``: its rows are in (vin, ts, seq) order, one per (vin, seq); ``vins``:
+        its VINs in the order of their rows, else sorted): the group's tables of
+        ``_PASS_ORDER`` that do not need cell lists, and what the cell jobs
+        (``_cells_pass``) take from the readings: the chosen readings (``cell_select``,
+        ``charge_select``) and the min / max cell counts (``cell_counts``)."""
         params = self.params
         con.register("registry", self.registry)
         con.register("carry", carry)
@@ -1099,13 +1103,9 @@ class _FleetSession:
             ).to_arrow_table()
             steps = _steps_with_factor(steps, params)
             con.register("steps", steps)
-            con.execute(_sql("cell_select"))
-            con.execute(_sql("charge_select"))
-            con.execute(_sql("cell_rows"))
-            cell_day = con.sql(_sql("cell_day")).to_arrow_table()
-            step_cells = con.sql(_sql("step_cells")).to_arrow_table()
-            rest_cells = con.sql(_sql("rest_cells")).to_arrow_table()
-            charge_cells = con.sql(_sql("charge_cells")).to_arrow_table()
+            cell_select = con.sql(_sql("cell_select")).to_arrow_table()
+            charge_select = con.sql(_sql("charge_select")).to_arrow_table()
+            cell_counts = con.sql(_sql("cell_counts")).to_arrow_table()
             # the rests the carry and capacity step uses: long enough for an OCV point,
             # or still open at the day's end (a flickering current makes many others)
             rest_runs = con.sql(
@@ -1120,15 +1120,40 @@ class _FleetSession:
                 con.execute("DROP VIEW reading_rows")
             else:
                 con.unregister("reading_rows")
+            # the group's tables are not needed any more (the cell jobs take theirs above)
+            for name in ("readings", "rest_runs", "resistance_steps"):
+                con.execute(f"DROP TABLE IF EXISTS {name}")
         return {
             "vehicle_day": vehicle_day,
             "steps": steps,
+            "rest_runs": rest_runs,
+            "day_carry": day_carry,
+            "cell_select": cell_select,
+            "charge_select": charge_select,
+            "cell_counts": cell_counts,
+        }
+
+    @staticmethod
+    def _cells_pass(con: Any, rows: Mapping[str, pa.Table]) -> dict[str, pa.Table]:
+        """The cell jobs of one vehicle group on connection ``con``: its tables from
+        ``_rows_pass`` and its rows of ``cell_rows`` (``rows``) -> the tables of
+        ``_PASS_ORDER`` that need cell lists."""
+        names = ("steps", "cell_select", "charge_select", "cell_counts", "rest_runs", "cell_rows")
+        for name in names:
+            con.register(name, rows[name])
+        try:
+            cell_day = con.sql(_sql("cell_day")).to_arrow_table()
+            step_cells = con.sql(_sql("step_cells")).to_arrow_table()
+            rest_cells = con.sql(_sql("rest_cells")).to_arrow_table()
+            charge_cells = con.sql(_sql("charge_cells")).to_arrow_table()
+        finally:
+            for name in names:
+                con.unregister(name)
+        return {
             "cell_day": cell_day,
             "step_cells": step_cells,
             "rest_cells": rest_cells,
             "charge_cells": charge_cells,
-            "rest_runs": rest_runs,
-            "day_carry": day_carry,
         }
 
     def run_days(self, days: list[date]) -> list[dict[str, Any]]:
@@ -1201,9 +1226,24 @@ class _FleetSession:
             _set_variables(extra, params)
             self.cons.append(extra)
 
-        def run_group(i: int) -> dict[str, pa.Table]:
+        def in_lanes(job: Callable[[int, Any], _T]) -> list[_T]:
+            """``job(i, connection)`` for every group; group i always runs on connection
+            i % workers, after group i - workers."""
+            if workers == 1:
+                return [job(i, self.con) for i in range(len(groups))]
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                lanes = [
+                    pool.submit(
+                        lambda w: [job(i, self.cons[w]) for i in range(w, len(groups), workers)],
+                        w,
+                    )
+                    for w in range(workers)
+                ]
+                by_lane = [lane.result() for lane in lanes]
+            return [by_lane[i % workers][i // workers] for i in range(len(groups))]
+
+        def rows_group(i: int, c: Any) -> dict[str, pa.Table]:
             first, last = groups[i]
-            c = self.cons[i % workers]
             lo, hi = first.replace("'", "''"), last.replace("'", "''")
             c.execute(f"SET VARIABLE dedup = {dedup}")
             c.execute(
@@ -1213,23 +1253,34 @@ class _FleetSession:
             vins = [v for v in first_row if first <= v <= last]
             if in_order:
                 vins.sort(key=first_row.__getitem__)
-            return self._sql_pass(c, carry, in_order, vins)
+            return self._rows_pass(c, carry, in_order, vins)
 
+        row_results = in_lanes(rows_group)
+        # The cell lists of every group's chosen readings in one scan of the unit's files
+        # (cell_rows.sql; DuckDB spreads it over the cores).
+        con.execute(f"SET VARIABLE dedup = {dedup}")
+        con.execute(f"CREATE OR REPLACE TEMP VIEW tele AS SELECT * FROM {source}")
+        for name in ("cell_select", "charge_select"):
+            con.register(name, pa.concat_tables([r[name] for r in row_results]))
+        try:
+            cell_rows = con.sql(_sql("cell_rows")).to_arrow_table()
+        finally:
+            for name in ("cell_select", "charge_select"):
+                con.unregister(name)
+        cell_vin = cell_rows["vin"]
+
+        def cells_group(i: int, c: Any) -> dict[str, pa.Table]:
+            first, last = groups[i]
+            mine = pc.and_(pc.greater_equal(cell_vin, first), pc.less_equal(cell_vin, last))
+            rows = {**row_results[i], "cell_rows": cell_rows.filter(mine)}
+            return self._cells_pass(c, rows)
+
+        cell_results = in_lanes(cells_group)
+        results = [{**r, **cr} for r, cr in zip(row_results, cell_results, strict=True)]
         parts: dict[str, list[pa.Table]] = {name: [] for name in _PASS_ORDER}
-        if workers == 1:
-            results = [run_group(i) for i in range(len(groups))]
-        else:
-            # Group i always runs on connection i % workers, after group i - workers.
-            with ThreadPoolExecutor(max_workers=workers) as pool:
-                lanes = [
-                    pool.submit(lambda w: [run_group(i) for i in range(w, len(groups), workers)], w)
-                    for w in range(workers)
-                ]
-                by_lane = [lane.result() for lane in lanes]
-            results = [by_lane[i % workers][i // workers] for i in range(len(groups))]
         for result in results:
-            for name, table in result.items():
-                parts[name].append(table)
+            for name in _PASS_ORDER:
+                parts[name].append(result[name])
         tables: dict[str, pa.Table] = {}
         for name, order in _PASS_ORDER.items():
             if len(parts[name]) == 1:

@@ -1,6 +1,7 @@
 -- cell_day: one row per cell and day (day_n), features for the anomaly detector
 -- (science.md 3 and 6.7; schema in docs/lake.md). Only the readings chosen by
--- cell_select.sql (held in cell_rows) are unnested.
+-- cell_select.sql (held in cell_rows) are unnested; the shares of min_cell_share and
+-- max_cell_share come counted (cell_counts.sql).
 --   rest_dev_mv        mean of (cell - pack median) at the ends of rests
 --   self_discharge_mv_per_day  change of (cell - pack median) over rests, per day
 --                      (negative: the cell loses charge faster than its pack)
@@ -17,14 +18,10 @@ WITH per_reading AS (
     FROM cell_rows
     WHERE for_cells
 ),
-cells_t AS MATERIALIZED (
-    SELECT
-        vin, seq, day_n,
-        unnest(cell_mv)::DOUBLE - median_mv AS dev_mv,
-        unnest(cell_mv)::DOUBLE AS mv,
-        unnest(range(len(cell_mv)))::SMALLINT AS cell,
-        len(cell_mv) AS n_cells
-    FROM per_reading
+cell_sets AS (
+    -- the cells of the chosen readings of each day
+    SELECT vin, day_n, unnest(range(n_cells))::SMALLINT AS cell, n_cells
+    FROM (SELECT DISTINCT vin, day_n, len(cell_mv) AS n_cells FROM per_reading)
 ),
 sensor_sums AS (
     -- per sensor: the sum of n_temps x (sensor - sensor mean), an integer in 0.1 degC
@@ -50,8 +47,16 @@ cell_temps AS (
     GROUP BY s.vin, s.day_n, c.cell
 ),
 roles AS MATERIALIZED (
-    SELECT c.*, s.role, s.grp, s.delta_a, s.temp_factor, s.span_ms
-    FROM cells_t c
+    -- the readings joined to their roles before the lists are unnested (a reading has
+    -- one or two roles; joining its 96 cell rows cost 10 times as much)
+    SELECT
+        p.vin, p.seq, p.day_n,
+        unnest(p.cell_mv)::DOUBLE - p.median_mv AS dev_mv,
+        unnest(p.cell_mv)::DOUBLE AS mv,
+        unnest(range(len(p.cell_mv)))::SMALLINT AS cell,
+        len(p.cell_mv) AS n_cells,
+        s.role, s.grp, s.delta_a, s.temp_factor, s.span_ms
+    FROM per_reading p
     JOIN cell_select s USING (vin, day_n, seq)
 ),
 rest AS (
@@ -95,12 +100,11 @@ steps_agg AS (
 ),
 temps AS (
     SELECT c.vin, c.day_n, c.cell, c.n_cells, t.dev_x / t.w / 10.0 AS temp_dev_c
-    FROM (SELECT vin, day_n, cell, any_value(n_cells) AS n_cells FROM cells_t GROUP BY ALL) c
+    FROM (SELECT vin, day_n, cell, any_value(n_cells) AS n_cells FROM cell_sets GROUP BY ALL) c
     LEFT JOIN cell_temps t USING (vin, day_n, cell)
 ),
-n_read AS (SELECT vin, day_n, count(*) AS n_readings FROM readings GROUP BY vin, day_n),
-mins AS (SELECT vin, day_n, cell_min_idx AS cell, count(*) AS n FROM readings GROUP BY ALL),
-maxs AS (SELECT vin, day_n, cell_max_idx AS cell, count(*) AS n FROM readings GROUP BY ALL)
+n_read AS (SELECT DISTINCT vin, day_n, n_readings FROM cell_counts),
+counts AS (SELECT vin, day_n, cell, n_min, n_max FROM cell_counts WHERE cell IS NOT NULL)
 SELECT
     t.vin,
     t.day_n,
@@ -117,14 +121,13 @@ SELECT
     steps_agg.resistance_dev_pct,
     coalesce(steps_agg.n_steps, 0) AS n_steps,
     t.temp_dev_c,
-    coalesce(mins.n, 0) / n_read.n_readings AS min_cell_share,
-    coalesce(maxs.n, 0) / n_read.n_readings AS max_cell_share
+    coalesce(counts.n_min, 0) / n_read.n_readings AS min_cell_share,
+    coalesce(counts.n_max, 0) / n_read.n_readings AS max_cell_share
 FROM temps t
 LEFT JOIN rest USING (vin, day_n, cell)
 LEFT JOIN drift USING (vin, day_n, cell)
 LEFT JOIN load USING (vin, day_n, cell)
 LEFT JOIN steps_agg USING (vin, day_n, cell)
 LEFT JOIN n_read USING (vin, day_n)
-LEFT JOIN mins USING (vin, day_n, cell)
-LEFT JOIN maxs USING (vin, day_n, cell)
+LEFT JOIN counts USING (vin, day_n, cell)
 ORDER BY t.day_n, t.vin, t.cell;

@@ -1,8 +1,13 @@
 -- cell_rows: the cell and temperature lists of the readings chosen by cell_select.sql,
 -- and by charge_select.sql, deduplicated by (vin, seq). This is the one pass over the
--- partition's cell lists; cell_day.sql, step_cells.sql, rest_cells.sql and
--- charge_cells.sql read only these rows.
-CREATE OR REPLACE TEMP TABLE cell_rows AS
+-- unit's cell lists; cell_day.sql, step_cells.sql, rest_cells.sql and charge_cells.sql
+-- read only these rows.
+--
+-- It runs once for the whole unit (view `tele` over all its files; `cell_select` and
+-- `charge_select` are every vehicle group's, registered by bms._analytics), after the
+-- groups' readings passes and before their cell jobs: run per group, a file or row
+-- group holding vehicles of two groups had its lists decoded twice (the lists are
+-- decoded whole even for the few rows a filter keeps).
 WITH keys AS (
     -- for_cells: chosen by cell_select (cell_day.sql reads only those rows)
     SELECT vin, seq, bool_or(for_cells) AS for_cells

@@ -7,7 +7,6 @@
 --               capacity (the strongest sag signal; bounds the cost)
 --   step_pre / step_post  the two readings of each resistance step (grp = step's seq)
 -- Inputs: readings, rest_runs, steps (resistance_steps plus temp_factor from Python).
-CREATE OR REPLACE TEMP TABLE cell_select AS
 SELECT vin, day_n, end_seq AS seq, 'rest_end' AS role, run_id AS grp,
        NULL::DOUBLE AS delta_a, NULL::DOUBLE AS temp_factor, NULL::BIGINT AS span_ms
 FROM rest_runs

@@ -4,9 +4,8 @@
 -- bms._chargestep), when the run began charging (and its current step, see
 -- charge_select) and the cell voltages [mV], in time order per charge run.
 SELECT
-    r.vin, r.day_n, r.run_id, r.seq, r.ts_ms, r.current_a, r.q_cum_uah, r.covered_cum_ms,
-    r.bad_gaps_cum, r.temp_c_mean, r.soc_pct, s.start_ms, s.start_step_as, c.cell_mv
+    s.vin, s.day_n, s.run_id, s.seq, s.ts_ms, s.current_a, s.q_cum_uah, s.covered_cum_ms,
+    s.bad_gaps_cum, s.temp_c_mean, s.soc_pct, s.start_ms, s.start_step_as, c.cell_mv
 FROM charge_select s
-JOIN readings r USING (vin, day_n, seq)
 JOIN cell_rows c ON c.vin = s.vin AND c.seq = s.seq
-ORDER BY r.day_n, r.vin, r.ts_ms, r.seq;
+ORDER BY s.day_n, s.vin, s.ts_ms, s.seq;

@@ -8,10 +8,12 @@
 -- `start_step_as` the current step into it times its interval [A s]: when within that
 -- interval the current changed is unknown, so the charge counted to any later reading
 -- is uncertain by up to that much.
--- Input: readings. One row per reading, grouped in charge runs (vin, day_n, run_id).
-CREATE OR REPLACE TEMP TABLE charge_select AS
+-- Input: readings. One row per reading, grouped in charge runs (vin, day_n, run_id), with
+-- the readings' values charge_cells.sql hands on (it runs after the readings table of
+-- the vehicle group is gone, see cell_rows.sql).
 WITH charging AS (
-    SELECT vin, day_n, run_id, seq, ts_ms, soc_pct,
+    SELECT vin, day_n, run_id, seq, ts_ms, soc_pct, current_a, q_cum_uah, covered_cum_ms,
+        bad_gaps_cum, temp_c_mean,
         abs(current_a - coalesce(prev_current_a, 0.0)) * coalesce(dt_s, 0.0) AS step_as,
         ts_ms // (1000 * getvariable('charge_step_every_s'))::BIGINT AS period,
         prev_ts_ms // (1000 * getvariable('charge_step_every_s'))::BIGINT AS prev_period
@@ -25,7 +27,12 @@ starts AS (
     FROM charging
     GROUP BY vin, day_n, run_id
 )
-SELECT c.vin, c.day_n, c.run_id, c.seq, s.start_ms, s.start_step_as
+SELECT
+    -- the readings' counters are BIGINT; bms._analytics takes them as HUGEINT (a sum's type)
+    c.vin, c.day_n, c.run_id::HUGEINT AS run_id, c.seq, c.ts_ms, c.current_a,
+    c.q_cum_uah::HUGEINT AS q_cum_uah, c.covered_cum_ms::HUGEINT AS covered_cum_ms,
+    c.bad_gaps_cum::HUGEINT AS bad_gaps_cum, c.temp_c_mean, c.soc_pct, s.start_ms,
+    s.start_step_as
 FROM charging c
 JOIN starts s USING (vin, day_n, run_id)
 WHERE c.soc_pct BETWEEN getvariable('charge_step_soc_min_pct')

@@ -154,17 +154,19 @@ counted AS (
             OR (gap AND NOT (at_rest AND coalesce(prev_at_rest, FALSE))) AS new_run
     FROM intervals
 ),
--- Running totals over the unit: cumulative sums over all rows in input order; each
+-- Running totals over the unit: cumulative sums over all rows in input order (BIGINT:
+-- a sum's HUGEINT takes twice the memory and time in the table and the jobs that read
+-- it; the jobs that hand them to bms._analytics cast them back); each
 -- (vehicle, day) subtracts what had been summed before its first reading, and each
 -- vehicle's run count what had been counted before its first reading in the unit (the
 -- latest such base, carried forward: streaming passes too).
 unit_totals AS (
     SELECT
         *,
-        sum(dq_uah) OVER u AS q_unit_uah,
-        sum(dt_ms) OVER u AS covered_unit_ms,
-        sum(bad_gap::INTEGER) OVER u AS bad_gaps_unit,
-        sum(new_run::INTEGER) OVER u AS runs_unit
+        (sum(dq_uah) OVER u)::BIGINT AS q_unit_uah,
+        (sum(dt_ms) OVER u)::BIGINT AS covered_unit_ms,
+        (sum(bad_gap::INTEGER) OVER u)::BIGINT AS bad_gaps_unit,
+        (sum(new_run::INTEGER) OVER u)::BIGINT AS runs_unit
     FROM counted
     WINDOW u AS (ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
 ),
