@@ -455,9 +455,10 @@ def _telemetry_job(
             c.register(name, table)
         set_double_variables(c, variables)
         # the jobs skip their deduplicating sort of every reading where they may, and
-        # a job on one thread reads a compacted partition's rows in (vin, ts, seq) order
+        # on one thread read a compacted partition's rows in its (vin, ts, seq) order
+        one_thread = c.sql("SELECT current_setting('threads')").fetchall()[0][0] == 1
         c.execute(f"SET VARIABLE dedup = {not unique}")
-        c.execute(f"SET VARIABLE in_order = {unique and threads == 1}")
+        c.execute(f"SET VARIABLE in_order = {unique and one_thread}")
 
     def run(c: Any, group: tuple[str, str]) -> pa.Table:
         lo, hi = (v.replace("'", "''") for v in group)

@@ -22,27 +22,28 @@ WITH dedup AS (
     ) = 1
 ),
 rest AS (
-    -- the readings at rest with a sensor value (a median), before any median is taken:
-    -- a filter on the median itself would be pushed below the rest filter, onto every
-    -- reading
-    SELECT d.vin, d.ts, d.temp_dc
+    SELECT d.vin, d.ts, (2 * list_median(d.temp_dc))::BIGINT AS t
     FROM dedup d
     LEFT JOIN registry r USING (vin)
     WHERE abs(d.current_a) <= getvariable('rest_c_rate')
         * coalesce(r.capacity_ah, getvariable('default_capacity_ah'))
-        AND list_count(d.temp_dc) > 0
 ),
 pts AS (
+    -- the readings at rest with a sensor value (a median) count; the others are left
+    -- out of every sum by a null time of day rather than by a filter (a filter on the
+    -- median would be pushed below the rest filter, onto every reading)
     SELECT
         vin,
-        (2 * list_median(temp_dc))::BIGINT AS t,
-        round(1e4 * cos(2 * pi() * (epoch_ms(ts) % 86400000) / 86400000.0))::BIGINT AS c,
-        round(1e4 * sin(2 * pi() * (epoch_ms(ts) % 86400000) / 86400000.0))::BIGINT AS s
+        t,
+        CASE WHEN t IS NOT NULL THEN round(
+            1e4 * cos(2 * pi() * (epoch_ms(ts) % 86400000) / 86400000.0))::BIGINT END AS c,
+        CASE WHEN t IS NOT NULL THEN round(
+            1e4 * sin(2 * pi() * (epoch_ms(ts) % 86400000) / 86400000.0))::BIGINT END AS s
     FROM rest
 )
 SELECT
     vin,
-    count(*)::DOUBLE AS n,
+    count(t)::DOUBLE AS n,
     sum(c::HUGEINT)::DOUBLE AS sc,
     sum(s::HUGEINT)::DOUBLE AS ss,
     sum(c::HUGEINT * c)::DOUBLE AS scc,
@@ -53,4 +54,5 @@ SELECT
     sum(t::HUGEINT * s)::DOUBLE AS sts
 FROM pts
 GROUP BY vin
+HAVING count(t) > 0
 ORDER BY vin;

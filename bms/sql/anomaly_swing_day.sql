@@ -42,7 +42,10 @@ pack AS (
     SELECT vin, seq, any_value(chemistry) AS chemistry, median(soc_pct) AS pack_soc_pct
     FROM socs GROUP BY vin, seq
 ),
-pack_g AS (
+pack_g AS MATERIALIZED (
+    -- the pack's slope looked up once per reading (MATERIALIZED: the planner would
+    -- otherwise join the bins to every cell's row); the rows reach the sums below in the
+    -- same order, so the floating-point sums keep their bytes
     SELECT p.vin, p.seq, p.pack_soc_pct, b.slope_mv_per_pct AS g_pack
     FROM pack p
     JOIN ocv_bins b ON b.chemistry = p.chemistry
