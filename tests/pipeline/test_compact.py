@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import bms
-from pipeline._compact import compact_partition, read_stats
+from pipeline._compact import _BufferPool, compact_partition, read_stats
 from tests.pipeline.nightly_data import (
     day_table,
     fleetbms,
@@ -330,3 +330,18 @@ def test_files_of_two_compactions_or_beside_an_ingest_file_need_dedup(tmp_path: 
     assert not bms.holds_unique_readings([*both, tmp_path / "w1-3f2a.parquet"])
     assert not bms.holds_unique_readings([tmp_path / "w1-3f2a.parquet"])
     assert not bms.holds_unique_readings([])
+
+
+def test_gather_memory_is_reused_only_once_arrow_has_freed_it() -> None:
+    pool = _BufferPool()
+    raw, buf = pool.lease(1000)
+    raw[:] = 7
+    first = buf.address
+    values = pa.Array.from_buffers(pa.int16(), 500, [None, buf])
+    del raw, buf
+    _, busy = pool.lease(1000)
+    assert busy.address != first  # ``values`` still uses the first buffer
+    assert values.to_numpy().tolist() == [7 * 257] * 500
+    del values
+    _, again = pool.lease(900)
+    assert again.address == first
