@@ -25,6 +25,17 @@ the cell lists for the chosen readings 5.1 s (about the floor itself), cell_day 
 vehicle_day 2.8 s, rest runs 1.8 s, the other jobs 3 s, Python 3.7 s (mostly the
 charge-step and trend fits).
 
+Branch fast (2026-12-06, same machine, heavily loaded: load average 7-12, so only the CPU
+figures compare), 1,000 vehicles, main -> fast, two runs each: analyze CPU 27.7-28.3 s ->
+22.3-23.4 s (CPU ratio 5.9-6.1 -> 5.0; floor CPU 4.5-4.7 s), peak RSS 884-901 -> 671-698
+MB. The cell lists are decoded once for the whole day (they were per vehicle group, and a
+file holding vehicles of two groups was decoded by both: cell_rows 5.1 -> 3.7 s CPU), the
+readings table's running totals are BIGINT instead of HUGEINT (readings 9.6 -> 8.1 s),
+cell_day joins readings to their roles before unnesting. The walls (analyze 25-47 s,
+floor 5-16 s; day 365 / day 1 between 0.8 and 1.9 for both) moved with the load. Where
+the CPU goes now: readings 8.1 s, cell_rows 3.7 s, vehicle_day 2.4 s, rest_runs 1.7 s,
+cell_day 1.7 s, the other jobs 3.7 s, Python about 3 s.
+
 Usage: python benchmarks/analytics.py [--vehicles 1000]
 """
 

@@ -1219,7 +1219,10 @@ class _FleetSession:
         # (memory bounded by the groups in flight, not the fleet) and the outputs are
         # concatenated and put back in the jobs' order: identical to one pass over
         # everything. DuckDB runs the jobs' window sorts on about one core, so groups run
-        # side by side, one connection each (temporary tables are per connection).
+        # side by side, one connection each (temporary tables are per connection). The
+        # pass has three steps: each group's readings jobs (_rows_pass), one scan of the
+        # cell lists the groups chose (cell_rows.sql), each group's cell jobs
+        # (_cells_pass).
         workers = min(len(groups), params.chunk_workers or os.cpu_count() or 1)
         while len(self.cons) < workers:
             extra = self.con.cursor()

@@ -13,7 +13,7 @@ SELECT
     arg_max(r.mode, r.rn) AS last_mode,
     arg_max(r.odometer_km, r.rn) AS last_odometer_km,
     arg_max(r.at_rest, r.rn) AS last_at_rest,
-    arg_max(r.run_id, r.rn)::HUGEINT AS last_run_id,  -- a sum's type, as before
+    arg_max(r.run_id, r.rn) AS last_run_id,
     min(r.ts_ms) AS first_ts_ms,
     arg_min(r.odometer_km, r.rn) AS first_odometer_km,
     sum(r.dq_uah) AS q_day_uah,

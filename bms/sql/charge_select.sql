@@ -28,11 +28,8 @@ starts AS (
     GROUP BY vin, day_n, run_id
 )
 SELECT
-    -- the readings' counters are BIGINT; bms._analytics takes them as HUGEINT (a sum's type)
-    c.vin, c.day_n, c.run_id::HUGEINT AS run_id, c.seq, c.ts_ms, c.current_a,
-    c.q_cum_uah::HUGEINT AS q_cum_uah, c.covered_cum_ms::HUGEINT AS covered_cum_ms,
-    c.bad_gaps_cum::HUGEINT AS bad_gaps_cum, c.temp_c_mean, c.soc_pct, s.start_ms,
-    s.start_step_as
+    c.vin, c.day_n, c.run_id, c.seq, c.ts_ms, c.current_a, c.q_cum_uah, c.covered_cum_ms,
+    c.bad_gaps_cum, c.temp_c_mean, c.soc_pct, s.start_ms, s.start_step_as
 FROM charging c
 JOIN starts s USING (vin, day_n, run_id)
 WHERE c.soc_pct BETWEEN getvariable('charge_step_soc_min_pct')

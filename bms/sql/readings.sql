@@ -156,7 +156,7 @@ counted AS (
 ),
 -- Running totals over the unit: cumulative sums over all rows in input order (BIGINT:
 -- a sum's HUGEINT takes twice the memory and time in the table and the jobs that read
--- it; the jobs that hand them to bms._analytics cast them back); each
+-- it, and reaches Python as Decimal objects); each
 -- (vehicle, day) subtracts what had been summed before its first reading, and each
 -- vehicle's run count what had been counted before its first reading in the unit (the
 -- latest such base, carried forward: streaming passes too).

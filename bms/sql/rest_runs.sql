@@ -75,14 +75,7 @@ started AS (
     LEFT JOIN carry c USING (vin)
 )
 SELECT
-    -- the readings' counters are BIGINT; bms._analytics takes them as HUGEINT (a sum's type)
-    s.* EXCLUDE (grun, grun_start_ms, grun_mode_before, mode_before_rest)
-        REPLACE (
-            run_id::HUGEINT AS run_id,
-            q_cum_uah::HUGEINT AS q_cum_uah,
-            covered_cum_ms::HUGEINT AS covered_cum_ms,
-            bad_gaps_cum::HUGEINT AS bad_gaps_cum
-        ),
+    s.* EXCLUDE (grun, grun_start_ms, grun_mode_before, mode_before_rest),
     (end_ms - start_ms) / 1000.0 AS duration_s,
     1000.0 * (end_voltage_v - v_30min_before_v) / n_cells
         / ((end_ms - ts_30min_before_ms) / 3.6e6) AS relax_mv_per_h,
