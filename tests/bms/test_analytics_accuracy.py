@@ -6,22 +6,27 @@ packs (14 cells) and a coarse cadence, analysed once with ``bms.run_pending``, a
 last date is scored by ``tests.bms.test_analytics_truth.score_fleet`` (the benchmark
 ``benchmarks/accuracy.py`` runs the same scoring at full size).
 
-Measured: SoH MAE 1.01 points, 90 % interval coverage 88 %, resistance growth error
-7.8 % of the mean true growth, warranty verdicts agree for 88 % of vehicles (44 of 50).
+Measured: SoH MAE 1.03 points, 90 % interval coverage 86 %, resistance growth error
+7.8 % of the mean true growth, warranty verdicts agree for 90 % of vehicles (45 of 50).
 The first three are asserted at their goal. Verdict agreement is not met yet (goal 95 %)
-and is asserted at 86 % (one vehicle of headroom), so that a regression shows.
+and is asserted at 88 % (one vehicle of headroom), so that a regression shows.
 
-The six disagreements all say ``insufficient_data``, as a trend without recent
+The five disagreements all say ``insufficient_data``, as a trend without recent
 estimates may not say ``ok``: vehicles whose SoC never moves where it can be read.
-Two occasional drivers idle within 10 % of full (NMC 26, LFP 20: no window of 10 %
-between two readable points) and a fast-fading LFP occasional driver (36, truly below
-its threshold) rests and starts its charges at 86-99 %, above the step's upper half.
-Vehicles whose estimates stopped (a cell drained by a soft short, 28 and 34; NMC 9,
-driven a few times a month) get a verdict only when their use since bounds their ageing
-(``bms.warranty_verdict``); with daily summaries that bound is loose (the use since at
-its upper bound over the use before at its lower bound is 2.1-5.3 x), so their trends
-stretched so cross 80 % within cover, and 9 and 34 also lose the today bound (SoH now
->= 74.0 and 79.4 % at the lab-cell laws' worst).
+Two occasional drivers idle within a few % of full (NMC 26 rests 3 h or more only at
+~94.5 % OCV SoC, its rests before a charge last 0.25-2.5 h; LFP 20 rests only at 98.5 %,
+the rest of its range is plateau) and a fast-fading LFP occasional driver (36, truly
+below its threshold) rests and starts its charges at 83-99 %, above the step's upper
+half. Two cars whose estimates stopped (a cell drained by a soft short, 28 and 34) are
+parked for good from February and May 2025 (no current, so no capacity can be measured;
+the shorted cell's voltage falls below zero) and get a verdict only when their use since
+bounds their ageing (``bms.warranty_verdict``); with daily summaries that bound is loose
+(the use since at its upper bound over the use before at its lower bound is 2.1-5.3 x),
+so their trends stretched so cross 80 % within cover, and 34 also loses the today bound
+(SoH now >= 79.4 % at the lab-cell laws' worst). NMC 9, driven a few times a month, rests
+at ~99 % and after a trip at 91-95 %: windows of 7-10 %, measured since the window floor
+is 7 % (``AnalyticsParams.min_soc_window_pct``; it was 10 % and its estimates stopped in
+September 2024).
 
 LFP cars that live above 70 % SoC (13, 25, 27, 35) were the rest of the gap: their
 charges start inside the 70-82 % OCV step, on the discharge branch of the hysteresis,
@@ -85,7 +90,7 @@ def test_pack_resistance_and_its_growth_track_the_truth(scored: FleetScore) -> N
 def test_warranty_verdicts_agree_with_the_truth_or_say_the_evidence_is_missing(
     scored: FleetScore,
 ) -> None:
-    assert scored.verdict_agreement >= 0.86, _explain(scored)
+    assert scored.verdict_agreement >= 0.88, _explain(scored)
     wrong = [v for v in scored.vehicles if v.status not in (v.status_true, "insufficient_data")]
     assert len(wrong) <= 1, _explain(scored)
 
