@@ -76,7 +76,7 @@ from bms._warranty import (
 )
 
 #: Version of the analytics model; part of every run id and of the warranty evidence.
-ANALYTICS_MODEL_VERSION = "analytics-8"
+ANALYTICS_MODEL_VERSION = "analytics-9"
 #: Metrics tables written per (date, fleet).
 METRICS_TABLES = (
     "vehicle_day",
