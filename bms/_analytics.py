@@ -76,7 +76,7 @@ from bms._warranty import (
 )
 
 #: Version of the analytics model; part of every run id and of the warranty evidence.
-ANALYTICS_MODEL_VERSION = "analytics-8"
+ANALYTICS_MODEL_VERSION = "analytics-9"
 #: Metrics tables written per (date, fleet).
 METRICS_TABLES = (
     "vehicle_day",
@@ -1696,18 +1696,45 @@ def _update_carry_and_capacity(
                 "covered_ms": float(cov_base + step["covered_ms"]),
                 "bad_gaps": float(gaps_base + step["bad_gaps"]),
             }
-            if point["soc_sigma_pct"] <= params.max_soc_sigma_pct and info is not None:
+            readable = point["soc_sigma_pct"] <= params.max_soc_sigma_pct
+            # A rest on the LFP plateau may still read a cell far from its neighbours
+            # (a fast-fading cell near empty): kept for cell-level pairs only.
+            cells_only = (
+                not readable
+                and info is not None
+                and bool(_readable_cells(point, info["chemistry"], params).any())
+            )
+            if (readable or cells_only) and info is not None:
                 est = _best_pair(point, points, info, offset, offset_sigma, params)
                 if est is not None:
                     ratio = _weakest_cell(est, ratio, params)
+                cell_est = _cell_pair(point, points, info, offset, offset_sigma, params)
+                if cell_est is not None and (
+                    est is None
+                    or cell_est["soh_pct"]
+                    < est["soh_pct"]
+                    - 2.0 * math.hypot(cell_est["rel_sigma"], est["rel_sigma"]) * est["soh_pct"]
+                ):
+                    est = cell_est
+                if est is not None:
                     est["vin"] = vin
                     est["chemistry"] = info["chemistry"]
                     est["bms_soh_pct"] = run["end_bms_soh_pct"] if run is not None else None
                     estimates.append(est)
                 points.append(point)
-            points = [
+            recent = [
                 p for p in points if point["t_ms"] - p["t_ms"] <= params.max_pair_hours * 3.6e6
+            ]
+            vague = [p for p in recent if p["soc_sigma_pct"] > params.max_soc_sigma_pct]
+            points = [
+                p
+                for p in recent
+                if p["soc_sigma_pct"] <= params.max_soc_sigma_pct or any(p is v for v in vague[-2:])
+            ]
+            points = [p for p in points if p["soc_sigma_pct"] > params.max_soc_sigma_pct] + [
+                p for p in points if p["soc_sigma_pct"] <= params.max_soc_sigma_pct
             ][-6:]
+            points.sort(key=lambda p: p["t_ms"])
         # Rest points older than the pairing window are useless tomorrow.
         horizon_ms = dc["last_ts_ms"] - params.max_pair_hours * 3.6e6
         points = [p for p in points if p["t_ms"] >= horizon_ms]
@@ -2018,8 +2045,10 @@ def _best_pair(
     best: dict[str, Any] | None = None
     off = offset if offset is not None else 0.0
     off_sigma = offset_sigma if offset_sigma is not None else 0.05 * rated / 100
+    if point["soc_sigma_pct"] > params.max_soc_sigma_pct:
+        return None  # the mean cell is unreadable here (``_cell_pair``)
     for p in earlier:
-        if p["bad_gaps"] != point["bad_gaps"]:
+        if p["bad_gaps"] != point["bad_gaps"] or p["soc_sigma_pct"] > params.max_soc_sigma_pct:
             continue
         if abs(point["soc_pct"] - p["soc_pct"]) < params.min_soc_window_pct:
             continue
@@ -2073,8 +2102,137 @@ def _best_pair(
                 or point.get("cell_soc") is None
                 or len(p["cell_soc"]) != len(point["cell_soc"])
                 else point["cell_soc"] - p["cell_soc"],
+                "cell_dsoc_sigma": None
+                if p.get("cell_soc") is None
+                or point.get("cell_soc") is None
+                or len(p["cell_soc"]) != len(point["cell_soc"])
+                else np.hypot(
+                    _cell_soc_sigma(p, info["chemistry"]),
+                    _cell_soc_sigma(point, info["chemistry"]),
+                ),
             }
     return best
+
+
+#: Cell-to-cell uncertainty of a charge-step anchor: the fits' own sigmas are 0.1-0.5 %
+#: (the step's position, common to every cell, cancels between cells). [%]
+_STEP_CELL_SIGMA_PCT = 0.5
+#: A cell whose capacity ratio measured in one pair lies this many sigmas below its
+#: smoothed ratio has faded since: the smoothed ratio jumps to the measured one. [-]
+_CELL_FADE_Z = 4.0
+
+
+def _cell_soc_abs_sigma(point: Mapping[str, Any], chem: str) -> np.ndarray:
+    """Each cell's SoC uncertainty at a point (a step anchor's is the point's). [%]"""
+    cell_soc = np.asarray(point["cell_soc"], dtype=np.float64)
+    if point.get("anchor", 0.0):
+        return np.full(cell_soc.shape, float(point["soc_sigma_pct"]))
+    return np.asarray(soc_sigma_pct_from_ocv(cell_soc, chem), dtype=np.float64)
+
+
+def _readable_cells(point: Mapping[str, Any], chem: str, params: AnalyticsParams) -> np.ndarray:
+    """Cells whose SoC at ``point`` is read within ``max_soc_sigma_pct``."""
+    if point.get("cell_soc") is None:
+        return np.zeros(0, dtype=bool)
+    out: np.ndarray = _cell_soc_abs_sigma(point, chem) <= params.max_soc_sigma_pct
+    return out
+
+
+def _cell_pair(
+    point: Mapping[str, Any],
+    earlier: list[dict[str, Any]],
+    info: Mapping[str, Any],
+    offset: float | None,
+    offset_sigma: float | None,
+    params: AnalyticsParams,
+) -> dict[str, Any] | None:
+    """The pack capacity as its weakest readable cell's, from a pair of which one end
+    reads only some cells (an LFP rest on the plateau whose fast-fading cell is near
+    empty, science.md 1): each cell readable at both ends gives its own capacity over
+    the same charge, the pack's is at most the least of them. Pairs where both ends
+    read the mean cell are ``_best_pair``'s (the least of 14 noisy cells is biased
+    low); this one counts only where the mean cell cannot be read."""
+    chem = info["chemistry"]
+    rated = float(info["capacity_ah"])
+    if point.get("cell_soc") is None:
+        return None
+    off = offset if offset is not None else 0.0
+    off_sigma = offset_sigma if offset_sigma is not None else 0.05 * rated / 100
+    q_soc = np.asarray(point["cell_soc"], dtype=np.float64)
+    q_sig = _cell_soc_abs_sigma(point, chem)
+    best: dict[str, Any] | None = None
+    for p in earlier:
+        if p.get("cell_soc") is None or len(p["cell_soc"]) != len(q_soc):
+            continue
+        if p["bad_gaps"] != point["bad_gaps"]:
+            continue
+        vague = max(p["soc_sigma_pct"], point["soc_sigma_pct"]) > params.max_soc_sigma_pct
+        dt_h = (point["t_ms"] - p["t_ms"]) / 3.6e6
+        if not vague or dt_h <= 0 or dt_h > params.max_pair_hours:
+            continue
+        p_soc = np.asarray(p["cell_soc"], dtype=np.float64)
+        p_sig = _cell_soc_abs_sigma(p, chem)
+        ok = (
+            (p_sig <= params.max_soc_sigma_pct)
+            & (q_sig <= params.max_soc_sigma_pct)
+            & (np.abs(q_soc - p_soc) >= params.min_soc_window_pct)
+        )
+        if not ok.any():
+            continue
+        counted_h = (point["covered_ms"] - p["covered_ms"]) / 3.6e6
+        charge_ah = (point["q_uah"] - p["q_uah"]) / 1e6 - off * counted_h
+        caps = np.asarray(capacity_ah_from_soc_window(charge_ah, p_soc, q_soc), dtype=np.float64)
+        ok &= np.isfinite(caps)
+        if not ok.any():
+            continue
+        j = int(np.flatnonzero(ok)[np.argmin(caps[ok])])  # the weakest readable cell
+        temp_c = (p["temp_c"] + point["temp_c"]) / 2
+        rel = float(
+            capacity_rel_sigma(
+                soc_start_pct=p_soc[j],
+                soc_end_pct=q_soc[j],
+                soc_sigma_start_pct=p_sig[j],
+                soc_sigma_end_pct=q_sig[j],
+                offset_sigma_a=off_sigma,
+                duration_h=counted_h,
+                capacity_ah=rated,
+                temp_c=temp_c,
+            )
+        )
+        if rel > params.max_capacity_rel_sigma or (best is not None and rel >= best["rel_sigma"]):
+            continue
+        cap = float(caps[j])
+        best = {
+            "start_ts": _ts(p["t_ms"]),
+            "end_ts": _ts(point["t_ms"]),
+            "soc_start_pct": float(p_soc[j]),
+            "soc_end_pct": float(q_soc[j]),
+            "ocv_start_v": p["ocv_v"],
+            "ocv_end_v": point["ocv_v"],
+            "rest_start_h": p["rest_h"],
+            "rest_end_h": point["rest_h"],
+            "start_anchor": _ANCHORS[int(p.get("anchor", 0.0))],
+            "end_anchor": _ANCHORS[int(point.get("anchor", 0.0))],
+            "charge_ah": charge_ah,
+            "current_offset_a": off,
+            "duration_h": dt_h,
+            "temp_c": temp_c,
+            "capacity_ah": cap,
+            "rated_capacity_ah": rated,
+            "soh_pct": 100.0 * cap / rated,
+            "rel_sigma": rel,
+            "weight": 1.0 / rel**2,
+            "t_mid_ms": (p["t_ms"] + point["t_ms"]) / 2,
+        }
+    return best
+
+
+def _cell_soc_sigma(point: Mapping[str, Any], chem: str) -> np.ndarray:
+    """Each cell's SoC uncertainty at a point, relative to its neighbours. [%]"""
+    cell_soc = np.asarray(point["cell_soc"], dtype=np.float64)
+    if point.get("anchor", 0.0):
+        return np.full(cell_soc.shape, _STEP_CELL_SIGMA_PCT)
+    return np.asarray(soc_sigma_pct_from_ocv(cell_soc, chem), dtype=np.float64)
 
 
 #: Sign of the current before a rest, from the mode of the reading before it.
@@ -2088,10 +2246,13 @@ def _weakest_cell(
 
     Each cell's capacity over the same charge is ``dq / dsoc_i``; its ratio to the mean
     cell's is smoothed over pairs (EWMA, starting at 1) so that measurement noise does
-    not make the minimum biased low; the pack capacity is the mean cell's times the
+    not make the minimum biased low, except that a ratio measured ``_CELL_FADE_Z`` of
+    its sigmas (from the cells' SoC sigmas at both ends) below the smoothed one is taken
+    at once (the cell has faded since); the pack capacity is the mean cell's times the
     smallest smoothed ratio. Updates ``est`` and returns the new ratios.
     """
     dsoc = est.pop("cell_dsoc")
+    dsoc_sigma = est.pop("cell_dsoc_sigma", None)
     if dsoc is None or not np.all(np.isfinite(dsoc)):
         if ratio is not None:  # no cell SoCs this time: the ratios learnt so far
             weakest = float(ratio.min())
@@ -2106,7 +2267,17 @@ def _weakest_cell(
     if ratio is None or ratio.shape != r.shape:
         ratio = np.ones_like(r)
     k = params.cell_ratio_smoothing
-    ratio = (1 - k) * ratio + k * r
+    smoothed = (1 - k) * ratio + k * r
+    if dsoc_sigma is not None:
+        # A cell that faded fast since (a fast-fading LFP cell lost 15 % of capacity in
+        # three months in the accuracy fleet) is clearly below its smoothed ratio in the
+        # first pair that reads it; smoothing it in over tens of pairs kept the pack's
+        # estimate above its threshold. Capacity only fades: only falls jump.
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r_sigma = r * dsoc_sigma / np.abs(dsoc)
+        faded = (ratio - r) > _CELL_FADE_Z * r_sigma
+        smoothed = np.where(faded, r, smoothed)
+    ratio = smoothed
     weakest = float(ratio.min())
     est["capacity_ah"] *= weakest
     est["soh_pct"] *= weakest

@@ -50,6 +50,7 @@ not know.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -96,6 +97,12 @@ _MAX_RESIDUAL_SHARE = 0.5  # fit rms / straight-line rms (a quarter of the resid
 _MIN_STEP_CHI2 = 25.0  # a partial window's step must lower chi^2 by this much (5 sigma)
 _MARGIN_PCT = 4.0  # plateau kept on either side of the window for the final fit [%]
 _BIN_PCT = 0.25  # readings are averaged in bins of this much charge [% of C]
+_DOUBT_RMS_SHARE = 1.25  # a cell whose rms exceeds the median's this much is refitted
+
+#: Capacities, as shares of the one assumed, at which a cell that fails (or fits
+#: clearly worse than the pack) is fitted again: a fast-fading cell (down to 60 % of
+#: its neighbours) stretches the step over less charge. [-]
+CELL_CAPACITY_SHARES: tuple[float, ...] = (0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6)
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,12 +239,14 @@ def _fit_charge(
     )
     if found is None:
         return None
-    soc0, sigma, rms = found  # SoC of each cell at reading keep[0]
+    soc0, sigma, rms, share = found  # SoC of each cell at reading keep[0]
     ok = np.isfinite(soc0)
+    nominal = ok & (share == 1.0)
     x_keep = x_all - x_all[keep[0]]
-    mean_soc = float(np.mean(soc0[ok])) + x_keep
+    mean_soc = float(np.mean(soc0[nominal if nominal.any() else ok])) + x_keep
     ref = int(np.argmin(np.abs(mean_soc - STEP_CENTRE_PCT[chemistry])))
-    return StepFit(soc_pct=soc0 + x_keep[ref], sigma_pct=sigma, rms_mv=rms, ref=ref)
+    # each cell's SoC gain at its own capacity (a stretched cell gains more per Ah)
+    return StepFit(soc_pct=soc0 + x_keep[ref] / share, sigma_pct=sigma, rms_mv=rms, ref=ref)
 
 
 def _bins(
@@ -384,23 +393,23 @@ def _fit_window(
     max_rms_mv: float,
     *,
     partial: bool = False,
-) -> tuple[FloatArray, FloatArray, FloatArray] | None:
+) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray] | None:
     """Grid fit of each cell's start SoC (at ``q[0]``) over readings around the step:
-    (soc0, sigma, rms) per cell, NaN where the fit fails; None if none succeeds."""
-    lo, hi = STEP_WINDOW_PCT[chemistry]
+    (soc0, sigma, rms, capacity share) per cell, NaN where the fit fails; None if none
+    succeeds.
+
+    A cell that fails at ``capacity_ah``, or whose residual is clearly larger than the
+    pack's, is fitted again with a smaller capacity (``CELL_CAPACITY_SHARES``): a fast
+    fading cell crosses the step over less charge, and at the pack's capacity its fit
+    fails or its anchor is biased towards the others' by a percent or more, hiding
+    exactly the cell that sets the pack's capacity. The smaller capacity is taken only
+    where it lowers the residual by ``_MIN_STEP_CHI2`` noise variances (5 sigma), and
+    only in a charge across the whole window that most cells fit at ``capacity_ah``."""
     x_all = 100.0 * (q - q[0]) / capacity_ah
-    span = float(x_all[-1])
     x, vb, w, extra_b = _bins(x_all, v, extra)
     if x.size < 8:
         return None
-    # Start SoCs that put the window inside the charge (its upper part only for a charge
-    # that starts inside it: ``partial``), one grid step beyond each side so that an
-    # alignment at the edge can be recognised and refused.
-    latest = STEP_LATEST_START_PCT[chemistry] if partial else lo
-    first, last = max(hi - span - _GRID_PCT, 0.0), min(latest + _GRID_PCT, 100.0 - span)
-    if last - first < 3 * _GRID_PCT:
-        return None
-    z0 = np.arange(first, last + 1e-9, _GRID_PCT)
+    n_cells = vb.shape[1]
     # Project out the nuisance columns (_nuisance) from the data and each candidate curve,
     # weighting each bin by its readings (a bin's mean has variance sigma^2 / count).
     sw = np.sqrt(w)
@@ -412,16 +421,75 @@ def _fit_window(
         out: FloatArray = aw - qmat @ (qmat.T @ aw)
         return out
 
-    curves = 1000.0 * ocv_v_from_soc_pct(z0[:, None] + x[None, :], chemistry)  # (G, B)
-    pc = project(curves.T)  # (B, G)
     pv = project(vb)  # (B, J)
+    null = np.sum(pv * pv, axis=0)
+    dof = max(x.size - basis.shape[1] - 1, 1)
+    fit = _fit_stretched(x, pv, null, dof, project, 1.0, chemistry, max_rms_mv, partial)
+    if fit is None:
+        return None
+    soc0, sigma, rms, resid = fit
+    share = np.where(np.isfinite(soc0), 1.0, np.nan)
+    ok = np.isfinite(soc0)
+    typical = float(np.median(rms[ok])) if ok.any() else 0.0
+    doubt = ~ok | (rms > _DOUBT_RMS_SHARE * max(typical, 0.3))
+    # Only an outlying cell of a pack that fits is refitted: in a charge begun inside the
+    # window the stretch would trade off against the hysteresis flip, and a pack that
+    # mostly fails is not explained by one weak cell.
+    if not partial and 2 * int(ok.sum()) >= n_cells and doubt.any():
+        noise = np.maximum(np.where(ok, rms, typical), 0.3) ** 2
+        for f in CELL_CAPACITY_SHARES:
+            other = _fit_stretched(x, pv, null, dof, project, f, chemistry, max_rms_mv, partial)
+            if other is None:
+                continue
+            s0, sg, rm, rs = other
+            better = (
+                doubt
+                & np.isfinite(s0)
+                & (~np.isfinite(soc0) | (rs <= resid - _MIN_STEP_CHI2 * noise))
+            )
+            soc0 = np.where(better, s0, soc0)
+            sigma = np.where(better, sg, sigma)
+            rms = np.where(better, rm, rms)
+            resid = np.where(better, rs, resid)
+            share = np.where(better, f, share)
+    if not np.isfinite(soc0).any():
+        return None
+    return soc0, sigma, rms, share
+
+
+def _fit_stretched(
+    x: FloatArray,
+    pv: FloatArray,
+    null: FloatArray,
+    dof: int,
+    project: Callable[[FloatArray], FloatArray],
+    share: float,
+    chemistry: str,
+    max_rms_mv: float,
+    partial: bool,
+) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray] | None:
+    """``_fit_window``'s grid fit with every cell's capacity ``share`` times the one
+    assumed (its SoC gains ``x / share``): (soc0, sigma, rms, residual) per cell, NaN
+    where the fit fails; None if no start SoC is possible."""
+    lo, hi = STEP_WINDOW_PCT[chemistry]
+    xs = x / share
+    span = float(xs[-1])
+    # Start SoCs that put the window inside the charge (its upper part only for a charge
+    # that starts inside it: ``partial``), one grid step beyond each side so that an
+    # alignment at the edge can be recognised and refused.
+    latest = STEP_LATEST_START_PCT[chemistry] if partial else lo
+    first, last = max(hi - span - _GRID_PCT, 0.0), min(latest + _GRID_PCT, 100.0 - span)
+    if last - first < 3 * _GRID_PCT:
+        return None
+    z0 = np.arange(first, last + 1e-9, _GRID_PCT)
+    curves = 1000.0 * ocv_v_from_soc_pct(z0[:, None] + xs[None, :], chemistry)  # (G, B)
+    pc = project(curves.T)  # (B, G)
     # residual(g, j) = |pv_j|^2 - 2 pv_j . pc_g + |pc_g|^2
     obj = np.sum(pc * pc, axis=0)[:, None] - 2.0 * (pc.T @ pv)  # (G, J)
     best = np.argmin(obj, axis=0)
-    n_cells = vb.shape[1]
-    dof = max(x.size - basis.shape[1] - 1, 1)
-    null = np.sum(pv * pv, axis=0)
-    rms = np.sqrt(np.maximum(null + obj[best, np.arange(n_cells)], 0.0) / dof)
+    n_cells = pv.shape[1]
+    resid = np.maximum(null + obj[best, np.arange(n_cells)], 0.0)
+    rms = np.sqrt(resid / dof)
     # The step must explain the voltage: against a straight line (offset and drift only)
     # the fit must leave at most a quarter of the residual, or the data may be a plateau.
     gain = -obj[best, np.arange(n_cells)]  # residual removed by the step [mV^2]
@@ -445,6 +513,4 @@ def _fit_window(
         soc0[j] = z0[g] + float(np.clip(shift, -_GRID_PCT, _GRID_PCT))
         # Delta residual of one noise variance <-> one sigma (least squares).
         sigma[j] = float(np.sqrt(2.0 * max(rms[j], 0.3) ** 2 / curv))
-    if not np.isfinite(soc0).any():
-        return None
-    return soc0, sigma, rms
+    return soc0, sigma, rms, resid
