@@ -59,6 +59,7 @@ from bms._soh import (
     FADE_EXPONENT,
     RESISTANCE_EXPONENT,
     STEP_MIN_BIC_DROP,
+    Z_90,
     PowerFit,
     fit_power_trend,
     fit_step_trend,
@@ -2504,16 +2505,16 @@ def _trend_and_warranty(
             rise, sd_rise = r_step.growth(age)
             r_now = r_new + rise
             growth = 100.0 * rise / r_new
-            g_lo = 100.0 * (rise - 1.6449 * sd_rise) / r_new
-            g_hi = 100.0 * (rise + 1.6449 * sd_rise) / r_new
+            g_lo = 100.0 * (rise - Z_90 * sd_rise) / r_new
+            g_hi = 100.0 * (rise + Z_90 * sd_rise) / r_new
         elif r_fit is not None and r_fit.a + inter > 0:
             r_new = r_fit.a + inter
             r_now = float(r_fit.predict(age)[0]) + inter
             x = max(age, 0.0) ** r_fit.exponent
             growth = 100.0 * r_fit.b * x / r_new
             sd_b = math.sqrt(max(r_fit.cov[2], 0.0))
-            g_lo = 100.0 * (r_fit.b - 1.6449 * sd_b) * x / r_new
-            g_hi = 100.0 * (r_fit.b + 1.6449 * sd_b) * x / r_new
+            g_lo = 100.0 * (r_fit.b - Z_90 * sd_b) * x / r_new
+            g_hi = 100.0 * (r_fit.b + Z_90 * sd_b) * x / r_new
         last_th = policy.thresholds[-1]
         h_years, h_km = coverage_end(last_th, age_years=age, odometer_km=odo, km_per_day=km_per_day)
         proj = p_lo = p_hi = math.nan
