@@ -17,25 +17,32 @@ features read of the compacted file; the day's metrics files for reports). Goal:
 ratio <= 4. The fleet has a registry (all NMC cars of 100 Ah), so the anomaly stage fits
 every cell's SoC swing as it does for a real fleet.
 
-Measured 2026-12-06 on a quiet machine (2 cores, load average below 1 at the start), 1,000
-vehicles, 8.65 M readings in 182 files:
+Measured on a quiet machine (2 cores, load average below 1 at the start), 1,000
+vehicles, 8.65 M readings in 182 files; the right column is two runs of the evening of
+2026-12-06 (faster sensor, diurnal and swing jobs; batched reads and reused gather memory
+in compaction; one scan of the cell lists in analytics):
 
-==============  ============================  ==========================
-stage           2026-12-06 start (no registry)  after this session's work
-==============  ============================  ==========================
-compaction      25.5 s (6.2 x its scan)       21.7 s (5.9 x), 2 files
-reconciliation  2.7 s                         3.6 s
-analytics       19.3 s (6.0 x)                12.5 s (3.7 x)
-anomalies       13.5 s (4.1 x, no swing job)  16.4 s (5.2 x, with it)
-whole run       62.1 s wall, 98.4 s CPU       55.7 s wall, 96.7 s CPU
-ratio           5.79 wall, 4.71 CPU           5.44 wall, 4.80 CPU
-==============  ============================  ==========================
+==============  ============================  ==========================  ==============
+stage           2026-12-06 start (no registry)  2026-12-06 midday           evening
+==============  ============================  ==========================  ==============
+compaction      25.5 s (6.2 x its scan)       21.7 s (5.9 x), 2 files     17.5-18.0 s
+reconciliation  2.7 s                         3.6 s                       1.3 s
+analytics       19.3 s (6.0 x)                12.5 s (3.7 x)              10.6-11.8 s
+anomalies       13.5 s (4.1 x, no swing job)  16.4 s (5.2 x, with it)     11.1-12.4 s
+whole run       62.1 s wall, 98.4 s CPU       55.7 s wall, 96.7 s CPU     41.9-45.5 s wall,
+                                                                          73.5-79.5 s CPU
+ratio           5.79 wall, 4.71 CPU           5.44 wall, 4.80 CPU         3.93-4.09 wall,
+                                                                          3.51-3.66 CPU
+==============  ============================  ==========================  ==============
 
-Peak RSS 2.2 GiB; a second run does nothing (0.47 s). The scans of the baseline use both
-cores and stream through small buffers; on this virtual machine a process's first touch
-of memory it has not used before costs 1-8 ms per MB (measured: a fresh 69 MB numpy
-array 90-540 ms, a reused one 5 ms), which the merge, the window sorts and the stages'
-Arrow tables pay and the scans do not.
+The baseline's own sum moved between 10.2 and 11.6 s wall across those runs. Peak RSS
+2.2 GiB; a second run does nothing (0.5 s). The scans of the baseline use both cores and
+stream through small buffers. On this virtual machine, memory a process touches for the
+first time is dear when it comes in transparent huge pages: ~2.2 ms per MB once it has
+been idle for some seconds (the guest hands idle 2 MB blocks back to the host), against
+0.40-0.47 ms per MB in 4 KB pages and 0.11 ms per MB for memory just freed and reused
+(numpy, 1 GB, NUMPY_MADVISE_HUGEPAGE on and off). The merge, the window sorts and the
+stages' Arrow tables pay it; the scans do not.
 
 Usage: python benchmarks/nightly.py [--vehicles 1000] [--cadence-s 10] [--cells 96]
 """
