@@ -18,24 +18,25 @@ ratio <= 4. The fleet has a registry (all NMC cars of 100 Ah), so the anomaly st
 every cell's SoC swing as it does for a real fleet.
 
 Measured on a quiet machine (2 cores, load average below 1 at the start), 1,000
-vehicles, 8.65 M readings in 182 files; the right column is two runs of the evening of
+vehicles, 8.65 M readings in 182 files; the right column is three runs of the evening of
 2026-12-06 (faster sensor, diurnal and swing jobs; batched reads and reused gather memory
 in compaction; one scan of the cell lists in analytics):
 
 ==============  ============================  ==========================  ==============
 stage           2026-12-06 start (no registry)  2026-12-06 midday           evening
 ==============  ============================  ==========================  ==============
-compaction      25.5 s (6.2 x its scan)       21.7 s (5.9 x), 2 files     17.5-18.0 s
-reconciliation  2.7 s                         3.6 s                       1.3 s
-analytics       19.3 s (6.0 x)                12.5 s (3.7 x)              10.6-11.8 s
+compaction      25.5 s (6.2 x its scan)       21.7 s (5.9 x), 2 files     16.8-18.0 s
+reconciliation  2.7 s                         3.6 s                       0.8-1.4 s
+analytics       19.3 s (6.0 x)                12.5 s (3.7 x)              10.5-11.8 s
 anomalies       13.5 s (4.1 x, no swing job)  16.4 s (5.2 x, with it)     11.1-12.4 s
-whole run       62.1 s wall, 98.4 s CPU       55.7 s wall, 96.7 s CPU     41.9-45.5 s wall,
-                                                                          73.5-79.5 s CPU
-ratio           5.79 wall, 4.71 CPU           5.44 wall, 4.80 CPU         3.93-4.09 wall,
+whole run       62.1 s wall, 98.4 s CPU       55.7 s wall, 96.7 s CPU     40.8-45.5 s wall,
+                                                                          73.1-79.5 s CPU
+ratio           5.79 wall, 4.71 CPU           5.44 wall, 4.80 CPU         3.92-4.09 wall,
                                                                           3.51-3.66 CPU
 ==============  ============================  ==========================  ==============
 
-The baseline's own sum moved between 10.2 and 11.6 s wall across those runs. Peak RSS
+The ratios were 3.92, 3.93 and 4.09 wall (median 3.93); the baseline's own sum moved
+between 10.2 and 11.6 s wall across those runs. Peak RSS
 2.2 GiB; a second run does nothing (0.5 s). The scans of the baseline use both cores and
 stream through small buffers. On this virtual machine, memory a process touches for the
 first time is dear when it comes in transparent huge pages: ~2.2 ms per MB once it has
