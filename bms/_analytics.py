@@ -2077,42 +2077,71 @@ def _best_pair(
         if rel > params.max_capacity_rel_sigma:
             continue
         if best is None or rel < best["rel_sigma"]:
-            best = {
-                "start_ts": _ts(p["t_ms"]),
-                "end_ts": _ts(point["t_ms"]),
-                "soc_start_pct": p["soc_pct"],
-                "soc_end_pct": point["soc_pct"],
-                "ocv_start_v": p["ocv_v"],
-                "ocv_end_v": point["ocv_v"],
-                "rest_start_h": p["rest_h"],
-                "rest_end_h": point["rest_h"],
-                "start_anchor": _ANCHORS[int(p.get("anchor", 0.0))],
-                "end_anchor": _ANCHORS[int(point.get("anchor", 0.0))],
-                "charge_ah": charge_ah,
-                "current_offset_a": off,
-                "duration_h": dt_h,
-                "temp_c": temp_c,
-                "capacity_ah": cap,
-                "rated_capacity_ah": rated,
-                "soh_pct": 100.0 * cap / rated,
-                "rel_sigma": rel,
-                "weight": 1.0 / rel**2,
-                "t_mid_ms": (p["t_ms"] + point["t_ms"]) / 2,
-                "cell_dsoc": None
-                if p.get("cell_soc") is None
+            best = _pair_estimate(
+                p,
+                point,
+                (p["soc_pct"], point["soc_pct"]),
+                charge_ah,
+                off,
+                dt_h,
+                temp_c,
+                cap,
+                rated,
+                rel,
+            )
+            cells = not (
+                p.get("cell_soc") is None
                 or point.get("cell_soc") is None
                 or len(p["cell_soc"]) != len(point["cell_soc"])
-                else point["cell_soc"] - p["cell_soc"],
-                "cell_dsoc_sigma": None
-                if p.get("cell_soc") is None
-                or point.get("cell_soc") is None
-                or len(p["cell_soc"]) != len(point["cell_soc"])
-                else np.hypot(
+            )
+            best["cell_dsoc"] = point["cell_soc"] - p["cell_soc"] if cells else None
+            best["cell_dsoc_sigma"] = (
+                np.hypot(
                     _cell_soc_sigma(p, info["chemistry"]),
                     _cell_soc_sigma(point, info["chemistry"]),
-                ),
-            }
+                )
+                if cells
+                else None
+            )
     return best
+
+
+def _pair_estimate(
+    p: Mapping[str, Any],
+    point: Mapping[str, Any],
+    soc_pct: tuple[float, float],
+    charge_ah: float,
+    offset_a: float,
+    dt_h: float,
+    temp_c: float,
+    cap_ah: float,
+    rated_ah: float,
+    rel: float,
+) -> dict[str, Any]:
+    """A capacity estimate from the rest points ``p`` -> ``point`` (SoC ``soc_pct`` at
+    its ends), as ``_best_pair`` and ``_cell_pair`` record it."""
+    return {
+        "start_ts": _ts(p["t_ms"]),
+        "end_ts": _ts(point["t_ms"]),
+        "soc_start_pct": soc_pct[0],
+        "soc_end_pct": soc_pct[1],
+        "ocv_start_v": p["ocv_v"],
+        "ocv_end_v": point["ocv_v"],
+        "rest_start_h": p["rest_h"],
+        "rest_end_h": point["rest_h"],
+        "start_anchor": _ANCHORS[int(p.get("anchor", 0.0))],
+        "end_anchor": _ANCHORS[int(point.get("anchor", 0.0))],
+        "charge_ah": charge_ah,
+        "current_offset_a": offset_a,
+        "duration_h": dt_h,
+        "temp_c": temp_c,
+        "capacity_ah": cap_ah,
+        "rated_capacity_ah": rated_ah,
+        "soh_pct": 100.0 * cap_ah / rated_ah,
+        "rel_sigma": rel,
+        "weight": 1.0 / rel**2,
+        "t_mid_ms": (p["t_ms"] + point["t_ms"]) / 2,
+    }
 
 
 #: Cell-to-cell uncertainty of a charge-step anchor: the fits' own sigmas are 0.1-0.5 %
@@ -2123,11 +2152,13 @@ _STEP_CELL_SIGMA_PCT = 0.5
 _CELL_FADE_Z = 4.0
 
 
-def _cell_soc_abs_sigma(point: Mapping[str, Any], chem: str) -> np.ndarray:
-    """Each cell's SoC uncertainty at a point (a step anchor's is the point's). [%]"""
+def _cell_soc_sigma(point: Mapping[str, Any], chem: str, *, absolute: bool = False) -> np.ndarray:
+    """Each cell's SoC uncertainty at a point, from its OCV; at a charge-step anchor the
+    point's own (``absolute``) or, relative to its neighbours, ``_STEP_CELL_SIGMA_PCT``. [%]"""
     cell_soc = np.asarray(point["cell_soc"], dtype=np.float64)
     if point.get("anchor", 0.0):
-        return np.full(cell_soc.shape, float(point["soc_sigma_pct"]))
+        anchor = float(point["soc_sigma_pct"]) if absolute else _STEP_CELL_SIGMA_PCT
+        return np.full(cell_soc.shape, anchor)
     return np.asarray(soc_sigma_pct_from_ocv(cell_soc, chem), dtype=np.float64)
 
 
@@ -2135,7 +2166,7 @@ def _readable_cells(point: Mapping[str, Any], chem: str, params: AnalyticsParams
     """Cells whose SoC at ``point`` is read within ``max_soc_sigma_pct``."""
     if point.get("cell_soc") is None:
         return np.zeros(0, dtype=bool)
-    out: np.ndarray = _cell_soc_abs_sigma(point, chem) <= params.max_soc_sigma_pct
+    out: np.ndarray = _cell_soc_sigma(point, chem, absolute=True) <= params.max_soc_sigma_pct
     return out
 
 
@@ -2160,7 +2191,7 @@ def _cell_pair(
     off = offset if offset is not None else 0.0
     off_sigma = offset_sigma if offset_sigma is not None else 0.05 * rated / 100
     q_soc = np.asarray(point["cell_soc"], dtype=np.float64)
-    q_sig = _cell_soc_abs_sigma(point, chem)
+    q_sig = _cell_soc_sigma(point, chem, absolute=True)
     best: dict[str, Any] | None = None
     for p in earlier:
         if p.get("cell_soc") is None or len(p["cell_soc"]) != len(q_soc):
@@ -2172,7 +2203,7 @@ def _cell_pair(
         if not vague or dt_h <= 0 or dt_h > params.max_pair_hours:
             continue
         p_soc = np.asarray(p["cell_soc"], dtype=np.float64)
-        p_sig = _cell_soc_abs_sigma(p, chem)
+        p_sig = _cell_soc_sigma(p, chem, absolute=True)
         ok = (
             (p_sig <= params.max_soc_sigma_pct)
             & (q_sig <= params.max_soc_sigma_pct)
@@ -2202,38 +2233,19 @@ def _cell_pair(
         )
         if rel > params.max_capacity_rel_sigma or (best is not None and rel >= best["rel_sigma"]):
             continue
-        cap = float(caps[j])
-        best = {
-            "start_ts": _ts(p["t_ms"]),
-            "end_ts": _ts(point["t_ms"]),
-            "soc_start_pct": float(p_soc[j]),
-            "soc_end_pct": float(q_soc[j]),
-            "ocv_start_v": p["ocv_v"],
-            "ocv_end_v": point["ocv_v"],
-            "rest_start_h": p["rest_h"],
-            "rest_end_h": point["rest_h"],
-            "start_anchor": _ANCHORS[int(p.get("anchor", 0.0))],
-            "end_anchor": _ANCHORS[int(point.get("anchor", 0.0))],
-            "charge_ah": charge_ah,
-            "current_offset_a": off,
-            "duration_h": dt_h,
-            "temp_c": temp_c,
-            "capacity_ah": cap,
-            "rated_capacity_ah": rated,
-            "soh_pct": 100.0 * cap / rated,
-            "rel_sigma": rel,
-            "weight": 1.0 / rel**2,
-            "t_mid_ms": (p["t_ms"] + point["t_ms"]) / 2,
-        }
+        best = _pair_estimate(
+            p,
+            point,
+            (float(p_soc[j]), float(q_soc[j])),
+            charge_ah,
+            off,
+            dt_h,
+            temp_c,
+            float(caps[j]),
+            rated,
+            rel,
+        )
     return best
-
-
-def _cell_soc_sigma(point: Mapping[str, Any], chem: str) -> np.ndarray:
-    """Each cell's SoC uncertainty at a point, relative to its neighbours. [%]"""
-    cell_soc = np.asarray(point["cell_soc"], dtype=np.float64)
-    if point.get("anchor", 0.0):
-        return np.full(cell_soc.shape, _STEP_CELL_SIGMA_PCT)
-    return np.asarray(soc_sigma_pct_from_ocv(cell_soc, chem), dtype=np.float64)
 
 
 #: Sign of the current before a rest, from the mode of the reading before it.
