@@ -30,7 +30,10 @@ polarisation and the small temperature drift of the OCV), refined by a parabola 
 the best grid point and its neighbours; the fit's own uncertainty comes from the
 curvature of the residual there. ``C`` is the capacity assumed for the stretch of the
 charge axis: an error in it stretches the curve about the step's centre, where the
-anchor is read, so it moves the anchor little.
+anchor is read, so it moves the anchor little, but not nothing (about a thirtieth of the
+error, from the step's asymmetry). As the caller assumes the rated capacity, the pack's
+own capacity is fitted too (the stretch that minimises the residual), then each cell's
+(a fast-fading cell crosses the step over less charge than its neighbours).
 
 A car that lives above 70 % SoC starts its charges inside the step, on the discharge
 branch of the hysteresis, which flips to the charge branch over the first few % of the
@@ -67,6 +70,8 @@ __all__ = [
 ]
 
 FloatArray = npt.NDArray[np.float64]
+# (soc0, sigma, rms, residual) per cell of one grid fit (_fit_stretched)
+_StretchFit = tuple[FloatArray, FloatArray, FloatArray, FloatArray]
 
 #: SoC range a charge must cover (both plateaus around the step) for its fit to count,
 #: per chemistry that needs charge-step anchors. The LFP table (science.md 1) rises
@@ -88,20 +93,38 @@ STEP_LATEST_START_PCT: dict[str, float] = {"lfp": 76.0}
 #: :math:`M (1 - (1 - h_0) e^{-\gamma \Delta q / C})`: a rise of up to the whole
 #: 17-30 mV gap (science.md 1) over a few % of charge, as large as the step's 23 mV. The
 #: rate is a property of the cell that the OCV tables do not give, so the mean cell
-#: chooses it from e-folds of 1.25 to 10 % of capacity. [-]
-HYSTERESIS_RATES: tuple[float, ...] = (10.0, 20.0, 40.0, 80.0)
+#: chooses it from e-folds of 0.9 to 10 % of capacity, a factor sqrt(2) apart (a factor
+#: 2 left a fast, full flip's rate far enough off to move the anchor by 1.3 % SoC). [-]
+HYSTERESIS_RATES: tuple[float, ...] = tuple(10.0 * math.sqrt(2.0) ** k for k in range(8))
 
 _LOCATE_GRID_PCT = 1.0  # coarse grid that locates the step [%]
 _GRID_PCT = 0.2  # grid of start SoCs, refined by a parabola [%]
 _MAX_RESIDUAL_SHARE = 0.5  # fit rms / straight-line rms (a quarter of the residual)
 _MIN_STEP_CHI2 = 25.0  # a partial window's step must lower chi^2 by this much (5 sigma)
+# A cell's own smaller capacity must lower its chi^2 by this much (4 sigma for one more
+# parameter: a cell 15 % weaker than its pack shows by about 4.5 sigma over a 35-94 %
+# charge, and one that is not weaker gains at most a few noise variances). [-]
+_MIN_CELL_STRETCH_CHI2 = 16.0
+# Largest linear drift a charge begun inside the window may need (_drop_drifting): a
+# third of the 3 mV per % of the step's upper half. [mV/%]
+_MAX_DRIFT_MV_PER_PCT = 1.0
 _MARGIN_PCT = 4.0  # plateau kept on either side of the window for the final fit [%]
 _BIN_PCT = 0.25  # readings are averaged in bins of this much charge [% of C]
-_DOUBT_RMS_SHARE = 1.25  # a cell whose rms exceeds the median's this much is refitted
+# Pack capacity fit (_pack_share), in SoC gain per Ah relative to the capacity assumed:
+# a pack from 60 % (SoH down to 60 % of a rated capacity) to 143 % of it, a first step
+# of 5 %, and a stop when the next step would be below 0.2 %. [-]
+_PACK_GAIN_RANGE = (0.7, 1.67)
+_PACK_GAIN_STEP = 0.05
+_PACK_GAIN_TOL = 0.002
+_PACK_GAIN_ITERATIONS = 10
+#: How far below the window a charge may begin with its hysteresis flip still
+#: visible in it: three e-folds of the slowest rate (5 % of the flip left). [%]
+_FLIP_REACH_PCT = 300.0 / min(HYSTERESIS_RATES)
+_PACK_Z0_MARGIN_PCT = 2.0  # start SoCs searched beyond the predicted ones [%]
 
-#: Capacities, as shares of the one assumed, at which a cell that fails (or fits
-#: clearly worse than the pack) is fitted again: a fast-fading cell (down to 60 % of
-#: its neighbours) stretches the step over less charge. [-]
+#: Capacities, as shares of the pack's, at which each cell is fitted again
+#: (``_cell_shares``): a fast-fading cell (down to 60 % of its neighbours) stretches the
+#: step over less charge. Evenly spaced (the refinement between them assumes it). [-]
 CELL_CAPACITY_SHARES: tuple[float, ...] = (0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6)
 
 
@@ -175,7 +198,7 @@ def fit_charge_step(
     -------
     StepFit or None
         None when the charge does not cover ``STEP_WINDOW_PCT`` (too short, or the step
-        is not where the charge has readings on both sides) or no cell's fit succeeds.
+        is not where the charge has readings on both sides) or most cells' fits fail.
 
     Notes
     -----
@@ -239,11 +262,11 @@ def _fit_charge(
     )
     if found is None:
         return None
-    soc0, sigma, rms, share = found  # SoC of each cell at reading keep[0]
+    soc0, sigma, rms, share, pack_share = found  # SoC of each cell at reading keep[0]
     ok = np.isfinite(soc0)
-    nominal = ok & (share == 1.0)
+    nominal = ok & (share == pack_share)
     x_keep = x_all - x_all[keep[0]]
-    mean_soc = float(np.mean(soc0[nominal if nominal.any() else ok])) + x_keep
+    mean_soc = float(np.mean(soc0[nominal if nominal.any() else ok])) + x_keep / pack_share
     ref = int(np.argmin(np.abs(mean_soc - STEP_CENTRE_PCT[chemistry])))
     # each cell's SoC gain at its own capacity (a stretched cell gains more per Ah)
     return StepFit(soc_pct=soc0 + x_keep[ref] / share, sigma_pct=sigma, rms_mv=rms, ref=ref)
@@ -334,42 +357,59 @@ def _locate(
     # Nuisance columns over all bins, once per rate; each candidate takes its window.
     flips = {r: _flip(x - float(x[0]), r) for r in HYSTERESIS_RATES}
 
-    def score(z0: float, rate: float | None) -> float:
-        soc = x + z0
-        inside = (soc >= lo - _MARGIN_PCT) & (soc <= hi + _MARGIN_PCT)
-        if inside.sum() < 8:
-            return np.inf
-        ws = np.sqrt(w[inside])
-        cols = [ws, x[inside] * ws]
-        for c in (
-            None if settle is None else settle[inside],
-            None if rate is None else flips[rate][inside],
-        ):
-            if c is not None and np.ptp(c) > 1e-3:
-                cols.append(c * ws)
-        design = np.stack(cols, axis=1)
-        y = (v_mv[inside] - 1000.0 * ocv_v_from_soc_pct(soc[inside], chemistry)) * ws
-        # least squares through the normal equations (a handful of columns)
-        gram = design.T @ design
-        rhs = design.T @ y
-        try:
-            coef = np.linalg.solve(gram, rhs)
-        except np.linalg.LinAlgError:
-            return np.inf
-        return max(float(y @ y - rhs @ coef), 0.0) / float(y.size)
+    def scored(
+        z0s: npt.ArrayLike, rates: tuple[float | None, ...]
+    ) -> list[tuple[float, float, float | None]]:
+        """(score, start SoC, rate) of each candidate: the mean square residual per
+        reading of its window, inf where the window has too few bins. The OCV curve and
+        the columns that do not depend on the rate are built once per start SoC."""
+        out: list[tuple[float, float, float | None]] = []
+        for z0 in np.asarray(z0s, dtype=np.float64):
+            soc = x + z0
+            inside = (soc >= lo - _MARGIN_PCT) & (soc <= hi + _MARGIN_PCT)
+            if inside.sum() < 8:
+                out.extend((np.inf, float(z0), r) for r in rates)
+                continue
+            ws = np.sqrt(w[inside])
+            cols = [ws, x[inside] * ws]
+            if settle is not None and np.ptp(settle[inside]) > 1e-3:
+                cols.append(settle[inside] * ws)
+            base = np.stack(cols, axis=1)
+            y = (v_mv[inside] - 1000.0 * ocv_v_from_soc_pct(soc[inside], chemistry)) * ws
+            yy = float(y @ y)
+            for rate in rates:
+                design = base
+                if rate is not None:
+                    c = flips[rate][inside]
+                    if np.ptp(c) > 1e-3:
+                        design = np.column_stack((base, c * ws))
+                # least squares through the normal equations (a handful of columns)
+                rhs = design.T @ y
+                try:
+                    coef = np.linalg.solve(design.T @ design, rhs)
+                except np.linalg.LinAlgError:
+                    out.append((np.inf, float(z0), rate))
+                    continue
+                out.append((max(yy - float(rhs @ coef), 0.0) / float(y.size), float(z0), rate))
+        return out
 
     grid = np.arange(first, last + 1e-9, _LOCATE_GRID_PCT)
     rates: tuple[float | None, ...] = HYSTERESIS_RATES if partial else (None,)
-    scored = [(score(float(z0), r), float(z0), r) for z0 in grid for r in rates]
-    best_score, z_best, r_best = min(scored, key=lambda c: c[0], default=(np.inf, 0.0, None))
-    if not partial and z_best + float(x[0]) > lo - 2.0 * _MARGIN_PCT:
-        # The charge began near the window, so the flip is still under way in it: the
-        # rate refined around the first alignment (cheaper than every rate everywhere).
+    best_score, z_best, r_best = min(
+        scored(grid, rates), key=lambda c: c[0], default=(np.inf, 0.0, None)
+    )
+    if not partial and z_best + float(x[0]) > lo - _FLIP_REACH_PCT:
+        # The charge began near enough the window for the flip to be still under way in
+        # it: the rate refined around the first alignment (cheaper than every rate
+        # everywhere). Left out, a slow flip is mistaken for a stretch of the step.
+        # A flip is kept only where it clearly explains the voltage (its drop in chi^2
+        # at least _MIN_STEP_CHI2 noise variances): one that is not there would only
+        # trade off against the pack's capacity (_pack_share).
         near = grid[np.abs(grid - z_best) <= 3.0 * _LOCATE_GRID_PCT + 1e-9]
-        scored = [(score(float(z0), r), float(z0), r) for z0 in near for r in HYSTERESIS_RATES]
-        best_score, z_best, r_best = min(
-            [(best_score, z_best, r_best), *scored], key=lambda c: c[0]
-        )
+        flip_score, z_flip, r_flip = min(scored(near, HYSTERESIS_RATES), key=lambda c: c[0])
+        bins = int(np.count_nonzero(w))
+        if (best_score - flip_score) * bins >= _MIN_STEP_CHI2 * flip_score:
+            best_score, z_best, r_best = flip_score, z_flip, r_flip
     best = None if not np.isfinite(best_score) else (z_best, r_best)
     if (
         partial
@@ -381,6 +421,17 @@ def _locate(
         )
     ):
         return None
+    if partial and best is not None and hint is not None:
+        # The step must be told apart from a flip alone: starts above the latest one
+        # (up to the hint's highest) put only the plateau above the step in the data, so
+        # the flip must explain the rise there. If one of them fits nearly as well, a
+        # charge begun on that plateau could be mistaken for one crossing the step.
+        top = min(hint[1], 100.0 - float(x[-1])) - float(x[0])
+        above = np.arange(last + _LOCATE_GRID_PCT, top + 1e-9, _LOCATE_GRID_PCT)
+        alt = min((c[0] for c in scored(above, HYSTERESIS_RATES)), default=np.inf)
+        bins = int(np.count_nonzero(w))
+        if (alt - best_score) * bins < _MIN_STEP_CHI2 * best_score:
+            return None
     return best
 
 
@@ -393,18 +444,21 @@ def _fit_window(
     max_rms_mv: float,
     *,
     partial: bool = False,
-) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray] | None:
+) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray, float] | None:
     """Grid fit of each cell's start SoC (at ``q[0]``) over readings around the step:
-    (soc0, sigma, rms, capacity share) per cell, NaN where the fit fails; None if none
-    succeeds.
+    (soc0, sigma, rms, capacity share) per cell, NaN where the fit fails, and the pack's
+    capacity share; None if most cells fail.
 
-    A cell that fails at ``capacity_ah``, or whose residual is clearly larger than the
-    pack's, is fitted again with a smaller capacity (``CELL_CAPACITY_SHARES``): a fast
+    In a charge across the whole window the pack's capacity is fitted too
+    (``_pack_share``): at the capacity assumed, an error in it biases every anchor by
+    about a thirtieth of the error (a rated capacity on a pack at 80 % SoH: -0.5 % SoC,
+    which a 50 % SoC window turns into a 1 % capacity error).
+
+    Each cell is then fitted again with smaller capacities (``_cell_shares``): a fast
     fading cell crosses the step over less charge, and at the pack's capacity its fit
     fails or its anchor is biased towards the others' by a percent or more, hiding
-    exactly the cell that sets the pack's capacity. The smaller capacity is taken only
-    where it lowers the residual by ``_MIN_STEP_CHI2`` noise variances (5 sigma), and
-    only in a charge across the whole window that most cells fit at ``capacity_ah``."""
+    exactly the cell that sets the pack's capacity. Neither refit is made in a charge
+    begun inside the window, where the stretch would trade off against the flip."""
     x_all = 100.0 * (q - q[0]) / capacity_ah
     x, vb, w, extra_b = _bins(x_all, v, extra)
     if x.size < 8:
@@ -424,37 +478,175 @@ def _fit_window(
     pv = project(vb)  # (B, J)
     null = np.sum(pv * pv, axis=0)
     dof = max(x.size - basis.shape[1] - 1, 1)
-    fit = _fit_stretched(x, pv, null, dof, project, 1.0, chemistry, max_rms_mv, partial)
-    if fit is None:
+
+    def stretched(f: float, z0_bounds: tuple[float, float] | None = None) -> _StretchFit | None:
+        return _fit_stretched(
+            x, pv, null, dof, project, f, chemistry, max_rms_mv, partial, z0_bounds
+        )
+
+    fit = stretched(1.0)
+    if fit is not None and partial:
+        fit = _drop_drifting(fit, x, vb, basis, sw, chemistry)
+    # Every cell of a pack crosses the step; when most fail, the few that fit found an
+    # alias of it (the OCV curve's 20-35 % stretch has a similar slope), not the step.
+    if fit is None or 2 * int(np.isfinite(fit[0]).sum()) < n_cells:
         return None
+    if partial:
+        return fit[0], fit[1], fit[2], np.where(np.isfinite(fit[0]), 1.0, np.nan), 1.0
+    # Refits for the pack's capacity look only near where the cells' alignment goes as
+    # the charge axis stretches about the step's centre.
+    centre = STEP_CENTRE_PCT[chemistry]
+    z_lo, z_hi = float(np.nanmin(fit[0])), float(np.nanmax(fit[0]))
+
+    def near(f: float) -> _StretchFit | None:
+        g = 1.0 / f
+        return stretched(
+            f,
+            (
+                centre - (centre - z_lo) * g - _PACK_Z0_MARGIN_PCT,
+                centre - (centre - z_hi) * g + _PACK_Z0_MARGIN_PCT,
+            ),
+        )
+
+    pack_share, fit = _pack_share(near, fit)
+    return (*_cell_shares(stretched, fit, pack_share), pack_share)
+
+
+def _cell_shares(
+    stretched: Callable[[float], _StretchFit | None], fit: _StretchFit, pack_share: float
+) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
+    """Each cell's fit at its own capacity: (soc0, sigma, rms, capacity share) per cell.
+
+    Every cell is tried at ``CELL_CAPACITY_SHARES`` of the pack's capacity (a weak
+    cell's residual at the pack's need not stand out); a smaller share is taken where
+    it lowers the cell's residual by ``_MIN_CELL_STRETCH_CHI2`` noise variances, or
+    where the cell fails at the pack's. A cell moved off the pack's share is then placed
+    between the grid's shares by a parabola through its residuals at the three nearest,
+    its start SoC interpolated likewise (the grid is 5 % apart; a cell 2.5 % off its
+    grid share is read up to 0.7 % SoC wrong at the step's centre)."""
     soc0, sigma, rms, resid = fit
-    share = np.where(np.isfinite(soc0), 1.0, np.nan)
     ok = np.isfinite(soc0)
-    typical = float(np.median(rms[ok])) if ok.any() else 0.0
-    doubt = ~ok | (rms > _DOUBT_RMS_SHARE * max(typical, 0.3))
-    # Only an outlying cell of a pack that fits is refitted: in a charge begun inside the
-    # window the stretch would trade off against the hysteresis flip, and a pack that
-    # mostly fails is not explained by one weak cell.
-    if not partial and 2 * int(ok.sum()) >= n_cells and doubt.any():
-        noise = np.maximum(np.where(ok, rms, typical), 0.3) ** 2
-        for f in CELL_CAPACITY_SHARES:
-            other = _fit_stretched(x, pv, null, dof, project, f, chemistry, max_rms_mv, partial)
-            if other is None:
-                continue
-            s0, sg, rm, rs = other
-            better = (
-                doubt
-                & np.isfinite(s0)
-                & (~np.isfinite(soc0) | (rs <= resid - _MIN_STEP_CHI2 * noise))
-            )
-            soc0 = np.where(better, s0, soc0)
-            sigma = np.where(better, sg, sigma)
-            rms = np.where(better, rm, rms)
-            resid = np.where(better, rs, resid)
-            share = np.where(better, f, share)
-    if not np.isfinite(soc0).any():
-        return None
+    noise = np.maximum(np.where(ok, rms, float(np.median(rms[ok]))), 0.3) ** 2
+    grid = (1.0, *CELL_CAPACITY_SHARES)  # evenly spaced, relative to the pack's
+    fits: list[_StretchFit | None] = [fit]
+    chosen = np.zeros(soc0.size, dtype=np.int64)
+    last_resid = resid
+    for k, f in enumerate(CELL_CAPACITY_SHARES, start=1):
+        other = stretched(f * pack_share)
+        fits.append(other)
+        if other is None:
+            continue
+        s0, sg, rm, rs = other
+        # A cell's residual has one minimum over the share: once no cell improves on the
+        # previous share (and none is still without a fit), smaller shares cannot help.
+        searching = (rs < last_resid) | ~np.isfinite(soc0)
+        last_resid = rs
+        better = np.isfinite(s0) & (
+            ~np.isfinite(soc0) | (rs <= resid - _MIN_CELL_STRETCH_CHI2 * noise)
+        )
+        soc0 = np.where(better, s0, soc0)
+        sigma = np.where(better, sg, sigma)
+        rms = np.where(better, rm, rms)
+        resid = np.where(better, rs, resid)
+        chosen = np.where(better, k, chosen)
+        if not searching.any():
+            break
+    share = np.where(np.isfinite(soc0), pack_share * np.asarray(grid)[chosen], np.nan)
+    step = grid[0] - grid[1]
+    for j in np.flatnonzero(chosen > 0):
+        k = int(chosen[j])
+        lo_fit, hi_fit = fits[k - 1], fits[k + 1] if k + 1 < len(fits) else None
+        if lo_fit is None or hi_fit is None:
+            continue
+        r0, r1, r2 = lo_fit[3][j], resid[j], hi_fit[3][j]  # at k-1, k, k+1
+        second = r0 - 2.0 * r1 + r2
+        if not second > 0:
+            continue
+        # offset towards smaller shares, in grid steps, and the neighbour on that side
+        delta = float(np.clip(0.5 * (r0 - r2) / second, -0.5, 0.5))
+        side = hi_fit if delta > 0 else lo_fit
+        if not np.isfinite(side[0][j]):
+            continue
+        soc0[j] += abs(delta) * (side[0][j] - soc0[j])
+        share[j] = pack_share * (grid[k] - delta * step)
     return soc0, sigma, rms, share
+
+
+def _drop_drifting(
+    fit: _StretchFit,
+    x: FloatArray,
+    vb: FloatArray,
+    basis: FloatArray,
+    sw: FloatArray,
+    chemistry: str,
+) -> _StretchFit:
+    """``fit`` with the cells whose linear drift term exceeds ``_MAX_DRIFT_MV_PER_PCT``
+    failed (NaN). In a charge begun inside the window, the drift and the flip can
+    together turn the step's lower half (a charge that ends near 76 %) into an alias
+    of its upper half and the plateau above: the drift then has the step's own slope,
+    where a real charge drifts by hundredths of a mV per %."""
+    soc0 = fit[0]
+    ok = np.flatnonzero(np.isfinite(soc0))
+    if ok.size == 0:
+        return fit
+    curves = 1000.0 * ocv_v_from_soc_pct(soc0[ok][None, :] + x[:, None], chemistry)
+    coef, *_ = np.linalg.lstsq(basis, (vb[:, ok] - curves) * sw[:, None], rcond=None)
+    drifting = ok[np.abs(coef[1]) > _MAX_DRIFT_MV_PER_PCT]  # column 1: x - mean(x)
+    if drifting.size == 0:
+        return fit
+    soc0, sigma = soc0.copy(), fit[1].copy()
+    soc0[drifting] = np.nan
+    sigma[drifting] = np.nan
+    return soc0, sigma, fit[2], fit[3]
+
+
+def _pack_share(
+    stretched: Callable[[float], _StretchFit | None], nominal: _StretchFit
+) -> tuple[float, _StretchFit]:
+    """The pack's capacity as a share of the one assumed, and the fit at it: the share
+    that minimises the residual summed over the cells that fit at the capacity assumed,
+    found in the SoC gain per Ah (``1 / share``) within ``_PACK_GAIN_RANGE`` by walking
+    downhill until the minimum is bracketed, then by successive parabolas. The step's
+    shape fixes it: a wrong capacity stretches the step over too much or too little
+    charge, and only the linear drift term, not the offset, can absorb part of that."""
+    cells = np.isfinite(nominal[0])
+    tried: dict[float, tuple[float, _StretchFit]] = {1.0: (float(nominal[3][cells].sum()), nominal)}
+
+    def at(gain: float) -> float:
+        gain = round(min(max(gain, _PACK_GAIN_RANGE[0]), _PACK_GAIN_RANGE[1]), 4)
+        if gain not in tried:
+            fit = stretched(1.0 / gain)
+            # a stretch that loses cells is no better fit, whatever its residual
+            if fit is None or int(np.isfinite(fit[0]).sum()) < int(cells.sum()):
+                tried[gain] = (np.inf, nominal)
+            else:
+                tried[gain] = (float(fit[3][cells].sum()), fit)
+        return gain
+
+    for g in (1.0 - _PACK_GAIN_STEP, 1.0 + _PACK_GAIN_STEP):
+        at(g)
+    for _ in range(_PACK_GAIN_ITERATIONS):
+        gains = sorted(tried)
+        i = min(range(len(gains)), key=lambda k: tried[gains[k]][0])
+        best = gains[i]
+        if i in (0, len(gains) - 1):
+            # not bracketed yet: walk on downhill, each step twice the span so far
+            step = max(_PACK_GAIN_STEP, gains[-1] - gains[0])
+            nxt = best + (step if i else -step)
+        else:
+            (g0, r0), (g1, r1), (g2, r2) = ((g, tried[g][0]) for g in gains[i - 1 : i + 2])
+            if not (math.isfinite(r0) and math.isfinite(r2)):
+                # a neighbour lost cells: halve the way towards it
+                nxt = 0.5 * (g1 + (g0 if not math.isfinite(r0) else g2))
+            else:  # vertex of the parabola through the three
+                num = (g1 - g0) ** 2 * (r1 - r2) - (g1 - g2) ** 2 * (r1 - r0)
+                den = (g1 - g0) * (r1 - r2) - (g1 - g2) * (r1 - r0)
+                nxt = g1 - 0.5 * num / den if den != 0 else g1
+                nxt = min(max(nxt, g0), g2)
+        if abs(nxt - best) < _PACK_GAIN_TOL or at(nxt) in gains:
+            break
+    best = min(tried, key=lambda g: tried[g][0])
+    return 1.0 / best, tried[best][1]
 
 
 def _fit_stretched(
@@ -467,10 +659,12 @@ def _fit_stretched(
     chemistry: str,
     max_rms_mv: float,
     partial: bool,
+    z0_bounds: tuple[float, float] | None = None,
 ) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray] | None:
     """``_fit_window``'s grid fit with every cell's capacity ``share`` times the one
     assumed (its SoC gains ``x / share``): (soc0, sigma, rms, residual) per cell, NaN
-    where the fit fails; None if no start SoC is possible."""
+    where the fit fails; None if no start SoC is possible. ``z0_bounds`` narrows the
+    grid of start SoCs to where the cells are known to be (a cheaper refit). [%]"""
     lo, hi = STEP_WINDOW_PCT[chemistry]
     xs = x / share
     span = float(xs[-1])
@@ -479,6 +673,8 @@ def _fit_stretched(
     # alignment at the edge can be recognised and refused.
     latest = STEP_LATEST_START_PCT[chemistry] if partial else lo
     first, last = max(hi - span - _GRID_PCT, 0.0), min(latest + _GRID_PCT, 100.0 - span)
+    if z0_bounds is not None:
+        first, last = max(first, z0_bounds[0]), min(last, z0_bounds[1])
     if last - first < 3 * _GRID_PCT:
         return None
     z0 = np.arange(first, last + 1e-9, _GRID_PCT)
@@ -503,14 +699,15 @@ def _fit_stretched(
     good = (best > 0) & (best < z0.size - 1) & (rms <= max_rms_mv) & explains
     soc0 = np.full(n_cells, np.nan)
     sigma = np.full(n_cells, np.nan)
-    for j in np.flatnonzero(good):
-        g = int(best[j])
-        ym, y0, yp = obj[g - 1, j], obj[g, j], obj[g + 1, j]
-        curv = (ym - 2.0 * y0 + yp) / _GRID_PCT**2  # d2(residual)/dz0^2 [mV^2/%^2]
-        if not curv > 0:
-            continue
-        shift = 0.5 * (ym - yp) / (ym - 2.0 * y0 + yp) * _GRID_PCT
-        soc0[j] = z0[g] + float(np.clip(shift, -_GRID_PCT, _GRID_PCT))
-        # Delta residual of one noise variance <-> one sigma (least squares).
-        sigma[j] = float(np.sqrt(2.0 * max(rms[j], 0.3) ** 2 / curv))
+    j = np.flatnonzero(good)
+    g = best[j]
+    ym, y0, yp = obj[g - 1, j], obj[g, j], obj[g + 1, j]
+    second = ym - 2.0 * y0 + yp
+    curved = second > 0  # a parabola with a minimum
+    j, g, ym, yp, second = j[curved], g[curved], ym[curved], yp[curved], second[curved]
+    curv = second / _GRID_PCT**2  # d2(residual)/dz0^2 [mV^2/%^2]
+    shift = 0.5 * (ym - yp) / second * _GRID_PCT
+    soc0[j] = z0[g] + np.clip(shift, -_GRID_PCT, _GRID_PCT)
+    # Delta residual of one noise variance <-> one sigma (least squares).
+    sigma[j] = np.sqrt(2.0 * np.maximum(rms[j], 0.3) ** 2 / curv)
     return soc0, sigma, rms, resid
