@@ -109,6 +109,7 @@ from bms._ocv import (
     ocv_v_from_soc_pct,
     soc_pct_from_ocv_v,
 )
+from bms._relax import RelaxedOcv, ocv_mv_from_relaxation
 from bms._resistance import resistance_mohm_at_reference, resistance_mohm_from_step
 from bms._soh import (
     FADE_EXPONENT,
@@ -181,6 +182,7 @@ __all__ = [
     "Reading",
     "ReadingBuffer",
     "Rejection",
+    "RelaxedOcv",
     "RuleLimits",
     "SchemaError",
     "ScoredRows",
@@ -224,6 +226,7 @@ __all__ = [
     "naumann_capacity_loss_frac",
     "naumann_cycle_rates",
     "naumann_resistance_growth_frac",
+    "ocv_mv_from_relaxation",
     "ocv_slope_mv_per_pct",
     "ocv_v_from_soc_pct",
     "parquet_column_encodings",

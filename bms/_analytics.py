@@ -44,6 +44,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from bms._capacity import (
+    REST_VOLTAGE_SIGMA_MV,
     capacity_ah_from_soc_window,
     capacity_rel_sigma,
     rest_soc_pct_from_cell_mv,
@@ -54,6 +55,7 @@ from bms._duck import duckdb_connect, set_double_variables, vin_groups
 from bms._errors import BmsError
 from bms._lake import fsync_path, holds_unique_readings, telemetry_files
 from bms._ocv import CHEMISTRIES, ocv_v_from_soc_pct
+from bms._relax import RelaxedOcv, ocv_mv_from_relaxation
 from bms._resistance import resistance_mohm_from_step, resistance_temp_factor
 from bms._soh import (
     FADE_EXPONENT,
@@ -77,7 +79,7 @@ from bms._warranty import (
 )
 
 #: Version of the analytics model; part of every run id and of the warranty evidence.
-ANALYTICS_MODEL_VERSION = "analytics-9"
+ANALYTICS_MODEL_VERSION = "analytics-10"
 #: Metrics tables written per (date, fleet).
 METRICS_TABLES = (
     "vehicle_day",
@@ -102,6 +104,10 @@ class AnalyticsParams:
     """
 
     rest_min_s: int = 3 * 3600  # rest before an OCV point is trusted (science.md 6.2) [s]
+    # A shorter rest, from this long, gives an OCV point by extrapolating its relaxation
+    # (bms._relax), with the extrapolation's uncertainty: an occasional driver kept at
+    # full rests 3 h only there, and 1-2.5 h between the legs of a trip. [s]
+    rest_relax_min_s: int = 3600
     # Capacity needs this SoC swing [%]. science.md 6.1 asks for 40-50 % with a 2 % SoC
     # error; a NMC rest near full reads to ~0.2-0.7 %, so narrower windows with their
     # honest sigma (capacity_rel_sigma) and weight are kept: drivers who charge every
@@ -188,6 +194,7 @@ _PASS_ORDER: dict[str, list[str]] = {
     "cell_day": ["day_n", "vin", "cell"],
     "step_cells": ["day_n", "vin", "seq"],
     "rest_cells": ["day_n", "vin", "run_id"],
+    "rest_relax": ["day_n", "vin", "run_id"],
     "charge_cells": ["day_n", "vin", "ts_ms", "seq"],
     "rest_runs": ["day_n", "vin", "run_id"],
     "day_carry": ["day_n", "vin"],
@@ -412,6 +419,7 @@ _RP_FIELDS = (
     "ocv_v",
     "rest_h",
     "anchor",  # 0 = end of a rest, 1 = charge-step fit (_ANCHORS)
+    "ocv_sigma_mv",  # a rest's OCV uncertainty (with its extrapolation); NaN at anchors
 )
 
 #: What fixed a point's SoC: the OCV at the end of a rest, or a charge-step fit.
@@ -889,6 +897,7 @@ def _set_variables(con: Any, params: AnalyticsParams) -> None:
         "over_temp_spread_c": params.over_temp_spread_c,
         "deep_discharge_soc_pct": params.deep_discharge_soc_pct,
         "rest_min_s": float(params.rest_min_s),
+        "rest_relax_min_s": float(params.rest_relax_min_s),
         "step_min_c_rate": params.step_min_c_rate,
         "step_max_delay_s": params.step_max_delay_s,
         "step_soc_min_pct": params.step_soc_min_pct,
@@ -1087,7 +1096,8 @@ class _FleetSession:
         its VINs in the order of their rows, else sorted): the group's tables of
         ``_PASS_ORDER`` that do not need cell lists, and what the cell jobs
         (``_cells_pass``) take from the readings: the chosen readings (``cell_select``,
-        ``charge_select``) and the min / max cell counts (``cell_counts``)."""
+        ``charge_select``, ``relax_select``) and the min / max cell counts
+        (``cell_counts``)."""
         params = self.params
         con.register("registry", self.registry)
         con.register("carry", carry)
@@ -1111,12 +1121,14 @@ class _FleetSession:
             con.register("steps", steps)
             cell_select = con.sql(_sql("cell_select")).to_arrow_table()
             charge_select = con.sql(_sql("charge_select")).to_arrow_table()
+            relax_select = con.sql(_sql("relax_select")).to_arrow_table()
             cell_counts = con.sql(_sql("cell_counts")).to_arrow_table()
-            # the rests the carry and capacity step uses: long enough for an OCV point,
-            # or still open at the day's end (a flickering current makes many others)
+            # the rests the carry and capacity step uses: long enough for an OCV point
+            # (extrapolated from rest_relax_min_s), or still open at the day's end (a
+            # flickering current makes many others)
             rest_runs = con.sql(
                 "SELECT * FROM rest_runs WHERE open_at_day_end "
-                "OR duration_s >= getvariable('rest_min_s') ORDER BY day_n, vin, run_id"
+                "OR duration_s >= getvariable('rest_relax_min_s') ORDER BY day_n, vin, run_id"
             ).to_arrow_table()
             day_carry = con.sql(_sql("carry")).to_arrow_table()
         finally:
@@ -1136,6 +1148,7 @@ class _FleetSession:
             "day_carry": day_carry,
             "cell_select": cell_select,
             "charge_select": charge_select,
+            "relax_select": relax_select,
             "cell_counts": cell_counts,
         }
 
@@ -1144,13 +1157,22 @@ class _FleetSession:
         """The cell jobs of one vehicle group on connection ``con``: its tables from
         ``_rows_pass`` and its rows of ``cell_rows`` (``rows``) -> the tables of
         ``_PASS_ORDER`` that need cell lists."""
-        names = ("steps", "cell_select", "charge_select", "cell_counts", "rest_runs", "cell_rows")
+        names = (
+            "steps",
+            "cell_select",
+            "charge_select",
+            "relax_select",
+            "cell_counts",
+            "rest_runs",
+            "cell_rows",
+        )
         for name in names:
             con.register(name, rows[name])
         try:
             cell_day = con.sql(_sql("cell_day")).to_arrow_table()
             step_cells = con.sql(_sql("step_cells")).to_arrow_table()
             rest_cells = con.sql(_sql("rest_cells")).to_arrow_table()
+            rest_relax = con.sql(_sql("rest_relax")).to_arrow_table()
             charge_cells = con.sql(_sql("charge_cells")).to_arrow_table()
         finally:
             for name in names:
@@ -1159,6 +1181,7 @@ class _FleetSession:
             "cell_day": cell_day,
             "step_cells": step_cells,
             "rest_cells": rest_cells,
+            "rest_relax": rest_relax,
             "charge_cells": charge_cells,
         }
 
@@ -1269,12 +1292,12 @@ class _FleetSession:
         # (cell_rows.sql; DuckDB spreads it over the cores).
         con.execute(f"SET VARIABLE dedup = {dedup}")
         con.execute(f"CREATE OR REPLACE TEMP VIEW tele AS SELECT * FROM {source}")
-        for name in ("cell_select", "charge_select"):
+        for name in ("cell_select", "charge_select", "relax_select"):
             con.register(name, pa.concat_tables([r[name] for r in row_results]))
         try:
             cell_rows = con.sql(_sql("cell_rows")).to_arrow_table()
         finally:
-            for name in ("cell_select", "charge_select"):
+            for name in ("cell_select", "charge_select", "relax_select"):
                 con.unregister(name)
         cell_vin = cell_rows["vin"]
 
@@ -1325,7 +1348,16 @@ class _FleetSession:
         unknown = sorted(v for v in vd_rows if v not in reg)
 
         new_carry, capacity_rows = _update_carry_and_capacity(
-            day, prev, day_carry, rest_runs, rest_cells, parts["charge_cells"], vd_rows, reg, params
+            day,
+            prev,
+            day_carry,
+            rest_runs,
+            rest_cells,
+            parts["rest_relax"],
+            parts["charge_cells"],
+            vd_rows,
+            reg,
+            params,
         )
         resistance = _resistance_table(steps, step_cells, cell_day, reg, params)
         cap_hist, res_hist = self._update_history(day, capacity_rows, resistance)
@@ -1613,6 +1645,7 @@ def _update_carry_and_capacity(
     day_carry: pa.Table,
     rest_runs: pa.Table,
     rest_cells: pa.Table,
+    rest_relax: pa.Table,
     charge_cells: pa.Table,
     vd_rows: Mapping[str, Mapping[str, Any]],
     reg: Mapping[str, Mapping[str, Any]],
@@ -1626,6 +1659,16 @@ def _update_carry_and_capacity(
             rest_cells["vin"].to_pylist(),
             rest_cells["run_id"].to_pylist(),
             rest_cells["cell_mv"].to_pylist(),
+            strict=True,
+        )
+    }
+    relax_at = {
+        (v, r): (t, mv)
+        for v, r, t, mv in zip(
+            rest_relax["vin"].to_pylist(),
+            rest_relax["run_id"].to_pylist(),
+            rest_relax["t_s"].to_pylist(),
+            rest_relax["mean_cell_mv"].to_pylist(),
             strict=True,
         )
     }
@@ -1687,9 +1730,18 @@ def _update_carry_and_capacity(
                     rest_start = run["start_ms"]
                     rest_mode = run["mode_before_rest"]
                     continue
-                if info is None or run["duration_s"] < params.rest_min_s or not run["n_cells"]:
+                if info is None or run["duration_s"] < params.rest_relax_min_s:
                     continue
-                step = _rest_point(run, cells_at.get((vin, run["run_id"])), info["chemistry"])
+                if not run["n_cells"]:
+                    continue
+                relaxed = None
+                if run["duration_s"] < params.rest_min_s:
+                    curve = relax_at.get((vin, run["run_id"]))
+                    relaxed = None if curve is None else ocv_mv_from_relaxation(*curve)
+                    if relaxed is None:
+                        continue
+                cells = cells_at.get((vin, run["run_id"]))
+                step = _rest_point(run, cells, info["chemistry"], relaxed)
             # the day's counters, continued from the carried totals
             point = {
                 **step,
@@ -1883,16 +1935,29 @@ def _carry_stress(
     return out
 
 
-def _rest_point(run: Mapping[str, Any], cell_mv: list[int] | None, chem: str) -> dict[str, Any]:
-    """The SoC point at the end of a rest (day counters; the caller adds the carried base)."""
+def _rest_point(
+    run: Mapping[str, Any],
+    cell_mv: list[int] | None,
+    chem: str,
+    relaxed: RelaxedOcv | None = None,
+) -> dict[str, Any]:
+    """The SoC point at the end of a rest (day counters; the caller adds the carried
+    base). ``relaxed``: a rest too short to have relaxed, its relaxation extrapolated;
+    every cell is moved by the mean cell's correction, and its uncertainty joins the
+    rest voltage's."""
     direction = _DIRECTION.get(run["mode_before_rest"] or "", 0)
+    shift_mv = 0.0 if relaxed is None else relaxed.correction_mv
+    sigma_mv = REST_VOLTAGE_SIGMA_MV[chem]
+    if relaxed is not None:
+        sigma_mv = math.hypot(sigma_mv, relaxed.sigma_mv)
     cell_soc = None
     if cell_mv is not None and None not in cell_mv:
-        cell_soc = rest_soc_pct_from_cell_mv(cell_mv, chem, direction)
-        ocv_v = float(np.mean(cell_mv)) / 1000.0
+        mv = np.asarray(cell_mv, dtype=np.float64) + shift_mv
+        cell_soc = rest_soc_pct_from_cell_mv(mv, chem, direction)
+        ocv_v = float(np.mean(mv)) / 1000.0
         soc = float(np.mean(cell_soc))
     else:
-        ocv_v = run["end_voltage_v"] / run["n_cells"]
+        ocv_v = run["end_voltage_v"] / run["n_cells"] + shift_mv / 1000.0
         soc = float(rest_soc_pct_from_cell_mv(ocv_v * 1000.0, chem, direction))
     return {
         "t_ms": float(run["end_ms"]),
@@ -1900,11 +1965,12 @@ def _rest_point(run: Mapping[str, Any], cell_mv: list[int] | None, chem: str) ->
         "covered_ms": float(run["covered_cum_ms"]),
         "bad_gaps": float(run["bad_gaps_cum"]),
         "soc_pct": soc,
-        "soc_sigma_pct": float(soc_sigma_pct_from_ocv(soc, chem)),
+        "soc_sigma_pct": float(soc_sigma_pct_from_ocv(soc, chem, sigma_mv)),
         "temp_c": float(run["end_temp_c"]) if run["end_temp_c"] is not None else 25.0,
         "ocv_v": ocv_v,
         "rest_h": run["duration_s"] / 3600.0,
         "anchor": 0.0,
+        "ocv_sigma_mv": sigma_mv,
         "cell_soc": cell_soc,
     }
 
@@ -2027,6 +2093,7 @@ def _charge_step_points(
                 "ocv_v": float(ocv_v_from_soc_pct(soc, info["chemistry"])),
                 "rest_h": 0.0,
                 "anchor": 1.0,
+                "ocv_sigma_mv": math.nan,
                 "cell_soc": fit.soc_pct,
             }
         )
@@ -2159,7 +2226,8 @@ def _cell_soc_sigma(point: Mapping[str, Any], chem: str, *, absolute: bool = Fal
     if point.get("anchor", 0.0):
         anchor = float(point["soc_sigma_pct"]) if absolute else _STEP_CELL_SIGMA_PCT
         return np.full(cell_soc.shape, anchor)
-    return np.asarray(soc_sigma_pct_from_ocv(cell_soc, chem), dtype=np.float64)
+    sigma_mv = point.get("ocv_sigma_mv")
+    return np.asarray(soc_sigma_pct_from_ocv(cell_soc, chem, sigma_mv), dtype=np.float64)
 
 
 def _readable_cells(point: Mapping[str, Any], chem: str, params: AnalyticsParams) -> np.ndarray:

@@ -32,8 +32,10 @@ METHODOLOGY = (
     "State of health (SoH) is the usable capacity as a share of the rated capacity. Each "
     "capacity estimate is the charge counted between two rested open-circuit-voltage points "
     "(Q = dq / (z_end - z_start), SoC read off the chemistry's OCV curve; G. L. Plett, "
-    "Battery Management Systems Vol. I, 2015), accepted only after at least 3 h of rest "
-    "(Theuerkauf & Swan 2022) and over a wide SoC window.",
+    "Battery Management Systems Vol. I, 2015), accepted after at least 3 h of rest "
+    "(Theuerkauf & Swan 2022), or after 1 h with the rest of the voltage relaxation "
+    "extrapolated (first-order relaxation model, Pei et al. 2014) and its uncertainty "
+    "added, and over a wide SoC window.",
     "The SoH shown is a robust fit of all estimates of the last two years, "
     "SoH = a - b * age^p with p = 0.75 for NMC (Schmalstieg et al. 2014) and 0.5 for LFP "
     "(Naumann et al. 2018), weighted least squares with Huber reweighting; the interval is "

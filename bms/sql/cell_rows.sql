@@ -1,7 +1,7 @@
 -- cell_rows: the cell and temperature lists of the readings chosen by cell_select.sql,
--- and by charge_select.sql, deduplicated by (vin, seq). This is the one pass over the
--- unit's cell lists; cell_day.sql, step_cells.sql, rest_cells.sql and charge_cells.sql
--- read only these rows.
+-- charge_select.sql and relax_select.sql, deduplicated by (vin, seq). This is the one pass over the
+-- unit's cell lists; cell_day.sql, step_cells.sql, rest_cells.sql, charge_cells.sql
+-- and rest_relax.sql read only these rows.
 --
 -- It runs once for the whole unit (view `tele` over all its files; `cell_select` and
 -- `charge_select` are every vehicle group's, registered by bms._analytics), after the
@@ -15,6 +15,8 @@ WITH keys AS (
         SELECT vin, seq, TRUE AS for_cells FROM cell_select
         UNION ALL
         SELECT vin, seq, FALSE FROM charge_select
+        UNION ALL
+        SELECT vin, seq, FALSE FROM relax_select
     )
     GROUP BY vin, seq
 )

@@ -6,30 +6,36 @@ packs (14 cells) and a coarse cadence, analysed once with ``bms.run_pending``, a
 last date is scored by ``tests.bms.test_analytics_truth.score_fleet`` (the benchmark
 ``benchmarks/accuracy.py`` runs the same scoring at full size).
 
-Measured: SoH MAE 1.08 points, 90 % interval coverage 88 %, resistance growth error
-7.8 % of the mean true growth, warranty verdicts agree for 90 % of vehicles (45 of 50).
-The first three are asserted at their goal. Verdict agreement is not met yet (goal 95 %)
-and is asserted at 88 % (one vehicle of headroom), so that a regression shows.
-Drawn with seed 12 the fleet scores MAE 1.04, coverage 86 %, agreement 84 %, and no
-vehicle below its threshold is reported ``ok`` (LFP taxi 8, a fast-fading cell at
+Measured (analytics-10): SoH MAE 0.90 points, 90 % interval coverage 90 %, resistance
+growth error 7.8 % of the mean true growth, warranty verdicts agree for 92 % of vehicles
+(46 of 50). The first three are asserted at their goal. Verdict agreement is not met
+yet (goal 95 %) and is asserted at 90 % (one vehicle of headroom), so that a regression
+shows. Drawn with seed 12 the fleet scores MAE 0.89, coverage 90 %, agreement 90 %, and
+no vehicle below its threshold is reported ``ok`` (LFP taxi 8, a fast-fading cell at
 78.8 %, was, at 89.2 %, until the pack's capacity followed its weakest cell:
 ``tests/bms/test_analytics_weak_cell.py``).
 
-The five disagreements all say ``insufficient_data``, as a trend without recent
-estimates may not say ``ok``: vehicles whose SoC never moves where it can be read.
-Two occasional drivers idle within a few % of full (NMC 26 rests 3 h or more only at
-~94.5 % OCV SoC, its rests before a charge last 0.25-2.5 h; LFP 20 rests only at 98.5 %,
-the rest of its range is plateau) and a fast-fading LFP occasional driver (36, truly
-below its threshold) rests and starts its charges at 83-99 %, above the step's upper
-half. Two cars whose estimates stopped (a cell drained by a soft short, 28 and 34) are
-parked for good from February and May 2025 (no current, so no capacity can be measured;
-the shorted cell's voltage falls below zero) and get a verdict only when their use since
-bounds their ageing (``bms.warranty_verdict``); with daily summaries that bound is loose
-(the use since at its upper bound over the use before at its lower bound is 2.1-5.3 x),
-so their trends stretched so cross 80 % within cover, and 34 also loses the today bound
-(SoH now >= 79.4 % at the lab-cell laws' worst). NMC 9, driven a few times a month, rests
-at ~99 % and after a trip at 91-95 %: windows of 7-10 %, measured since the window floor
-is 7 % (``AnalyticsParams.min_soc_window_pct``; it was 10 % and its estimates stopped in
+Since analytics-9: occasional NMC drivers kept plugged in at full rest 3 h only there
+and 1-2.5 h between the legs of a trip (NMC 26 here; 31, 37 and 38 at seed 12 had no
+estimate in two years); a rest from 1 h now gives an OCV point with its relaxation
+extrapolated (``bms._relax``), and those vehicles agree. LFP charge-step anchors were
+read at the rated capacity, 0.2-0.5 % SoC high on aged packs; the pack's capacity is
+now fitted with them (``bms._chargestep``), which took 0.1-0.5 points off the LFP
+estimates' bias.
+
+The four disagreements all say ``insufficient_data``, as a trend without recent
+estimates may not say ``ok``. LFP 20 rests only at 98.5 %, the rest of its range is
+plateau. A fast-fading LFP occasional driver (36, truly below its threshold) rests and starts its
+charges at 83-99 %, above the step's upper half. Two cars whose estimates stopped (a
+cell drained by a soft short, 28 and 34) are parked for good from February and May 2025
+(no current, so no capacity can be measured; the shorted cell's voltage falls below
+zero) and get a verdict only when their use since bounds their ageing
+(``bms.warranty_verdict``); with daily summaries that bound is loose (the use since at
+its upper bound over the use before at its lower bound is 2.1-5.3 x), so their trends
+stretched so cross 80 % within cover, and 34 also loses the today bound (SoH now >=
+79.4 % at the lab-cell laws' worst). NMC 9, driven a few times a month, rests at ~99 %
+and after a trip at 91-95 %: windows of 7-10 %, measured since the window floor is 7 %
+(``AnalyticsParams.min_soc_window_pct``; it was 10 % and its estimates stopped in
 September 2024).
 
 LFP cars that live above 70 % SoC (13, 25, 27, 35) were the rest of the gap: their
@@ -94,7 +100,7 @@ def test_pack_resistance_and_its_growth_track_the_truth(scored: FleetScore) -> N
 def test_warranty_verdicts_agree_with_the_truth_or_say_the_evidence_is_missing(
     scored: FleetScore,
 ) -> None:
-    assert scored.verdict_agreement >= 0.88, _explain(scored)
+    assert scored.verdict_agreement >= 0.90, _explain(scored)
     wrong = [v for v in scored.vehicles if v.status not in (v.status_true, "insufficient_data")]
     assert len(wrong) <= 1, _explain(scored)
 

@@ -1,0 +1,14 @@
+-- relax_select: the readings of each rest too short for an OCV point (rest_min_s) but
+-- long enough to extrapolate its relaxation (rest_relax_min_s), with their time since
+-- the rest began [s]; cell_rows.sql fetches their cell lists and rest_relax.sql turns
+-- them into one voltage curve per rest (bms._relax). Rests still open at the day's end
+-- go on tomorrow (they are judged when they end).
+-- Inputs: readings, rest_runs.
+SELECT r.vin, r.day_n, r.run_id, r.seq, (r.ts_ms - rr.start_ms) / 1000.0 AS t_s
+FROM readings r
+JOIN rest_runs rr USING (vin, day_n, run_id)
+WHERE r.at_rest
+    AND NOT rr.open_at_day_end
+    AND rr.duration_s >= getvariable('rest_relax_min_s')
+    AND rr.duration_s < getvariable('rest_min_s')
+ORDER BY r.day_n, r.vin, r.run_id, r.seq;
