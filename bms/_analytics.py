@@ -1529,7 +1529,7 @@ def _resistance_table(
     """Per vehicle: median pack resistance of the day's steps and per-cell medians."""
     cols = {
         n: steps[n].to_numpy(zero_copy_only=False)
-        for n in ("vin", "seq", "r_mohm", "delay_s", "temp_c", "soc_pct", "delta_a", "temp_factor")
+        for n in ("vin", "seq", "r_mohm", "delay_s", "temp_c", "soc_pct", "delta_a")
     }
     # The reference SoC band holds for every cell (science.md 6.5: fix the SoC window):
     # a step with a cell rested below the OCV of the band's lower edge is left out.
@@ -1538,15 +1538,18 @@ def _resistance_table(
         for chem in CHEMISTRIES
     }
     cells_dv = {}
+    sensors_c = {}
     drained = set()
-    for v, q, d, lo in zip(
+    for v, q, d, lo, t in zip(
         step_cells["vin"].to_pylist(),
         step_cells["seq"].to_pylist(),
         step_cells["cells_delta_mv"].to_pylist(),
         step_cells["pre_min_mv"].to_pylist(),
+        step_cells["temp_c"].to_pylist(),
         strict=True,
     ):
         cells_dv[(v, q)] = d
+        sensors_c[(v, q)] = t
         chem = (reg.get(v) or {}).get("chemistry")
         if lo is not None and chem in low_mv and lo < low_mv[chem]:
             drained.add((v, q))
@@ -1557,9 +1560,19 @@ def _resistance_table(
         ],
         dtype=np.float64,
     )
-    r25_all = _step_resistance_25c(
-        cols["r_mohm"].astype(np.float64), r_cells, cols["temp_factor"].astype(np.float64)
+    # The cells' temperature: the median of the step reading's sensors where its lists
+    # were read (robust to one failed sensor), else the readings' mean.
+    temp_c = np.array(
+        [
+            t if (t := sensors_c.get((v, int(q)))) is not None else float(mean_c)
+            for v, q, mean_c in zip(cols["vin"], cols["seq"], cols["temp_c"], strict=True)
+        ],
+        dtype=np.float64,
     )
+    temp_factor = np.asarray(
+        resistance_temp_factor(temp_c, params.reference_temp_c), dtype=np.float64
+    )
+    r25_all = _step_resistance_25c(cols["r_mohm"].astype(np.float64), r_cells, temp_factor)
     r25_all[[(v, int(q)) in drained for v, q in zip(cols["vin"], cols["seq"], strict=True)]] = (
         math.nan
     )
@@ -1578,7 +1591,7 @@ def _resistance_table(
         if not ok.any():
             continue
         r25o = r25[ok]
-        cells25 = (r_cells / cols["temp_factor"].astype(np.float64))[m][ok]
+        cells25 = (r_cells / temp_factor)[m][ok]
         inter = (r - r_cells[m])[ok]
         split = np.isfinite(cells25)
         if split.sum() >= 1:
@@ -1616,7 +1629,7 @@ def _resistance_table(
                 "chemistry": (reg.get(vin) or {}).get("chemistry"),
                 "n_steps": int(r25o.size),
                 "delay_s": float(np.median(cols["delay_s"][m][ok])),
-                "temp_c": float(np.median(cols["temp_c"][m][ok])),
+                "temp_c": float(np.median(temp_c[m][ok])),
                 "soc_pct": float(np.median(cols["soc_pct"][m][ok])),
                 "resistance_mohm": float(np.median(r[ok])),
                 "resistance_mohm_25c": med,

@@ -342,6 +342,25 @@ def test_over_temperature_events_need_the_pack_not_one_sensor(tmp_path: Path) ->
     assert max(vd["temp_c_max"].to_pylist()) == 75.0  # the reading itself is kept
 
 
+def test_one_failed_temperature_sensor_does_not_move_the_normalised_resistance(
+    tmp_path: Path,
+) -> None:
+    """The same pack at 25 degC with one of four sensors stuck at -5 degC: the
+    resistance at the reference temperature is normalised with the median of the
+    sensors, so it equals the healthy pack's (with their mean, 17.5 degC, it read 16 %
+    low, and a vehicle's growth trend stepped down the day its sensor failed)."""
+    lake = tmp_path / "lake"
+    healthy = SynthVehicle("FBMAAAAA0TS000011", drive_temps_c=(25, 25, 25, 25))
+    stuck = SynthVehicle("FBMAAAAA0TS000012", drive_temps_c=(25, 25, 25, -5))
+    write_fleet(lake, [healthy, stuck], START, 1, cadence_s=300)
+    bms.run_pending(lake)
+    res = bms.read_metrics(lake, "resistance", [START])
+    r25 = dict(zip(res["vin"].to_pylist(), res["resistance_mohm_25c"].to_pylist(), strict=True))
+    temp = dict(zip(res["vin"].to_pylist(), res["temp_c"].to_pylist(), strict=True))
+    assert r25[stuck.vin] == pytest.approx(r25[healthy.vin], rel=1e-9)
+    assert temp == {healthy.vin: 25.0, stuck.vin: 25.0}
+
+
 def test_registry_row_without_capacity_takes_the_default_capacity(tmp_path: Path) -> None:
     """capacity_ah is nullable in the registry: the run goes on with
     analytics.default_capacity_ah (as readings.sql does), ageing stress included."""
