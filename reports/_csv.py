@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import io
+from collections.abc import Mapping
 from typing import IO, TYPE_CHECKING, Any, cast
 
 import numpy as np
@@ -68,7 +69,10 @@ def _polars_layout_is_arrows(values: np.ndarray[Any, Any]) -> np.ndarray[Any, An
     return np.asarray(decimal | tiny | huge)
 
 
-def _polars_float_text(column: pa.Array) -> pl.Series:
+def _polars_float_text(column: pa.Array, *, as_floats: bool = False) -> pl.Series:
+    """Polars' text of a float column, Arrow's where the layouts differ; with
+    ``as_floats``, the float column itself when they agree on every value (Polars' CSV
+    writer then formats it with the digits and layout of its cast to text)."""
     import polars as pl  # heavy: imported on first use
 
     # Polars writes a float32 with the shortest float32 digits, as Arrow does.
@@ -78,8 +82,10 @@ def _polars_float_text(column: pa.Array) -> pl.Series:
     other = ~_polars_layout_is_arrows(values)
     if column.null_count:
         other &= column.is_valid().to_numpy(zero_copy_only=False)
-    text = series.cast(pl.String)
     idx = np.flatnonzero(other)
+    if as_floats and not len(idx):
+        return series
+    text = series.cast(pl.String)
     if len(idx):
         arrow = pl.from_arrow(_arrow_text(column.take(pa.array(idx))))
         assert isinstance(arrow, pl.Series)
@@ -118,9 +124,28 @@ def polars_matches_arrow() -> bool:
     return True
 
 
+@functools.cache
+def _polars_writes_floats_like_arrow() -> bool:
+    """True when Polars' CSV writer gives a float column the text of Arrow's cast where
+    the layouts agree (``_polars_layout_is_arrows``), checked on the probe values."""
+    import polars as pl
+
+    for dtype, typ in ((np.float64, pa.float64()), (np.float32, pa.float32())):
+        values = _probe_values(dtype)
+        column = pa.array(values[_polars_layout_is_arrows(values)], typ)
+        sink = io.BytesIO()
+        pl.DataFrame({"c": pl.from_arrow(column)}).write_csv(
+            sink, include_header=False, line_terminator="\n", quote_style="never"
+        )
+        if sink.getvalue().decode("ascii").splitlines() != _arrow_text(column).to_pylist():
+            return False
+    return True
+
+
 def preload() -> None:
-    """Import Polars and run the layout check now (e.g. on a spare thread)."""
-    polars_matches_arrow()
+    """Import Polars and run the layout checks now (e.g. on a spare thread)."""
+    if polars_matches_arrow():
+        _polars_writes_floats_like_arrow()
 
 
 def float_text(column: pa.Array) -> pl.Series:
@@ -170,8 +195,11 @@ def _quote(values: pa.Array) -> pa.Array:
     return pc.binary_join_element_wise(quote, escaped, quote, pa.scalar("", text.type))
 
 
-def _field_text(column: pa.Array) -> pl.Series:
-    """One column's CSV fields, for Polars to write unquoted (nulls become empty)."""
+def _field_text(column: pa.Array, repeating: bool | None = None) -> pl.Series:
+    """One column's CSV fields, for Polars to write unquoted (nulls become empty).
+
+    ``repeating``: whether a float column's values repeat (``repeats``), if known.
+    """
     import polars as pl
 
     typ = column.type
@@ -183,7 +211,12 @@ def _field_text(column: pa.Array) -> pl.Series:
         else:
             series = pl.from_arrow(_quote(column))
     elif pa.types.is_float64(typ) or pa.types.is_float32(typ):
-        if not repeats(column):
+        if not (repeats(column) if repeating is None else repeating):
+            if polars_matches_arrow():
+                # The column itself where Polars' writer formats it like Arrow: it writes
+                # each double straight into the line, without a text column in between.
+                as_floats = _polars_writes_floats_like_arrow()
+                return _polars_float_text(column, as_floats=as_floats)
             return float_text(column)
         # Measurements at a fixed resolution repeat: each distinct value (by its bits,
         # so -0.0 stays apart from 0.0) formatted once.
@@ -215,7 +248,11 @@ def _header(names: list[str]) -> bytes:
     return (",".join('"' + n.replace('"', '""') + '"' for n in names) + "\n").encode("utf-8")
 
 
-def write_csv(table: pa.Table, sink: IO[bytes] | io.RawIOBase) -> None:
+def write_csv(
+    table: pa.Table,
+    sink: IO[bytes] | io.RawIOBase,
+    repeating: Mapping[str, bool] | None = None,
+) -> None:
     """Write ``table`` to ``sink`` as CSV: the bytes of ``pyarrow.csv.write_csv``.
 
     Parameters
@@ -225,6 +262,10 @@ def write_csv(table: pa.Table, sink: IO[bytes] | io.RawIOBase) -> None:
         into text first).
     sink : binary file
         Binary file object (Arrow's writer, used for small tables, checks ``closed``).
+    repeating : mapping of str to bool, optional
+        ``repeats`` of float columns, by name, where the caller already knows it (it
+        only picks how the text is made: the bytes are the same either way); the
+        others are sampled per batch.
     """
     import polars as pl
 
@@ -238,7 +279,13 @@ def write_csv(table: pa.Table, sink: IO[bytes] | io.RawIOBase) -> None:
         if batch.num_rows == 0:
             continue
         # Positional names: Polars needs unique ones, and the header is written above.
-        frame = pl.DataFrame({f"c{i}": _field_text(c) for i, c in enumerate(batch.columns)})
+        known = repeating or {}
+        frame = pl.DataFrame(
+            {
+                f"c{i}": _field_text(c, known.get(name))
+                for i, (name, c) in enumerate(zip(batch.schema.names, batch.columns, strict=True))
+            }
+        )
         frame.write_csv(
             cast("IO[bytes]", sink),
             include_header=False,
