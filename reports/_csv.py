@@ -28,6 +28,7 @@ from __future__ import annotations
 import functools
 import io
 from collections.abc import Mapping
+from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, cast
 
 import numpy as np
@@ -38,7 +39,14 @@ import pyarrow.csv as pcsv
 if TYPE_CHECKING:
     import polars as pl
 
-__all__ = ["float_text", "polars_matches_arrow", "preload", "repeats", "write_csv"]
+__all__ = [
+    "float_text",
+    "polars_matches_arrow",
+    "preload",
+    "repeats",
+    "write_csv",
+    "write_csv_file",
+]
 
 #: Rows formatted at a time (bounds the memory of the text of one batch; a day of a
 #: 1,000-vehicle fleet's per-cell table, 96,000 rows, is one batch).
@@ -267,8 +275,6 @@ def write_csv(
         only picks how the text is made: the bytes are the same either way); the
         others are sampled per batch.
     """
-    import polars as pl
-
     if table.num_columns == 0:
         raise ValueError("a CSV file needs at least one column")
     if table.num_rows < _POLARS_MIN_ROWS:
@@ -279,18 +285,54 @@ def write_csv(
         if batch.num_rows == 0:
             continue
         # Positional names: Polars needs unique ones, and the header is written above.
-        known = repeating or {}
-        frame = pl.DataFrame(
-            {
-                f"c{i}": _field_text(c, known.get(name))
-                for i, (name, c) in enumerate(zip(batch.schema.names, batch.columns, strict=True))
-            }
+        _frame(batch, [f"c{i}" for i in range(batch.num_columns)], repeating).write_csv(
+            cast("IO[bytes]", sink), include_header=False, **_POLARS_DIALECT
         )
-        frame.write_csv(
-            cast("IO[bytes]", sink),
-            include_header=False,
-            separator=",",
-            line_terminator="\n",
-            quote_style="never",
-            null_value="",
-        )
+
+
+#: Arrow's dialect in Polars' writer: fields are made unquoted text (``_field_text``).
+_POLARS_DIALECT: dict[str, Any] = {
+    "separator": ",",
+    "line_terminator": "\n",
+    "quote_style": "never",
+    "null_value": "",
+}
+
+
+def _frame(
+    batch: pa.RecordBatch, names: list[str], repeating: Mapping[str, bool] | None
+) -> pl.DataFrame:
+    import polars as pl
+
+    known = repeating or {}
+    return pl.DataFrame(
+        {
+            name: _field_text(column, known.get(field))
+            for name, field, column in zip(names, batch.schema.names, batch.columns, strict=True)
+        }
+    )
+
+
+def write_csv_file(
+    table: pa.Table, path: Path, repeating: Mapping[str, bool] | None = None
+) -> None:
+    """Write ``table`` to a new file ``path``: the bytes of ``write_csv``.
+
+    A table of one batch (``BATCH_ROWS``) with distinct column names is written by
+    Polars' writer to the path itself, header included (the names given as their
+    quoted header text): no Python call for each chunk it writes, so no wait for the
+    GIL or copy into a Python ``bytes`` on the way. Other tables go through
+    ``write_csv``. Parameters as ``write_csv``'s.
+    """
+    names = table.column_names
+    if (
+        table.num_columns == 0
+        or not _POLARS_MIN_ROWS <= table.num_rows <= BATCH_ROWS
+        or len(set(names)) != len(names)
+    ):
+        with open(path, "wb") as sink:
+            write_csv(table, sink, repeating)
+        return
+    batch = table.combine_chunks().to_batches()[0]
+    header = [_header([name]).decode("utf-8")[:-1] for name in names]
+    _frame(batch, header, repeating).write_csv(path, include_header=True, **_POLARS_DIALECT)

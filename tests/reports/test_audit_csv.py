@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from datetime import date, datetime, time
 from decimal import Decimal
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -21,6 +23,7 @@ from reports._csv import (
     float_text,
     polars_matches_arrow,
     write_csv,
+    write_csv_file,
 )
 
 
@@ -226,3 +229,23 @@ def test_write_csv_takes_any_repeating_hint_and_writes_the_same_bytes() -> None:
         for rounded in (True, False):
             assert _ours(table, {"full": full, "rounded": rounded}) == want
     assert _ours(table, {"other": True}) == want
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: _every_type_table(25_000),  # one batch: Polars writes the file, header too
+        lambda: _every_type_table(BATCH_ROWS + 5),  # two batches: through write_csv
+        lambda: _every_type_table(500),  # small: Arrow's writer
+        lambda: pa.concat_tables([_every_type_table(9_000), _every_type_table(9_000)]),
+        lambda: pa.table([pa.array(np.arange(20_000) * 0.5)] * 2, names=["x", "x"]),
+        lambda: _every_type_table(BATCH_ROWS).slice(0, 0),
+    ],
+    ids=["one-batch", "two-batches", "small", "two-chunks", "same-names", "empty"],
+)
+def test_write_csv_file_writes_the_bytes_of_arrows_writer(
+    make: Callable[[], pa.Table], tmp_path: Path
+) -> None:
+    table = make()
+    write_csv_file(table, tmp_path / "t.csv")
+    assert (tmp_path / "t.csv").read_bytes() == _arrow_csv(table)
