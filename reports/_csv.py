@@ -12,8 +12,8 @@ agree (non-integral values from 1e-5 to 1e10, and the exponent forms below 1e-6 
 1e16 up), Arrow's for every other value, and lets Polars join the fields into lines. A
 float column whose every value lies where the layouts agree (full-precision
 measurements) goes to Polars' writer as floats, which formats each straight into its
-line (the same digits and layout as its cast to text, without a text column: 25-35 %
-less for such a column). A float column whose values repeat (readings at a fixed
+line (the same digits and layout as its cast to text, without a text column: about a
+third less for such a column). A float column whose values repeat (readings at a fixed
 resolution) is formatted once per distinct value; tables under ``_POLARS_MIN_ROWS`` rows
 go through Arrow's writer. ``write_csv_file`` lets Polars open the file itself.
 
