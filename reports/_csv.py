@@ -370,4 +370,7 @@ def write_csv_file(
         return
     batch = table.combine_chunks().to_batches()[0]
     header = [_header([name]).decode("utf-8")[:-1] for name in names]
-    _frame(batch, header, repeating).write_csv(path, include_header=True, **_POLARS_DIALECT)
+    # Absolute: Polars expands a leading ``~`` of the path it is given.
+    _frame(batch, header, repeating).write_csv(
+        str(path.absolute()), include_header=True, **_POLARS_DIALECT
+    )

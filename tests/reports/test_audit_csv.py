@@ -249,3 +249,17 @@ def test_write_csv_file_writes_the_bytes_of_arrows_writer(
     table = make()
     write_csv_file(table, tmp_path / "t.csv")
     assert (tmp_path / "t.csv").read_bytes() == _arrow_csv(table)
+
+
+def test_write_csv_file_writes_where_it_is_told_even_under_a_folder_named_tilde(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "~").mkdir()
+    table = _every_type_table(25_000)
+    write_csv_file(table, Path("~/t.csv"))
+    assert (tmp_path / "~" / "t.csv").read_bytes() == _arrow_csv(table)
+    assert not (home / "t.csv").exists()
