@@ -33,6 +33,49 @@ Run: ``.venv/bin/python benchmarks/reports_audit.py [--vehicles N] [--days N] [-
 [--rounded]``. The per-cell figures are doubles at full precision, as the analytics
 write them; ``--rounded`` cuts them to 2-4 decimals, the data of the table below.
 
+Third attempt, the same evening (the machine loaded throughout by other workers, load
+average 4-10: CPU time and paired runs only, no headline), looking for cores left idle
+or work paid twice rather than one big cut:
+
+- Polars' CSV writer called back into Python for each chunk it wrote to the hashing file
+  object (a copy into a ``bytes``, then a wait for the GIL while the other exporter held
+  it), and Arrow's Parquet writer did for each page. Both now open the file themselves
+  (``pa.OSFile``; Polars writes a one-batch table with its header), and the file is
+  hashed read back through ``mmap``.
+- A float column whose every value Polars lays out like Arrow goes to Polars' writer as
+  floats instead of a text column (about a third less for such a column), and
+  ``repeats`` is sampled once per column instead of twice.
+- NumPy temporaries of whole 96,000-row columns (768 KB) came fresh from the OS on every
+  call (glibc gives blocks above 128 KB back on release) and their first touch cost more
+  than the arithmetic: the float layout checks run 8,192 values at a time (1.1-1.2 ->
+  0.2-0.4 ms a column).
+
+Same bytes: ``manifest.json`` SHA-256 ``09ff37a5...`` (full precision) and
+``4745c8ff...`` (``--rounded``) before and after, verify ok. Exporter of a4f1be2 against
+this one, alternated: one cell_day day (one thread, min of 5, mean of 8 days) 83-87 ->
+72-75 ms CPU at full precision, 54-57 -> 49-53 ms rounded; whole full-precision exports,
+7 pairs at load 4-7: CPU 10.7-13.2 -> 9.5-12.4 s (paired ratios 0.84-1.02, median 0.90),
+wall (paired) 0.77-1.04, median 0.93, page faults 118-170 k -> 90-118 k; rounded, 3
+pairs: CPU 8.2-9.5 -> 7.7-9.8 s (no clear change). Of it, the writers opening their
+files: 7 whole exports at load 7-10 paired with the commit before, CPU 0.87-1.02 (median
+0.94), wall 0.79-0.99 (median 0.90); but 2 threads exporting 60 partitions alone, 16
+pairs: the same CPU (2.29 against 2.31 s), wall median 2.7 against 2.9 s: a small gain
+at most, not shown on a quiet machine. (Polars opens a path twice, with O_TRUNC both
+times; ext4 then starts the file's writeback when it is closed, on the exporter's
+thread.) If the quiet machine keeps the parallel efficiency of the 4.3-4.9 s exports,
+about 3.8-4.4 s: a headline near 0.23-0.27, still short of 0.3. Measured and left: zstd
+level 1 or 2 for the bundle's Parquet (1 ms of a 17-20 ms write, and new bytes),
+lz4/snappy (4-5 ms less, 4-6 % larger); writing the VIN column from its dictionary (1.5
+ms; changes the stored Arrow schema); reading with ``use_threads=False`` or
+``memory_map`` (7.4-8 ms either way); Polars' ``float_scientific=False`` (its positional
+route rounds float64 ties otherwise and prints float32 with float64 digits: not Arrow's
+text); ``MIMALLOC_PURGE_DELAY=-1`` (35 % fewer faults, but only settable before pyarrow
+loads); the Python GC (0.15 s in a whole export). What is left: a float column with a
+few values outside the shared layout (integral, NaN, or 1e-6 <= |x| < 1e-5: the drift
+and delta columns on most days here) still goes through text, ~5 ms more per column and
+day; the VIN pre-pass (0.2-0.4 s CPU) runs before any partition; Parquet 17-20 ms a day,
+of it zstd ~6.
+
 Later the same day, the machine nearly quiet (load average 1.2-1.6, the benchmark's own),
 with float columns that rarely repeat written BYTE_STREAM_SPLIT: full precision (327 MB
 in, 1,306 MB out) headline 0.233-0.280 (median 0.245, export CPU 8.2-9.5 s); ``--rounded``

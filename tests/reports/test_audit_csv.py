@@ -3,16 +3,28 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from datetime import date, datetime, time
 from decimal import Decimal
+from pathlib import Path
 
 import numpy as np
+import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pytest
 
-from reports._csv import BATCH_ROWS, float_text, polars_matches_arrow, write_csv
+from reports._csv import (
+    BATCH_ROWS,
+    _field_text,
+    _polars_layout_is_arrows,
+    _polars_writes_floats_like_arrow,
+    float_text,
+    polars_matches_arrow,
+    write_csv,
+    write_csv_file,
+)
 
 
 def _arrow_csv(table: pa.Table) -> bytes:
@@ -21,9 +33,9 @@ def _arrow_csv(table: pa.Table) -> bytes:
     return sink.getvalue()
 
 
-def _ours(table: pa.Table) -> bytes:
+def _ours(table: pa.Table, repeating: dict[str, bool] | None = None) -> bytes:
     sink = io.BytesIO()
-    write_csv(table, sink)
+    write_csv(table, sink, repeating)
     return sink.getvalue()
 
 
@@ -39,6 +51,11 @@ def _assert_same_text(values: np.ndarray, typ: pa.DataType) -> None:
 def test_installed_polars_formats_floats_like_arrow() -> None:
     # Else the export silently takes the slow path; this keeps the fast one tested.
     assert polars_matches_arrow()
+
+
+def test_installed_polars_writes_float_columns_like_arrow() -> None:
+    # Else full-precision columns silently go through text; this keeps the direct route tested.
+    assert _polars_writes_floats_like_arrow()
 
 
 @pytest.mark.parametrize(("dtype", "typ"), [(np.float64, pa.float64()), (np.float32, pa.float32())])
@@ -143,3 +160,106 @@ def test_write_csv_of_repeating_measurements_matches_arrow() -> None:
         }
     )
     assert _ours(table) == _arrow_csv(table)
+
+
+def test_write_csv_of_full_precision_measurements_matches_arrow() -> None:
+    # Columns whose every value Polars' writer lays out like Arrow go to it as floats (no
+    # text column); one value it writes otherwise (0.0, |x| < 1e-5, NaN) sends its column
+    # through text.
+    rng = np.random.default_rng(12)
+    n = 30_000
+    mask = np.zeros(n, dtype=bool)
+    mask[::11] = True
+    rest_mv = 3700 + rng.normal(0, 3, n)
+    drift = rng.normal(0, 0.2, n)
+    drift[[5, 20_000]] = [0.0, 3.5e-6]
+    with_nan = rng.normal(0, 1, n)
+    with_nan[-1] = np.nan
+    columns = {
+        "rest_mv": pa.array(rest_mv),
+        "rest_mv_nulls": pa.array(rest_mv, mask=mask),
+        "temp_c": pa.array(rng.uniform(5, 60, n).astype(np.float32)),
+        "tiny": pa.array(rng.uniform(-1, 1, n) * 1e-9),
+        "huge": pa.array(rng.uniform(1, 9, n) * 10.0 ** rng.integers(16, 300, n)),
+        "drift": pa.array(drift),
+        "with_nan": pa.array(with_nan),
+    }
+    table = pa.table(columns)
+    direct = {name: _field_text(column).dtype.is_float() for name, column in columns.items()}
+    assert direct == {
+        "rest_mv": True,
+        "rest_mv_nulls": True,
+        "temp_c": True,
+        "tiny": True,
+        "huge": True,
+        "drift": False,
+        "with_nan": False,
+    }
+    assert _ours(table) == _arrow_csv(table)
+
+
+@pytest.mark.parametrize(("bits", "typ"), [(np.uint64, pa.float64()), (np.uint32, pa.float32())])
+def test_write_csv_of_floats_given_as_floats_matches_arrow_on_random_bit_patterns(
+    bits: type[np.unsignedinteger], typ: pa.DataType
+) -> None:
+    rng = np.random.default_rng(20261207)
+    raw = rng.integers(0, np.iinfo(bits).max, 600_000, dtype=bits, endpoint=True)
+    values = raw.view(np.float64 if bits is np.uint64 else np.float32)
+    scale = 10.0 ** rng.integers(-5, 10, 600_000)
+    measured = (rng.uniform(-1, 1, 600_000) * scale).astype(values.dtype)
+    values = np.concatenate([values, measured])
+    values = values[_polars_layout_is_arrows(values)]
+    table = pa.table({"x": pa.array(values, typ)})
+    assert isinstance(_field_text(table["x"].chunks[0]), pl.Series)
+    assert _field_text(table["x"].chunks[0]).dtype.is_float()
+    assert _ours(table) == _arrow_csv(table)
+
+
+def test_write_csv_takes_any_repeating_hint_and_writes_the_same_bytes() -> None:
+    rng = np.random.default_rng(13)
+    n = 20_000
+    table = pa.table(
+        {
+            "full": pa.array(rng.normal(3700, 3, n)),
+            "rounded": pa.array(np.round(rng.normal(0, 0.2, n), 2)),
+        }
+    )
+    want = _arrow_csv(table)
+    for full in (True, False):
+        for rounded in (True, False):
+            assert _ours(table, {"full": full, "rounded": rounded}) == want
+    assert _ours(table, {"other": True}) == want
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: _every_type_table(25_000),  # one batch: Polars writes the file, header too
+        lambda: _every_type_table(BATCH_ROWS + 5),  # two batches: through write_csv
+        lambda: _every_type_table(500),  # small: Arrow's writer
+        lambda: pa.concat_tables([_every_type_table(9_000), _every_type_table(9_000)]),
+        lambda: pa.table([pa.array(np.arange(20_000) * 0.5)] * 2, names=["x", "x"]),
+        lambda: _every_type_table(BATCH_ROWS).slice(0, 0),
+    ],
+    ids=["one-batch", "two-batches", "small", "two-chunks", "same-names", "empty"],
+)
+def test_write_csv_file_writes_the_bytes_of_arrows_writer(
+    make: Callable[[], pa.Table], tmp_path: Path
+) -> None:
+    table = make()
+    write_csv_file(table, tmp_path / "t.csv")
+    assert (tmp_path / "t.csv").read_bytes() == _arrow_csv(table)
+
+
+def test_write_csv_file_writes_where_it_is_told_even_under_a_folder_named_tilde(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "~").mkdir()
+    table = _every_type_table(25_000)
+    write_csv_file(table, Path("~/t.csv"))
+    assert (tmp_path / "~" / "t.csv").read_bytes() == _arrow_csv(table)
+    assert not (home / "t.csv").exists()
