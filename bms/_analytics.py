@@ -2053,6 +2053,7 @@ def _best_pair(
     """The most certain capacity estimate pairing ``point`` with an earlier rest point."""
     rated = float(info["capacity_ah"])
     best: dict[str, Any] | None = None
+    best_p: Mapping[str, Any] = point  # the earlier point of ``best``
     off = offset if offset is not None else 0.0
     off_sigma = offset_sigma if offset_sigma is not None else 0.05 * rated / 100
     if point["soc_sigma_pct"] > params.max_soc_sigma_pct:
@@ -2098,20 +2099,25 @@ def _best_pair(
                 rated,
                 rel,
             )
-            cells = not (
-                p.get("cell_soc") is None
-                or point.get("cell_soc") is None
-                or len(p["cell_soc"]) != len(point["cell_soc"])
-            )
-            best["cell_dsoc"] = point["cell_soc"] - p["cell_soc"] if cells else None
-            best["cell_dsoc_sigma"] = (
-                np.hypot(
-                    _cell_soc_sigma(p, info["chemistry"]),
-                    _cell_soc_sigma(point, info["chemistry"]),
-                )
-                if cells
-                else None
-            )
+            best_p = p
+    if best is None:
+        return None
+    # the cells' SoC steps of the chosen pair only (their sigmas read the OCV slope of
+    # every cell: computed once, not for every better pair met on the way)
+    cells = not (
+        best_p.get("cell_soc") is None
+        or point.get("cell_soc") is None
+        or len(best_p["cell_soc"]) != len(point["cell_soc"])
+    )
+    best["cell_dsoc"] = point["cell_soc"] - best_p["cell_soc"] if cells else None
+    best["cell_dsoc_sigma"] = (
+        np.hypot(
+            _cell_soc_sigma(best_p, info["chemistry"]),
+            _cell_soc_sigma(point, info["chemistry"]),
+        )
+        if cells
+        else None
+    )
     return best
 
 
