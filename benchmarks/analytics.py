@@ -36,6 +36,40 @@ floor 5-16 s; day 365 / day 1 between 0.8 and 1.9 for both) moved with the load.
 the CPU goes now: readings 8.1 s, cell_rows 3.7 s, vehicle_day 2.4 s, rest_runs 1.7 s,
 cell_day 1.7 s, the other jobs 3.7 s, Python about 3 s.
 
+Branch speed (2026-12-06, same machine, load average 4-10 from two other jobs, so the
+CPU figures run 1.3-1.6x the quiet ones above: the floor itself took 6.7-8.8 s CPU),
+1,000 vehicles, analyze of the benchmark day from the same state (the day before
+analysed first, as here), before and after interleaved, outputs equal (SHA-256 of the
+six metrics tables and the state): BLAS limited to one thread while the dates are
+finished (threadpoolctl). Whole analyze runs vary by +-5 s CPU here, so the step the
+limit covers (finishing the day in Python, after the SQL passes) was also timed alone,
+in one process, interleaved, on the same SQL outputs. With the committed
+bms/_chargestep.py: no change (its matrix products are small enough that OpenBLAS runs
+them on one thread anyway): finishing 4.0-4.1 s CPU with two BLAS threads, 3.9-4.2 s
+with one; whole analyze 36.0-39.9 s before, 39.5-43.5 s after (three runs each; noise).
+With the lead's work-in-progress _chargestep.py (larger products; snapshot of 21:42): a
+charge-step fit 20.8-22.2 ms CPU (wall 25.8-34.0 ms) with two BLAS threads, 7.6-8.4 ms
+(wall 7.8-10.2 ms) with one, 334 fits a day; finishing 11.8-12.5 s -> 5.2-8.0 s CPU
+(wall 11.5-13.3 -> 7.4-9.8 s); whole analyze 41.7-54.6 s -> 42.2-45.4 s CPU (three runs
+each). With main at 750db18 (the new charge-step fits and bms._relax) merged: finishing
+13.7-14.1 s CPU with two BLAS threads, 5.0-7.4 s with one (three each, in one process);
+whole analyze 42.0-57.0 s -> 45.4-45.8 s CPU, CPU ratio 5.8-6.0 -> 5.3 (two runs each),
+outputs equal. Where the CPU goes (the branch alone, one run, load 7, CPU s): the VIN
+scan (unit_vins) 0.7, the readings jobs of all vehicle groups 23.5, cell_rows 5.8, the
+cell jobs 3.4, finishing the day in Python 4.1 (charge-step fits 1.4 of it); within a
+group's readings jobs, the readings table is about 55 % (writing its 44 columns about
+40 % of that), vehicle_day 16 %, rest_runs 12 %, cell_select, carry, cell_counts and
+charge_select 3-5 % each. Tried, same outputs, no gain beyond the noise (kept out): one
+grouping pass feeding vehicle_day, carry, cell_counts and rest_runs' day ends; the
+readings table without 4-6 of its columns (about 5 %); the registry's values looked up
+from per-field lists instead of one struct; integer group keys in vehicle_day; DuckDB on
+one thread (the lanes give the parallelism; CPU the same, wall longer); a larger
+allocator flush threshold. A selective filter on the scan still decodes about 60 % of
+the cell lists (delta-encoded pages are decoded whole), so cell_rows stays near the
+floor. Next to try, on a quiet machine (steps of 5 % do not show at this load): the hash
+aggregates of vehicle_day and rest_runs, the readings table's streaming windows, and the
+wall of the one-thread VIN scan (about 2 s).
+
 Usage: python benchmarks/analytics.py [--vehicles 1000]
 """
 
