@@ -55,6 +55,7 @@ from bms._chargestep import fit_charge_step
 from bms._duck import duckdb_connect, set_double_variables, vin_groups
 from bms._errors import BmsError
 from bms._lake import fsync_path, holds_unique_readings, telemetry_files
+from bms._leak import leak_correction, update_leak_sums
 from bms._ocv import CHEMISTRIES, ocv_v_from_soc_pct
 from bms._relax import RelaxedOcv, ocv_mv_from_relaxation
 from bms._resistance import resistance_mohm_from_step, resistance_temp_factor
@@ -68,10 +69,14 @@ from bms._soh import (
     fit_step_trend,
 )
 from bms._warranty import (
+    CALENDAR_REF_TEMP_C,
+    CALENDAR_SOC_BINS_PCT,
     DAYS_PER_YEAR,
     UsageTotals,
     UseSinceEstimate,
     WarrantyPolicy,
+    calendar_arrhenius_k,
+    calendar_stress_from_exposure,
     coverage_end,
     daily_ageing_stress,
     load_warranty_policy,
@@ -80,7 +85,7 @@ from bms._warranty import (
 )
 
 #: Version of the analytics model; part of every run id and of the warranty evidence.
-ANALYTICS_MODEL_VERSION = "analytics-10"
+ANALYTICS_MODEL_VERSION = "analytics-11"
 #: Metrics tables written per (date, fleet).
 METRICS_TABLES = (
     "vehicle_day",
@@ -445,6 +450,8 @@ CARRY_SCHEMA = pa.schema(
         *[(f"rp_{f}", pa.list_(pa.float64())) for f in _RP_FIELDS],
         ("rp_cell_soc_pct", pa.list_(pa.list_(pa.float32()))),
         ("cell_capacity_ratio", pa.list_(pa.float64())),
+        # per cell, the five sums of bms._leak's normal equations (leak against capacity)
+        ("cell_leak_sums", pa.list_(pa.list_(pa.float64()))),
         ("offset_a", pa.float64()),
         ("offset_sigma_a", pa.float64()),
         ("first_ts_ms", pa.int64()),
@@ -911,6 +918,9 @@ def _set_variables(con: Any, params: AnalyticsParams) -> None:
         "charge_step_soc_min_pct": params.charge_step_soc_min_pct,
         "charge_step_soc_max_pct": params.charge_step_soc_max_pct,
         "charge_step_every_s": params.charge_step_every_s,
+        "cal_b_nmc_k": calendar_arrhenius_k("nmc"),
+        "cal_b_lfp_k": calendar_arrhenius_k("lfp"),
+        "cal_ref_temp_c": CALENDAR_REF_TEMP_C,
     }
     set_double_variables(con, variables)
 
@@ -1739,6 +1749,11 @@ def _update_carry_and_capacity(
             if old and old["cell_capacity_ratio"]
             else None
         )
+        leak = (
+            np.asarray(old["cell_leak_sums"], dtype=np.float64)
+            if old and old.get("cell_leak_sums")
+            else None
+        )
         rest_start = None
         rest_mode = None
         events: list[tuple[float, dict[str, Any] | None, dict[str, Any] | None]] = [
@@ -1782,7 +1797,7 @@ def _update_carry_and_capacity(
             if (readable or cells_only) and info is not None:
                 est = _best_pair(point, points, info, offset, offset_sigma, params)
                 if est is not None:
-                    ratio = _weakest_cell(est, ratio, params)
+                    ratio, leak = _weakest_cell(est, ratio, leak, params)
                 cell_est = _cell_pair(point, points, info, offset, offset_sigma, params)
                 if cell_est is not None and (
                     est is None
@@ -1833,6 +1848,7 @@ def _update_carry_and_capacity(
                 None if p.get("cell_soc") is None else p["cell_soc"].tolist() for p in points
             ],
             "cell_capacity_ratio": None if ratio is None else ratio.tolist(),
+            "cell_leak_sums": None if leak is None else leak.tolist(),
             "offset_a": offset,
             "offset_sigma_a": offset_sigma,
             "first_ts_ms": old["first_ts_ms"] if old else dc["first_ts_ms"],
@@ -1873,14 +1889,20 @@ _TEMP_BANDS = (
 _WORST_C_RATE = 3.0
 
 
+#: vehicle_day's calendar exposure columns, one per SoC bin of CALENDAR_SOC_BINS_PCT.
+_EXPOSURE_COLUMNS = tuple(f"cal_soc_{int(z)}_h" for z in CALENDAR_SOC_BINS_PCT[:-1])
+
+
 def _day_stress(
     vd: Mapping[str, Any], info: Mapping[str, Any]
 ) -> tuple[float, float, float, float]:
     """``daily_ageing_stress`` of a vehicle_day row, upper then lower bound (calendar,
-    cycle each). Upper: each band at its upper edge, hours without data in the hottest
-    band seen, a missing SoC or C-rate at its worst; lower: each band at its lower edge
-    (the day's minimum below 0 degC), hours without data at the day's minimum (as a
-    parked car's), a missing SoC at its mildest, C-rate 0."""
+    cycle each). Calendar: the hours whose temperature and SoC were read from their
+    exposure (``calendar_stress_from_exposure``, temperature integrated reading by
+    reading); the other hours of the day, upper: at the upper edge of the hottest band
+    seen, the day's highest SoC; lower: at the day's minimum temperature (as a parked
+    car's) and lowest SoC. Cycle: upper with a missing SoC or C-rate at its worst, lower
+    at its mildest and C-rate 0."""
     hours = [float(vd[name] or 0.0) for name, _, _ in _TEMP_BANDS]
     t_max = vd["temp_c_max"]
     t_min = vd["temp_c_min"]
@@ -1894,17 +1916,18 @@ def _day_stress(
     ]
     seen = [t for t, h in zip(upper, hours, strict=True) if h > 0]
     coldest = min((t for t, h in zip(lower, hours, strict=True) if h > 0), default=-40.0)
-    hours.append(max(24.0 - sum(hours), 0.0))
-    upper.append(max(seen) if seen else 45.0)
-    lower.append(max(float(t_min), coldest) if t_min is not None else coldest)
+    chem = info["chemistry"]
+    exposed_h = min(float(vd.get("cal_covered_h") or 0.0), 24.0)
+    exposure = [float(vd.get(c) or 0.0) for c in _EXPOSURE_COLUMNS]
+    other_h = max(24.0 - exposed_h, 0.0)
     rated_ah = float(info["capacity_ah"])
     throughput_ah = float((vd["ah_charged"] or 0.0) + (vd["ah_discharged"] or 0.0))
     soc_min, soc_max = vd["soc_min_pct"], vd["soc_max_pct"]
     c_max = vd["max_c_rate"]
     hi = daily_ageing_stress(
-        info["chemistry"],
-        band_hours=hours,
-        band_temp_c=upper,
+        chem,
+        band_hours=[other_h],
+        band_temp_c=[max(seen) if seen else 45.0],
         soc_min_pct=float(soc_min if soc_min is not None else 0.0),
         soc_max_pct=float(soc_max if soc_max is not None else 100.0),
         throughput_ah=throughput_ah,
@@ -1913,9 +1936,9 @@ def _day_stress(
         bound="upper",
     )
     lo = daily_ageing_stress(
-        info["chemistry"],
-        band_hours=hours,
-        band_temp_c=lower,
+        chem,
+        band_hours=[other_h],
+        band_temp_c=[max(float(t_min), coldest) if t_min is not None else coldest],
         soc_min_pct=float(soc_min if soc_min is not None else 0.0),
         soc_max_pct=float(soc_max if soc_max is not None else (soc_min or 0.0)),
         throughput_ah=throughput_ah,
@@ -1923,7 +1946,9 @@ def _day_stress(
         c_rate=0.0,
         bound="lower",
     )
-    return hi[0], hi[1], lo[0], lo[1]
+    cal_hi = hi[0] + calendar_stress_from_exposure(chem, exposure, bound="upper")
+    cal_lo = lo[0] + calendar_stress_from_exposure(chem, exposure, bound="lower")
+    return cal_hi, hi[1], cal_lo, lo[1]
 
 
 #: Carried stress sums: totals and their values at the newest estimate.
@@ -2349,8 +2374,11 @@ _DIRECTION = {"ac_charge": 1, "dc_charge": 1, "drive": -1, "v2g": -1}
 
 
 def _weakest_cell(
-    est: dict[str, Any], ratio: np.ndarray | None, params: AnalyticsParams
-) -> np.ndarray | None:
+    est: dict[str, Any],
+    ratio: np.ndarray | None,
+    leak: np.ndarray | None,
+    params: AnalyticsParams,
+) -> tuple[np.ndarray | None, np.ndarray | None]:
     """Turn a mean-cell capacity estimate into the pack's (its weakest cell's).
 
     Each cell's capacity over the same charge is ``dq / dsoc_i``; its ratio to the mean
@@ -2358,7 +2386,9 @@ def _weakest_cell(
     not make the minimum biased low, except that a ratio measured ``_CELL_FADE_Z`` of
     its sigmas (from the cells' SoC sigmas at both ends) below the smoothed one is taken
     at once (the cell has faded since); the pack capacity is the mean cell's times the
-    smallest smoothed ratio. Updates ``est`` and returns the new ratios.
+    smallest smoothed ratio. A cell's SoC step is first given back what a clear leak
+    (``bms._leak``, from the sums ``leak``) drained over the pair. Updates ``est`` and
+    returns the new ratios and leak sums.
     """
     dsoc = est.pop("cell_dsoc")
     dsoc_sigma = est.pop("cell_dsoc_sigma", None)
@@ -2367,12 +2397,18 @@ def _weakest_cell(
             weakest = float(ratio.min())
             est["capacity_ah"] *= weakest
             est["soh_pct"] *= weakest
-        return ratio
+        return ratio, leak
+    if dsoc_sigma is not None and np.all(np.isfinite(dsoc_sigma)):
+        leak = update_leak_sums(leak, dsoc, dsoc_sigma, est["duration_h"])
+        lost = leak_correction(leak, est["duration_h"])
+        if lost is not None:
+            dsoc = dsoc + lost[0]
+            dsoc_sigma = np.hypot(dsoc_sigma, lost[1])
     mean = float(np.mean(dsoc))
     with np.errstate(divide="ignore", invalid="ignore"):
         r = np.clip(mean / dsoc, 0.5, 1.5)
     if not np.all(np.isfinite(r)):
-        return ratio
+        return ratio, leak
     if ratio is None or ratio.shape != r.shape:
         ratio = np.ones_like(r)
     k = params.cell_ratio_smoothing
@@ -2391,7 +2427,7 @@ def _weakest_cell(
     est["capacity_ah"] *= weakest
     est["soh_pct"] *= weakest
     est["weight"] = 1.0 / est["rel_sigma"] ** 2
-    return ratio
+    return ratio, leak
 
 
 # --------------------------------------------------------------------------- history

@@ -445,6 +445,76 @@ def silent_day_stress(chemistry: str) -> float:
     return calendar
 
 
+#: Reference temperature of the Arrhenius-weighted hours (``calendar_arrhenius_k``). [degC]
+CALENDAR_REF_TEMP_C = 25.0
+#: SoC bins of the calendar exposure (``calendar_stress_from_exposure``), deciles. [%]
+CALENDAR_SOC_BINS_PCT = tuple(float(z) for z in range(0, 101, 10))
+
+
+def calendar_arrhenius_k(chemistry: str) -> float:
+    r"""Temperature constant :math:`B` of the calendar stress of ``daily_ageing_stress``.
+
+    Both calendar laws are a SoC (voltage) term times an Arrhenius term, so the summed
+    quantity :math:`k_{cal}(z, T)^{1/p}` is :math:`k_{cal}(z, T_0)^{1/p}
+    e^{B (1/T_0 - 1/T)}`: an hour at :math:`T` counts as :math:`e^{B(1/T_0 - 1/T)}` hours
+    at :math:`T_0` = ``CALENDAR_REF_TEMP_C``. Read off the laws themselves (Schmalstieg
+    :math:`B = 6976/0.75` K, Naumann :math:`E_a/(R\,0.5)`), so it cannot drift from them.
+    [K]
+    """
+    p_cal = _calendar_exponent(chemistry)
+    t1, t2 = 15.0, 35.0
+    if chemistry == "lfp":
+        k1, k2 = (float(naumann_calendar_rates(0.5, t)[0]) for t in (t1, t2))
+    else:
+        v = float(ocv_v_from_soc_pct(50.0, chemistry))
+        k1, k2 = (float(schmalstieg_calendar_rates(v, t)[0]) for t in (t1, t2))
+    inv1, inv2 = 1.0 / (t1 + 273.15), 1.0 / (t2 + 273.15)
+    return math.log(k2 / k1) / (inv1 - inv2) / p_cal
+
+
+def calendar_stress_from_exposure(chemistry: str, ref_hours: npt.ArrayLike, *, bound: str) -> float:
+    r"""Calendar ``daily_ageing_stress`` of hours whose temperature and SoC were read.
+
+    Parameters
+    ----------
+    chemistry : str
+        ``'nmc'`` or ``'lfp'``.
+    ref_hours : array
+        For each SoC bin of ``CALENDAR_SOC_BINS_PCT`` (0-10 %, ..., 90-100 %), the hours
+        spent in it, each weighted by :math:`e^{B(1/T_0 - 1/T)}` at its temperature
+        (``calendar_arrhenius_k``): hours at ``CALENDAR_REF_TEMP_C`` of equal calendar
+        ageing. [h]
+    bound : str
+        ``'upper'``: each bin at its upper SoC edge; ``'lower'``: at its lower edge.
+
+    Returns
+    -------
+    float
+        :math:`\sum_b (h_b/24)\,k_{cal}(z_b, T_0)^{1/p}`, in the units of
+        ``daily_ageing_stress``. [(relative fade)^(1/p)]
+
+    Notes
+    -----
+    The temperature is integrated reading by reading, so neither bound is loosened by
+    temperature bands (10-15 K wide, a factor of 2-3 in the rate at each edge); what is
+    left between the bounds is the SoC bin's width (both laws rise with SoC).
+    """
+    p_cal = _calendar_exponent(chemistry)
+    if bound not in ("upper", "lower"):
+        raise ValueError(f"unknown bound {bound!r}; valid: lower, upper")
+    hours = np.asarray(ref_hours, dtype=np.float64)
+    edges = np.asarray(CALENDAR_SOC_BINS_PCT)
+    soc_pct = edges[1:] if bound == "upper" else edges[:-1]
+    if hours.shape != soc_pct.shape:
+        raise ValueError(f"ref_hours needs {soc_pct.size} SoC bins, got {hours.size}")
+    temp_c = np.full(soc_pct.shape, CALENDAR_REF_TEMP_C)
+    if chemistry == "lfp":
+        k_cal, _ = naumann_calendar_rates(soc_pct / 100.0, temp_c)
+    else:
+        k_cal, _ = schmalstieg_calendar_rates(ocv_v_from_soc_pct(soc_pct, chemistry), temp_c)
+    return float(np.sum(hours / 24.0 * np.asarray(k_cal) ** (1.0 / p_cal)))
+
+
 def usage_stress_ratio(
     before: tuple[float, float], before_days: float, since: tuple[float, float], since_days: float
 ) -> float:

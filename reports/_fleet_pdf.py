@@ -35,7 +35,10 @@ METHODOLOGY = (
     "Battery Management Systems Vol. I, 2015), accepted after at least 3 h of rest "
     "(Theuerkauf & Swan 2022), or after 1 h with the rest of the voltage relaxation "
     "extrapolated (first-order relaxation model, Pei et al. 2014) and its uncertainty "
-    "added, and over a wide SoC window.",
+    "added, and over a wide SoC window. The pack's capacity is its weakest cell's: each "
+    "cell's capacity relative to the mean cell, after giving back what a leak (an internal "
+    "soft short, told apart from capacity because it grows with time, not with the charge "
+    "counted) drained between the two points.",
     "The SoH shown is a robust fit of all estimates of the last two years, "
     "SoH = a - b * age^p with p = 0.75 for NMC (Schmalstieg et al. 2014) and 0.5 for LFP "
     "(Naumann et al. 2018), weighted least squares with Huber reweighting; the interval is "

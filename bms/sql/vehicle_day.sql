@@ -1,5 +1,6 @@
--- vehicle_day: one row per vehicle and day (schema in docs/lake.md; day_n added here,
--- bms._analytics splits a unit's rows by it).
+-- vehicle_day: one row per vehicle and day (schema in docs/lake.md; day_n and the
+-- cal_soc_*_h exposure added here, bms._analytics splits a unit's rows by day_n and
+-- reads the exposure).
 --
 -- Time-based figures add up the intervals (previous reading, this reading] that are not
 -- data gaps, in the state of this reading. Charge and energy come from the exact integer
@@ -52,6 +53,21 @@ agg AS (
         sum(dt_ms) FILTER (WHERE temp_c_max >= 45) AS temp_above_45c_ms,
         sum(dt_ms) FILTER (WHERE at_rest AND coalesce(prev_at_rest, FALSE)) AS rest_ms,
         sum(dt_ms) AS covered_ms,
+        -- calendar exposure (not published; bms._analytics reads it for the warranty's
+        -- stress bound): hours per SoC decile at the reference temperature of equal
+        -- calendar ageing (bms.calendar_arrhenius_k)
+        sum(dt_ms) FILTER (WHERE soc_pct BETWEEN 0 AND 100 AND temp_c_max IS NOT NULL) / 3.6e6
+            AS cal_covered_h,
+        sum(cal_w_ms) FILTER (WHERE soc_pct >= 0 AND soc_pct < 10) / 3.6e6 AS cal_soc_0_h,
+        sum(cal_w_ms) FILTER (WHERE soc_pct >= 10 AND soc_pct < 20) / 3.6e6 AS cal_soc_10_h,
+        sum(cal_w_ms) FILTER (WHERE soc_pct >= 20 AND soc_pct < 30) / 3.6e6 AS cal_soc_20_h,
+        sum(cal_w_ms) FILTER (WHERE soc_pct >= 30 AND soc_pct < 40) / 3.6e6 AS cal_soc_30_h,
+        sum(cal_w_ms) FILTER (WHERE soc_pct >= 40 AND soc_pct < 50) / 3.6e6 AS cal_soc_40_h,
+        sum(cal_w_ms) FILTER (WHERE soc_pct >= 50 AND soc_pct < 60) / 3.6e6 AS cal_soc_50_h,
+        sum(cal_w_ms) FILTER (WHERE soc_pct >= 60 AND soc_pct < 70) / 3.6e6 AS cal_soc_60_h,
+        sum(cal_w_ms) FILTER (WHERE soc_pct >= 70 AND soc_pct < 80) / 3.6e6 AS cal_soc_70_h,
+        sum(cal_w_ms) FILTER (WHERE soc_pct >= 80 AND soc_pct < 90) / 3.6e6 AS cal_soc_80_h,
+        sum(cal_w_ms) FILTER (WHERE soc_pct >= 90 AND soc_pct <= 100) / 3.6e6 AS cal_soc_90_h,
         count(*) FILTER (WHERE gap AND prev_ts_ms IS NOT NULL) AS gaps,
         max(temp_c_max) AS temp_c_max,
         min(temp_c_min) AS temp_c_min,
@@ -77,7 +93,16 @@ agg AS (
             AS rest_current_mad_a,
         count(*) FILTER (WHERE at_rest AND coalesce(prev_at_rest, FALSE)) AS rest_readings,
         count(*) FILTER (WHERE quality <> 0) AS flagged_readings
-    FROM readings
+    FROM (
+        SELECT
+            *,
+            dt_ms * exp(
+                CASE chemistry WHEN 'lfp' THEN getvariable('cal_b_lfp_k')
+                    ELSE getvariable('cal_b_nmc_k') END
+                * (1 / (getvariable('cal_ref_temp_c') + 273.15) - 1 / (temp_c_max + 273.15))
+            ) AS cal_w_ms
+        FROM readings
+    )
     GROUP BY vin, day_n
 )
 SELECT
@@ -126,7 +151,18 @@ SELECT
     agg.rest_current_mad_a,
     agg.rest_readings,
     agg.bms_soh_pct,
-    agg.bms_cycle_count
+    agg.bms_cycle_count,
+    coalesce(agg.cal_covered_h, 0) AS cal_covered_h,
+    coalesce(agg.cal_soc_0_h, 0) AS cal_soc_0_h,
+    coalesce(agg.cal_soc_10_h, 0) AS cal_soc_10_h,
+    coalesce(agg.cal_soc_20_h, 0) AS cal_soc_20_h,
+    coalesce(agg.cal_soc_30_h, 0) AS cal_soc_30_h,
+    coalesce(agg.cal_soc_40_h, 0) AS cal_soc_40_h,
+    coalesce(agg.cal_soc_50_h, 0) AS cal_soc_50_h,
+    coalesce(agg.cal_soc_60_h, 0) AS cal_soc_60_h,
+    coalesce(agg.cal_soc_70_h, 0) AS cal_soc_70_h,
+    coalesce(agg.cal_soc_80_h, 0) AS cal_soc_80_h,
+    coalesce(agg.cal_soc_90_h, 0) AS cal_soc_90_h
 FROM agg
 LEFT JOIN dup USING (vin, day_n)
 LEFT JOIN rests USING (vin, day_n)

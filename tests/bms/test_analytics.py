@@ -398,3 +398,28 @@ def test_resistance_steps_with_a_drained_cell_are_left_out(tmp_path: Path) -> No
     res = bms.read_metrics(root, "resistance")
     assert young.vin in res["vin"].to_pylist()
     assert old.vin not in res["vin"].to_pylist()
+
+
+@pytest.mark.parametrize("chemistry", ["nmc", "lfp"])
+def test_calendar_stress_integrates_temperature_reading_by_reading(
+    tmp_path: Path, chemistry: str
+) -> None:
+    """Two packs used alike, one at 25 and one at 34 degC (the same 25-35 degC band of
+    vehicle_day): the calendar stress of their days differs by the laws' Arrhenius
+    factor, which the band edges alone (both charged at 35 degC) would not show."""
+    from bms._warranty import CALENDAR_REF_TEMP_C, calendar_arrhenius_k
+
+    mild = SynthVehicle("FBMAAAAA0TS000021", chemistry=chemistry, temp_c=25.0)
+    warm = SynthVehicle("FBMAAAAA0TS000022", chemistry=chemistry, temp_c=34.0)
+    root = tmp_path / "lake"
+    write_fleet(root, [mild, warm], START, 3, cadence_s=300)
+    bms.run_pending(root)
+    war = bms.read_metrics(root, "warranty", [START + timedelta(days=2)])
+    stress = {
+        row["vin"]: json.loads(row["evidence"])["use_since_estimate"]["calendar_stress"]
+        for row in war.to_pylist()
+    }
+    b_k = calendar_arrhenius_k(chemistry)
+    arrhenius = np.exp(b_k * (1 / (CALENDAR_REF_TEMP_C + 273.15) - 1 / (34.0 + 273.15)))
+    assert arrhenius > 1.4  # the premise: 9 K matter
+    assert stress[warm.vin] / stress[mild.vin] == pytest.approx(arrhenius, rel=0.01)

@@ -6,16 +6,27 @@ packs (14 cells) and a coarse cadence, analysed once with ``bms.run_pending``, a
 last date is scored by ``tests.bms.test_analytics_truth.score_fleet`` (the benchmark
 ``benchmarks/accuracy.py`` runs the same scoring at full size).
 
-Measured (analytics-10): SoH MAE 0.90 points, 90 % interval coverage 90 %, resistance
-growth error 7.8 % of the mean true growth, warranty verdicts agree for 92 % of vehicles
-(46 of 50). The first three are asserted at their goal. Verdict agreement is not met
-yet (goal 95 %) and is asserted at 90 % (one vehicle of headroom), so that a regression
-shows. Drawn with seed 12 the fleet scores MAE 0.89, coverage 90 %, agreement 90 %, and
-no vehicle below its threshold is reported ``ok`` (LFP taxi 8, a fast-fading cell at
-78.8 %, was, at 89.2 %, until the pack's capacity followed its weakest cell:
+Measured (analytics-11): SoH MAE 0.83 points, 90 % interval coverage 90 %, resistance
+growth error 7.8 % of the mean true growth, warranty verdicts agree for 96 % of vehicles
+(48 of 50). All four are asserted at their goal. Drawn with seed 12 the fleet scores
+MAE 0.79, coverage 92 %, agreement 94 % (LFP 32, truly claim-eligible, says at_risk;
+LFP 22 and 30, with 3 and 13 estimates, say insufficient_data), and no vehicle below
+its threshold is reported ``ok`` (LFP taxi 8, a fast-fading cell at 78.8 %, was, at
+89.2 %, until the pack's capacity followed its weakest cell:
 ``tests/bms/test_analytics_weak_cell.py``).
 
-Since analytics-9: occasional NMC drivers kept plugged in at full rest 3 h only there
+Since analytics-10: two NMC cars with a soft short (28 and 34 here, 19 and 40 at seed
+12), parked for good from February and May 2025, said ``insufficient_data``. Their
+verdict rests on how hard they have been used since their last estimate, and the
+stress bound read each day's temperature at its band's edges (10-15 K apart, a factor
+2-3 in the calendar rate at each edge): 2.1-5.3 x as ageing as before. The calendar
+stress now integrates each reading's temperature through the laws' Arrhenius term
+(``bms._warranty.calendar_stress_from_exposure``): 0.86 and 1.38 x. And the leak biased their
+estimates low (28: 90.7 against a true 95.5): a leaking cell's SoC step grows with the
+time between two rest points, a weak cell's with the charge counted, so the two are
+now told apart (``bms._leak``) and the leak given back (28: 93.8).
+
+Before: occasional NMC drivers kept plugged in at full rest 3 h only there
 and 1-2.5 h between the legs of a trip (NMC 26 here; 31, 37 and 38 at seed 12 had no
 estimate in two years); a rest from 1 h now gives an OCV point with its relaxation
 extrapolated (``bms._relax``), and those vehicles agree. LFP charge-step anchors were
@@ -23,18 +34,12 @@ read at the rated capacity, 0.2-0.5 % SoC high on aged packs; the pack's capacit
 now fitted with them (``bms._chargestep``), which took 0.1-0.5 points off the LFP
 estimates' bias.
 
-The four disagreements all say ``insufficient_data``, as a trend without recent
+The two disagreements both say ``insufficient_data``, as a trend without recent
 estimates may not say ``ok``. LFP 20 rests only at 98.5 %, the rest of its range is
-plateau. A fast-fading LFP occasional driver (36, truly below its threshold) rests and starts its
-charges at 83-99 %, above the step's upper half. Two cars whose estimates stopped (a
-cell drained by a soft short, 28 and 34) are parked for good from February and May 2025
-(no current, so no capacity can be measured; the shorted cell's voltage falls below
-zero) and get a verdict only when their use since bounds their ageing
-(``bms.warranty_verdict``); with daily summaries that bound is loose (the use since at
-its upper bound over the use before at its lower bound is 2.1-5.3 x), so their trends
-stretched so cross 80 % within cover, and 34 also loses the today bound (SoH now >=
-79.4 % at the lab-cell laws' worst). NMC 9, driven a few times a month, rests at ~99 %
-and after a trip at 91-95 %: windows of 7-10 %, measured since the window floor is 7 %
+plateau. A fast-fading LFP occasional driver (36, truly below its threshold) rests and
+starts its charges at 83-99 %, above the step's upper half. NMC 9, driven a few times
+a month, rests at ~99 % and after a trip at 91-95 %: windows of 7-10 %, measured since
+the window floor is 7 %
 (``AnalyticsParams.min_soc_window_pct``; it was 10 % and its estimates stopped in
 September 2024).
 
@@ -100,7 +105,7 @@ def test_pack_resistance_and_its_growth_track_the_truth(scored: FleetScore) -> N
 def test_warranty_verdicts_agree_with_the_truth_or_say_the_evidence_is_missing(
     scored: FleetScore,
 ) -> None:
-    assert scored.verdict_agreement >= 0.90, _explain(scored)
+    assert scored.verdict_agreement >= 0.95, _explain(scored)
     wrong = [v for v in scored.vehicles if v.status not in (v.status_true, "insufficient_data")]
     assert len(wrong) <= 1, _explain(scored)
 

@@ -12,7 +12,10 @@ from numpy.testing import assert_allclose
 import bms
 from bms._soh import t_quantile_95
 from bms._warranty import (
+    CALENDAR_REF_TEMP_C,
     PACK_LIFE_FACTOR,
+    calendar_arrhenius_k,
+    calendar_stress_from_exposure,
     daily_ageing_stress,
     fade_since_bound_frac,
     silent_day_stress,
@@ -227,6 +230,46 @@ def test_lower_bound_cycle_stress_cycles_the_range_once_and_the_rest_shallow(
     _, low = daily_ageing_stress(chemistry, throughput_ah=600.0, bound="lower", **common)
     _, high = daily_ageing_stress(chemistry, throughput_ah=600.0, bound="upper", **common)
     assert 0 < once < low < high
+
+
+@pytest.mark.parametrize("chemistry", ["lfp", "nmc"])
+def test_calendar_exposure_is_the_law_read_by_the_hour_between_its_soc_edges(
+    chemistry: str,
+) -> None:
+    """A day of hours at 5-40 degC, all at 60-70 % SoC, weighted by the Arrhenius term
+    to 25 degC: the sum lies between the law at 60 % and at 70 % summed hour by hour,
+    and so is far tighter than the temperature bands' edges (25-35 degC band: x2-3)."""
+    temps_c = np.linspace(5.0, 40.0, 24)
+    b_k = calendar_arrhenius_k(chemistry)
+    ref_hours = np.exp(b_k * (1 / (CALENDAR_REF_TEMP_C + 273.15) - 1 / (temps_c + 273.15)))
+    exposure = np.zeros(10)
+    exposure[6] = ref_hours.sum()
+
+    def by_hour(soc_pct: float) -> float:
+        return sum(
+            daily_ageing_stress(
+                chemistry,
+                band_hours=[1.0],
+                band_temp_c=[t],
+                soc_min_pct=soc_pct,
+                soc_max_pct=soc_pct,
+                throughput_ah=0.0,
+                rated_capacity_ah=100.0,
+                c_rate=0.0,
+                bound="upper",
+            )[0]
+            for t in temps_c
+        )
+
+    upper = calendar_stress_from_exposure(chemistry, exposure, bound="upper")
+    lower = calendar_stress_from_exposure(chemistry, exposure, bound="lower")
+    assert_allclose(upper, by_hour(70.0), rtol=1e-9)
+    assert_allclose(lower, by_hour(60.0), rtol=1e-9)
+    assert lower < upper < 1.3 * lower
+    with pytest.raises(ValueError, match="needs 10 SoC bins, got 3"):
+        calendar_stress_from_exposure(chemistry, [1.0, 2.0, 3.0], bound="upper")
+    with pytest.raises(ValueError, match="unknown bound 'worst'"):
+        calendar_stress_from_exposure(chemistry, exposure, bound="worst")
 
 
 def test_usage_stress_ratio_compares_mean_daily_stress() -> None:
