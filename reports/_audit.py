@@ -55,6 +55,8 @@ _DATE_DIR = re.compile(r"^date=(\d{4}-\d{2}-\d{2})$")
 _UTC_NAMES = frozenset({"UTC", "utc", "Etc/UTC", "+00:00", "Z"})
 #: fsyncs in flight at once (``_Syncer``).
 _SYNC_THREADS = 8
+#: VINs gathered from files before they are reduced to the distinct ones (``_known_vins``).
+_VINS_PENDING = 200_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,31 +197,41 @@ def _known_vins(lake_dir: Path, parts: list[_Partition]) -> set[str]:
     if registry.is_file():
         files.append(registry)
 
-    def of_file(path: Path) -> set[str]:
+    def of_file(path: Path) -> list[pa.Array]:
         try:
             meta = pq.read_metadata(path)
             schema = meta.schema.to_arrow_schema()
             names = [f.name for f in schema if is_vin_column(f.name) and _is_text(f.type)]
             if not names:
-                return set()
+                return []
             # As dictionaries: the distinct VINs come straight from the dictionary pages.
             # One file per thread of the pool: no further threads inside the read.
             with pq.ParquetFile(path, metadata=meta, read_dictionary=names) as pf:
                 table = pf.read(columns=names, use_threads=False)
         except (OSError, pa.ArrowException) as exc:
             raise ReportError(f"cannot read {path}: {exc}") from None
-        found: set[str] = set()
-        for column in table.columns:
-            for chunk in column.chunks:
-                values = chunk.dictionary if pa.types.is_dictionary(chunk.type) else chunk
-                found.update(v for v in pc.unique(values).to_pylist() if v)
-        return found
+        return [
+            (chunk.dictionary if pa.types.is_dictionary(chunk.type) else chunk).cast(
+                pa.large_string()
+            )
+            for column in table.columns
+            for chunk in column.chunks
+        ]
 
-    vins: set[str] = set()
+    # Distinct in Arrow over many files, to Python once: the VINs of one fleet repeat in
+    # every file, and turning each file's into Python strings cost more than its read.
+    distinct: list[pa.Array] = []
+    pending = 0
     with ThreadPoolExecutor(max_workers=2) as pool:
-        for found in pool.map(of_file, files):
-            vins |= found
-    return vins
+        for arrays in pool.map(of_file, files):
+            distinct += arrays
+            pending += sum(len(a) for a in arrays)
+            if pending > _VINS_PENDING:
+                distinct = [pc.unique(pa.chunked_array(distinct, pa.large_string()))]
+                pending = len(distinct[0])
+    if not distinct:
+        return set()
+    return {v for v in pc.unique(pa.chunked_array(distinct, pa.large_string())).to_pylist() if v}
 
 
 def _is_text(typ: pa.DataType) -> bool:

@@ -281,10 +281,28 @@ def _field_text(column: pa.Array, repeating: bool | None = None) -> pl.Series:
     return series
 
 
-def repeats(column: pa.Array) -> bool:
-    """True when the first ``_SAMPLE_ROWS`` values hold at most half as many distinct."""
+def repeats(column: pa.Array | pa.ChunkedArray) -> bool:
+    """True when the first ``_SAMPLE_ROWS`` values hold at most half as many distinct.
+
+    Distinct as Arrow's ``count_distinct`` counts them: non-null values by their bits
+    (its hash table hashes the bits, so -0.0 and 0.0 or two NaN payloads are apart).
+    Doubles and float32 are counted by sorting their bits with NumPy: 0.1 ms for 8,192
+    doubles, against 0.4 ms for ``count_distinct``, whose hash table grows from small
+    for values that rarely repeat. Half floats, which Arrow counts otherwise, go to
+    ``count_distinct``.
+    """
     sample = column.slice(0, _SAMPLE_ROWS)
-    return len(sample) >= 1_000 and pc.count_distinct(sample).as_py() * 2 <= len(sample)
+    if len(sample) < 1_000:
+        return False
+    if not (pa.types.is_float64(sample.type) or pa.types.is_float32(sample.type)):
+        return bool(pc.count_distinct(sample).as_py() * 2 <= len(sample))
+    valid = sample.drop_null() if sample.null_count else sample
+    values = valid.to_numpy(zero_copy_only=False)
+    # Sorted, not ``np.unique``: NumPy 2.3+ counts integers through a hash table, 10x
+    # slower here than its vectorised sort.
+    bits = np.sort(values.view(f"u{values.dtype.itemsize}"))
+    distinct = int(np.count_nonzero(bits[1:] != bits[:-1])) + (len(bits) > 0)
+    return distinct * 2 <= len(sample)
 
 
 def _header(names: list[str]) -> bytes:

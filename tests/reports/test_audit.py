@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from pipeline import cli
 from reports import (
     ReportError,
+    _audit,
     export_audit_bundle,
     generate_signing_keys,
     load_or_create_pseudonym_key,
@@ -286,6 +287,18 @@ def test_no_vin_appears_anywhere_in_the_bundle(bundle: Path, data_dir: Path) -> 
         f"soh_{pseudonym(VINS[0], key)}"
         in files[f"days/{DAY0}/metrics/vehicle_day/fleet={FLEET}.csv"].decode()
     )
+
+
+def test_known_vins_are_the_same_when_reduced_after_every_file(
+    lake: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The pre-pass reduces the VINs it gathered to the distinct ones every
+    # _VINS_PENDING values, and once at the end.
+    parts = _audit.find_partitions(lake, DAY0, LAST)
+    once = _audit._known_vins(lake, parts)
+    assert set(ALL_VINS) <= once
+    monkeypatch.setattr(_audit, "_VINS_PENDING", 1)
+    assert _audit._known_vins(lake, parts) == once
 
 
 def test_pseudonyms_are_stable_for_one_key_and_differ_across_keys(

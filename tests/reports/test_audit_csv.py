@@ -22,6 +22,7 @@ from reports._csv import (
     _polars_writes_floats_like_arrow,
     float_text,
     polars_matches_arrow,
+    repeats,
     write_csv,
     write_csv_file,
 )
@@ -160,6 +161,38 @@ def test_write_csv_of_repeating_measurements_matches_arrow() -> None:
         }
     )
     assert _ours(table) == _arrow_csv(table)
+
+
+def _repeats_by_count_distinct(column: pa.Array | pa.ChunkedArray) -> bool:
+    sample = column.slice(0, 8_192)
+    return len(sample) >= 1_000 and pc.count_distinct(sample).as_py() * 2 <= len(sample)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16])
+def test_repeats_counts_distinct_values_as_arrows_count_distinct(dtype: type) -> None:
+    # Distinct by bits (-0.0 apart from 0.0, NaN payloads apart), nulls not counted; at
+    # the threshold, in chunks, and below the minimum sample.
+    rng = np.random.default_rng(13)
+    bits = np.array([np.nan], dtype=dtype).view(f"u{np.dtype(dtype).itemsize}")
+    payload_nan = (bits | 1).view(dtype)
+    special = np.array([-0.0, 0.0, np.nan, -np.nan, np.inf, -np.inf], dtype=dtype)
+    special = np.concatenate([special, payload_nan])
+    for n_distinct in (1, 7, 500, 2_045, 2_046, 2_047, 4_096, 4_097, 9_000):
+        pool = np.concatenate([special, rng.normal(0, 1e3, n_distinct).astype(dtype)])
+        for n in (999, 1_000, 4_093, 8_192, 20_000):
+            values = pool[rng.integers(0, len(pool), n)]
+            mask = rng.random(n) < 0.1
+            for column in (
+                pa.array(values),
+                pa.array(values, mask=mask),
+                pa.chunked_array([pa.array(values[: n // 3]), pa.array(values[n // 3 :])]),
+            ):
+                assert repeats(column) == _repeats_by_count_distinct(column), (n_distinct, n)
+    # Exactly half distinct repeats; one more does not (float16 holds too few integers).
+    if dtype is not np.float16:
+        half = np.arange(4_096).astype(dtype)
+        assert repeats(pa.array(np.concatenate([half, half])))
+        assert not repeats(pa.array(np.concatenate([half, half[:-1], [dtype(-1)]])))
 
 
 def test_write_csv_of_full_precision_measurements_matches_arrow() -> None:
