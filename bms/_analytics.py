@@ -85,7 +85,7 @@ from bms._warranty import (
 )
 
 #: Version of the analytics model; part of every run id and of the warranty evidence.
-ANALYTICS_MODEL_VERSION = "analytics-11"
+ANALYTICS_MODEL_VERSION = "analytics-12"
 #: Metrics tables written per (date, fleet).
 METRICS_TABLES = (
     "vehicle_day",

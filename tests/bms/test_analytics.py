@@ -400,6 +400,25 @@ def test_resistance_steps_with_a_drained_cell_are_left_out(tmp_path: Path) -> No
     assert old.vin not in res["vin"].to_pylist()
 
 
+def test_an_erratic_sensor_of_two_does_not_move_the_normalised_resistance(
+    tmp_path: Path,
+) -> None:
+    """Of two sensors, one erratic (noise of 20 degC a reading, the simulator's failed
+    sensor): the median of two is their mean, which read the step temperature up to
+    tens of degrees off; the sensor that jumped since the reading before the step is
+    left out, so the normalised resistance is the healthy pack's."""
+    lake = tmp_path / "lake"
+    healthy = SynthVehicle("FBMAAAAA0TS000011", cell_r_mohm=1.5)
+    erratic = SynthVehicle("FBMAAAAA0TS000012", cell_r_mohm=1.5, erratic_sensor_c=20.0)
+    write_fleet(lake, [healthy, erratic], START, 1, cadence_s=30)
+    bms.run_pending(lake)
+    res = bms.read_metrics(lake, "resistance", [START])
+    r25 = dict(zip(res["vin"].to_pylist(), res["resistance_mohm_25c"].to_pylist(), strict=True))
+    temp = dict(zip(res["vin"].to_pylist(), res["temp_c"].to_pylist(), strict=True))
+    assert temp == {healthy.vin: 25.0, erratic.vin: 25.0}
+    assert r25[erratic.vin] == pytest.approx(r25[healthy.vin], rel=1e-6)
+
+
 @pytest.mark.parametrize("chemistry", ["nmc", "lfp"])
 def test_calendar_stress_integrates_temperature_reading_by_reading(
     tmp_path: Path, chemistry: str

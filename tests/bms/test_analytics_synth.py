@@ -9,6 +9,7 @@ a sample so that interval integration has to cope with steps between readings.
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -33,6 +34,7 @@ class SynthVehicle:
     weak_cell: int = -1  # this cell has 3x resistance and leaks
     drive_temps_c: tuple[float, ...] | None = None  # the sensors while driving [degC]
     in_service: date = date(2026, 1, 1)
+    erratic_sensor_c: float = 0.0  # the last sensor's noise, one sigma [degC]
 
 
 def _plan(chemistry: str) -> list[tuple[float, float, float]]:
@@ -83,6 +85,9 @@ def vehicle_day_table(
     temps = np.full((n, n_temps), v.temp_c)
     if v.drive_temps_c is not None:
         temps[cur < 0] = v.drive_temps_c
+    if v.erratic_sensor_c > 0:
+        noise = np.random.default_rng(zlib.crc32(f"{v.vin}{day}".encode()))
+        temps[:, -1] += np.round(v.erratic_sensor_c * noise.standard_normal(n), 1)
     mode = np.where(cur > 0, "ac_charge", np.where(cur < 0, "drive", "idle"))
     odo = (
         1000.0
