@@ -77,7 +77,8 @@ a5a2e26, own worktree and venv) and branch interleaved A B A B; outputs equal: S
 the contents and of the bytes of all 18 (200) / 19 (1,000) metrics and state files
 written (both days' metrics, carry, histories, ledgers). 1,000 vehicles, the first three
 commits: analyze 32.7-33.9 s -> 25.8-27.1 s CPU (two runs each, load 5-6, about -20 %);
-200 vehicles, the first two: 6.25-6.69 -> 5.40-5.64 s (three each, load 2.3). This
+200 vehicles, the first two: 6.25-6.69 -> 5.40-5.64 s (three each, load 2.3); all four:
+6.54-6.63 -> 5.37-5.55 s (two each, load 3 with the test suite running). This
 script, 1,000 vehicles, one run each, base then branch with all four (load 1-2 plus the
 test suite on one core): analyze CPU 33.1 -> 27.9 s, CPU ratio 5.29 -> 4.06 (floor CPU
 6.3 / 6.9 s), analyze wall 29.0 -> 25.6 s, peak RSS 672 -> 674 MB, day 365 / day 1 1.85
