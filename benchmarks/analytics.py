@@ -70,6 +70,53 @@ floor. Next to try, on a quiet machine (steps of 5 % do not show at this load): 
 aggregates of vehicle_day and rest_runs, the readings table's streaming windows, and the
 wall of the one-thread VIN scan (about 2 s).
 
+Branch speed2 (2026-12-07, same machine, load average 2-6 from the lead's tests and
+accuracy runs, so again only CPU figures compare). Measured as CPU (user + system) of
+the analyze run of the benchmark day from the state of the day before, base (main at
+a5a2e26, own worktree and venv) and branch interleaved A B A B; outputs equal: SHA-256 of
+the contents and of the bytes of all 18 (200) / 19 (1,000) metrics and state files
+written (both days' metrics, carry, histories, ledgers). 1,000 vehicles, the first three
+commits: analyze 32.7-33.9 s -> 25.8-27.1 s CPU (two runs each, load 5-6, about -20 %);
+200 vehicles, the first two: 6.25-6.69 -> 5.40-5.64 s (three each, load 2.3); all four:
+6.54-6.63 -> 5.37-5.55 s (two each, load 3 with the test suite running). This
+script, 1,000 vehicles, one run each, base then branch with all four (load 1-2 plus the
+test suite on one core): analyze CPU 33.1 -> 27.9 s, CPU ratio 5.29 -> 4.06 (floor CPU
+6.3 / 6.9 s), analyze wall 29.0 -> 25.6 s, peak RSS 672 -> 674 MB, day 365 / day 1 1.85
+-> 1.14 (walls, loaded). Goal ratio <= 3 not met. Kept:
+- the readings table keys vehicles by an ENUM of the group's VINs (a temporary type per
+  vehicle group, in VARCHAR order so sorting is unchanged; the jobs' outputs are cast back
+  to strings in Python): a one-byte key instead of a 17-character string in the table and
+  in every job that groups, joins or sorts by vin: rest_runs 0.088 -> 0.057 s CPU per
+  group of 47 vehicles (406,080 readings), cell_counts 0.032 -> 0.012, carry 0.035 ->
+  0.027, the readings pass's lag of vin 0.026 -> 0.014;
+- vehicle_day's conditional aggregates as sum(CASE WHEN ...) / count(CASE WHEN ...)
+  instead of FILTER (WHERE ...) (the hash aggregate handles FILTER one aggregate at a
+  time): 0.103 -> 0.066 s per group, same values;
+- the readings pass counts its flags (count(*) FILTER ... OVER) instead of summing them
+  as HUGEINT: the pass's compute (without writing the table) 0.21 -> 0.15 s per group;
+- cell_day unnests the load readings (most of its rows) outside the materialised roles
+  CTE that every other role scans: 0.076-0.080 -> 0.060 s per group.
+Where the CPU goes now (one lane, one DuckDB thread, 1,000 vehicles, loaded): the
+readings jobs 8.9 s (half of the readings table is writing it: 0.23 of 0.45 s per group;
+a string column (mode, prev_mode, chemistry) costs about 0.010 s per group to write, a
+numeric one 0.003), cell_rows 5.9 s (the floor's work: the cell lists are decoded whole
+for every row, a selective filter on the scan does not lower it: 0.87 vs 0.89 s at 200
+vehicles), cell_day 1.7, vehicle_day 1.4-1.7, rest_runs 1.3-1.4, carry, cell_select,
+unit_vins about 0.6 each, finishing in Python about 5. Planning a large job costs 10-20 ms
+(vehicle_day: 6 ms to parse and bind, 16 ms with optimising), about 0.07 s per vehicle
+group for the readings jobs: larger groups pay it less often. chunk_readings 800,000
+instead of 400,000 (11 groups instead of 22 at 1,000 vehicles): 29.5 -> 27.4 s CPU on one
+lane; 30.2-32.5 -> 25.0-25.7 s with the default two lanes (two runs each, load 5-6), but
+peak RSS 644-686 -> 1,008-1,039 MB: left at 400,000 (a memory/CPU choice). Tried, no gain
+(kept out): FILTER -> CASE in unit_vins (its cost is the streaming window) and in
+rest_runs' two (0.056 vs 0.055 s); carry from the day's first and last readings joined by
+rn instead of arg_max (arg_max skips NULL values, so the nullable columns still need it:
+0.031 vs 0.033 s); the readings as an Arrow table instead of a temporary table (the pass
+0.46 -> 0.32 s, but the jobs over it slower, rest_runs 0.06 -> 0.17: net equal);
+CASE-masked arg_max / max instead of FILTER in the readings pass's bases (slower, 0.21 ->
+0.26-0.30 s; max for the monotonic bases 0.152 -> 0.145, noise); DOUBLE running sums
+(as fast as the counts); DuckDB's parquet metadata cache (2 ms a scan).
+
 Usage: python benchmarks/analytics.py [--vehicles 1000]
 """
 

@@ -1120,6 +1120,11 @@ class _FleetSession:
             con.execute("CREATE OR REPLACE TEMP VIEW reading_rows AS SELECT * FROM tele")
         else:
             con.register("reading_rows", con.sql(_sql("reading_rows")).to_arrow_table())
+        # the readings table's vin key (readings.sql), in VARCHAR order
+        con.execute(
+            "CREATE OR REPLACE TEMP TYPE vin_key AS ENUM "
+            "(SELECT vin FROM vin_order WHERE vin IS NOT NULL ORDER BY vin)"
+        )
         try:
             con.execute(_sql("readings"))
             con.execute(_sql("rest_runs"))
@@ -1152,7 +1157,8 @@ class _FleetSession:
             # the group's tables are not needed any more (the cell jobs take theirs above)
             for name in ("readings", "rest_runs", "resistance_steps"):
                 con.execute(f"DROP TABLE IF EXISTS {name}")
-        return {
+            con.execute("DROP TYPE IF EXISTS vin_key")
+        tables = {
             "vehicle_day": vehicle_day,
             "steps": steps,
             "rest_runs": rest_runs,
@@ -1162,6 +1168,7 @@ class _FleetSession:
             "relax_select": relax_select,
             "cell_counts": cell_counts,
         }
+        return {name: _vin_as_string(t) for name, t in tables.items()}
 
     @staticmethod
     def _cells_pass(con: Any, rows: Mapping[str, pa.Table]) -> dict[str, pa.Table]:
@@ -1440,6 +1447,16 @@ class _FleetSession:
             "files": written,
             "unknown": unknown,
         }
+
+
+def _vin_as_string(table: pa.Table) -> pa.Table:
+    """``table`` with its ``vin`` column as strings: the jobs over the readings table give
+    it as the ENUM ``vin_key`` (readings.sql), a dictionary array in Arrow."""
+    i = table.schema.get_field_index("vin")
+    if i < 0 or not pa.types.is_dictionary(table.schema.field(i).type):
+        return table
+    field = table.schema.field(i).with_type(pa.string())
+    return table.set_column(i, field, table.column(i).cast(pa.string()))
 
 
 def _split_by_day(table: pa.Table) -> dict[int, pa.Table]:

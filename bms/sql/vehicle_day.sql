@@ -12,6 +12,11 @@
 -- failing sensor or a local defect (live alerts and anomalies report those); a deep discharge a reading below deep_discharge_soc_pct after
 -- one at or above it. `rest_periods` counts rests of at least rest_min_s that ended
 -- today (one still running continues tomorrow).
+--
+-- Conditional sums and counts are written sum(CASE WHEN c THEN x END) and
+-- count(CASE WHEN c THEN 1 END), not with FILTER (WHERE c): the same values (NULL when no
+-- row qualifies, as FILTER gives), but the hash aggregate evaluates FILTER clauses one
+-- aggregate at a time (this job took 0.10 s instead of 0.065 s CPU per 400,000 readings).
 WITH dup AS (
     -- rows as stored, duplicates included; without duplicates in the unit (variable
     -- dedup false) the scan is folded away and nothing was dropped
@@ -40,35 +45,45 @@ agg AS (
         arg_min(prev_odometer_km, rn) AS prev_odometer_km,
         sum(greatest(dq_uah, 0)) AS charged_uah,
         sum(greatest(-dq_uah, 0)) AS discharged_uah,
-        sum(greatest(dq_uah, 0)) FILTER (WHERE mode = 'dc_charge') AS dc_charged_uah,
+        sum(CASE WHEN mode = 'dc_charge' THEN greatest(dq_uah, 0) END) AS dc_charged_uah,
         sum(greatest(de_mwh, 0)) AS charged_mwh,
         sum(greatest(-de_mwh, 0)) AS discharged_mwh,
-        sum(dt_ms) FILTER (WHERE soc_pct > 90) AS soc_above_90_ms,
-        sum(dt_ms) FILTER (WHERE soc_pct < 10) AS soc_below_10_ms,
-        sum(dt_ms) FILTER (WHERE temp_c_max < 0) AS temp_below_0c_ms,
-        sum(dt_ms) FILTER (WHERE temp_c_max >= 0 AND temp_c_max < 15) AS temp_0_15c_ms,
-        sum(dt_ms) FILTER (WHERE temp_c_max >= 15 AND temp_c_max < 25) AS temp_15_25c_ms,
-        sum(dt_ms) FILTER (WHERE temp_c_max >= 25 AND temp_c_max < 35) AS temp_25_35c_ms,
-        sum(dt_ms) FILTER (WHERE temp_c_max >= 35 AND temp_c_max < 45) AS temp_35_45c_ms,
-        sum(dt_ms) FILTER (WHERE temp_c_max >= 45) AS temp_above_45c_ms,
-        sum(dt_ms) FILTER (WHERE at_rest AND coalesce(prev_at_rest, FALSE)) AS rest_ms,
+        sum(CASE WHEN soc_pct > 90 THEN dt_ms END) AS soc_above_90_ms,
+        sum(CASE WHEN soc_pct < 10 THEN dt_ms END) AS soc_below_10_ms,
+        sum(CASE WHEN temp_c_max < 0 THEN dt_ms END) AS temp_below_0c_ms,
+        sum(CASE WHEN temp_c_max >= 0 AND temp_c_max < 15 THEN dt_ms END) AS temp_0_15c_ms,
+        sum(CASE WHEN temp_c_max >= 15 AND temp_c_max < 25 THEN dt_ms END) AS temp_15_25c_ms,
+        sum(CASE WHEN temp_c_max >= 25 AND temp_c_max < 35 THEN dt_ms END) AS temp_25_35c_ms,
+        sum(CASE WHEN temp_c_max >= 35 AND temp_c_max < 45 THEN dt_ms END) AS temp_35_45c_ms,
+        sum(CASE WHEN temp_c_max >= 45 THEN dt_ms END) AS temp_above_45c_ms,
+        sum(CASE WHEN at_rest AND coalesce(prev_at_rest, FALSE) THEN dt_ms END) AS rest_ms,
         sum(dt_ms) AS covered_ms,
         -- calendar exposure (not published; bms._analytics reads it for the warranty's
         -- stress bound): hours per SoC decile at the reference temperature of equal
         -- calendar ageing (bms.calendar_arrhenius_k)
-        sum(dt_ms) FILTER (WHERE soc_pct BETWEEN 0 AND 100 AND temp_c_max IS NOT NULL) / 3.6e6
-            AS cal_covered_h,
-        sum(cal_w_ms) FILTER (WHERE soc_pct >= 0 AND soc_pct < 10) / 3.6e6 AS cal_soc_0_h,
-        sum(cal_w_ms) FILTER (WHERE soc_pct >= 10 AND soc_pct < 20) / 3.6e6 AS cal_soc_10_h,
-        sum(cal_w_ms) FILTER (WHERE soc_pct >= 20 AND soc_pct < 30) / 3.6e6 AS cal_soc_20_h,
-        sum(cal_w_ms) FILTER (WHERE soc_pct >= 30 AND soc_pct < 40) / 3.6e6 AS cal_soc_30_h,
-        sum(cal_w_ms) FILTER (WHERE soc_pct >= 40 AND soc_pct < 50) / 3.6e6 AS cal_soc_40_h,
-        sum(cal_w_ms) FILTER (WHERE soc_pct >= 50 AND soc_pct < 60) / 3.6e6 AS cal_soc_50_h,
-        sum(cal_w_ms) FILTER (WHERE soc_pct >= 60 AND soc_pct < 70) / 3.6e6 AS cal_soc_60_h,
-        sum(cal_w_ms) FILTER (WHERE soc_pct >= 70 AND soc_pct < 80) / 3.6e6 AS cal_soc_70_h,
-        sum(cal_w_ms) FILTER (WHERE soc_pct >= 80 AND soc_pct < 90) / 3.6e6 AS cal_soc_80_h,
-        sum(cal_w_ms) FILTER (WHERE soc_pct >= 90 AND soc_pct <= 100) / 3.6e6 AS cal_soc_90_h,
-        count(*) FILTER (WHERE gap AND prev_ts_ms IS NOT NULL) AS gaps,
+        sum(CASE WHEN soc_pct BETWEEN 0 AND 100 AND temp_c_max IS NOT NULL THEN dt_ms END)
+            / 3.6e6 AS cal_covered_h,
+        sum(CASE WHEN soc_pct >= 0 AND soc_pct < 10 THEN cal_w_ms END) / 3.6e6
+            AS cal_soc_0_h,
+        sum(CASE WHEN soc_pct >= 10 AND soc_pct < 20 THEN cal_w_ms END) / 3.6e6
+            AS cal_soc_10_h,
+        sum(CASE WHEN soc_pct >= 20 AND soc_pct < 30 THEN cal_w_ms END) / 3.6e6
+            AS cal_soc_20_h,
+        sum(CASE WHEN soc_pct >= 30 AND soc_pct < 40 THEN cal_w_ms END) / 3.6e6
+            AS cal_soc_30_h,
+        sum(CASE WHEN soc_pct >= 40 AND soc_pct < 50 THEN cal_w_ms END) / 3.6e6
+            AS cal_soc_40_h,
+        sum(CASE WHEN soc_pct >= 50 AND soc_pct < 60 THEN cal_w_ms END) / 3.6e6
+            AS cal_soc_50_h,
+        sum(CASE WHEN soc_pct >= 60 AND soc_pct < 70 THEN cal_w_ms END) / 3.6e6
+            AS cal_soc_60_h,
+        sum(CASE WHEN soc_pct >= 70 AND soc_pct < 80 THEN cal_w_ms END) / 3.6e6
+            AS cal_soc_70_h,
+        sum(CASE WHEN soc_pct >= 80 AND soc_pct < 90 THEN cal_w_ms END) / 3.6e6
+            AS cal_soc_80_h,
+        sum(CASE WHEN soc_pct >= 90 AND soc_pct <= 100 THEN cal_w_ms END) / 3.6e6
+            AS cal_soc_90_h,
+        count(CASE WHEN gap AND prev_ts_ms IS NOT NULL THEN 1 END) AS gaps,
         max(temp_c_max) AS temp_c_max,
         min(temp_c_min) AS temp_c_min,
         max(abs(current_a)) AS max_abs_current_a,
@@ -78,21 +93,27 @@ agg AS (
         max(soc_pct) AS soc_max_pct,
         arg_max(soh_pct, rn) AS bms_soh_pct,
         arg_max(cycle_count, rn) AS bms_cycle_count,
-        count(*) FILTER (
-            WHERE temp_c_max > getvariable('over_temp_c')
-                AND temp_c_mean > getvariable('over_temp_c') - getvariable('over_temp_spread_c')
-                AND coalesce(prev_temp_c_max, -1e9) <= getvariable('over_temp_c')
+        count(
+            CASE
+                WHEN temp_c_max > getvariable('over_temp_c')
+                    AND temp_c_mean > getvariable('over_temp_c') - getvariable('over_temp_spread_c')
+                    AND coalesce(prev_temp_c_max, -1e9) <= getvariable('over_temp_c')
+                THEN 1
+            END
         ) AS over_temp_events,
-        count(*) FILTER (
-            WHERE soc_pct < getvariable('deep_discharge_soc_pct')
-                AND coalesce(prev_soc_pct, 1e9) >= getvariable('deep_discharge_soc_pct')
+        count(
+            CASE
+                WHEN soc_pct < getvariable('deep_discharge_soc_pct')
+                    AND coalesce(prev_soc_pct, 1e9) >= getvariable('deep_discharge_soc_pct')
+                THEN 1
+            END
         ) AS deep_discharges,
-        median(current_a) FILTER (WHERE at_rest AND coalesce(prev_at_rest, FALSE))
+        median(CASE WHEN at_rest AND coalesce(prev_at_rest, FALSE) THEN current_a END)
             AS rest_current_median_a,
-        mad(current_a) FILTER (WHERE at_rest AND coalesce(prev_at_rest, FALSE))
+        mad(CASE WHEN at_rest AND coalesce(prev_at_rest, FALSE) THEN current_a END)
             AS rest_current_mad_a,
-        count(*) FILTER (WHERE at_rest AND coalesce(prev_at_rest, FALSE)) AS rest_readings,
-        count(*) FILTER (WHERE quality <> 0) AS flagged_readings
+        count(CASE WHEN at_rest AND coalesce(prev_at_rest, FALSE) THEN 1 END) AS rest_readings,
+        count(CASE WHEN quality <> 0 THEN 1 END) AS flagged_readings
     FROM (
         SELECT
             *,
