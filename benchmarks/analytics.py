@@ -107,7 +107,11 @@ unit_vins about 0.6 each, finishing in Python about 5. Planning a large job cost
 group for the readings jobs: larger groups pay it less often. chunk_readings 800,000
 instead of 400,000 (11 groups instead of 22 at 1,000 vehicles): 29.5 -> 27.4 s CPU on one
 lane; 30.2-32.5 -> 25.0-25.7 s with the default two lanes (two runs each, load 5-6), but
-peak RSS 644-686 -> 1,008-1,039 MB: left at 400,000 (a memory/CPU choice). Tried, no gain
+peak RSS 644-686 -> 1,008-1,039 MB: left at 400,000 (a memory/CPU choice). The lead
+then alternated the two on main 818c0c5 (the analyze of the benchmark day, 1,000
+vehicles, with the test suite running beside): 400,000: 28.2 / 26.4 s CPU (RSS 756 / 700
+MB), 800,000: 26.1 / 27.2 s (1,061 / 1,046 MB): no gain shown beyond the noise, so the
+default stays. Tried, no gain
 (kept out): FILTER -> CASE in unit_vins (its cost is the streaming window) and in
 rest_runs' two (0.056 vs 0.055 s); carry from the day's first and last readings joined by
 rn instead of arg_max (arg_max skips NULL values, so the nullable columns still need it:
