@@ -314,6 +314,19 @@ def _calendar_exponent(chemistry: str) -> float:
         raise ValueError(f"unknown chemistry {chemistry!r}; valid: {valid}") from None
 
 
+def _calendar_rate(
+    chemistry: str, soc_pct: npt.ArrayLike, temp_c: npt.ArrayLike
+) -> npt.NDArray[np.float64]:
+    """Capacity-loss rate of the chemistry's calendar law at storage SoC and temperature:
+    Naumann 2018 (LFP) at the SoC, Schmalstieg 2014 (NMC) at its OCV. [1/d^p]"""
+    soc = np.asarray(soc_pct, dtype=np.float64)
+    if chemistry == "lfp":
+        k_cal, _ = naumann_calendar_rates(soc / 100.0, temp_c)
+    else:
+        k_cal, _ = schmalstieg_calendar_rates(ocv_v_from_soc_pct(soc, chemistry), temp_c)
+    return np.asarray(k_cal, dtype=np.float64)
+
+
 def daily_ageing_stress(
     chemistry: str,
     *,
@@ -403,9 +416,9 @@ def daily_ageing_stress(
         deep_ah = min((z_max - z_min) * rated_capacity_ah, throughput)
         pieces = [(dod, deep_ah), (0.01, throughput - deep_ah)]
     c = max(c_rate, 0.0)
+    k_cal = _calendar_rate(chemistry, np.full(temp_c.shape, 100.0 * z_store), temp_c)
+    calendar = float(np.sum(share * k_cal ** (1.0 / p_cal)))
     if chemistry == "lfp":
-        k_cal, _ = naumann_calendar_rates(np.full(temp_c.shape, z_store), temp_c)
-        calendar = float(np.sum(share * k_cal ** (1.0 / p_cal)))
         cycle = 0.0
         for depth, ah in pieces:
             k_cyc, _ = naumann_cycle_rates(c, depth)
@@ -413,10 +426,6 @@ def daily_ageing_stress(
         return calendar, cycle
     v_hi = float(ocv_v_from_soc_pct(100.0 * z_max, "nmc"))
     v_lo = float(ocv_v_from_soc_pct(100.0 * z_min, "nmc"))
-    a_cap, _ = schmalstieg_calendar_rates(
-        np.full(temp_c.shape, v_hi if bound == "upper" else v_lo), temp_c
-    )
-    calendar = float(np.sum(share * a_cap ** (1.0 / p_cal)))
     if bound == "upper":
         v_rms = max(v_hi, v_lo, key=lambda v: abs(v - 3.667))
     else:
@@ -463,11 +472,7 @@ def calendar_arrhenius_k(chemistry: str) -> float:
     """
     p_cal = _calendar_exponent(chemistry)
     t1, t2 = 15.0, 35.0
-    if chemistry == "lfp":
-        k1, k2 = (float(naumann_calendar_rates(0.5, t)[0]) for t in (t1, t2))
-    else:
-        v = float(ocv_v_from_soc_pct(50.0, chemistry))
-        k1, k2 = (float(schmalstieg_calendar_rates(v, t)[0]) for t in (t1, t2))
+    k1, k2 = (float(_calendar_rate(chemistry, 50.0, t)) for t in (t1, t2))
     inv1, inv2 = 1.0 / (t1 + 273.15), 1.0 / (t2 + 273.15)
     return math.log(k2 / k1) / (inv1 - inv2) / p_cal
 
@@ -507,12 +512,8 @@ def calendar_stress_from_exposure(chemistry: str, ref_hours: npt.ArrayLike, *, b
     soc_pct = edges[1:] if bound == "upper" else edges[:-1]
     if hours.shape != soc_pct.shape:
         raise ValueError(f"ref_hours needs {soc_pct.size} SoC bins, got {hours.size}")
-    temp_c = np.full(soc_pct.shape, CALENDAR_REF_TEMP_C)
-    if chemistry == "lfp":
-        k_cal, _ = naumann_calendar_rates(soc_pct / 100.0, temp_c)
-    else:
-        k_cal, _ = schmalstieg_calendar_rates(ocv_v_from_soc_pct(soc_pct, chemistry), temp_c)
-    return float(np.sum(hours / 24.0 * np.asarray(k_cal) ** (1.0 / p_cal)))
+    k_cal = _calendar_rate(chemistry, soc_pct, np.full(soc_pct.shape, CALENDAR_REF_TEMP_C))
+    return float(np.sum(hours / 24.0 * k_cal ** (1.0 / p_cal)))
 
 
 def usage_stress_ratio(
