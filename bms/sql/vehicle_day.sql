@@ -61,28 +61,18 @@ agg AS (
         -- calendar exposure (not published; bms._analytics reads it for the warranty's
         -- stress bound): hours per SoC decile at the reference temperature of equal
         -- calendar ageing (bms.calendar_arrhenius_k)
-        sum(CASE WHEN soc_pct BETWEEN 0 AND 100 AND temp_c_max IS NOT NULL THEN dt_ms END)
+        sum(CASE WHEN soc_decile IS NOT NULL AND temp_c_max IS NOT NULL THEN dt_ms END)
             / 3.6e6 AS cal_covered_h,
-        sum(CASE WHEN soc_pct >= 0 AND soc_pct < 10 THEN cal_w_ms END) / 3.6e6
-            AS cal_soc_0_h,
-        sum(CASE WHEN soc_pct >= 10 AND soc_pct < 20 THEN cal_w_ms END) / 3.6e6
-            AS cal_soc_10_h,
-        sum(CASE WHEN soc_pct >= 20 AND soc_pct < 30 THEN cal_w_ms END) / 3.6e6
-            AS cal_soc_20_h,
-        sum(CASE WHEN soc_pct >= 30 AND soc_pct < 40 THEN cal_w_ms END) / 3.6e6
-            AS cal_soc_30_h,
-        sum(CASE WHEN soc_pct >= 40 AND soc_pct < 50 THEN cal_w_ms END) / 3.6e6
-            AS cal_soc_40_h,
-        sum(CASE WHEN soc_pct >= 50 AND soc_pct < 60 THEN cal_w_ms END) / 3.6e6
-            AS cal_soc_50_h,
-        sum(CASE WHEN soc_pct >= 60 AND soc_pct < 70 THEN cal_w_ms END) / 3.6e6
-            AS cal_soc_60_h,
-        sum(CASE WHEN soc_pct >= 70 AND soc_pct < 80 THEN cal_w_ms END) / 3.6e6
-            AS cal_soc_70_h,
-        sum(CASE WHEN soc_pct >= 80 AND soc_pct < 90 THEN cal_w_ms END) / 3.6e6
-            AS cal_soc_80_h,
-        sum(CASE WHEN soc_pct >= 90 AND soc_pct <= 100 THEN cal_w_ms END) / 3.6e6
-            AS cal_soc_90_h,
+        sum(CASE soc_decile WHEN 0 THEN cal_w_ms END) / 3.6e6 AS cal_soc_0_h,
+        sum(CASE soc_decile WHEN 1 THEN cal_w_ms END) / 3.6e6 AS cal_soc_10_h,
+        sum(CASE soc_decile WHEN 2 THEN cal_w_ms END) / 3.6e6 AS cal_soc_20_h,
+        sum(CASE soc_decile WHEN 3 THEN cal_w_ms END) / 3.6e6 AS cal_soc_30_h,
+        sum(CASE soc_decile WHEN 4 THEN cal_w_ms END) / 3.6e6 AS cal_soc_40_h,
+        sum(CASE soc_decile WHEN 5 THEN cal_w_ms END) / 3.6e6 AS cal_soc_50_h,
+        sum(CASE soc_decile WHEN 6 THEN cal_w_ms END) / 3.6e6 AS cal_soc_60_h,
+        sum(CASE soc_decile WHEN 7 THEN cal_w_ms END) / 3.6e6 AS cal_soc_70_h,
+        sum(CASE soc_decile WHEN 8 THEN cal_w_ms END) / 3.6e6 AS cal_soc_80_h,
+        sum(CASE soc_decile WHEN 9 THEN cal_w_ms END) / 3.6e6 AS cal_soc_90_h,
         count(CASE WHEN gap AND prev_ts_ms IS NOT NULL THEN 1 END) AS gaps,
         max(temp_c_max) AS temp_c_max,
         min(temp_c_min) AS temp_c_min,
@@ -117,6 +107,9 @@ agg AS (
     FROM (
         SELECT
             *,
+            -- 0-10 % is 0, ..., 90-100 % (100 included) is 9; outside 0..100 none
+            CASE WHEN soc_pct BETWEEN 0 AND 100 THEN least(floor(soc_pct / 10), 9) END
+                AS soc_decile,
             dt_ms * exp(
                 CASE chemistry WHEN 'lfp' THEN getvariable('cal_b_lfp_k')
                     ELSE getvariable('cal_b_nmc_k') END
