@@ -319,6 +319,15 @@ def _nuisance(x: FloatArray, extra: FloatArray | None) -> FloatArray:
     return np.stack(cols, axis=1)
 
 
+def _varies(c: FloatArray, inside: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
+    """Per row of ``inside`` (G, B): whether column ``c`` (B,) spans more than 1e-3
+    over the bins that row keeps (a column that does not only duplicates the offset)."""
+    top = np.where(inside, c[None, :], -np.inf).max(axis=1)
+    bottom = np.where(inside, c[None, :], np.inf).min(axis=1)
+    out: npt.NDArray[np.bool_] = (top - bottom) > 1e-3
+    return out
+
+
 def _locate(
     x: FloatArray,
     v_mv: FloatArray,
@@ -361,36 +370,63 @@ def _locate(
         z0s: npt.ArrayLike, rates: tuple[float | None, ...]
     ) -> list[tuple[float, float, float | None]]:
         """(score, start SoC, rate) of each candidate: the mean square residual per
-        reading of its window, inf where the window has too few bins. The OCV curve and
-        the columns that do not depend on the rate are built once per start SoC."""
+        bin of its window, inf where the window has too few bins. All candidates at
+        once: each one's weighted normal equations over its window (weights zero
+        outside) in the columns offset, drift, settling and flip (a column that hardly
+        varies in the window is left out: identity there, coefficient 0)."""
+        z0 = np.asarray(z0s, dtype=np.float64)
+        if z0.size == 0:
+            return []
+        soc = x[None, :] + z0[:, None]  # (G, B)
+        inside = (soc >= lo - _MARGIN_PCT) & (soc <= hi + _MARGIN_PCT)
+        bins_in = np.count_nonzero(inside, axis=1)
+        enough = bins_in >= 8
+        ww = np.where(inside, w[None, :], 0.0)
+        resid = np.where(inside, v_mv[None, :] - 1000.0 * ocv_v_from_soc_pct(soc, chemistry), 0.0)
+        cols = [np.ones_like(x), x] + ([settle] if settle is not None else [])
+        use = [np.ones(z0.size, dtype=bool)] * 2 + [_varies(c, inside) for c in cols[2:]]
+        base = np.stack(cols)  # (K, B)
+        gram = np.einsum("gb,kb,lb->gkl", ww, base, base)
+        rhs = np.einsum("gb,kb,gb->gk", ww, base, resid)
+        yy = np.einsum("gb,gb,gb->g", ww, resid, resid)
         out: list[tuple[float, float, float | None]] = []
-        for z0 in np.asarray(z0s, dtype=np.float64):
-            soc = x + z0
-            inside = (soc >= lo - _MARGIN_PCT) & (soc <= hi + _MARGIN_PCT)
-            if inside.sum() < 8:
-                out.extend((np.inf, float(z0), r) for r in rates)
-                continue
-            ws = np.sqrt(w[inside])
-            cols = [ws, x[inside] * ws]
-            if settle is not None and np.ptp(settle[inside]) > 1e-3:
-                cols.append(settle[inside] * ws)
-            base = np.stack(cols, axis=1)
-            y = (v_mv[inside] - 1000.0 * ocv_v_from_soc_pct(soc[inside], chemistry)) * ws
-            yy = float(y @ y)
-            for rate in rates:
-                design = base
-                if rate is not None:
-                    c = flips[rate][inside]
-                    if np.ptp(c) > 1e-3:
-                        design = np.column_stack((base, c * ws))
-                # least squares through the normal equations (a handful of columns)
-                rhs = design.T @ y
-                try:
-                    coef = np.linalg.solve(design.T @ design, rhs)
-                except np.linalg.LinAlgError:
-                    out.append((np.inf, float(z0), rate))
-                    continue
-                out.append((max(yy - float(rhs @ coef), 0.0) / float(y.size), float(z0), rate))
+        by_rate: dict[float | None, tuple[FloatArray, FloatArray]] = {}
+        for rate in rates:
+            k = base.shape[0]
+            a = np.zeros((z0.size, k + 1, k + 1))
+            r = np.zeros((z0.size, k + 1))
+            a[:, :k, :k], r[:, :k] = gram, rhs
+            keep = np.stack([*use, np.zeros(z0.size, dtype=bool)], axis=1)
+            keep &= enough[:, None]  # too few bins: no fit (identity, never singular)
+            if rate is not None:
+                c = flips[rate]
+                a[:, :k, k] = a[:, k, :k] = np.einsum("gb,kb,b->gk", ww, base, c)
+                a[:, k, k] = ww @ (c * c)
+                r[:, k] = (ww * resid) @ c
+                keep[:, k] = _varies(c, inside)
+            # a column left out: its row and column of the identity, its right side 0
+            both = keep[:, :, None] & keep[:, None, :]
+            a = np.where(both, a, np.eye(k + 1)[None, :, :])
+            r = np.where(keep, r, 0.0)
+            by_rate[rate] = (a, r)
+        scores: dict[float | None, FloatArray] = {}
+        for rate, (a, r) in by_rate.items():
+            try:
+                coef = np.linalg.solve(a, r[:, :, None])[:, :, 0]
+                ok = np.ones(z0.size, dtype=bool)
+            except np.linalg.LinAlgError:
+                coef = np.zeros_like(r)
+                ok = np.zeros(z0.size, dtype=bool)
+                for g in range(z0.size):
+                    try:
+                        coef[g] = np.linalg.solve(a[g], r[g])
+                        ok[g] = True
+                    except np.linalg.LinAlgError:
+                        pass
+            fit = np.maximum(yy - np.einsum("gk,gk->g", r, coef), 0.0) / np.maximum(bins_in, 1)
+            scores[rate] = np.where(ok & enough, fit, np.inf)
+        for g in range(z0.size):
+            out.extend((float(scores[rate][g]), float(z0[g]), rate) for rate in rates)
         return out
 
     grid = np.arange(first, last + 1e-9, _LOCATE_GRID_PCT)
