@@ -194,6 +194,9 @@ _NOT_HASHED = ("threads", "unit_readings", "chunk_readings", "chunk_workers")
 
 #: Row order of each table the SQL pass returns (every job orders by day, then vehicle),
 #: restored after the pass ran vehicle group by vehicle group.
+#: One vehicle group's date: its vehicles' new carry rows and capacity estimates.
+_VehicleUpdate = tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]
+
 _PASS_ORDER: dict[str, list[str]] = {
     "vehicle_day": ["day_n", "vin"],
     "steps": ["day_n", "vin", "ts_ms", "seq"],
@@ -1319,14 +1322,27 @@ class _FleetSession:
                 con.unregister(name)
         cell_vin = cell_rows["vin"]
 
-        def cells_group(i: int, c: Any) -> dict[str, pa.Table]:
+        carried = {r["vin"]: r for r in carry.to_pylist()}
+
+        def cells_group(i: int, c: Any) -> tuple[dict[str, pa.Table], list[_VehicleUpdate]]:
             first, last = groups[i]
             mine = pc.and_(pc.greater_equal(cell_vin, first), pc.less_equal(cell_vin, last))
             rows = {**row_results[i], "cell_rows": cell_rows.filter(mine)}
-            return self._cells_pass(c, rows)
+            cells = self._cells_pass(c, rows)
+            # The group's vehicles' carry and capacity steps in Python here, while the
+            # other lanes' SQL runs (they release the GIL), not after every lane is done.
+            prev = {v: r for v, r in carried.items() if first <= v <= last}
+            return cells, self._update_vehicles(days, prev, {**row_results[i], **cells})
 
-        cell_results = in_lanes(cells_group)
-        results = [{**r, **cr} for r, cr in zip(row_results, cell_results, strict=True)]
+        # The per-vehicle fits in Python (charge steps, capacity pairs, trends) multiply
+        # small matrices, hundreds of times a day: BLAS's own thread pool splits each
+        # product and its threads spin between them, which costs more CPU than it saves
+        # time (charge-step fits at 96 cells x ~300 readings: about 21 -> 8 ms CPU per
+        # fit on one thread). Limited while the dates are finished, not process-wide.
+        with threadpool_limits(limits=1, user_api="blas"):
+            cell_results = in_lanes(cells_group)
+        updates = [u for _, u in cell_results]
+        results = [{**r, **cr} for r, (cr, _) in zip(row_results, cell_results, strict=True)]
         parts: dict[str, list[pa.Table]] = {name: [] for name in _PASS_ORDER}
         for result in results:
             for name in _PASS_ORDER:
@@ -1344,47 +1360,77 @@ class _FleetSession:
                 tables[name] = combined.sort_by([(k, "ascending") for k in order])
         by_day = {name: _split_by_day(t) for name, t in tables.items()}
         out = []
-        # The per-vehicle fits in Python (charge steps, capacity pairs, trends) multiply
-        # small matrices, hundreds of times a day: BLAS's own thread pool splits each
-        # product and its threads spin between them, which costs more CPU than it saves
-        # time (charge-step fits at 96 cells x ~300 readings: about 21 -> 8 ms CPU per
-        # fit on one thread). Limited while the dates are finished, not process-wide.
         with threadpool_limits(limits=1, user_api="blas"):
-            for day in days:
+            for k, day in enumerate(days):
                 n = (day - _EPOCH_DAY).days
                 parts = {
                     name: split.get(n, tables[name].slice(0, 0)) for name, split in by_day.items()
                 }
-                out.append(self._finish_day(day, files[day], parts))
+                out.append(self._finish_day(day, files[day], parts, [u[k] for u in updates]))
+        return out
+
+    def _update_vehicles(
+        self, days: list[date], prev: dict[str, dict[str, Any]], tables: Mapping[str, pa.Table]
+    ) -> list[_VehicleUpdate]:
+        """``_update_carry_and_capacity`` of one vehicle group, date by date: its tables
+        of ``_PASS_ORDER`` (``tables``) and the carry before the first date of the
+        vehicles in its VIN range (``prev``) -> per date, their new carry rows and
+        capacity estimates."""
+        names = ("vehicle_day", "day_carry", "rest_runs", "rest_cells", "rest_relax")
+        by_day = {name: _split_by_day(tables[name]) for name in (*names, "charge_cells")}
+        out: list[_VehicleUpdate] = []
+        for k, day in enumerate(days):
+            n = (day - _EPOCH_DAY).days
+            part = {name: by_day[name].get(n, tables[name].slice(0, 0)) for name in by_day}
+            vd_rows = {r["vin"]: r for r in part["vehicle_day"].to_pylist()}
+            new, estimates = _update_carry_and_capacity(
+                day,
+                prev,
+                part["day_carry"],
+                part["rest_runs"],
+                part["rest_cells"],
+                part["rest_relax"],
+                part["charge_cells"],
+                vd_rows,
+                self.reg,
+                self.params,
+            )
+            out.append((new, estimates))
+            if k + 1 < len(days):
+                # the next date starts from the carry as stored (a NaN is read back null)
+                prev = {
+                    r["vin"]: r for r in _rows_table(list(new.values()), CARRY_SCHEMA).to_pylist()
+                }
         return out
 
     def _finish_day(
-        self, day: date, files: list[Path], parts: Mapping[str, pa.Table]
+        self,
+        day: date,
+        files: list[Path],
+        parts: Mapping[str, pa.Table],
+        updates: list[_VehicleUpdate],
     ) -> dict[str, Any]:
+        """The date's metrics, carry and ledger from its tables of ``_PASS_ORDER``
+        (``parts``) and its vehicle groups' carry and capacity steps (``updates``)."""
         lake_root, state, fleet, params = self.lake_root, self.state, self.fleet, self.params
         fingerprint = [[p.name, p.stat().st_size] for p in files]
         carry = self._carry_before(day)
         vehicle_day, steps, cell_day = parts["vehicle_day"], parts["steps"], parts["cell_day"]
-        step_cells, rest_cells = parts["step_cells"], parts["rest_cells"]
-        rest_runs, day_carry = parts["rest_runs"], parts["day_carry"]
+        step_cells = parts["step_cells"]
 
         reg = self.reg
         prev = {r["vin"]: r for r in carry.to_pylist()}
         vd_rows = {r["vin"]: r for r in vehicle_day.to_pylist()}
         unknown = sorted(v for v in vd_rows if v not in reg)
 
-        new_carry, capacity_rows = _update_carry_and_capacity(
-            day,
-            prev,
-            day_carry,
-            rest_runs,
-            rest_cells,
-            parts["rest_relax"],
-            parts["charge_cells"],
-            vd_rows,
-            reg,
-            params,
-        )
+        # every vehicle carried, those with readings today as their group updated them
+        merged = dict(prev)
+        capacity_rows: list[dict[str, Any]] = []
+        for group_carry, group_estimates in updates:
+            merged.update(group_carry)
+            capacity_rows += group_estimates
+        new_carry = dict(sorted(merged.items()))
+        capacity_rows.sort(key=lambda e: (e["vin"], e["end_ts"]))
         resistance = _resistance_table(steps, step_cells, cell_day, reg, params)
         cap_hist, res_hist = self._update_history(day, capacity_rows, resistance)
         soh_rows, warranty_rows = _trend_and_warranty(
