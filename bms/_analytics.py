@@ -1341,7 +1341,10 @@ class _FleetSession:
         # fit on one thread). Limited while the dates are finished, not process-wide.
         with threadpool_limits(limits=1, user_api="blas"):
             cell_results = in_lanes(cells_group)
-        updates = [u for _, u in cell_results]
+        # carried vehicles without readings in the unit (outside every group's VIN range)
+        # keep their rows on every date
+        outside = {v: r for v, r in carried.items() if not any(a <= v <= b for a, b in groups)}
+        updates = [u for _, u in cell_results] + [[(outside, [])] * len(days)]
         results = [{**r, **cr} for r, (cr, _) in zip(row_results, cell_results, strict=True)]
         parts: dict[str, list[pa.Table]] = {name: [] for name in _PASS_ORDER}
         for result in results:
@@ -1411,20 +1414,19 @@ class _FleetSession:
         updates: list[_VehicleUpdate],
     ) -> dict[str, Any]:
         """The date's metrics, carry and ledger from its tables of ``_PASS_ORDER``
-        (``parts``) and its vehicle groups' carry and capacity steps (``updates``)."""
+        (``parts``) and its vehicle groups' carry and capacity steps (``updates``: every
+        vehicle carried is in one of them)."""
         lake_root, state, fleet, params = self.lake_root, self.state, self.fleet, self.params
         fingerprint = [[p.name, p.stat().st_size] for p in files]
-        carry = self._carry_before(day)
         vehicle_day, steps, cell_day = parts["vehicle_day"], parts["steps"], parts["cell_day"]
         step_cells = parts["step_cells"]
 
         reg = self.reg
-        prev = {r["vin"]: r for r in carry.to_pylist()}
         vd_rows = {r["vin"]: r for r in vehicle_day.to_pylist()}
         unknown = sorted(v for v in vd_rows if v not in reg)
 
-        # every vehicle carried, those with readings today as their group updated them
-        merged = dict(prev)
+        # every vehicle carried: the groups' (each its VIN range's) and the others'
+        merged: dict[str, dict[str, Any]] = {}
         capacity_rows: list[dict[str, Any]] = []
         for group_carry, group_estimates in updates:
             merged.update(group_carry)
