@@ -194,8 +194,9 @@ _NOT_HASHED = ("threads", "unit_readings", "chunk_readings", "chunk_workers")
 
 #: Row order of each table the SQL pass returns (every job orders by day, then vehicle),
 #: restored after the pass ran vehicle group by vehicle group.
-#: One vehicle group's date: its vehicles' new carry rows and capacity estimates.
-_VehicleUpdate = tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]
+#: One vehicle group's date: its vehicles' new carry rows, capacity estimates and
+#: resistance table.
+_VehicleUpdate = tuple[dict[str, dict[str, Any]], list[dict[str, Any]], pa.Table]
 
 _PASS_ORDER: dict[str, list[str]] = {
     "vehicle_day": ["day_n", "vin"],
@@ -1344,14 +1345,18 @@ class _FleetSession:
         # carried vehicles without readings in the unit (outside every group's VIN range)
         # keep their rows on every date
         outside = {v: r for v, r in carried.items() if not any(a <= v <= b for a, b in groups)}
-        updates = [u for _, u in cell_results] + [[(outside, [])] * len(days)]
+        no_steps = METRICS_SCHEMAS["resistance"].empty_table()
+        updates = [u for _, u in cell_results] + [[(outside, [], no_steps)] * len(days)]
         results = [{**r, **cr} for r, (cr, _) in zip(row_results, cell_results, strict=True)]
-        parts: dict[str, list[pa.Table]] = {name: [] for name in _PASS_ORDER}
+        # what the dates' finish reads of the fleet (the groups did the rest)
+        fleet_tables = ("vehicle_day", "steps", "cell_day")
+        parts: dict[str, list[pa.Table]] = {name: [] for name in fleet_tables}
         for result in results:
-            for name in _PASS_ORDER:
+            for name in fleet_tables:
                 parts[name].append(result[name])
         tables: dict[str, pa.Table] = {}
-        for name, order in _PASS_ORDER.items():
+        for name in fleet_tables:
+            order = _PASS_ORDER[name]
             if len(parts[name]) == 1:
                 tables[name] = parts[name][0]
             elif len(days) == 1:
@@ -1375,12 +1380,11 @@ class _FleetSession:
     def _update_vehicles(
         self, days: list[date], prev: dict[str, dict[str, Any]], tables: Mapping[str, pa.Table]
     ) -> list[_VehicleUpdate]:
-        """``_update_carry_and_capacity`` of one vehicle group, date by date: its tables
-        of ``_PASS_ORDER`` (``tables``) and the carry before the first date of the
-        vehicles in its VIN range (``prev``) -> per date, their new carry rows and
-        capacity estimates."""
-        names = ("vehicle_day", "day_carry", "rest_runs", "rest_cells", "rest_relax")
-        by_day = {name: _split_by_day(tables[name]) for name in (*names, "charge_cells")}
+        """The per-vehicle steps of one vehicle group, date by date: its tables of
+        ``_PASS_ORDER`` (``tables``) and the carry before the first date of the vehicles
+        in its VIN range (``prev``) -> per date, their new carry rows and capacity
+        estimates (``_update_carry_and_capacity``) and resistance (``_resistance_table``)."""
+        by_day = {name: _split_by_day(tables[name]) for name in _PASS_ORDER}
         out: list[_VehicleUpdate] = []
         for k, day in enumerate(days):
             n = (day - _EPOCH_DAY).days
@@ -1398,7 +1402,10 @@ class _FleetSession:
                 self.reg,
                 self.params,
             )
-            out.append((new, estimates))
+            resistance = _resistance_table(
+                part["steps"], part["step_cells"], part["cell_day"], self.reg, self.params
+            )
+            out.append((new, estimates, resistance))
             if k + 1 < len(days):
                 # the next date starts from the carry as stored (a NaN is read back null)
                 prev = {
@@ -1413,13 +1420,12 @@ class _FleetSession:
         parts: Mapping[str, pa.Table],
         updates: list[_VehicleUpdate],
     ) -> dict[str, Any]:
-        """The date's metrics, carry and ledger from its tables of ``_PASS_ORDER``
-        (``parts``) and its vehicle groups' carry and capacity steps (``updates``: every
-        vehicle carried is in one of them)."""
+        """The date's metrics, carry and ledger from the fleet's vehicle_day, steps and
+        cell_day of the date (``parts``) and its vehicle groups' per-vehicle steps
+        (``updates``: every vehicle carried is in one of them)."""
         lake_root, state, fleet, params = self.lake_root, self.state, self.fleet, self.params
         fingerprint = [[p.name, p.stat().st_size] for p in files]
         vehicle_day, steps, cell_day = parts["vehicle_day"], parts["steps"], parts["cell_day"]
-        step_cells = parts["step_cells"]
 
         reg = self.reg
         vd_rows = {r["vin"]: r for r in vehicle_day.to_pylist()}
@@ -1428,12 +1434,13 @@ class _FleetSession:
         # every vehicle carried: the groups' (each its VIN range's) and the others'
         merged: dict[str, dict[str, Any]] = {}
         capacity_rows: list[dict[str, Any]] = []
-        for group_carry, group_estimates in updates:
+        for group_carry, group_estimates, _ in updates:
             merged.update(group_carry)
             capacity_rows += group_estimates
         new_carry = dict(sorted(merged.items()))
         capacity_rows.sort(key=lambda e: (e["vin"], e["end_ts"]))
-        resistance = _resistance_table(steps, step_cells, cell_day, reg, params)
+        # the groups' VIN ranges ascend, each table in VIN order
+        resistance = pa.concat_tables([r for _, _, r in updates])
         cap_hist, res_hist = self._update_history(day, capacity_rows, resistance)
         soh_rows, warranty_rows = _trend_and_warranty(
             day, new_carry, cap_hist, res_hist, reg, vd_rows, params, self.policies, self
