@@ -30,7 +30,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from functools import partial
@@ -98,6 +98,7 @@ METRICS_TABLES = (
 _MS_PER_DAY = 86_400_000
 _Fit = TypeVar("_Fit")  # a cached trend fit (FleetSession.fit)
 _T = TypeVar("_T")
+_U = TypeVar("_U")
 _EPOCH_DAY = date(1970, 1, 1)
 
 
@@ -1280,21 +1281,35 @@ class _FleetSession:
             _set_variables(extra, params)
             self.cons.append(extra)
 
-        def in_lanes(job: Callable[[int, Any], _T]) -> list[_T]:
+        def in_lanes(
+            job: Callable[[int, Any], _T], then: Callable[[int, _T], _U] | None = None
+        ) -> list[Any]:
             """``job(i, connection)`` for every group; group i always runs on connection
-            i % workers, after group i - workers."""
+            i % workers, after group i - workers. With ``then``, ``then(i, result)`` in
+            the calling thread, group by group in order as the lanes finish them: Python
+            work there overlaps the lanes' SQL (run in the lanes themselves, two threads
+            of Python contend for the GIL and both take half as much CPU again)."""
+            finish = then if then is not None else (lambda i, r: r)
             if workers == 1:
-                return [job(i, self.con) for i in range(len(groups))]
+                return [finish(i, job(i, self.con)) for i in range(len(groups))]
+            done: list[Future[_T]] = [Future() for _ in groups]
+
+            def lane(w: int) -> None:
+                mine = range(w, len(groups), workers)
+                for k, i in enumerate(mine):
+                    try:
+                        done[i].set_result(job(i, self.cons[w]))
+                    except BaseException as e:
+                        for j in mine[k:]:
+                            done[j].set_exception(e)
+                        return
+
             with ThreadPoolExecutor(max_workers=workers) as pool:
-                lanes = [
-                    pool.submit(
-                        lambda w: [job(i, self.cons[w]) for i in range(w, len(groups), workers)],
-                        w,
-                    )
-                    for w in range(workers)
-                ]
-                by_lane = [lane.result() for lane in lanes]
-            return [by_lane[i % workers][i // workers] for i in range(len(groups))]
+                lanes = [pool.submit(lane, w) for w in range(workers)]
+                out = [finish(i, f.result()) for i, f in enumerate(done)]
+                for f in lanes:
+                    f.result()
+            return out
 
         def rows_group(i: int, c: Any) -> dict[str, pa.Table]:
             first, last = groups[i]
@@ -1325,13 +1340,16 @@ class _FleetSession:
 
         carried = {r["vin"]: r for r in carry.to_pylist()}
 
-        def cells_group(i: int, c: Any) -> tuple[dict[str, pa.Table], list[_VehicleUpdate]]:
+        def cells_group(i: int, c: Any) -> dict[str, pa.Table]:
             first, last = groups[i]
             mine = pc.and_(pc.greater_equal(cell_vin, first), pc.less_equal(cell_vin, last))
-            rows = {**row_results[i], "cell_rows": cell_rows.filter(mine)}
-            cells = self._cells_pass(c, rows)
-            # The group's vehicles' carry and capacity steps in Python here, while the
-            # other lanes' SQL runs (they release the GIL), not after every lane is done.
+            return self._cells_pass(c, {**row_results[i], "cell_rows": cell_rows.filter(mine)})
+
+        def vehicles_group(
+            i: int, cells: dict[str, pa.Table]
+        ) -> tuple[dict[str, pa.Table], list[_VehicleUpdate]]:
+            # The group's per-vehicle steps in Python, while the lanes' SQL runs on.
+            first, last = groups[i]
             prev = {v: r for v, r in carried.items() if first <= v <= last}
             return cells, self._update_vehicles(days, prev, {**row_results[i], **cells})
 
@@ -1341,7 +1359,7 @@ class _FleetSession:
         # time (charge-step fits at 96 cells x ~300 readings: about 21 -> 8 ms CPU per
         # fit on one thread). Limited while the dates are finished, not process-wide.
         with threadpool_limits(limits=1, user_api="blas"):
-            cell_results = in_lanes(cells_group)
+            cell_results = in_lanes(cells_group, vehicles_group)
         # carried vehicles without readings in the unit (outside every group's VIN range)
         # keep their rows on every date
         outside = {v: r for v, r in carried.items() if not any(a <= v <= b for a, b in groups)}
