@@ -121,6 +121,36 @@ CASE-masked arg_max / max instead of FILTER in the readings pass's bases (slower
 0.26-0.30 s; max for the monotonic bases 0.152 -> 0.145, noise); DOUBLE running sums
 (as fast as the counts); DuckDB's parquet metadata cache (2 ms a scan).
 
+2026-12-07, quiet machine at the start (load < 1), 1,000 vehicles, main 67353aa: floor
+2.81 s wall / 5.39 s CPU, analyze 13.23 s wall / 21.57 s CPU: ratio 4.71 wall, 4.00 CPU
+(goal 3 not met); peak RSS 786 MB; day 365 / day 1 1.25. Where the wall went (phase
+marks in one run, wall / CPU s): counting the VINs 0.45 / 0.46, the readings jobs of the
+22 groups 6.3 / 11.9, cell_rows 2.1 / 4.1, the cell jobs 1.6 / 2.9, finishing the date
+in Python 3.1-3.9 on one core (charge-step fits 1.3-2.3 of it). One thread, one lane
+(CPU s): the readings table 7.1 (per group: its scan 0.03, its windows 0.09-0.15,
+writing its 44 columns 0.15-0.18: DuckDB appends 2-4 ms per numeric column and 11 ms
+per VARCHAR column per 400,000 rows; a temporary, a main or a COMPRESSed in-memory
+table, or an Arrow table, all cost the same), vehicle_day 2.3, rest_runs 1.3, carry
+0.7, cell_select 0.7, charge_select 0.4, cell_counts 0.3. Changed (outputs identical:
+SHA-256 of the contents of every metrics and state file):
+- the charge-step fit scores all start SoCs of its coarse grid at once (batched normal
+  equations; 1,005 recorded fits give identical results): 2.9 -> 2.0 s CPU for a day's
+  fits;
+- the per-vehicle steps (carry, capacity pairs, resistance) run per vehicle group as the
+  lanes finish each group's cell jobs, in the calling thread, beside the lanes' SQL
+  (the resistance table per group also drops a per-vehicle scan of all the fleet's
+  steps); only the trends, warranty and writing stay for the end: finishing 3.1-3.9 ->
+  0.7 s. Run in the lanes themselves instead, the two lanes' Python contended for the
+  GIL: the steps took 2.0-2.2 s thread CPU on one lane and 3.1-3.6 s on two.
+The machine's speed drifted by 30-40 % within the hour (the same run 12.3-18.4 s), so
+whole-run figures are medians of interleaved runs, each process analysing the day again
+and again: one thread, one lane, 4 each: CPU 25.45 -> 24.24 s (min 23.00 -> 20.95);
+default lanes, 4 each, loaded 2-3.5: wall 17.27 -> 15.86 s, CPU 28.11 -> 27.10 s, floor
+2.75-3.18 s: wall ratio 5.96 -> 5.47. The wall the structure still loses: the VIN count
+on one core (0.45 s), the trends and writing (0.7 s), the GIL between the steps in
+Python and the lanes (the cell jobs took 1.3-1.9 s thread CPU alone, 1.8-2.3 beside the
+steps). CPU is what is left: 21 s over two cores is 10.5 s at best, and ratio 3 is 8.4 s.
+
 Usage: python benchmarks/analytics.py [--vehicles 1000]
 """
 
