@@ -193,12 +193,12 @@ class AnalyticsParams:
 #: Parameters that do not change results (left out of the run id).
 _NOT_HASHED = ("threads", "unit_readings", "chunk_readings", "chunk_workers")
 
-#: Row order of each table the SQL pass returns (every job orders by day, then vehicle),
-#: restored after the pass ran vehicle group by vehicle group.
 #: One vehicle group's date: its vehicles' new carry rows, capacity estimates and
 #: resistance table.
 _VehicleUpdate = tuple[dict[str, dict[str, Any]], list[dict[str, Any]], pa.Table]
 
+#: Row order of each table the SQL pass returns (every job orders by day, then vehicle),
+#: restored after the pass ran vehicle group by vehicle group.
 _PASS_ORDER: dict[str, list[str]] = {
     "vehicle_day": ["day_n", "vin"],
     "steps": ["day_n", "vin", "ts_ms", "seq"],
@@ -1357,7 +1357,8 @@ class _FleetSession:
         # small matrices, hundreds of times a day: BLAS's own thread pool splits each
         # product and its threads spin between them, which costs more CPU than it saves
         # time (charge-step fits at 96 cells x ~300 readings: about 21 -> 8 ms CPU per
-        # fit on one thread). Limited while the dates are finished, not process-wide.
+        # fit on one thread). Limited while they run (here and in the dates' finish),
+        # not process-wide.
         with threadpool_limits(limits=1, user_api="blas"):
             cell_results = in_lanes(cells_group, vehicles_group)
         # carried vehicles without readings in the unit (outside every group's VIN range)
