@@ -150,6 +150,10 @@ default lanes, 4 each, loaded 2-3.5: wall 17.27 -> 15.86 s, CPU 28.11 -> 27.10 s
 on one core (0.45 s), the trends and writing (0.7 s), the GIL between the steps in
 Python and the lanes (the cell jobs took 1.3-1.9 s thread CPU alone, 1.8-2.3 beside the
 steps). CPU is what is left: 21 s over two cores is 10.5 s at best, and ratio 3 is 8.4 s.
+This script, alternated, 67353aa / main 1014762 (load 0.2 before the first, ~2 after):
+analyze 17.31 / 16.42 s -> 14.09 / 14.98 s wall, ratio 6.63 / 5.56 -> 4.78 / 5.38, CPU
+ratio 5.47 / 4.83 -> 4.26 / 4.87; peak RSS 687 / 681 -> 751 / 684 MB; day 365 / day 1
+0.88-1.18 for both.
 
 Usage: python benchmarks/analytics.py [--vehicles 1000]
 """
