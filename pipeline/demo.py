@@ -177,11 +177,16 @@ def main(argv: list[str] | None = None) -> None:
         (f"{day_dir.name}/*.pdf", "fleet PDF report"),
         (f"{day_dir.name}/*.csv", "fleet CSV report"),
         (f"{day_dir.name}/vehicles/*.pdf", "vehicle PDF reports"),
-        (f"{day_dir.name}/audit-*", "signed audit bundle (verify: fleetbms audit verify)"),
+        (f"{day_dir.name}/audit-*", "signed audit bundle"),
     ):
         paths = sorted((data / "reports").glob(pattern))
         found = found or bool(paths)
         print(f"{what}: " + (", ".join(str(p) for p in paths[:3]) if paths else "none"))
+    bundles = sorted(day_dir.glob("audit-*"))
+    key = settings.state_dir / "keys" / "signing.pub"
+    if bundles and key.is_file():
+        # the whole command: verify needs the public key, which the bundle does not hold
+        print(f"verify it: fleetbms {' '.join(dd)} audit verify {bundles[0]} --public-key {key}")
     for pattern, what in (
         ("lake/metrics/*", "metrics tables"),
         ("lake/anomalies", "anomaly flags"),
