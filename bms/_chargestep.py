@@ -389,10 +389,9 @@ def _locate(
         gram = np.einsum("gb,kb,lb->gkl", ww, base, base)
         rhs = np.einsum("gb,kb,gb->gk", ww, base, resid)
         yy = np.einsum("gb,gb,gb->g", ww, resid, resid)
-        out: list[tuple[float, float, float | None]] = []
-        by_rate: dict[float | None, tuple[FloatArray, FloatArray]] = {}
+        k = base.shape[0]
+        scores: dict[float | None, FloatArray] = {}
         for rate in rates:
-            k = base.shape[0]
             a = np.zeros((z0.size, k + 1, k + 1))
             r = np.zeros((z0.size, k + 1))
             a[:, :k, :k], r[:, :k] = gram, rhs
@@ -408,9 +407,6 @@ def _locate(
             both = keep[:, :, None] & keep[:, None, :]
             a = np.where(both, a, np.eye(k + 1)[None, :, :])
             r = np.where(keep, r, 0.0)
-            by_rate[rate] = (a, r)
-        scores: dict[float | None, FloatArray] = {}
-        for rate, (a, r) in by_rate.items():
             try:
                 coef = np.linalg.solve(a, r[:, :, None])[:, :, 0]
                 ok = np.ones(z0.size, dtype=bool)
@@ -425,8 +421,9 @@ def _locate(
                         pass
             fit = np.maximum(yy - np.einsum("gk,gk->g", r, coef), 0.0) / np.maximum(bins_in, 1)
             scores[rate] = np.where(ok & enough, fit, np.inf)
-        for g in range(z0.size):
-            out.extend((float(scores[rate][g]), float(z0[g]), rate) for rate in rates)
+        out = [
+            (float(scores[rate][g]), float(z0[g]), rate) for g in range(z0.size) for rate in rates
+        ]
         return out
 
     grid = np.arange(first, last + 1e-9, _LOCATE_GRID_PCT)
