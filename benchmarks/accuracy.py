@@ -23,6 +23,16 @@ Measured 2026-12-07 (analytics-12, main 67353aa; 2-core machine): simulated in 1
   (89.3-91.1) against a true 91.0, its projection to the warranty's end near the
   threshold.
 
+Analytics-13 (2026-12-07, the same figures, 731 dates in 207 s): an
+``insufficient_data`` verdict now ends with what the use since the newest estimate
+lacked. LFP 36 and 40: "since 2024-01-02: BMS SoC 84-100 % [80-100 %]: a rest reads an
+LFP pack's SoC only at 0-26 % and 96-100 % (within 3 %) and an estimate needs two such
+points at least 7 % apart, or a constant-current charge across the 64-88 % OCV step
+started at 76 % or below; a charge from 76 % or below to 96 % or more, then a rest,
+would give one". LFP 20 (no estimate at all): "BMS SoC 70-100 %, which could give an
+estimate, but none passed its checks" (its one charge from 70 % in the first week did
+not give a clean step fit).
+
 The test-size fleet (14 cells, 120 s; ``tests/bms/test_analytics_accuracy.py``, the
 same spec) agrees for 96 %: LFP 20 and 36 are its two disagreements, the same kind;
 at full size LFP 40 and NMC 9 are added.

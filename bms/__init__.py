@@ -55,6 +55,8 @@ from bms._capacity import (
     capacity_ah_from_soc_window,
     capacity_rel_sigma,
     current_offset_a,
+    missing_capacity_evidence,
+    readable_soc_bands_pct,
     soc_sigma_pct_from_ocv,
 )
 from bms._contract import (
@@ -222,6 +224,7 @@ __all__ = [
     "load_anomaly_model",
     "load_warranty_policy",
     "metrics_path",
+    "missing_capacity_evidence",
     "naumann_calendar_rates",
     "naumann_capacity_loss_frac",
     "naumann_cycle_rates",
@@ -239,6 +242,7 @@ __all__ = [
     "read_metrics",
     "read_registry",
     "read_telemetry",
+    "readable_soc_bands_pct",
     "readings_table",
     "resistance_mohm_at_reference",
     "resistance_mohm_from_step",

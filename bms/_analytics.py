@@ -48,6 +48,7 @@ from bms._capacity import (
     REST_VOLTAGE_SIGMA_MV,
     capacity_ah_from_soc_window,
     capacity_rel_sigma,
+    missing_capacity_evidence,
     rest_soc_pct_from_cell_mv,
     soc_sigma_pct_from_ocv,
 )
@@ -85,7 +86,7 @@ from bms._warranty import (
 )
 
 #: Version of the analytics model; part of every run id and of the warranty evidence.
-ANALYTICS_MODEL_VERSION = "analytics-12"
+ANALYTICS_MODEL_VERSION = "analytics-13"
 #: Metrics tables written per (date, fleet).
 METRICS_TABLES = (
     "vehicle_day",
@@ -480,6 +481,10 @@ CARRY_SCHEMA = pa.schema(
         ("stress_cal_low_at_estimate", pa.float64()),
         ("stress_cyc_low_at_estimate", pa.float64()),
         ("stress_days_at_estimate", pa.int64()),
+        # the BMS's lowest and highest SoC since the newest capacity estimate (its day
+        # included), or since the data began: what a missing estimate lacked
+        ("soc_min_since_estimate_pct", pa.float64()),
+        ("soc_max_since_estimate_pct", pa.float64()),
     ]
 )
 
@@ -1957,6 +1962,7 @@ def _update_carry_and_capacity(
             if vd["bms_soh_pct"] is not None
             else (old or {}).get("bms_soh_pct"),
             **_carry_stress(old, vd, info, estimated=len(estimates) > n_before),
+            **_carry_soc_range(old, vd, estimated=len(estimates) > n_before),
         }
         new[vin] = row
     estimates.sort(key=lambda e: (e["vin"], e["end_ts"]))
@@ -2071,6 +2077,20 @@ def _carry_stress(
         totals = [t + d for t, d in zip(totals, day, strict=True)]
     out.update(zip(_STRESS_TOTALS, totals, strict=True))
     return out
+
+
+def _carry_soc_range(
+    old: Mapping[str, Any] | None, vd: Mapping[str, Any], *, estimated: bool
+) -> dict[str, float | None]:
+    """The carried BMS SoC range after today: today's alone on a day with an estimate
+    (as the stress sums, the day counts after it), else widened by today's."""
+    lo, hi = vd["soc_min_pct"], vd["soc_max_pct"]
+    if not estimated and old is not None:
+        was_lo = old.get("soc_min_since_estimate_pct")
+        was_hi = old.get("soc_max_since_estimate_pct")
+        lo = was_lo if lo is None else lo if was_lo is None else min(lo, was_lo)
+        hi = was_hi if hi is None else hi if was_hi is None else max(hi, was_hi)
+    return {"soc_min_since_estimate_pct": lo, "soc_max_since_estimate_pct": hi}
 
 
 def _rest_point(
@@ -2828,6 +2848,23 @@ def _trend_and_warranty(
             use_since=use_since,
             prior_fade_sigma=SOH_PRIOR_SIGMA[1],
         )
+        # what the data since the newest estimate (or since they began) lacked
+        since_day = _ts(
+            float(np.max(cap["t_ms"])) if cap is not None and cap["t_ms"].size else c["first_ts_ms"]
+        ).date()
+        soc_lo = c.get("soc_min_since_estimate_pct")
+        soc_hi = c.get("soc_max_since_estimate_pct")
+        if verdict.status == "insufficient_data" and soc_lo is not None and soc_hi is not None:
+            lacked = missing_capacity_evidence(
+                chem,
+                soc_lo,
+                soc_hi,
+                max_sigma_pct=params.max_soc_sigma_pct,
+                min_window_pct=params.min_soc_window_pct,
+            )
+            verdict = dataclasses.replace(
+                verdict, reason=f"{verdict.reason}; since {since_day.isoformat()}: {lacked}"
+            )
         th = verdict.threshold
         evidence = {
             "policy": {"id": policy.id, "name": policy.name, "source": policy.source},
@@ -2840,6 +2877,11 @@ def _trend_and_warranty(
                 "newest_estimate_age_days": evidence_days,
             },
             "use_since_estimate": None if use_since is None else dataclasses.asdict(use_since),
+            "soc_since_estimate": {
+                "since": since_day.isoformat(),
+                "bms_soc_min_pct": soc_lo,
+                "bms_soc_max_pct": soc_hi,
+            },
             "fit": None
             if fit is None
             else {"a": fit.a, "b": fit.b, "exponent": fit.exponent, "scale": fit.scale},

@@ -14,6 +14,8 @@ LFP only points where the OCV curve is steep (near the ends of its plateau).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import numpy.typing as npt
 
@@ -219,3 +221,116 @@ def rest_soc_pct_from_cell_mv(
     ocv_v = (_arr(cell_mv) - direction * OCV_HYSTERESIS_HALF_MV[chemistry]) / 1000.0
     out: FloatArray = soc_pct_from_ocv_v(ocv_v, chemistry)
     return out
+
+
+#: Readable SoC bands closer than this are reported as one (``readable_soc_bands_pct``). [%]
+_BAND_GAP_PCT = 1.0
+
+
+def readable_soc_bands_pct(
+    chemistry: str, max_sigma_pct: float, voltage_sigma_mv: float | None = None
+) -> tuple[tuple[float, float], ...]:
+    """SoC bands where a rest's voltage reads the SoC within ``max_sigma_pct``.
+
+    Parameters
+    ----------
+    chemistry : str
+        ``'nmc'`` or ``'lfp'``.
+    max_sigma_pct : float
+        Largest SoC uncertainty a rest point may have to be used. [%]
+    voltage_sigma_mv : float, optional
+        Rest-voltage uncertainty; default ``REST_VOLTAGE_SIGMA_MV[chemistry]``. [mV]
+
+    Returns
+    -------
+    tuple of (float, float)
+        ``(low, high)`` SoC bands, ascending, on a 0.5 % grid (``soc_sigma_pct_from_ocv``
+        at each point); bands less than ``_BAND_GAP_PCT`` apart are one (the LFP table's
+        10-15 % segment misses 3 % by a hair near 13.5 %, between readable points). [%]
+    """
+    grid = np.linspace(0.0, 100.0, 201)
+    ok = soc_sigma_pct_from_ocv(grid, chemistry, voltage_sigma_mv) <= max_sigma_pct
+    edges = np.flatnonzero(np.diff(np.concatenate(([0], ok.astype(np.int8), [0]))))
+    bands: list[tuple[float, float]] = []
+    for a, b in zip(edges[::2], edges[1::2], strict=True):
+        lo, hi = float(grid[a]), float(grid[b - 1])
+        if bands and lo - bands[-1][1] <= _BAND_GAP_PCT:
+            bands[-1] = (bands[-1][0], hi)
+        else:
+            bands.append((lo, hi))
+    return tuple(bands)
+
+
+def missing_capacity_evidence(
+    chemistry: str,
+    soc_min_pct: float,
+    soc_max_pct: float,
+    *,
+    max_sigma_pct: float,
+    min_window_pct: float,
+) -> str:
+    """What a vehicle's SoC range lacked for a capacity estimate, and what would give one.
+
+    Parameters
+    ----------
+    chemistry : str
+        ``'nmc'`` or ``'lfp'``.
+    soc_min_pct, soc_max_pct : float
+        Lowest and highest SoC the BMS reported over the period in question. [%]
+    max_sigma_pct : float
+        Largest SoC uncertainty of a usable rest point (``readable_soc_bands_pct``). [%]
+    min_window_pct : float
+        Smallest SoC difference between the two points of an estimate. [%]
+
+    Returns
+    -------
+    str
+        One clause for a fleet manager: the range, whether it could have given an
+        estimate at all (two rest points in the readable bands ``min_window_pct`` apart,
+        or, for LFP, a constant-current charge across the OCV step,
+        ``bms._chargestep``, paired with such a rest), and if not, the use that would.
+    """
+    # Imported here: the charge-step module is the source of its own limits.
+    from bms._chargestep import STEP_CENTRE_PCT, STEP_LATEST_START_PCT, STEP_WINDOW_PCT
+
+    lo, hi = sorted((float(soc_min_pct), float(soc_max_pct)))
+    bands = readable_soc_bands_pct(chemistry, max_sigma_pct)
+    seen = [(max(a, lo), min(b, hi)) for a, b in bands if max(a, lo) <= min(b, hi)]
+    pair = bool(seen) and max(b for _, b in seen) - min(a for a, _ in seen) >= min_window_pct
+    step = STEP_WINDOW_PCT.get(chemistry)
+    start = STEP_LATEST_START_PCT.get(chemistry, 0.0)
+    centre = STEP_CENTRE_PCT.get(chemistry, 0.0)
+    anchor = (
+        step is not None
+        and lo <= start
+        and hi >= step[1]
+        and any(abs(x - centre) >= min_window_pct for band in seen for x in band)
+    )
+    span = f"BMS SoC {lo:.0f}-{hi:.0f} %"
+    if pair or anchor:
+        checks = "a rest long enough at a readable SoC"
+        if step is not None:
+            checks += ", a clean fit of a charge across the OCV step"
+        return (
+            f"{span}, which could give an estimate, but none passed its checks ({checks}, "
+            "no data gap in the charge counted between two points)"
+        )
+    where = (
+        "at any SoC"
+        if bands == ((0.0, 100.0),)
+        else "only at " + " and ".join(f"{a:.0f}-{b:.0f} %" for a, b in bands)
+    )
+    need = (
+        f"{span}: a rest reads an {chemistry.upper()} pack's SoC {where} "
+        f"(within {max_sigma_pct:g} %) and an estimate needs two such points at least "
+        f"{min_window_pct:g} % apart"
+    )
+    if step is None:
+        return f"{need}; two rests that far apart would give one"
+    # the rest after the charge pairs with its anchor: the first readable SoC above it
+    full = min((a for a, _ in bands if a >= step[1]), default=100.0)
+    return (
+        f"{need}, or a constant-current charge across the {step[0]:.0f}-{step[1]:.0f} % "
+        f"OCV step started at {start:.0f} % or below; a charge from {start:.0f} % or "
+        f"below to {math.ceil(full):.0f} % or more, then a rest, would give one"
+    )

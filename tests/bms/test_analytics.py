@@ -442,3 +442,42 @@ def test_calendar_stress_integrates_temperature_reading_by_reading(
     arrhenius = np.exp(b_k * (1 / (CALENDAR_REF_TEMP_C + 273.15) - 1 / (34.0 + 273.15)))
     assert arrhenius > 1.4  # the premise: 9 K matter
     assert stress[warm.vin] / stress[mild.vin] == pytest.approx(arrhenius, rel=0.01)
+
+
+def test_a_vehicle_without_an_estimate_is_told_what_its_use_lacked(tmp_path: Path) -> None:
+    """An LFP car that lives on the flat top of its OCV curve (BMS SoC 90-100 %, as one
+    plugged in whenever parked) never gives a capacity estimate: its verdict says so,
+    with the SoC range it was seen in and the charge that would give one; a car used
+    over the whole range gets estimates and no such clause."""
+    top = SynthVehicle(
+        "FBMAAAAA0TS000031", chemistry="lfp", plan=((7.0, 8.0, -0.1), (17.0, 18.0, 0.1))
+    )
+    full = SynthVehicle("FBMAAAAA0TS000032", chemistry="lfp")
+    root = tmp_path / "lake"
+    write_fleet(root, [top, full], START, 2, cadence_s=300)
+    bms.run_pending(root)
+    war = bms.read_metrics(root, "warranty", [START + timedelta(days=1)])
+    rows = {r["vin"]: r for r in war.to_pylist()}
+    lacked = rows[top.vin]
+    assert lacked["status"] == "insufficient_data"
+    assert lacked["reason"].startswith("no capacity estimate yet; since 2026-01-01: ")
+    assert (
+        "BMS SoC 90-100 %: a rest reads an LFP pack's SoC only at 0-26 % and 96-100 %"
+        in (lacked["reason"])
+    )
+    assert (
+        "a charge from 76 % or below to 96 % or more, then a rest, would give one"
+        in (lacked["reason"])
+    )
+    since = json.loads(lacked["evidence"])["soc_since_estimate"]
+    assert since["since"] == "2026-01-01"
+    assert since["bms_soc_min_pct"] == pytest.approx(90.0, abs=0.5)
+    assert since["bms_soc_max_pct"] == pytest.approx(100.0, abs=0.5)
+    used = rows[full.vin]
+    assert used["status"] == "ok"
+    assert "BMS SoC" not in used["reason"]
+    # the day of an estimate counts after it: that day's range
+    since = json.loads(used["evidence"])["soc_since_estimate"]
+    assert since["since"] == "2026-01-02"
+    assert since["bms_soc_min_pct"] < 26.0
+    assert since["bms_soc_max_pct"] > 96.0

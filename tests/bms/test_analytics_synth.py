@@ -35,11 +35,15 @@ class SynthVehicle:
     drive_temps_c: tuple[float, ...] | None = None  # the sensors while driving [degC]
     in_service: date = date(2026, 1, 1)
     erratic_sensor_c: float = 0.0  # the last sensor's noise, one sigma [degC]
+    # (start hour, end hour, current in C) of each day, if not the chemistry's _plan
+    plan: tuple[tuple[float, float, float], ...] | None = None
 
 
-def _plan(chemistry: str) -> list[tuple[float, float, float]]:
+def _plan(v: SynthVehicle) -> list[tuple[float, float, float]]:
     """(start hour, end hour, current in C) of a day; rests are the gaps."""
-    if chemistry == "lfp":
+    if v.plan is not None:
+        return list(v.plan)
+    if v.chemistry == "lfp":
         # LFP: from full (rest at ~100 %) down to ~8 % and back to full.
         return [(7.0, 8.0, -0.5), (9.0, 10.0, -0.42), (17.0, 21.5, 0.2)]
     return [(7.0, 8.0, -0.5), (17.0, 18.0, -0.3), (19.0, 23.0, 0.2)]
@@ -55,7 +59,7 @@ def vehicle_day_table(
     t_s = np.arange(n) * cadence_s
     # True current on a 1 s grid, steps 17 s after the plan's hour marks.
     cur_1s = np.zeros(86_400)
-    for start_h, end_h, c in _plan(v.chemistry):
+    for start_h, end_h, c in _plan(v):
         a = int(start_h * 3600) + 17
         b = int(end_h * 3600) + 17
         cur_1s[a:b] = c * v.capacity_ah
@@ -73,7 +77,7 @@ def vehicle_day_table(
         # the day's first current, that of the plan's last segment: the day before).
         last = np.sign(cur)
         idx = np.maximum.accumulate(np.where(last != 0, np.arange(n), 0))
-        branch = np.where(last[idx] != 0, last[idx], np.sign(_plan(v.chemistry)[-1][2]))
+        branch = np.where(last[idx] != 0, last[idx], np.sign(_plan(v)[-1][2]))
         cell_v += 0.010 * branch[:, None]
     if v.weak_cell >= 0:
         # A leaking cell: 2 mV lower per day of age, whatever the load.

@@ -69,6 +69,45 @@ def test_soc_sigma_is_small_on_nmc_and_huge_on_the_lfp_plateau() -> None:
     assert bms.soc_sigma_pct_from_ocv(99.0, "lfp") < 0.5
 
 
+def test_readable_soc_bands_are_the_steep_parts_of_the_ocv_curve() -> None:
+    # LFP at 10 mV: below the plateau and its top knee only; NMC at 3 mV: everywhere.
+    assert bms.readable_soc_bands_pct("lfp", 3.0) == ((0.0, 26.0), (95.5, 100.0))
+    assert bms.readable_soc_bands_pct("nmc", 3.0) == ((0.0, 100.0),)
+    for lo, hi in bms.readable_soc_bands_pct("lfp", 3.0):
+        assert bms.soc_sigma_pct_from_ocv(np.linspace(lo, hi, 9), "lfp").max() <= 3.0 + 0.3
+    assert bms.soc_sigma_pct_from_ocv(60.0, "lfp") > 3.0
+
+
+def test_missing_capacity_evidence_says_what_the_soc_range_lacked() -> None:
+    def lacked(chem: str, lo: float, hi: float) -> str:
+        return bms.missing_capacity_evidence(chem, lo, hi, max_sigma_pct=3.0, min_window_pct=7.0)
+
+    # NMC reads everywhere: only a narrow range lacks
+    assert lacked("nmc", 62.0, 66.0) == (
+        "BMS SoC 62-66 %: a rest reads an NMC pack's SoC at any SoC (within 3 %) and an "
+        "estimate needs two such points at least 7 % apart; two rests that far apart "
+        "would give one"
+    )
+    # LFP on the plateau's top: neither two readable rests nor a charge across the step
+    top = lacked("lfp", 84.0, 100.0)
+    assert top.startswith("BMS SoC 84-100 %: a rest reads an LFP pack's SoC only at 0-26 %")
+    assert "across the 64-88 % OCV step started at 76 % or below" in top
+    assert top.endswith("a charge from 76 % or below to 96 % or more, then a rest, would give one")
+    # a charge across the step but never to a readable SoC: the same advice
+    assert lacked("lfp", 40.0, 95.0).endswith("would give one")
+    # ranges that could have given one (down to the readable bottom; across the step
+    # to full): the clause says the data had the range but not what passes the checks
+    assert lacked("nmc", 20.0, 90.0) == (
+        "BMS SoC 20-90 %, which could give an estimate, but none passed its checks (a rest "
+        "long enough at a readable SoC, no data gap in the charge counted between two points)"
+    )
+    for lo, hi in ((10.0, 30.0), (70.0, 100.0)):
+        assert lacked("lfp", lo, hi).endswith(
+            "a clean fit of a charge across the OCV step, no data gap in the charge counted "
+            "between two points)"
+        ), (lo, hi)
+
+
 def test_capacity_rel_sigma_follows_the_window_rule_of_science_md() -> None:
     # sigma_SoC 2 % at both ends over a 50 % window: sqrt(2) x 2 / 50 = 5.7 %.
     rel = bms.capacity_rel_sigma(
