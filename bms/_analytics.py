@@ -86,7 +86,7 @@ from bms._warranty import (
 )
 
 #: Version of the analytics model; part of every run id and of the warranty evidence.
-ANALYTICS_MODEL_VERSION = "analytics-13"
+ANALYTICS_MODEL_VERSION = "analytics-14"
 #: Metrics tables written per (date, fleet).
 METRICS_TABLES = (
     "vehicle_day",
@@ -168,6 +168,11 @@ class AnalyticsParams:
     # Capacity estimates within this many days count as one group in the SoH fit's
     # scale and degrees of freedom (they share season and rest points) [days]
     soh_cluster_days: float = 7.0
+    # ... and share this much of their error, a random effect per group (the SoC error
+    # of a shared rest point, 0.3-3 % SoC over windows of 20-60 %; the current-offset
+    # estimate; the season's temperature, 0.3 %/K): a burst of estimates weighs like a
+    # few, not like as many independent ones [%]
+    soh_cluster_sigma_pct: float = 1.0
     # A verdict other than claim_eligible needs a capacity estimate this recent [days]:
     # older, the SoH "now" is the prior's projection (seasons: half a year).
     max_evidence_age_days: float = 180.0
@@ -2588,12 +2593,14 @@ def fit_vehicle_soh(
     *,
     systematic_sigma_pct: float = 0.4,
     cluster_days: float | None = None,
+    cluster_sigma_pct: float = 0.0,
 ) -> PowerFit:
     """SoH trend of one vehicle from its capacity estimates (``fit_power_trend`` with the
     chemistry's exponent, fade forced non-negative, weak prior 100 % when new and
     ~2 %/yr fade: Geotab 2024-26 fleet figures, science.md 5). With ``cluster_days``
     the estimates of each such period are one group of ``fit_power_trend``'s cluster
-    (a few days' estimates share the season and their rest points)."""
+    (a few days' estimates share the season and their rest points), sharing an error of
+    ``cluster_sigma_pct`` (its ``cluster_sigma``)."""
     t = np.asarray(t_years, dtype=np.float64)
     return fit_power_trend(
         t,
@@ -2607,6 +2614,7 @@ def fit_vehicle_soh(
         cluster=None
         if cluster_days is None
         else np.floor(t * DAYS_PER_YEAR / cluster_days).astype(np.int64),
+        cluster_sigma=cluster_sigma_pct,
     )
 
 
@@ -2687,6 +2695,7 @@ def _trend_and_warranty(
                 chem,
                 systematic_sigma_pct=params.systematic_soh_sigma_pct,
                 cluster_days=params.soh_cluster_days,
+                cluster_sigma_pct=params.soh_cluster_sigma_pct,
             ),
         )
 

@@ -121,6 +121,7 @@ def fit_power_trend(
     huber_c: float = HUBER_C,
     iterations: int = 30,
     cluster: npt.ArrayLike | None = None,
+    cluster_sigma: float = 0.0,
 ) -> PowerFit:
     r"""Robust weighted fit of ``y = a + b * t**exponent``.
 
@@ -152,6 +153,13 @@ def fit_power_trend(
         of freedom from the number of groups (cluster-robust, as in Liang & Zeger 1986,
         Biometrika 73, 13-22), so a handful of bursts of estimates does not claim the
         precision of as many independent ones.
+    cluster_sigma : float
+        With ``cluster``, the standard deviation :math:`\tau` of the error a group's
+        estimates share (a random effect per group, Laird & Ware 1982, Biometrics 38,
+        963-974): the fit is then generalised least squares with each group's errors
+        correlated, so a burst of estimates that share their rest points weighs like a
+        few independent ones, not like as many (a group of total weight :math:`W_g`
+        counts :math:`W_g / (1 + \tau^2 W_g)`). [unit of y]
 
     Returns
     -------
@@ -164,7 +172,9 @@ def fit_power_trend(
     :math:`h_i = \min(1, c / |u_i|)`; the scale :math:`s` is the weighted RMS of the
     standardised residuals, pooled with one pseudo-observation at 1 so that a couple of
     estimates do not claim a tiny error. Covariance:
-    :math:`(X^T H W X / s^2 + \Lambda)^{-1}`.
+    :math:`(X^T V^{-1} X + \Lambda)^{-1}`, with :math:`V` the diagonal
+    :math:`s^2 \sigma_i^2 / h_i`, plus :math:`\tau^2` within each group when
+    ``cluster_sigma`` is given (inverted group by group: Sherman-Morrison).
     """
     ok, t, yv, sg = _usable_points(t_years, y, sigma)
     n = int(t.size)
@@ -182,11 +192,13 @@ def fit_power_trend(
     scale = 1.0
     theta = mu.copy()
     cov = np.linalg.pinv(lam) if n == 0 else np.eye(2)
+    tau = cluster_sigma if groups is not None else 0.0
+    shared = None if groups is None or tau <= 0 else (groups, n_groups, tau)
     for _ in range(iterations):
-        theta, cov = _solve(x, yv, w * h / scale**2, lam, mu, b_sign)
+        theta, cov = _solve(x, yv, w * h / scale**2, lam, mu, b_sign, shared)
         r = yv - x @ theta
         u = r * np.sqrt(w)
-        new_scale = _scale(u, w, h, groups, n_groups)
+        new_scale = _scale(u, w, h, groups, n_groups, tau)
         new_h = np.minimum(1.0, huber_c * new_scale / np.maximum(np.abs(u), 1e-12))
         done = (
             float(np.max(np.abs(new_h - h), initial=0.0)) <= 1e-6 and abs(new_scale - scale) < 1e-9
@@ -194,7 +206,7 @@ def fit_power_trend(
         h, scale = new_h, new_scale
         if done:
             break
-    theta, cov = _solve(x, yv, w * h / scale**2, lam, mu, b_sign)
+    theta, cov = _solve(x, yv, w * h / scale**2, lam, mu, b_sign, shared)
     return PowerFit(
         a=float(theta[0]),
         b=float(theta[1]),
@@ -208,19 +220,30 @@ def fit_power_trend(
 
 
 def _scale(
-    u: FloatArray, w: FloatArray, h: FloatArray, groups: npt.NDArray[np.intp] | None, k: int
+    u: FloatArray,
+    w: FloatArray,
+    h: FloatArray,
+    groups: npt.NDArray[np.intp] | None,
+    k: int,
+    tau: float = 0.0,
 ) -> float:
     """Robust residual scale from standardised residuals ``u`` (Huber weights ``h``),
     pooled with one pseudo-observation at 1; with ``groups`` (``k`` of them), from each
     group's weighted mean residual standardised by its total weight: under independent
-    errors the same in expectation, larger when a group's errors are shared."""
+    errors the same in expectation, larger when a group's errors are shared. With a
+    shared error ``tau`` in the model, each group's mean residual is standardised by
+    its sigma under that model, :math:`\\sqrt{1 / W_g + \\tau^2}`."""
     if groups is None:
         return math.sqrt((1.0 + float(np.sum(h * u * u))) / (1.0 + max(u.size - 2, 0)))
     hw = h * w
     sum_w = np.bincount(groups, weights=hw, minlength=k)
     sum_r = np.bincount(groups, weights=hw * u / np.sqrt(w), minlength=k)
     keep = sum_w > 0
-    u_group = sum_r[keep] / np.sqrt(sum_w[keep])  # mean residual x sqrt(its weight)
+    if tau > 0:
+        sw = sum_w[keep]
+        u_group = sum_r[keep] / sw / np.sqrt(1.0 / sw + tau * tau)
+    else:
+        u_group = sum_r[keep] / np.sqrt(sum_w[keep])  # mean residual x sqrt(its weight)
     # Each group's residual counts once (its Huber weight is already in sum_w).
     return math.sqrt((1.0 + float(np.sum(u_group**2))) / (1.0 + max(int(keep.sum()) - 2, 0)))
 
@@ -232,10 +255,24 @@ def _solve(
     lam: FloatArray,
     mu: FloatArray,
     b_sign: int,
+    shared: tuple[npt.NDArray[np.intp], int, float] | None = None,
 ) -> tuple[FloatArray, FloatArray]:
-    """Penalised weighted least squares; with a sign constraint on b, b = 0 if violated."""
+    """Penalised weighted least squares; with a sign constraint on b, b = 0 if violated.
+    ``shared`` = (group of each point, number of groups, tau): generalised least
+    squares with covariance ``diag(1 / w) + tau**2`` within each group, whose inverse is
+    ``diag(w) - c_g (w 1)(w 1)^T`` with ``c_g = tau**2 / (1 + tau**2 W_g)``
+    (Sherman-Morrison), so the normal equations lose ``c_g s_g s_g^T`` per group, with
+    ``s_g`` the group's weighted sums of the columns."""
     a_mat = (x.T * w) @ x + lam
     rhs = (x.T * w) @ y + lam @ mu
+    if shared is not None:
+        groups, k, tau = shared
+        sums = np.column_stack(
+            [np.bincount(groups, weights=w * col, minlength=k) for col in x.T]
+        )  # s_g, one row per group
+        c = tau * tau / (1.0 + tau * tau * sums[:, 0])  # sums[:, 0] = W_g (x's first column is 1)
+        a_mat = a_mat - (sums.T * c) @ sums
+        rhs = rhs - (sums.T * c) @ np.bincount(groups, weights=w * y, minlength=k)
     det = a_mat[0, 0] * a_mat[1, 1] - a_mat[0, 1] * a_mat[1, 0]
     if abs(det) > 1e-12 * max(abs(a_mat[0, 0] * a_mat[1, 1]), 1e-300):
         # 2 x 2: the closed-form inverse (much cheaper than an SVD per iteration).

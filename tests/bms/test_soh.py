@@ -213,3 +213,44 @@ def test_fit_with_clusters_does_not_trust_bursts_of_shared_error() -> None:
                 assert fit.dof == 3.0
     assert hits_grouped / trials >= 0.85
     assert hits_plain / trials < 0.8  # why the groups matter
+
+
+def test_a_shared_cluster_error_of_single_estimates_adds_to_each_variance() -> None:
+    """Groups of one: the random effect is one more independent error, so the fit is
+    the plain one with sigma_i^2 + tau^2 (the Sherman-Morrison weights are exact). At
+    the residual scale 1 (no reweighting: the scale multiplies sigma_i, not tau)."""
+    rng = np.random.default_rng(3)
+    t = np.sort(rng.uniform(0.0, 3.0, 40))
+    sigma = rng.uniform(0.5, 2.0, t.size)
+    y = 100.0 - 2.5 * t**0.75 + sigma * rng.standard_normal(t.size)
+    common = {"exponent": 0.75, "prior_mean": (100.0, -2.0), "prior_sigma": (5.0, 4.0)}
+    shared = bms.fit_power_trend(
+        t, y, sigma, cluster=np.arange(t.size), cluster_sigma=1.2, iterations=0, **common
+    )
+    plain = bms.fit_power_trend(
+        t, y, np.hypot(sigma, 1.2), cluster=np.arange(t.size), iterations=0, **common
+    )
+    assert_allclose([shared.a, shared.b], [plain.a, plain.b], rtol=1e-9)
+    assert_allclose(shared.cov, plain.cov, rtol=1e-9)
+
+
+def test_a_burst_of_estimates_sharing_an_error_does_not_set_the_trend() -> None:
+    """A vehicle's first week: eight estimates that share a rest point read 3 % high,
+    then one estimate a week for two years on the true curve. As independent the burst
+    pulls the SoH when new up and the fade steeper; with its error shared (1 % a week)
+    it weighs like a couple of estimates and the projection stays near the truth."""
+    rng = np.random.default_rng(5)
+    burst = 2.0 + np.arange(8) / 4.0
+    weekly = np.arange(3, 104) * 7.0 + 3.0
+    days = np.concatenate([burst, weekly])
+    t = days / 365.25
+    truth = 100.0 - 4.0 * t**0.75
+    y = truth + np.where(days < 7, 3.0, 0.0) + 0.8 * rng.standard_normal(t.size)
+    sigma = np.where(days < 7, 1.5, 2.0)
+    week = np.floor(days / 7.0).astype(int)
+    common = {"exponent": 0.75, "prior_mean": (100.0, -2.0), "prior_sigma": (5.0, 4.0)}
+    at_5y = 100.0 - 4.0 * 5.0**0.75
+    plain = bms.fit_power_trend(t, y, sigma, cluster=week, **common)
+    shared = bms.fit_power_trend(t, y, sigma, cluster=week, cluster_sigma=1.0, **common)
+    assert abs(shared.interval(5.0)[0] - at_5y) < 0.5 * abs(plain.interval(5.0)[0] - at_5y)
+    assert abs(shared.a - 100.0) < abs(plain.a - 100.0)
