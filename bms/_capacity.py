@@ -19,6 +19,7 @@ import math
 import numpy as np
 import numpy.typing as npt
 
+from bms._chargestep import STEP_CENTRE_PCT, STEP_LATEST_START_PCT, STEP_WINDOW_PCT
 from bms._ocv import ocv_v_from_soc_pct, soc_pct_from_ocv_v
 
 FloatArray = npt.NDArray[np.float64]
@@ -290,9 +291,6 @@ def missing_capacity_evidence(
         or, for LFP, a constant-current charge across the OCV step,
         ``bms._chargestep``, paired with such a rest), and if not, the use that would.
     """
-    # Imported here: the charge-step module is the source of its own limits.
-    from bms._chargestep import STEP_CENTRE_PCT, STEP_LATEST_START_PCT, STEP_WINDOW_PCT
-
     lo, hi = sorted((float(soc_min_pct), float(soc_max_pct)))
     bands = readable_soc_bands_pct(chemistry, max_sigma_pct)
     seen = [(max(a, lo), min(b, hi)) for a, b in bands if max(a, lo) <= min(b, hi)]

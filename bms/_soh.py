@@ -232,7 +232,8 @@ def _scale(
     group's weighted mean residual standardised by its total weight: under independent
     errors the same in expectation, larger when a group's errors are shared. With a
     shared error ``tau`` in the model, each group's mean residual is standardised by
-    its sigma under that model, :math:`\\sqrt{1 / W_g + \\tau^2}`."""
+    its sigma under that model at scale 1, :math:`\\sqrt{1 / W_g + \\tau^2}` (the
+    scale multiplies the estimates' own sigmas, not ``tau``)."""
     if groups is None:
         return math.sqrt((1.0 + float(np.sum(h * u * u))) / (1.0 + max(u.size - 2, 0)))
     hw = h * w
