@@ -25,6 +25,7 @@ from reportlab.lib.enums import TA_LEFT
 from reportlab.lib.pagesizes import A5
 from reportlab.lib.styles import ParagraphStyle
 from reportlab.lib.units import mm
+from reportlab.lib.utils import simpleSplit
 from reportlab.platypus import (
     Flowable,
     KeepTogether,
@@ -189,6 +190,10 @@ def headline_table(cells: Sequence[tuple[str, str, str]]) -> Table:
     return table
 
 
+#: Left and right padding of a data_table cell. [pt]
+_CELL_PAD = 2
+
+
 def data_table(
     header: Sequence[str],
     rows: Sequence[Sequence[str]],
@@ -197,9 +202,23 @@ def data_table(
     font_size: float = 8.5,
     extra_style: Sequence[tuple[Any, ...]] = (),
 ) -> Table:
-    """A table of plain strings (newlines allowed) with a repeated header row."""
+    """A table of plain strings (newlines allowed) with a repeated header row; a cell
+    wider than its column is wrapped at spaces (a plain string is not, and ran over the
+    page's edge: a long warranty reason)."""
+    room = [w * TEXT_WIDTH - 2 * _CELL_PAD for w in widths]
+
+    def wrap(row: Sequence[str], font: str) -> list[str]:
+        return [
+            "\n".join(
+                line
+                for part in str(cell).split("\n")
+                for line in (simpleSplit(part, font, font_size, width) or [""])
+            )
+            for cell, width in zip(row, room, strict=False)
+        ]
+
     table = Table(
-        [list(header), *[list(r) for r in rows]],
+        [wrap(header, "Helvetica-Bold"), *[wrap(r, "Helvetica") for r in rows]],
         colWidths=[w * TEXT_WIDTH for w in widths],
         repeatRows=1,
     )
@@ -210,8 +229,8 @@ def data_table(
         ("VALIGN", (0, 0), (-1, -1), "TOP"),
         ("LINEBELOW", (0, 0), (-1, 0), 0.8, INK),
         ("LINEBELOW", (0, 1), (-1, -1), 0.3, RULE),
-        ("LEFTPADDING", (0, 0), (-1, -1), 2),
-        ("RIGHTPADDING", (0, 0), (-1, -1), 2),
+        ("LEFTPADDING", (0, 0), (-1, -1), _CELL_PAD),
+        ("RIGHTPADDING", (0, 0), (-1, -1), _CELL_PAD),
         ("TOPPADDING", (0, 0), (-1, -1), 2.5),
         ("BOTTOMPADDING", (0, 0), (-1, -1), 2.5),
         *extra_style,

@@ -71,6 +71,16 @@ def _anomaly_block(a: Anomaly) -> list[Flowable]:
     return out
 
 
+def _headline_reason(reason: str) -> str:
+    """A verdict's reason for the page's headline: its first clause and its last (what
+    it rests on, and what it concludes or what would give an estimate); the whole
+    reason is under "Warranty evidence"."""
+    clauses = reason.split("; ")
+    if len(clauses) <= 2:
+        return reason
+    return f"{clauses[0]}; ...; {clauses[-1]} (in full under Warranty evidence)"
+
+
 def _evidence_rows(v: VehicleData) -> list[list[str]]:
     r = v.row
     ev = v.evidence
@@ -170,7 +180,7 @@ def vehicle_pdf(v: VehicleData) -> bytes:
                     "state of health",
                     f"90 %: {fmt_range(r.soh_low_pct, r.soh_high_pct)} %",
                 ),
-                (verdict, "warranty", r.warranty_reason or ""),
+                (verdict, "warranty", _headline_reason(r.warranty_reason or "")),
                 (
                     fmt(r.projected_soh_at_warranty_end_pct, 1, " %"),
                     "SoH at warranty end",
