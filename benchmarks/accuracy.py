@@ -45,6 +45,15 @@ law and the dense recent weeks weigh less), coverage **88 %**, growth error 5.7 
 verdicts agree **94 %** (47 of 50: LFP 20, 36 and 40, ``insufficient_data`` as above),
 none below a threshold reported ``ok``.
 
+Analytics-15 (2026-12-07, 731 dates in 235 s): where the last 30 days' estimates stand
+more than 3 sigma off the power law (``bms.recent_level_shift``), the trend is moved to
+their level. Only the three fast-fading NMC packs did (a cell losing ~20 % in a few
+months, then ageing as before: the law overshoots the ramp): 33, 41 and 45 read 71.3,
+73.4 and 75.8 against a true 71.8, 73.8 and 76.1 (were 67.6, 69.6 and 71.9, outside
+their intervals); every other vehicle's figures are unchanged. SoH MAE **0.95** points,
+coverage **94 %**, growth error 5.7 %, verdicts agree **94 %** (the three LFP
+top-of-charge dwellers), none below a threshold reported ``ok``.
+
 The test-size fleet (14 cells, 120 s; ``tests/bms/test_analytics_accuracy.py``, the
 same spec) agrees for 96 %: LFP 20 and 36 are its two disagreements, the same kind;
 at full size LFP 40 and NMC 9 are added.

@@ -120,6 +120,7 @@ from bms._soh import (
     StepTrend,
     fit_power_trend,
     fit_step_trend,
+    recent_level_shift,
     soh_pct_from_capacity_ah,
 )
 from bms._telemetry import (
@@ -244,6 +245,7 @@ __all__ = [
     "read_telemetry",
     "readable_soc_bands_pct",
     "readings_table",
+    "recent_level_shift",
     "resistance_mohm_at_reference",
     "resistance_mohm_from_step",
     "resistance_temp_factor",

@@ -68,6 +68,7 @@ from bms._soh import (
     PowerFit,
     fit_power_trend,
     fit_step_trend,
+    recent_level_shift,
 )
 from bms._warranty import (
     CALENDAR_REF_TEMP_C,
@@ -86,7 +87,7 @@ from bms._warranty import (
 )
 
 #: Version of the analytics model; part of every run id and of the warranty evidence.
-ANALYTICS_MODEL_VERSION = "analytics-14"
+ANALYTICS_MODEL_VERSION = "analytics-15"
 #: Metrics tables written per (date, fleet).
 METRICS_TABLES = (
     "vehicle_day",
@@ -173,6 +174,9 @@ class AnalyticsParams:
     # estimate; the season's temperature, 0.3 %/K): a burst of estimates weighs like a
     # few, not like as many independent ones [%]
     soh_cluster_sigma_pct: float = 1.0
+    # The estimates of this many last days move the trend where they stand clearly off
+    # it (bms.recent_level_shift: a fault's fade is not a power law) [days]
+    soh_recent_days: float = 30.0
     # A verdict other than claim_eligible needs a capacity estimate this recent [days]:
     # older, the SoH "now" is the prior's projection (seasons: half a year).
     max_evidence_age_days: float = 180.0
@@ -629,6 +633,7 @@ METRICS_SCHEMAS: dict[str, pa.Schema] = {
             ("soh_new_pct", _F),
             ("fade_pct_per_year_pow", _F),
             ("fit_scale", _F),
+            ("soh_shift_pct", _F),
             ("n_resistance_days", _I),
             ("resistance_mohm_25c", _F),
             ("resistance_growth_pct", _F),
@@ -2580,6 +2585,8 @@ def _by_vin(table: pa.Table, day: date, history_days: int) -> dict[str, dict[str
     return out
 
 
+#: Smallest sigma a capacity estimate is given in the SoH trend. [%]
+SOH_SIGMA_FLOOR_PCT = 0.2
 #: Prior sigma of (SoH when new [%], fade coefficient [% per year**exponent]) of
 #: ``fit_vehicle_soh``: weak, around the fleet figures (Geotab 2024-26, science.md 5).
 SOH_PRIOR_SIGMA = (5.0, 4.0)
@@ -2605,7 +2612,7 @@ def fit_vehicle_soh(
     return fit_power_trend(
         t,
         soh_pct,
-        np.maximum(sigma_pct, 0.2),
+        np.maximum(sigma_pct, SOH_SIGMA_FLOOR_PCT),
         exponent=FADE_EXPONENT[chemistry],
         prior_mean=(100.0, -2.0),
         prior_sigma=SOH_PRIOR_SIGMA,
@@ -2732,6 +2739,18 @@ def _trend_and_warranty(
         policy = policies.get(info.get("warranty_policy"))
         cap = caps.get(vin)
         fit = soh_fit(vin, in_service, chem)
+        if fit is not None and cap is not None:
+            # where the recent estimates stand clearly off the trend (a fault's fade)
+            fit = recent_level_shift(
+                fit,
+                _age_years(cap["t_ms"], in_service),
+                cap["soh_pct"],
+                np.maximum(cap["sigma_pct"], SOH_SIGMA_FLOOR_PCT),
+                now_years=age,
+                window_years=params.soh_recent_days / DAYS_PER_YEAR,
+                cluster_years=params.soh_cluster_days / DAYS_PER_YEAR,
+                cluster_sigma=params.soh_cluster_sigma_pct,
+            )
         shown = fit if fit is not None else priors.get(chem)
         r_fit = None
         r_step = None
@@ -2800,6 +2819,7 @@ def _trend_and_warranty(
                 "soh_new_pct": shown.a if shown else math.nan,
                 "fade_pct_per_year_pow": -shown.b if shown else math.nan,
                 "fit_scale": fit.scale if fit else math.nan,
+                "soh_shift_pct": fit.shift if fit else math.nan,
                 "n_resistance_days": 0 if res is None else int(res["t_ms"].size),
                 "resistance_mohm_25c": r_now,
                 "resistance_growth_pct": growth,
@@ -2893,7 +2913,14 @@ def _trend_and_warranty(
             },
             "fit": None
             if fit is None
-            else {"a": fit.a, "b": fit.b, "exponent": fit.exponent, "scale": fit.scale},
+            else {
+                "a": fit.a,
+                "b": fit.b,
+                "exponent": fit.exponent,
+                "scale": fit.scale,
+                "shift": fit.shift,
+                "shift_sigma": fit.shift_sigma,
+            },
             "usage": dataclasses.asdict(usage),
             "usage_limits": dataclasses.asdict(policy.usage),
             "date": day.isoformat(),

@@ -111,14 +111,19 @@ def _evidence_rows(v: VehicleData) -> list[list[str]]:
     ]
     fit = ev.get("fit")
     if isinstance(fit, dict):
-        rows.append(
-            [
-                "trend fit",
-                f"SoH = {fmt(_num(fit.get('a')), 2)} + ({fmt(_num(fit.get('b')), 3)}) "
-                f"x age^{fmt(_num(fit.get('exponent')), 2)}, "
-                f"scale {fmt(_num(fit.get('scale')), 2)}",
-            ]
+        trend = (
+            f"SoH = {fmt(_num(fit.get('a')), 2)} + ({fmt(_num(fit.get('b')), 3)}) "
+            f"x age^{fmt(_num(fit.get('exponent')), 2)}, "
+            f"scale {fmt(_num(fit.get('scale')), 2)}"
         )
+        shift = _num(fit.get("shift"))
+        if math.isfinite(shift) and shift != 0.0:
+            # the recent estimates stood clearly off the power law (bms.recent_level_shift)
+            trend += (
+                f", {fmt(shift, 2, ' %')} (+-{fmt(_num(fit.get('shift_sigma')), 2)}) where "
+                "the recent estimates stand off it"
+            )
+        rows.append(["trend fit", trend])
     usage = ev.get("usage") or {}
     limits = ev.get("usage_limits") or {}
     for key, lim_key in (

@@ -254,3 +254,41 @@ def test_a_burst_of_estimates_sharing_an_error_does_not_set_the_trend() -> None:
     shared = bms.fit_power_trend(t, y, sigma, cluster=week, cluster_sigma=1.0, **common)
     assert abs(shared.interval(5.0)[0] - at_5y) < 0.5 * abs(plain.interval(5.0)[0] - at_5y)
     assert abs(shared.a - 100.0) < abs(plain.a - 100.0)
+
+
+def test_recent_estimates_clearly_off_the_trend_move_it_others_do_not() -> None:
+    """A pack whose weakest cell fades fast for three months, then ages as before: the
+    power law overshoots the ramp and ends below the last month's estimates; moved to
+    their level, the SoH now is the measured one. A pack ageing as the law says is
+    left as fitted (its recent estimates agree within their noise)."""
+    rng = np.random.default_rng(7)
+    days = np.arange(2.0, 730.0, 2.0)
+    t = days / 365.25
+    gradual = 100.0 - 3.0 * t**0.75
+    ramp = 25.0 * np.clip((days - 200.0) / 120.0, 0.0, 1.0)
+    week = np.floor(days / 7.0).astype(int)
+    common = {"exponent": 0.75, "prior_mean": (100.0, -2.0), "prior_sigma": (5.0, 4.0)}
+    for truth, moves in ((gradual - ramp, True), (gradual, False)):
+        y = truth + 0.8 * rng.standard_normal(t.size)
+        sigma = np.full(t.size, 0.8)
+        fit = bms.fit_power_trend(t, y, sigma, cluster=week, cluster_sigma=1.0, **common)
+        now = float(t[-1])
+        moved = bms.recent_level_shift(
+            fit,
+            t,
+            y,
+            sigma,
+            now_years=now,
+            window_years=30 / 365.25,
+            cluster_years=7 / 365.25,
+            cluster_sigma=1.0,
+        )
+        if moves:
+            assert fit.interval(now)[0] < truth[-1] - 2.0  # the law misses the level now
+            assert moved.shift > 2.0
+            soh, lo, hi = moved.interval(now)
+            assert abs(float(soh) - truth[-1]) < 1.0
+            assert lo <= truth[-1] <= hi
+            assert moved.a == fit.a  # the SoH when new is the fit's
+        else:
+            assert moved is fit
