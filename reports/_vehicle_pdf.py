@@ -120,8 +120,8 @@ def _evidence_rows(v: VehicleData) -> list[list[str]]:
         if math.isfinite(shift) and shift != 0.0:
             # the recent estimates stood clearly off the power law (bms.recent_level_shift)
             trend += (
-                f", {fmt(shift, 2, ' %')} (+-{fmt(_num(fit.get('shift_sigma')), 2)}) where "
-                "the recent estimates stand off it"
+                f", + ({fmt(shift, 2)} +- {fmt(_num(fit.get('shift_sigma')), 2)}): the level "
+                "of the recent estimates, clearly off the power law"
             )
         rows.append(["trend fit", trend])
     usage = ev.get("usage") or {}
@@ -136,7 +136,9 @@ def _evidence_rows(v: VehicleData) -> list[list[str]]:
             rows.append(
                 [
                     key.replace("_", " "),
-                    f"{usage[key]} (limit {lim if lim is not None else 'none'})",
+                    # a share to 3 digits (it is a float of many), counts as they are
+                    f"{fmt(_num(usage[key]), 3) if isinstance(usage[key], float) else usage[key]}"
+                    f" (limit {lim if lim is not None else 'none'})",
                 ]
             )
     rows.append(["usage flags", r.usage_flags or "none"])

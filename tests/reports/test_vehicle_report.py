@@ -87,7 +87,7 @@ def test_vehicle_pdf_explains_the_anomaly_and_the_warranty_verdict(flagged_pdf: 
     assert "policy oem-8y-160k-70 OEM warranty 8 years / 160,000 km / 70 %" in text
     assert "SoH now [%] 93.10 (90 %: 91.60..94.60), 31 capacity estimates" in text
     assert "SoH at cover end [%] 85.70 (90 %: 82.70..88.70)" in text
-    assert "dc fast share 0.25 (limit 0.8)" in text
+    assert "dc fast share 0.250 (limit 0.8)" in text
 
 
 def test_vehicle_pdf_page_renders_non_blank(flagged_pdf: Path, tmp_path: Path) -> None:
