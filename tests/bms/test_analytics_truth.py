@@ -22,7 +22,10 @@ Definitions (per vehicle, on the last date):
   relative to the mean true growth.
 - Warranty: the status of ``metrics/warranty`` against ``bms.warranty_verdict`` of the
   same policy applied to the *true* SoH history (fitted with the same power law,
-  0.05 % sigma, no model error), true odometer and true km per day.
+  0.05 % sigma, no model error), true odometer and true km per day; a vehicle whose
+  true SoH is below a threshold still in cover is ``claim_eligible`` (the policy's
+  definition), even where the power law, bent by a fast-fading cell's ramp, ends above
+  it.
 """
 
 from __future__ import annotations
@@ -305,7 +308,9 @@ def score_fleet(data_dir: Path, fleet: str, policy: str = ACCURACY_POLICY) -> Fl
                 r_mohm=_nan(row["resistance_mohm_25c"]),
                 growth_true_pct=100.0 * (float(r_true[k]) / float(r_true[0]) - 1.0),
                 growth_pct=_nan(row["resistance_growth_pct"]),
-                status_true=verdict.status,
+                # the policy's own definition: below a threshold in cover is a claim,
+                # whatever a power law through a fault's ramp says about the level now
+                status_true="claim_eligible" if below else verdict.status,
                 status=str(status_of.get(vin)),
                 below_threshold=bool(below),
             )
