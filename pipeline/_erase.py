@@ -202,13 +202,15 @@ def _pdf_stream_texts(data: bytes) -> list[bytes]:
     """Decoded content of a PDF's streams (Flate, or ASCII85 then Flate as reportlab)."""
     out: list[bytes] = []
     for m in _PDF_STREAM.finditer(data):
-        raw = m.group(1).strip()
+        # Flate data may end in a byte that looks like white space: not stripped; what
+        # follows the compressed stream (the EOL before "endstream") is left unused.
         try:
-            out.append(zlib.decompress(raw))
+            out.append(zlib.decompressobj().decompress(m.group(1)))
             continue
         except zlib.error:
             pass
         try:
+            raw = m.group(1).strip()
             out.append(zlib.decompress(base64.a85decode(raw.removesuffix(b"~>"))))
         except (zlib.error, ValueError):
             continue

@@ -263,3 +263,22 @@ def test_erase_with_an_unreachable_broker_says_so_in_one_line(tmp_path: Path):
     assert r.returncode == 1
     assert r.stderr.startswith("Error: files erased, but the retained acks were not: cannot reach")
     assert r.stderr.count("\n") == 1
+
+
+def test_a_pdf_stream_ending_in_a_white_space_byte_is_still_read() -> None:
+    """Flate data whose last byte looks like white space (a fleet PDF's page once did):
+    stripping it made the stream undecodable and the VIN in it unseen."""
+    import zlib
+
+    from pipeline._erase import _pdf_mentions
+
+    vin = "MAT612345NEX00001"
+    for k in range(10_000):
+        pad = hashlib.sha256(str(k).encode()).hexdigest()  # varies the checksum's last byte
+        data = zlib.compress(f"BT ({vin}) Tj ET % {pad}".encode())
+        if data[-1:] in (b" ", b"\n", b"\r", b"\t"):
+            break
+    else:
+        raise AssertionError("no such stream in 10,000 tries")
+    pdf = b"%PDF-1.4\n1 0 obj << /Filter [ /FlateDecode ] >>\nstream\n" + data
+    assert _pdf_mentions(pdf + b"\nendstream\nendobj\n", vin)
