@@ -1932,6 +1932,7 @@ def _update_carry_and_capacity(
             ][-6:]
             points.sort(key=lambda p: p["t_ms"])
         # Rest points older than the pairing window are useless tomorrow.
+        estimated = len(estimates) > n_before
         horizon_ms = dc["last_ts_ms"] - params.max_pair_hours * 3.6e6
         points = [p for p in points if p["t_ms"] >= horizon_ms]
         row = {
@@ -1971,8 +1972,8 @@ def _update_carry_and_capacity(
             "bms_soh_pct": vd["bms_soh_pct"]
             if vd["bms_soh_pct"] is not None
             else (old or {}).get("bms_soh_pct"),
-            **_carry_stress(old, vd, info, estimated=len(estimates) > n_before),
-            **_carry_soc_range(old, vd, estimated=len(estimates) > n_before),
+            **_carry_stress(old, vd, info, estimated=estimated),
+            **_carry_soc_range(old, vd, estimated=estimated),
         }
         new[vin] = row
     estimates.sort(key=lambda e: (e["vin"], e["end_ts"]))
@@ -2094,13 +2095,14 @@ def _carry_soc_range(
 ) -> dict[str, float | None]:
     """The carried BMS SoC range after today: today's alone on a day with an estimate
     (as the stress sums, the day counts after it), else widened by today's."""
-    lo, hi = vd["soc_min_pct"], vd["soc_max_pct"]
+    lows, highs = [vd["soc_min_pct"]], [vd["soc_max_pct"]]
     if not estimated and old is not None:
-        was_lo = old.get("soc_min_since_estimate_pct")
-        was_hi = old.get("soc_max_since_estimate_pct")
-        lo = was_lo if lo is None else lo if was_lo is None else min(lo, was_lo)
-        hi = was_hi if hi is None else hi if was_hi is None else max(hi, was_hi)
-    return {"soc_min_since_estimate_pct": lo, "soc_max_since_estimate_pct": hi}
+        lows.append(old.get("soc_min_since_estimate_pct"))
+        highs.append(old.get("soc_max_since_estimate_pct"))
+    return {
+        "soc_min_since_estimate_pct": min((v for v in lows if v is not None), default=None),
+        "soc_max_since_estimate_pct": max((v for v in highs if v is not None), default=None),
+    }
 
 
 def _rest_point(
@@ -2840,11 +2842,8 @@ def _trend_and_warranty(
             dc_fast_share=(c["charged_dc_total_uah"] or 0) / charged if charged > 0 else 0.0,
             deep_discharges=int(c["deep_discharges_total"] or 0),
         )
-        evidence_days = (
-            0.0
-            if cap is None or cap["t_ms"].size == 0
-            else (end_ms - float(np.max(cap["t_ms"]))) / 86_400_000
-        )
+        newest_ms = float(np.max(cap["t_ms"])) if cap is not None and cap["t_ms"].size else None
+        evidence_days = 0.0 if newest_ms is None else (end_ms - newest_ms) / 86_400_000
         use_since = None
         if c.get("stress_days_at_estimate") is not None:
             since = (
@@ -2878,9 +2877,7 @@ def _trend_and_warranty(
             prior_fade_sigma=SOH_PRIOR_SIGMA[1],
         )
         # what the data since the newest estimate (or since they began) lacked
-        since_day = _ts(
-            float(np.max(cap["t_ms"])) if cap is not None and cap["t_ms"].size else c["first_ts_ms"]
-        ).date()
+        since_day = _ts(c["first_ts_ms"] if newest_ms is None else newest_ms).date()
         soc_lo = c.get("soc_min_since_estimate_pct")
         soc_hi = c.get("soc_max_since_estimate_pct")
         if verdict.status == "insufficient_data" and soc_lo is not None and soc_hi is not None:

@@ -251,10 +251,10 @@ def recent_level_shift(
     to: fitted anyway, the law overshoots it and its value now lies below what the
     recent estimates measure (3-7 points in the simulated fleets), which would
     understate a warranty claim's SoH. So the estimates of the last ``window_years``
-    are compared with the trend: their mean residual :math:`ar r`, each group of
-    ``cluster_years`` weighted by :math:`1 / (1 / W_g + 	au^2)` (its estimates' weights
+    are compared with the trend: their mean residual :math:`\bar r`, each group of
+    ``cluster_years`` weighted by :math:`1 / (1 / W_g + \tau^2)` (its estimates' weights
     :math:`W_g` at the fit's scale, the shared error ``cluster_sigma``), with sigma
-    :math:`\sigma_{ar r} = (\sum_g 1 / (1 / W_g + 	au^2))^{-1/2}`.
+    :math:`\sigma_{\bar r} = (\sum_g 1 / (1 / W_g + \tau^2))^{-1/2}`.
 
     Parameters
     ----------
@@ -271,13 +271,13 @@ def recent_level_shift(
     cluster_sigma : float
         The error a group shares (``fit_power_trend``'s ``cluster_sigma``). [units of y]
     z : float
-        A shift counts when :math:`|ar r| > z\,\sigma_{ar r}`.
+        A shift counts when :math:`|\bar r| > z\,\sigma_{\bar r}`.
 
     Returns
     -------
     PowerFit
-        ``fit`` with ``shift`` = :math:`ar r` and ``shift_sigma`` =
-        :math:`\sigma_{ar r}`, or ``fit`` itself (fewer than three recent estimates,
+        ``fit`` with ``shift`` = :math:`\bar r` and ``shift_sigma`` =
+        :math:`\sigma_{\bar r}`, or ``fit`` itself (fewer than three recent estimates,
         or no clear shift).
     """
     _, t, yv, sg = _usable_points(t_years, y, sigma)
