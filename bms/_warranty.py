@@ -21,7 +21,9 @@ used no harder since.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import re
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -177,41 +179,104 @@ def load_warranty_policy(name_or_path: str | Path) -> WarrantyPolicy:
     return parse_warranty_policy(raw, source=f"preset {text}")
 
 
+def _kind(value: object) -> str:
+    """The TOML type of a parsed value, with its article (for messages)."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a float"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "a table"
+    return "a date/time"
+
+
+def _show(value: object) -> str:
+    """A parsed value as TOML writes it, on one line and at most 40 characters."""
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        text = f"{value:.0f}" if abs(value) < 1e16 else repr(value)
+    elif isinstance(value, float):
+        text = repr(value)  # nan, inf, -inf, 0.7
+    elif isinstance(value, str):
+        text = json.dumps(value, ensure_ascii=False)
+    elif isinstance(value, list | dict):
+        text = json.dumps(value, ensure_ascii=False, default=str)
+    else:
+        text = str(value)
+    return text if len(text) <= 40 else text[:39] + "…"
+
+
+def _key(key: str) -> str:
+    """A TOML key for a message: bare if it can be, else quoted (and escaped)."""
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key, ensure_ascii=False)
+
+
 def parse_warranty_policy(text: str, *, source: str = "<string>") -> WarrantyPolicy:
     """Parse a policy from TOML text (format: any file in ``bms/presets``).
 
     Raises
     ------
     WarrantyPolicyError
-        Invalid TOML, a missing or mistyped key, or a nonsensical threshold.
+        Invalid TOML, a missing or mistyped key, or a nonsensical threshold; the
+        message is one line naming ``source`` and the offending key.
     """
     try:
         raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
+    except ValueError as exc:  # TOMLDecodeError, or an integer too long to convert
         raise WarrantyPolicyError(f"{source}: not valid TOML: {exc}") from None
+
+    def fail(message: str) -> WarrantyPolicyError:
+        return WarrantyPolicyError(f"{source}: {message}")
 
     def need(table: dict[str, Any], key: str, typ: type, where: str) -> Any:
         if key not in table:
-            raise WarrantyPolicyError(f"{source}: {where}{key} is missing")
+            raise fail(f"{where}{key} is missing")
         value = table[key]
-        if typ is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if not isinstance(value, typ) or isinstance(value, bool):
-            raise WarrantyPolicyError(f"{source}: {where}{key} = {value!r} is not {typ.__name__}")
+        name = f"{where}{key} = {_show(value)} is {_kind(value)}"
+        if typ is float:
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise fail(f"{name}, must be a number")
+            try:
+                return float(value)
+            except OverflowError:  # an integer beyond any float
+                return math.inf if value > 0 else -math.inf
+        if typ is int and (isinstance(value, bool) or not isinstance(value, int)):
+            raise fail(f"{name}, must be a whole number")
+        if typ is str and not isinstance(value, str):
+            raise fail(f"{name}, must be a string")
         return value
 
     known = {"id", "name", "source", "threshold", "usage"}
     unknown = sorted(set(raw) - known)
     if unknown:
-        raise WarrantyPolicyError(
-            f"{source}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}"
+        raise fail(
+            f"unknown key(s) {', '.join(map(_key, unknown))}; valid: {', '.join(sorted(known))}"
         )
     items = raw.get("threshold")
-    if not isinstance(items, list) or not items:
-        raise WarrantyPolicyError(f"{source}: needs at least one [[threshold]]")
+    if isinstance(items, dict):
+        raise fail("threshold must be an array of tables: write [[threshold]], not [threshold]")
+    if items is not None and not isinstance(items, list):
+        raise fail(
+            f"threshold = {_show(items)} is {_kind(items)}, must be an array of tables "
+            "([[threshold]] with years, km, min_soh_pct)"
+        )
+    if not items:
+        raise fail("needs at least one [[threshold]]")
     thresholds = []
     for i, item in enumerate(items):
         where = f"threshold[{i}]."
+        if not isinstance(item, dict):
+            raise fail(
+                f"threshold[{i}] = {_show(item)} is {_kind(item)}, must be a table "
+                "([[threshold]] with years, km, min_soh_pct)"
+            )
         th = WarrantyThreshold(
             years=need(item, "years", float, where),
             km=need(item, "km", float, where),
@@ -222,12 +287,12 @@ def parse_warranty_policy(text: str, *, source: str = "<string>") -> WarrantyPol
         thresholds.append(th)
     usage_raw = raw.get("usage", {})
     if not isinstance(usage_raw, dict):
-        raise WarrantyPolicyError(f"{source}: [usage] must be a table")
+        raise fail(f"usage = {_show(usage_raw)} is {_kind(usage_raw)}, must be a table ([usage])")
     valid_usage = {"max_over_temp_events", "max_dc_fast_share", "max_deep_discharges"}
     bad = sorted(set(usage_raw) - valid_usage)
     if bad:
-        raise WarrantyPolicyError(
-            f"{source}: unknown usage key(s) {', '.join(bad)}; "
+        raise fail(
+            f"unknown usage key(s) {', '.join(map(_key, bad))}; "
             f"valid: {', '.join(sorted(valid_usage))}"
         )
     usage = UsageLimits(
@@ -247,10 +312,11 @@ def parse_warranty_policy(text: str, *, source: str = "<string>") -> WarrantyPol
             else None
         ),
     )
+    policy_id = need(raw, "id", str, "")
     return WarrantyPolicy(
-        id=need(raw, "id", str, ""),
-        name=str(raw.get("name", raw["id"])),
-        source=str(raw.get("source", "")),
+        id=policy_id,
+        name=need(raw, "name", str, "") if "name" in raw else policy_id,
+        source=need(raw, "source", str, "") if "source" in raw else "",
         thresholds=tuple(sorted(thresholds, key=lambda t: (t.years, t.km))),
         usage=usage,
     )
