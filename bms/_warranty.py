@@ -179,6 +179,25 @@ def load_warranty_policy(name_or_path: str | Path) -> WarrantyPolicy:
     return parse_warranty_policy(raw, source=f"preset {text}")
 
 
+# Ranges of a policy's numbers (``parse_warranty_policy``): a value outside is a slip,
+# not the term of any warranty or regulation, and is refused rather than judged by.
+#: Cover length [years]: more than 0, at most this. Warranties and durability rules run
+#: 5-10 years (science.md 5); 50 years outlasts any vehicle, so more is months (96) or
+#: days typed for years.
+POLICY_MAX_YEARS = 50.0
+#: Cover distance [km]: policies run 100,000-240,000 km; below 1,000 km is thousands
+#: typed for km (160 for 160,000), above 10 million km (250 km a day for a century) no
+#: vehicle drives.
+POLICY_KM_RANGE = (1_000.0, 10_000_000.0)
+#: Minimum SoH [% of rated capacity]: policies use 67-80 %. At most 1 it is a fraction
+#: (0.7 for 70 %), below 10 % a dropped digit (7 for 70): a pack that small moves no
+#: vehicle; above 100 % even a new pack would be below it.
+POLICY_MIN_SOH_PCT_RANGE = (10.0, 100.0)
+#: Usage counts (``max_over_temp_events``, ``max_deep_discharges``): 0 to this; more
+#: events than a vehicle has readings in its life means no limit: omit the key.
+POLICY_MAX_COUNT = 1_000_000_000
+
+
 def _kind(value: object) -> str:
     """The TOML type of a parsed value, with its article (for messages)."""
     if isinstance(value, bool):
@@ -253,6 +272,40 @@ def parse_warranty_policy(text: str, *, source: str = "<string>") -> WarrantyPol
             raise fail(f"{name}, must be a string")
         return value
 
+    def number(
+        table: dict[str, Any],
+        key: str,
+        where: str,
+        bounds: tuple[float, float],
+        *,
+        above_low: bool = False,
+        hint: Callable[[float], str] = lambda x: "",
+    ) -> float:
+        """``table[key]`` as a finite float within ``bounds`` (``above_low``: low excluded)."""
+        x: float = need(table, key, float, where)
+        low, high = bounds
+        if math.isfinite(x) and (x > low if above_low else x >= low) and x <= high:
+            return x
+        value = table[key]
+        finite = isinstance(value, int) or math.isfinite(value)
+        why = "is out of range" if finite else "is not a finite number"
+        must = f"must be {'>' if above_low else '>='} {_show(low)} and <= {_show(high)}"
+        extra = hint(x)
+        raise fail(f"{where}{key} = {_show(value)} {why} ({must}{'; ' + extra if extra else ''})")
+
+    def count(table: dict[str, Any], key: str, where: str) -> int | None:
+        """``table[key]`` as a whole number 0..``POLICY_MAX_COUNT``; None when absent."""
+        if key not in table:
+            return None
+        n: int = need(table, key, int, where)
+        if not 0 <= n <= POLICY_MAX_COUNT:
+            extra = "; omit the key for no limit" if n > 0 else ""
+            raise fail(
+                f"{where}{key} = {_show(n)} is out of range "
+                f"(must be >= 0 and <= {POLICY_MAX_COUNT}{extra})"
+            )
+        return n
+
     known = {"id", "name", "source", "threshold", "usage"}
     unknown = sorted(set(raw) - known)
     if unknown:
@@ -278,12 +331,29 @@ def parse_warranty_policy(text: str, *, source: str = "<string>") -> WarrantyPol
                 "([[threshold]] with years, km, min_soh_pct)"
             )
         th = WarrantyThreshold(
-            years=need(item, "years", float, where),
-            km=need(item, "km", float, where),
-            min_soh_pct=need(item, "min_soh_pct", float, where),
+            years=number(
+                item,
+                "years",
+                where,
+                (0.0, POLICY_MAX_YEARS),
+                above_low=True,
+                hint=lambda x: "years, not months or days" if x > POLICY_MAX_YEARS else "",
+            ),
+            km=number(
+                item,
+                "km",
+                where,
+                POLICY_KM_RANGE,
+                hint=lambda x: "km, e.g. 160000" if 0 < x < POLICY_KM_RANGE[0] else "",
+            ),
+            min_soh_pct=number(
+                item,
+                "min_soh_pct",
+                where,
+                POLICY_MIN_SOH_PCT_RANGE,
+                hint=lambda x: "percent, e.g. 70 for 70 %" if 0 < x <= 1 else "",
+            ),
         )
-        if th.years <= 0 or th.km <= 0 or not 0 < th.min_soh_pct <= 100:
-            raise WarrantyPolicyError(f"{source}: {where[:-1]} {th} is out of range")
         thresholds.append(th)
     usage_raw = raw.get("usage", {})
     if not isinstance(usage_raw, dict):
@@ -296,21 +366,19 @@ def parse_warranty_policy(text: str, *, source: str = "<string>") -> WarrantyPol
             f"valid: {', '.join(sorted(valid_usage))}"
         )
     usage = UsageLimits(
-        max_over_temp_events=(
-            need(usage_raw, "max_over_temp_events", int, "usage.")
-            if "max_over_temp_events" in usage_raw
-            else None
-        ),
+        max_over_temp_events=count(usage_raw, "max_over_temp_events", "usage."),
         max_dc_fast_share=(
-            need(usage_raw, "max_dc_fast_share", float, "usage.")
+            number(
+                usage_raw,
+                "max_dc_fast_share",
+                "usage.",
+                (0.0, 1.0),
+                hint=lambda x: "a share, e.g. 0.8 for 80 %" if 1 < x <= 100 else "",
+            )
             if "max_dc_fast_share" in usage_raw
             else None
         ),
-        max_deep_discharges=(
-            need(usage_raw, "max_deep_discharges", int, "usage.")
-            if "max_deep_discharges" in usage_raw
-            else None
-        ),
+        max_deep_discharges=count(usage_raw, "max_deep_discharges", "usage."),
     )
     policy_id = need(raw, "id", str, "")
     return WarrantyPolicy(

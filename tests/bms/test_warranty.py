@@ -69,7 +69,7 @@ def test_policy_file_is_parsed_and_checked(tmp_path: Path) -> None:
     assert p.id == "fleet-6y"
     assert p.thresholds[0] == bms.WarrantyThreshold(6.0, 120_000.0, 75.0)
     assert p.usage.max_dc_fast_share == 0.5
-    path.write_text('id = "x"\n[[threshold]]\nyears = 6\nkm = 1\n')
+    path.write_text('id = "x"\n[[threshold]]\nyears = 6\nkm = 120000\n')
     with pytest.raises(bms.WarrantyPolicyError, match=r"threshold\[0\].min_soh_pct is missing"):
         bms.load_warranty_policy(path)
     path.write_text('id = "x"\ncolour = 1\n[[threshold]]\nyears=1\nkm=1\nmin_soh_pct=70\n')

@@ -90,3 +90,123 @@ def test_invalid_toml_and_an_integer_too_long_for_python_are_one_line() -> None:
     assert _error("id = \n").startswith("not valid TOML: Invalid value (at line 1")
     # tomllib raises a bare ValueError for an integer beyond Python's digit limit.
     assert _error("id = 1" + "0" * 5000).startswith("not valid TOML: Exceeds the limit")
+
+
+def _with(**values: str) -> str:
+    """``GOOD`` with threshold keys replaced, and ``usage_KEY`` values in a [usage]."""
+    text = GOOD
+    usage = ""
+    for key, value in values.items():
+        if key.startswith("usage_"):
+            usage += f"{key.removeprefix('usage_')} = {value}\n"
+        else:
+            text = "\n".join(
+                f"{key} = {value}" if ln.startswith(f"{key} = ") else ln for ln in text.splitlines()
+            )
+    return text + "\n" + (f"[usage]\n{usage}" if usage else "")
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"years": "-8"}, "threshold[0].years = -8 is out of range (must be > 0 and <= 50)"),
+        ({"years": "0"}, "threshold[0].years = 0 is out of range (must be > 0 and <= 50)"),
+        (
+            {"years": "nan"},
+            "threshold[0].years = nan is not a finite number (must be > 0 and <= 50)",
+        ),
+        (
+            {"years": "96"},
+            "threshold[0].years = 96 is out of range (must be > 0 and <= 50; "
+            "years, not months or days)",
+        ),
+        (
+            {"km": "inf"},
+            "threshold[0].km = inf is not a finite number (must be >= 1000 and <= 10000000)",
+        ),
+        (
+            {"km": "1e400"},  # TOML reads it as inf
+            "threshold[0].km = inf is not a finite number (must be >= 1000 and <= 10000000)",
+        ),
+        (
+            {"km": "1" + "0" * 400},  # an integer too large for a float
+            "threshold[0].km = 100000000000000000000000000000000000000… is out of range "
+            "(must be >= 1000 and <= 10000000)",
+        ),
+        (
+            {"km": "160"},
+            "threshold[0].km = 160 is out of range (must be >= 1000 and <= 10000000; "
+            "km, e.g. 160000)",
+        ),
+        (
+            {"min_soh_pct": "0.7"},
+            "threshold[0].min_soh_pct = 0.7 is out of range (must be >= 10 and <= 100; "
+            "percent, e.g. 70 for 70 %)",
+        ),
+        (
+            {"min_soh_pct": "7"},
+            "threshold[0].min_soh_pct = 7 is out of range (must be >= 10 and <= 100)",
+        ),
+        (
+            {"min_soh_pct": "-inf"},
+            "threshold[0].min_soh_pct = -inf is not a finite number (must be >= 10 and <= 100)",
+        ),
+        (
+            {"min_soh_pct": "170"},
+            "threshold[0].min_soh_pct = 170 is out of range (must be >= 10 and <= 100)",
+        ),
+        (
+            {"usage_max_dc_fast_share": "-1"},
+            "usage.max_dc_fast_share = -1 is out of range (must be >= 0 and <= 1)",
+        ),
+        (
+            {"usage_max_dc_fast_share": "80"},
+            "usage.max_dc_fast_share = 80 is out of range (must be >= 0 and <= 1; "
+            "a share, e.g. 0.8 for 80 %)",
+        ),
+        (
+            {"usage_max_dc_fast_share": "nan"},
+            "usage.max_dc_fast_share = nan is not a finite number (must be >= 0 and <= 1)",
+        ),
+        (
+            {"usage_max_over_temp_events": "-1"},
+            "usage.max_over_temp_events = -1 is out of range (must be >= 0 and <= 1000000000)",
+        ),
+        (
+            {"usage_max_deep_discharges": "99999999999"},
+            "usage.max_deep_discharges = 99999999999 is out of range "
+            "(must be >= 0 and <= 1000000000; omit the key for no limit)",
+        ),
+    ],
+)
+def test_out_of_range_values_name_the_field_its_value_and_the_range(
+    values: dict[str, str], message: str
+) -> None:
+    assert _error(_with(**values)) == message
+
+
+def test_the_ends_of_the_ranges_are_accepted() -> None:
+    low = bms.parse_warranty_policy(
+        _with(
+            years="0.1",
+            km="1000",
+            min_soh_pct="10",
+            usage_max_over_temp_events="0",
+            usage_max_dc_fast_share="0",
+            usage_max_deep_discharges="0",
+        )
+    )
+    assert low.thresholds == (bms.WarrantyThreshold(0.1, 1_000.0, 10.0),)
+    assert low.usage == bms.UsageLimits(0, 0.0, 0)
+    high = bms.parse_warranty_policy(
+        _with(
+            years="50",
+            km="10_000_000",
+            min_soh_pct="100",
+            usage_max_over_temp_events="1_000_000_000",
+            usage_max_dc_fast_share="1",
+            usage_max_deep_discharges="1_000_000_000",
+        )
+    )
+    assert high.thresholds == (bms.WarrantyThreshold(50.0, 10_000_000.0, 100.0),)
+    assert high.usage == bms.UsageLimits(1_000_000_000, 1.0, 1_000_000_000)
