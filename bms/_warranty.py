@@ -21,6 +21,7 @@ used no harder since.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import math
 import re
@@ -306,12 +307,21 @@ def parse_warranty_policy(text: str, *, source: str = "<string>") -> WarrantyPol
             )
         return n
 
-    known = {"id", "name", "source", "threshold", "usage"}
-    unknown = sorted(set(raw) - known)
-    if unknown:
+    def only(table: dict[str, Any], valid: tuple[str, ...], where: str, section: str) -> None:
+        """Refuse keys of ``table`` not in ``valid``, each with the closest valid one."""
+        unknown = sorted(set(table) - set(valid))
+        if not unknown:
+            return
+        named = []
+        for key in unknown:
+            close = difflib.get_close_matches(key, valid, n=1)
+            named.append(f"{where}{_key(key)}" + (f" (did you mean {close[0]}?)" if close else ""))
         raise fail(
-            f"unknown key(s) {', '.join(map(_key, unknown))}; valid: {', '.join(sorted(known))}"
+            f"unknown key{'s' if len(named) > 1 else ''} {', '.join(named)}; "
+            f"valid {section}: {', '.join(valid)}"
         )
+
+    only(raw, ("id", "name", "source", "threshold", "usage"), "", "at the top")
     items = raw.get("threshold")
     if isinstance(items, dict):
         raise fail("threshold must be an array of tables: write [[threshold]], not [threshold]")
@@ -330,6 +340,7 @@ def parse_warranty_policy(text: str, *, source: str = "<string>") -> WarrantyPol
                 f"threshold[{i}] = {_show(item)} is {_kind(item)}, must be a table "
                 "([[threshold]] with years, km, min_soh_pct)"
             )
+        only(item, ("years", "km", "min_soh_pct"), where, "in [[threshold]]")
         th = WarrantyThreshold(
             years=number(
                 item,
@@ -358,13 +369,8 @@ def parse_warranty_policy(text: str, *, source: str = "<string>") -> WarrantyPol
     usage_raw = raw.get("usage", {})
     if not isinstance(usage_raw, dict):
         raise fail(f"usage = {_show(usage_raw)} is {_kind(usage_raw)}, must be a table ([usage])")
-    valid_usage = {"max_over_temp_events", "max_dc_fast_share", "max_deep_discharges"}
-    bad = sorted(set(usage_raw) - valid_usage)
-    if bad:
-        raise fail(
-            f"unknown usage key(s) {', '.join(map(_key, bad))}; "
-            f"valid: {', '.join(sorted(valid_usage))}"
-        )
+    valid_usage = ("max_over_temp_events", "max_dc_fast_share", "max_deep_discharges")
+    only(usage_raw, valid_usage, "usage.", "in [usage]")
     usage = UsageLimits(
         max_over_temp_events=count(usage_raw, "max_over_temp_events", "usage."),
         max_dc_fast_share=(

@@ -210,3 +210,37 @@ def test_the_ends_of_the_ranges_are_accepted() -> None:
     )
     assert high.thresholds == (bms.WarrantyThreshold(50.0, 10_000_000.0, 100.0),)
     assert high.usage == bms.UsageLimits(1_000_000_000, 1.0, 1_000_000_000)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            GOOD + "kms = 5\n",
+            "unknown key threshold[0].kms (did you mean km?); "
+            "valid in [[threshold]]: years, km, min_soh_pct",
+        ),
+        (
+            GOOD.replace("min_soh_pct = 70", "min_soh = 70"),
+            "unknown key threshold[0].min_soh (did you mean min_soh_pct?); "
+            "valid in [[threshold]]: years, km, min_soh_pct",
+        ),
+        (
+            GOOD + "[[threshold]]\nyears = 5\nkm = 1e5\nmin_soh_pct = 80\n'a b' = 1\nzz = 2\n",
+            'unknown keys threshold[1]."a b", threshold[1].zz; '
+            "valid in [[threshold]]: years, km, min_soh_pct",
+        ),
+        (
+            "nme = 'x'\n" + GOOD,
+            "unknown key nme (did you mean name?); "
+            "valid at the top: id, name, source, threshold, usage",
+        ),
+        (
+            GOOD + "[usage]\nmax_dc_share = 0.5\n",
+            "unknown key usage.max_dc_share (did you mean max_dc_fast_share?); "
+            "valid in [usage]: max_over_temp_events, max_dc_fast_share, max_deep_discharges",
+        ),
+    ],
+)
+def test_unknown_keys_are_refused_with_the_closest_known_one(text: str, message: str) -> None:
+    assert _error(text) == message
