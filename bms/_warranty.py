@@ -167,9 +167,18 @@ def load_warranty_policy(name_or_path: str | Path) -> WarrantyPolicy:
     if text.endswith(".toml") or "/" in text or isinstance(name_or_path, Path):
         path = Path(text)
         try:
-            raw = path.read_text(encoding="utf-8")
+            data = path.read_bytes()
         except OSError as exc:
             raise WarrantyPolicyError(f"cannot read policy file {path}: {exc.strerror}") from None
+        try:
+            # A byte-order mark (some Windows editors write one) is not part of the TOML.
+            raw = data.decode("utf-8").removeprefix("\ufeff")
+        except UnicodeDecodeError as exc:
+            line = data.count(b"\n", 0, exc.start) + 1
+            raise WarrantyPolicyError(
+                f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line}); "
+                "save the policy as UTF-8"
+            ) from None
         return parse_warranty_policy(raw, source=str(path))
     presets = warranty_presets()
     if text not in presets:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 import bms
@@ -244,3 +246,33 @@ def test_the_ends_of_the_ranges_are_accepted() -> None:
 )
 def test_unknown_keys_are_refused_with_the_closest_known_one(text: str, message: str) -> None:
     assert _error(text) == message
+
+
+def test_a_file_not_in_utf8_is_named_with_the_bad_byte(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.toml"
+    path.write_bytes(GOOD.replace('id = "p"', 'id = "p"\nname = "Garantie 8 ans"').encode())
+    assert bms.load_warranty_policy(path).name == "Garantie 8 ans"
+    path.write_bytes(GOOD.replace('id = "p"', 'id = "p"\nname = "Garantie é"').encode("latin-1"))
+    with pytest.raises(bms.WarrantyPolicyError) as err:
+        bms.load_warranty_policy(path)
+    assert str(err.value) == (
+        f"{path}: not UTF-8 text (byte 0xe9 on line 2); save the policy as UTF-8"
+    )
+
+
+def test_a_byte_order_mark_is_not_part_of_the_toml(tmp_path: Path) -> None:
+    path = tmp_path / "bom.toml"
+    path.write_bytes(GOOD.encode("utf-8-sig"))
+    assert bms.load_warranty_policy(path).id == "p"
+
+
+def test_a_missing_file_or_a_directory_is_named(tmp_path: Path) -> None:
+    with pytest.raises(bms.WarrantyPolicyError) as err:
+        bms.load_warranty_policy(tmp_path / "nope.toml")
+    assert str(err.value) == f"cannot read policy file {tmp_path / 'nope.toml'}: " + (
+        "No such file or directory"
+    )
+    (tmp_path / "dir.toml").mkdir()
+    with pytest.raises(bms.WarrantyPolicyError) as err:
+        bms.load_warranty_policy(tmp_path / "dir.toml")
+    assert str(err.value).startswith(f"cannot read policy file {tmp_path / 'dir.toml'}: ")
