@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import itertools
 import json
 import math
 import re
@@ -341,7 +342,7 @@ def parse_warranty_policy(text: str, *, source: str = "<string>") -> WarrantyPol
         )
     if not items:
         raise fail("needs at least one [[threshold]]")
-    thresholds = []
+    thresholds: list[tuple[int, WarrantyThreshold]] = []
     for i, item in enumerate(items):
         where = f"threshold[{i}]."
         if not isinstance(item, dict):
@@ -374,7 +375,32 @@ def parse_warranty_policy(text: str, *, source: str = "<string>") -> WarrantyPol
                 hint=lambda x: "percent, e.g. 70 for 70 %" if 0 < x <= 1 else "",
             ),
         )
-        thresholds.append(th)
+        thresholds.append((i, th))
+    # The verdict takes them in order of (years, km) and the last as the end of cover
+    # (``warranty_verdict``'s out_of_coverage, the SoH table's horizon): so each must end
+    # no sooner than the one before in km too, and, capacity only fading, ask for less.
+    thresholds.sort(key=lambda it: (it[1].years, it[1].km))
+    for (i, a), (j, b) in itertools.pairwise(thresholds):
+        limits = f"{_show(b.years)} y / {_show(b.km)} km"
+        if (a.years, a.km) == (b.years, b.km):
+            raise fail(
+                f"threshold[{j}] has the same limits as threshold[{i}] ({limits}): "
+                "give each pair of years and km once, with its min_soh_pct"
+            )
+        if b.km < a.km:
+            raise fail(
+                f"threshold[{j}] ({limits}) ends later than threshold[{i}] "
+                f"({_show(a.years)} y / {_show(a.km)} km) in years but sooner in km: "
+                "thresholds must nest, each ending no sooner than the shorter ones in both, "
+                "as the longest one ends cover"
+            )
+        if b.min_soh_pct >= a.min_soh_pct:
+            raise fail(
+                f"threshold[{j}].min_soh_pct = {_show(b.min_soh_pct)} is not below "
+                f"threshold[{i}].min_soh_pct = {_show(a.min_soh_pct)}, though its cover "
+                f"({limits}) outlasts threshold[{i}]'s: capacity only fades, so "
+                f"threshold[{i}] would never decide a verdict (values swapped?)"
+            )
     usage_raw = raw.get("usage", {})
     if not isinstance(usage_raw, dict):
         raise fail(f"usage = {_show(usage_raw)} is {_kind(usage_raw)}, must be a table ([usage])")
@@ -400,7 +426,7 @@ def parse_warranty_policy(text: str, *, source: str = "<string>") -> WarrantyPol
         id=policy_id,
         name=need(raw, "name", str, "") if "name" in raw else policy_id,
         source=need(raw, "source", str, "") if "source" in raw else "",
-        thresholds=tuple(sorted(thresholds, key=lambda t: (t.years, t.km))),
+        thresholds=tuple(th for _, th in thresholds),
         usage=usage,
     )
 

@@ -276,3 +276,56 @@ def test_a_missing_file_or_a_directory_is_named(tmp_path: Path) -> None:
     with pytest.raises(bms.WarrantyPolicyError) as err:
         bms.load_warranty_policy(tmp_path / "dir.toml")
     assert str(err.value).startswith(f"cannot read policy file {tmp_path / 'dir.toml'}: ")
+
+
+def _thresholds(*terms: tuple[str, str, str]) -> str:
+    return 'id = "p"\n' + "".join(
+        f"[[threshold]]\nyears = {y}\nkm = {km}\nmin_soh_pct = {pct}\n" for y, km, pct in terms
+    )
+
+
+def test_thresholds_in_any_order_are_taken_by_years_and_km() -> None:
+    p = bms.parse_warranty_policy(
+        _thresholds(("8", "160000", "70"), ("5", "100000", "80"), ("8", "100000", "75"))
+    )
+    assert [(t.years, t.km, t.min_soh_pct) for t in p.thresholds] == [
+        (5.0, 100_000.0, 80.0),
+        (8.0, 100_000.0, 75.0),
+        (8.0, 160_000.0, 70.0),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("terms", "message"),
+    [
+        (
+            [("8", "160000", "70"), ("8.0", "160_000", "75")],
+            "threshold[1] has the same limits as threshold[0] (8 y / 160000 km): "
+            "give each pair of years and km once, with its min_soh_pct",
+        ),
+        (
+            # The last one ends cover: at 3 y and 170,000 km the first still covers
+            # while (8 y / 160,000 km) would put the end of cover now.
+            [("5", "200000", "80"), ("8", "160000", "70")],
+            "threshold[1] (8 y / 160000 km) ends later than threshold[0] (5 y / 200000 km) "
+            "in years but sooner in km: thresholds must nest, each ending no sooner than "
+            "the shorter ones in both, as the longest one ends cover",
+        ),
+        (
+            [("8", "160000", "80"), ("5", "100000", "70")],
+            "threshold[0].min_soh_pct = 80 is not below threshold[1].min_soh_pct = 70, "
+            "though its cover (8 y / 160000 km) outlasts threshold[1]'s: capacity only "
+            "fades, so threshold[1] would never decide a verdict (values swapped?)",
+        ),
+        (
+            [("5", "100000", "70"), ("8", "100000", "70")],
+            "threshold[1].min_soh_pct = 70 is not below threshold[0].min_soh_pct = 70, "
+            "though its cover (8 y / 100000 km) outlasts threshold[0]'s: capacity only "
+            "fades, so threshold[0] would never decide a verdict (values swapped?)",
+        ),
+    ],
+)
+def test_thresholds_must_nest_and_ask_for_less_the_longer_they_run(
+    terms: list[tuple[str, str, str]], message: str
+) -> None:
+    assert _error(_thresholds(*terms)) == message
