@@ -421,7 +421,10 @@ def parse_warranty_policy(text: str, *, source: str = "<string>") -> WarrantyPol
         ),
         max_deep_discharges=count(usage_raw, "max_deep_discharges", "usage."),
     )
-    policy_id = need(raw, "id", str, "")
+    policy_id: str = need(raw, "id", str, "")
+    if not policy_id.strip() or not policy_id.isprintable():
+        # It names the policy in the lake's tables and on one-line listings.
+        raise fail(f"id = {_show(policy_id)} must be a name: not blank, on one line")
     return WarrantyPolicy(
         id=policy_id,
         name=need(raw, "name", str, "") if "name" in raw else policy_id,

@@ -82,6 +82,11 @@ def test_the_good_policy_parses() -> None:
         ('name = ["a"]\n' + GOOD, 'name = ["a"] is an array, must be a string'),
         ("source = false\n" + GOOD, "source = false is a boolean, must be a string"),
         (GOOD.replace('id = "p"\n', ""), "id is missing"),
+        (GOOD.replace('id = "p"', 'id = " "'), 'id = " " must be a name: not blank, on one line'),
+        (
+            GOOD.replace('id = "p"', 'id = "a\\nb"'),
+            'id = "a\\nb" must be a name: not blank, on one line',
+        ),
     ],
 )
 def test_structural_mistakes_name_the_key_and_what_it_must_be(text: str, message: str) -> None:
