@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import json
+import math
 from pathlib import Path
+from typing import Any
 
+import hypothesis.strategies as st
 import pytest
+from hypothesis import HealthCheck, given, settings
 
 import bms
+from bms._warranty import (
+    POLICY_KM_RANGE,
+    POLICY_MAX_COUNT,
+    POLICY_MAX_YEARS,
+    POLICY_MIN_SOH_PCT_RANGE,
+)
 
 GOOD = 'id = "p"\n[[threshold]]\nyears = 8\nkm = 160000\nmin_soh_pct = 70\n'
 
@@ -334,3 +346,145 @@ def test_thresholds_must_nest_and_ask_for_less_the_longer_they_run(
     terms: list[tuple[str, str, str]], message: str
 ) -> None:
     assert _error(_thresholds(*terms)) == message
+
+
+def _toml(value: Any) -> str:
+    """``value`` as an inline TOML value (keys quoted)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value)  # nan, inf and -inf are TOML too
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    if isinstance(value, list):
+        return "[" + ", ".join(map(_toml, value)) + "]"
+    assert isinstance(value, dict)
+    return "{" + ", ".join(f"{_toml(k)} = {_toml(v)}" for k, v in value.items()) + "}"
+
+
+_numbers = st.one_of(
+    st.floats(),
+    st.integers(),
+    st.sampled_from([0, 1, 0.7, 7, 10, 50, 70, 96, 100, 1_000, 160_000, 10**7, 10**400]),
+    st.sampled_from([math.nan, math.inf, -math.inf]),
+)
+_values = st.recursive(
+    st.booleans() | _numbers | st.text(max_size=8) | st.dates(),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3)
+    ),
+    max_leaves=6,
+)
+
+
+def _near(low: int, high: int) -> st.SearchStrategy[Any]:
+    """Mostly numbers around a field's range, at times any number."""
+    ints, floats = st.integers(low, high), st.floats(low, high)
+    return st.one_of(ints, floats, ints, floats, _numbers)
+
+
+_ids = st.text("abc-8", min_size=1, max_size=8)
+_threshold_items = st.fixed_dictionaries(
+    {"years": _near(1, 60), "km": _near(1_000, 2 * 10**7), "min_soh_pct": _near(10, 120)}
+)
+_usage = st.fixed_dictionaries(
+    {},
+    optional={
+        "max_over_temp_events": _near(-10, 2 * 10**9),
+        "max_dc_fast_share": _near(-1, 2),
+        "max_deep_discharges": _near(-10, 2 * 10**9),
+    },
+)
+# Policies that are near right (each key known, values about their range) ...
+_near_documents = st.fixed_dictionaries(
+    {"id": _ids, "threshold": st.lists(_threshold_items, min_size=1, max_size=3)},
+    optional={"name": _ids, "source": _ids, "usage": _usage},
+)
+# ... and anything: any value for any key, known or not.
+_any_documents = st.fixed_dictionaries(
+    {},
+    optional={
+        "id": _ids | _values,
+        "name": _ids | _values,
+        "source": _ids | _values,
+        "threshold": st.lists(
+            _threshold_items | st.dictionaries(st.sampled_from(["years", "km", "kms"]), _values),
+            max_size=3,
+        )
+        | _values,
+        "usage": st.dictionaries(
+            st.sampled_from(["max_dc_fast_share", "max_deep_discharges", "max_dc_share"]),
+            _values,
+        )
+        | _values,
+        "colour": _values,
+    },
+)
+_documents = _near_documents | _any_documents
+
+
+def _check(text: str) -> None:
+    """``text`` parses to a policy within every range, or fails with one line naming
+    the source; nothing else."""
+    try:
+        p = bms.parse_warranty_policy(text, source="policy.toml")
+    except bms.WarrantyPolicyError as exc:
+        message = str(exc)
+    else:
+        _assert_valid(p)
+        return
+    assert message.startswith("policy.toml: ")
+    assert "\n" not in message
+
+
+def _assert_valid(p: bms.WarrantyPolicy) -> None:
+    """Every figure of ``p`` within its range, the thresholds nested."""
+    assert p.id.strip()
+    assert p.thresholds
+    for th in p.thresholds:
+        assert 0 < th.years <= POLICY_MAX_YEARS
+        assert POLICY_KM_RANGE[0] <= th.km <= POLICY_KM_RANGE[1]
+        assert POLICY_MIN_SOH_PCT_RANGE[0] <= th.min_soh_pct <= POLICY_MIN_SOH_PCT_RANGE[1]
+    for a, b in zip(p.thresholds, p.thresholds[1:], strict=False):
+        assert (a.years, a.km) < (b.years, b.km)
+        assert a.km <= b.km
+        assert a.min_soh_pct > b.min_soh_pct
+    share = p.usage.max_dc_fast_share
+    assert share is None or 0 <= share <= 1
+    for n in (p.usage.max_over_temp_events, p.usage.max_deep_discharges):
+        assert n is None or (type(n) is int and 0 <= n <= POLICY_MAX_COUNT)
+    assert all(math.isfinite(v) for th in p.thresholds for v in (th.years, th.km, th.min_soh_pct))
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_documents)
+def test_any_document_parses_to_a_valid_policy_or_fails_with_one_line(doc: dict[str, Any]) -> None:
+    _check("".join(f"{_toml(k)} = {_toml(v)}\n" for k, v in doc.items()))
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.text(max_size=200))
+def test_any_text_parses_to_a_valid_policy_or_fails_with_one_line(text: str) -> None:
+    _check(text)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=200))
+def test_any_file_loads_to_a_valid_policy_or_fails_with_one_line(
+    tmp_path_factory: pytest.TempPathFactory, data: bytes
+) -> None:
+    path = tmp_path_factory.mktemp("policy") / "policy.toml"
+    path.write_bytes(data)
+    try:
+        p = bms.load_warranty_policy(path)
+    except bms.WarrantyPolicyError as exc:
+        message = str(exc)
+    else:
+        _assert_valid(p)
+        return
+    assert message.startswith(f"{path}: ")
+    assert "\n" not in message
