@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import hypothesis.strategies as st
+import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings
 
@@ -19,6 +20,7 @@ from bms._warranty import (
     POLICY_MAX_YEARS,
     POLICY_MIN_SOH_PCT_RANGE,
 )
+from tests.pipeline.nightly_data import fleetbms
 
 GOOD = 'id = "p"\n[[threshold]]\nyears = 8\nkm = 160000\nmin_soh_pct = 70\n'
 
@@ -488,3 +490,50 @@ def test_any_file_loads_to_a_valid_policy_or_fails_with_one_line(
         return
     assert message.startswith(f"{path}: ")
     assert "\n" not in message
+
+
+@pytest.fixture(scope="module")
+def small_lake(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data directory with two simulated vehicles' telemetry of two days."""
+    data = tmp_path_factory.mktemp("data")
+    sim = ("simulate", "--to-lake", "--vehicles", "2", "--days", "2", "--start", "2026-01-01")
+    res = fleetbms(data, *sim)
+    assert res.returncode == 0, res.stderr
+    return data
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b'id = "p"\nthreshold = [1, 2]\n', "threshold[0] = 1 is an integer, must be a table"),
+        (GOOD.replace("years = 8", "years = nan").encode(), "threshold[0].years = nan is not"),
+        (GOOD.replace("km =", "kms =").encode(), "unknown key threshold[0].kms (did you mean km?)"),
+        (b'id = "p\xff"\n', "not UTF-8 text (byte 0xff on line 1)"),
+    ],
+)
+def test_cli_analyze_with_a_bad_policy_file_says_one_line_and_exits_1(
+    small_lake: Path, tmp_path: Path, content: bytes, message: str
+) -> None:
+    policy = tmp_path / "bad.toml"
+    policy.write_bytes(content)
+    for args, env in [
+        (("analyze", "--policy", str(policy)), {}),
+        (("analyze",), {"FLEETBMS_REPORTS__WARRANTY_POLICY": str(policy)}),
+    ]:
+        res = fleetbms(small_lake, *args, **env)
+        assert res.returncode == 1, (args, env, res.stdout, res.stderr)
+        assert res.stdout == ""
+        assert res.stderr.startswith(f"Error: {policy}: {message}")
+        assert res.stderr.count("\n") == 1, res.stderr
+        assert "Traceback" not in res.stderr
+    assert not (small_lake / "lake" / "metrics").exists()  # refused before any work
+
+
+def test_cli_analyze_with_a_good_policy_file_judges_by_it(small_lake: Path, tmp_path: Path) -> None:
+    policy = tmp_path / "fleet.toml"
+    policy.write_text(GOOD)
+    res = fleetbms(small_lake, "analyze", "--date", "2026-01-02", "--policy", str(policy))
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith("2026-01-02 fleets demo: 2 vehicles")
+    part = small_lake / "lake/metrics/warranty/date=2026-01-02/fleet=demo/part.parquet"
+    assert set(pq.read_table(part).column("policy_id").to_pylist()) == {"p"}
