@@ -249,13 +249,16 @@ def _key(key: str) -> str:
 
 
 def parse_warranty_policy(text: str, *, source: str = "<string>") -> WarrantyPolicy:
-    """Parse a policy from TOML text (format: any file in ``bms/presets``).
+    """Parse a policy from TOML text (format: any file in ``bms/presets``; README).
 
     Raises
     ------
     WarrantyPolicyError
-        Invalid TOML, a missing or mistyped key, or a nonsensical threshold; the
-        message is one line naming ``source`` and the offending key.
+        Invalid TOML; a missing, unknown or mistyped key; a number not finite or outside
+        its range (``POLICY_MAX_YEARS``, ``POLICY_KM_RANGE``, ``POLICY_MIN_SOH_PCT_RANGE``,
+        ``max_dc_fast_share`` 0..1, counts 0..``POLICY_MAX_COUNT``); or thresholds that
+        do not nest (each ending no sooner in years and km than the shorter ones, and
+        asking for a lower SoH). The message is one line naming ``source`` and the key.
     """
     try:
         raw = tomllib.loads(text)
