@@ -193,7 +193,7 @@ def load_warranty_policy(name_or_path: str | Path) -> WarrantyPolicy:
 # Ranges of a policy's numbers (``parse_warranty_policy``): a value outside is a slip,
 # not the term of any warranty or regulation, and is refused rather than judged by.
 #: Cover length [years]: more than 0, at most this. Warranties and durability rules run
-#: 5-10 years (science.md 5); 50 years outlasts any vehicle, so more is months (96) or
+#: 5-10 years (the presets); 50 years outlasts any vehicle, so more is months (96) or
 #: days typed for years.
 POLICY_MAX_YEARS = 50.0
 #: Cover distance [km]: policies run 100,000-240,000 km; below 1,000 km is thousands
@@ -201,8 +201,8 @@ POLICY_MAX_YEARS = 50.0
 #: vehicle drives.
 POLICY_KM_RANGE = (1_000.0, 10_000_000.0)
 #: Minimum SoH [% of rated capacity]: policies use 67-80 %. At most 1 it is a fraction
-#: (0.7 for 70 %), below 10 % a dropped digit (7 for 70): a pack that small moves no
-#: vehicle; above 100 % even a new pack would be below it.
+#: (0.7 for 70 %), below 10 % a dropped digit (7 for 70): no warranty waits for a pack to
+#: lose 90 % of its capacity; above 100 % even a new pack would be below it.
 POLICY_MIN_SOH_PCT_RANGE = (10.0, 100.0)
 #: Usage counts (``max_over_temp_events``, ``max_deep_discharges``): 0 to this; more
 #: events than a vehicle has readings in its life means no limit: omit the key.
