@@ -88,6 +88,14 @@ COLUMN_MEANINGS: dict[str, str] = {
     "capacity_ah": "usable capacity",
     "rated_capacity_ah": "rated (nameplate) capacity from the registry",
     "resistance_mohm": "internal DC resistance",
+    "soh_low_pct": "lower bound of the 90 % interval of soh_pct (the fit's, not clipped)",
+    "soh_high_pct": (
+        "upper bound of the 90 % interval of soh_pct (the fit's, not clipped: it can exceed "
+        "100 % when few estimates are known)"
+    ),
+    "resistance_growth_pct": "growth of the pack's internal resistance since in service",
+    "resistance_growth_low_pct": "lower bound of the 90 % interval of resistance_growth_pct",
+    "resistance_growth_high_pct": "upper bound of the 90 % interval of resistance_growth_pct",
     "odometer_km": "vehicle odometer",
     "cycle_count": "BMS full-cycle counter",
     "verdict": "outcome of the check this row records",

@@ -300,6 +300,8 @@ class VehicleRow:
     soh_high_pct: float
     soh_trend_pct_per_year: float
     resistance_growth_pct: float
+    resistance_growth_low_pct: float
+    resistance_growth_high_pct: float
     n_capacity_estimates: int
     warranty_policy: str
     warranty_status: str
@@ -318,6 +320,28 @@ class VehicleRow:
     readings_missing: int | None
     data_gaps: int | None
     longest_gap_s: float
+
+
+#: A resistance growth whose 90 % interval contains 0 and is wider than this is "not
+#: yet determined" on the reports' pages (``resistance_growth_determined``). [% points]
+RESISTANCE_GROWTH_MAX_WIDTH_PCT = 50.0
+
+
+def resistance_growth_determined(low_pct: float, high_pct: float) -> bool:
+    """Whether a resistance growth with the 90 % interval ``low_pct..high_pct`` says
+    anything a reader can act on.
+
+    Not when the interval contains 0 (no growth at all cannot be ruled out) and is
+    wider than ``RESISTANCE_GROWTH_MAX_WIDTH_PCT`` (50 points): such an interval cannot
+    tell a pack whose resistance has not grown from one whose resistance grew by half,
+    i.e. halfway to the doubled resistance (+100 %) often taken as a cell's end of life
+    for power. A narrower interval around 0 ("0 +- 20 %") does say something (the growth
+    is small), and one that excludes 0 shows growth, however wide. A missing bound is
+    not determined either.
+    """
+    if not (math.isfinite(low_pct) and math.isfinite(high_pct)):
+        return False
+    return not (low_pct <= 0.0 <= high_pct and high_pct - low_pct > RESISTANCE_GROWTH_MAX_WIDTH_PCT)
 
 
 #: CSV header = ``VehicleRow`` fields, units in the names.
@@ -492,6 +516,8 @@ def _vehicle_row(
             age,
         ),
         resistance_growth_pct=_num(soh.get("resistance_growth_pct")),
+        resistance_growth_low_pct=_num(soh.get("resistance_growth_low_pct")),
+        resistance_growth_high_pct=_num(soh.get("resistance_growth_high_pct")),
         n_capacity_estimates=_int(soh.get("n_estimates")),
         warranty_policy=str(war.get("policy_id") or soh.get("policy_id") or ""),
         warranty_status=str(war.get("status") or "insufficient_data"),

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from reportlab.platypus import Flowable, Paragraph, Spacer
 
-from reports._inputs import Anomaly, VehicleData, VehicleRow
+from reports._inputs import Anomaly, VehicleData, VehicleRow, resistance_growth_determined
 from reports._layout import (
     STYLES,
     TEXT_WIDTH,
@@ -71,6 +71,21 @@ def _anomaly_block(a: Anomaly) -> list[Flowable]:
     return out
 
 
+def resistance_growth_text(r: VehicleRow, digits: int = 1) -> str:
+    """The resistance growth since in service with its 90 % interval, or "not yet
+    determined" with the interval where that is too wide to mean anything
+    (``reports._inputs.resistance_growth_determined``)."""
+    lo, hi = r.resistance_growth_low_pct, r.resistance_growth_high_pct
+    if not math.isfinite(r.resistance_growth_pct):
+        return "n/a"
+    interval = f"90 % interval {fmt_range(lo, hi, digits)} %"
+    if not resistance_growth_determined(lo, hi):
+        if math.isfinite(lo) and math.isfinite(hi):
+            return f"not yet determined ({interval})"
+        return f"not yet determined ({fmt(r.resistance_growth_pct, digits)} %, no interval)"
+    return f"{fmt(r.resistance_growth_pct, digits)} % ({interval})"
+
+
 def _headline_reason(reason: str) -> str:
     """A verdict's reason for the page's headline: its first clause and its last (what
     it rests on, and what it concludes or what would give an estimate); the whole
@@ -104,6 +119,7 @@ def _evidence_rows(v: VehicleData) -> list[list[str]]:
             f"{fmt(r.soh_pct, 2)} (90 %: {fmt_range(r.soh_low_pct, r.soh_high_pct, 2)}), "
             f"{r.n_capacity_estimates} capacity estimates",
         ],
+        ["resistance growth since in service", resistance_growth_text(r)],
         [
             "SoH at cover end [%]",
             f"{fmt(r.projected_soh_at_warranty_end_pct, 2)} (90 %: {_proj_range(r, 2)})",
@@ -201,7 +217,7 @@ def vehicle_pdf(v: VehicleData) -> bytes:
                 (
                     fmt(r.soh_trend_pct_per_year, 2),
                     "SoH trend [%/year]",
-                    f"resistance growth {fmt(r.resistance_growth_pct, 1)} %",
+                    f"resistance growth {resistance_growth_text(r)}",
                 ),
                 (
                     fmt(r.odometer_km / 1000, 1, "k km"),

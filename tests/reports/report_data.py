@@ -268,3 +268,16 @@ def make_lake(data_dir: Path, *, day: date = DAY, n_days: int = N_DAYS) -> Path:
     )
     _write(anomalies, lake, "anomalies", day)
     return lake
+
+
+def patch_rows(lake: Path, name: str, vin: str, day: date = DAY, **values: object) -> None:
+    """Set columns of ``vin``'s row in table ``name`` (``metrics/<name>`` or
+    ``anomalies``) on ``day`` to ``values``, in place, keeping the table's schema."""
+    base = lake / "metrics" / name if name != "anomalies" else lake / name
+    path = base / f"date={day.isoformat()}" / f"fleet={FLEET}" / "part.parquet"
+    table = pq.read_table(path)
+    rows = table.to_pylist()
+    for row in rows:
+        if row["vin"] == vin:
+            row.update(values)
+    pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), path)

@@ -48,6 +48,9 @@ def test_csv_header_is_the_documented_columns_with_units(csv_rows) -> None:
         "odometer_km",
         "age_years",
         "soh_trend_pct_per_year",
+        "resistance_growth_pct",
+        "resistance_growth_low_pct",
+        "resistance_growth_high_pct",
         "longest_gap_s",
     ):
         assert name in reports.CSV_COLUMNS
@@ -65,6 +68,8 @@ def test_csv_values_equal_the_metrics_at_full_precision(csv_rows) -> None:
         assert _same(_float(r["soh_low_pct"]), s["soh_low_pct"])
         assert _same(_float(r["soh_high_pct"]), s["soh_high_pct"])
         assert _same(_float(r["resistance_growth_pct"]), s["resistance_growth_pct"])
+        assert _same(_float(r["resistance_growth_low_pct"]), s["resistance_growth_low_pct"])
+        assert _same(_float(r["resistance_growth_high_pct"]), s["resistance_growth_high_pct"])
         assert _same(_float(r["projected_soh_at_warranty_end_pct"]), w["projected_soh_pct"])
         assert _same(_float(r["projected_soh_at_warranty_end_low_pct"]), w["projected_soh_low_pct"])
         assert _same(_float(r["warranty_end_age_years"]), w["coverage_end_years"])

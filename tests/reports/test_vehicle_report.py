@@ -90,6 +90,45 @@ def test_vehicle_pdf_explains_the_anomaly_and_the_warranty_verdict(flagged_pdf: 
     assert "dc fast share 0.250 (limit 0.8)" in text
 
 
+def test_vehicle_pdf_shows_resistance_growth_with_its_interval(flagged_pdf: Path) -> None:
+    text = " ".join(pdf_text(flagged_pdf).split())
+    # FLAGGED_VIN is the third vehicle: growth 12.5 + 2, interval 10..15 (report_data).
+    assert "resistance growth 14.5 % (90 % interval 10.0..15.0 %)" in text
+    assert "resistance growth since in service 14.5 % (90 % interval 10.0..15.0 %)" in text
+
+
+def test_vehicle_pdf_calls_a_growth_with_a_wide_interval_around_zero_undetermined(
+    lake: Path, tmp_path: Path
+) -> None:
+    """-20..209 % (a flat resistance seen through few, noisy steps): no bare 94.3 %."""
+    data = tmp_path / "data"
+    shutil.copytree(lake.parent, data)
+    rd.patch_rows(
+        data / "lake",
+        "vehicle_soh",
+        rd.FLAGGED_VIN,
+        resistance_growth_pct=94.28,
+        resistance_growth_low_pct=-20.03,
+        resistance_growth_high_pct=208.59,
+    )
+    pdf = reports.vehicle_report(data / "lake", tmp_path / "out", rd.FLAGGED_VIN, rd.DAY)
+    text = " ".join(pdf_text(pdf).split())
+    assert "resistance growth not yet determined (90 % interval -20.0..208.6 %)" in text
+    assert "94.3" not in text
+    # An interval as wide that excludes 0 is growth, shown with its interval.
+    rd.patch_rows(
+        data / "lake",
+        "vehicle_soh",
+        rd.FLAGGED_VIN,
+        resistance_growth_pct=94.28,
+        resistance_growth_low_pct=20.0,
+        resistance_growth_high_pct=208.59,
+    )
+    pdf = reports.vehicle_report(data / "lake", tmp_path / "out", rd.FLAGGED_VIN, rd.DAY)
+    text = " ".join(pdf_text(pdf).split())
+    assert "resistance growth 94.3 % (90 % interval 20.0..208.6 %)" in text
+
+
 def test_vehicle_pdf_page_renders_non_blank(flagged_pdf: Path, tmp_path: Path) -> None:
     for page in (1, 2):
         png = render_page(flagged_pdf, tmp_path, page=page)
