@@ -102,8 +102,9 @@ def soh_vs_age_km(
     ax_age = fig.add_subplot(2, 1, 1)
     ax_km = fig.add_subplot(2, 1, 2, sharey=ax_age)
     soh = np.array([r.soh_pct for r in rows])
-    lo = np.array([r.soh_low_pct for r in rows])
-    hi = np.array([r.soh_high_pct for r in rows])
+    # The intervals as the table shows them, clipped to what a pack can hold.
+    lo = np.array([r.soh_shown.low for r in rows])
+    hi = np.array([r.soh_shown.high for r in rows])
     age = np.array([r.age_years for r in rows])
     km = np.array([r.odometer_km for r in rows]) / 1000.0
     ok = np.isfinite(soh)

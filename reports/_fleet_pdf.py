@@ -14,6 +14,7 @@ from reportlab.platypus import Flowable, PageBreak, Paragraph, Spacer
 from reports._charts import chart_style, finite, soh_distribution, soh_vs_age_km
 from reports._inputs import Anomaly, FleetData, VehicleRow
 from reports._layout import (
+    CLIPPED_NOTE,
     STYLES,
     TEXT_WIDTH,
     VERDICT_COLOURS,
@@ -23,6 +24,7 @@ from reports._layout import (
     data_table,
     esc,
     fmt,
+    fmt_interval,
     fmt_range,
     generator_version,
     headline_table,
@@ -64,14 +66,12 @@ def _vehicle_table_rows(rows: tuple[VehicleRow, ...]) -> tuple[list[list[str]], 
     body = []
     style: list[Any] = []
     for i, r in enumerate(rows, start=1):
-        proj_lo = r.projected_soh_at_warranty_end_low_pct
-        proj_hi = r.projected_soh_at_warranty_end_high_pct
         body.append(
             [
                 f"{r.vin}\n{fmt(r.age_years, 1)} y, {fmt(r.odometer_km / 1000, 1)}k km",
-                f"{fmt(r.soh_pct)}\n{fmt_range(r.soh_low_pct, r.soh_high_pct)}",
+                f"{fmt(r.soh_pct)}\n{fmt_interval(r.soh_shown)}",
                 fmt(r.soh_trend_pct_per_year, 2),
-                f"{fmt(r.projected_soh_at_warranty_end_pct)}\n{fmt_range(proj_lo, proj_hi)}",
+                f"{fmt(r.projected_soh_at_warranty_end_pct)}\n{fmt_interval(r.projected_shown)}",
                 _verdict_cell(r.warranty_status),
                 f"{r.anomalies_open}" + (f"\n({r.anomalies_new} new)" if r.anomalies_new else ""),
             ]
@@ -186,7 +186,7 @@ def fleet_pdf(data: FleetData) -> bytes:
                 story.append(
                     Paragraph(
                         f"<b>{esc(r.vin)}</b> {esc(what)}: SoH {fmt(r.soh_pct)} % "
-                        f"({fmt_range(r.soh_low_pct, r.soh_high_pct)}), "
+                        f"({fmt_interval(r.soh_shown)}), "
                         f"{esc(r.warranty_reason or '')}",
                         STYLES["body"],
                     )
@@ -212,6 +212,8 @@ def fleet_pdf(data: FleetData) -> bytes:
             STYLES["small"],
         )
     )
+    if any(r.soh_shown.clipped or r.projected_shown.clipped for r in rows):
+        story.append(Paragraph(esc(CLIPPED_NOTE), STYLES["small"]))
     body, style = _vehicle_table_rows(rows)
     story.append(
         data_table(

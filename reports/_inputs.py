@@ -286,6 +286,35 @@ class Anomaly:
 
 
 @dataclass(frozen=True, slots=True)
+class ShownInterval:
+    """An interval as the report pages show it: clipped to what is physically possible,
+    with which bound was clipped (the CSV keeps the fit's raw bounds)."""
+
+    low: float
+    high: float
+    low_clipped: bool
+    high_clipped: bool
+
+    @property
+    def clipped(self) -> bool:
+        return self.low_clipped or self.high_clipped
+
+
+def clip_interval(low: float, high: float, floor: float, ceiling: float) -> ShownInterval:
+    """``low..high`` clipped into ``floor..ceiling`` (a non-finite limit clips nothing)."""
+    lo_c = math.isfinite(low) and math.isfinite(floor) and low < floor
+    hi_c = math.isfinite(high) and math.isfinite(ceiling) and high > ceiling
+    return ShownInterval(floor if lo_c else low, ceiling if hi_c else high, lo_c, hi_c)
+
+
+def soh_ceiling(soh_pct: float) -> float:
+    """Highest SoH a current interval is shown reaching [%]: 100 %, or the estimate
+    itself when it is above (a new pack can hold a little more than its rated capacity,
+    but an upper bound far above 100 % is the fit's statistics, not a pack)."""
+    return max(100.0, soh_pct) if math.isfinite(soh_pct) else 100.0
+
+
+@dataclass(frozen=True, slots=True)
 class VehicleRow:
     """One vehicle's line of the fleet report; its fields are the CSV columns."""
 
@@ -320,6 +349,25 @@ class VehicleRow:
     readings_missing: int | None
     data_gaps: int | None
     longest_gap_s: float
+
+    @property
+    def soh_shown(self) -> ShownInterval:
+        """The SoH's 90 % interval as shown: within 0..``soh_ceiling``."""
+        return clip_interval(self.soh_low_pct, self.soh_high_pct, 0.0, soh_ceiling(self.soh_pct))
+
+    @property
+    def projected_shown(self) -> ShownInterval:
+        """The projection's 90 % interval as shown: at least 0, and at most the current
+        SoH's shown upper bound (capacity does not grow with age)."""
+        ceiling = self.soh_shown.high
+        if not math.isfinite(ceiling):
+            ceiling = soh_ceiling(self.soh_pct)
+        return clip_interval(
+            self.projected_soh_at_warranty_end_low_pct,
+            self.projected_soh_at_warranty_end_high_pct,
+            0.0,
+            ceiling,
+        )
 
 
 #: A resistance growth whose 90 % interval contains 0 and is wider than this is "not

@@ -36,6 +36,7 @@ from reportlab.platypus import (
     TableStyle,
 )
 
+from reports._inputs import ShownInterval
 from reports._mplrender import draw_figure
 
 PAGE = A5
@@ -126,6 +127,26 @@ def fmt_range(low: float, high: float, digits: int = 1) -> str:
     if not (math.isfinite(low) and math.isfinite(high)):
         return "n/a"
     return f"{low:.{digits}f}..{high:.{digits}f}"
+
+
+#: Marks a bound shown clipped (``fmt_interval``); ``CLIPPED_NOTE`` explains it.
+CLIPPED_MARK = "*"
+CLIPPED_NOTE = (
+    "* bound clipped to what is physically possible: a SoH interval's upper bound at "
+    "100 % (or at the SoH itself when that is above), a projection's at the current upper "
+    "bound (capacity does not grow with age), lower bounds at 0 %. The CSV has the fit's "
+    "raw bounds."
+)
+
+
+def fmt_interval(iv: ShownInterval, digits: int = 1) -> str:
+    """A shown interval ``low..high`` with ``CLIPPED_MARK`` after a clipped bound, or
+    ``n/a``."""
+    if not (math.isfinite(iv.low) and math.isfinite(iv.high)):
+        return "n/a"
+    lo = f"{iv.low:.{digits}f}" + (CLIPPED_MARK if iv.low_clipped else "")
+    hi = f"{iv.high:.{digits}f}" + (CLIPPED_MARK if iv.high_clipped else "")
+    return f"{lo}..{hi}"
 
 
 class ChartFlowable(Flowable):  # type: ignore[misc]

@@ -408,6 +408,10 @@ def soh_history(v: VehicleData, width: float) -> VectorChart:
     height = 180.0
     r = v.row
     m = np.isfinite(v.soh_pct) & np.isfinite(v.soh_age_years)
+    # Each day's interval clipped as the tables show today's (reports._inputs.soh_ceiling).
+    hist_low = np.maximum(v.soh_low_pct, 0.0)
+    hist_high = np.minimum(v.soh_high_pct, np.maximum(100.0, v.soh_pct))
+    now, at_end = r.soh_shown, r.projected_shown
     end = r.warranty_end_age_years
     needed = (
         r.age_years,
@@ -415,8 +419,10 @@ def soh_history(v: VehicleData, width: float) -> VectorChart:
         v.soh_new_pct,
         v.fade_pct_per_year_pow,
         v.fade_exponent,
-        r.soh_low_pct,
-        r.projected_soh_at_warranty_end_low_pct,
+        now.low,
+        now.high,
+        at_end.low,
+        at_end.high,
     )
     proj: tuple[FloatArray, FloatArray, FloatArray, FloatArray] | None = None
     if all(map(math.isfinite, needed)) and end > r.age_years:
@@ -426,23 +432,19 @@ def soh_history(v: VehicleData, width: float) -> VectorChart:
         x0, x1 = r.age_years**v.fade_exponent, end**v.fade_exponent
         f = (t**v.fade_exponent - x0) / (x1 - x0) if x1 > x0 else np.zeros_like(t)
         end_soh = r.projected_soh_at_warranty_end_pct
-        below = (r.soh_pct - r.soh_low_pct) * (1 - f) + (
-            end_soh - r.projected_soh_at_warranty_end_low_pct
-        ) * f
-        above = (r.soh_high_pct - r.soh_pct) * (1 - f) + (
-            r.projected_soh_at_warranty_end_high_pct - end_soh
-        ) * f
-        proj = (t, mid, mid - below, mid + above)
+        below = (r.soh_pct - now.low) * (1 - f) + (end_soh - at_end.low) * f
+        above = (now.high - r.soh_pct) * (1 - f) + (at_end.high - end_soh) * f
+        proj = (t, mid, np.maximum(mid - below, 0.0), np.minimum(mid + above, now.high))
     min_soh = r.warranty_min_soh_pct
     xs: list[FloatArray | float] = [v.estimate_age_years, v.soh_age_years[m]]
     ys: list[FloatArray | float] = [
         v.estimate_soh_pct,
-        v.soh_low_pct[m],
-        v.soh_high_pct[m],
+        hist_low[m],
+        hist_high[m],
     ]
     if proj is not None:
         xs += [proj[0]]
-        ys += [proj[2], proj[3], r.projected_soh_at_warranty_end_high_pct]
+        ys += [proj[2], proj[3], at_end.high]
     if math.isfinite(end):
         xs.append(end)
     if math.isfinite(min_soh):
@@ -468,7 +470,7 @@ def soh_history(v: VehicleData, width: float) -> VectorChart:
         legend: list[tuple[str, Paint]] = []
         ax.clip()
         if m.any():
-            ax.area(v.soh_age_years[m], v.soh_low_pct[m], v.soh_high_pct[m], SOH_COLOUR, 0.2)
+            ax.area(v.soh_age_years[m], hist_low[m], hist_high[m], SOH_COLOUR, 0.2)
         if v.estimate_age_years.size:
             ax.dots(v.estimate_age_years, v.estimate_soh_pct, ESTIMATE_COLOUR, 2.5)
             legend.append(("capacity estimates", _dot_sample(ESTIMATE_COLOUR, 2.5)))
@@ -481,8 +483,7 @@ def soh_history(v: VehicleData, width: float) -> VectorChart:
             t, mid, lo, hi = proj
             ax.area(t, lo, hi, PROJECTION_COLOUR, 0.18)
             ax.line(t, mid, PROJECTION_COLOUR, 1.3, (4.8, 2.1))
-            lo_end = r.projected_soh_at_warranty_end_low_pct
-            hi_end = r.projected_soh_at_warranty_end_high_pct
+            lo_end, hi_end = at_end.low, at_end.high
             ax.line([end, end], [lo_end, hi_end], PROJECTION_COLOUR, 1)
             ex = float(ax.px(end))
             caps = " ".join(

@@ -12,8 +12,15 @@ from typing import Any
 import numpy as np
 from reportlab.platypus import Flowable, Paragraph, Spacer
 
-from reports._inputs import Anomaly, VehicleData, VehicleRow, resistance_growth_determined
+from reports._inputs import (
+    Anomaly,
+    ShownInterval,
+    VehicleData,
+    VehicleRow,
+    resistance_growth_determined,
+)
 from reports._layout import (
+    CLIPPED_NOTE,
     STYLES,
     TEXT_WIDTH,
     VERDICT_LABELS,
@@ -22,6 +29,7 @@ from reports._layout import (
     data_table,
     esc,
     fmt,
+    fmt_interval,
     fmt_range,
     generator_version,
     headline_table,
@@ -99,6 +107,8 @@ def _headline_reason(reason: str) -> str:
 def _evidence_rows(v: VehicleData) -> list[list[str]]:
     r = v.row
     ev = v.evidence
+    proj_low = r.projected_soh_at_warranty_end_low_pct
+    proj_high = r.projected_soh_at_warranty_end_high_pct
     rows = [
         ["verdict", VERDICT_LABELS.get(r.warranty_status, r.warranty_status)],
         ["reason", r.warranty_reason or "n/a"],
@@ -116,13 +126,16 @@ def _evidence_rows(v: VehicleData) -> list[list[str]]:
         ["age, odometer now", f"{fmt(r.age_years, 2)} years / {fmt(r.odometer_km, 0)} km"],
         [
             "SoH now [%]",
-            f"{fmt(r.soh_pct, 2)} (90 %: {fmt_range(r.soh_low_pct, r.soh_high_pct, 2)}), "
+            f"{fmt(r.soh_pct, 2)} (90 %: {fmt_interval(r.soh_shown, 2)}"
+            f"{_raw(r.soh_shown, r.soh_low_pct, r.soh_high_pct)}), "
             f"{r.n_capacity_estimates} capacity estimates",
         ],
         ["resistance growth since in service", resistance_growth_text(r)],
         [
             "SoH at cover end [%]",
-            f"{fmt(r.projected_soh_at_warranty_end_pct, 2)} (90 %: {_proj_range(r, 2)})",
+            f"{fmt(r.projected_soh_at_warranty_end_pct, 2)} (90 %: "
+            f"{fmt_interval(r.projected_shown, 2)}"
+            f"{_raw(r.projected_shown, proj_low, proj_high)})",
         ],
     ]
     fit = ev.get("fit")
@@ -162,10 +175,10 @@ def _evidence_rows(v: VehicleData) -> list[list[str]]:
     return rows
 
 
-def _proj_range(r: VehicleRow, digits: int) -> str:
-    return fmt_range(
-        r.projected_soh_at_warranty_end_low_pct, r.projected_soh_at_warranty_end_high_pct, digits
-    )
+def _raw(shown: ShownInterval, low: float, high: float) -> str:
+    """``; fit: low..high`` when a shown interval was clipped (the evidence keeps the
+    fit's own bounds), else nothing."""
+    return f"; fit: {fmt_range(low, high, 2)}" if shown.clipped else ""
 
 
 def _num(value: Any) -> float:
@@ -201,13 +214,14 @@ def vehicle_pdf(v: VehicleData) -> bytes:
                 (
                     fmt(r.soh_pct, 1, " %"),
                     "state of health",
-                    f"90 %: {fmt_range(r.soh_low_pct, r.soh_high_pct)} %",
+                    f"90 %: {fmt_interval(r.soh_shown)} %",
                 ),
                 (verdict, "warranty", _headline_reason(r.warranty_reason or "")),
                 (
                     fmt(r.projected_soh_at_warranty_end_pct, 1, " %"),
                     "SoH at warranty end",
-                    f"90 %: {_proj_range(r, 1)} % at {fmt(r.warranty_end_age_years, 1)} years",
+                    f"90 %: {fmt_interval(r.projected_shown)} % at "
+                    f"{fmt(r.warranty_end_age_years, 1)} years",
                 ),
                 (
                     str(r.anomalies_open),
@@ -227,6 +241,8 @@ def vehicle_pdf(v: VehicleData) -> bytes:
             ]
         )
     )
+    if r.soh_shown.clipped or r.projected_shown.clipped:
+        story.append(Paragraph(esc(CLIPPED_NOTE), STYLES["small"]))
     win = f"last {v.window_days} days"
     story.append(
         chart(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import shutil
 from pathlib import Path
 
@@ -127,6 +128,59 @@ def test_vehicle_pdf_calls_a_growth_with_a_wide_interval_around_zero_undetermine
     pdf = reports.vehicle_report(data / "lake", tmp_path / "out", rd.FLAGGED_VIN, rd.DAY)
     text = " ".join(pdf_text(pdf).split())
     assert "resistance growth 94.3 % (90 % interval 20.0..208.6 %)" in text
+
+
+def test_intervals_above_what_a_pack_can_hold_are_shown_clipped_and_marked(
+    lake: Path, tmp_path: Path
+) -> None:
+    """SoH 94.7 (81.4..108.1), projected 92.8 (72.8..112.7): the pages show 81.4..100.0*
+    and 72.8..100.0* (capacity does not grow with age) with a note; the evidence table
+    and the CSV keep the fit's bounds."""
+    data = tmp_path / "data"
+    shutil.copytree(lake.parent, data)
+    soh = {"soh_pct": 94.74, "soh_low_pct": 81.36, "soh_high_pct": 108.12}
+    proj = {
+        "projected_soh_pct": 92.75,
+        "projected_soh_low_pct": 72.78,
+        "projected_soh_high_pct": 112.73,
+    }
+    rd.patch_rows(data / "lake", "vehicle_soh", rd.FLAGGED_VIN, **soh, **proj)
+    rd.patch_rows(data / "lake", "warranty", rd.FLAGGED_VIN, **soh, **proj)
+    pdf = reports.vehicle_report(data / "lake", tmp_path / "out", rd.FLAGGED_VIN, rd.DAY)
+    text = " ".join(pdf_text(pdf).split())
+    assert "94.7 % state of health 90 %: 81.4..100.0* %" in text
+    assert "90 %: 72.8..100.0* % at 8.0 years" in text
+    assert "* bound clipped to what is physically possible" in text
+    assert "SoH now [%] 94.74 (90 %: 81.36..100.00*; fit: 81.36..108.12)" in text
+    assert "SoH at cover end [%] 92.75 (90 %: 72.78..100.00*; fit: 72.78..112.73)" in text
+    assert "108.1 " not in text.replace("108.12", "")
+    fleet_pdf, fleet_csv = reports.fleet_report(data / "lake", tmp_path / "out", rd.DAY, rd.FLEET)
+    table = pdf_text(fleet_pdf)
+    assert f"{rd.FLAGGED_VIN}" in table
+    assert "94.7\n81.4..100.0*" in table
+    assert "92.8\n72.8..100.0*" in table
+    assert "* bound clipped" in table
+    with fleet_csv.open(newline="") as fh:
+        row = next(r for r in csv.DictReader(fh) if r["vin"] == rd.FLAGGED_VIN)
+    assert (row["soh_high_pct"], row["projected_soh_at_warranty_end_high_pct"]) == (
+        "108.12",
+        "112.73",
+    )
+
+
+def test_a_new_pack_above_100_keeps_its_soh_as_the_upper_bound(lake: Path, tmp_path: Path) -> None:
+    """A 7-day-old pack at 100.2 % (82..118): shown 82.0..100.2*, not 118."""
+    data = tmp_path / "data"
+    shutil.copytree(lake.parent, data)
+    soh = {"soh_pct": 100.2, "soh_low_pct": 82.0, "soh_high_pct": 118.4}
+    rd.patch_rows(data / "lake", "vehicle_soh", rd.FLAGGED_VIN, **soh)
+    rd.patch_rows(data / "lake", "warranty", rd.FLAGGED_VIN, **soh)
+    pdf = reports.vehicle_report(data / "lake", tmp_path / "out", rd.FLAGGED_VIN, rd.DAY)
+    text = " ".join(pdf_text(pdf).split())
+    assert "100.2 % state of health 90 %: 82.0..100.2* %" in text
+    # Only the evidence table names the fit's own bound.
+    assert "SoH now [%] 100.20 (90 %: 82.00..100.20*; fit: 82.00..118.40)" in text
+    assert text.count("118.4") == 1
 
 
 def test_vehicle_pdf_page_renders_non_blank(flagged_pdf: Path, tmp_path: Path) -> None:
