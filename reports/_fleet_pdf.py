@@ -45,7 +45,9 @@ METHODOLOGY = (
     "SoH = a - b * age^p with p = 0.75 for NMC (Schmalstieg et al. 2014) and 0.5 for LFP "
     "(Naumann et al. 2018), weighted least squares with Huber reweighting; the interval is "
     "the two-sided 90 % interval of the fit including a systematic model error. The trend is "
-    "the fit's change over the past year of age.",
+    "the expected SoH change per year until warranty cover ends: the projected SoH at the "
+    "end of cover minus the SoH now, over the years left (the average fade rate the "
+    "projection implies; n/a once cover has ended).",
     "Projected SoH at warranty end: the fit evaluated where the vehicle's cover ends (age "
     "limit, or odometer limit reached at the vehicle's own km per day, whichever comes "
     "first). Verdicts: CLAIM = SoH now below the warranty minimum within cover; AT RISK = "
@@ -208,7 +210,7 @@ def fleet_pdf(data: FleetData) -> bytes:
     story.append(
         Paragraph(
             "Most urgent first. SoH and projection in % with the 90 % interval below; "
-            "trend in % per year; anomalies open (new).",
+            "trend: expected SoH change per year until cover ends; anomalies open (new).",
             STYLES["small"],
         )
     )
@@ -220,7 +222,7 @@ def fleet_pdf(data: FleetData) -> bytes:
             [
                 "vehicle\nage, odometer",
                 "SoH [%]\n90 % int.",
-                "trend\n[%/yr]",
+                "trend to\ncover end\n[%/yr]",
                 "at warranty\nend [%]",
                 "warranty",
                 "anom-\nalies",

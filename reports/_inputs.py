@@ -516,22 +516,27 @@ def _anomaly_key(a: Anomaly) -> tuple[int, int, float, str, int]:
 
 
 def soh_trend_pct_per_year(
-    soh_new_pct: float, fade_pct_per_year_pow: float, fade_exponent: float, age_years: float
+    soh_pct: float, projected_soh_pct: float, age_years: float, end_years: float
 ) -> float:
-    r"""SoH change over the past year of the fitted trend. [%/year]
+    r"""Expected SoH change per year from now to the end of warranty cover. [%/year]
 
-    Secant of the fit :math:`s(t) = a - b\,t^p` over the last year of age (or since
-    service start when younger): :math:`(s(t) - s(\max(t-1, 0))) / \min(t, 1)`. Negative
-    when the battery loses capacity. NaN without a fit.
+    :math:`(s_{end} - s_{now}) / (t_{end} - t_{now})`: the average fade rate over the
+    rest of the cover, from the SoH now and its projection to the end of cover (both
+    shown next to it, so the three agree). Negative when the battery loses capacity;
+    NaN without a projection (no fit, cover ended) or when cover ends now.
+
+    Not the secant over the past year of age nor the derivative now: the fit
+    :math:`s(t) = a - b\,t^p` (``p`` 0.5-0.75) is steepest near age 0, so a pack a week
+    old read -14.8 %/yr (secant since service start) next to a projection of 96 % at
+    three years; the derivative, :math:`p` times that secant, still reads -7 %/yr and
+    grows without bound towards age 0. The average to the end of cover is what the
+    warranty question needs, and stays finite at any age.
     """
-    if not all(map(math.isfinite, (soh_new_pct, fade_pct_per_year_pow, fade_exponent))):
+    if not all(map(math.isfinite, (soh_pct, projected_soh_pct, age_years, end_years))):
         return math.nan
-    if not math.isfinite(age_years) or age_years <= 0:
+    if end_years <= age_years:
         return math.nan
-    span = min(age_years, 1.0)
-    now = fade_pct_per_year_pow * math.pow(age_years, fade_exponent)
-    before = fade_pct_per_year_pow * math.pow(age_years - span, fade_exponent)
-    return -(now - before) / span
+    return (projected_soh_pct - soh_pct) / (end_years - age_years)
 
 
 def _vehicle_row(
@@ -547,6 +552,8 @@ def _vehicle_row(
     age = _num(soh.get("age_years", war.get("age_years")))
     flags = war.get("usage_flags") or []
     scores = [a.score for a in anomalies if not math.isnan(a.score)]
+    soh_pct = _num(soh.get("soh_pct", war.get("soh_pct")))
+    end_years = _num(war.get("coverage_end_years"))
     return VehicleRow(
         vin=vin,
         vehicle_class=str(reg.get("vehicle_class") or ""),
@@ -554,14 +561,11 @@ def _vehicle_row(
         in_service_date="" if in_service is None else str(in_service),
         age_years=age,
         odometer_km=odometer,
-        soh_pct=_num(soh.get("soh_pct", war.get("soh_pct"))),
+        soh_pct=soh_pct,
         soh_low_pct=_num(soh.get("soh_low_pct", war.get("soh_low_pct"))),
         soh_high_pct=_num(soh.get("soh_high_pct", war.get("soh_high_pct"))),
         soh_trend_pct_per_year=soh_trend_pct_per_year(
-            _num(soh.get("soh_new_pct")),
-            _num(soh.get("fade_pct_per_year_pow")),
-            _num(soh.get("fade_exponent")),
-            age,
+            soh_pct, _num(war.get("projected_soh_pct")), age, end_years
         ),
         resistance_growth_pct=_num(soh.get("resistance_growth_pct")),
         resistance_growth_low_pct=_num(soh.get("resistance_growth_low_pct")),
@@ -571,7 +575,7 @@ def _vehicle_row(
         warranty_status=str(war.get("status") or "insufficient_data"),
         warranty_reason=str(war.get("reason") or ""),
         warranty_min_soh_pct=_num(war.get("threshold_min_soh_pct")),
-        warranty_end_age_years=_num(war.get("coverage_end_years")),
+        warranty_end_age_years=end_years,
         warranty_end_odometer_km=_num(war.get("coverage_end_km")),
         projected_soh_at_warranty_end_pct=_num(war.get("projected_soh_pct")),
         projected_soh_at_warranty_end_low_pct=_num(war.get("projected_soh_low_pct")),

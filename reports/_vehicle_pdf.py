@@ -230,7 +230,7 @@ def vehicle_pdf(v: VehicleData) -> bytes:
                 ),
                 (
                     fmt(r.soh_trend_pct_per_year, 2),
-                    "SoH trend [%/year]",
+                    "SoH trend to cover end [%/year]",
                     f"resistance growth {resistance_growth_text(r)}",
                 ),
                 (

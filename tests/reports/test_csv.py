@@ -101,15 +101,18 @@ def test_csv_counts_anomalies_and_gaps_per_vehicle(csv_rows) -> None:
     assert all("nan" not in v for r in rows for v in r.values())
 
 
-def test_csv_soh_trend_is_the_fit_change_over_the_last_year(csv_rows) -> None:
+def test_csv_soh_trend_is_the_average_change_to_the_end_of_cover(csv_rows) -> None:
+    """(projected SoH at the end of cover - SoH now) / (years of cover left)."""
     lake, rows = csv_rows
     soh = _table(lake, "vehicle_soh")
+    war = _table(lake, "warranty")
     for r in rows:
-        s = soh[r["vin"]]
+        s, w = soh[r["vin"]], war[r["vin"]]
         if math.isnan(s["soh_pct"]):
             assert r["soh_trend_pct_per_year"] == ""
             continue
-        age = s["age_years"]
-        b, p = s["fade_pct_per_year_pow"], s["fade_exponent"]
-        expected = -(b * age**p - b * (age - 1) ** p)
+        expected = (w["projected_soh_pct"] - s["soh_pct"]) / (
+            w["coverage_end_years"] - s["age_years"]
+        )
         assert math.isclose(float(r["soh_trend_pct_per_year"]), expected, rel_tol=1e-12)
+        assert float(r["soh_trend_pct_per_year"]) < 0

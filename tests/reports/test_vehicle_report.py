@@ -183,6 +183,32 @@ def test_a_new_pack_above_100_keeps_its_soh_as_the_upper_bound(lake: Path, tmp_p
     assert text.count("118.4") == 1
 
 
+def test_a_week_old_pack_reads_the_trend_its_projection_implies(lake: Path, tmp_path: Path) -> None:
+    """7 days in service, 100.2 % now, 96.1 % projected at 3 years: the trend is the
+    change to the end of cover per year, -1.38 %/yr (not the -14.8 %/yr of the fit's
+    steep start)."""
+    data = tmp_path / "data"
+    shutil.copytree(lake.parent, data)
+    age = 7 / 365.25
+    now = {"age_years": age, "soh_pct": 100.2, "soh_low_pct": 99.0, "soh_high_pct": 100.9}
+    rd.patch_rows(data / "lake", "vehicle_soh", rd.FLAGGED_VIN, **now, fade_exponent=0.5)
+    rd.patch_rows(
+        data / "lake",
+        "warranty",
+        rd.FLAGGED_VIN,
+        **now,
+        projected_soh_pct=96.1,
+        projected_soh_low_pct=92.0,
+        projected_soh_high_pct=99.5,
+        coverage_end_years=3.0,
+    )
+    pdf = reports.vehicle_report(data / "lake", tmp_path / "out", rd.FLAGGED_VIN, rd.DAY)
+    text = " ".join(pdf_text(pdf).split())
+    expected = (96.1 - 100.2) / (3.0 - age)
+    assert f"{expected:.2f} SoH trend to cover end [%/year]" in text
+    assert f"{expected:.2f}" == "-1.38"
+
+
 def test_vehicle_pdf_page_renders_non_blank(flagged_pdf: Path, tmp_path: Path) -> None:
     for page in (1, 2):
         png = render_page(flagged_pdf, tmp_path, page=page)
