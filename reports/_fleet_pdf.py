@@ -75,7 +75,10 @@ def _vehicle_table_rows(rows: tuple[VehicleRow, ...]) -> tuple[list[list[str]], 
                 fmt(r.soh_trend_pct_per_year, 2),
                 f"{fmt(r.projected_soh_at_warranty_end_pct)}\n{fmt_interval(r.projected_shown)}",
                 _verdict_cell(r.warranty_status),
-                f"{r.anomalies_open}" + (f"\n({r.anomalies_new} new)" if r.anomalies_new else ""),
+                "n/a"
+                if r.anomalies_open is None
+                else f"{r.anomalies_open}"
+                + (f"\n({r.anomalies_new} new)" if r.anomalies_new else ""),
             ]
         )
         colour = VERDICT_COLOURS.get(r.warranty_status)
@@ -150,14 +153,15 @@ def fleet_pdf(data: FleetData) -> bytes:
         (str(claim), "claim-eligible", "SoH below the warranty minimum: file a claim"),
         (str(risk), "at warranty risk", "projected below the minimum before cover ends"),
         (
-            str(data.new_anomalies),
+            # not 0 where nothing was counted: the note says why
+            str(data.new_anomalies) if data.has_anomaly_table else "n/a",
             "new anomalies",
             f"in {len(new_vins)} vehicles; {len(data.anomalies)} open in total"
             if data.has_anomaly_table
             else "anomaly detection has not run for this date",
         ),
         (
-            str(len(data.gaps)),
+            str(len(data.gaps)) if data.has_reconciliation else "n/a",
             "vehicles with data gaps",
             "readings missing on this date"
             if data.has_reconciliation

@@ -342,8 +342,8 @@ class VehicleRow:
     projected_soh_at_warranty_end_low_pct: float
     projected_soh_at_warranty_end_high_pct: float
     usage_flags: str
-    anomalies_new: int
-    anomalies_open: int
+    anomalies_new: int | None  # None: anomaly detection has not run
+    anomalies_open: int | None
     anomaly_max_score: float
     readings_expected: int | None  # None: reconciliation has not run
     readings_missing: int | None
@@ -547,6 +547,7 @@ def _vehicle_row(
     odometer: float,
     anomalies: Sequence[Anomaly],
     rec: dict[str, Any] | None,
+    anomalies_known: bool = True,
 ) -> VehicleRow:
     in_service = reg.get("in_service_date")
     age = _num(soh.get("age_years", war.get("age_years")))
@@ -581,8 +582,10 @@ def _vehicle_row(
         projected_soh_at_warranty_end_low_pct=_num(war.get("projected_soh_low_pct")),
         projected_soh_at_warranty_end_high_pct=_num(war.get("projected_soh_high_pct")),
         usage_flags="; ".join(str(f) for f in flags),
-        anomalies_new=sum(1 for a in anomalies if a.status == "new"),
-        anomalies_open=sum(1 for a in anomalies if a.status != "cleared"),
+        anomalies_new=sum(1 for a in anomalies if a.status == "new") if anomalies_known else None,
+        anomalies_open=(
+            sum(1 for a in anomalies if a.status != "cleared") if anomalies_known else None
+        ),
         anomaly_max_score=max(scores) if scores else math.nan,
         readings_expected=None if rec is None else _int(rec.get("readings_expected")),
         readings_missing=None if rec is None else _int(rec.get("readings_missing")),
@@ -600,7 +603,7 @@ def _row_key(r: VehicleRow) -> tuple[int, int, int, float, str]:
     )
     group = status if status < 2 else (2 if r.anomalies_open else 3)
     soh = r.soh_pct if not math.isnan(r.soh_pct) else 1e9
-    return (group, status, -r.anomalies_open, soh, r.vin)
+    return (group, status, -(r.anomalies_open or 0), soh, r.vin)
 
 
 def _policy_names(warranty: Sequence[dict[str, Any]]) -> dict[str, str]:
@@ -684,6 +687,7 @@ def load_fleet(lake_root: Path, day: date, fleet: str) -> FleetData:
                 odo,
                 by_vin.get(vin, []),
                 rec.get(vin),
+                has_anomalies,
             )
         )
     gaps = tuple(
@@ -870,7 +874,7 @@ def load_vehicles(
     cells = _read(metrics / "cell_day", fleet, first_win, day, _CELL_DAY, want)
     rec_table = _read(metrics / "reconciliation", fleet, day, day, _RECONCILIATION, want)
     rec = {r["vin"]: r for r in _rows(rec_table)}
-    _, anomalies = _anomalies_on(lake_root, fleet, day, want)
+    has_anomalies, anomalies = _anomalies_on(lake_root, fleet, day, want)
     by_vin: dict[str, list[Anomaly]] = {}
     for a in anomalies:
         by_vin.setdefault(a.vin, []).append(a)
@@ -883,7 +887,9 @@ def load_vehicles(
         odo_km = usage.get(vin, "odometer_km")
         known = odo_km[np.isfinite(odo_km)]
         odo = float(known[-1]) if known.size else _num(soh.get("odometer_km"))
-        row = _vehicle_row(vin, reg, soh, war, odo, by_vin.get(vin, []), rec.get(vin))
+        row = _vehicle_row(
+            vin, reg, soh, war, odo, by_vin.get(vin, []), rec.get(vin), has_anomalies
+        )
         in_service = reg.get("in_service_date")
         if in_service is not None:
             est_age = _years_between(cap_hist.days(vin, "end_ts"), np.datetime64(in_service, "D"))

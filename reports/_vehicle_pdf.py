@@ -224,9 +224,11 @@ def vehicle_pdf(v: VehicleData) -> bytes:
                     f"{fmt(r.warranty_end_age_years, 1)} years",
                 ),
                 (
-                    str(r.anomalies_open),
+                    "n/a" if r.anomalies_open is None else str(r.anomalies_open),
                     "open anomalies",
-                    f"{r.anomalies_new} new today" if r.anomalies_open else "none",
+                    "anomaly detection has not run for this date"
+                    if r.anomalies_open is None
+                    else (f"{r.anomalies_new} new today" if r.anomalies_open else "none"),
                 ),
                 (
                     fmt(r.soh_trend_pct_per_year, 2),
@@ -288,7 +290,9 @@ def vehicle_pdf(v: VehicleData) -> bytes:
         )
     )
     story.append(Paragraph("Anomalies", STYLES["h1"]))
-    if not v.anomalies:
+    if r.anomalies_open is None:
+        story.append(Paragraph("Anomaly detection has not run for this date.", STYLES["body"]))
+    elif not v.anomalies:
         story.append(Paragraph("No anomaly flagged on this date.", STYLES["body"]))
     for a in v.anomalies:
         story.extend(_anomaly_block(a))

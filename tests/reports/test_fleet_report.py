@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import csv
 import math
 import re
+import shutil
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -139,3 +141,32 @@ def test_fleet_report_without_metrics_for_the_date_raises(tmp_path: Path) -> Non
     with pytest.raises(reports.ReportError, match=r"unknown report format xls"):
         reports.fleet_report(lake, tmp_path / "reports", rd.DAY, "demo", formats="pdf,xls")
     assert not (tmp_path / "reports").exists()
+
+
+def test_counts_of_stages_that_have_not_run_read_n_a_not_0(fleet_run, tmp_path: Path) -> None:
+    """A date with analytics but no anomaly or reconciliation run: the headline says
+    n/a (the note says why), the table's anomaly column n/a, the CSV empty fields."""
+    lake = tmp_path / "lake"
+    shutil.copytree(fleet_run[0], lake)
+    shutil.rmtree(lake / "anomalies")
+    shutil.rmtree(lake / "metrics" / "reconciliation")
+    pdf, csv_path = reports.fleet_report(lake, tmp_path / "out", rd.DAY, rd.FLEET)
+    cover = " ".join((PdfReader(pdf).pages[0].extract_text() or "").split())
+    assert "n/a new anomalies anomaly detection has not run for this date" in cover
+    assert "n/a vehicles with data gaps reconciliation has not run for this date" in cover
+    assert "0 new anomalies" not in cover
+    assert "0 vehicles with data gaps" not in cover
+    text = pdf_text(pdf)
+    rows = re.findall(
+        r"(MAT612345NEX\d{5})\n.*?\n(?:ok|CLAIM|AT RISK|no data)\n(.*?)\n", text, re.S
+    )
+    assert sorted(vin for vin, _ in rows) == sorted(rd.VEHICLES)
+    assert all(anomalies == "n/a" for _, anomalies in rows)
+    with csv_path.open(newline="") as fh:
+        for row in csv.DictReader(fh):
+            assert row["anomalies_new"] == row["anomalies_open"] == ""
+            assert row["readings_missing"] == row["data_gaps"] == ""
+    vehicle = reports.vehicle_report(lake, tmp_path / "out", rd.FLAGGED_VIN, rd.DAY)
+    vtext = " ".join(pdf_text(vehicle).split())
+    assert "n/a open anomalies anomaly detection has not run for this date" in vtext
+    assert "Anomaly detection has not run for this date." in vtext
