@@ -104,14 +104,63 @@ def _headline_reason(reason: str) -> str:
     return f"{clauses[0]}; ...; {clauses[-1]} (in full under Warranty evidence)"
 
 
+def _limits(v: VehicleData) -> tuple[float, float]:
+    """The binding threshold's age [years] and odometer [km] limits (evidence)."""
+    threshold = v.evidence.get("threshold") or {}
+    return _num(threshold.get("years")), _num(threshold.get("km"))
+
+
+def _expired(v: VehicleData) -> tuple[float, float, str] | None:
+    """Where an ended cover ended (age [years], odometer [km], the limit that ended it:
+    ``reports._inputs.expired_cover_end``), else None."""
+    r = v.row
+    end_years, end_km = r.warranty_end_age_years, r.warranty_end_odometer_km
+    if r.warranty_status != "out_of_coverage" or not end_years < r.age_years:
+        return None
+    years, km = _limits(v)
+    if math.isfinite(km) and end_km >= km:
+        return end_years, end_km, "odometer"
+    if math.isfinite(years) and end_years >= years:
+        return end_years, end_km, "age"
+    return None
+
+
+def _reason(v: VehicleData) -> str:
+    """The verdict's reason; for an ended cover, which limit ended it and when (the
+    warranty table's reason lists both limits, the one not reached too)."""
+    r = v.row
+    ended = _expired(v)
+    if ended is None:
+        return r.warranty_reason
+    years, km = _limits(v)
+    when = f"about {ended[0]:.1f} years of age"
+    if ended[2] == "odometer":
+        age_note = (
+            f"age {r.age_years:.2f} y, within its {years:g} y limit"
+            if r.age_years <= years
+            else f"age {r.age_years:.2f} y, past its {years:g} y limit later"
+        )
+        return (
+            f"cover ended: the odometer passed the {km:.0f} km limit at {when} "
+            f"(odometer now {r.odometer_km:.0f} km; {age_note})"
+        )
+    km_note = (
+        f"odometer {r.odometer_km:.0f} km, within its {km:.0f} km limit"
+        if r.odometer_km <= km
+        else f"odometer {r.odometer_km:.0f} km, past its {km:.0f} km limit later"
+    )
+    return f"cover ended: age {r.age_years:.2f} y passed the {years:g} y limit ({km_note})"
+
+
 def _evidence_rows(v: VehicleData) -> list[list[str]]:
     r = v.row
     ev = v.evidence
     proj_low = r.projected_soh_at_warranty_end_low_pct
     proj_high = r.projected_soh_at_warranty_end_high_pct
+    ended = _expired(v)
     rows = [
         ["verdict", VERDICT_LABELS.get(r.warranty_status, r.warranty_status)],
-        ["reason", r.warranty_reason or "n/a"],
+        ["reason", _reason(v) or "n/a"],
         ["policy", f"{r.warranty_policy}\n{(ev.get('policy') or {}).get('name', '')}".strip()],
         [
             "binding threshold",
@@ -122,6 +171,12 @@ def _evidence_rows(v: VehicleData) -> list[list[str]]:
         [
             "cover ends at",
             f"{fmt(r.warranty_end_age_years, 2)} years / {fmt(r.warranty_end_odometer_km, 0)} km",
+        ]
+        if ended is None
+        else [
+            "cover ended at",
+            f"about {ended[0]:.2f} years / {ended[1]:.0f} km (the {ended[2]} limit; "
+            "estimated at the vehicle's average km per day since in service)",
         ],
         ["age, odometer now", f"{fmt(r.age_years, 2)} years / {fmt(r.odometer_km, 0)} km"],
         [
@@ -135,7 +190,9 @@ def _evidence_rows(v: VehicleData) -> list[list[str]]:
             "SoH at cover end [%]",
             f"{fmt(r.projected_soh_at_warranty_end_pct, 2)} (90 %: "
             f"{fmt_interval(r.projected_shown, 2)}"
-            f"{_raw(r.projected_shown, proj_low, proj_high)})",
+            f"{_raw(r.projected_shown, proj_low, proj_high)})"
+            if ended is None
+            else "n/a: cover has ended",
         ],
     ]
     fit = ev.get("fit")
@@ -208,6 +265,7 @@ def vehicle_pdf(v: VehicleData) -> bytes:
         ),
     ]
     verdict = VERDICT_LABELS.get(r.warranty_status, r.warranty_status)
+    ended = _expired(v)
     story.append(
         headline_table(
             [
@@ -216,12 +274,18 @@ def vehicle_pdf(v: VehicleData) -> bytes:
                     "state of health",
                     f"90 %: {fmt_interval(r.soh_shown)} %",
                 ),
-                (verdict, "warranty", _headline_reason(r.warranty_reason or "")),
+                (verdict, "warranty", _headline_reason(_reason(v) or "")),
                 (
                     fmt(r.projected_soh_at_warranty_end_pct, 1, " %"),
                     "SoH at warranty end",
                     f"90 %: {fmt_interval(r.projected_shown)} % at "
                     f"{fmt(r.warranty_end_age_years, 1)} years",
+                )
+                if ended is None
+                else (
+                    "ended",
+                    "warranty cover",
+                    f"{ended[2]} limit reached at about {ended[0]:.1f} years / {ended[1]:.0f} km",
                 ),
                 (
                     "n/a" if r.anomalies_open is None else str(r.anomalies_open),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 import shutil
 from pathlib import Path
 
@@ -207,6 +208,69 @@ def test_a_week_old_pack_reads_the_trend_its_projection_implies(lake: Path, tmp_
     expected = (96.1 - 100.2) / (3.0 - age)
     assert f"{expected:.2f} SoH trend to cover end [%/year]" in text
     assert f"{expected:.2f}" == "-1.38"
+
+
+def test_a_cover_ended_by_its_odometer_limit_says_when_and_by_which_limit(
+    lake: Path, tmp_path: Path
+) -> None:
+    """6.0 years, 403,715 km on an 8 y / 160,000 km cover: it ended at 160,000 km, at
+    about 6.0 * 160000 / 403715 = 2.38 years; not 'n/a % at 6.0 years', not the age."""
+    data = tmp_path / "data"
+    shutil.copytree(lake.parent, data)
+    age, odo = 6.0041, 403715.43
+    rd.patch_rows(data / "lake", "vehicle_soh", rd.FLAGGED_VIN, age_years=age, odometer_km=odo)
+    rd.patch_rows(data / "lake", "vehicle_day", rd.FLAGGED_VIN, odometer_km=odo)
+    reason = f"cover ended: age {age:.2f} y (limit 8 y), odometer {odo:.0f} km (limit 160000 km)"
+    rd.patch_rows(
+        data / "lake",
+        "warranty",
+        rd.FLAGGED_VIN,
+        status="out_of_coverage",
+        reason=reason,
+        age_years=age,
+        odometer_km=odo,
+        coverage_end_years=age,  # what the warranty stage writes
+        coverage_end_km=160_000.0,
+        projected_soh_pct=None,
+        projected_soh_low_pct=None,
+        projected_soh_high_pct=None,
+    )
+    end = age * 160_000 / odo
+    pdf = reports.vehicle_report(data / "lake", tmp_path / "out", rd.FLAGGED_VIN, rd.DAY)
+    text = " ".join(pdf_text(pdf).split())
+    assert (
+        f"cover ended: the odometer passed the 160000 km limit at about {end:.1f} years of age "
+        f"(odometer now {odo:.0f} km; age {age:.2f} y, within its 8 y limit)" in text
+    )
+    assert (
+        f"ended warranty cover odometer limit reached at about {end:.1f} years / 160000 km" in text
+    )
+    assert f"cover ended at about {end:.2f} years / 160000 km (the odometer limit;" in text
+    assert "SoH at cover end [%] n/a: cover has ended" in text
+    assert "limit 8 y)" not in text  # the age limit did not end it
+    assert "n/a % at" not in text
+    fleet_csv = reports.fleet_report(
+        data / "lake", tmp_path / "out", rd.DAY, rd.FLEET, formats="csv"
+    )[0]
+    with fleet_csv.open(newline="") as fh:
+        row = next(r for r in csv.DictReader(fh) if r["vin"] == rd.FLAGGED_VIN)
+    assert math.isclose(float(row["warranty_end_age_years"]), end, rel_tol=1e-12)
+    assert float(row["warranty_end_odometer_km"]) == 160_000.0
+    assert row["warranty_reason"] == reason  # the CSV keeps the warranty table's text
+    assert row["soh_trend_pct_per_year"] == ""  # no projection once cover has ended
+
+
+def test_expired_cover_end_takes_the_limit_reached_first() -> None:
+    from reports._inputs import expired_cover_end
+
+    # 10 years, 100,000 km on 8 y / 160,000 km: the age limit, at 80,000 km.
+    assert expired_cover_end(10.0, 100_000.0, 8.0, 160_000.0) == (8.0, 80_000.0, "age")
+    # 10 years, 400,000 km: 160,000 km came at 4 years, before the age limit.
+    assert expired_cover_end(10.0, 400_000.0, 8.0, 160_000.0) == (4.0, 160_000.0, "odometer")
+    # 10 years, 180,000 km: 160,000 km at 8.9 years, after the age limit.
+    assert expired_cover_end(10.0, 180_000.0, 8.0, 160_000.0) == (8.0, 144_000.0, "age")
+    years, km, which = expired_cover_end(5.0, math.nan, 8.0, 160_000.0)
+    assert (math.isnan(years), math.isnan(km), which) == (True, True, "")
 
 
 def test_vehicle_pdf_page_renders_non_blank(flagged_pdf: Path, tmp_path: Path) -> None:
