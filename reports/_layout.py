@@ -122,6 +122,11 @@ def fmt(value: float, digits: int = 1, unit: str = "") -> str:
     return f"{value:.{digits}f}{unit}"
 
 
+def plural(n: int, word: str, words: str | None = None) -> str:
+    """``1 day``, ``2 days`` (``words`` for an irregular plural)."""
+    return f"{n} {word if n == 1 else (words or word + 's')}"
+
+
 def fmt_range(low: float, high: float, digits: int = 1) -> str:
     """An interval ``low..high`` or ``n/a``."""
     if not (math.isfinite(low) and math.isfinite(high)):

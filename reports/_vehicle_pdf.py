@@ -7,6 +7,7 @@ Only imported by ``reports._vehicle_report`` (it imports reportlab and matplotli
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 import numpy as np
@@ -33,6 +34,7 @@ from reports._layout import (
     fmt_range,
     generator_version,
     headline_table,
+    plural,
 )
 from reports._vcharts import cell_heatmap, charging, exposure, soh_history
 
@@ -47,6 +49,45 @@ def _max(v: VehicleData, key: str) -> float:
     return float(np.nanmax(a)) if a is not None and np.isfinite(a).any() else math.nan
 
 
+_RULE_TEXT = re.compile(
+    r"(?P<rule>[a-z_]+)(?: (?P<where>(?:sensor|cell) \d+))?: (?P<value>\S+) (?P<unit>\S+) "
+    r"\(limit (?P<limit>\S+)\)"
+)
+_FEATURE_TEXT = re.compile(
+    r"(?P<name>\w+)=(?P<value>\S+) ?(?P<unit>\S*) \(fleet normal (?P<range>\S+)\)"
+)
+_MODEL_TEXT = re.compile(r"model score (?P<score>\S+) > threshold (?P<threshold>\S+)")
+
+
+def explanation_text(a: Anomaly) -> str:
+    """An anomaly's explanation (the ``evidence`` of the anomalies table, clauses joined
+    by ``; ``) as sentences: a rule's ``sensor_stuck sensor 0: 1 - (limit 1)`` reads
+    "Rule sensor_stuck fired on sensor 0 (measured 1, limit 1)." (``-``: no unit); a
+    feature's ``name=value unit (fleet normal lo..hi)`` is left out when the feature
+    table below lists it; other clauses are kept as they are."""
+    listed = {f.name for f in a.features}
+    out = []
+    for part in (p.strip() for p in a.explanation.split("; ")):
+        if not part:
+            continue
+        if m := _RULE_TEXT.fullmatch(part):
+            unit = "" if m["unit"] in ("-", "") else f" {m['unit']}"
+            where = f" on {m['where']}" if m["where"] else ""
+            out.append(
+                f"Rule {m['rule']} fired{where} (measured {m['value']}{unit}, "
+                f"limit {m['limit']}{unit})."
+            )
+        elif m := _FEATURE_TEXT.fullmatch(part):
+            if m["name"] not in listed:
+                unit = f" {m['unit']}" if m["unit"] not in ("-", "") else ""
+                out.append(f"{m['name']} {m['value']}{unit} (fleet normal {m['range']}{unit}).")
+        elif m := _MODEL_TEXT.fullmatch(part):
+            out.append(f"Model score {m['score']} above its threshold {m['threshold']}.")
+        else:
+            out.append(part + ("" if part.endswith(".") else "."))
+    return " ".join(out)
+
+
 def _anomaly_block(a: Anomaly) -> list[Flowable]:
     source = {"model": "model", "rule": "rule", "both": "model and rule"}.get(a.source, a.source)
     head = (
@@ -58,8 +99,9 @@ def _anomaly_block(a: Anomaly) -> list[Flowable]:
     out: list[Flowable] = [Paragraph(head, STYLES["body"])]
     if a.rules:
         out.append(Paragraph(f"Rules: {esc(', '.join(a.rules))}", STYLES["small"]))
-    if a.explanation:
-        out.append(Paragraph(esc(a.explanation), STYLES["small"]))
+    explanation = explanation_text(a)
+    if explanation:
+        out.append(Paragraph(esc(explanation), STYLES["small"]))
     if a.features:
         out.append(
             data_table(
@@ -197,17 +239,18 @@ def _evidence_rows(v: VehicleData) -> list[list[str]]:
     ]
     fit = ev.get("fit")
     if isinstance(fit, dict):
+        # the evidence's b multiplies age^p with its sign (negative: fade)
         trend = (
-            f"SoH = {fmt(_num(fit.get('a')), 2)} + ({fmt(_num(fit.get('b')), 3)}) "
-            f"x age^{fmt(_num(fit.get('exponent')), 2)}, "
+            f"SoH = {fmt(_num(fit.get('a')), 2)} {_signed(_num(fit.get('b')), 3)} "
+            f"\u00d7 age^{fmt(_num(fit.get('exponent')), 2)}, "
             f"scale {fmt(_num(fit.get('scale')), 2)}"
         )
         shift = _num(fit.get("shift"))
         if math.isfinite(shift) and shift != 0.0:
             # the recent estimates stood clearly off the power law (bms.recent_level_shift)
             trend += (
-                f", + ({fmt(shift, 2)} +- {fmt(_num(fit.get('shift_sigma')), 2)}): the level "
-                "of the recent estimates, clearly off the power law"
+                f" {_signed(shift, 2)} (\u00b1 {fmt(_num(fit.get('shift_sigma')), 2)}): the "
+                "level of the recent estimates, clearly off the power law"
             )
         rows.append(["trend fit", trend])
     usage = ev.get("usage") or {}
@@ -236,6 +279,14 @@ def _raw(shown: ShownInterval, low: float, high: float) -> str:
     """``; fit: low..high`` when a shown interval was clipped (the evidence keeps the
     fit's own bounds), else nothing."""
     return f"; fit: {fmt_range(low, high, 2)}" if shown.clipped else ""
+
+
+def _signed(value: float, digits: int) -> str:
+    """``+ 1.23`` or ``\u2212 1.23`` (a minus sign, not a hyphen), ``+ n/a``: a term of a
+    formula after the one before it."""
+    if math.isfinite(value) and value < 0:
+        return f"\u2212 {fmt(-value, digits)}"
+    return f"+ {fmt(value, digits)}"
 
 
 def _num(value: Any) -> float:
@@ -309,7 +360,7 @@ def vehicle_pdf(v: VehicleData) -> bytes:
     )
     if r.soh_shown.clipped or r.projected_shown.clipped:
         story.append(Paragraph(esc(CLIPPED_NOTE), STYLES["small"]))
-    win = f"last {v.window_days} days"
+    win = "today" if v.window_days == 1 else f"last {plural(v.window_days, 'day')}"
     story.append(
         chart(
             soh_history(v, TEXT_WIDTH),

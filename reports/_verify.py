@@ -75,8 +75,8 @@ class Verification:
         verdict = "OK" if self.ok else f"FAILED ({n} problem{'s' if n > 1 else ''})"
         return (
             f"{verdict}: {self.bundle}: fleets {', '.join(self.fleets) or '-'}, "
-            f"{self.date_from}..{self.date_to}, {self.days} days, "
-            f"{self.files} files, "
+            f"{self.date_from}..{self.date_to}, {self.days} day{'' if self.days == 1 else 's'}, "
+            f"{self.files} file{'' if self.files == 1 else 's'}, "
             + (f"signed by {self.signer}" if self.signer else "signature NOT valid")
             + f", chain head {self.chain_head[:16]}"
         )

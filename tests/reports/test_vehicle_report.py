@@ -273,6 +273,54 @@ def test_expired_cover_end_takes_the_limit_reached_first() -> None:
     assert (math.isnan(years), math.isnan(km), which) == (True, True, "")
 
 
+def test_anomaly_explanations_read_as_sentences() -> None:
+    from reports._inputs import Anomaly, Feature
+    from reports._vehicle_pdf import explanation_text
+
+    feature = Feature("temp_max_excess_c", 0.74, "degC", 0.0, 3.28)
+    a = Anomaly(
+        vin="V",
+        cell=-1,
+        sensor=0,
+        score=0.39,
+        threshold=0.7,
+        severity="warning",
+        status="ongoing",
+        source="rule",
+        rules=("sensor_stuck",),
+        first_seen="2026-11-04",
+        model_version="m",
+        features=(feature,),
+        explanation=(
+            "model score 0.812 > threshold 0.6; sensor_stuck sensor 0: 1 - (limit 1); "
+            "self_discharge cell 5: 6.1 mV/d (limit 5); "
+            "temp_max_excess_c=0.74 degC (fleet normal 0..3.28); "
+            "sag_z=-0.817 z (fleet normal -1.42..3.86); cell 5 loses charge at rest"
+        ),
+    )
+    assert explanation_text(a) == (
+        "Model score 0.812 above its threshold 0.6. "
+        "Rule sensor_stuck fired on sensor 0 (measured 1, limit 1). "
+        "Rule self_discharge fired on cell 5 (measured 6.1 mV/d, limit 5 mV/d). "
+        "sag_z -0.817 z (fleet normal -1.42..3.86 z). "
+        "cell 5 loses charge at rest."
+    )
+
+
+def test_vehicle_pdf_writes_the_trend_fit_as_a_formula(flagged_pdf: Path) -> None:
+    text = " ".join(pdf_text(flagged_pdf).split())
+    b = (100.0 - 93.1) / rd._age(rd.DAY) ** 0.75
+    assert f"trend fit SoH = 100.00 \u2212 {b:.3f} \u00d7 age^0.75, scale 1.00" in text
+    assert "+ (-" not in text
+
+
+def test_a_one_day_window_is_not_1_days(lake: Path, tmp_path: Path) -> None:
+    pdf = reports.vehicle_report(lake, tmp_path, rd.FLAGGED_VIN, rd.DAY, window_days=1)
+    text = " ".join(pdf_text(pdf).split())
+    assert "1 days" not in text
+    assert "Charge put in per day, today:" in text
+
+
 def test_vehicle_pdf_page_renders_non_blank(flagged_pdf: Path, tmp_path: Path) -> None:
     for page in (1, 2):
         png = render_page(flagged_pdf, tmp_path, page=page)
