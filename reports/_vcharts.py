@@ -269,9 +269,12 @@ class _Axes:
         *,
         top: bool,
         columns: int = 1,
+        below_at: float | None = None,
     ) -> None:
         """Legend without frame in the lower or upper left corner; ``entries`` are
-        (label, paint a 20 x 7 pt sample with its lower left at the origin)."""
+        (label, paint a 20 x 7 pt sample with its lower left at the origin). With
+        ``below_at``, under the axes instead, its first row's top at that height [pt]
+        (outside the data, so it covers none)."""
         c = self.c
         row_pt, pad_pt, col_gap_pt = LEGEND_FONT_PT * 1.35, 4.0, 12.0
         rows = math.ceil(len(entries) / columns)
@@ -283,7 +286,9 @@ class _Axes:
         for i, (label, sample) in enumerate(entries):
             row, col = divmod(i, columns)
             x = self.x0 + pad_pt + sum(col_w[:col])
-            if top:
+            if below_at is not None:
+                y = below_at - (row + 1) * row_pt
+            elif top:
                 y = self.y0 + self.h - pad_pt - (row + 1) * row_pt
             else:
                 y = self.y0 + pad_pt + (rows - 1 - row) * row_pt
@@ -405,7 +410,7 @@ def _margins(
 
 def soh_history(v: VehicleData, width: float) -> VectorChart:
     """SoH [%] over age [years]: estimates, daily fit with interval, projection."""
-    height = 180.0
+    height = 136.0  # plus the legend's rows under the axes
     r = v.row
     m = np.isfinite(v.soh_pct) & np.isfinite(v.soh_age_years)
     # Each day's interval clipped as the tables show today's (reports._inputs.soh_ceiling).
@@ -445,14 +450,17 @@ def soh_history(v: VehicleData, width: float) -> VectorChart:
     if proj is not None:
         xs += [proj[0]]
         ys += [proj[2], proj[3], at_end.high]
-    if math.isfinite(end):
+    # The x axis spans the data and the projection (not service start to cover end,
+    # into which 60 days of data were squeezed); the end of cover when it is in view.
+    in_view = math.isfinite(end) and (proj is not None or not (end < r.age_years))
+    if in_view:
         xs.append(end)
     if math.isfinite(min_soh):
         ys.append(min_soh)
-    x_hi = _padded(xs)[1]
-    xlim = (0.0, x_hi if x_hi > 0 else 1.0)
-    y_lo, y_hi = _padded(ys)
-    # Room at the bottom for the legend (lower left), so it covers no data.
+    x_lo, x_hi = _padded(xs, 0.04)
+    xlim = (max(0.0, x_lo), x_hi) if x_hi > max(0.0, x_lo) else (0.0, 1.0)
+    ylim = _padded(ys)
+    # The legend goes under the axes in two columns: it covers no data or line.
     n_legend = sum(
         (
             bool(v.estimate_age_years.size),
@@ -461,12 +469,13 @@ def soh_history(v: VehicleData, width: float) -> VectorChart:
             math.isfinite(min_soh),
         )
     )
-    plot_h = height - 34 - 20
-    legend_h = 6 + n_legend * LEGEND_FONT_PT * 1.35
-    ylim = (y_hi - (y_hi - y_lo) * plot_h / (plot_h - legend_h), y_hi)
+    row_pt = LEGEND_FONT_PT * 1.35
+    legend_h = math.ceil(n_legend / 2) * row_pt + 4
+    bottom = 34 + legend_h
+    height += legend_h
 
     def paint(c: Any) -> None:
-        ax = _Axes(c, _margins(width, height, 44, 34, 10, 20), xlim, ylim)
+        ax = _Axes(c, _margins(width, height, 44, bottom, 10, 12), xlim, ylim)
         legend: list[tuple[str, Paint]] = []
         ax.clip()
         if m.any():
@@ -500,12 +509,12 @@ def soh_history(v: VehicleData, width: float) -> VectorChart:
             legend.append(
                 (f"warranty minimum {min_soh:g} %", _line_sample(WARRANTY_COLOUR, 1.2, (4.4, 1.9)))
             )
-        if math.isfinite(end):
+        if in_view:
             ax.vline(end, WARRANTY_COLOUR, 1, (1, 1.65))
         ax.unclip()
         xt, yt = nice_ticks(*xlim), nice_ticks(*ylim, max_intervals=5)
         ax.frame(xt, tick_labels(xt), yt, tick_labels(yt), "age [years]", "SoH [%]")
-        ax.legend(legend, top=False)
+        ax.legend(legend, top=False, columns=2, below_at=ax.y0 - 34)
 
     return VectorChart(width, height, "soh_history", paint)
 

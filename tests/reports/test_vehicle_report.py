@@ -456,3 +456,14 @@ def test_readme_examples_of_report_commands_run_as_written(
     out = Path("data/reports") / f"date={rd.DAY}"
     assert sorted(p.name for p in out.iterdir()) == ["fleet-demo.csv", "fleet-demo.pdf", "vehicles"]
     assert [p.name for p in (out / "vehicles").iterdir()] == [f"{rd.FLAGGED_VIN}.pdf"]
+
+
+def test_soh_chart_stays_on_the_first_page_with_its_legend_under_the_axes(
+    flagged_pdf: Path,
+) -> None:
+    first = PdfReader(flagged_pdf).pages[0]
+    data = first.get_contents().get_data().decode("latin-1")  # type: ignore[union-attr]
+    assert "% chart: soh_history" in data
+    text = first.extract_text() or ""
+    # The legend is drawn after the axis label, below it (text order follows drawing).
+    assert text.index("age [years]") < text.index("capacity estimates")
