@@ -843,8 +843,10 @@ def _score_fleet_day(
             if r["sensor"] >= 0
             else (f" cell {r['cell']}" if r["cell"] >= 0 else "")
         )
+        # a unitless rule's unit is "-": none written ("1 (limit 1)", not "1 - (limit 1)")
+        unit = "" if r["unit"] in ("", "-") else f" {r['unit']}"
         c["rule_text"].append(
-            f"{r['rule']}{where}: {_fmt(r['value'])} {r['unit']} (limit {_fmt(r['threshold'])})"
+            f"{r['rule']}{where}: {_fmt(r['value'])}{unit} (limit {_fmt(r['threshold'])})"
         )
     for key, c in cands.items():
         ci = row_of[key[0]]

@@ -456,17 +456,53 @@ def coverage_end(
     """Age [years] and odometer [km] at which ``threshold``'s cover ends for a vehicle.
 
     Cover ends at ``threshold.years`` or when the odometer reaches ``threshold.km``,
-    whichever comes first; the km date is projected with the vehicle's own km per day.
+    whichever comes first. A km limit still ahead is projected with the vehicle's own
+    km per day; a limit already passed is placed at the vehicle's average since in
+    service (odometer over age: its recent km per day says little about years ago),
+    and so is the odometer at an age limit already passed.
     """
+    lifetime_km_per_day = odometer_km / (age_years * DAYS_PER_YEAR) if age_years > 0 else 0.0
     if odometer_km >= threshold.km:
-        return age_years, odometer_km
-    if km_per_day > 0:
+        years_to_km = (
+            age_years - (odometer_km - threshold.km) / lifetime_km_per_day / DAYS_PER_YEAR
+            if lifetime_km_per_day > 0
+            else age_years
+        )
+    elif km_per_day > 0:
         years_to_km = age_years + (threshold.km - odometer_km) / km_per_day / DAYS_PER_YEAR
     else:
         years_to_km = math.inf
-    end_years = min(threshold.years, years_to_km)
-    end_km = odometer_km + max(end_years - age_years, 0.0) * DAYS_PER_YEAR * max(km_per_day, 0.0)
-    return end_years, min(end_km, threshold.km)
+    end_years = max(min(threshold.years, years_to_km), 0.0)
+    if end_years < age_years:
+        end_km = odometer_km - (age_years - end_years) * DAYS_PER_YEAR * lifetime_km_per_day
+    else:
+        end_km = odometer_km + (end_years - age_years) * DAYS_PER_YEAR * max(km_per_day, 0.0)
+    return end_years, min(max(end_km, 0.0), threshold.km)
+
+
+def _cover_ended_reason(
+    threshold: WarrantyThreshold, age_years: float, odometer_km: float, end_years: float
+) -> str:
+    """Why a cover has ended: the limit reached first, when, and where the other stands."""
+    years, km = threshold.years, threshold.km
+    if odometer_km >= km and end_years < years:
+        age_note = (
+            f"within its {years:g} y limit"
+            if age_years <= years
+            else f"past its {years:g} y limit too"
+        )
+        return (
+            f"cover ended: the odometer passed the {km:.0f} km limit at about "
+            f"{end_years:.1f} years of age (odometer now {odometer_km:.0f} km; age "
+            f"{age_years:.2f} y, {age_note})"
+        )
+    km_note = (
+        f"within its {km:.0f} km limit" if odometer_km <= km else f"past its {km:.0f} km limit too"
+    )
+    return (
+        f"cover ended: age {age_years:.2f} y passed the {years:g} y limit (odometer "
+        f"{odometer_km:.0f} km, {km_note})"
+    )
 
 
 #: A stale trend may say ``ok`` only if its fade rate was measured, not taken from the
@@ -912,17 +948,19 @@ def warranty_verdict(
             in_cover.append((th, end_y, end_km))
     if not in_cover:
         last = policy.thresholds[-1]
+        end_y, end_km = coverage_end(
+            last, age_years=age_years, odometer_km=odometer_km, km_per_day=km_per_day
+        )
         return WarrantyVerdict(
             "out_of_coverage",
             policy.id,
             last,
-            min(last.years, age_years),
-            min(last.km, odometer_km),
+            end_y,
+            end_km,
             nan,
             nan,
             nan,
-            f"cover ended: age {age_years:.2f} y (limit {last.years:g} y), "
-            f"odometer {odometer_km:.0f} km (limit {last.km:.0f} km)",
+            _cover_ended_reason(last, age_years, odometer_km, end_y),
             flags,
         )
     if fit is None:

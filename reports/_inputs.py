@@ -539,33 +539,6 @@ def soh_trend_pct_per_year(
     return (projected_soh_pct - soh_pct) / (end_years - age_years)
 
 
-def expired_cover_end(
-    age_years: float, odometer_km: float, limit_years: float, limit_km: float
-) -> tuple[float, float, str]:
-    """Where the cover of a vehicle past its limits ended: (age [years], odometer [km],
-    the limit that ended it: ``age``, ``odometer`` or ``""`` when neither is known).
-
-    The odometer limit was passed at the vehicle's average distance per day since in
-    service (odometer over age: the recent km per day says little about years ago);
-    past the age limit, the odometer then is estimated the same way. Whichever limit
-    came first ended the cover.
-    """
-    nan = math.nan
-    if not (math.isfinite(age_years) and math.isfinite(odometer_km) and age_years > 0):
-        return nan, nan, ""
-    by_km = (
-        age_years * limit_km / odometer_km
-        if math.isfinite(limit_km) and odometer_km > limit_km
-        else math.inf
-    )
-    by_age = limit_years if math.isfinite(limit_years) and age_years > limit_years else math.inf
-    if by_km <= by_age and math.isfinite(by_km):
-        return by_km, limit_km, "odometer"
-    if math.isfinite(by_age):
-        return by_age, min(odometer_km * by_age / age_years, limit_km), "age"
-    return nan, nan, ""
-
-
 def _vehicle_row(
     vin: str,
     reg: dict[str, Any],
@@ -583,17 +556,6 @@ def _vehicle_row(
     soh_pct = _num(soh.get("soh_pct", war.get("soh_pct")))
     end_years = _num(war.get("coverage_end_years"))
     end_km = _num(war.get("coverage_end_km"))
-    if war.get("status") == "out_of_coverage" and not end_years < _num(war.get("age_years")):
-        # The warranty table gives today's age as the end of a cover that ended (by its
-        # odometer limit, perhaps years ago): where it ended, estimated.
-        est_years, est_km, _ = expired_cover_end(
-            _num(war.get("age_years")),
-            _num(war.get("odometer_km")),
-            _num(war.get("threshold_years")),
-            _num(war.get("threshold_km")),
-        )
-        if math.isfinite(est_years):
-            end_years, end_km = est_years, est_km
     return VehicleRow(
         vin=vin,
         vehicle_class=str(reg.get("vehicle_class") or ""),

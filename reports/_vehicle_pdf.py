@@ -50,7 +50,7 @@ def _max(v: VehicleData, key: str) -> float:
 
 
 _RULE_TEXT = re.compile(
-    r"(?P<rule>[a-z_]+)(?: (?P<where>(?:sensor|cell) \d+))?: (?P<value>\S+) (?P<unit>\S+) "
+    r"(?P<rule>[a-z_]+)(?: (?P<where>(?:sensor|cell) \d+))?: (?P<value>\S+)(?: (?P<unit>[^\s(]+))? "
     r"\(limit (?P<limit>\S+)\)"
 )
 _FEATURE_TEXT = re.compile(
@@ -61,8 +61,9 @@ _MODEL_TEXT = re.compile(r"model score (?P<score>\S+) > threshold (?P<threshold>
 
 def explanation_text(a: Anomaly) -> str:
     """An anomaly's explanation (the ``evidence`` of the anomalies table, clauses joined
-    by ``; ``) as sentences: a rule's ``sensor_stuck sensor 0: 1 - (limit 1)`` reads
-    "Rule sensor_stuck fired on sensor 0 (measured 1, limit 1)." (``-``: no unit); a
+    by ``; ``) as sentences: a rule's ``sensor_stuck sensor 0: 1 (limit 1)`` reads
+    "Rule sensor_stuck fired on sensor 0 (measured 1, limit 1)." (no unit, or ``-`` in
+    tables written before analytics-16); a
     feature's ``name=value unit (fleet normal lo..hi)`` is left out when the feature
     table below lists it; other clauses are kept as they are."""
     listed = {f.name for f in a.features}
@@ -71,7 +72,7 @@ def explanation_text(a: Anomaly) -> str:
         if not part:
             continue
         if m := _RULE_TEXT.fullmatch(part):
-            unit = "" if m["unit"] in ("-", "") else f" {m['unit']}"
+            unit = "" if m["unit"] in ("-", "", None) else f" {m['unit']}"
             where = f" on {m['where']}" if m["where"] else ""
             out.append(
                 f"Rule {m['rule']} fired{where} (measured {m['value']}{unit}, "
@@ -154,7 +155,7 @@ def _limits(v: VehicleData) -> tuple[float, float]:
 
 def _expired(v: VehicleData) -> tuple[float, float, str] | None:
     """Where an ended cover ended (age [years], odometer [km], the limit that ended it:
-    ``reports._inputs.expired_cover_end``), else None."""
+    the warranty table's end of cover, ``bms.coverage_end``), else None."""
     r = v.row
     end_years, end_km = r.warranty_end_age_years, r.warranty_end_odometer_km
     if r.warranty_status != "out_of_coverage" or not end_years < r.age_years:
@@ -167,33 +168,6 @@ def _expired(v: VehicleData) -> tuple[float, float, str] | None:
     return None
 
 
-def _reason(v: VehicleData) -> str:
-    """The verdict's reason; for an ended cover, which limit ended it and when (the
-    warranty table's reason lists both limits, the one not reached too)."""
-    r = v.row
-    ended = _expired(v)
-    if ended is None:
-        return r.warranty_reason
-    years, km = _limits(v)
-    when = f"about {ended[0]:.1f} years of age"
-    if ended[2] == "odometer":
-        age_note = (
-            f"age {r.age_years:.2f} y, within its {years:g} y limit"
-            if r.age_years <= years
-            else f"age {r.age_years:.2f} y, past its {years:g} y limit later"
-        )
-        return (
-            f"cover ended: the odometer passed the {km:.0f} km limit at {when} "
-            f"(odometer now {r.odometer_km:.0f} km; {age_note})"
-        )
-    km_note = (
-        f"odometer {r.odometer_km:.0f} km, within its {km:.0f} km limit"
-        if r.odometer_km <= km
-        else f"odometer {r.odometer_km:.0f} km, past its {km:.0f} km limit later"
-    )
-    return f"cover ended: age {r.age_years:.2f} y passed the {years:g} y limit ({km_note})"
-
-
 def _evidence_rows(v: VehicleData) -> list[list[str]]:
     r = v.row
     ev = v.evidence
@@ -202,7 +176,7 @@ def _evidence_rows(v: VehicleData) -> list[list[str]]:
     ended = _expired(v)
     rows = [
         ["verdict", VERDICT_LABELS.get(r.warranty_status, r.warranty_status)],
-        ["reason", _reason(v) or "n/a"],
+        ["reason", v.row.warranty_reason or "n/a"],
         ["policy", f"{r.warranty_policy}\n{(ev.get('policy') or {}).get('name', '')}".strip()],
         [
             "binding threshold",
@@ -325,7 +299,7 @@ def vehicle_pdf(v: VehicleData) -> bytes:
                     "state of health",
                     f"90 %: {fmt_interval(r.soh_shown)} %",
                 ),
-                (verdict, "warranty", _headline_reason(_reason(v) or "")),
+                (verdict, "warranty", _headline_reason(v.row.warranty_reason or "")),
                 (
                     fmt(r.projected_soh_at_warranty_end_pct, 1, " %"),
                     "SoH at warranty end",

@@ -100,6 +100,34 @@ def test_verdicts_ok_at_risk_claim_and_out_of_coverage() -> None:
     assert v.status == "insufficient_data"
 
 
+def test_an_ended_cover_says_which_limit_ended_it_and_when() -> None:
+    """The end of an ended cover is where the first limit was passed (a past crossing at
+    the vehicle's average km per day since in service), not today's age and odometer,
+    and the reason names that limit only."""
+    policy = bms.load_warranty_policy("oem-8y-160k-70")
+    fit = _fit(100.0, -2.0)
+    # 6 years, 403,715 km: 160,000 km was passed at 6 * 160000 / 403715 = 2.38 years.
+    v = bms.warranty_verdict(policy, fit, age_years=6.0, odometer_km=403_715, km_per_day=180)
+    assert v.status == "out_of_coverage"
+    assert v.coverage_end_years == pytest.approx(6.0 * 160_000 / 403_715)
+    assert v.coverage_end_km == 160_000
+    assert v.reason == (
+        "cover ended: the odometer passed the 160000 km limit at about 2.4 years of age "
+        "(odometer now 403715 km; age 6.00 y, within its 8 y limit)"
+    )
+    # 10 years, 100,000 km: the age limit, at about 80,000 km.
+    v = bms.warranty_verdict(policy, fit, age_years=10.0, odometer_km=100_000, km_per_day=5)
+    assert (v.coverage_end_years, v.coverage_end_km) == pytest.approx((8.0, 80_000.0))
+    assert v.reason == (
+        "cover ended: age 10.00 y passed the 8 y limit (odometer 100000 km, within its "
+        "160000 km limit)"
+    )
+    # 10 years, 180,000 km: 160,000 km only at 8.9 years, after the age limit.
+    v = bms.warranty_verdict(policy, fit, age_years=10.0, odometer_km=180_000, km_per_day=50)
+    assert (v.coverage_end_years, v.coverage_end_km) == pytest.approx((8.0, 144_000.0))
+    assert v.reason.endswith("(odometer 180000 km, past its 160000 km limit too)")
+
+
 def test_stale_evidence_says_insufficient_data_but_a_claim_stands() -> None:
     """A trend whose newest estimate is older than the limit is the prior's projection,
     not a measurement: it may not say ok (a cell may have failed since), while a

@@ -14,6 +14,7 @@ import pytest
 from click.testing import CliRunner
 from pypdf import PdfReader
 
+import bms
 import reports
 from pipeline import cli
 from tests.reports import report_data as rd
@@ -213,29 +214,32 @@ def test_a_week_old_pack_reads_the_trend_its_projection_implies(lake: Path, tmp_
 def test_a_cover_ended_by_its_odometer_limit_says_when_and_by_which_limit(
     lake: Path, tmp_path: Path
 ) -> None:
-    """6.0 years, 403,715 km on an 8 y / 160,000 km cover: it ended at 160,000 km, at
-    about 6.0 * 160000 / 403715 = 2.38 years; not 'n/a % at 6.0 years', not the age."""
+    """6.0 years, 403,715 km on an 8 y / 160,000 km cover: the warranty stage places its
+    end at 160,000 km, about 6.0 * 160000 / 403715 = 2.38 years (bms.coverage_end); the
+    pages say so, not 'n/a % at 6.0 years'."""
     data = tmp_path / "data"
     shutil.copytree(lake.parent, data)
     age, odo = 6.0041, 403715.43
+    policy = bms.load_warranty_policy("oem-8y-160k-70")
+    verdict = bms.warranty_verdict(policy, None, age_years=age, odometer_km=odo, km_per_day=180)
+    end = verdict.coverage_end_years
+    assert end == pytest.approx(age * 160_000 / odo)
     rd.patch_rows(data / "lake", "vehicle_soh", rd.FLAGGED_VIN, age_years=age, odometer_km=odo)
     rd.patch_rows(data / "lake", "vehicle_day", rd.FLAGGED_VIN, odometer_km=odo)
-    reason = f"cover ended: age {age:.2f} y (limit 8 y), odometer {odo:.0f} km (limit 160000 km)"
     rd.patch_rows(
         data / "lake",
         "warranty",
         rd.FLAGGED_VIN,
         status="out_of_coverage",
-        reason=reason,
+        reason=verdict.reason,
         age_years=age,
         odometer_km=odo,
-        coverage_end_years=age,  # what the warranty stage writes
-        coverage_end_km=160_000.0,
+        coverage_end_years=end,
+        coverage_end_km=verdict.coverage_end_km,
         projected_soh_pct=None,
         projected_soh_low_pct=None,
         projected_soh_high_pct=None,
     )
-    end = age * 160_000 / odo
     pdf = reports.vehicle_report(data / "lake", tmp_path / "out", rd.FLAGGED_VIN, rd.DAY)
     text = " ".join(pdf_text(pdf).split())
     assert (
@@ -256,21 +260,8 @@ def test_a_cover_ended_by_its_odometer_limit_says_when_and_by_which_limit(
         row = next(r for r in csv.DictReader(fh) if r["vin"] == rd.FLAGGED_VIN)
     assert math.isclose(float(row["warranty_end_age_years"]), end, rel_tol=1e-12)
     assert float(row["warranty_end_odometer_km"]) == 160_000.0
-    assert row["warranty_reason"] == reason  # the CSV keeps the warranty table's text
+    assert row["warranty_reason"] == verdict.reason
     assert row["soh_trend_pct_per_year"] == ""  # no projection once cover has ended
-
-
-def test_expired_cover_end_takes_the_limit_reached_first() -> None:
-    from reports._inputs import expired_cover_end
-
-    # 10 years, 100,000 km on 8 y / 160,000 km: the age limit, at 80,000 km.
-    assert expired_cover_end(10.0, 100_000.0, 8.0, 160_000.0) == (8.0, 80_000.0, "age")
-    # 10 years, 400,000 km: 160,000 km came at 4 years, before the age limit.
-    assert expired_cover_end(10.0, 400_000.0, 8.0, 160_000.0) == (4.0, 160_000.0, "odometer")
-    # 10 years, 180,000 km: 160,000 km at 8.9 years, after the age limit.
-    assert expired_cover_end(10.0, 180_000.0, 8.0, 160_000.0) == (8.0, 144_000.0, "age")
-    years, km, which = expired_cover_end(5.0, math.nan, 8.0, 160_000.0)
-    assert (math.isnan(years), math.isnan(km), which) == (True, True, "")
 
 
 def test_anomaly_explanations_read_as_sentences() -> None:
@@ -293,7 +284,7 @@ def test_anomaly_explanations_read_as_sentences() -> None:
         features=(feature,),
         explanation=(
             "model score 0.812 > threshold 0.6; sensor_stuck sensor 0: 1 - (limit 1); "
-            "self_discharge cell 5: 6.1 mV/d (limit 5); "
+            "sensor_stuck sensor 1: 2 (limit 1); self_discharge cell 5: 6.1 mV/d (limit 5); "
             "temp_max_excess_c=0.74 degC (fleet normal 0..3.28); "
             "sag_z=-0.817 z (fleet normal -1.42..3.86); cell 5 loses charge at rest"
         ),
@@ -301,6 +292,7 @@ def test_anomaly_explanations_read_as_sentences() -> None:
     assert explanation_text(a) == (
         "Model score 0.812 above its threshold 0.6. "
         "Rule sensor_stuck fired on sensor 0 (measured 1, limit 1). "
+        "Rule sensor_stuck fired on sensor 1 (measured 2, limit 1). "
         "Rule self_discharge fired on cell 5 (measured 6.1 mV/d, limit 5 mV/d). "
         "sag_z -0.817 z (fleet normal -1.42..3.86 z). "
         "cell 5 loses charge at rest."
