@@ -87,7 +87,7 @@ from bms._warranty import (
 )
 
 #: Version of the analytics model; part of every run id and of the warranty evidence.
-ANALYTICS_MODEL_VERSION = "analytics-15"
+ANALYTICS_MODEL_VERSION = "analytics-16"
 #: Metrics tables written per (date, fleet).
 METRICS_TABLES = (
     "vehicle_day",
@@ -156,6 +156,10 @@ class AnalyticsParams:
     self_discharge_min_s: int = 7200  # self-discharge needs this much rest [s]
     offset_smoothing: float = 0.3  # weight of a day's current-offset estimate (EWMA) [-]
     cell_ratio_smoothing: float = 0.1  # weight of a pair's cell capacity ratios (EWMA) [-]
+    # Until 1 / (pairs + this) falls to cell_ratio_smoothing, the ratios are the mean of
+    # the pairs so far with this many pairs' worth of "all cells equal" (bms._analytics
+    # _weakest_cell) [-]
+    cell_ratio_prior_pairs: float = 3.0
     # LFP SoC anchors from constant-current charges across the 70-82 % OCV step
     # (bms._chargestep): readings charging at >= this C-rate [1/h] whose BMS SoC is in
     # the band [%] are fitted; sigma added to the fit's own for where the step really
@@ -465,6 +469,7 @@ CARRY_SCHEMA = pa.schema(
         *[(f"rp_{f}", pa.list_(pa.float64())) for f in _RP_FIELDS],
         ("rp_cell_soc_pct", pa.list_(pa.list_(pa.float32()))),
         ("cell_capacity_ratio", pa.list_(pa.float64())),
+        ("cell_ratio_pairs", pa.int64()),
         # per cell, the five sums of bms._leak's normal equations (leak against capacity)
         ("cell_leak_sums", pa.list_(pa.list_(pa.float64()))),
         ("offset_a", pa.float64()),
@@ -1855,6 +1860,8 @@ def _update_carry_and_capacity(
             if old and old["cell_capacity_ratio"]
             else None
         )
+        # None: ratios carried from before the count was kept, long smoothed
+        ratio_pairs = (old or {}).get("cell_ratio_pairs") if ratio is not None else 0
         leak = (
             np.asarray(old["cell_leak_sums"], dtype=np.float64)
             if old and old.get("cell_leak_sums")
@@ -1903,7 +1910,7 @@ def _update_carry_and_capacity(
             if (readable or cells_only) and info is not None:
                 est = _best_pair(point, points, info, offset, offset_sigma, params)
                 if est is not None:
-                    ratio, leak = _weakest_cell(est, ratio, leak, params)
+                    ratio, leak, ratio_pairs = _weakest_cell(est, ratio, leak, ratio_pairs, params)
                 cell_est = _cell_pair(point, points, info, offset, offset_sigma, params)
                 if cell_est is not None and (
                     est is None
@@ -1955,6 +1962,7 @@ def _update_carry_and_capacity(
                 None if p.get("cell_soc") is None else p["cell_soc"].tolist() for p in points
             ],
             "cell_capacity_ratio": None if ratio is None else ratio.tolist(),
+            "cell_ratio_pairs": None if ratio is None else ratio_pairs,
             "cell_leak_sums": None if leak is None else leak.tolist(),
             "offset_a": offset,
             "offset_sigma_a": offset_sigma,
@@ -2500,18 +2508,25 @@ def _weakest_cell(
     est: dict[str, Any],
     ratio: np.ndarray | None,
     leak: np.ndarray | None,
+    pairs: int | None,
     params: AnalyticsParams,
-) -> tuple[np.ndarray | None, np.ndarray | None]:
+) -> tuple[np.ndarray | None, np.ndarray | None, int | None]:
     """Turn a mean-cell capacity estimate into the pack's (its weakest cell's).
 
     Each cell's capacity over the same charge is ``dq / dsoc_i``; its ratio to the mean
-    cell's is smoothed over pairs (EWMA, starting at 1) so that measurement noise does
-    not make the minimum biased low, except that a ratio measured ``_CELL_FADE_Z`` of
-    its sigmas (from the cells' SoC sigmas at both ends) below the smoothed one is taken
-    at once (the cell has faded since); the pack capacity is the mean cell's times the
-    smallest smoothed ratio. A cell's SoC step is first given back what a clear leak
-    (``bms._leak``, from the sums ``leak``) drained over the pair. Updates ``est`` and
-    returns the new ratios and leak sums.
+    cell's is smoothed over pairs so that measurement noise does not make the minimum
+    biased low: the running mean of the ``pairs`` pairs so far with
+    ``cell_ratio_prior_pairs`` pairs' worth of ratio 1 (all cells equal), then, once
+    that gives a pair less weight than ``cell_ratio_smoothing``, an EWMA of that
+    weight (a cell's ratio may drift as it ages). An EWMA from the start, starting at 1,
+    kept most of the prior for tens of pairs: the first ten estimates of the demo fleet
+    stood 1.2 points above the true (weakest-cell) SoH, the next twenty 0.5. A ratio
+    measured ``_CELL_FADE_Z`` of its sigmas (from the cells' SoC sigmas at both ends)
+    below the smoothed one is taken at once (the cell has faded since); the pack
+    capacity is the mean cell's times the smallest smoothed ratio. A cell's SoC step is
+    first given back what a clear leak (``bms._leak``, from the sums ``leak``) drained
+    over the pair. ``pairs`` None: ratios long smoothed (carried before the count was
+    kept). Updates ``est`` and returns the new ratios, leak sums and pair count.
     """
     dsoc = est.pop("cell_dsoc")
     dsoc_sigma = est.pop("cell_dsoc_sigma", None)
@@ -2520,7 +2535,7 @@ def _weakest_cell(
             weakest = float(ratio.min())
             est["capacity_ah"] *= weakest
             est["soh_pct"] *= weakest
-        return ratio, leak
+        return ratio, leak, pairs
     if dsoc_sigma is not None and np.all(np.isfinite(dsoc_sigma)):
         leak = update_leak_sums(leak, dsoc, dsoc_sigma, est["duration_h"])
         lost = leak_correction(leak, est["duration_h"])
@@ -2531,10 +2546,14 @@ def _weakest_cell(
     with np.errstate(divide="ignore", invalid="ignore"):
         r = np.clip(mean / dsoc, 0.5, 1.5)
     if not np.all(np.isfinite(r)):
-        return ratio, leak
+        return ratio, leak, pairs
     if ratio is None or ratio.shape != r.shape:
-        ratio = np.ones_like(r)
+        ratio, pairs = np.ones_like(r), 0
+    if pairs is not None:
+        pairs += 1
     k = params.cell_ratio_smoothing
+    if pairs is not None:
+        k = max(k, 1.0 / (pairs + params.cell_ratio_prior_pairs))
     smoothed = (1 - k) * ratio + k * r
     if dsoc_sigma is not None:
         # A cell that faded fast since (a fast-fading LFP cell lost 15 % of capacity in
@@ -2550,7 +2569,7 @@ def _weakest_cell(
     est["capacity_ah"] *= weakest
     est["soh_pct"] *= weakest
     est["weight"] = 1.0 / est["rel_sigma"] ** 2
-    return ratio, leak
+    return ratio, leak, pairs
 
 
 # --------------------------------------------------------------------------- history

@@ -32,6 +32,8 @@ class SynthVehicle:
     offset_a: float = 0.05  # current-sensor offset [A]
     temp_c: float = 25.0
     weak_cell: int = -1  # this cell has 3x resistance and leaks
+    # (cell, its capacity over the others'): a smaller cell, all balanced when full
+    small_cell: tuple[int, float] | None = None
     drive_temps_c: tuple[float, ...] | None = None  # the sensors while driving [degC]
     in_service: date = date(2026, 1, 1)
     erratic_sensor_c: float = 0.0  # the last sensor's noise, one sigma [degC]
@@ -72,6 +74,11 @@ def vehicle_day_table(
     if v.weak_cell >= 0:
         r_cell[v.weak_cell] *= 3.0
     cell_v = ocv[:, None] + cur[:, None] * r_cell[None, :]
+    if v.small_cell is not None:
+        # the same charge moves a smaller cell's SoC further: 1 - (1 - soc) / f
+        cell, f = v.small_cell
+        small_soc = np.clip(1.0 - (1.0 - soc) / f, 0.0, 1.0)
+        cell_v[:, cell] += bms.ocv_v_from_soc_pct(small_soc * 100, v.chemistry) - ocv
     if v.chemistry == "lfp":
         # OCV hysteresis: +-10 mV on the branch of the last current direction (before
         # the day's first current, that of the plan's last segment: the day before).
