@@ -12,7 +12,9 @@ anomalies and reports are kept.
 Moving a file is: write the archive copy atomically, then unlink the lake file. A run
 killed in between finds the archive copy complete on the next run and only unlinks the
 lake file, so nothing is lost and nothing is archived twice. Age is counted from the
-nightly's run date, not the wall clock, so reruns of a date give the same result.
+nightly's run date, not the wall clock, so reruns of a date give the same result; but
+never from a date after today (UTC): a run date in the future would otherwise archive
+and purge data that is not old at all.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pyarrow as pa
@@ -98,6 +100,7 @@ def apply_retention(
     purge_after_days: int,
     zstd_level: int,
     on_progress: Callable[[int, int], None] | None = None,
+    today: date | None = None,
 ) -> RetentionResult:
     """Archive telemetry older than ``archive_after_days``, purge it after ``purge_after_days``.
 
@@ -106,11 +109,13 @@ def apply_retention(
     data_dir : Path
         The data directory.
     run_date : date
-        The nightly's date; ages are counted from it. [date]
+        The nightly's date; ages are counted from it, or from ``today`` if it is later.
     archive_after_days, purge_after_days : int
         Ages at which a partition is archived and deleted. [days]
     zstd_level : int
         zstd level of archive files.
+    today : date, optional
+        Today's date in UTC [default: the clock's]; ages never count from a later date.
 
     Raises
     ------
@@ -122,8 +127,9 @@ def apply_retention(
             "retention: need 0 <= archive_after_days < purge_after_days, got "
             f"{archive_after_days} and {purge_after_days}"
         )
-    archive_before = run_date - timedelta(days=archive_after_days)
-    purge_before = run_date - timedelta(days=purge_after_days)
+    reference = min(run_date, today or datetime.now(UTC).date())
+    archive_before = reference - timedelta(days=archive_after_days)
+    purge_before = reference - timedelta(days=purge_after_days)
     lake_base = data_dir / "lake" / "telemetry"
     archive_base = data_dir / "archive" / "telemetry"
     state_base = data_dir / "state" / "nightly" / "compaction"

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 import bms
-from pipeline._retention import rewrite_parquet
+from pipeline._retention import apply_retention, rewrite_parquet
 from tests.pipeline.nightly_data import VINS, day_table, fleetbms, snapshot, write_flushes
 from tests.pipeline.test_nightly import RUN_DAY
 
@@ -78,6 +78,33 @@ def test_retention_with_purge_before_archive_fails_the_run(tmp_path: Path):
         "Error: stage retention failed: retention: need 0 <= archive_after_days < "
         "purge_after_days, got 30 and 20\n"
     )
+
+
+def test_retention_never_counts_ages_from_a_date_after_today(tmp_path: Path):
+    """A run date in the future (a typo, a wrong clock) must not purge data that is not
+    old: ages are counted from today at the latest."""
+    d = tmp_path / "data"
+    lake = d / "lake"
+    today = RUN_DAY
+    due, young, recent = (today - timedelta(days=k) for k in (366, 364, 29))
+    for day in (due, young, recent):
+        write_flushes(day_table(day), lake, flushes=1)
+    r = apply_retention(
+        d,
+        today + timedelta(days=4 * 365),
+        archive_after_days=30,
+        purge_after_days=365,
+        zstd_level=3,
+        today=today,
+    )
+    assert (r.purge_before, r.archive_before) == (
+        today - timedelta(days=365),
+        today - timedelta(days=30),
+    )
+    assert r.purged_partitions == 1
+    assert not (lake / "telemetry" / f"date={due}").exists()
+    assert (d / "archive" / "telemetry" / f"date={young}").is_dir()  # archived, not purged
+    assert bms.telemetry_files(lake, recent)  # younger than archive_after_days: untouched
 
 
 def test_rewrite_keeps_the_delta_encodings_of_a_compacted_file(tmp_path: Path):
