@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-from datetime import datetime
+from datetime import date
 
 import click
 
 import bms
 from pipeline._config import Settings
+from pipeline._params import PAST_DAY
 
 
 def analytics_params(settings: Settings, *, policy: str | None = None) -> bms.AnalyticsParams:
@@ -44,7 +45,7 @@ def _line(s: bms.AnalyticsSummary) -> str:
 @click.option(
     "--date",
     "day",
-    type=click.DateTime(["%Y-%m-%d"]),
+    type=PAST_DAY,
     default=None,
     help="UTC date to compute; default: every date with data and no current results.",
 )
@@ -59,7 +60,7 @@ def _line(s: bms.AnalyticsSummary) -> str:
 @click.pass_obj
 def analyze_command(
     settings: Settings,
-    day: datetime | None,
+    day: date | None,
     fleet: str | None,
     policy: str | None,
     show_status: bool,
@@ -82,9 +83,7 @@ def analyze_command(
         click.echo(f"{len(pending)} of {len(rows)} date(s) need computing")
         return
     if day is not None:
-        summaries = [
-            bms.run_analytics(lake, day.date(), fleet=fleet, params=params, state_root=state)
-        ]
+        summaries = [bms.run_analytics(lake, day, fleet=fleet, params=params, state_root=state)]
     else:
         summaries = bms.run_pending(lake, fleet=fleet, params=params, state_root=state)
         if not summaries:

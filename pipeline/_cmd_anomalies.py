@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-from datetime import datetime
+from datetime import date
 
 import click
 
 import bms
 from pipeline._config import Settings
+from pipeline._params import ANY_DAY
 
 
 def anomaly_params(settings: Settings) -> bms.AnomalyParams:
@@ -39,13 +40,13 @@ def _line(s: bms.AnomalySummary) -> str:
 @click.option(
     "--date",
     "day",
-    type=click.DateTime(["%Y-%m-%d"]),
+    type=ANY_DAY,
     default=None,
     help="UTC date to score; default: every analysed date not yet scored, in order.",
 )
 @click.option("--fleet", default=None, help="Only this fleet.")
 @click.pass_context
-def anomalies_group(ctx: click.Context, day: datetime | None, fleet: str | None) -> None:
+def anomalies_group(ctx: click.Context, day: date | None, fleet: str | None) -> None:
     """Flag weak and failing cells: isolation forest plus physical rules.
 
     Writes lake/anomalies/date=D/fleet=F/part.parquet (vehicle, cell, score, severity,
@@ -59,7 +60,7 @@ def anomalies_group(ctx: click.Context, day: datetime | None, fleet: str | None)
     params = anomaly_params(settings)
     lake, state = settings.lake_dir, settings.state_dir
     if day is not None:
-        summaries = [bms.score_anomalies(lake, state, day.date(), params, fleet=fleet)]
+        summaries = [bms.score_anomalies(lake, state, day, params, fleet=fleet)]
     else:
         summaries = bms.score_pending_anomalies(lake, state, params, fleet=fleet)
         if not summaries:
@@ -72,14 +73,14 @@ def anomalies_group(ctx: click.Context, day: datetime | None, fleet: str | None)
 @click.option(
     "--date",
     "day",
-    type=click.DateTime(["%Y-%m-%d"]),
+    type=ANY_DAY,
     default=None,
     help="First date the new model scores (trained on the days before); "
     "default: the day after the last analysed date.",
 )
 @click.option("--fleet", default=None, help="Only this fleet.")
 @click.pass_obj
-def train_command(settings: Settings, day: datetime | None, fleet: str | None) -> None:
+def train_command(settings: Settings, day: date | None, fleet: str | None) -> None:
     """Refit the isolation forest on the rolling window and save it in state/models.
 
     Example: fleetbms anomalies train --fleet demo
@@ -87,7 +88,7 @@ def train_command(settings: Settings, day: datetime | None, fleet: str | None) -
     infos = bms.train_anomaly_model(
         settings.lake_dir,
         settings.state_dir,
-        day=day.date() if day else None,
+        day=day,
         fleet=fleet,
         params=anomaly_params(settings),
     )

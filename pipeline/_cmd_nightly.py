@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import date
 from typing import Any
 
 import click
@@ -17,6 +17,7 @@ import click
 from pipeline._config import Settings
 from pipeline._nightly import EXIT_LOCKED, nightly_status, run_nightly
 from pipeline._nightly_state import LockedError, nightly_lock
+from pipeline._params import PAST_DAY
 
 
 class _JsonLog:
@@ -83,13 +84,13 @@ def _summary(record: Mapping[str, Any]) -> str:
 @click.option(
     "--date",
     "day",
-    type=click.DateTime(["%Y-%m-%d"]),
+    type=PAST_DAY,
     default=None,
-    help="UTC event date to process [default: yesterday in fleet.timezone].",
+    help="UTC event date to process, not after today [default: yesterday in fleet.timezone].",
 )
 @click.option("--fleet", default=None, help="Fleet id [default: fleet.id].")
 @click.pass_obj
-def nightly_command(settings: Settings, day: datetime | None, fleet: str | None) -> int:
+def nightly_command(settings: Settings, day: date | None, fleet: str | None) -> int:
     """Run the nightly batch: compaction, reconciliation, analytics, anomalies,
     reports, audit bundle, retention; also every date marked dirty by late data.
 
@@ -101,9 +102,7 @@ def nightly_command(settings: Settings, day: datetime | None, fleet: str | None)
     """
     observer: _JsonLog | _ProgressBars = _ProgressBars() if sys.stderr.isatty() else _JsonLog()
     try:
-        record = run_nightly(
-            settings, day=day.date() if day else None, fleet=fleet, observer=observer
-        )
+        record = run_nightly(settings, day=day, fleet=fleet, observer=observer)
     except LockedError as exc:
         observer.close()
         click.echo(f"Error: {exc}", err=True)

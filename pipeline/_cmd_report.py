@@ -8,20 +8,19 @@ its commands in ``COMMANDS`` at its end.
 from __future__ import annotations
 
 import dataclasses
-from datetime import datetime
+from datetime import date
 from pathlib import Path
 
 import click
 
 from pipeline._config import Settings
+from pipeline._params import ANY_DAY, PAST_DAY
 
 COMMANDS: list[click.Command] = []
 
 # --------------------------------------------------------------------------------------
 # Audit bundles and their keys: keys generate, audit export, audit verify
 # --------------------------------------------------------------------------------------
-
-_DAY = click.DateTime(["%Y-%m-%d"])
 
 
 @click.group("keys")
@@ -60,8 +59,8 @@ def audit_group() -> None:
 
 
 @audit_group.command("export")
-@click.option("--from", "date_from", type=_DAY, required=True, help="First day (UTC).")
-@click.option("--to", "date_to", type=_DAY, required=True, help="Last day (UTC), included.")
+@click.option("--from", "date_from", type=ANY_DAY, required=True, help="First day (UTC).")
+@click.option("--to", "date_to", type=ANY_DAY, required=True, help="Last day (UTC), included.")
 @click.option("--fleet", default=None, help="Only this fleet [default: all fleets].")
 @click.option(
     "--out",
@@ -91,8 +90,8 @@ def audit_group() -> None:
 @click.pass_obj
 def audit_export(
     settings: Settings,
-    date_from: datetime,
-    date_to: datetime,
+    date_from: date,
+    date_to: date,
     fleet: str | None,
     out: Path,
     key_file: Path | None,
@@ -117,8 +116,8 @@ def audit_export(
         settings.lake_dir,
         settings.state_dir,
         out,
-        date_from=date_from.date(),
-        date_to=date_to.date(),
+        date_from=date_from,
+        date_to=date_to,
         fleet=fleet,
         signing_key=key_file,
         reveal=reveal,
@@ -185,7 +184,7 @@ def report_group() -> None:
 
 
 @report_group.command("fleet")
-@click.option("--date", "day", type=_DAY, required=True, help="UTC date of the metrics.")
+@click.option("--date", "day", type=PAST_DAY, required=True, help="UTC date of the metrics.")
 @click.option("--fleet", default=None, help="Fleet id [default: fleet.id].")
 @click.option(
     "--format",
@@ -200,7 +199,7 @@ def report_group() -> None:
 )
 @click.pass_obj
 def report_fleet(
-    settings: Settings, day: datetime, fleet: str | None, formats: str | None, flagged: bool
+    settings: Settings, day: date, fleet: str | None, formats: str | None, flagged: bool
 ) -> None:
     """Write the fleet report (DATA_DIR/reports/date=D/fleet-<id>.pdf and .csv).
 
@@ -209,7 +208,7 @@ def report_fleet(
     from reports import fleet_report, render_reports
 
     cfg = settings.reports
-    args = (settings.lake_dir, settings.reports_dir, day.date(), fleet or settings.fleet.id)
+    args = (settings.lake_dir, settings.reports_dir, day, fleet or settings.fleet.id)
     if flagged:
         paths = render_reports(
             *args,
@@ -224,10 +223,10 @@ def report_fleet(
 
 @report_group.command("vehicle")
 @click.argument("vin")
-@click.option("--date", "day", type=_DAY, required=True, help="UTC date of the metrics.")
+@click.option("--date", "day", type=PAST_DAY, required=True, help="UTC date of the metrics.")
 @click.option("--fleet", default=None, help="Fleet id [default: the registry's].")
 @click.pass_obj
-def report_vehicle(settings: Settings, vin: str, day: datetime, fleet: str | None) -> None:
+def report_vehicle(settings: Settings, vin: str, day: date, fleet: str | None) -> None:
     """Write one vehicle's report (DATA_DIR/reports/date=D/vehicles/<VIN>.pdf).
 
     Example: fleetbms report vehicle MAT612345NEX00001 --date 2026-11-24
@@ -238,7 +237,7 @@ def report_vehicle(settings: Settings, vin: str, day: datetime, fleet: str | Non
         settings.lake_dir,
         settings.reports_dir,
         vin,
-        day.date(),
+        day,
         fleet=fleet,
         window_days=settings.reports.vehicle_window_days,
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import signal
 import threading
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from types import FrameType
 from zoneinfo import ZoneInfo
@@ -12,6 +12,7 @@ from zoneinfo import ZoneInfo
 import click
 
 from pipeline._config import Settings, with_overrides
+from pipeline._params import ANY_DAY
 
 
 def _split(value: str | None) -> tuple[str, ...] | None:
@@ -27,7 +28,7 @@ def _split(value: str | None) -> tuple[str, ...] | None:
 @click.option("--days", type=int, default=60, show_default=True, help="Simulated days.")
 @click.option(
     "--start",
-    type=click.DateTime(["%Y-%m-%d"]),
+    type=ANY_DAY,
     default=None,
     help="First local day [default: DAYS days before today; --live: now].",
 )
@@ -80,7 +81,7 @@ def simulate_command(
     live: bool,
     vehicles: int,
     days: int,
-    start: datetime | None,
+    start: date | None,
     fleet: str | None,
     seed: int,
     chemistry: str,
@@ -117,7 +118,7 @@ def simulate_command(
     settings = with_overrides(settings, {"fleet.id": fleet, "ingest.broker": broker})
     tz = ZoneInfo(settings.fleet.timezone)
     if start is not None:
-        first = start.date()
+        first = start
     elif live:
         first = datetime.now(tz).date()
     else:

@@ -595,11 +595,15 @@ def run_nightly(
     LockedError
         Another run holds the lock.
     ValueError
-        Bad fleet id or time zone.
+        Bad fleet id or time zone, or ``day`` after today (UTC).
     """
     fleet = fleet or settings.fleet.id
     if not re.fullmatch(FLEET_PATTERN, fleet):
         raise ValueError(f"fleet {fleet!r} is not 1-64 characters of [A-Za-z0-9_-]")
+    today = (now or datetime.now(UTC)).astimezone(UTC).date()
+    if day is not None and day > today:
+        # Retention counts ages from the run date: a future one would purge recent data.
+        raise ValueError(f"run date {day} is in the future (today is {today} UTC)")
     run_date = day or fleet_today(settings, now) - timedelta(days=1)
     state = settings.state_dir
     with nightly_lock(

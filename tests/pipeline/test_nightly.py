@@ -167,10 +167,26 @@ def test_nightly_bad_fleet_and_bad_date_are_one_line_errors(tmp_path: Path):
     r = fleetbms(tmp_path / "data", "nightly", "--fleet", "no/slash")
     assert r.returncode == 1
     assert r.stderr == "Error: fleet 'no/slash' is not 1-64 characters of [A-Za-z0-9_-]\n"
-    r = fleetbms(tmp_path / "data", "nightly", "--date", "2026-13-01")
+    for bad in ("2026-13-01", "2026-02-30", "25.11.2026"):
+        r = fleetbms(tmp_path / "data", "nightly", "--date", bad)
+        assert r.returncode == 2
+        assert r.stderr == (
+            f"Error: Invalid value for '--date': invalid date {bad} (expected YYYY-MM-DD)\n"
+        )
+
+
+def test_nightly_refuses_a_future_date_and_deletes_nothing(base_dir: Path, tmp_path: Path):
+    """Retention counts ages from the run date: a run for 2999 would purge everything."""
+    d = copy_of(base_dir, tmp_path)
+    before = snapshot(d)
+    r = fleetbms(d, "nightly", "--date", "2999-01-01", **RUN_ENV)
     assert r.returncode == 2
-    assert r.stderr.startswith("Error: ")
+    assert r.stderr.startswith("Error: Invalid value for '--date': 2999-01-01 is in the future ")
     assert len(r.stderr.splitlines()) == 1
+    assert "Traceback" not in r.stderr
+    assert r.stdout == ""
+    assert snapshot(d) == before
+    assert not (d / "state").exists()
 
 
 # Every stage boundary (before:X is the same state as after: the previous stage, so only

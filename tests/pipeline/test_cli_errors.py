@@ -1,0 +1,56 @@
+"""User mistakes on the command line: one ``Error:`` line, a failing exit code, no traceback,
+and nothing written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.pipeline.nightly_data import day_table, fleetbms, snapshot, write_flushes
+from tests.pipeline.test_nightly import RUN_DAY
+
+
+def one_line_error(r, code: int) -> str:
+    """The single ``Error:`` line of a failed run (asserting exit code and no traceback)."""
+    assert r.returncode == code, (r.returncode, r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr
+    assert len(r.stderr.splitlines()) == 1, r.stderr
+    assert r.stderr.startswith("Error: ")
+    return r.stderr.rstrip("\n")
+
+
+@pytest.fixture
+def lake_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "data"
+    write_flushes(day_table(RUN_DAY), d / "lake")
+    return d
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("analyze", "--date", "2999-01-01"),
+        ("report", "fleet", "--date", "2999-01-01"),
+        ("report", "vehicle", "MAT612345NEX00001", "--date", "2999-01-01"),
+    ],
+)
+def test_a_future_date_is_a_usage_error(lake_dir: Path, args: tuple[str, ...]):
+    before = snapshot(lake_dir)
+    line = one_line_error(fleetbms(lake_dir, *args), 2)
+    assert line.startswith("Error: Invalid value for '--date': 2999-01-01 is in the future ")
+    assert snapshot(lake_dir) == before
+
+
+@pytest.mark.parametrize(
+    ("args", "value"),
+    [
+        (("analyze", "--date"), "2026-02-30"),
+        (("anomalies", "--date"), "2026-13-01"),
+        (("simulate", "--to-lake", "--start"), "26-11-01"),
+        (("audit", "export", "--to", "2026-11-30", "--out", "b", "--from"), "2026-11"),
+    ],
+)
+def test_an_invalid_date_says_what_is_expected(lake_dir: Path, args: tuple[str, ...], value: str):
+    line = one_line_error(fleetbms(lake_dir, *args, value), 2)
+    assert line.endswith(f": invalid date {value} (expected YYYY-MM-DD)")
