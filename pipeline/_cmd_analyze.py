@@ -9,7 +9,7 @@ import click
 
 import bms
 from pipeline._config import Settings
-from pipeline._params import PAST_DAY
+from pipeline._params import PAST_DAY, require_fleet, require_lake
 
 
 def analytics_params(settings: Settings, *, policy: str | None = None) -> bms.AnalyticsParams:
@@ -71,7 +71,9 @@ def analyze_command(
     Example: fleetbms analyze --date 2026-11-24 --fleet demo
     """
     params = analytics_params(settings, policy=policy)
-    lake = settings.lake_dir
+    lake = require_lake(settings)
+    if fleet is not None:
+        require_fleet(settings, fleet)
     state = settings.state_dir / "analytics"
     if policy:
         bms.load_warranty_policy(policy)  # a bad name fails before any work

@@ -9,7 +9,7 @@ import click
 
 import bms
 from pipeline._config import Settings
-from pipeline._params import ANY_DAY
+from pipeline._params import ANY_DAY, require_fleet, require_lake
 
 
 def anomaly_params(settings: Settings) -> bms.AnomalyParams:
@@ -58,7 +58,9 @@ def anomalies_group(ctx: click.Context, day: date | None, fleet: str | None) -> 
         return
     settings: Settings = ctx.obj
     params = anomaly_params(settings)
-    lake, state = settings.lake_dir, settings.state_dir
+    lake, state = require_lake(settings), settings.state_dir
+    if fleet is not None:
+        require_fleet(settings, fleet)
     if day is not None:
         summaries = [bms.score_anomalies(lake, state, day, params, fleet=fleet)]
     else:
@@ -85,6 +87,9 @@ def train_command(settings: Settings, day: date | None, fleet: str | None) -> No
 
     Example: fleetbms anomalies train --fleet demo
     """
+    require_lake(settings)
+    if fleet is not None:
+        require_fleet(settings, fleet)
     infos = bms.train_anomaly_model(
         settings.lake_dir,
         settings.state_dir,

@@ -1,7 +1,8 @@
 """Commands of the nightly stage: ``nightly``, ``status`` and ``erase``.
 
 Exit codes of ``nightly``: 0 ok, 1 failed, 2 usage error, 3 completed with data gaps,
-75 another run holds the lock (EX_TEMPFAIL: try again later).
+66 completed but no telemetry for the run date (EX_NOINPUT), 75 another run holds the
+lock (EX_TEMPFAIL: try again later).
 """
 
 from __future__ import annotations
@@ -96,7 +97,8 @@ def nightly_command(settings: Settings, day: date | None, fleet: str | None) -> 
 
     Safe to rerun: work whose inputs did not change is skipped. Progress bars on a
     terminal, JSON lines otherwise. Exit codes: 0 ok, 1 failed, 2 usage error,
-    3 completed with data gaps, 75 another run holds data/state/nightly.lock.
+    3 completed with data gaps, 66 completed but no telemetry for the run date,
+    75 another run holds data/state/nightly.lock.
 
     Example: fleetbms --data-dir data nightly --date 2026-11-25 --fleet demo
     """

@@ -13,8 +13,11 @@ A stage that raises a user-level error (``ValueError``, ``BmsError``, ``IngestEr
 ``ReportError``, ``OSError``) is recorded as failed and the later stages do not run;
 any other exception is a bug and propagates with its traceback (the run record is still
 marked failed). Exit codes: ``EXIT_OK`` 0, ``EXIT_FAILED`` 1, ``EXIT_USAGE`` 2,
-``EXIT_GAPS`` 3 (completed, but the data has gaps), ``EXIT_LOCKED`` 75 (another run holds
-the lock; EX_TEMPFAIL of sysexits.h, "try again later").
+``EXIT_GAPS`` 3 (completed, but the data has gaps), ``EXIT_NO_DATA`` 66 (completed, but the
+lake holds no telemetry of the fleet for the run date: ingest down, or a wrong date; not a
+success, unlike a few silent vehicles), ``EXIT_LOCKED`` 75 (another run holds the lock;
+EX_TEMPFAIL of sysexits.h, "try again later"). A missing lake or a fleet the lake does not
+know is a ``ValueError`` before the lock is taken: nothing is written.
 
 Stages of the other packages call their libraries (``bms.run_analytics``,
 ``bms.score_pending_anomalies``, ``reports.render_reports``,
@@ -61,6 +64,7 @@ from pipeline._nightly_state import (
     run_records,
     write_json_atomic,
 )
+from pipeline._params import require_fleet
 from pipeline._reconcile import reconcile_partition, reconciliation_inputs, reconciliation_paths
 from pipeline._retention import apply_retention
 from reports import ReportError
@@ -69,6 +73,7 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_GAPS = 3
+EXIT_NO_DATA = 66  # EX_NOINPUT of sysexits.h: no telemetry at all for the run date
 EXIT_LOCKED = 75
 
 #: Errors a stage may raise for bad data, configuration or environment (not bugs).
@@ -588,14 +593,15 @@ def run_nightly(
     Returns
     -------
     dict
-        The run record; ``exit_code`` is 0, 1 or 3.
+        The run record; ``exit_code`` is 0, 1, 3 or 66.
 
     Raises
     ------
     LockedError
         Another run holds the lock.
     ValueError
-        Bad fleet id or time zone, or ``day`` after today (UTC).
+        Bad fleet id or time zone, ``day`` after today (UTC), no lake in the data
+        directory, or a fleet without telemetry or registered vehicles in it.
     """
     fleet = fleet or settings.fleet.id
     if not re.fullmatch(FLEET_PATTERN, fleet):
@@ -605,6 +611,7 @@ def run_nightly(
         # Retention counts ages from the run date: a future one would purge recent data.
         raise ValueError(f"run date {day} is in the future (today is {today} UTC)")
     run_date = day or fleet_today(settings, now) - timedelta(days=1)
+    require_fleet(settings, fleet)
     state = settings.state_dir
     with nightly_lock(
         state,
@@ -643,6 +650,7 @@ def run_nightly(
             record["dirty_dates"] = [d.isoformat() for d in claimed]
             write_json_atomic(record, record_path)
             _emit(observer, "run_start", run_id=run_id, fleet=fleet, dates=record["dates"])
+            no_data = not any(telemetry_dir(settings.lake_dir, run_date, fleet).glob("*.parquet"))
             exit_code = _run_stages(
                 settings,
                 run_id,
@@ -657,12 +665,19 @@ def run_nightly(
             )
             if exit_code != EXIT_FAILED:
                 pending_path.unlink()
+                if no_data:
+                    exit_code = EXIT_NO_DATA
+                    record["error"] = _no_data_message(settings, run_date, fleet)
             for d in claimed:
                 release_dirty(
                     state, d, done=exit_code != EXIT_FAILED and _date_settled(settings, done, d)
                 )
             record["exit_code"] = exit_code
-            record["status"] = {EXIT_OK: "ok", EXIT_GAPS: "ok, data gaps"}.get(exit_code, "failed")
+            record["status"] = {
+                EXIT_OK: "ok",
+                EXIT_GAPS: "ok, data gaps",
+                EXIT_NO_DATA: "no telemetry for the run date",
+            }.get(exit_code, "failed")
             finished = True
         finally:
             if not finished:
@@ -680,6 +695,20 @@ def run_nightly(
                 exit_code=record["exit_code"],
             )
     return record
+
+
+def _no_data_message(settings: Settings, run_date: date, fleet: str) -> str:
+    """What an operator needs to see when the run date has no telemetry at all."""
+    days = sorted(
+        p.parent.name.removeprefix("date=")
+        for p in (settings.lake_dir / "telemetry").glob(f"date=*/fleet={fleet}")
+        if any(p.glob("*.parquet"))
+    )
+    span = f"its telemetry in the lake spans {days[0]}..{days[-1]}" if days else "it has none there"
+    return (
+        f"no telemetry for fleet {fleet} on {run_date} in {settings.lake_dir / 'telemetry'} "
+        f"({span}); is ingest running, or is the date wrong?"
+    )
 
 
 def _run_stages(

@@ -1,15 +1,21 @@
-"""Shared command-line parameter types.
+"""Shared command-line parameter types and checks of what a command is pointed at.
 
 A date is ``YYYY-MM-DD`` (a UTC event date); commands that compute or purge from a date
-refuse one after today, a usage error.
+refuse one after today, a usage error. A lake that does not exist and a fleet the lake
+does not know are one ``Error:`` line each (``ValueError``, which the CLI turns into
+exit 1), raised before anything is written.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
+from pathlib import Path
 from typing import Any
 
 import click
+
+import bms
+from pipeline._config import Settings
 
 
 def today_utc() -> date:
@@ -41,3 +47,37 @@ class Day(click.ParamType[date]):
 #: A date that may lie anywhere; a date to compute or report on (not after today).
 ANY_DAY = Day()
 PAST_DAY = Day(past=True)
+
+
+def require_lake(settings: Settings) -> Path:
+    """The lake directory; ``ValueError`` if it does not exist."""
+    lake = settings.lake_dir
+    if not lake.is_dir():
+        raise ValueError(
+            f"no lake at {lake}: nothing was ingested, imported or simulated into "
+            f"{settings.data_dir} (wrong --data-dir?)"
+        )
+    return lake
+
+
+def known_fleets(settings: Settings) -> list[str]:
+    """Fleets with telemetry in the lake or the archive, or vehicles in the registry."""
+    fleets: set[str] = set()
+    for base in (settings.lake_dir / "telemetry", settings.data_dir / "archive" / "telemetry"):
+        fleets.update(p.name.removeprefix("fleet=") for p in base.glob("date=*/fleet=*"))
+    fleets.update(str(f) for f in bms.read_registry(settings.lake_dir)["fleet"].to_pylist())
+    return sorted(fleets)
+
+
+def require_fleet(settings: Settings, fleet: str) -> None:
+    """``ValueError`` naming the known fleets if the lake knows nothing of ``fleet``."""
+    require_lake(settings)
+    known = known_fleets(settings)
+    if fleet not in known:
+        where = settings.lake_dir
+        if not known:
+            raise ValueError(f"unknown fleet {fleet!r}: the lake at {where} holds no fleet yet")
+        raise ValueError(
+            f"unknown fleet {fleet!r}: no telemetry or registered vehicle of it under "
+            f"{where}; known fleets: {', '.join(known)}"
+        )

@@ -54,3 +54,43 @@ def test_a_future_date_is_a_usage_error(lake_dir: Path, args: tuple[str, ...]):
 def test_an_invalid_date_says_what_is_expected(lake_dir: Path, args: tuple[str, ...], value: str):
     line = one_line_error(fleetbms(lake_dir, *args, value), 2)
     assert line.endswith(f": invalid date {value} (expected YYYY-MM-DD)")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("analyze",),
+        ("analyze", "--status"),
+        ("analyze", "--date", RUN_DAY.isoformat()),
+        ("anomalies",),
+        ("anomalies", "train"),
+    ],
+)
+def test_a_data_dir_without_a_lake_is_an_error(tmp_path: Path, args: tuple[str, ...]):
+    d = tmp_path / "nonexistent"
+    line = one_line_error(fleetbms(d, *args), 1)
+    assert line == (
+        f"Error: no lake at {d / 'lake'}: nothing was ingested, imported or simulated into "
+        f"{d} (wrong --data-dir?)"
+    )
+    assert not d.exists()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("analyze", "--fleet", "nope"),
+        ("analyze", "--status", "--fleet", "nope"),
+        ("anomalies", "--fleet", "nope"),
+        ("anomalies", "train", "--fleet", "nope"),
+    ],
+)
+def test_an_unknown_fleet_is_an_error_naming_the_known_ones(lake_dir: Path, args: tuple[str, ...]):
+    write_flushes(day_table(RUN_DAY, fleet="buses"), lake_dir / "lake")
+    before = snapshot(lake_dir)
+    line = one_line_error(fleetbms(lake_dir, *args), 1)
+    assert line == (
+        f"Error: unknown fleet 'nope': no telemetry or registered vehicle of it under "
+        f"{lake_dir / 'lake'}; known fleets: buses, demo"
+    )
+    assert snapshot(lake_dir) == before

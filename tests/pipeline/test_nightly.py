@@ -157,10 +157,55 @@ def test_nightly_without_gaps_exits_0(tmp_path: Path):
     assert lines[-1]["exit_code"] == 0
 
 
-def test_nightly_with_no_telemetry_for_the_date_exits_3_and_says_so(tmp_path: Path):
-    r = fleetbms(tmp_path / "data", "nightly", "--date", RUN_DAY.isoformat())
-    assert r.returncode == 3
-    assert f"no telemetry for fleet demo on {RUN_DAY}" in r.stdout
+def test_nightly_for_a_date_without_telemetry_does_the_rest_and_exits_66(tmp_path: Path):
+    """A whole day without telemetry is not a success (SuccessExitStatus=3 in the README's
+    systemd unit): ingest was down, or the date is wrong. The other work is still done."""
+    d = tmp_path / "data"
+    before = RUN_DAY - timedelta(days=1)
+    write_flushes(day_table(before), d / "lake")
+    r = fleetbms(d, "nightly", "--date", RUN_DAY.isoformat())
+    assert r.returncode == 66, r.stderr
+    assert r.stderr == (
+        f"Error: no telemetry for fleet demo on {RUN_DAY} in {d / 'lake' / 'telemetry'} "
+        f"(its telemetry in the lake spans {before}..{before}); is ingest running, "
+        "or is the date wrong?\n"
+    )
+    rec = last_record(d)
+    assert (rec["status"], rec["exit_code"]) == ("no telemetry for the run date", 66)
+    assert rec["dates"] == [before.isoformat(), RUN_DAY.isoformat()]  # lookback: compacted
+    assert [p.name[:10] for p in bms.telemetry_files(d / "lake", before)] == ["compacted-"]
+
+
+@pytest.mark.parametrize("make_dir", [True, False])
+def test_nightly_without_a_lake_is_one_line_error_and_writes_nothing(
+    tmp_path: Path, make_dir: bool
+):
+    d = tmp_path / "data"
+    if make_dir:
+        d.mkdir()
+    r = fleetbms(d, "nightly")
+    assert r.returncode == 1
+    assert r.stderr == (
+        f"Error: no lake at {d / 'lake'}: nothing was ingested, imported or simulated into "
+        f"{d} (wrong --data-dir?)\n"
+    )
+    assert r.stdout == ""
+    assert sorted(tmp_path.rglob("*")) == ([d] if make_dir else [])
+
+
+def test_nightly_for_an_unknown_fleet_is_one_line_error_and_writes_nothing(
+    base_dir: Path, tmp_path: Path
+):
+    d = copy_of(base_dir, tmp_path)
+    before = snapshot(d)
+    r = fleetbms(d, "nightly", "--date", RUN_DAY.isoformat(), "--fleet", "nope")
+    assert r.returncode == 1
+    assert r.stderr == (
+        f"Error: unknown fleet 'nope': no telemetry or registered vehicle of it under "
+        f"{d / 'lake'}; known fleets: demo\n"
+    )
+    assert snapshot(d) == before
+    assert not (d / "state").exists()
 
 
 def test_nightly_bad_fleet_and_bad_date_are_one_line_errors(tmp_path: Path):
@@ -296,7 +341,10 @@ def test_dirty_marker_stays_while_another_fleet_of_that_date_is_not_compacted(tm
     write_flushes(day_table(old), d / "lake")
     write_flushes(day_table(old, fleet="buses", vins=["MAT612345NEX00009"]), d / "lake")
     bms.atomic_write_bytes(b"", d / "state" / "dirty" / old.isoformat())
-    assert fleetbms(d, "nightly", "--date", RUN_DAY.isoformat()).returncode == 3
+    # RUN_DAY has no telemetry (exit 66); the dirty date is done all the same.
+    assert fleetbms(d, "nightly", "--date", RUN_DAY.isoformat()).returncode == 66
     assert (d / "state" / "dirty" / old.isoformat()).exists()  # buses still to do
-    assert fleetbms(d, "nightly", "--date", RUN_DAY.isoformat(), "--fleet", "buses").returncode == 3
+    assert (
+        fleetbms(d, "nightly", "--date", RUN_DAY.isoformat(), "--fleet", "buses").returncode == 66
+    )
     assert not (d / "state" / "dirty" / old.isoformat()).exists()
