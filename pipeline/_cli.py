@@ -43,7 +43,7 @@ class _Group(click.Group):
 @click.group(cls=_Group)
 @click.option(
     "--data-dir",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=click.Path(file_okay=False),
     default=None,
     help="Root of lake and state [default: ./data, or FLEETBMS_DATA_DIR].",
 )
@@ -57,13 +57,17 @@ class _Group(click.Group):
 @click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
 @click.version_option(package_name="fleetbms")
 @click.pass_context
-def cli(ctx: click.Context, data_dir: Path | None, config_file: Path | None, debug: bool) -> None:
+def cli(ctx: click.Context, data_dir: str | None, config_file: Path | None, debug: bool) -> None:
     """Fleet battery-health telemetry pipeline.
 
     Example: fleetbms --data-dir ./data simulate --to-lake --vehicles 5 --days 30
     """
+    if data_dir is not None and not data_dir.strip():
+        # Path("") is the current directory: an empty value is a mistake, not "here".
+        raise click.BadParameter("an empty path is not a directory", param_hint="'--data-dir'")
+    path = Path(data_dir) if data_dir is not None else None
     try:
-        ctx.obj = load_settings(config_file=config_file, data_dir=data_dir)
+        ctx.obj = load_settings(config_file=config_file, data_dir=path)
     except ConfigError as exc:
         if debug:
             raise

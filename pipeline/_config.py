@@ -2,14 +2,18 @@
 
 One frozen dataclass per section. Environment variables are ``FLEETBMS_SECTION__KEY``
 (nested tables add more ``__KEY`` parts, e.g. ``FLEETBMS_ALERTS__NMC__CELL_MAX_MV``);
-their strings are coerced to the field's type. Every error names the key, the value and
-where it came from, and the effective value of each key remembers its source, which
-``fleetbms config show`` prints.
+their strings are coerced to the field's type. A field's type may carry its allowed
+values (``Annotated[int, Range(low=1)]``, ``Annotated[str, Choices(...)]``, through the
+aliases below); numbers must be finite and paths not empty. Every error names the key,
+the value and where it came from, and the effective value of each key remembers its
+source, which ``fleetbms config show`` prints.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import math
 import os
 import tomllib
 import types
@@ -17,7 +21,7 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 __all__ = [
     "AlertLimits",
@@ -52,6 +56,58 @@ class Secret(str):
         return "'***'"
 
 
+def _number(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else repr(x)
+
+
+@dataclass(frozen=True)
+class Range:
+    """Allowed values of a number: ``low``/``high`` inclusive, ``above``/``below`` not."""
+
+    low: float | None = None
+    above: float | None = None
+    high: float | None = None
+    below: float | None = None
+
+    def problem(self, value: float) -> str | None:
+        """``None`` if ``value`` is allowed, else what it must be."""
+        tests = (
+            (self.low, value >= (self.low or 0), "at least"),
+            (self.above, value > (self.above or 0), "greater than"),
+            (self.high, value <= (self.high or 0), "at most"),
+            (self.below, value < (self.below or 0), "less than"),
+        )
+        if all(ok for bound, ok, _ in tests if bound is not None):
+            return None
+        return "must be " + " and ".join(f"{w} {_number(b)}" for b, _, w in tests if b is not None)
+
+
+@dataclass(frozen=True)
+class Choices:
+    """Allowed values of a string, or with ``many`` of each item of a comma-separated list."""
+
+    values: tuple[str, ...]
+    many: bool = False
+
+    def problem(self, value: str) -> str | None:
+        """``None`` if ``value`` is allowed, else what it must be."""
+        items = [x.strip().lower() for x in value.split(",")] if self.many else [value]
+        items = [x for x in items if x] if self.many else items
+        if items and all(x in self.values for x in items):
+            return None
+        what = "a comma-separated list of" if self.many else "one of"
+        return f"must be {what} {', '.join(self.values)}"
+
+
+PosInt = Annotated[int, Range(low=1)]
+NonNegInt = Annotated[int, Range(low=0)]
+PosFloat = Annotated[float, Range(above=0)]
+NonNegFloat = Annotated[float, Range(low=0)]
+Percent = Annotated[float, Range(low=0, high=100)]
+Port = Annotated[int, Range(low=0, high=65_535)]  # 0 = off
+ZstdLevel = Annotated[int, Range(low=1, high=22)]
+
+
 @dataclass(frozen=True)
 class FleetConfig:
     id: str = "demo"  # fleet id used in topics and partitions
@@ -68,101 +124,110 @@ class IngestConfig:
     tls_ca: str = ""  # path of a CA bundle; empty = no TLS
     tls_cert: str = ""
     tls_key: str = ""
-    flush_rows: int = 50_000  # readings buffered before a flush
-    flush_age_s: float = 2.0  # oldest buffered reading waits at most this long [s]
-    receive_maximum: int = 65_535  # unacknowledged QoS 1 messages the broker may send
-    session_expiry_s: int = 7 * 24 * 3600  # broker keeps the session this long offline [s]
-    max_payload_bytes: int = 16 * 2**20  # larger messages are quarantined [bytes]
-    dedup_window: int = 256  # disjoint seq ranges remembered per VIN for dedup
-    log_interval_s: float = 10.0  # one JSON counter line this often [s]
-    metrics_port: int = 0  # Prometheus endpoint; 0 = off
-    reconnect_min_s: float = 1.0  # backoff start [s]
-    reconnect_max_s: float = 60.0  # backoff cap [s]
+    flush_rows: PosInt = 50_000  # readings buffered before a flush
+    flush_age_s: PosFloat = 2.0  # oldest buffered reading waits at most this long [s]
+    # unacknowledged QoS 1 messages the broker may send
+    receive_maximum: Annotated[int, Range(low=1, high=65_535)] = 65_535
+    # broker keeps the session this long offline [s]
+    session_expiry_s: Annotated[int, Range(low=0, high=2**32 - 1)] = 7 * 24 * 3600
+    max_payload_bytes: PosInt = 16 * 2**20  # larger messages are quarantined [bytes]
+    dedup_window: PosInt = 256  # disjoint seq ranges remembered per VIN for dedup
+    log_interval_s: PosFloat = 10.0  # one JSON counter line this often [s]
+    metrics_port: Port = 0  # Prometheus endpoint; 0 = off
+    reconnect_min_s: PosFloat = 1.0  # backoff start [s]
+    reconnect_max_s: PosFloat = 60.0  # backoff cap [s]
 
 
 @dataclass(frozen=True)
 class AlertLimits:
     """Live hard limits of one chemistry (contract v1 defaults, science.md section 4)."""
 
-    cell_max_mv: int = 4250  # cell_overvoltage above this [mV]
-    cell_min_mv: int = 2800  # cell_undervoltage below this [mV]
+    cell_max_mv: PosInt = 4250  # cell_overvoltage above this [mV]
+    cell_min_mv: PosInt = 2800  # cell_undervoltage below this [mV]
     temp_max_c: float = 60.0  # over_temperature above this [degC]
-    spread_max_mv: int = 100  # cell_spread above this at rest [mV]
-    rest_c_rate: float = 0.05  # "at rest" = |current| below this fraction of C [1/h]
-    thermal_rise_c_per_min: float = 1.0  # thermal_rise above this while resting [degC/min]
-    clear_margin_mv: int = 20  # hysteresis: a voltage alert clears this far inside [mV]
-    clear_margin_c: float = 3.0  # hysteresis for temperature alerts [degC]
+    spread_max_mv: PosInt = 100  # cell_spread above this at rest [mV]
+    rest_c_rate: PosFloat = 0.05  # "at rest" = |current| below this fraction of C [1/h]
+    thermal_rise_c_per_min: PosFloat = 1.0  # thermal_rise above this while resting [degC/min]
+    clear_margin_mv: NonNegInt = 20  # hysteresis: a voltage alert clears this far inside [mV]
+    clear_margin_c: NonNegFloat = 3.0  # hysteresis for temperature alerts [degC]
 
 
 @dataclass(frozen=True)
 class AlertsConfig:
     nmc: AlertLimits = AlertLimits()
     lfp: AlertLimits = AlertLimits(cell_max_mv=3650, cell_min_mv=2500)
-    default_chemistry: str = "nmc"  # profile used for a VIN of unknown chemistry
-    capacity_ah: float = 100.0  # nominal pack capacity for C-rates when unknown [Ah]
-    thermal_window_s: float = 60.0  # thermal_rise: rate measured over at least this [s]
+    # profile used for a VIN of unknown chemistry
+    default_chemistry: Annotated[str, Choices(("nmc", "lfp"))] = "nmc"
+    capacity_ah: PosFloat = 100.0  # nominal pack capacity for C-rates when unknown [Ah]
+    thermal_window_s: PosFloat = 60.0  # thermal_rise: rate measured over at least this [s]
 
 
 @dataclass(frozen=True)
 class AnalyticsConfig:
-    rest_min_s: int = 3 * 3600  # rest needed before an OCV point is trusted [s]
-    min_soc_window_pct: float = 10.0  # capacity needs at least this SoC swing [%]
+    rest_min_s: PosInt = 3 * 3600  # rest needed before an OCV point is trusted [s]
+    # capacity needs at least this SoC swing [%]
+    min_soc_window_pct: Annotated[float, Range(above=0, high=100)] = 10.0
     reference_temp_c: float = 25.0  # resistance normalised to this [degC]
-    history_days: int = 730  # SoH fit window [days]
-    rest_c_rate: float = 0.02  # |current| below this x capacity counts as rest [1/h]
-    max_gap_s: float = 900.0  # a longer silence between readings is a data gap [s]
-    step_min_c_rate: float = 0.2  # current step used for resistance [1/h]
-    step_max_delay_s: float = 900.0  # a step's loaded reading at most this long after [s]
+    history_days: PosInt = 730  # SoH fit window [days]
+    rest_c_rate: PosFloat = 0.02  # |current| below this x capacity counts as rest [1/h]
+    max_gap_s: PosFloat = 900.0  # a longer silence between readings is a data gap [s]
+    step_min_c_rate: PosFloat = 0.2  # current step used for resistance [1/h]
+    step_max_delay_s: PosFloat = 900.0  # a step's loaded reading at most this long after [s]
     over_temp_c: float = 60.0  # over-temperature event threshold (warranty usage) [degC]
-    over_temp_spread_c: float = 10.0  # ... with the sensors' mean at most this below it [K]
-    deep_discharge_soc_pct: float = 5.0  # deep-discharge event threshold [%]
-    threads: int = 0  # DuckDB threads; 0 = all cores
+    over_temp_spread_c: NonNegFloat = 10.0  # ... with the sensors' mean at most this below it [K]
+    deep_discharge_soc_pct: Percent = 5.0  # deep-discharge event threshold [%]
+    threads: NonNegInt = 0  # DuckDB threads; 0 = all cores
 
 
 @dataclass(frozen=True)
 class AnomalyConfig:
-    training_days: int = 90  # rolling window of the isolation forest [days]
-    min_training_days: int = 21  # no model before this much history [days]
-    contamination: float = 0.01  # expected share of anomalous training rows (sklearn)
-    threshold_sigmas: float = 6.0  # flag threshold: median + this many robust sigmas
-    random_state: int = 42
-    n_estimators: int = 100  # isolation trees
-    max_samples: int = 256  # rows per tree (Liu et al. 2008)
-    refit_days: int = 7  # refit at least this often [days]
-    drift_days: int = 7  # drift measured over this many days [days]
-    drift_factor: float = 4.0  # refit when rows above threshold exceed this x training share
-    persist_days: int = 6  # model flag needs this many days above threshold ... [days]
-    persist_window: int = 8  # ... within this many days [days]
-    clear_days: int = 3  # a flag quiet this long is cleared [days]
-    min_history_days: int = 7  # days of cell data before the model judges a vehicle [days]
-    top_features: int = 3  # contributing features named per flag
+    training_days: PosInt = 90  # rolling window of the isolation forest [days]
+    min_training_days: PosInt = 21  # no model before this much history [days]
+    # expected share of anomalous training rows (sklearn)
+    contamination: Annotated[float, Range(above=0, below=0.5)] = 0.01
+    threshold_sigmas: PosFloat = 6.0  # flag threshold: median + this many robust sigmas
+    random_state: Annotated[int, Range(low=0, high=2**32 - 1)] = 42
+    n_estimators: PosInt = 100  # isolation trees
+    max_samples: PosInt = 256  # rows per tree (Liu et al. 2008)
+    refit_days: PosInt = 7  # refit at least this often [days]
+    drift_days: PosInt = 7  # drift measured over this many days [days]
+    drift_factor: PosFloat = 4.0  # refit when rows above threshold exceed this x training share
+    persist_days: PosInt = 6  # model flag needs this many days above threshold ... [days]
+    persist_window: PosInt = 8  # ... within this many days [days]
+    clear_days: PosInt = 3  # a flag quiet this long is cleared [days]
+    min_history_days: NonNegInt = 7  # days of cell data before the model judges a vehicle [days]
+    top_features: NonNegInt = 3  # contributing features named per flag
+
+
+#: Formats ``reports`` writes (its ``FORMATS``).
+REPORT_FORMATS = ("pdf", "csv")
 
 
 @dataclass(frozen=True)
 class ReportsConfig:
-    formats: str = "pdf,csv"
+    formats: Annotated[str, Choices(REPORT_FORMATS, many=True)] = "pdf,csv"
     warranty_policy: str = "oem-8y-160k-70"  # preset id or path of a TOML policy
     audit_enabled: bool = False  # nightly writes an audit bundle too
-    workers: int = 2  # processes rendering vehicle PDFs
-    vehicle_window_days: int = 90  # days of cell and usage data in a vehicle report [days]
+    workers: PosInt = 2  # processes rendering vehicle PDFs
+    vehicle_window_days: PosInt = 90  # days of cell and usage data in a vehicle report [days]
 
 
 @dataclass(frozen=True)
 class RetentionConfig:
-    archive_after_days: int = 400  # raw telemetry moves to the archive tier after [days]
-    purge_after_days: int = 3 * 365  # archived telemetry is deleted after [days]
-    archive_zstd_level: int = 19
+    archive_after_days: NonNegInt = 400  # raw telemetry moves to the archive tier after [days]
+    purge_after_days: PosInt = 3 * 365  # archived telemetry is deleted after [days]
+    archive_zstd_level: ZstdLevel = 19
 
 
 @dataclass(frozen=True)
 class NightlyConfig:
-    lock_timeout_s: float = 0.0  # wait this long for another run's lock; 0 = fail at once [s]
-    lookback_days: int = 2  # also redo earlier dates whose telemetry changed since [days]
-    row_group_rows: int = 250_000  # rows per row group of compacted telemetry [rows]
-    compact_memory_rows: int = 1_000_000  # bigger partitions merge in VIN ranges [rows]
-    compact_file_rows: int = 4_000_000  # a partition of 2x this is split into files [rows]
-    compact_zstd_level: int = 3  # zstd level of compacted telemetry
-    late_after_s: float = 3600.0  # a reading received later than this after ts is late [s]
+    lock_timeout_s: NonNegFloat = 0.0  # wait this long for another run's lock; 0 = fail at once [s]
+    lookback_days: NonNegInt = 2  # also redo earlier dates whose telemetry changed since [days]
+    row_group_rows: PosInt = 250_000  # rows per row group of compacted telemetry [rows]
+    compact_memory_rows: PosInt = 1_000_000  # bigger partitions merge in VIN ranges [rows]
+    compact_file_rows: PosInt = 4_000_000  # a partition of 2x this is split into files [rows]
+    compact_zstd_level: ZstdLevel = 3  # zstd level of compacted telemetry
+    late_after_s: NonNegFloat = 3600.0  # a reading received later than this after ts is late [s]
     skip_stages: str = ""  # comma-separated stage names not to run (recorded as skipped)
 
 
@@ -207,7 +272,14 @@ def env_key(*parts: str) -> str:
 
 
 def _hints(cls: type) -> dict[str, Any]:
+    """Each field's type, without its ``Annotated`` constraints."""
     return typing.get_type_hints(cls)
+
+
+def _constraints(cls: type) -> dict[str, tuple[Any, ...]]:
+    """Each field's ``Range``/``Choices`` from its ``Annotated`` type (empty if none)."""
+    hints = typing.get_type_hints(cls, include_extras=True)
+    return {k: getattr(t, "__metadata__", ()) for k, t in hints.items()}
 
 
 def _coerce(value: Any, typ: Any, key: str, source: str) -> Any:
@@ -231,15 +303,24 @@ def _coerce(value: Any, typ: Any, key: str, source: str) -> Any:
                 pass
         raise ConfigError(f"{key}: {value!r} is not an integer {where}")
     if typ is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
+        number = None
         if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{key}: {value!r} is not a number {where}")
-    if typ in (str, Secret, Path):
+            with contextlib.suppress(ValueError):
+                number = float(value)
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            number = float(value)
+        if number is None:
+            raise ConfigError(f"{key}: {value!r} is not a number {where}")
+        if not math.isfinite(number):
+            raise ConfigError(f"{key}: {value!r} is not a finite number {where}")
+        return number
+    if typ is Path:
+        if isinstance(value, str) and value.strip():
+            return Path(value)
+        if isinstance(value, str):
+            raise ConfigError(f"{key}: an empty path is not a directory {where}")
+        raise ConfigError(f"{key}: {value!r} is not a string {where}")
+    if typ in (str, Secret):
         if isinstance(value, str):
             return typ(value)
         raise ConfigError(f"{key}: {value!r} is not a string {where}")
@@ -253,6 +334,7 @@ def _apply(
 ) -> T:
     """Return ``obj`` (a config dataclass) with ``values`` (a nested mapping) applied."""
     hints = _hints(type(obj))
+    constraints = _constraints(type(obj))
     names = {f.name for f in dataclasses.fields(obj) if f.name != "sources"}  # type: ignore[arg-type]
     changes: dict[str, Any] = {}
     for key, value in values.items():
@@ -268,6 +350,10 @@ def _apply(
             changes[key] = _apply(current, value, f"{path}.", source, sources)
         else:
             changes[key] = _coerce(value, typ, path, source)
+            for allowed in constraints[key]:
+                problem = allowed.problem(changes[key])
+                if problem:
+                    raise ConfigError(f"{path}: {changes[key]!r} {problem} (from {source})")
             sources[path] = source
     return dataclasses.replace(obj, **changes)  # type: ignore[type-var]
 
@@ -351,7 +437,8 @@ def load_settings(
         settings = dataclasses.replace(settings, data_dir=data_dir)
         sources["data_dir"] = "--data-dir"
     elif "FLEETBMS_DATA_DIR" in env:
-        settings = dataclasses.replace(settings, data_dir=Path(env["FLEETBMS_DATA_DIR"]))
+        path = _coerce(env["FLEETBMS_DATA_DIR"], Path, "data_dir", "FLEETBMS_DATA_DIR")
+        settings = dataclasses.replace(settings, data_dir=path)
         sources["data_dir"] = "FLEETBMS_DATA_DIR"
     return dataclasses.replace(settings, sources=sources)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ from click.testing import CliRunner
 
 from pipeline import ConfigError, cli, load_settings
 from pipeline._config import Secret, render_settings, with_overrides
+from tests.pipeline.nightly_data import FLEETBMS, cli_env
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -66,6 +68,60 @@ def test_data_dir_flag_beats_environment(tmp_path: Path) -> None:
             "reports.audit_enabled: 'maybe' is not a boolean",
         ),
         ("[ingest\n", {}, "is not valid TOML"),
+        (
+            "",
+            {"FLEETBMS_ANALYTICS__HISTORY_DAYS": "-5"},
+            "analytics.history_days: -5 must be at least 1 (from FLEETBMS_ANALYTICS__HISTORY_DAYS)",
+        ),
+        ("[analytics]\nhistory_days = 0\n", {}, "analytics.history_days: 0 must be at least 1"),
+        (
+            "",
+            {"FLEETBMS_ANALYTICS__MIN_SOC_WINDOW_PCT": "inf"},
+            "analytics.min_soc_window_pct: 'inf' is not a finite number",
+        ),
+        (
+            "[analytics]\nmin_soc_window_pct = nan\n",
+            {},
+            "analytics.min_soc_window_pct: nan is not a finite number",
+        ),
+        (
+            "[analytics]\nmin_soc_window_pct = 0\n",
+            {},
+            "analytics.min_soc_window_pct: 0.0 must be greater than 0 and at most 100",
+        ),
+        (
+            "",
+            {"FLEETBMS_ANALYTICS__REST_MIN_S": "-1"},
+            "analytics.rest_min_s: -1 must be at least 1",
+        ),
+        ("", {"FLEETBMS_ANALYTICS__THREADS": "-3"}, "analytics.threads: -3 must be at least 0"),
+        ("", {"FLEETBMS_REPORTS__WORKERS": "-1"}, "reports.workers: -1 must be at least 1"),
+        (
+            "",
+            {"FLEETBMS_REPORTS__FORMATS": "pdf,xls"},
+            "reports.formats: 'pdf,xls' must be a comma-separated list of pdf, csv",
+        ),
+        (
+            "[reports]\nformats = ''\n",
+            {},
+            "reports.formats: '' must be a comma-separated list of pdf, csv",
+        ),
+        (
+            "[anomaly]\ncontamination = 0.5\n",
+            {},
+            "anomaly.contamination: 0.5 must be greater than 0 and less than 0.5",
+        ),
+        (
+            "[retention]\narchive_zstd_level = 23\n",
+            {},
+            "retention.archive_zstd_level: 23 must be at least 1 and at most 22",
+        ),
+        (
+            "",
+            {"FLEETBMS_DATA_DIR": ""},
+            "data_dir: an empty path is not a directory (from FLEETBMS_DATA_DIR)",
+        ),
+        ("data_dir = ' '\n", {}, "data_dir: an empty path is not a directory"),
     ],
 )
 def test_bad_values_name_key_value_and_source(
@@ -98,3 +154,70 @@ def test_config_show_with_a_missing_file_is_one_line_error(tmp_path: Path) -> No
     result = CliRunner().invoke(cli, ["--config", str(tmp_path / "nope.toml"), "config", "show"])
     assert result.exit_code == 1
     assert result.output == f"Error: config file {tmp_path / 'nope.toml'} does not exist\n"
+
+
+def test_values_at_their_bounds_are_accepted() -> None:
+    env = {
+        "FLEETBMS_ANALYTICS__THREADS": "0",
+        "FLEETBMS_NIGHTLY__LOOKBACK_DAYS": "0",
+        "FLEETBMS_RETENTION__ARCHIVE_AFTER_DAYS": "0",
+        "FLEETBMS_INGEST__METRICS_PORT": "65535",
+        "FLEETBMS_ANALYTICS__MIN_SOC_WINDOW_PCT": "100",
+        "FLEETBMS_REPORTS__FORMATS": " CSV ,pdf",
+    }
+    settings = load_settings(env=env)
+    assert settings.analytics.threads == 0
+    assert settings.nightly.lookback_days == 0
+    assert settings.retention.archive_after_days == 0
+    assert settings.ingest.metrics_port == 65535
+    assert settings.analytics.min_soc_window_pct == 100.0
+    assert settings.reports.formats == " CSV ,pdf"
+
+
+def test_config_show_output_is_a_valid_config_file(tmp_path: Path) -> None:
+    """Every default is within its field's bounds: the printed defaults load back."""
+    defaults = load_settings(env={})
+    again = load_settings(config_file=write(tmp_path, render_settings(defaults)), env={})
+    assert again == defaults
+
+
+def test_flags_are_checked_like_the_file_and_environment() -> None:
+    with pytest.raises(ConfigError, match=r"ingest.flush_rows: 0 must be at least 1 \(from flag\)"):
+        with_overrides(load_settings(env={}), {"ingest.flush_rows": 0})
+
+
+@pytest.mark.parametrize(
+    ("env", "args", "code", "message"),
+    [
+        (
+            {"FLEETBMS_ANALYTICS__HISTORY_DAYS": "-5"},
+            [],
+            1,
+            "Error: analytics.history_days: -5 must be at least 1 "
+            "(from FLEETBMS_ANALYTICS__HISTORY_DAYS)",
+        ),
+        (
+            {"FLEETBMS_DATA_DIR": ""},
+            [],
+            1,
+            "Error: data_dir: an empty path is not a directory (from FLEETBMS_DATA_DIR)",
+        ),
+        (
+            {},
+            ["--data-dir", ""],
+            2,
+            "Error: Invalid value for '--data-dir': an empty path is not a directory",
+        ),
+    ],
+)
+def test_bad_values_on_the_command_line_are_one_line(
+    env: dict[str, str], args: list[str], code: int, message: str
+) -> None:
+    r = subprocess.run(
+        [FLEETBMS, *args, "config", "show"],
+        env=cli_env(**env),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert (r.returncode, r.stderr, r.stdout) == (code, message + "\n", "")
