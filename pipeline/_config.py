@@ -386,6 +386,41 @@ def _flatten_env_sources(values: Mapping[str, Any], parts: tuple[str, ...]) -> d
     return out
 
 
+def _check_env_names(env: Mapping[str, str]) -> None:
+    """A ``FLEETBMS_SECTION__KEY`` variable that names no key is an error, as in the file.
+
+    Variables without ``__`` (``FLEETBMS_DATA_DIR``, the tests' ``FLEETBMS_TEST_*``) are
+    not configuration keys and are left alone.
+    """
+    for name in sorted(env):
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        parts = name.removeprefix(ENV_PREFIX).lower().split("__")
+        cls: Any = Settings
+        for depth, key in enumerate(parts):
+            path = ".".join(parts[: depth + 1])
+            names = sorted(
+                f.name for f in dataclasses.fields(cls) if f.name not in ("sources", "data_dir")
+            )
+            if key not in names:
+                raise ConfigError(
+                    f"{path}: unknown key (from {name}); valid keys: {', '.join(names)}"
+                )
+            typ = _hints(cls)[key]
+            last = depth == len(parts) - 1
+            if dataclasses.is_dataclass(typ) and last:
+                raise ConfigError(
+                    f"{path}: a table, not a value (from {name}); set its keys: {name}__KEY"
+                )
+            if not dataclasses.is_dataclass(typ) and not last:
+                raise ConfigError(
+                    f"{'.'.join(parts)}: unknown key (from {name}); {path} is a value"
+                )
+            cls = typ
+        if name != env_key(*parts):
+            raise ConfigError(f"{name}: write it in capitals, {env_key(*parts)}")
+
+
 def _apply_env(settings: Settings, env: Mapping[str, str], sources: dict[str, str]) -> Settings:
     values = _env_values(Settings, (), env)
     names = _flatten_env_sources(values, ())
@@ -415,7 +450,8 @@ def load_settings(
     Raises
     ------
     ConfigError
-        Unreadable or invalid file, unknown key, or a value of the wrong type.
+        Unreadable or invalid file, unknown key (in the file, or a ``FLEETBMS_X__Y``
+        variable), or a value of the wrong type or out of its field's range.
     """
     env = os.environ if env is None else env
     sources: dict[str, str] = {}
@@ -432,6 +468,7 @@ def load_settings(
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {config_file} is not valid TOML: {exc}") from None
         settings = _apply(settings, raw, "", str(config_file), sources)
+    _check_env_names(env)
     settings = _apply_env(settings, env, sources)
     if data_dir is not None:
         settings = dataclasses.replace(settings, data_dir=data_dir)

@@ -221,3 +221,68 @@ def test_bad_values_on_the_command_line_are_one_line(
         check=False,
     )
     assert (r.returncode, r.stderr, r.stdout) == (code, message + "\n", "")
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        (
+            "FLEETBMS_ANALYTICS__HISTROY_DAYS",
+            "analytics.histroy_days: unknown key (from FLEETBMS_ANALYTICS__HISTROY_DAYS); "
+            "valid keys: deep_discharge_soc_pct, history_days, ",
+        ),
+        (
+            "FLEETBMS_NOPE__X",
+            "nope: unknown key (from FLEETBMS_NOPE__X); valid keys: alerts, analytics, anomaly, "
+            "fleet, ingest, nightly, reports, retention",
+        ),
+        (
+            "FLEETBMS_ALERTS__NMC",
+            "alerts.nmc: a table, not a value (from FLEETBMS_ALERTS__NMC); "
+            "set its keys: FLEETBMS_ALERTS__NMC__KEY",
+        ),
+        (
+            "FLEETBMS_INGEST__BROKER__HOST",
+            "ingest.broker.host: unknown key (from FLEETBMS_INGEST__BROKER__HOST); "
+            "ingest.broker is a value",
+        ),
+        (
+            "FLEETBMS_analytics__history_days",
+            "FLEETBMS_analytics__history_days: write it in capitals, "
+            "FLEETBMS_ANALYTICS__HISTORY_DAYS",
+        ),
+    ],
+)
+def test_an_unknown_environment_key_is_an_error_like_in_the_file(name: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(env={name: "30"})
+    assert str(info.value).startswith(message)
+
+
+def test_environment_variables_that_are_not_keys_still_work(tmp_path: Path) -> None:
+    """FLEETBMS_DATA_DIR and the tests' pause hooks have no SECTION__KEY form."""
+    env = {
+        "FLEETBMS_DATA_DIR": str(tmp_path),
+        "FLEETBMS_TEST_PAUSE_AT": "before:compaction",
+        "FLEETBMS_TEST_PAUSE_FILE": str(tmp_path / "flag"),
+        "FLEETBMS_ALERTS__LFP__CELL_MAX_MV": "3600",
+    }
+    settings = load_settings(env=env)
+    assert settings.data_dir == tmp_path
+    assert settings.alerts.lfp.cell_max_mv == 3600
+
+
+def test_an_unknown_environment_key_on_the_command_line_is_one_line() -> None:
+    r = subprocess.run(
+        [FLEETBMS, "config", "show"],
+        env=cli_env(FLEETBMS_ANALYTICS__HISTROY_DAYS="30"),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert r.returncode == 1
+    assert r.stdout == ""
+    assert r.stderr.startswith(
+        "Error: analytics.histroy_days: unknown key (from FLEETBMS_ANALYTICS__HISTROY_DAYS); "
+    )
+    assert len(r.stderr.splitlines()) == 1
