@@ -9,7 +9,7 @@ import click
 
 import bms
 from pipeline._config import Settings
-from pipeline._params import PAST_DAY, require_fleet, require_lake
+from pipeline._params import NON_EMPTY, PAST_DAY, require_fleet, require_lake
 
 
 def analytics_params(settings: Settings, *, policy: str | None = None) -> bms.AnalyticsParams:
@@ -49,9 +49,10 @@ def _line(s: bms.AnalyticsSummary) -> str:
     default=None,
     help="UTC date to compute; default: every date with data and no current results.",
 )
-@click.option("--fleet", default=None, help="Only this fleet.")
+@click.option("--fleet", type=NON_EMPTY, default=None, help="Only this fleet.")
 @click.option(
     "--policy",
+    type=NON_EMPTY,
     default=None,
     help="Warranty policy for every vehicle: a preset id or a TOML file "
     "(default: the registry's, else reports.warranty_policy).",

@@ -9,7 +9,7 @@ import click
 
 import bms
 from pipeline._config import Settings
-from pipeline._params import ANY_DAY, require_fleet, require_lake
+from pipeline._params import ANY_DAY, NON_EMPTY, require_fleet, require_lake
 
 
 def anomaly_params(settings: Settings) -> bms.AnomalyParams:
@@ -44,7 +44,7 @@ def _line(s: bms.AnomalySummary) -> str:
     default=None,
     help="UTC date to score; default: every analysed date not yet scored, in order.",
 )
-@click.option("--fleet", default=None, help="Only this fleet.")
+@click.option("--fleet", type=NON_EMPTY, default=None, help="Only this fleet.")
 @click.pass_context
 def anomalies_group(ctx: click.Context, day: date | None, fleet: str | None) -> None:
     """Flag weak and failing cells: isolation forest plus physical rules.
@@ -80,7 +80,7 @@ def anomalies_group(ctx: click.Context, day: date | None, fleet: str | None) -> 
     help="First date the new model scores (trained on the days before); "
     "default: the day after the last analysed date.",
 )
-@click.option("--fleet", default=None, help="Only this fleet.")
+@click.option("--fleet", type=NON_EMPTY, default=None, help="Only this fleet.")
 @click.pass_obj
 def train_command(settings: Settings, day: date | None, fleet: str | None) -> None:
     """Refit the isolation forest on the rolling window and save it in state/models.

@@ -19,6 +19,7 @@ from ingest import (
     vehicles_from_registry,
 )
 from pipeline._config import AlertsConfig, Settings, with_overrides
+from pipeline._params import NON_EMPTY
 
 
 def _engine(settings: Settings) -> AlertEngine:
@@ -134,7 +135,7 @@ def ingest_command(
 
 @click.command("import")
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--fleet", default=None, help="Fleet id of the readings [fleet.id].")
+@click.option("--fleet", type=NON_EMPTY, default=None, help="Fleet id of the readings [fleet.id].")
 @click.pass_obj
 def import_command(settings: Settings, files: tuple[Path, ...], fleet: str | None) -> None:
     """Import JSON-lines files (readings or batches, plain or gzip) into the lake.

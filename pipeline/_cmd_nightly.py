@@ -18,7 +18,7 @@ import click
 from pipeline._config import Settings
 from pipeline._nightly import EXIT_LOCKED, nightly_status, run_nightly
 from pipeline._nightly_state import LockedError, nightly_lock
-from pipeline._params import PAST_DAY
+from pipeline._params import NON_EMPTY, PAST_DAY
 
 
 class _JsonLog:
@@ -89,7 +89,7 @@ def _summary(record: Mapping[str, Any]) -> str:
     default=None,
     help="UTC event date to process, not after today [default: yesterday in fleet.timezone].",
 )
-@click.option("--fleet", default=None, help="Fleet id [default: fleet.id].")
+@click.option("--fleet", type=NON_EMPTY, default=None, help="Fleet id [default: fleet.id].")
 @click.pass_obj
 def nightly_command(settings: Settings, day: date | None, fleet: str | None) -> int:
     """Run the nightly batch: compaction, reconciliation, analytics, anomalies,
@@ -127,7 +127,13 @@ def _size(n: int) -> str:
 
 
 @click.command("status")
-@click.option("--runs", default=5, show_default=True, help="How many recent runs to show.")
+@click.option(
+    "--runs",
+    type=click.IntRange(min=0),
+    default=5,
+    show_default=True,
+    help="How many recent runs to show.",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object instead of text.")
 @click.pass_obj
 def status_command(settings: Settings, runs: int, as_json: bool) -> None:
@@ -175,7 +181,9 @@ def status_command(settings: Settings, runs: int, as_json: bool) -> None:
 
 
 @click.command("erase")
-@click.option("--vin", required=True, help="The vehicle whose personal data is removed.")
+@click.option(
+    "--vin", type=NON_EMPTY, required=True, help="The vehicle whose personal data is removed."
+)
 @click.option(
     "--broker",
     metavar="HOST:PORT",

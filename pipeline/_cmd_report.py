@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from pipeline._config import Settings
-from pipeline._params import ANY_DAY, PAST_DAY
+from pipeline._params import ANY_DAY, NON_EMPTY, PAST_DAY
 
 COMMANDS: list[click.Command] = []
 
@@ -61,7 +61,9 @@ def audit_group() -> None:
 @audit_group.command("export")
 @click.option("--from", "date_from", type=ANY_DAY, required=True, help="First day (UTC).")
 @click.option("--to", "date_to", type=ANY_DAY, required=True, help="Last day (UTC), included.")
-@click.option("--fleet", default=None, help="Only this fleet [default: all fleets].")
+@click.option(
+    "--fleet", type=NON_EMPTY, default=None, help="Only this fleet [default: all fleets]."
+)
 @click.option(
     "--out",
     type=click.Path(path_type=Path),
@@ -185,10 +187,11 @@ def report_group() -> None:
 
 @report_group.command("fleet")
 @click.option("--date", "day", type=PAST_DAY, required=True, help="UTC date of the metrics.")
-@click.option("--fleet", default=None, help="Fleet id [default: fleet.id].")
+@click.option("--fleet", type=NON_EMPTY, default=None, help="Fleet id [default: fleet.id].")
 @click.option(
     "--format",
     "formats",
+    type=NON_EMPTY,
     default=None,
     help="Comma-separated: pdf, csv [default: reports.formats].",
 )
@@ -224,7 +227,7 @@ def report_fleet(
 @report_group.command("vehicle")
 @click.argument("vin")
 @click.option("--date", "day", type=PAST_DAY, required=True, help="UTC date of the metrics.")
-@click.option("--fleet", default=None, help="Fleet id [default: the registry's].")
+@click.option("--fleet", type=NON_EMPTY, default=None, help="Fleet id [default: the registry's].")
 @click.pass_obj
 def report_vehicle(settings: Settings, vin: str, day: date, fleet: str | None) -> None:
     """Write one vehicle's report (DATA_DIR/reports/date=D/vehicles/<VIN>.pdf).

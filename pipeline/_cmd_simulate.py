@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 import click
 
 from pipeline._config import Settings, with_overrides
-from pipeline._params import ANY_DAY
+from pipeline._params import ANY_DAY, NON_EMPTY
 
 
 def _split(value: str | None) -> tuple[str, ...] | None:
@@ -32,7 +32,7 @@ def _split(value: str | None) -> tuple[str, ...] | None:
     default=None,
     help="First local day [default: DAYS days before today; --live: now].",
 )
-@click.option("--fleet", default=None, help="Fleet id [fleet.id].")
+@click.option("--fleet", type=NON_EMPTY, default=None, help="Fleet id [fleet.id].")
 @click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same data.")
 @click.option("--chemistry", default="mixed", show_default=True, help="nmc, lfp or mixed.")
 @click.option("--climate", default="mixed", show_default=True, help="hot, mild or mixed.")

@@ -1,9 +1,10 @@
 """Shared command-line parameter types and checks of what a command is pointed at.
 
 A date is ``YYYY-MM-DD`` (a UTC event date); commands that compute or purge from a date
-refuse one after today, a usage error. A lake that does not exist and a fleet the lake
-does not know are one ``Error:`` line each (``ValueError``, which the CLI turns into
-exit 1), raised before anything is written.
+refuse one after today, a usage error. An option whose absence means a default (--fleet,
+--policy, --format) refuses an empty value, which used to mean that default silently.
+A lake that does not exist and a fleet the lake does not know are one ``Error:`` line
+each (``ValueError``, which the CLI turns into exit 1), raised before anything is written.
 """
 
 from __future__ import annotations
@@ -44,9 +45,25 @@ class Day(click.ParamType[date]):
         return day
 
 
+class NonEmpty(click.ParamType[str]):
+    """A string that must not be empty (an empty value is a mistake, not the default)."""
+
+    name = "TEXT"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        text = str(value)
+        if not text.strip():
+            optional = param is not None and not param.required
+            hint = " (leave the option out for the default)" if optional else ""
+            self.fail(f"must not be empty{hint}", param, ctx)
+        return text
+
+
 #: A date that may lie anywhere; a date to compute or report on (not after today).
 ANY_DAY = Day()
 PAST_DAY = Day(past=True)
+#: A value of an option whose absence means the default.
+NON_EMPTY = NonEmpty()
 
 
 def require_lake(settings: Settings) -> Path:

@@ -94,3 +94,32 @@ def test_an_unknown_fleet_is_an_error_naming_the_known_ones(lake_dir: Path, args
         f"{lake_dir / 'lake'}; known fleets: buses, demo"
     )
     assert snapshot(lake_dir) == before
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("status", "--runs", "-1"), "Invalid value for '--runs': -1 is not in the range x>=0."),
+        (
+            ("report", "fleet", "--date", RUN_DAY.isoformat(), "--format", ""),
+            "Invalid value for '--format': must not be empty (leave the option out for the "
+            "default)",
+        ),
+        (
+            ("analyze", "--policy", ""),
+            "Invalid value for '--policy': must not be empty (leave the option out for the "
+            "default)",
+        ),
+        (
+            ("nightly", "--fleet", " "),
+            "Invalid value for '--fleet': must not be empty (leave the option out for the default)",
+        ),
+        (("erase", "--vin", ""), "Invalid value for '--vin': must not be empty"),
+    ],
+)
+def test_an_empty_or_negative_option_is_a_usage_error(
+    lake_dir: Path, args: tuple[str, ...], message: str
+):
+    before = snapshot(lake_dir)
+    assert one_line_error(fleetbms(lake_dir, *args), 2) == f"Error: {message}"
+    assert snapshot(lake_dir) == before
