@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import click
+import pyarrow.parquet as pq
 
-import bms
 from pipeline._config import Settings
 
 
@@ -82,7 +82,12 @@ def known_fleets(settings: Settings) -> list[str]:
     fleets: set[str] = set()
     for base in (settings.lake_dir / "telemetry", settings.data_dir / "archive" / "telemetry"):
         fleets.update(p.name.removeprefix("fleet=") for p in base.glob("date=*/fleet=*"))
-    fleets.update(str(f) for f in bms.read_registry(settings.lake_dir)["fleet"].to_pylist())
+    registry = settings.lake_dir / "registry" / "vehicles.parquet"
+    if registry.is_file() and "fleet" in pq.read_schema(registry).names:
+        # Only the fleet column: the readers of the stages check the rest of the file.
+        fleets.update(
+            str(f) for f in pq.read_table(registry, columns=["fleet"])["fleet"].to_pylist()
+        )
     return sorted(fleets)
 
 
