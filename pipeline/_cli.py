@@ -24,6 +24,7 @@ from pipeline import (
     _cmd_simulate,
 )
 from pipeline._config import ConfigError, Settings, load_settings, render_settings
+from pipeline._params import DataDir
 from reports import ReportError
 
 #: Errors a user can cause (bad input, missing data); anything else is a bug.
@@ -43,7 +44,7 @@ class _Group(click.Group):
 @click.group(cls=_Group)
 @click.option(
     "--data-dir",
-    type=click.Path(file_okay=False),
+    type=DataDir(file_okay=False, path_type=Path),
     default=None,
     help="Root of lake and state [default: ./data, or FLEETBMS_DATA_DIR].",
 )
@@ -57,17 +58,13 @@ class _Group(click.Group):
 @click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
 @click.version_option(package_name="fleetbms")
 @click.pass_context
-def cli(ctx: click.Context, data_dir: str | None, config_file: Path | None, debug: bool) -> None:
+def cli(ctx: click.Context, data_dir: Path | None, config_file: Path | None, debug: bool) -> None:
     """Fleet battery-health telemetry pipeline.
 
     Example: fleetbms --data-dir ./data simulate --to-lake --vehicles 5 --days 30
     """
-    if data_dir is not None and not data_dir.strip():
-        # Path("") is the current directory: an empty value is a mistake, not "here".
-        raise click.BadParameter("an empty path is not a directory", param_hint="'--data-dir'")
-    path = Path(data_dir) if data_dir is not None else None
     try:
-        ctx.obj = load_settings(config_file=config_file, data_dir=path)
+        ctx.obj = load_settings(config_file=config_file, data_dir=data_dir)
     except ConfigError as exc:
         if debug:
             raise

@@ -59,6 +59,15 @@ class NonEmpty(click.ParamType[str]):
         return text
 
 
+class DataDir(click.Path):
+    """``--data-dir``: a path, never empty (``Path("")`` would be the current directory)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and not value.strip():
+            self.fail("an empty path is not a directory", param, ctx)
+        return super().convert(value, param, ctx)
+
+
 #: A date that may lie anywhere; a date to compute or report on (not after today).
 ANY_DAY = Day()
 PAST_DAY = Day(past=True)
