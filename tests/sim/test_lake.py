@@ -160,8 +160,7 @@ def test_cli_simulate_writes_telemetry_truth_and_registry(tmp_path: Path) -> Non
     [
         (
             ["--start", "2026-02-30"],
-            "Error: Invalid value for '--start': '2026-02-30' does not match the format "
-            "'%Y-%m-%d'.",
+            "Error: Invalid value for '--start': invalid date 2026-02-30 (expected YYYY-MM-DD)",
             2,
         ),
         (["--vehicles", "-2"], "Error: vehicles must be at least 1, got -2", 1),
