@@ -165,7 +165,10 @@ def load_warranty_policy(name_or_path: str | Path) -> WarrantyPolicy:
         malformed policy.
     """
     text = str(name_or_path)
-    if text.endswith(".toml") or "/" in text or isinstance(name_or_path, Path):
+    presets = warranty_presets()
+    as_file = text.endswith(".toml") or "/" in text or isinstance(name_or_path, Path)
+    # a file in the working directory named without .toml is a file, not a preset
+    if as_file or (text not in presets and Path(text).is_file()):
         path = Path(text)
         try:
             data = path.read_bytes()
@@ -181,10 +184,10 @@ def load_warranty_policy(name_or_path: str | Path) -> WarrantyPolicy:
                 "save the policy as UTF-8"
             ) from None
         return parse_warranty_policy(raw, source=str(path))
-    presets = warranty_presets()
     if text not in presets:
         raise WarrantyPolicyError(
-            f"unknown warranty policy {text!r}; valid presets: {', '.join(presets)}"
+            f"unknown warranty policy {text!r} (no such preset or file); valid presets: "
+            f"{', '.join(presets)}"
         )
     raw = resources.files("bms").joinpath("presets", f"{text}.toml").read_text("utf-8")
     return parse_warranty_policy(raw, source=f"preset {text}")

@@ -262,7 +262,7 @@ def test_cli_analyze_errors_are_one_line(lake: Path) -> None:
     res = runner.invoke(cli, ["--data-dir", data, "analyze", "--policy", "oem-9y"])
     assert res.exit_code == 1
     assert res.output == (
-        "Error: unknown warranty policy 'oem-9y'; valid presets: "
+        "Error: unknown warranty policy 'oem-9y' (no such preset or file); valid presets: "
         + ", ".join(bms.warranty_presets())
         + "\n"
     )
@@ -379,7 +379,8 @@ def test_a_new_packs_smaller_cell_is_learnt_within_a_few_pairs(tmp_path: Path) -
     rel = np.asarray(cap.sort_by("end_ts")["capacity_ah"].to_pylist()) / (0.96 * 95.0) - 1.0
     assert rel.size >= 10
     # never below the truth (no noise here), falling pair by pair
-    assert np.all(rel > 0) and np.all(np.diff(rel) < 0), rel
+    assert np.all(rel > 0), rel
+    assert np.all(np.diff(rel) < 0), rel
     assert rel[:10].mean() < 0.45 * 0.04, rel
 
 

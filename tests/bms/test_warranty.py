@@ -51,11 +51,25 @@ def test_presets_cover_oem_terms_gtr22_and_euro7() -> None:
     assert [t.min_soh_pct for t in euro7.thresholds] == [80.0, 72.0]
 
 
+def test_a_policy_file_named_without_toml_in_the_working_directory_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "fleet-terms").write_text(
+        'id = "fleet-terms"\n[[threshold]]\nyears = 6\nkm = 120000\nmin_soh_pct = 75\n'
+    )
+    monkeypatch.chdir(tmp_path)
+    assert bms.load_warranty_policy("fleet-terms").id == "fleet-terms"
+    # a preset's id still names the preset, whatever the directory holds
+    (tmp_path / "oem-8y-160k-70").write_text("not toml")
+    assert bms.load_warranty_policy("oem-8y-160k-70").id == "oem-8y-160k-70"
+
+
 def test_bad_preset_name_lists_the_valid_ones() -> None:
     with pytest.raises(bms.WarrantyPolicyError) as err:
         bms.load_warranty_policy("oem-10y")
     assert str(err.value) == (
-        "unknown warranty policy 'oem-10y'; valid presets: " + ", ".join(bms.warranty_presets())
+        "unknown warranty policy 'oem-10y' (no such preset or file); valid presets: "
+        + ", ".join(bms.warranty_presets())
     )
 
 
