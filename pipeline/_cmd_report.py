@@ -129,7 +129,8 @@ def audit_export(
     )
     click.echo(
         f"Wrote {result.path}: fleets {', '.join(result.fleets)}, "
-        f"{result.date_from}..{result.date_to} ({result.days_with_data} days with data), "
+        f"{result.date_from}..{result.date_to} ({result.days_with_data} "
+        f"day{'' if result.days_with_data == 1 else 's'} with data), "
         f"{len(result.tables)} tables, {result.rows:,} rows, {result.vehicles} vehicles, "
         f"{result.files} files, {result.output_bytes / 1e6:.1f} MB"
     )

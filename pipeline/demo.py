@@ -27,6 +27,8 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pyarrow.parquet as pq
+
 from pipeline._config import load_settings
 
 FLEETBMS = str(Path(sys.executable).with_name("fleetbms"))
@@ -189,11 +191,18 @@ def main(argv: list[str] | None = None) -> None:
         print(f"verify it: fleetbms {' '.join(dd)} audit verify {bundles[0]} --public-key {key}")
     for pattern, what in (
         ("lake/metrics/*", "metrics tables"),
-        ("lake/anomalies", "anomaly flags"),
         ("state/runs/*.json", "run records"),
     ):
         paths = sorted(data.glob(pattern))
         print(f"{what}: " + (f"{len(paths)} in {paths[-1].parent}" if paths else "none"))
+    flags = sorted((data / "lake" / "anomalies").glob("date=*/fleet=*/*.parquet"))
+    if flags:
+        # the newest date's flags (each date's file holds the flags open or cleared then)
+        newest = flags[-1]
+        n = pq.read_metadata(newest).num_rows
+        print(f"anomaly flags: {n} on the newest date, {newest}")
+    else:
+        print("anomaly flags: none")
     if not found:
         raise SystemExit("demo: the nightly batch wrote nothing")
 
