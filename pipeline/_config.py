@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import math
 import os
+import re
 import tomllib
 import types
 import typing
@@ -22,6 +23,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from bms import FLEET_PATTERN
 
 __all__ = [
     "AlertLimits",
@@ -477,7 +481,68 @@ def load_settings(
         path = _coerce(env["FLEETBMS_DATA_DIR"], Path, "data_dir", "FLEETBMS_DATA_DIR")
         settings = dataclasses.replace(settings, data_dir=path)
         sources["data_dir"] = "FLEETBMS_DATA_DIR"
+    _check_relations(settings)
     return dataclasses.replace(settings, sources=sources)
+
+
+def _check_relations(settings: Settings) -> None:
+    """Checks across fields (each field's own range is checked where it is set): a value
+    that contradicts another is refused here, not when a stage first uses it."""
+    s = settings
+    pairs: list[tuple[str, float, str, float, bool]] = [
+        # (name a, a, name b, b, strict): a < b (strict) or a <= b
+        (
+            "ingest.reconnect_min_s",
+            s.ingest.reconnect_min_s,
+            "ingest.reconnect_max_s",
+            s.ingest.reconnect_max_s,
+            False,
+        ),
+        (
+            "anomaly.min_training_days",
+            s.anomaly.min_training_days,
+            "anomaly.training_days",
+            s.anomaly.training_days,
+            False,
+        ),
+        (
+            "anomaly.persist_days",
+            s.anomaly.persist_days,
+            "anomaly.persist_window",
+            s.anomaly.persist_window,
+            False,
+        ),
+        (
+            "retention.archive_after_days",
+            s.retention.archive_after_days,
+            "retention.purge_after_days",
+            s.retention.purge_after_days,
+            True,
+        ),
+    ]
+    for chem in ("nmc", "lfp"):
+        lim = getattr(s.alerts, chem)
+        pairs.append(
+            (
+                f"alerts.{chem}.cell_min_mv",
+                lim.cell_min_mv,
+                f"alerts.{chem}.cell_max_mv",
+                lim.cell_max_mv,
+                True,
+            )
+        )
+    for name_a, a, name_b, b, strict in pairs:
+        if a > b or (strict and a == b):
+            rel = "below" if strict else "at most"
+            raise ConfigError(f"{name_a} = {a:g} must be {rel} {name_b} = {b:g}")
+    if not re.fullmatch(FLEET_PATTERN, s.fleet.id):
+        raise ConfigError(f"fleet.id = {s.fleet.id!r} is not 1-64 characters of [A-Za-z0-9_-]")
+    try:
+        ZoneInfo(s.fleet.timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(
+            f"fleet.timezone = {s.fleet.timezone!r} is not an IANA time zone (e.g. Asia/Kolkata)"
+        ) from None
 
 
 def with_overrides(settings: Settings, overrides: Mapping[str, Any]) -> Settings:
@@ -493,6 +558,7 @@ def with_overrides(settings: Settings, overrides: Mapping[str, Any]) -> Settings
             cursor = cursor.setdefault(k, {})
         cursor[keys[-1]] = value
         settings = _apply(settings, nested, "", "flag", sources)
+    _check_relations(settings)
     return dataclasses.replace(settings, sources=sources)
 
 

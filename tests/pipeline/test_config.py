@@ -286,3 +286,54 @@ def test_an_unknown_environment_key_on_the_command_line_is_one_line() -> None:
         "Error: analytics.histroy_days: unknown key (from FLEETBMS_ANALYTICS__HISTROY_DAYS); "
     )
     assert len(r.stderr.splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (
+            {"FLEETBMS_INGEST__RECONNECT_MIN_S": "100"},
+            "ingest.reconnect_min_s = 100 must be at most ingest.reconnect_max_s = 60",
+        ),
+        (
+            {"FLEETBMS_ANOMALY__PERSIST_DAYS": "9"},
+            "anomaly.persist_days = 9 must be at most anomaly.persist_window = 8",
+        ),
+        (
+            {"FLEETBMS_ANOMALY__MIN_TRAINING_DAYS": "100"},
+            "anomaly.min_training_days = 100 must be at most anomaly.training_days = 90",
+        ),
+        (
+            {"FLEETBMS_RETENTION__ARCHIVE_AFTER_DAYS": "1095"},
+            "retention.archive_after_days = 1095 must be below retention.purge_after_days = 1095",
+        ),
+        (
+            {"FLEETBMS_ALERTS__LFP__CELL_MIN_MV": "3650"},
+            "alerts.lfp.cell_min_mv = 3650 must be below alerts.lfp.cell_max_mv = 3650",
+        ),
+        (
+            {"FLEETBMS_FLEET__ID": "a/b"},
+            "fleet.id = 'a/b' is not 1-64 characters of [A-Za-z0-9_-]",
+        ),
+        (
+            {"FLEETBMS_FLEET__TIMEZONE": "Mars/Olympus"},
+            "fleet.timezone = 'Mars/Olympus' is not an IANA time zone (e.g. Asia/Kolkata)",
+        ),
+    ],
+)
+def test_values_that_contradict_each_other_are_refused_when_loaded(
+    env: dict[str, str], message: str
+) -> None:
+    """A limit above its partner (or a fleet id or zone no stage could use) is refused
+    when the configuration is read, not when a stage first uses it (a backoff starting
+    above its cap, retention purging before it archives, a model needing more history
+    than it trains on)."""
+    with pytest.raises(ConfigError) as err:
+        load_settings(env=env)
+    assert str(err.value) == message
+    # the same from a flag
+    ((name, value),) = env.items()
+    key = name.removeprefix("FLEETBMS_").lower().replace("__", ".")
+    with pytest.raises(ConfigError) as err:
+        with_overrides(load_settings(env={}), {key: value})
+    assert str(err.value) == message

@@ -62,7 +62,8 @@ def test_retention_archives_old_partitions_and_purges_older_ones(tmp_path: Path)
     assert snapshot(lake, d / "archive") == before
 
 
-def test_retention_with_purge_before_archive_fails_the_run(tmp_path: Path):
+def test_retention_with_purge_before_archive_is_refused_before_the_run(tmp_path: Path):
+    """Refused when the configuration is read: no stage runs on a contradictory one."""
     d = tmp_path / "data"
     write_flushes(day_table(RUN_DAY), d / "lake")
     r = fleetbms(
@@ -75,9 +76,10 @@ def test_retention_with_purge_before_archive_fails_the_run(tmp_path: Path):
     )
     assert r.returncode == 1
     assert r.stderr == (
-        "Error: stage retention failed: retention: need 0 <= archive_after_days < "
-        "purge_after_days, got 30 and 20\n"
+        "Error: retention.archive_after_days = 30 must be below "
+        "retention.purge_after_days = 20\n"
     )
+    assert not (d / "state").exists()  # nothing ran
 
 
 def test_retention_never_counts_ages_from_a_date_after_today(tmp_path: Path):
