@@ -75,12 +75,14 @@ def _topic_of(line: bytes, fleet: str) -> tuple[str | None, Rejection | None]:
         return None, Rejection("not_json", str(exc), line)
     except msgspec.ValidationError as exc:
         return None, Rejection("wrong_type", str(exc), line)
+    except RecursionError as exc:
+        return None, Rejection("not_json", f"JSON nested too deeply to decode ({exc})", line)
     if probe.readings is not None:
         vin: object = None
         if probe.readings:
             try:
                 vin = _vin_probe.decode(probe.readings[0]).vin
-            except (msgspec.DecodeError, msgspec.ValidationError):
+            except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
                 vin = None
         if not _is_vin(vin):
             return None, Rejection("bad_vin", "first reading of the batch has no valid vin", line)

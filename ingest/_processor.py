@@ -34,11 +34,14 @@ import pyarrow.compute as pc
 
 from bms import (
     MAX_BATCH_READINGS,
+    ContractError,
+    Decoded,
     Quality,
     ReadingBuffer,
     Rejection,
     atomic_write_bytes,
     decode_message,
+    parse_topic,
     write_telemetry,
 )
 from ingest._alerts import AlertEngine, AlertEvent, write_alerts
@@ -60,6 +63,26 @@ _SEQ_TRUSTED = frozenset(
     }
 )
 _MS_PER_DAY = 86_400_000
+
+
+def _undecodable(topic: str, payload: bytes, exc: Exception) -> Decoded:
+    """The rejection of a message whose decoding raised instead of rejecting it.
+
+    JSON nested a few thousand levels deep (a few kB) makes the decoder raise
+    ``RecursionError``; any other exception is a decoder bug. Either way one message must
+    not stop the ingest of the whole fleet (the broker would redeliver it after every
+    restart): it is quarantined whole, raw bytes kept, reason ``not_json`` for the nesting
+    (``decode_failed`` otherwise), the exception in the detail.
+    """
+    try:
+        parsed = parse_topic(topic)
+    except ContractError:
+        parsed = None
+    if isinstance(exc, RecursionError):
+        rej = Rejection("not_json", f"JSON nested too deeply to decode ({exc})", payload)
+    else:
+        rej = Rejection("decode_failed", f"decoder raised {type(exc).__name__}: {exc}", payload)
+    return Decoded(parsed, [], [rej])
 
 
 class _SeqOnly(msgspec.Struct):
@@ -210,9 +233,12 @@ class Processor:
             recv_ms = received_at_ms
         if t - self._now_t > 1.0:  # the future check allows 24 h: a 1 s old "now" is exact enough
             self._now_t, self._now = t, datetime.fromtimestamp(t, UTC)
-        decoded = decode_message(
-            topic, payload, now=self._now, max_payload_bytes=self.max_payload_bytes
-        )
+        try:
+            decoded = decode_message(
+                topic, payload, now=self._now, max_payload_bytes=self.max_payload_bytes
+            )
+        except Exception as exc:  # one bad message must not stop the worker: quarantined
+            decoded = _undecodable(topic, payload, exc)
         with self.lock:
             batch = self._batch
             if not batch.tokens and not batch.quarantine and not batch.rows:

@@ -1,0 +1,69 @@
+"""Hostile or broken input through the real broker and files: quarantined, never fatal."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from pipeline import cli
+from tests.broker import MosquittoBroker
+from tests.ingest.helpers import (
+    NOW,
+    VINS,
+    Client,
+    IngestThread,
+    bms_topic,
+    encode,
+    lake_counts,
+    query,
+    reading,
+    wait_until,
+)
+
+#: Valid JSON nested 100,000 levels deep (200 kB): the JSON decoder raises RecursionError.
+DEEP = b"[" * 100_000 + b"]" * 100_000
+
+
+def test_deeply_nested_json_is_quarantined_and_the_worker_keeps_running(
+    broker: MosquittoBroker, data_dir: Path
+) -> None:
+    vin = VINS[0]
+    deep_field = encode(reading(vin, 3, NOW))[:-1] + b', "extra": ' + DEEP + b"}"
+    cases = [
+        (bms_topic(vin), DEEP),
+        (bms_topic(vin), deep_field),  # an unknown (ignored) field, nested deep
+        (bms_topic(vin, "batch"), b'{"v": 1, "readings": [' + DEEP + b"]}"),
+    ]
+    ingest = IngestThread(broker.address, data_dir)
+    pub = Client(broker.address, "pub")
+    watcher = Client(broker.address, "watch", subscribe=("fleet/+/+/ack",))
+    try:
+        for topic, payload in cases:
+            pub.publish(topic, payload)
+        for seq in (0, 1, 2):
+            pub.publish(bms_topic(vin), encode(reading(vin, seq, NOW)))
+        wait_until(lambda: watcher.acks().get(vin) == 2, 60, what="ack of the good readings")
+    finally:
+        counters = ingest.close()  # re-raises if the worker died
+        pub.close()
+        watcher.close()
+    assert lake_counts(data_dir) == (3, 3)
+    rows = query(data_dir, "quarantine", "SELECT topic, payload, reason, detail FROM t")
+    assert sorted((r[0], bytes(r[1])) for r in rows) == sorted(cases)
+    assert {r[2] for r in rows} == {"not_json"}
+    assert all("nested too deeply" in r[3] for r in rows)
+    assert counters.quarantined == {"not_json": 3}
+
+
+def test_import_quarantines_deeply_nested_lines(data_dir: Path, tmp_path: Path) -> None:
+    dump = tmp_path / "dump.jsonl"
+    lines = [b'{"vin": ' + DEEP + b"}", encode(reading(VINS[0], 1, NOW))]
+    dump.write_bytes(b"\n".join(lines) + b"\n")
+    result = CliRunner().invoke(cli, ["--data-dir", str(data_dir), "import", str(dump)])
+    assert result.exit_code == 0, result.output
+    assert result.output == (
+        "imported 2 lines from 1 file(s): 1 readings written, 0 duplicates, "
+        "1 quarantined (not_json=1)\n"
+    )
+    assert lake_counts(data_dir) == (1, 1)
