@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import msgspec
 from click.testing import CliRunner
 
 from pipeline import cli
@@ -67,3 +68,33 @@ def test_import_quarantines_deeply_nested_lines(data_dir: Path, tmp_path: Path) 
         "1 quarantined (not_json=1)\n"
     )
     assert lake_counts(data_dir) == (1, 1)
+
+
+def test_a_ts_before_year_1_in_utc_is_quarantined_and_the_worker_keeps_running(
+    broker: MosquittoBroker, data_dir: Path
+) -> None:
+    # Valid RFC 3339, but 0001-01-01T00:00+05:30 is in year 0 UTC: no date partition.
+    vin = VINS[0]
+    early = {**reading(vin, 1, NOW), "ts": "0001-01-01T00:00:00+05:30"}
+    early_item = {**reading(vin, 3, NOW), "ts": "0001-01-01T01:00:00+05:30"}
+    batch = {"v": 1, "readings": [reading(vin, 2, NOW), early_item, reading(vin, 4, NOW)]}
+    ingest = IngestThread(broker.address, data_dir)
+    pub = Client(broker.address, "pub")
+    watcher = Client(broker.address, "watch", subscribe=("fleet/+/+/ack",))
+    try:
+        pub.publish(bms_topic(vin), encode(reading(vin, 0, NOW)))
+        pub.publish(bms_topic(vin), encode(early))
+        pub.publish(bms_topic(vin, "batch"), encode(batch))
+        pub.publish(bms_topic(vin), encode(reading(vin, 5, NOW)))
+        # quarantined seqs count as handled: the ack passes them
+        wait_until(lambda: watcher.acks().get(vin) == 5, 60, what="ack of seq 5")
+    finally:
+        counters = ingest.close()  # re-raises if the worker died
+        pub.close()
+        watcher.close()
+    assert lake_counts(data_dir) == (4, 4)  # seq 0, 2, 4, 5
+    rows = query(data_dir, "quarantine", "SELECT payload, reason, detail, batch_index FROM t")
+    got = sorted((msgspec.json.decode(bytes(r[0]))["seq"], r[1], r[3]) for r in rows)
+    assert got == [(1, "bad_ts", None), (3, "bad_ts", 1)]
+    assert all("before 0001-01-01" in r[2] for r in rows)
+    assert counters.quarantined == {"bad_ts": 2}
