@@ -23,6 +23,7 @@ from bms import FLEET_PATTERN, VIN_PATTERN, Rejection, topic_for
 from ingest._alerts import AlertEngine
 from ingest._errors import IngestError
 from ingest._processor import Counters, Processor
+from ingest._state import WorkerLock
 
 
 class _Probe(msgspec.Struct):
@@ -112,7 +113,8 @@ def import_files(
     ------
     IngestError
         A path does not exist or is not a readable file, or the fleet id is invalid;
-        checked for every path before anything is written.
+        checked for every path before anything is written. Another import (same
+        ``worker``) runs on this data directory.
     OSError
         The lake is not writable (what was flushed before stays; a rerun dedups).
     """
@@ -128,14 +130,24 @@ def import_files(
                 pass
         except OSError as exc:
             raise IngestError(f"{p}: {exc.strerror}") from None
-    proc = Processor(
-        lake_dir=lake_dir,
-        state_dir=state_dir,
-        worker=worker,
-        engine=engine,
-        max_payload_bytes=max_payload_bytes,
-        max_ranges=max_ranges,
-    )
+    lock = WorkerLock(state_dir, worker)
+    try:
+        proc = Processor(
+            lake_dir=lake_dir,
+            state_dir=state_dir,
+            worker=worker,
+            engine=engine,
+            max_payload_bytes=max_payload_bytes,
+            max_ranges=max_ranges,
+        )
+        lines = _import_all(proc, paths, fleet, flush_rows)
+    finally:
+        lock.release()
+    return ImportSummary(files=len(paths), lines=lines, counters=proc.counters)
+
+
+def _import_all(proc: Processor, paths: Sequence[Path], fleet: str, flush_rows: int) -> int:
+    """Feed every line of ``paths`` to ``proc``, flushing as it goes; lines read."""
     lines = 0
 
     def flush() -> None:
@@ -161,4 +173,4 @@ def import_files(
             raise IngestError(f"{p}: broken gzip file after line {lines}: {exc}") from None
     flush()
     proc.save_state()
-    return ImportSummary(files=len(paths), lines=lines, counters=proc.counters)
+    return lines

@@ -58,6 +58,7 @@ from ingest._processor import (
     WriteFailedError,
     WriterError,
 )
+from ingest._state import WorkerLock
 
 log = logging.getLogger("fleetbms.ingest")
 
@@ -649,11 +650,28 @@ def run_ingest(
     Raises
     ------
     IngestError
-        Bad broker address, TLS files, group name or unreadable state.
+        Bad broker address, TLS files, group name or unreadable state; another worker
+        with the same id runs on this data directory.
     """
     options.validate()
     stop = stop or threading.Event()
     worker_id = "".join(c if c.isalnum() or c in "-_" else "_" for c in options.client_id)
+    lock = WorkerLock(state_dir, worker_id)
+    try:
+        return _run_locked(options, lake_dir, state_dir, worker_id, engine, stop, handle_signals)
+    finally:
+        lock.release()
+
+
+def _run_locked(
+    options: IngestOptions,
+    lake_dir: Path,
+    state_dir: Path,
+    worker_id: str,
+    engine: AlertEngine | None,
+    stop: threading.Event,
+    handle_signals: bool,
+) -> Counters:
     processor = ProcessorProcess(
         lake_dir=lake_dir,
         state_dir=state_dir,

@@ -29,6 +29,8 @@ State file (``data/state/ingest/<worker>.json``, written atomically after every 
 
 from __future__ import annotations
 
+import fcntl
+import os
 import time
 from bisect import bisect_right
 from dataclasses import dataclass, field
@@ -235,3 +237,47 @@ class SeqState:
     def save(self) -> None:
         """Write the state file atomically (temp file, fsync, rename, fsync dir)."""
         atomic_write_bytes(self.to_bytes(), self.path)
+
+
+class WorkerLock:
+    """Exclusive lock of one worker id on a data directory (``state/ingest/<worker>.lock``).
+
+    Two workers with the same id share a state file and an MQTT session: each overwrote
+    the other's dedup ranges, the broker handed the session back and forth (every
+    takeover leaves a flush unacknowledged, so readings were written twice and acks
+    stalled). The second one now stops at once. ``flock`` is released by the kernel when
+    the process dies, so a ``kill -9`` leaves no stale lock.
+
+    Raises
+    ------
+    IngestError
+        Another process holds the lock, or the lock file cannot be created.
+    """
+
+    def __init__(self, state_dir: Path, worker: str) -> None:
+        self.path = state_dir / "ingest" / f"{worker}.lock"
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise IngestError(
+                f"cannot create the worker lock {self.path}: {exc.strerror}"
+            ) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
+            os.close(fd)
+            raise IngestError(
+                f"another ingest or import with worker id {worker!r} is running on this data "
+                f"directory (pid {holder}); give each worker its own --client-id"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd: int | None = fd
+
+    def release(self) -> None:
+        """Unlock (closing the file releases the lock)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
