@@ -29,6 +29,7 @@ State file (``data/state/ingest/<worker>.json``, written atomically after every 
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import time
@@ -277,7 +278,10 @@ class WorkerLock:
         self._fd: int | None = fd
 
     def release(self) -> None:
-        """Unlock (closing the file releases the lock)."""
+        """Empty the file (``status``: not running) and unlock by closing it."""
         if self._fd is not None:
+            # may fail on a read-only disk: status then checks the pid for life
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, 0)
             os.close(self._fd)
             self._fd = None

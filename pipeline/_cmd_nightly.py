@@ -10,11 +10,12 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Mapping
-from datetime import date
+from datetime import UTC, date, datetime
 from typing import Any
 
 import click
 
+from ingest import IngestStatus, ingest_status
 from pipeline._config import Settings
 from pipeline._nightly import EXIT_LOCKED, nightly_status, run_nightly
 from pipeline._nightly_state import LockedError, nightly_lock
@@ -142,6 +143,7 @@ def status_command(settings: Settings, runs: int, as_json: bool) -> None:
     Example: fleetbms --data-dir data status --runs 3
     """
     st = nightly_status(settings, runs=runs)
+    ing = ingest_status(settings.lake_dir, settings.state_dir)
     if as_json:
         obj = {
             "runs": [
@@ -154,6 +156,7 @@ def status_command(settings: Settings, runs: int, as_json: bool) -> None:
             "newest_received_at": st.newest_received_at,
             "ingest_lag_s": st.ingest_lag_s,
             "open_anomalies": st.open_anomalies,
+            "ingest": _ingest_json(ing),
         }
         click.echo(json.dumps(obj, sort_keys=True, default=str))
         return
@@ -176,8 +179,65 @@ def status_command(settings: Settings, runs: int, as_json: bool) -> None:
             f"ingest lag: {st.ingest_lag_s:.0f} s "
             f"(newest reading received {st.newest_received_at.isoformat()})"
         )
+    _echo_ingest(ing)
     anomalies = "no anomaly table" if st.open_anomalies is None else str(st.open_anomalies)
     click.echo(f"open anomalies: {anomalies}")
+
+
+def _ingest_json(ing: IngestStatus) -> dict[str, Any]:
+    q = ing.newest_quarantined
+    return {
+        "workers": [
+            {
+                "worker": w.worker,
+                "running_pid": w.running_pid,
+                "last_saved": w.last_saved.isoformat() if w.last_saved else None,
+                "vehicles": w.vehicles,
+                "group": w.group,
+            }
+            for w in ing.workers
+        ],
+        "quarantined": ing.quarantined,
+        "quarantined_total": sum(ing.quarantined.values()),
+        "newest_quarantined": None
+        if q is None
+        else {
+            "received_at": q.received_at.isoformat(),
+            "reason": q.reason,
+            "topic": q.topic,
+            "detail": q.detail,
+        },
+        "unreadable_quarantine_files": ing.unreadable_files,
+    }
+
+
+def _echo_ingest(ing: IngestStatus) -> None:
+    click.echo("ingest workers:" if ing.workers else "ingest workers: none")
+    now = datetime.now(UTC)
+    for w in ing.workers:
+        state = f"running (pid {w.running_pid})" if w.running_pid else "stopped"
+        saved = (
+            "never"
+            if w.last_saved is None
+            else (
+                f"{w.last_saved.isoformat(timespec='seconds')} "
+                f"({(now - w.last_saved).total_seconds():.0f} s ago)"
+            )
+        )
+        group = f", group {w.group}" if w.group else ""
+        vehicles = f"{w.vehicles} vehicle" + ("" if w.vehicles == 1 else "s")
+        click.echo(f"  {w.worker:<16} {state}, {vehicles}{group}, last flush {saved}")
+    total = sum(ing.quarantined.values())
+    reasons = ", ".join(f"{k}={v}" for k, v in ing.quarantined.items())
+    click.echo(f"quarantined: {total}" + (f" ({reasons})" if reasons else ""))
+    q = ing.newest_quarantined
+    if q is not None:
+        click.echo(
+            f"  newest {q.received_at.isoformat(timespec='seconds')} {q.reason} "
+            f"on {q.topic}: {q.detail[:200]}"
+        )
+    if ing.unreadable_files:
+        click.echo(f"  {ing.unreadable_files} quarantine file(s) could not be read")
 
 
 @click.command("erase")

@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 import json
+import signal
 import time
 from datetime import timedelta
 from pathlib import Path
 
 import bms
+from tests.broker import MosquittoBroker
+from tests.ingest.helpers import (
+    NOW,
+    VINS,
+    Client,
+    IngestProcess,
+    bms_topic,
+    encode,
+    reading,
+    wait_until,
+)
 from tests.pipeline.nightly_data import (
     day_table,
     fleetbms,
@@ -59,3 +71,51 @@ def test_status_tells_a_running_run_from_a_killed_one(tmp_path: Path):
     after = json.loads(fleetbms(d, "status", "--json").stdout)
     assert after["running"] is None
     assert after["runs"][0]["status"] == "interrupted"
+
+
+def test_status_shows_ingest_workers_and_the_quarantine_by_reason(
+    broker: MosquittoBroker, tmp_path: Path
+) -> None:
+    d = tmp_path / "data"
+    d.mkdir()
+    vin = VINS[0]
+    worker = IngestProcess(d, broker.address, "--client-id", "ingest-1")
+    pub = Client(broker.address, "pub")
+    watcher = Client(broker.address, "watch", subscribe=("fleet/+/+/ack",))
+    try:
+        pub.publish(bms_topic(vin), b"{not json")
+        pub.publish(bms_topic(vin), encode({**reading(vin, 1, NOW), "v": 2}))
+        pub.publish(bms_topic(vin), encode(reading(vin, 0, NOW)))
+        wait_until(lambda: watcher.acks().get(vin) == 1, 60, what="ack past the bad v=2")
+        pub.publish(bms_topic(vin), encode({**reading(vin, 2, NOW), "seq": "2"}))  # the newest
+        pub.publish(bms_topic(vin), encode(reading(vin, 3, NOW)))
+        wait_until(
+            lambda: (
+                json.loads(fleetbms(d, "status", "--json").stdout)["ingest"]["quarantined_total"]
+                == 3
+            ),
+            60,
+            what="quarantine files",
+        )
+        running = json.loads(fleetbms(d, "status", "--json").stdout)["ingest"]
+        text = fleetbms(d, "status").stdout
+    finally:
+        worker.proc.send_signal(signal.SIGTERM)
+        rc, _out, err = worker.wait()
+        pub.close()
+        watcher.close()
+    assert rc == 0, err
+    assert running["quarantined"] == {"not_json": 1, "unknown_version": 1, "wrong_type": 1}
+    newest = running["newest_quarantined"]
+    assert (newest["reason"], newest["topic"]) == ("wrong_type", bms_topic(vin))
+    assert "$.seq" in newest["detail"]
+    [w] = running["workers"]
+    assert (w["worker"], w["running_pid"], w["vehicles"]) == ("ingest-1", worker.proc.pid, 1)
+    assert w["last_saved"] is not None
+    assert f"ingest-1         running (pid {worker.proc.pid}), 1 vehicle, last flush" in text
+    assert "quarantined: 3 (not_json=1, unknown_version=1, wrong_type=1)" in text
+    assert "newest " in text
+    assert "wrong_type on fleet/demo/" in text
+    stopped = json.loads(fleetbms(d, "status", "--json").stdout)["ingest"]
+    assert stopped["workers"][0]["running_pid"] is None
+    assert "ingest-1         stopped, 1 vehicle" in fleetbms(d, "status").stdout
