@@ -606,6 +606,10 @@ class _Worker:
         finally:
             self.client.disconnect()
             self.client.loop_stop()
+            # paho closes its wake-up socket pair only when the client is collected
+            # (eclipse-paho #627); ours is in a cycle with its callbacks, collected late,
+            # its sockets first: each then warns of an unclosed socket. Closed now.
+            self.client._reset_sockets()
             if clean:
                 self.proc.close()  # saves the state file
             else:

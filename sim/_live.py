@@ -291,6 +291,9 @@ class _Link:
     def stop(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+        # paho closes its wake-up socket pair only when the client is collected
+        # (eclipse-paho #627), late for a client in a cycle with its callbacks
+        self.client._reset_sockets()
 
 
 def run_live(

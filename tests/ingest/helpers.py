@@ -115,6 +115,7 @@ class Client:
     def close(self) -> None:
         self.c.disconnect()
         self.c.loop_stop()
+        self.c._reset_sockets()  # paho closes them only when collected (eclipse-paho #627)
 
 
 def engine(**overrides: Any) -> AlertEngine:

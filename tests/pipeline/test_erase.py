@@ -228,6 +228,7 @@ def _retained_acks(broker: MosquittoBroker) -> dict[str, bytes]:
     time.sleep(0.5)
     c.disconnect()
     c.loop_stop()
+    c._reset_sockets()  # else closed only when collected (paho #627)
     return got
 
 
@@ -248,6 +249,7 @@ def test_erase_with_broker_deletes_the_vehicles_retained_acks(
         )
     pub.disconnect()
     pub.loop_stop()
+    pub._reset_sockets()  # else closed only when collected (paho #627)
     assert len(_retained_acks(broker)) == 3
 
     (tmp_path / "data").mkdir()

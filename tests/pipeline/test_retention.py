@@ -76,8 +76,7 @@ def test_retention_with_purge_before_archive_is_refused_before_the_run(tmp_path:
     )
     assert r.returncode == 1
     assert r.stderr == (
-        "Error: retention.archive_after_days = 30 must be below "
-        "retention.purge_after_days = 20\n"
+        "Error: retention.archive_after_days = 30 must be below retention.purge_after_days = 20\n"
     )
     assert not (d / "state").exists()  # nothing ran
 

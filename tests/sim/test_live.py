@@ -76,6 +76,7 @@ class Collector:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+        self.client._reset_sockets()  # else closed only when collected (paho #627)
 
 
 def _wait(predicate: Any, timeout_s: float) -> bool:
@@ -140,6 +141,7 @@ def test_live_buffers_through_a_broker_outage_and_trims_only_after_an_ack(
     ).wait_for_publish(10)
     ack.disconnect()
     ack.loop_stop()
+    ack._reset_sockets()  # else closed only when collected (paho #627)
     again = sim.run_live(
         SPEC,
         broker.address,
