@@ -20,6 +20,7 @@ payloads go in, ``FlushReport`` (acks and alerts to publish) comes out once dura
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from dataclasses import dataclass, field
@@ -83,6 +84,27 @@ def _undecodable(topic: str, payload: bytes, exc: Exception) -> Decoded:
     else:
         rej = Rejection("decode_failed", f"decoder raised {type(exc).__name__}: {exc}", payload)
     return Decoded(parsed, [], [rej])
+
+
+def _lenient_seqs(payload: bytes) -> list[int]:
+    """The seqs of a whole message that strict JSON refuses only for its non-standard
+    numbers (``NaN``, ``Infinity``: what a vehicle's JSON library may write for a failed
+    sensor). Sent again it reads the same, so once it is in quarantine its readings count
+    as handled and the vehicle's ack moves past them; otherwise that vehicle's ack
+    would stop there for good and its buffer grow. A truncated or otherwise broken
+    message gets none: a resend may be whole."""
+    try:
+        doc = json.loads(payload)  # the standard library reads NaN and Infinity
+    except (ValueError, RecursionError):
+        return []
+    items = doc.get("readings") if isinstance(doc, dict) and "readings" in doc else [doc]
+    if not isinstance(items, list):
+        return []
+    return [
+        item["seq"]
+        for item in items
+        if isinstance(item, dict) and type(item.get("seq")) is int and 0 <= item["seq"] < 2**63
+    ]
 
 
 class _RawItems(msgspec.Struct):
@@ -355,6 +377,8 @@ class Processor:
                 return
             if 0 <= seq < 2**63:
                 batch.covered.append((parsed.vin, parsed.fleet_id, seq))
+        elif parsed is not None and rej.reason == "not_json" and rej.index is None:
+            batch.covered += [(parsed.vin, parsed.fleet_id, q) for q in _lenient_seqs(rej.raw)]
 
     # -- called by the flushing thread -------------------------------------------------
     def pending(self) -> tuple[int, int, int, float]:

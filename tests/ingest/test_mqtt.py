@@ -522,6 +522,47 @@ def test_messages_with_mqtt5_properties_are_read_past_them(
     assert sum(counters.quarantined.values()) == 0
 
 
+def test_a_whole_message_with_nan_is_quarantined_and_acknowledged_a_truncated_one_awaits(
+    broker: MosquittoBroker, data_dir: Path
+) -> None:
+    """A vehicle whose JSON library writes NaN for a failed sensor sends a message strict
+    JSON refuses; sent again it reads the same. Once in quarantine its seq counts as
+    handled, or that vehicle's ack would stop there for good and its buffer grow. A
+    truncated message is not acknowledged: the vehicle's resend may be whole."""
+    import json
+
+    vin = VINS[0]
+    nan_reading = json.dumps({**reading(vin, 1, NOW), "current_a": float("nan")}).encode()
+    assert b"NaN" in nan_reading
+    whole = encode(reading(vin, 2, NOW))
+    ingest = IngestThread(broker.address, data_dir)
+    pub = Client(broker.address, "pub")
+    watcher = Client(broker.address, "watch", subscribe=("fleet/+/+/ack",))
+    try:
+        pub.publish(bms_topic(vin), encode(reading(vin, 0, NOW)))
+        pub.publish(bms_topic(vin), nan_reading)
+        pub.publish(bms_topic(vin), whole[: len(whole) // 2])  # seq 2, cut short
+        pub.publish(bms_topic(vin), encode(reading(vin, 3, NOW)))
+        wait_until(lambda: watcher.acks().get(vin) == 1, 60, what="ack past the NaN one")
+        pub.publish(bms_topic(vin), b"{}")  # a later message: the ack stays at 1
+        wait_until(lambda: _quarantined_rows(data_dir) == 3, 60, what="quarantine")
+        assert watcher.acks()[vin] == 1
+        pub.publish(bms_topic(vin), whole)  # the resend, whole
+        wait_until(lambda: watcher.acks().get(vin) == 3, 60, what="ack after the resend")
+    finally:
+        ingest.close()
+        pub.close()
+        watcher.close()
+    reasons = [r[0] for r in query(data_dir, "quarantine", "SELECT reason FROM t")]
+    assert sorted(reasons) == ["missing_field", "not_json", "not_json"]
+    assert lake_counts(data_dir) == (3, 3)  # seqs 0, 2 and 3
+
+
+def _quarantined_rows(data_dir: Path) -> int:
+    files = list((data_dir / "lake" / "quarantine").rglob("*.parquet"))
+    return sum(pq.read_metadata(f).num_rows for f in files)
+
+
 def _open_sockets() -> set[str]:
     """The process's open socket descriptors (Linux /proc)."""
     out = set()
