@@ -557,6 +557,7 @@ class _Worker:
         next_log = time.monotonic() + opts.log_interval_s
         next_peer_check = time.monotonic()
         clean = False
+        gave_up = False
         try:
             while not self.stop.is_set():
                 with self.wake:
@@ -570,7 +571,7 @@ class _Worker:
                     or nbytes >= _FLUSH_BYTES
                     or (msgs and age >= opts.flush_age_s)
                 ):
-                    self.flush()
+                    gave_up = not self.flush()
                 now = time.monotonic()
                 if opts.group and now >= next_peer_check:
                     next_peer_check = now + 1.0
@@ -591,7 +592,13 @@ class _Worker:
                 ):
                     log_event("idle_exit", idle_s=opts.idle_exit_s)
                     self.stop.set()
-            self.flush()
+            if not gave_up:
+                # After a flush given up while stopping, the writer still holds that
+                # batch: a last flush would replace it, and copies of its messages that
+                # the broker redelivered meanwhile would be acknowledged as duplicates of
+                # readings never written. Nothing more is acknowledged: the broker
+                # redelivers the lot to the next run.
+                self.flush()
             deadline = time.monotonic() + 2.0  # then the broker keeps what it confirmed
             while not self._pump_acks() and time.monotonic() < deadline:
                 time.sleep(0.02)
