@@ -76,8 +76,9 @@ def analyze_command(
     if fleet is not None:
         require_fleet(settings, fleet)
     state = settings.state_dir / "analytics"
-    if policy:
-        bms.load_warranty_policy(policy)  # a bad name fails before any work
+    # a bad policy (the flag's or the configured default) fails before any work, and
+    # with --status too: it is what the dates listed would be computed with
+    bms.load_warranty_policy(policy or settings.reports.warranty_policy)
     if show_status:
         rows = bms.analytics_status(lake, fleet=fleet, params=params, state_root=state)
         pending = [r for r in rows if r.state != "current"]

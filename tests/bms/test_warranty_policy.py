@@ -519,6 +519,7 @@ def test_cli_analyze_with_a_bad_policy_file_says_one_line_and_exits_1(
     for args, env in [
         (("analyze", "--policy", str(policy)), {}),
         (("analyze",), {"FLEETBMS_REPORTS__WARRANTY_POLICY": str(policy)}),
+        (("analyze", "--status"), {"FLEETBMS_REPORTS__WARRANTY_POLICY": str(policy)}),
     ]:
         res = fleetbms(small_lake, *args, **env)
         assert res.returncode == 1, (args, env, res.stdout, res.stderr)
