@@ -88,6 +88,16 @@ class _Entry:
     size: int
     content: bytes | None  # kept for manifests and the signature
     regular: bool = True
+    note: str = ""  # why a non-regular entry is refused
+
+
+def _unsafe(rel: str) -> bool:
+    """Is ``rel`` not a plain bundle-relative path (absolute, ``..``, ``.`` or empty part)?
+
+    Such a name can make an extractor write outside the bundle folder, or name the same
+    file as another entry; the exporter never writes one.
+    """
+    return rel.startswith("/") or "\\" in rel or any(p in ("", ".", "..") for p in rel.split("/"))
 
 
 def _short(h: str) -> str:
@@ -135,11 +145,30 @@ def _read_tar(path: Path) -> dict[str, _Entry]:
     try:
         with tarfile.open(path, "r:*") as tar:
             members = tar.getmembers()
-            tops = {m.name.split("/", 1)[0] for m in members}
-            strip = len(tops) == 1 and all("/" in m.name or m.isdir() for m in members)
+            safe = [m for m in members if not _unsafe(m.name.rstrip("/") if m.isdir() else m.name)]
+            tops = {m.name.split("/", 1)[0] for m in safe}
+            strip = len(tops) == 1 and all("/" in m.name or m.isdir() for m in safe)
+            counts: dict[str, int] = {}
             for m in members:
+                if m.isdir() and not _unsafe(m.name.rstrip("/")):
+                    continue
+                counts[m.name] = counts.get(m.name, 0) + 1
+            for m in members:
+                if m.isdir() and not _unsafe(m.name.rstrip("/")):
+                    continue
+                if _unsafe(m.name):
+                    entries[m.name] = _Entry(
+                        "", 0, None, False, "unsafe name in the tar (absolute, '..' or '.')"
+                    )
+                    continue
                 rel = m.name.split("/", 1)[1] if strip and "/" in m.name else m.name
-                if m.isdir() or (strip and "/" not in m.name):
+                if strip and "/" not in m.name:
+                    continue
+                if counts[m.name] > 1:
+                    # Readers disagree on which copy counts (the first, the last, both).
+                    entries[rel] = _Entry(
+                        "", 0, None, False, f"the tar holds {counts[m.name]} members of this name"
+                    )
                     continue
                 if not m.isfile():
                     entries[rel] = _Entry("", 0, None, regular=False)
@@ -217,10 +246,14 @@ def _check_files(manifest_files: dict[str, Any], entries: dict[str, _Entry]) -> 
             continue
         listed = manifest_files.get(rel)
         entry = entries.get(rel)
-        if entry is None:
+        if listed is not None and _unsafe(rel):
+            detail = "listed with an unsafe path (absolute, '..', '.' or empty part)"
+            problems.append(Problem("manifest", rel, detail))
+        elif entry is None:
             problems.append(Problem("removed", rel, "listed in manifest.json, not in the bundle"))
         elif not entry.regular:
-            problems.append(Problem("added", rel, "not a regular file (link or device)"))
+            detail = entry.note or "not a regular file (link or device)"
+            problems.append(Problem("added", rel, detail))
         elif listed is None:
             problems.append(Problem("added", rel, "not listed in manifest.json"))
         elif not isinstance(listed, dict) or listed.get("sha256") != entry.sha256:
