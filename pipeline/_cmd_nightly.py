@@ -278,6 +278,12 @@ def erase_command(settings: Settings, vin: str, broker: str | None) -> int:
         f"erased {vin}: {r.rows_removed} rows removed, {r.files_rewritten} files rewritten, "
         f"{r.files_deleted} deleted; logged as HMAC-SHA256 {r.vin_hmac[:16]}... in {r.log}"
     )
+    for path in r.unchecked:
+        click.echo(
+            f"Error: {path}: not readable as Parquet (being written, or damaged); it may "
+            "still hold the VIN: remove it or let its writer finish, then erase again",
+            err=True,
+        )
     if broker is not None:
         ing = settings.ingest
         try:
@@ -294,7 +300,7 @@ def erase_command(settings: Settings, vin: str, broker: str | None) -> int:
             click.echo(f"Error: files erased, but the retained acks were not: {exc}", err=True)
             return 1
         click.echo(f"retained acks deleted on {broker}: {len(cleared)}")
-    return 0
+    return 1 if r.unchecked else 0
 
 
 COMMANDS: list[click.Command] = [nightly_command, status_command, erase_command]

@@ -77,6 +77,9 @@ class ErasureResult:
     files_deleted: int
     rows_removed: int
     log: Path
+    #: Parquet files that could not be read (a temporary still being written, or a
+    #: damaged file): they may still hold the VIN.
+    unchecked: tuple[Path, ...] = ()
 
 
 def _hmac_key(state_dir: Path) -> bytes:
@@ -140,8 +143,20 @@ def _textual(typ: pa.DataType) -> bool:
     )
 
 
-def _erase_parquet(path: Path, vin: str, zstd_level: int) -> tuple[str, int]:
-    """Remove the VIN's rows from a Parquet file; return (action, rows removed)."""
+def _is_parquet(path: Path) -> bool:
+    """Does the file start like Parquet (``PAR1``), whatever its name?"""
+    with open(path, "rb") as fh:
+        return fh.read(4) == b"PAR1"
+
+
+def _erase_parquet(
+    path: Path, vin: str, zstd_level: int, *, rewrite: bool = True
+) -> tuple[str, int]:
+    """Remove the VIN's rows from a Parquet file; return (action, rows removed).
+
+    With ``rewrite`` false (a writer's hidden temporary) a file that mentions the VIN is
+    deleted instead: its name is not the one that holds the data.
+    """
     pf = pq.ParquetFile(path)
     schema = pf.schema_arrow
     columns = [f.name for f in schema if _textual(f.type)]
@@ -161,7 +176,7 @@ def _erase_parquet(path: Path, vin: str, zstd_level: int) -> tuple[str, int]:
             removed += int(hits.sum())
     if not hit_groups and not meta_hit:
         return "", 0
-    if removed == pf.metadata.num_rows:
+    if removed == pf.metadata.num_rows or not rewrite:
         path.unlink()
         return "deleted", removed
 
@@ -323,6 +338,7 @@ def erase_vehicle(
     state_dir = data_dir / "state"
     erasure_dir = state_dir / "erasure"
     rewritten = rows = 0
+    unchecked: list[Path] = []
     deleted = _erase_audit_bundles(data_dir, vin)
     for root, dirs, files in os.walk(data_dir, topdown=True):
         here = Path(root)
@@ -341,10 +357,17 @@ def erase_vehicle(
                 path.unlink()
                 deleted += 1
                 continue
-            if name.endswith(".parquet") and not name.startswith("."):
+            # By content, not name: a writer's hidden temporary (``.x.parquet.<id>.tmp``,
+            # left by a crash) is Parquet too, and its zstd pages hide the VIN from a
+            # byte scan.
+            if _is_parquet(path):
                 tier = path.relative_to(data_dir).parts[0]
                 level = archive_zstd_level if tier == "archive" else lake_zstd_level
-                action, n = _erase_parquet(path, vin, level)
+                try:
+                    action, n = _erase_parquet(path, vin, level, rewrite=not name.startswith("."))
+                except (pa.ArrowException, OSError):
+                    unchecked.append(path)
+                    continue
                 rows += n
             else:
                 action = _erase_other(path, vin)
@@ -358,13 +381,14 @@ def erase_vehicle(
         "files_rewritten": rewritten,
         "files_deleted": deleted,
         "rows_removed": rows,
+        "files_unchecked": len(unchecked),
     }
     log = erasure_dir / "log.jsonl"
     with open(log, "a", encoding="utf-8") as fh:
         fh.write(json.dumps(entry, sort_keys=True) + "\n")
         fh.flush()
         os.fsync(fh.fileno())
-    return ErasureResult(digest, rewritten, deleted, rows, log)
+    return ErasureResult(digest, rewritten, deleted, rows, log, tuple(unchecked))
 
 
 class BrokerError(RuntimeError):

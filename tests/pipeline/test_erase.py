@@ -284,3 +284,38 @@ def test_a_pdf_stream_ending_in_a_white_space_byte_is_still_read() -> None:
         raise AssertionError("no such stream in 10,000 tries")
     pdf = b"%PDF-1.4\n1 0 obj << /Filter [ /FlateDecode ] >>\nstream\n" + data
     assert _pdf_mentions(pdf + b"\nendstream\nendobj\n", vin)
+
+
+def test_erase_reaches_parquet_temporaries_a_crashed_writer_left(tmp_path: Path):
+    # A writer killed between writing its hidden temporary and renaming it leaves a
+    # complete Parquet file under a name that does not end in .parquet.
+    d = tmp_path / "data"
+    gone = VINS[1]  # neither the min nor the max: only in compressed pages
+    write_flushes(day_table(RUN_DAY), d / "lake", flushes=1)
+    src = bms.telemetry_files(d / "lake", RUN_DAY)[0]
+    temp = src.parent / f".{src.name}.0123abcd.tmp"
+    pq.write_table(day_table(RUN_DAY, cadence_s=60), temp, compression="zstd")
+    assert gone.encode() not in temp.read_bytes()  # a byte scan cannot see it
+    assert gone in textual_values(pq.read_table(temp))
+    r = fleetbms(d, "erase", "--vin", gone)
+    assert r.returncode == 0, r.stderr
+    # Deleted, not rewritten: the temporary's name is not where the data lives.
+    assert not temp.exists()
+    assert gone not in textual_values(pq.read_table(src))
+
+
+def test_erase_names_a_parquet_file_it_cannot_read_and_exits_1(tmp_path: Path):
+    d = tmp_path / "data"
+    write_flushes(day_table(RUN_DAY), d / "lake", flushes=1)
+    src = bms.telemetry_files(d / "lake", RUN_DAY)[0]
+    partial = src.parent / f".{src.name}.89abcdef.tmp"
+    partial.write_bytes(src.read_bytes()[: src.stat().st_size // 2])  # no footer yet
+    r = fleetbms(d, "erase", "--vin", GONE)
+    assert r.returncode == 1
+    assert r.stderr == (
+        f"Error: {partial}: not readable as Parquet (being written, or damaged); it may "
+        "still hold the VIN: remove it or let its writer finish, then erase again\n"
+    )
+    assert GONE not in textual_values(pq.read_table(src))  # the rest is erased
+    entry = json.loads((d / "state" / "erasure" / "log.jsonl").read_text().splitlines()[-1])
+    assert entry["files_unchecked"] == 1
