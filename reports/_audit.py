@@ -431,8 +431,20 @@ def _check_out(out: Path) -> None:
     if out.exists() or out.is_symlink():
         if not out.is_dir() or out.is_symlink():
             raise ReportError(f"{out} exists and is not a directory")
-        if any(out.iterdir()) and not (out / fmt.MANIFEST_NAME).is_file():
+        if any(out.iterdir()) and not _is_bundle(out):
             raise ReportError(f"{out} is not empty and is not an audit bundle; not overwriting")
+
+
+def _is_bundle(folder: Path) -> bool:
+    """Does ``folder`` hold a fleetbms audit manifest (not just any manifest.json)?"""
+    manifest = folder / fmt.MANIFEST_NAME
+    if manifest.is_symlink() or not manifest.is_file():
+        return False
+    try:
+        doc = json.loads(manifest.read_bytes())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(doc, dict) and doc.get("format") == fmt.FORMAT
 
 
 def _is_within(inner: Path, outer: Path) -> bool:

@@ -13,7 +13,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from reports import export_audit_bundle, generate_signing_keys, verify_audit_bundle
+from reports import ReportError, export_audit_bundle, generate_signing_keys, verify_audit_bundle
 from reports._bundle import canonical_json
 from tests.reports.audit_data import DAY0, DAYS, FLEET, make_lake, make_models
 
@@ -114,3 +114,29 @@ def test_a_signed_manifest_listing_paths_outside_the_bundle_fails(
         for p in ("../outside.txt", str(outside), "days/../README.txt", "./README.txt")
     )
     assert outside.read_bytes() == b"secret\n"
+
+
+def test_export_does_not_replace_a_folder_that_only_happens_to_hold_a_manifest_json(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    # A web project, a Chrome extension...: a manifest.json alone is not a bundle, and
+    # "replacing" it would delete the whole folder.
+    make_models(data_dir)
+    generate_signing_keys(data_dir / "state" / "keys")
+    make_lake(data_dir)
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "manifest.json").write_text('{"name": "my-app"}')
+    (project / "index.html").write_text("<p>work</p>")
+    with pytest.raises(ReportError, match="is not an audit bundle; not overwriting"):
+        export_audit_bundle(
+            data_dir / "lake", data_dir / "state", project, date_from=DAY0, date_to=DAYS[-1]
+        )
+    assert (project / "index.html").read_text() == "<p>work</p>"
+    # A real bundle there is still replaced, as documented.
+    out = tmp_path / "bundle"
+    for _ in range(2):
+        export_audit_bundle(
+            data_dir / "lake", data_dir / "state", out, date_from=DAY0, date_to=DAYS[-1]
+        )
+    assert verify_audit_bundle(out, data_dir / "state" / "keys" / "signing.pub").ok
