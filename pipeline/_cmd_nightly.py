@@ -274,10 +274,18 @@ def erase_command(settings: Settings, vin: str, broker: str | None) -> int:
     except LockedError as exc:
         click.echo(f"Error: {exc}", err=True)
         return EXIT_LOCKED
-    click.echo(
-        f"erased {vin}: {r.rows_removed} rows removed, {r.files_rewritten} files rewritten, "
-        f"{r.files_deleted} deleted; logged as HMAC-SHA256 {r.vin_hmac[:16]}... in {r.log}"
-    )
+    if r.rows_removed or r.files_rewritten or r.files_deleted:
+        click.echo(
+            f"erased {vin}: {r.rows_removed} rows removed, {r.files_rewritten} files "
+            f"rewritten, {r.files_deleted} deleted; logged as HMAC-SHA256 "
+            f"{r.vin_hmac[:16]}... in {r.log}"
+        )
+    else:
+        # still logged: the request was received and carried out
+        click.echo(
+            f"nothing in {settings.data_dir} held {vin}: nothing to erase; the request is "
+            f"logged as HMAC-SHA256 {r.vin_hmac[:16]}... in {r.log}"
+        )
     for path in r.unchecked:
         click.echo(
             f"Error: {path}: not readable as Parquet (being written, or damaged); it may "

@@ -191,6 +191,19 @@ def test_erase_rejects_a_malformed_vin(tmp_path: Path):
     )
 
 
+def test_erasing_a_vin_the_data_does_not_hold_says_so_and_logs_the_request(tmp_path: Path):
+    (tmp_path / "lake").mkdir()
+    r = fleetbms(tmp_path, "erase", "--vin", "MAT612345NEX00009")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(
+        f"nothing in {tmp_path} held MAT612345NEX00009: nothing to erase; the request is "
+        "logged as HMAC-SHA256 "
+    )
+    log = (tmp_path / "state" / "erasure" / "log.jsonl").read_text()
+    assert log.count("\n") == 1
+    assert "MAT612345NEX00009" not in log  # the log holds its HMAC, not the VIN
+
+
 def test_erase_keeps_row_groups_and_sort_order_of_a_big_file(tmp_path: Path):
     d = tmp_path / "data"
     vins = [f"MAT612345NEX{i:05d}" for i in range(1, 7)]
