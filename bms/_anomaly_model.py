@@ -296,7 +296,9 @@ def list_models(models_root: Path) -> list[tuple[date, str]]:
             continue
         try:
             meta = read_metadata(d)
-            out.append((date.fromisoformat(meta["valid_from"]), str(meta["model_version"])))
+            # listed under its folder's name, the name ``load_model`` reads it by (a folder
+            # copied or renamed from another model is then refused there, and retired)
+            out.append((date.fromisoformat(meta["valid_from"]), d.name))
         except (ModelRefusedError, KeyError, ValueError):
             continue
     return sorted(out)
@@ -317,6 +319,13 @@ def load_model(models_root: Path, version: str) -> AnomalyModel:
         raise ModelRefusedError(
             "format", f"model {version}: format {meta.get('format')!r}, expected {MODEL_FORMAT}"
         )
+    if meta.get("model_version") != version:
+        raise ModelRefusedError(
+            "format",
+            f"model {version}: its metadata names model {meta.get('model_version')!r} "
+            "(a folder copied or renamed from another model); refusing to load it: "
+            "it must be refitted",
+        )
     running = sklearn_version()
     if meta.get("sklearn_version") != running:
         raise ModelRefusedError(
@@ -325,7 +334,12 @@ def load_model(models_root: Path, version: str) -> AnomalyModel:
             f"this is scikit-learn {running}; refusing to load it (a pickled estimator is "
             "only safe with the version that wrote it): it must be refitted",
         )
-    blob = (path / MODEL_FILE).read_bytes()
+    try:
+        blob = (path / MODEL_FILE).read_bytes()
+    except OSError as exc:
+        raise ModelRefusedError(
+            "format", f"model {version}: unreadable {MODEL_FILE} ({exc}); it must be refitted"
+        ) from exc
     digest = hashlib.sha256(blob).hexdigest()
     if digest != meta.get("model_sha256"):
         raise ModelRefusedError(
@@ -336,20 +350,34 @@ def load_model(models_root: Path, version: str) -> AnomalyModel:
     import joblib
     from sklearn.ensemble import IsolationForest
 
-    est = joblib.load(io.BytesIO(blob))
+    try:
+        # the checksum matched: these bytes are what the metadata's writer saved, but a
+        # hand-made pair (file and checksum) may still hold anything
+        est = joblib.load(io.BytesIO(blob))
+    except Exception as exc:  # unpickling fails in many ways
+        raise ModelRefusedError(
+            "format", f"model {version}: {MODEL_FILE} does not load ({exc}); it must be refitted"
+        ) from exc
     if not isinstance(est, IsolationForest):
         raise ModelRefusedError("format", f"model {version}: not an IsolationForest")
-    features = tuple(str(f) for f in meta["features"])
-    stats = {
-        f: FeatureStats(float(s["low"]), float(s["median"]), float(s["high"]), float(s["scale"]))
-        for f, s in meta["feature_stats"].items()
-    }
-    return AnomalyModel(
-        version=version,
-        valid_from=date.fromisoformat(meta["valid_from"]),
-        estimator=est,
-        features=features,
-        threshold=float(meta["threshold"]),
-        stats=stats,
-        metadata=meta,
-    )
+    try:
+        features = tuple(str(f) for f in meta["features"])
+        stats = {
+            f: FeatureStats(
+                float(s["low"]), float(s["median"]), float(s["high"]), float(s["scale"])
+            )
+            for f, s in meta["feature_stats"].items()
+        }
+        return AnomalyModel(
+            version=version,
+            valid_from=date.fromisoformat(meta["valid_from"]),
+            estimator=est,
+            features=features,
+            threshold=float(meta["threshold"]),
+            stats=stats,
+            metadata=meta,
+        )
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ModelRefusedError(
+            "format", f"model {version}: incomplete metadata ({exc!r}); it must be refitted"
+        ) from exc

@@ -9,6 +9,7 @@ import json
 import shutil
 from datetime import date, timedelta
 from pathlib import Path
+from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
@@ -127,6 +128,52 @@ def test_model_with_wrong_checksum_is_refused_and_refitted(scored: Path, tmp_pat
     (info,) = bms.score_anomalies(data / "lake", data / "state", day, PARAMS).models
     assert info.action == "refitted"
     assert "SHA-256" in info.reason
+
+
+def _break_missing_file(last: Path) -> None:
+    (last / "model.joblib").unlink()
+
+
+def _break_foreign_bytes(last: Path) -> None:
+    # a file that is no pickle, with a checksum to match: the check passes, loading fails
+    blob = b"not a pickle\n"
+    (last / "model.joblib").write_bytes(blob)
+    meta = json.loads((last / "metadata.json").read_text())
+    meta["model_sha256"] = hashlib.sha256(blob).hexdigest()
+    (last / "metadata.json").write_text(json.dumps(meta))
+
+
+def _break_renamed_folder(last: Path) -> None:
+    # another model's folder under a name of its own (copied in by hand)
+    last.rename(last.with_name(last.name[:-10] + "foreign000"))
+
+
+@pytest.mark.parametrize(
+    "breakage", [_break_missing_file, _break_foreign_bytes, _break_renamed_folder]
+)
+def test_unloadable_model_folder_is_refused_and_refitted(
+    scored: Path, tmp_path: Path, breakage: Any
+) -> None:
+    data = _copy(scored, tmp_path)
+    last = _models(data)[-1]
+    breakage(last)
+    day = START + timedelta(days=DAYS - 1)
+    (info,) = bms.score_anomalies(data / "lake", data / "state", day, PARAMS).models
+    assert info.action == "refitted"
+    assert info.version == last.name
+    root = data / "state" / "models" / f"fleet={FLEET}"
+    assert [p.name.split(".")[1] for p in (root / "retired").iterdir()] == ["refused-format"]
+    path = bms.anomalies_path(data / "lake", day, FLEET)
+    assert path.read_bytes() == bms.anomalies_path(scored / "lake", day, FLEET).read_bytes()
+    # and from the command line: one line, no traceback
+    breakage(root / info.version)
+    res = CliRunner().invoke(
+        cli,
+        ["--data-dir", str(data), "anomalies", "--date", str(day)],
+        env={"FLEETBMS_ANOMALY__MIN_TRAINING_DAYS": "14", "FLEETBMS_ANOMALY__N_ESTIMATORS": "50"},
+    )
+    assert res.exit_code == 0, res.output
+    assert "refitted" in res.output
 
 
 def test_rerun_is_byte_identical_even_after_losing_the_models(scored: Path, tmp_path: Path) -> None:
