@@ -1159,6 +1159,10 @@ def assemble_features(
         (``excess_over_own_and_peers``; none or a missing vin: one class).
     """
     n = len(vins)
+    if n == 0:
+        # a date on which no vehicle has a vehicle_day row (all offline, or today's first
+        # minutes): no feature rows, though the trailing windows hold other dates' rows
+        return FEATURES_SCHEMA.empty_table()
     pos = {v: i for i, v in enumerate(vins)}
     out: dict[str, Any] = {
         "vin": pa.array(vins, pa.string()),

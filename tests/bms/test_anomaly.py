@@ -176,6 +176,26 @@ def test_unloadable_model_folder_is_refused_and_refitted(
     assert "refitted" in res.output
 
 
+def test_a_date_without_any_vehicle_row_is_scored(scored: Path, tmp_path: Path) -> None:
+    """All vehicles offline (or today's first readings, too few for a vehicle_day row):
+    no feature rows, open flags carried on; it used to crash in the feature builder."""
+    data = _copy(scored, tmp_path)
+    day = START + timedelta(days=DAYS)
+    last = bms.anomalies_path(data / "lake", day - timedelta(days=1), FLEET).parent.parent
+    for table in ("vehicle_day", "cell_day", "vehicle_soh"):
+        src = data / "lake" / "metrics" / table / last.name / f"fleet={FLEET}" / "part.parquet"
+        empty = pq.read_table(src).schema.empty_table()
+        bms.write_parquet_atomic(
+            empty,
+            data / "lake" / "metrics" / table / f"date={day}" / f"fleet={FLEET}" / "part.parquet",
+        )
+    summary = bms.score_anomalies(data / "lake", data / "state", day, PARAMS)
+    assert summary.vehicles == 0
+    features = data / "lake" / "anomaly_features" / f"date={day}" / f"fleet={FLEET}"
+    assert pq.read_table(features / "part.parquet").num_rows == 0
+    assert bms.anomalies_path(data / "lake", day, FLEET).is_file()
+
+
 def test_rerun_is_byte_identical_even_after_losing_the_models(scored: Path, tmp_path: Path) -> None:
     data = _copy(scored, tmp_path)
     day = START + timedelta(days=DAYS - 2)
