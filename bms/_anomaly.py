@@ -671,6 +671,23 @@ def _fmt(x: float) -> str:
     return "nan" if np.isnan(x) else f"{x:.3g}"
 
 
+def _unit(unit: str) -> str:
+    """A value's unit with its leading space; none for unitless ("-") values."""
+    return "" if unit in ("", "-") else f" {unit}"
+
+
+def _rule_text(hit: Mapping[str, Any], where: str) -> str:
+    """One rule hit as evidence: ``rule [cell|sensor N]: value unit (limit L)`` (the form
+    ``reports._vehicle_pdf`` reads back). A rule on a magnitude (a cell's rest deviation
+    or its trend, either way from the pack median) states its limit with the value's
+    sign: "-2.42 mV/day (limit -2)", not "(limit 2)", which read as a value below its
+    limit."""
+    value, thr = float(hit["value"]), float(hit["threshold"])
+    if value < 0 < thr:
+        thr = -thr
+    return f"{hit['rule']}{where}: {_fmt(value)}{_unit(str(hit['unit']))} (limit {_fmt(thr)})"
+
+
 def _top_features(
     model: AnomalyModel, x: np.ndarray, k: int
 ) -> tuple[list[dict[str, Any]], np.ndarray]:
@@ -843,11 +860,7 @@ def _score_fleet_day(
             if r["sensor"] >= 0
             else (f" cell {r['cell']}" if r["cell"] >= 0 else "")
         )
-        # a unitless rule's unit is "-": none written ("1 (limit 1)", not "1 - (limit 1)")
-        unit = "" if r["unit"] in ("", "-") else f" {r['unit']}"
-        c["rule_text"].append(
-            f"{r['rule']}{where}: {_fmt(r['value'])}{unit} (limit {_fmt(r['threshold'])})"
-        )
+        c["rule_text"].append(_rule_text(r, where))
     for key, c in cands.items():
         ci = row_of[key[0]]
         if c["top"] is None and model is not None:
@@ -858,15 +871,16 @@ def _score_fleet_day(
             parts.insert(0, f"model score {_fmt(scores[ci])} > threshold {_fmt(model.threshold)}")
         for t in c["top"] or []:
             parts.append(
-                f"{t['feature']}={_fmt(t['value'] if t['value'] is not None else np.nan)} "
-                f"{t['unit']} (fleet normal {_fmt(t['normal_low'])}..{_fmt(t['normal_high'])})"
+                f"{t['feature']}={_fmt(t['value'] if t['value'] is not None else np.nan)}"
+                f"{_unit(t['unit'])} (fleet normal {_fmt(t['normal_low'])}.."
+                f"{_fmt(t['normal_high'])})"
             )
         if key[1] >= 0:
             feats = _row(today, ci)
             for f in CELL_FEATURES:
                 col, unit = CELL_EVIDENCE[f.name]
                 if feats.get(CELL_INDEX[f.name]) == key[1] and feats.get(col) is not None:
-                    parts.append(f"cell {key[1]} {col}={_fmt(feats[col])} {unit}")
+                    parts.append(f"cell {key[1]} {col}={_fmt(feats[col])}{_unit(unit)}")
         c["evidence"] = "; ".join(parts)
 
     # Status against the previous output.

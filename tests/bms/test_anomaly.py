@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import shutil
 from datetime import date, timedelta
 from pathlib import Path
@@ -227,6 +228,25 @@ def test_status_goes_new_ongoing_cleared(scored: Path) -> None:
     # after clearing the entity is gone
     later = [r for r in t.to_pylist() if r["date"] > last and r["vin"] == vin(SHORT.vehicle)]
     assert later == []
+
+
+def test_evidence_states_each_rule_limit_with_the_value_sign_and_no_dash_unit(
+    scored: Path,
+) -> None:
+    """A draining cell's deviation trend of -3.9 mV/day read "(limit 2)", as if it were
+    below its limit; unitless features read "drift_growth_z=7.85 - (fleet normal ...)"."""
+    rule_clause = re.compile(
+        r"([a-z_]+)(?: (?:cell|sensor) \d+)?: (\S+)(?: [^\s(]+)? \(limit (\S+)\)"
+    )
+    seen = set()
+    for r in bms.read_anomalies(scored / "lake").to_pylist():
+        for part in r["evidence"].split("; "):
+            assert " - (fleet normal" not in part and not part.endswith(" -"), part
+            if m := rule_clause.fullmatch(part):
+                value, limit = float(m[2]), float(m[3])
+                assert (value < 0) == (limit < 0), part
+                seen.add(m[1])
+    assert "deviation_growth" in seen
 
 
 def test_no_other_vehicle_is_flagged(scored: Path) -> None:
