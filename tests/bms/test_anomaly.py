@@ -241,7 +241,8 @@ def test_evidence_states_each_rule_limit_with_the_value_sign_and_no_dash_unit(
     seen = set()
     for r in bms.read_anomalies(scored / "lake").to_pylist():
         for part in r["evidence"].split("; "):
-            assert " - (fleet normal" not in part and not part.endswith(" -"), part
+            assert " - (fleet normal" not in part, part
+            assert not part.endswith(" -"), part
             if m := rule_clause.fullmatch(part):
                 value, limit = float(m[2]), float(m[3])
                 assert (value < 0) == (limit < 0), part
