@@ -15,7 +15,8 @@ For a date ``D`` and a fleet, ``score_anomalies``:
 4. evaluates the physical rules (``bms._anomaly_rules``) on today's rows;
 5. merges model and rule flags per (vehicle, cell), carries ``first_seen`` from the
    previous date's output and sets the status: ``new``, ``ongoing`` (also while a flag
-   has been quiet for fewer than ``clear_days``), ``cleared`` (once, then dropped);
+   has been quiet for fewer than ``clear_days``, or on a day its vehicle sent no data),
+   ``cleared`` (once, then dropped);
 6. writes ``lake/anomalies/date=D/fleet=F/part.parquet`` atomically; the same inputs
    give byte-identical output.
 """
@@ -922,6 +923,9 @@ def _score_fleet_day(
             quiet = (day - p["last_flagged"]).days
             pi = row_of.get(key[0])
             score = None if pi is None or np.isnan(scores[pi]) else float(scores[pi])
+            # A vehicle without data today (offline, or its telemetry late) is not quiet:
+            # its flag stays open until a day with data finds it quiet long enough.
+            cleared = pi is not None and quiet >= params.clear_days
             rows.append(
                 {
                     **p,
@@ -929,7 +933,7 @@ def _score_fleet_day(
                     "score": score,
                     "threshold": thr,
                     "model_version": version,
-                    "status": "cleared" if quiet >= params.clear_days else "ongoing",
+                    "status": "cleared" if cleared else "ongoing",
                 }
             )
     table = pa.Table.from_pylist(rows, schema=ANOMALIES_SCHEMA)

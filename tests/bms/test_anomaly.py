@@ -230,6 +230,42 @@ def test_status_goes_new_ongoing_cleared(scored: Path) -> None:
     assert later == []
 
 
+def test_a_flag_does_not_clear_while_its_vehicle_sends_nothing(
+    scored: Path, tmp_path: Path
+) -> None:
+    """A vehicle that goes offline with an open flag (its fault may be why) is not
+    quiet: the flag stays ongoing until a day with its data finds it quiet long enough
+    (days without data used to count, clearing it after clear_days offline)."""
+    import pyarrow.compute as pc
+
+    data = _copy(scored, tmp_path)
+    v = vin(SHORT.vehicle)
+    rows = [
+        r
+        for r in bms.read_anomalies(data / "lake").to_pylist()
+        if r["vin"] == v and r["cell"] == SHORT.cell
+    ]
+    cleared_on = max(r["date"] for r in rows)
+    assert next(r for r in rows if r["date"] == cleared_on)["status"] == "cleared"
+    last_flagged = max(r["last_flagged"] for r in rows)
+    offline = [
+        last_flagged + timedelta(days=k) for k in range(1, (cleared_on - last_flagged).days + 1)
+    ]
+    for day in offline:
+        for name in ("vehicle_day", "cell_day", "vehicle_soh"):
+            path = bms.metrics_path(data / "lake", name, day, FLEET)
+            table = pq.read_table(path)
+            bms.write_parquet_atomic(table.filter(pc.not_equal(table["vin"], v)), path)
+    for day in offline:
+        bms.score_anomalies(data / "lake", data / "state", day, PARAMS)
+    after = {
+        r["date"]: r["status"]
+        for r in bms.read_anomalies(data / "lake").to_pylist()
+        if r["vin"] == v and r["cell"] == SHORT.cell and r["date"] in offline
+    }
+    assert after == dict.fromkeys(offline, "ongoing")
+
+
 def test_evidence_states_each_rule_limit_with_the_value_sign_and_no_dash_unit(
     scored: Path,
 ) -> None:
