@@ -2549,10 +2549,9 @@ def _weakest_cell(
         return ratio, leak, pairs
     if ratio is None or ratio.shape != r.shape:
         ratio, pairs = np.ones_like(r), 0
-    if pairs is not None:
-        pairs += 1
     k = params.cell_ratio_smoothing
     if pairs is not None:
+        pairs += 1
         k = max(k, 1.0 / (pairs + params.cell_ratio_prior_pairs))
     smoothed = (1 - k) * ratio + k * r
     if dsoc_sigma is not None:
