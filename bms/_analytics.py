@@ -87,7 +87,7 @@ from bms._warranty import (
 )
 
 #: Version of the analytics model; part of every run id and of the warranty evidence.
-ANALYTICS_MODEL_VERSION = "analytics-16"
+ANALYTICS_MODEL_VERSION = "analytics-17"
 #: Metrics tables written per (date, fleet).
 METRICS_TABLES = (
     "vehicle_day",
@@ -2913,6 +2913,8 @@ def _trend_and_warranty(
         evidence = {
             "policy": {"id": policy.id, "name": policy.name, "source": policy.source},
             "threshold": None if th is None else dataclasses.asdict(th),
+            # the limit that ended an out_of_coverage verdict's cover (None otherwise)
+            "cover_ended_by": verdict.cover_ended_by,
             "soh": {
                 "soh_pct": soh,
                 "soh_low_pct": lo,

@@ -134,7 +134,9 @@ class WarrantyVerdict:
     next to expire); ``coverage_end_years``/``coverage_end_km`` where its cover ends for
     this vehicle (age and odometer, using its own km per day); ``projected_*`` the SoH
     trend at that point with its 90 % interval; ``usage_flags`` the usage conditions
-    breached (cover may be void), each as ``name: value > limit``.
+    breached (cover may be void), each as ``name: value > limit``; ``cover_ended_by``
+    the limit that ended the cover of an ``out_of_coverage`` verdict (``"odometer"`` or
+    ``"age"``), else None.
     """
 
     status: str
@@ -147,6 +149,7 @@ class WarrantyVerdict:
     projected_soh_high_pct: float
     reason: str
     usage_flags: tuple[str, ...]
+    cover_ended_by: str | None = None
 
 
 def warranty_presets() -> tuple[str, ...]:
@@ -483,12 +486,19 @@ def coverage_end(
     return end_years, min(max(end_km, 0.0), threshold.km)
 
 
+def _cover_ended_by(threshold: WarrantyThreshold, odometer_km: float, end_years: float) -> str:
+    """The limit that ended a cover (``coverage_end`` put its end at ``end_years``):
+    ``"odometer"`` if the odometer passed its limit before the age limit, else ``"age"``
+    (also when both fall on one day)."""
+    return "odometer" if odometer_km >= threshold.km and end_years < threshold.years else "age"
+
+
 def _cover_ended_reason(
     threshold: WarrantyThreshold, age_years: float, odometer_km: float, end_years: float
 ) -> str:
     """Why a cover has ended: the limit reached first, when, and where the other stands."""
     years, km = threshold.years, threshold.km
-    if odometer_km >= km and end_years < years:
+    if _cover_ended_by(threshold, odometer_km, end_years) == "odometer":
         age_note = (
             f"within its {years:g} y limit"
             if age_years <= years
@@ -965,6 +975,7 @@ def warranty_verdict(
             nan,
             _cover_ended_reason(last, age_years, odometer_km, end_y),
             flags,
+            _cover_ended_by(last, odometer_km, end_y),
         )
     if fit is None:
         th, end_y, end_km = in_cover[0]

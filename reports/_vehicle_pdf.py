@@ -147,25 +147,18 @@ def _headline_reason(reason: str) -> str:
     return f"{clauses[0]}; ...; {clauses[-1]} (in full under Warranty evidence)"
 
 
-def _limits(v: VehicleData) -> tuple[float, float]:
-    """The binding threshold's age [years] and odometer [km] limits (evidence)."""
-    threshold = v.evidence.get("threshold") or {}
-    return _num(threshold.get("years")), _num(threshold.get("km"))
-
-
 def _expired(v: VehicleData) -> tuple[float, float, str] | None:
-    """Where an ended cover ended (age [years], odometer [km], the limit that ended it:
-    the warranty table's end of cover, ``bms.coverage_end``), else None."""
+    """Where an ended cover ended (age [years], odometer [km]: the warranty table's end
+    of cover, ``bms.coverage_end``) and the limit that ended it (the evidence's
+    ``cover_ended_by``, as the verdict's reason names it), else None (also for tables
+    written before analytics-17, which do not name the limit)."""
     r = v.row
-    end_years, end_km = r.warranty_end_age_years, r.warranty_end_odometer_km
-    if r.warranty_status != "out_of_coverage" or not end_years < r.age_years:
+    ended_by = v.evidence.get("cover_ended_by")
+    if r.warranty_status != "out_of_coverage" or not r.warranty_end_age_years < r.age_years:
         return None
-    years, km = _limits(v)
-    if math.isfinite(km) and end_km >= km:
-        return end_years, end_km, "odometer"
-    if math.isfinite(years) and end_years >= years:
-        return end_years, end_km, "age"
-    return None
+    if ended_by not in ("odometer", "age"):
+        return None
+    return r.warranty_end_age_years, r.warranty_end_odometer_km, ended_by
 
 
 def _evidence_rows(v: VehicleData) -> list[list[str]]:

@@ -125,6 +125,7 @@ def test_an_ended_cover_says_which_limit_ended_it_and_when() -> None:
     assert v.status == "out_of_coverage"
     assert v.coverage_end_years == pytest.approx(6.0 * 160_000 / 403_715)
     assert v.coverage_end_km == 160_000
+    assert v.cover_ended_by == "odometer"
     assert v.reason == (
         "cover ended: the odometer passed the 160000 km limit at about 2.4 years of age "
         "(odometer now 403715 km; age 6.00 y, within its 8 y limit)"
@@ -132,6 +133,7 @@ def test_an_ended_cover_says_which_limit_ended_it_and_when() -> None:
     # 10 years, 100,000 km: the age limit, at about 80,000 km.
     v = bms.warranty_verdict(policy, fit, age_years=10.0, odometer_km=100_000, km_per_day=5)
     assert (v.coverage_end_years, v.coverage_end_km) == pytest.approx((8.0, 80_000.0))
+    assert v.cover_ended_by == "age"
     assert v.reason == (
         "cover ended: age 10.00 y passed the 8 y limit (odometer 100000 km, within its "
         "160000 km limit)"
@@ -140,6 +142,11 @@ def test_an_ended_cover_says_which_limit_ended_it_and_when() -> None:
     v = bms.warranty_verdict(policy, fit, age_years=10.0, odometer_km=180_000, km_per_day=50)
     assert (v.coverage_end_years, v.coverage_end_km) == pytest.approx((8.0, 144_000.0))
     assert v.reason.endswith("(odometer 180000 km, past its 160000 km limit too)")
+    assert v.cover_ended_by == "age"
+    # a vehicle still in cover has no ended-by limit
+    assert (
+        bms.warranty_verdict(policy, fit, age_years=2.0, odometer_km=20_000, km_per_day=30)
+    ).cover_ended_by is None
 
 
 def test_stale_evidence_says_insufficient_data_but_a_claim_stands() -> None:

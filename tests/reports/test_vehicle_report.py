@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 import shutil
 from pathlib import Path
@@ -226,6 +227,8 @@ def test_a_cover_ended_by_its_odometer_limit_says_when_and_by_which_limit(
     assert end == pytest.approx(age * 160_000 / odo)
     rd.patch_rows(data / "lake", "vehicle_soh", rd.FLAGGED_VIN, age_years=age, odometer_km=odo)
     rd.patch_rows(data / "lake", "vehicle_day", rd.FLAGGED_VIN, odometer_km=odo)
+    warranty = bms.read_metrics(data / "lake", "warranty", [rd.DAY]).to_pylist()
+    evidence = json.loads(next(r for r in warranty if r["vin"] == rd.FLAGGED_VIN)["evidence"])
     rd.patch_rows(
         data / "lake",
         "warranty",
@@ -239,6 +242,7 @@ def test_a_cover_ended_by_its_odometer_limit_says_when_and_by_which_limit(
         projected_soh_pct=None,
         projected_soh_low_pct=None,
         projected_soh_high_pct=None,
+        evidence=json.dumps({**evidence, "cover_ended_by": verdict.cover_ended_by}),
     )
     pdf = reports.vehicle_report(data / "lake", tmp_path / "out", rd.FLAGGED_VIN, rd.DAY)
     text = " ".join(pdf_text(pdf).split())
