@@ -77,6 +77,7 @@ from bms._warranty import (
     UsageTotals,
     UseSinceEstimate,
     WarrantyPolicy,
+    WarrantyPolicyError,
     calendar_arrhenius_k,
     calendar_stress_from_exposure,
     coverage_end,
@@ -984,6 +985,13 @@ class _FleetSession:
             for r in self.registry.to_pylist()
         }
         self.policies = _PolicyCache(params)
+        # Every vehicle's policy is loaded before any date is computed: a registry naming
+        # an unknown preset or a bad file stops the run here, naming the vehicle.
+        for vin, r in self.reg.items():
+            try:
+                self.policies.get(r.get("warranty_policy"))
+            except WarrantyPolicyError as exc:
+                raise WarrantyPolicyError(f"registry, vehicle {vin}: {exc}") from None
         self.run_hash = params.run_hash()
         self.con = _connect(params)
         self.cons: list[Any] = [self.con]  # one connection per vehicle group in flight

@@ -235,6 +235,32 @@ def test_registry_with_unknown_chemistry_is_rejected(tmp_path: Path) -> None:
         bms.read_registry(tmp_path)
 
 
+def test_a_registry_naming_an_unknown_policy_stops_the_run_before_any_work(
+    lake: Path, tmp_path: Path
+) -> None:
+    """A vehicle's policy is checked when the run starts: the error names the vehicle
+    and nothing is written (it was found at the first date's warranty step, without the
+    vehicle)."""
+    copy = tmp_path / "data"
+    shutil.copytree(lake.parent, copy)
+    shutil.rmtree(copy / "state")
+    shutil.rmtree(copy / "lake" / "metrics")
+    path = copy / "lake" / "registry" / "vehicles.parquet"
+    reg = pq.read_table(path).to_pylist()
+    reg[1]["warranty_policy"] = "no-such-policy"
+    pq.write_table(pa.Table.from_pylist(reg, schema=pq.read_schema(path)), path)
+    with pytest.raises(
+        bms.WarrantyPolicyError,
+        match=f"^registry, vehicle {reg[1]['vin']}: unknown warranty policy 'no-such-policy'",
+    ):
+        bms.run_pending(copy / "lake")
+    assert not (copy / "lake" / "metrics").exists()
+    res = CliRunner().invoke(cli, ["--data-dir", str(copy), "analyze"])
+    assert res.exit_code == 1
+    assert res.output.startswith(f"Error: registry, vehicle {reg[1]['vin']}: unknown warranty")
+    assert len(res.output.strip().splitlines()) == 1
+
+
 def test_cli_analyze_one_date_status_and_catch_up(lake: Path, tmp_path: Path) -> None:
     copy = tmp_path / "data"
     shutil.copytree(lake.parent, copy)
