@@ -1,7 +1,8 @@
 """``make demo``: a small fleet end to end, from an empty data directory, in a few minutes.
 
-1. an MQTT broker: the configured one if it answers, else a private Mosquitto (from PATH)
-   on a free port with its files in ``DATA/broker``;
+1. an MQTT broker: a private Mosquitto (from PATH) on a free port with its files in
+   ``DATA/broker``, so that two demos, or a demo beside a production ingest, never share
+   topics or MQTT sessions; the configured broker only where mosquitto is not installed;
 2. history: ``fleetbms simulate --to-lake`` (a fleet with a registry and ground truth);
 3. live traffic: ``fleetbms ingest`` subscribed while the fleet publishes a few minutes of
    readings through the broker (``fleetbms simulate --live``);
@@ -77,11 +78,14 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_broker(data_dir: Path) -> tuple[str, subprocess.Popen[bytes]]:
-    """A private Mosquitto with persistence in ``DATA/broker`` on a free local port."""
+def _mosquitto() -> str | None:
     exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    if not Path(exe).exists():
-        raise SystemExit("demo: no MQTT broker answers and mosquitto is not installed")
+    return exe if Path(exe).exists() else None
+
+
+def start_broker(data_dir: Path, exe: str) -> tuple[str, subprocess.Popen[bytes]]:
+    """A private Mosquitto (``exe``) with persistence in ``DATA/broker`` on a free local
+    port."""
     work = (data_dir / "broker").resolve()
     work.mkdir(parents=True, exist_ok=True)
     port = _free_port()
@@ -117,11 +121,17 @@ def main(argv: list[str] | None = None) -> None:
     _say("1. MQTT broker")
     broker_proc = None
     broker = settings.ingest.broker
-    if _reachable(broker):
-        print(f"using the broker at {broker}")
+    # The demo's fleet, topics and ingest client id are fixed: on a shared broker a
+    # second demo (or a production ingest of a fleet named alike) would take the other's
+    # messages and MQTT session, so it brings its own broker where it can.
+    exe = _mosquitto()
+    if exe is not None:
+        broker, broker_proc = start_broker(data, exe)
+        print(f"started a private mosquitto at {broker} (files in {data / 'broker'})")
+    elif _reachable(broker):
+        print(f"mosquitto is not installed: using the configured broker at {broker}")
     else:
-        broker, broker_proc = start_broker(data)
-        print(f"started mosquitto at {broker} (files in {data / 'broker'})")
+        raise SystemExit(f"demo: mosquitto is not installed and no broker answers at {broker}")
     try:
         _say("2. fleet history into the lake")
         fleet = [*dd, "simulate", "--vehicles", str(args.vehicles), "--seed", "7"]
