@@ -3030,7 +3030,13 @@ def read_metrics(lake_root: Path, table: str, days: Iterable[date] | None = None
         d = path.parent.parent.name.removeprefix("date=")
         if wanted is not None and d not in wanted:
             continue
-        t = pq.read_table(path, schema=METRICS_SCHEMAS[table])
+        try:
+            t = pq.read_table(path, schema=METRICS_SCHEMAS[table])
+        except (OSError, pa.ArrowException) as exc:
+            raise BmsError(
+                f"cannot read {path} ({exc}); `fleetbms analyze --date {d}` computes that "
+                "date again"
+            ) from None
         t = t.append_column("date", pa.array([date.fromisoformat(d)] * t.num_rows, pa.date32()))
         t = t.append_column(
             "fleet", pa.array([path.parent.name.removeprefix("fleet=")] * t.num_rows, pa.string())

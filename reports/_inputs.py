@@ -184,6 +184,15 @@ def _partitions(base: Path, fleet: str, first: date, last: date) -> list[tuple[d
     return out
 
 
+def _damaged(path: Path, day: date, exc: Exception) -> str:
+    """A stage output that cannot be read: which file, and the command that rewrites it."""
+    stage = "anomalies" if path.parent.parent.parent.name == "anomalies" else "analyze"
+    return (
+        f"cannot read {path} ({exc}); `fleetbms {stage} --date {day.isoformat()}` "
+        "computes that date again"
+    )
+
+
 def _read(
     base: Path,
     fleet: str,
@@ -202,9 +211,12 @@ def _read(
     wanted = pa.array(sorted(set(vins)), pa.string()) if vins is not None else None
     tables = []
     for d, path in parts:
-        names = set(pq.ParquetFile(path).schema_arrow.names)
-        have = [c for c in columns if c in names]
-        t = pq.read_table(path, columns=have)
+        try:
+            names = set(pq.ParquetFile(path).schema_arrow.names)
+            have = [c for c in columns if c in names]
+            t = pq.read_table(path, columns=have)
+        except (OSError, pa.ArrowException) as exc:
+            raise ReportError(_damaged(path, d, exc)) from None
         if wanted is not None and "vin" in names:
             t = t.filter(pc.is_in(t["vin"], value_set=wanted))
         cols = {}

@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from pypdf import PdfReader
 
+import bms
 import reports
 from tests.reports import report_data as rd
 from tests.reports.pdf_tools import (
@@ -141,6 +142,31 @@ def test_fleet_report_without_metrics_for_the_date_raises(tmp_path: Path) -> Non
     with pytest.raises(reports.ReportError, match=r"unknown report format xls"):
         reports.fleet_report(lake, tmp_path / "reports", rd.DAY, "demo", formats="pdf,xls")
     assert not (tmp_path / "reports").exists()
+
+
+@pytest.mark.parametrize(
+    ("table", "stage"), [("metrics/warranty", "analyze"), ("anomalies", "anomalies")]
+)
+def test_a_damaged_stage_output_is_named_with_the_command_that_rewrites_it(
+    fleet_run, tmp_path: Path, table: str, stage: str
+) -> None:
+    """A truncated or overwritten Parquet file (a full disk, a bad copy): one line that
+    names the file and the command that computes the date again, not pyarrow's bare
+    'Parquet magic bytes not found'; nothing written."""
+    lake = tmp_path / "lake"
+    shutil.copytree(fleet_run[0], lake)
+    damaged = next((lake / table / f"date={rd.DAY}" / f"fleet={rd.FLEET}").glob("*.parquet"))
+    damaged.write_bytes(damaged.read_bytes()[:100])
+    with pytest.raises(reports.ReportError) as err:
+        reports.fleet_report(lake, tmp_path / "out", rd.DAY, rd.FLEET)
+    message = str(err.value)
+    assert message.startswith(f"cannot read {damaged} (")
+    assert message.endswith(f"); `fleetbms {stage} --date {rd.DAY}` computes that date again")
+    assert "\n" not in message
+    assert not (tmp_path / "out").exists()
+    if stage == "analyze":
+        with pytest.raises(bms.BmsError, match=re.escape(f"cannot read {damaged} (")):
+            bms.read_metrics(lake, "warranty")
 
 
 def test_counts_of_stages_that_have_not_run_read_n_a_not_0(fleet_run, tmp_path: Path) -> None:
