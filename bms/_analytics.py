@@ -88,7 +88,7 @@ from bms._warranty import (
 )
 
 #: Version of the analytics model; part of every run id and of the warranty evidence.
-ANALYTICS_MODEL_VERSION = "analytics-17"
+ANALYTICS_MODEL_VERSION = "analytics-18"
 #: Metrics tables written per (date, fleet).
 METRICS_TABLES = (
     "vehicle_day",
@@ -179,8 +179,9 @@ class AnalyticsParams:
     # estimate; the season's temperature, 0.3 %/K): a burst of estimates weighs like a
     # few, not like as many independent ones [%]
     soh_cluster_sigma_pct: float = 1.0
-    # The estimates of this many last days move the trend where they stand clearly off
-    # it (bms.recent_level_shift: a fault's fade is not a power law) [days]
+    # The estimates within this many days of the newest one move the trend where they
+    # stand clearly off it (bms.recent_level_shift: a fault's fade is not a power law)
+    # [days]
     soh_recent_days: float = 30.0
     # A verdict other than claim_eligible needs a capacity estimate this recent [days]:
     # older, the SoH "now" is the prior's projection (seasons: half a year).
@@ -2774,7 +2775,6 @@ def _trend_and_warranty(
                 _age_years(cap["t_ms"], in_service),
                 cap["soh_pct"],
                 np.maximum(cap["sigma_pct"], SOH_SIGMA_FLOOR_PCT),
-                now_years=age,
                 window_years=params.soh_recent_days / DAYS_PER_YEAR,
                 cluster_years=params.soh_cluster_days / DAYS_PER_YEAR,
                 cluster_sigma=params.soh_cluster_sigma_pct,

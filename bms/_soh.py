@@ -238,7 +238,6 @@ def recent_level_shift(
     y: npt.ArrayLike,
     sigma: npt.ArrayLike,
     *,
-    now_years: float,
     window_years: float,
     cluster_years: float,
     cluster_sigma: float,
@@ -250,8 +249,11 @@ def recent_level_shift(
     falls fast for a few months and then ages as before, is a ramp the law cannot bend
     to: fitted anyway, the law overshoots it and its value now lies below what the
     recent estimates measure (3-7 points in the simulated fleets), which would
-    understate a warranty claim's SoH. So the estimates of the last ``window_years``
-    are compared with the trend: their mean residual :math:`\bar r`, each group of
+    understate a warranty claim's SoH. So the newest estimates, those within
+    ``window_years`` of the newest one, are compared with the trend (the newest
+    measurements, however old: a window ending today would drop the shift a month
+    after the last estimate, and the SoH shown would jump back to the law without any
+    new measurement): their mean residual :math:`\bar r`, each group of
     ``cluster_years`` weighted by :math:`1 / (1 / W_g + \tau^2)` (its estimates' weights
     :math:`W_g` at the fit's scale, the shared error ``cluster_sigma``), with sigma
     :math:`\sigma_{\bar r} = (\sum_g 1 / (1 / W_g + \tau^2))^{-1/2}`.
@@ -262,10 +264,8 @@ def recent_level_shift(
         The trend of the estimates below.
     t_years, y, sigma : array
         The estimates' ages [years], values and one-sigma uncertainties [units of y].
-    now_years : float
-        Age now; the window ends here. [years]
     window_years : float
-        How far back the recent estimates go. [years]
+        How far back from the newest estimate the recent estimates go. [years]
     cluster_years : float
         Length of the groups that share an error. [years]
     cluster_sigma : float
@@ -281,7 +281,9 @@ def recent_level_shift(
         or no clear shift).
     """
     _, t, yv, sg = _usable_points(t_years, y, sigma)
-    recent = t >= now_years - window_years
+    if t.size < 3:
+        return fit
+    recent = t >= float(t.max()) - window_years
     if int(recent.sum()) < 3:
         return fit
     t, yv, sg = t[recent], yv[recent], sg[recent] * fit.scale

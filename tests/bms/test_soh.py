@@ -278,7 +278,6 @@ def test_recent_estimates_clearly_off_the_trend_move_it_others_do_not() -> None:
             t,
             y,
             sigma,
-            now_years=now,
             window_years=30 / 365.25,
             cluster_years=7 / 365.25,
             cluster_sigma=1.0,
@@ -290,5 +289,27 @@ def test_recent_estimates_clearly_off_the_trend_move_it_others_do_not() -> None:
             assert abs(float(soh) - truth[-1]) < 1.0
             assert lo <= truth[-1] <= hi
             assert moved.a == fit.a  # the SoH when new is the fit's
+            # Months without an estimate since: the newest estimates still set the level
+            # (a window ending today dropped the shift a month after them, and the SoH
+            # shown went back to the law with nothing new measured).
+            old = t <= now - 90 / 365.25
+            fit_old = bms.fit_power_trend(
+                t[old], y[old], sigma[old], cluster=week[old], cluster_sigma=1.0, **common
+            )
+            kept = bms.recent_level_shift(
+                fit_old,
+                t[old],
+                y[old],
+                sigma[old],
+                window_years=30 / 365.25,
+                cluster_years=7 / 365.25,
+                cluster_sigma=1.0,
+            )
+            last = float(t[old][-1])
+            assert fit_old.interval(last)[0] < truth[old][-1] - 2.0
+            assert abs(float(kept.interval(last)[0]) - truth[old][-1]) < 1.0
+            assert kept.shift == pytest.approx(
+                float(kept.interval(now)[0]) - float(fit_old.interval(now)[0])
+            )
         else:
             assert moved is fit
