@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
 
 import msgspec
@@ -40,7 +40,7 @@ REJECT_REASONS: dict[str, str] = {
     "bad_value": "a field is outside its allowed values (mode, seq range...)",
     "bad_vin": "VIN is not 17 characters of [A-HJ-NPR-Z0-9]",
     "vin_mismatch": "VIN in the payload differs from the VIN in the topic",
-    "bad_ts": "ts is not an RFC 3339 timestamp with a time zone",
+    "bad_ts": "ts is not an RFC 3339 timestamp with a time zone, or is before year 1 in UTC",
     "ts_in_future": "ts is more than 24 h after the receive time",
     "bad_cells": "cell voltage or temperature list is empty or longer than 400",
     "batch_too_large": "batch holds more than 10,000 readings",
@@ -243,7 +243,19 @@ def decode_reading(
         raise ContractError(
             "ts_in_future", f"ts {reading.ts.isoformat()} is after receive time + 24 h"
         )
+    if reading.ts.year == 1 and _before_year_1(reading.ts):
+        raise ContractError("bad_ts", f"ts {reading.ts.isoformat()} is before 0001-01-01T00:00:00Z")
     return reading
+
+
+def _before_year_1(ts: datetime) -> bool:
+    """``0001-01-01T00:00:00+05:30`` is valid RFC 3339, but its UTC instant has no date:
+    stored, it would make writing the whole flush fail."""
+    try:
+        ts.astimezone(UTC)
+    except OverflowError:
+        return True
+    return False
 
 
 def decode_message(

@@ -107,53 +107,6 @@ def _lenient_seqs(payload: bytes) -> list[int]:
     ]
 
 
-class _RawItems(msgspec.Struct):
-    readings: list[msgspec.Raw]
-
-
-_raw_items_decoder = msgspec.json.Decoder(_RawItems)
-
-
-def _before_year_1(reading: Any) -> bool:
-    """True when ``ts`` is in year 1 at a positive offset and so before 0001-01-01 UTC."""
-    if reading.ts.year != 1:
-        return False
-    try:
-        reading.ts.astimezone(UTC)
-    except OverflowError:
-        return True
-    return False
-
-
-def _drop_unrepresentable(decoded: Decoded, payload: bytes) -> Decoded:
-    """Move readings whose ``ts`` is before 0001-01-01 UTC to the rejections.
-
-    ``0001-01-01T00:00:00+05:30`` is valid RFC 3339, but its UTC instant has no date:
-    stored, it would make writing the whole flush fail (the worker would stop, and stop
-    again on every restart as the broker redelivers it). It is quarantined as ``bad_ts``.
-    """
-    bad = [i for i, r in enumerate(decoded.readings) if _before_year_1(r)]
-    if not bad:
-        return decoded
-    kind = decoded.topic.kind if decoded.topic is not None else "bms"
-    positions: list[int | None] = [None]
-    raws = [payload]
-    if kind == "batch":  # raw bytes and index of each accepted item
-        rejected = {rej.index for rej in decoded.rejections}
-        items = _raw_items_decoder.decode(payload).readings
-        accepted = [i for i in range(len(items)) if i not in rejected]
-        positions = [*accepted]
-        raws = [bytes(items[i]) for i in accepted]
-    rejections = list(decoded.rejections)
-    for i in bad:
-        ts = decoded.readings[i].ts.isoformat()
-        detail = f"ts {ts} is before 0001-01-01T00:00:00Z"
-        rejections.append(Rejection("bad_ts", detail, raws[i], positions[i]))
-    dropped = set(bad)
-    keep = [r for i, r in enumerate(decoded.readings) if i not in dropped]
-    return Decoded(decoded.topic, keep, rejections)
-
-
 class _SeqOnly(msgspec.Struct):
     seq: int
 
@@ -308,7 +261,6 @@ class Processor:
             )
         except Exception as exc:  # one bad message must not stop the worker: quarantined
             decoded = _undecodable(topic, payload, exc)
-        decoded = _drop_unrepresentable(decoded, payload)
         with self.lock:
             batch = self._batch
             if not batch.tokens and not batch.quarantine and not batch.rows:

@@ -81,6 +81,7 @@ def test_sentinel_cell_is_kept_as_null_and_left_out_of_min_max(tmp_path: Path) -
         (reading_dict(ts="yesterday"), TOPIC, "bad_ts"),
         (reading_dict(ts="2026-11-24T03:15:20"), TOPIC, "bad_ts"),
         (reading_dict(ts="2026-11-26T01:00:00Z"), TOPIC, "ts_in_future"),
+        (reading_dict(ts="0001-01-01T00:00:00+05:30"), TOPIC, "bad_ts"),  # year 0 in UTC
         (reading_dict(vin="MAT612345NEX00002"), TOPIC, "vin_mismatch"),
         (reading_dict(cells={"voltages_mv": [], "temps_c": [30.0]}), TOPIC, "bad_cells"),
         (reading_dict(cells={"voltages_mv": [3700] * 401, "temps_c": [30.0]}), TOPIC, "bad_cells"),
