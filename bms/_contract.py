@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
 
 import msgspec
+import numpy as np
 
 from bms._errors import ContractError
 
@@ -138,6 +139,93 @@ _reading_encoder = msgspec.json.Encoder()
 _VIN_RE = re.compile(VIN_PATTERN)
 _FLEET_RE = re.compile(FLEET_PATTERN)
 _PATH_RE = re.compile(r"- at `(\$[^`]*)`")
+#: A JSON string (the scan of ``_split_readings`` finds them in order, one after another).
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+
+
+def nested_too_deeply(exc: RecursionError) -> ContractError:
+    """The rejection of JSON nested deeper than the decoder can follow (``not_json``).
+
+    msgspec (and the standard library) decode nesting by recursion: a few kB of ``[[[...``
+    make them raise ``RecursionError``. The one place that words this reason.
+    """
+    return ContractError("not_json", f"JSON nested too deeply to decode ({exc})")
+
+
+def _split_readings(payload: bytes) -> tuple[int, int, list[bytes]] | None:
+    """Where the ``readings`` array of a batch is and its items, found without recursion.
+
+    For a batch the decoder cannot follow (an item nested too deeply): the depth of every
+    byte outside strings is counted at once (numpy, so a 16 MB nest takes a fraction of
+    a second); only the brackets, commas, colons and keys of the envelope and the item
+    boundaries (depth <= 2) are looked at one by one. Returns the start and end of the
+    array in ``payload`` and the bytes of each item (not validated: each is decoded on
+    its own), or ``None`` when ``payload`` is not one object with one ``readings`` array
+    (or is cut short, or an item is empty).
+    """
+    data = np.frombuffer(payload, dtype=np.uint8)
+    spans = [m.span() for m in _JSON_STRING.finditer(payload)]
+    starts = np.array([a for a, _ in spans], dtype=np.int64)
+    marks = np.zeros(len(data) + 1, dtype=np.int8)
+    np.add.at(marks, starts, 1)
+    np.add.at(marks, np.array([b for _, b in spans], dtype=np.int64), -1)
+    in_string = np.cumsum(marks[:-1], dtype=np.int8) > 0
+    if ((data == ord('"')) & ~in_string).any():
+        return None  # a string not terminated
+    opens = ((data == ord("[")) | (data == ord("{"))) & ~in_string
+    closes = ((data == ord("]")) | (data == ord("}"))) & ~in_string
+    depth = np.cumsum(opens.astype(np.int32) - closes.astype(np.int32), dtype=np.int32)
+    text = np.nonzero(~np.isin(data, np.frombuffer(b" \t\n\r", dtype=np.uint8)))[0]
+    if len(text) == 0 or data[text[0]] != ord("{") or depth[text[-1]] != 0:
+        return None
+    if depth[text[0] : text[-1]].min() <= 0:
+        return None  # brackets close too early, or text outside the top-level object
+    outer = depth - opens  # depth of the container each byte is in
+    shallow_mask = opens | closes | (((data == ord(",")) | (data == ord(":"))) & ~in_string)
+    shallow_mask[starts] = True
+    shallow = np.nonzero(shallow_mask & (outer <= 2))[0]
+    expect_key = want_array = in_readings = False
+    key: object = None
+    start = end = -1
+    items: list[bytes] = []
+    item_start = 0
+    for i in shallow.tolist():
+        c = payload[i]
+        level = int(outer[i])
+        if want_array and c != ord("["):
+            return None  # readings is not an array
+        if c == ord('"'):
+            if level == 1 and expect_key:
+                m = _JSON_STRING.match(payload, i)
+                try:
+                    key = msgspec.json.decode(m.group()) if m else None
+                except msgspec.DecodeError:
+                    return None
+                expect_key = False
+        elif c in b"[{":
+            if level == 0:
+                expect_key = True
+            elif level == 1 and want_array:
+                if start >= 0:
+                    return None  # two readings keys
+                start, item_start, in_readings, want_array = i, i + 1, True, False
+        elif c in b"]}":
+            if level == 1 and in_readings:  # the end of readings
+                item = payload[item_start:i].strip()
+                if item or items:
+                    items.append(item)
+                end, in_readings = i + 1, False
+        elif c == ord(","):
+            if level == 1:
+                expect_key = True
+            elif level == 2 and in_readings:
+                items.append(payload[item_start:i].strip())
+                item_start = i + 1
+        elif level == 1:  # a colon
+            want_array = key == "readings"
+    if start < 0 or end < 0 or not all(items):
+        return None
+    return start, end, items
 
 
 def topic_for(fleet_id: str, vin: str, kind: str) -> str:
@@ -227,14 +315,13 @@ def decode_reading(
     Raises
     ------
     ContractError
-        With one of the ``REJECT_REASONS`` codes.
+        With one of the ``REJECT_REASONS`` codes (``not_json`` for JSON nested too
+        deeply to decode).
     """
     try:
-        reading = _reading_decoder.decode(payload)
-    except msgspec.ValidationError as exc:
-        raise _invalid(payload, exc) from None
-    except msgspec.DecodeError as exc:
-        raise ContractError("not_json", str(exc)) from None
+        reading = _decode_typed(payload)
+    except RecursionError as exc:
+        raise nested_too_deeply(exc) from None
     if reading.v != 1:
         raise ContractError("unknown_version", f"v={reading.v}, this pipeline understands v=1")
     if topic_vin is not None and reading.vin != topic_vin:
@@ -246,6 +333,55 @@ def decode_reading(
     if reading.ts.year == 1 and _before_year_1(reading.ts):
         raise ContractError("bad_ts", f"ts {reading.ts.isoformat()} is before 0001-01-01T00:00:00Z")
     return reading
+
+
+def _decode_typed(payload: bytes | msgspec.Raw) -> Reading:
+    try:
+        return _reading_decoder.decode(payload)
+    except msgspec.ValidationError as exc:
+        raise _invalid(payload, exc) from None
+    except msgspec.DecodeError as exc:
+        raise ContractError("not_json", str(exc)) from None
+
+
+def batch_items(payload: bytes) -> list[bytes] | list[msgspec.Raw]:
+    """The undecoded readings of a batch message (``{"v": 1, "readings": [...]}``), its
+    envelope checked.
+
+    An item nested too deeply for the decoder does not condemn the others: the items are
+    then found by ``_split_readings`` and the envelope is checked without them; each
+    item is decoded on its own later.
+
+    Raises
+    ------
+    ContractError
+        For the whole message.
+    """
+    try:
+        return _batch_envelope(payload).readings
+    except RecursionError as exc:
+        deep = exc
+    split = _split_readings(payload)
+    if split is None:
+        raise nested_too_deeply(deep) from None
+    start, end, items = split
+    try:
+        _batch_envelope(payload[:start] + b"[]" + payload[end:])
+    except RecursionError as exc:  # another field of the envelope is too deep
+        raise nested_too_deeply(exc) from None
+    return items
+
+
+def _batch_envelope(payload: bytes) -> _RawBatch:
+    try:
+        batch = _batch_decoder.decode(payload)
+    except msgspec.ValidationError as exc:
+        raise _invalid(payload, exc) from None
+    except msgspec.DecodeError as exc:
+        raise ContractError("not_json", str(exc)) from None
+    if batch.v != 1:
+        raise ContractError("unknown_version", f"batch v={batch.v}, this pipeline understands v=1")
+    return batch
 
 
 def _before_year_1(ts: datetime) -> bool:
@@ -264,7 +400,9 @@ def decode_message(
     """Decode one MQTT message (single reading or batch) into readings and rejections.
 
     A batch is validated reading by reading: one bad reading is quarantined alone and
-    the others are kept (nothing good is thrown away with it).
+    the others are kept (nothing good is thrown away with it), also when the bad one is
+    nested too deeply to decode. JSON nested too deeply is ``not_json``, whole message or
+    batch item, like any other JSON that does not decode.
     """
     try:
         parsed = parse_topic(topic)
@@ -283,21 +421,15 @@ def decode_message(
         except ContractError as exc:
             return Decoded(parsed, [], [Rejection(exc.reason, exc.detail, payload)])
     try:
-        batch = _batch_decoder.decode(payload)
-    except msgspec.ValidationError as exc:
-        err = _invalid(payload, exc)
-        return Decoded(parsed, [], [Rejection(err.reason, err.detail, payload)])
-    except msgspec.DecodeError as exc:
-        return Decoded(parsed, [], [Rejection("not_json", str(exc), payload)])
-    if batch.v != 1:
-        detail = f"batch v={batch.v}, this pipeline understands v=1"
-        return Decoded(parsed, [], [Rejection("unknown_version", detail, payload)])
-    if len(batch.readings) > MAX_BATCH_READINGS:
-        detail = f"{len(batch.readings)} readings > {MAX_BATCH_READINGS}"
+        items = batch_items(payload)
+    except ContractError as exc:
+        return Decoded(parsed, [], [Rejection(exc.reason, exc.detail, payload)])
+    if len(items) > MAX_BATCH_READINGS:
+        detail = f"{len(items)} readings > {MAX_BATCH_READINGS}"
         return Decoded(parsed, [], [Rejection("batch_too_large", detail, payload)])
     readings: list[Reading] = []
     rejections: list[Rejection] = []
-    for i, raw in enumerate(batch.readings):
+    for i, raw in enumerate(items):
         try:
             readings.append(decode_reading(raw, now=now, topic_vin=parsed.vin))
         except ContractError as exc:

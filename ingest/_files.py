@@ -19,7 +19,7 @@ from typing import IO, cast
 
 import msgspec
 
-from bms import FLEET_PATTERN, VIN_PATTERN, Rejection, topic_for
+from bms import FLEET_PATTERN, VIN_PATTERN, ContractError, Rejection, batch_items, topic_for
 from ingest._alerts import AlertEngine
 from ingest._errors import IngestError
 from ingest._processor import Counters, Processor
@@ -76,8 +76,14 @@ def _topic_of(line: bytes, fleet: str) -> tuple[str | None, Rejection | None]:
         return None, Rejection("not_json", str(exc), line)
     except msgspec.ValidationError as exc:
         return None, Rejection("wrong_type", str(exc), line)
-    except RecursionError as exc:
-        return None, Rejection("not_json", f"JSON nested too deeply to decode ({exc})", line)
+    except RecursionError:
+        # a batch with an item too deep to skip still has a topic: decode_message keeps
+        # its other items, as for a message from the broker
+        try:
+            items = batch_items(line)
+        except ContractError as err:  # not a batch: the line is nested too deeply
+            return None, Rejection(err.reason, err.detail, line)
+        probe = _Probe(readings=[msgspec.Raw(item) for item in items[:1]])
     if probe.readings is not None:
         vin: object = None
         if probe.readings:

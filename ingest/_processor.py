@@ -42,6 +42,7 @@ from bms import (
     Rejection,
     atomic_write_bytes,
     decode_message,
+    nested_too_deeply,
     parse_topic,
     write_telemetry,
 )
@@ -69,18 +70,19 @@ _MS_PER_DAY = 86_400_000
 def _undecodable(topic: str, payload: bytes, exc: Exception) -> Decoded:
     """The rejection of a message whose decoding raised instead of rejecting it.
 
-    JSON nested a few thousand levels deep (a few kB) makes the decoder raise
-    ``RecursionError``; any other exception is a decoder bug. Either way one message must
-    not stop the ingest of the whole fleet (the broker would redeliver it after every
-    restart): it is quarantined whole, raw bytes kept, reason ``not_json`` for the nesting
-    (``decode_failed`` otherwise), the exception in the detail.
+    ``decode_message`` rejects JSON nested too deeply itself (whole message or batch
+    item); a ``RecursionError`` that still escapes it, or any other exception (a decoder
+    bug), must not stop the ingest of the whole fleet either (the broker would redeliver
+    the message after every restart): it is quarantined whole, raw bytes kept, reason
+    ``not_json`` for the nesting (``decode_failed`` otherwise), the exception in the detail.
     """
     try:
         parsed = parse_topic(topic)
     except ContractError:
         parsed = None
     if isinstance(exc, RecursionError):
-        rej = Rejection("not_json", f"JSON nested too deeply to decode ({exc})", payload)
+        err = nested_too_deeply(exc)
+        rej = Rejection(err.reason, err.detail, payload)
     else:
         rej = Rejection("decode_failed", f"decoder raised {type(exc).__name__}: {exc}", payload)
     return Decoded(parsed, [], [rej])
@@ -325,8 +327,8 @@ class Processor:
         if parsed is not None and rej.reason in _SEQ_TRUSTED:
             try:
                 seq = _seq_decoder.decode(rej.raw).seq
-            except (msgspec.DecodeError, msgspec.ValidationError):
-                return
+            except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+                return  # no seq, or nested too deeply to skip the fields before it
             if 0 <= seq < 2**63:
                 batch.covered.append((parsed.vin, parsed.fleet_id, seq))
         elif parsed is not None and rej.reason == "not_json" and rej.index is None:

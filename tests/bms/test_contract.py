@@ -306,3 +306,50 @@ def test_msgspec_raw_batch_item_keeps_exact_bytes() -> None:
     raw = msgspec.json.encode({"v": 1, "readings": [{"v": 1}]})
     result = decode(raw, TOPIC + "/batch")
     assert result.rejections[0].raw == b'{"v":1}'
+
+
+def _deep(levels: int) -> bytes:
+    return b"[" * levels + b"]" * levels
+
+
+@pytest.mark.parametrize("levels", [1_000, 100_000])
+def test_a_batch_item_nested_too_deeply_is_rejected_alone(levels: int) -> None:
+    good = [json.dumps(reading_dict(seq=s)).encode() for s in (1, 2, 3)]
+    deep_field = json.dumps(reading_dict(seq=9))[:-1].encode() + b', "x": ' + _deep(levels) + b"}"
+    items = [good[0], _deep(levels), good[1], deep_field, good[2]]
+    payload = b'{"v": 1, "extra": {"k": [1, "]"]}, "readings": [' + b", ".join(items) + b"]}"
+    result = decode(payload, TOPIC + "/batch")
+    assert [r.seq for r in result.readings] == [1, 2, 3]
+    assert [(r.reason, r.index, r.raw) for r in result.rejections] == [
+        ("not_json", 1, items[1]),
+        ("not_json", 3, items[3]),
+    ]
+    assert all("nested too deeply" in r.detail for r in result.rejections)
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (b'{"v": 1, "readings": [' + _deep(5_000), "not_json"),  # cut short
+        (b'{"v": 1, "readings": [' + _deep(5_000) + b",]}", "not_json"),
+        (b'{"v": 1, "readings": [' + _deep(5_000) + b"]} x", "not_json"),
+        (b'{"v": 1, "readings": [' + _deep(5_000) + b"}", "not_json"),
+        (b'{"v": 1, "readings": {"a": ' + _deep(5_000) + b"}}", "not_json"),
+        (b'{"v": 1, "more": ' + _deep(5_000) + b', "readings": []}', "not_json"),
+        (b'{"v": 2, "readings": [' + _deep(5_000) + b"]}", "unknown_version"),
+        (b'{"readings": [' + _deep(5_000) + b"]}", "missing_field"),
+        (b'{"v": "1", "readings": [' + _deep(5_000) + b"]}", "unknown_version"),
+        (_deep(5_000), "not_json"),
+    ],
+)
+def test_a_broken_batch_with_a_deep_item_is_rejected_whole(payload: bytes, reason: str) -> None:
+    result = decode(payload, TOPIC + "/batch")
+    assert result.readings == []
+    assert [(r.reason, r.index, r.raw) for r in result.rejections] == [(reason, None, payload)]
+
+
+def test_a_reading_nested_too_deeply_is_not_json() -> None:
+    payload = json.dumps(reading_dict())[:-1].encode() + b', "x": ' + _deep(5_000) + b"}"
+    result = decode(payload)
+    assert [(r.reason, r.index) for r in result.rejections] == [("not_json", None)]
+    assert "nested too deeply" in result.rejections[0].detail
