@@ -38,7 +38,7 @@ REJECT_REASONS: dict[str, str] = {
     "unknown_version": "field v is not a supported contract version",
     "missing_field": "a required field is missing",
     "wrong_type": "a field has the wrong JSON type",
-    "bad_value": "a field is outside its allowed values (mode, seq range...)",
+    "bad_value": "a field is outside its allowed values (mode, seq or float32 range...)",
     "bad_vin": "VIN is not 17 characters of [A-HJ-NPR-Z0-9]",
     "vin_mismatch": "VIN in the payload differs from the VIN in the topic",
     "bad_ts": "ts is not an RFC 3339 timestamp with a time zone, or is before year 1 in UTC",
@@ -48,18 +48,24 @@ REJECT_REASONS: dict[str, str] = {
 }
 
 _I64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
+#: Largest magnitude stored as a finite float32 (larger ones round to infinity): FLT_MAX
+#: plus half its last place, 2**128 - 2**103 (excluded).
+FLOAT32_LIMIT = 2.0**128 - 2.0**103
+#: A pack value stored as float32 (``current_a``, ``voltage_v``, ``soc_pct``, ``soh_pct``).
+_F32 = Annotated[float, msgspec.Meta(gt=-FLOAT32_LIMIT, lt=FLOAT32_LIMIT)]
+_F32_PATHS = tuple(f"`$.pack.{name}`" for name in ("current_a", "voltage_v", "soc_pct", "soh_pct"))
 
 
 class Pack(msgspec.Struct, gc=False):
     """Pack-level signals of one reading (units in the names, VSS sign convention)."""
 
-    current_a: float
-    voltage_v: float
-    soc_pct: float
+    current_a: _F32
+    voltage_v: _F32
+    soc_pct: _F32
     cycle_count: Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)]
     odometer_km: float
     mode: Literal["drive", "ac_charge", "dc_charge", "idle", "v2g"]
-    soh_pct: float | None = None
+    soh_pct: _F32 | None = None
 
 
 class Cells(msgspec.Struct, gc=False):
@@ -284,7 +290,10 @@ def _invalid(payload: bytes | msgspec.Raw, exc: msgspec.ValidationError) -> Cont
         msgspec.json.decode(payload)
     except msgspec.DecodeError as bad:
         return ContractError("not_json", str(bad))
-    return _version_error(payload) or ContractError(_reason_for(exc), str(exc))
+    detail = str(exc)
+    if detail.startswith("Expected `float` ") and detail.endswith(_F32_PATHS):
+        detail += " (stored as float32: a larger magnitude would be stored as infinity)"
+    return _version_error(payload) or ContractError(_reason_for(exc), detail)
 
 
 def _version_error(payload: bytes | msgspec.Raw) -> ContractError | None:

@@ -353,3 +353,31 @@ def test_a_reading_nested_too_deeply_is_not_json() -> None:
     result = decode(payload)
     assert [(r.reason, r.index) for r in result.rejections] == [("not_json", None)]
     assert "nested too deeply" in result.rejections[0].detail
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("voltage_v", 1e39), ("current_a", -1e39), ("soc_pct", 3.5e38), ("soh_pct", -1e300)],
+)
+def test_a_pack_value_beyond_float32_is_a_bad_value(field: str, value: float) -> None:
+    # stored as float32, it would be infinity; quarantined instead (a batch item alone)
+    pack = reading_dict()["pack"]
+    assert isinstance(pack, dict)
+    bad = reading_dict(seq=2, pack={**pack, field: value})
+    payload = json.dumps({"v": 1, "readings": [reading_dict(seq=1), bad]}).encode()
+    result = decode(payload, TOPIC + "/batch")
+    assert [r.seq for r in result.readings] == [1]
+    assert [(r.reason, r.index) for r in result.rejections] == [("bad_value", 1)]
+    assert result.rejections[0].detail.endswith(
+        f"`$.pack.{field}` (stored as float32: a larger magnitude would be stored as infinity)"
+    )
+
+
+def test_the_largest_float32_values_are_kept_finite(tmp_path: Path) -> None:
+    pack = reading_dict()["pack"]
+    assert isinstance(pack, dict)
+    big = {"current_a": -3.4028235e38, "voltage_v": 3.4028235e38, "soh_pct": 3.4028235e38}
+    result = decode(json.dumps(reading_dict(pack={**pack, **big})).encode())
+    table = bms.readings_table([(result.readings[0], "demo")], received_at_ms=0, worker="t")
+    row = table.to_pylist()[0]
+    assert [row[k] for k in big] == [-3.4028234663852886e38, *[3.4028234663852886e38] * 2]
