@@ -425,8 +425,15 @@ def _float_encodings(repeating: Mapping[str, bool]) -> dict[str, str]:
 
 def _check_out(out: Path) -> None:
     if out.name.endswith(".tar"):
+        if out.is_symlink():
+            raise ReportError(f"{out} is a symbolic link; not overwriting")
         if out.exists() and not out.is_file():
             raise ReportError(f"{out} exists and is not a file")
+        if out.exists() and out.stat().st_size > 0 and not _is_bundle_tar(out):
+            raise ReportError(
+                f"{out} is not an audit bundle (not a tar file holding a fleetbms "
+                f"{fmt.MANIFEST_NAME}); not overwriting"
+            )
         return
     if out.exists() or out.is_symlink():
         if not out.is_dir() or out.is_symlink():
@@ -445,6 +452,26 @@ def _is_bundle(folder: Path) -> bool:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return False
     return isinstance(doc, dict) and doc.get("format") == fmt.FORMAT
+
+
+def _is_bundle_tar(path: Path) -> bool:
+    """Is ``path`` a tar file whose top folder holds a fleetbms audit manifest?
+
+    As written by ``_tar_into``: ``NAME/manifest.json``. The members are read one at a
+    time and the search stops at the manifest.
+    """
+    try:
+        with tarfile.open(path, "r:") as tar:
+            for member in tar:
+                parts = member.name.split("/")
+                if len(parts) != 2 or parts[1] != fmt.MANIFEST_NAME or not member.isfile():
+                    continue
+                fh = tar.extractfile(member)
+                doc = json.loads(fh.read()) if fh is not None else None
+                return isinstance(doc, dict) and doc.get("format") == fmt.FORMAT
+    except (OSError, EOFError, tarfile.TarError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return False
 
 
 def _is_within(inner: Path, outer: Path) -> bool:
@@ -531,7 +558,8 @@ def export_audit_bundle(
         State folder (``data/state``): keys in ``keys/``, anomaly models in ``models/``.
     out : Path
         Bundle directory to create or replace (only an existing bundle or an empty
-        folder is replaced), or a path ending in ``.tar`` for a single tar file.
+        folder is replaced), or a path ending in ``.tar`` for a single tar file (only an
+        existing bundle tar or an empty file is replaced).
     date_from, date_to : date
         The period, both days included (UTC event dates).
     fleet : str, optional

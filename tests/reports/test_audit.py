@@ -392,6 +392,54 @@ def test_export_errors_name_the_problem(lake: Path, data_dir: Path, tmp_path: Pa
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
+def test_tar_out_replaces_an_existing_bundle_tar_and_nothing_else(
+    lake: Path, data_dir: Path, tmp_path: Path, public_key: Path
+) -> None:
+    out = tmp_path / "audit.tar"
+    first = _export(data_dir, out)
+    again = _export(data_dir, out)  # an existing fleetbms bundle tar is replaced
+    assert again.manifest_sha256 == first.manifest_sha256
+    assert verify_audit_bundle(out, public_key).ok
+    empty = tmp_path / "empty.tar"
+    empty.write_bytes(b"")  # nothing to lose, as an empty folder
+    assert verify_audit_bundle(_export(data_dir, empty).path, public_key).ok
+
+    # A tar of something else that happens to hold a manifest.json.
+    other = tmp_path / "site"
+    other.mkdir()
+    (other / "manifest.json").write_text('{"name": "a web app", "version": 2}')
+    (other / "index.html").write_text("<html></html>")
+    site_tar = tmp_path / "site.tar"
+    with tarfile.open(site_tar, "w") as tar:
+        tar.add(other, arcname="site")
+    notes = tmp_path / "notes.tar"
+    notes.write_text("precious notes, not a tar at all\n")
+    for victim in (site_tar, notes):
+        before = victim.read_bytes()
+        with pytest.raises(ReportError, match="is not an audit bundle"):
+            _export(data_dir, victim)
+        assert victim.read_bytes() == before
+    link = tmp_path / "link.tar"
+    link.symlink_to(notes)
+    with pytest.raises(ReportError, match="is a symbolic link; not overwriting"):
+        _export(data_dir, link)
+    assert link.is_symlink()
+    folder = tmp_path / "folder.tar"
+    folder.mkdir()
+    with pytest.raises(ReportError, match="exists and is not a file"):
+        _export(data_dir, folder)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+    args = ["--data-dir", str(data_dir), "audit", "export", "--from", str(DAY0), "--to"]
+    res = CliRunner().invoke(cli, [*args, str(LAST), "--out", str(notes)])
+    assert (res.exit_code, res.output) == (
+        1,
+        f"Error: {notes} is not an audit bundle (not a tar file holding a fleetbms "
+        "manifest.json); not overwriting\n",
+    )
+    assert notes.read_text() == "precious notes, not a tar at all\n"
+
+
 def test_cli_export_then_verify_ok_and_failed(lake: Path, data_dir: Path, tmp_path: Path) -> None:
     runner = CliRunner()
     base = ["--data-dir", str(data_dir)]
