@@ -22,11 +22,15 @@ added later is covered too:
 
 The erasure log ``state/erasure/log.jsonl`` records each erasure without the VIN in
 clear: it stores ``HMAC-SHA256(key, VIN)`` with a random key kept in
-``state/erasure/hmac.key`` (0600). A plain hash would not do: VINs are structured (a
-manufacturer prefix, a model code, a serial), so all plausible VINs of a fleet can be
-hashed and matched in seconds. With the keyed hash the operator can still answer "was
-this VIN erased, and when?" for a VIN someone presents, while the log alone reveals
-nothing; destroying the key makes the log anonymous.
+``state/erasure/hmac.key`` (0600), the time, the key's id and the counts of files and
+rows, nothing else. A plain hash would not do: VINs are structured (a manufacturer
+prefix, a model code, a serial), so all plausible VINs of a fleet can be hashed and
+matched in seconds. With the keyed hash the operator can still answer "was this VIN
+erased, and when?" for a VIN someone presents, while the log alone reveals nothing;
+destroying the key makes the log anonymous. The log is a hash chain
+(``reports._erasure_log``): each entry holds the SHA-256 of the previous one; the chain
+is checked before an erasure starts (a broken chain stops it before anything is
+touched).
 
 The broker keeps one more trace: the retained ack ``fleet/{fleet}/{vin}/ack``.
 ``clear_retained_acks`` (``fleetbms erase --broker``) finds the vehicle's retained acks
@@ -63,6 +67,7 @@ import pyarrow.parquet as pq
 
 from bms import VIN_PATTERN, atomic_write_bytes, write_secret_file
 from pipeline._retention import rewrite_parquet
+from reports import ERASURE_LOG_PATH, append_erasure_entry, read_erasure_chain
 
 _REMOVE = object()
 _PDF_STREAM = re.compile(rb"stream\r?\n(.*?)endstream", re.S)
@@ -329,7 +334,8 @@ def erase_vehicle(
     Raises
     ------
     ValueError
-        ``vin`` is not a VIN, or ``data_dir`` does not exist.
+        ``vin`` is not a VIN, ``data_dir`` does not exist, or the erasure log's chain is
+        broken (then nothing is erased or logged).
     """
     if not re.fullmatch(VIN_PATTERN, vin):
         raise ValueError(f"{vin!r} is not a VIN (17 characters of A-H, J-N, P, R-Z, 0-9)")
@@ -337,6 +343,13 @@ def erase_vehicle(
         raise ValueError(f"data directory {data_dir} does not exist")
     state_dir = data_dir / "state"
     erasure_dir = state_dir / "erasure"
+    log = state_dir / ERASURE_LOG_PATH
+    # Before anything is touched: an erasure that could not be logged is not done.
+    _, chain = read_erasure_chain(state_dir)
+    if chain.broken:
+        raise ValueError(
+            f"erasure log {log} is broken at {chain.broken}; nothing erased, nothing appended"
+        )
     rewritten = rows = 0
     unchecked: list[Path] = []
     deleted = _erase_audit_bundles(data_dir, vin)
@@ -383,11 +396,7 @@ def erase_vehicle(
         "rows_removed": rows,
         "files_unchecked": len(unchecked),
     }
-    log = erasure_dir / "log.jsonl"
-    with open(log, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(entry, sort_keys=True) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
+    append_erasure_entry(state_dir, entry)
     return ErasureResult(digest, rewritten, deleted, rows, log, tuple(unchecked))
 
 

@@ -332,3 +332,159 @@ def test_erase_names_a_parquet_file_it_cannot_read_and_exits_1(tmp_path: Path):
     assert GONE not in textual_values(pq.read_table(src))  # the rest is erased
     entry = json.loads((d / "state" / "erasure" / "log.jsonl").read_text().splitlines()[-1])
     assert entry["files_unchecked"] == 1
+
+
+# --- the erasure log is a hash chain ----------------------------------------------------
+
+GENESIS = "0" * 64
+
+
+def _log(d: Path) -> Path:
+    return d / "state" / "erasure" / "log.jsonl"
+
+
+def _lake_with(d: Path) -> None:
+    write_flushes(day_table(RUN_DAY), d / "lake", flushes=1)
+
+
+def _vins_in_lake(d: Path) -> set[str]:
+    files = bms.telemetry_files(d / "lake", RUN_DAY)
+    return set(pq.read_table(files, columns=["vin"])["vin"].to_pylist())
+
+
+def test_erasure_log_entries_form_a_hash_chain_from_genesis(tmp_path: Path):
+    d = tmp_path / "data"
+    _lake_with(d)
+    for vin in VINS:
+        r = fleetbms(d, "erase", "--vin", vin)
+        assert r.returncode == 0, r.stderr
+    raw = _log(d).read_bytes()
+    lines = raw.split(b"\n")
+    assert lines.pop() == b""
+    assert len(lines) == 3
+    prev = GENESIS
+    for line in lines:
+        entry = json.loads(line)
+        assert entry["prev"] == prev
+        # canonical JSON: what is hashed is the entry's canonical bytes
+        assert line == json.dumps(entry, sort_keys=True, separators=(",", ":")).encode()
+        assert set(entry) == {
+            "erased_at",
+            "vin_hmac_sha256",
+            "key_id",
+            "files_rewritten",
+            "files_deleted",
+            "rows_removed",
+            "files_unchecked",
+            "prev",
+        }
+        prev = hashlib.sha256(line).hexdigest()
+    for vin in VINS:  # keyed hashes only, as before
+        assert vin.encode() not in raw
+
+
+def _tamper(lines: list[bytes], how: str) -> list[bytes]:
+    if how == "remove first":
+        return lines[1:]
+    if how == "remove middle":
+        return [lines[0], lines[2]]
+    if how == "edit":
+        entry = json.loads(lines[1])
+        entry["rows_removed"] += 1
+        return [
+            lines[0],
+            json.dumps(entry, sort_keys=True, separators=(",", ":")).encode(),
+            lines[2],
+        ]
+    if how == "swap":
+        return [lines[1], lines[0], lines[2]]
+    if how == "insert":
+        return [lines[0], lines[0], lines[1], lines[2]]
+    raise AssertionError(how)
+
+
+@pytest.mark.parametrize(
+    ("how", "line", "why"),
+    [
+        ("remove first", 1, "prev "),
+        ("remove middle", 2, "prev "),
+        ("edit", 3, "prev "),  # the edited line's hash no longer matches its successor's link
+        ("swap", 1, "prev "),
+        ("insert", 2, "prev "),
+    ],
+)
+def test_a_removed_edited_or_inserted_log_line_stops_the_next_erase(
+    tmp_path: Path, how: str, line: int, why: str
+):
+    d = tmp_path / "data"
+    _lake_with(d)
+    for vin in ("MAT612345NEX00007", "MAT612345NEX00008", "MAT612345NEX00009"):
+        assert fleetbms(d, "erase", "--vin", vin).returncode == 0
+    lines = _log(d).read_bytes().splitlines()
+    forged = b"".join(x + b"\n" for x in _tamper(lines, how))
+    _log(d).write_bytes(forged)
+    r = fleetbms(d, "erase", "--vin", GONE)
+    assert r.returncode == 1
+    assert r.stderr.startswith(f"Error: erasure log {_log(d)} is broken at line {line}: {why}")
+    assert r.stderr.endswith("; nothing erased, nothing appended\n")
+    assert r.stderr.count("\n") == 1
+    assert _log(d).read_bytes() == forged  # nothing appended
+    assert GONE in _vins_in_lake(d)  # nothing erased
+
+
+def test_a_log_cut_short_or_with_a_stray_unlinked_line_stops_the_next_erase(tmp_path: Path):
+    d = tmp_path / "data"
+    _lake_with(d)
+    for vin in ("MAT612345NEX00007", "MAT612345NEX00008"):
+        assert fleetbms(d, "erase", "--vin", vin).returncode == 0
+    good = _log(d).read_bytes()
+    stray = json.dumps({"erased_at": "2026-01-01T00:00:00+00:00", "rows_removed": 0}).encode()
+    for forged, line, why in (
+        (good[:-5], 2, "cut short (no end of line)"),
+        (good + stray + b"\n", 3, "an entry without a 'prev' link after linked entries"),
+        (good + b"\n", 3, "not a JSON object"),
+        (good.replace(b'"rows_removed":0', b'"rows_removed": 0', 1), 1, "not in canonical"),
+    ):
+        _log(d).write_bytes(forged)
+        r = fleetbms(d, "erase", "--vin", GONE)
+        assert (r.returncode, r.stdout) == (1, "")
+        assert r.stderr.startswith(f"Error: erasure log {_log(d)} is broken at line {line}: {why}")
+        assert _log(d).read_bytes() == forged
+        assert GONE in _vins_in_lake(d)
+
+
+def test_an_erasure_log_from_before_the_chain_is_kept_as_its_start(tmp_path: Path):
+    """Entries written without ``prev`` stay byte for byte; the first linked entry links
+    to the SHA-256 of all of them, so removing or editing one is still seen."""
+    d = tmp_path / "data"
+    _lake_with(d)
+    old = [
+        {
+            "erased_at": f"2025-0{i}-01T10:00:00+00:00",
+            "vin_hmac_sha256": hashlib.sha256(str(i).encode()).hexdigest(),
+            "key_id": "0123456789abcdef",
+            "files_rewritten": i,
+            "files_deleted": 0,
+            "rows_removed": 10 * i,
+            "files_unchecked": 0,
+        }
+        for i in (1, 2)
+    ]
+    legacy = "".join(json.dumps(e, sort_keys=True) + "\n" for e in old).encode()  # as written
+    _log(d).parent.mkdir(parents=True)
+    _log(d).write_bytes(legacy)
+    assert fleetbms(d, "erase", "--vin", GONE).returncode == 0
+    assert fleetbms(d, "erase", "--vin", VINS[1]).returncode == 0
+    raw = _log(d).read_bytes()
+    assert raw.startswith(legacy)
+    first, second = raw[len(legacy) :].splitlines()
+    assert json.loads(first)["prev"] == hashlib.sha256(legacy).hexdigest()
+    assert json.loads(second)["prev"] == hashlib.sha256(first).hexdigest()
+
+    edited = raw.replace(b'"rows_removed": 10', b'"rows_removed": 11', 1)
+    _log(d).write_bytes(edited)
+    r = fleetbms(d, "erase", "--vin", VINS[2])
+    assert r.returncode == 1
+    assert r.stderr.startswith(f"Error: erasure log {_log(d)} is broken at line 3: prev ")
+    assert "of the 2 entries before it, written before the chain" in r.stderr
+    assert VINS[2] in _vins_in_lake(d)
