@@ -135,6 +135,10 @@ def audit_export(
         f"{result.files} files, {result.output_bytes / 1e6:.1f} MB"
     )
     click.echo(f"signed by {result.signer}; manifest sha256 {result.manifest_sha256}")
+    click.echo(
+        f"erasure log: {result.erasures} entr{'y' if result.erasures == 1 else 'ies'}, "
+        f"head {result.erasure_head[:16]}"
+    )
     if reveal is not None:
         click.echo(f"pseudonym->VIN mapping: {reveal} (private: do not send it with the bundle)")
 
@@ -147,18 +151,27 @@ def audit_export(
     required=True,
     help="The fleet's Ed25519 public key (signing.pub).",
 )
+@click.option(
+    "--earlier",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="A bundle of the fleet received before: this bundle's erasure log must start "
+    "with all of its entries.",
+)
 @click.pass_context
-def audit_verify(ctx: click.Context, bundle: Path, public_key: Path) -> None:
-    """Check a bundle offline: every file's hash, the day chain and the signature.
+def audit_verify(ctx: click.Context, bundle: Path, public_key: Path, earlier: Path | None) -> None:
+    """Check a bundle offline: every file's hash, the day chain, the erasure log's chain
+    and the signature.
 
-    Prints each problem (changed, added or removed file, broken chain, bad signature)
-    and exits 1 if there is any; prints a summary and exits 0 otherwise.
+    Prints each problem (changed, added or removed file, broken chain, bad signature,
+    an erasure log cut back against --earlier) and exits 1 if there is any; prints a
+    summary and exits 0 otherwise.
 
     Example: fleetbms audit verify audit-2026-11 --public-key signing.pub
     """
     from reports import verify_audit_bundle
 
-    result = verify_audit_bundle(bundle, public_key)
+    result = verify_audit_bundle(bundle, public_key, earlier=earlier)
     for problem in result.problems:
         click.echo(str(problem))
     click.echo(result.summary())

@@ -30,7 +30,7 @@ erased, and when?" for a VIN someone presents, while the log alone reveals nothi
 destroying the key makes the log anonymous. The log is a hash chain
 (``reports._erasure_log``): each entry holds the SHA-256 of the previous one; the chain
 is checked before an erasure starts (a broken chain stops it before anything is
-touched).
+touched), and audit bundles carry the log and its head.
 
 The broker keeps one more trace: the retained ack ``fleet/{fleet}/{vin}/ack``.
 ``clear_retained_acks`` (``fleetbms erase --broker``) finds the vehicle's retained acks

@@ -422,7 +422,7 @@ def _stage_audit(ctx: NightlyContext) -> StageResult:
     """A signed, pseudonymised audit bundle of the run date (``reports.audit_enabled``)."""
     if not ctx.settings.reports.audit_enabled:
         return StageResult(NOT_CONFIGURED, message="reports.audit_enabled is false")
-    from reports import export_audit_bundle
+    from reports import ERASURE_LOG_PATH, export_audit_bundle
 
     day = ctx.run_date
     files = [
@@ -430,6 +430,9 @@ def _stage_audit(ctx: NightlyContext) -> StageResult:
         for f in _report_inputs(ctx, day)
         if f.parent.parent.name == f"date={day}" or f.name == "vehicles.parquet"
     ]
+    erasure_log = ctx.state_dir / ERASURE_LOG_PATH
+    if erasure_log.exists():
+        files.append(erasure_log)  # the bundle carries it: an erasure makes it stale
     if not _analysed(ctx, day):
         return StageResult(UP_TO_DATE, message=f"no analytics output for {day}: no bundle")
     settings = ctx.settings

@@ -35,6 +35,7 @@ from bms import FLEET_PATTERN, fsync_dir, fsync_path, parquet_encoding_options, 
 from reports import _bundle as fmt
 from reports._csv import preload, repeats, write_csv_file
 from reports._dictionary import TableInfo, data_dictionary, methodology
+from reports._erasure_log import ERASURE_LOG_PATH, ErasureChain, read_erasure_chain
 from reports._errors import ReportError
 from reports._keys import (
     SIGNING_KEY_NAME,
@@ -89,6 +90,10 @@ class AuditExport:
         SHA-256 of ``manifest.json``.
     signer : str
         ``sha256:`` fingerprint of the signing public key.
+    erasures : int
+        Entries of the erasure log carried by the bundle (``erasure/log.jsonl``).
+    erasure_head : str
+        Head of the erasure log's hash chain, as recorded in ``manifest.json``.
     """
 
     path: Path
@@ -105,6 +110,8 @@ class AuditExport:
     chain_head: str
     manifest_sha256: str
     signer: str
+    erasures: int
+    erasure_head: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -604,6 +611,13 @@ def export_audit_bundle(
         raise ReportError(f"no signing key at {key_path}; create one with: fleetbms keys generate")
     private_key = load_signing_key(key_path)
     signer = public_key_fingerprint(private_key.public_key())
+    # One read: the bundle carries exactly the bytes whose chain was checked.
+    erasure_log, erasure_chain = read_erasure_chain(state_dir)
+    if erasure_chain.broken:
+        raise ReportError(
+            f"erasure log {state_dir / ERASURE_LOG_PATH} is broken at {erasure_chain.broken}; "
+            "no bundle written"
+        )
 
     parts = find_partitions(lake_dir, date_from, date_to, fleet)
     if not parts:
@@ -640,6 +654,7 @@ def export_audit_bundle(
             private_key.sign,
             signer,
             sync,
+            (erasure_log, erasure_chain),
         )
         files = sorted(export.files)
         _install(tmp, out, files, date_to, sync)
@@ -668,6 +683,8 @@ def export_audit_bundle(
         chain_head=export.chain_head,
         manifest_sha256=export.manifest_sha256,
         signer=signer,
+        erasures=erasure_chain.entries,
+        erasure_head=erasure_chain.head,
     )
 
 
@@ -682,8 +699,10 @@ def _finish(
     sign: Callable[[bytes], bytes],
     signer: str,
     sync: _Syncer,
+    erasures: tuple[bytes, ErasureChain],
 ) -> _Finished:
-    """Write day manifests (chained), dictionary, methodology, manifest and signature."""
+    """Write day manifests (chained), dictionary, methodology, the erasure log, manifest
+    and signature."""
     files: dict[str, _Written] = {}
     tables: dict[str, TableInfo] = {}
     by_day: dict[date, list[_PartResult]] = {}
@@ -714,7 +733,10 @@ def _finish(
         (fmt.README_NAME, fmt.readme_bytes()),
         (fmt.DICTIONARY_NAME, fmt.pretty_json(data_dictionary(tables))),
         (fmt.METHODOLOGY_NAME, fmt.pretty_json(methodology(models_dir, pseudonyms, parameters))),
+        (fmt.ERASURE_LOG_NAME, erasures[0]),
     ):
+        if not content:
+            continue  # no erasure yet: the manifest records 0 entries and no file
         w = _write_file(root, name, content, sync)
         files[w.path] = w
     manifest = {
@@ -729,6 +751,16 @@ def _finish(
             "genesis": fmt.GENESIS,
             "days": len(fmt.period_days(date_from, date_to)),
             "head": prev,
+        },
+        "erasure_log": {
+            **({"file": fmt.ERASURE_LOG_NAME} if erasures[0] else {}),
+            "entries": erasures[1].entries,
+            "legacy_entries": erasures[1].legacy_entries,
+            "head": erasures[1].head,
+            "genesis": fmt.GENESIS,
+            "rule": "each line's prev = sha256 of the previous line's bytes (the first: "
+            "genesis, or after lines without prev: sha256 of those lines); head = what the "
+            "next line would link to",
         },
         "pseudonyms": {
             "method": "HMAC-SHA256",

@@ -13,6 +13,7 @@ Layout::
     days/YYYY-MM-DD/manifest.json day manifest: the day's files and the chain link
     days/YYYY-MM-DD/metrics/<table>/fleet=<id>.parquet|.csv
     days/YYYY-MM-DD/anomalies/fleet=<id>.parquet|.csv
+    erasure/log.jsonl             the fleet's erasure log as it was (``reports._erasure_log``)
 
 Chain rule: the day manifests of every calendar day of the period, in date order, form a
 chain; each holds ``prev``, the SHA-256 (hex) of the previous day's manifest file, the
@@ -36,6 +37,8 @@ README_NAME = "README.txt"
 DICTIONARY_NAME = "dictionary.json"
 METHODOLOGY_NAME = "methodology.json"
 DAYS_DIR = "days"
+#: Copy of ``state/erasure/log.jsonl`` (a hash chain of its own; head in the manifest).
+ERASURE_LOG_NAME = "erasure/log.jsonl"
 #: ``prev`` of the first day of a bundle.
 GENESIS = "0" * 64
 #: Longest period one bundle may cover [days] (guards against a mistyped year).
@@ -96,6 +99,9 @@ dictionary.json   every table and column: type, unit, meaning
 methodology.json  software and library versions, SQL job hashes, model metadata
 manifest.json     SHA-256 of every file, the period and the head of the day chain
 manifest.sig      Ed25519 signature of the exact bytes of manifest.json
+erasure/log.jsonl the fleet's erasure log at export (vehicle data erased on request:
+                  when, how much, a keyed hash of the VIN); manifest.json holds its
+                  entry count and head, so later bundles show it was not cut back
 
 To verify with fleetbms:   fleetbms audit verify BUNDLE --public-key signing.pub
 To verify with other tools (OpenSSL 3, jq, sha256sum):

@@ -17,6 +17,9 @@ Folding the lines gives the head: GENESIS for an empty log, the SHA-256 of the o
 entries for a log of old entries only, else the SHA-256 of the last line. The chain
 shows a line removed, edited or inserted before the last one; the last lines removed
 (a truncated log) or the last one edited show only against a head recorded earlier.
+That is what audit bundles carry: the log itself and, in the signed ``manifest.json``,
+its entry count and head, so a verifier holding an earlier bundle can check that the
+log of the later one starts with the same entries (``verify_audit_bundle(earlier=)``).
 """
 
 from __future__ import annotations

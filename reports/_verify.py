@@ -21,11 +21,12 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 
 from reports import _bundle as fmt
+from reports._erasure_log import ErasureChain, fold_erasure_log
 from reports._errors import ReportError
 from reports._keys import load_public_key, public_key_fingerprint
 
-#: Files read into memory while hashing (manifests and the signature).
-_KEEP_SUFFIXES = (fmt.MANIFEST_NAME, fmt.SIGNATURE_NAME)
+#: Files read into memory while hashing (manifests, the signature, the erasure log).
+_KEEP_SUFFIXES = (fmt.MANIFEST_NAME, fmt.SIGNATURE_NAME, fmt.ERASURE_LOG_NAME)
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,7 +37,7 @@ class Problem:
     ----------
     kind : str
         ``changed``, ``added``, ``removed`` (files), ``chain`` (day chain),
-        ``signature`` or ``manifest`` (unreadable manifest).
+        ``erasure`` (erasure log), ``signature`` or ``manifest`` (unreadable manifest).
     path : str
         Bundle-relative file or day folder concerned.
     detail : str
@@ -64,6 +65,10 @@ class Verification:
     files: int
     signer: str  # fingerprint of the given key when the signature is valid, else ""
     chain_head: str
+    #: Entries and head of the erasure log, as the manifest records them; ``None`` and
+    #: "" for a bundle exported before bundles carried the log.
+    erasures: int | None = None
+    erasure_head: str = ""
 
     @property
     def ok(self) -> bool:
@@ -79,6 +84,11 @@ class Verification:
             f"{self.files} file{'' if self.files == 1 else 's'}, "
             + (f"signed by {self.signer}" if self.signer else "signature NOT valid")
             + f", chain head {self.chain_head[:16]}"
+            + (
+                ""
+                if self.erasures is None
+                else f", erasure log {self.erasures} entr{'y' if self.erasures == 1 else 'ies'}"
+            )
         )
 
 
@@ -354,12 +364,85 @@ def _check_chain(
     return problems
 
 
-def verify_audit_bundle(bundle: Path, public_key: Path) -> Verification:
+def _check_erasure_log(
+    manifest: dict[str, Any], entries: dict[str, _Entry]
+) -> tuple[list[Problem], ErasureChain | None]:
+    """The bundle's erasure log: an intact chain whose count and head the manifest holds."""
+    recorded = _obj(manifest, "erasure_log")
+    entry = entries.get(fmt.ERASURE_LOG_NAME)
+    if entry is not None and entry.content is not None:
+        data = entry.content
+    elif entry is None and recorded.get("entries") == 0:
+        data = b""  # an empty log is recorded, not carried
+    else:
+        if entry is None and fmt.ERASURE_LOG_NAME not in _obj(manifest, "files"):
+            detail = (
+                f"records {recorded.get('entries')} erasure log entries, but the bundle "
+                f"has no {fmt.ERASURE_LOG_NAME}"
+            )
+            return [Problem("erasure", fmt.MANIFEST_NAME, detail)], None
+        return [], None  # reported as a removed or added file
+    chain = fold_erasure_log(data)
+    if chain.broken:
+        return [Problem("erasure", fmt.ERASURE_LOG_NAME, f"broken at {chain.broken}")], chain
+    n, head = recorded.get("entries"), recorded.get("head")
+    if n != chain.entries or head != chain.head:
+        detail = (
+            f"holds {chain.entries} entries with head {_short(chain.head)}, manifest.json "
+            f"records {n} with head {_short(str(head))}"
+        )
+        return [Problem("erasure", fmt.ERASURE_LOG_NAME, detail)], chain
+    return [], chain
+
+
+def _check_against_earlier(
+    earlier: Path, public_key: Path, chain: ErasureChain | None
+) -> list[Problem]:
+    """Does this bundle's erasure log start with the entries of an earlier bundle's?"""
+    prior = verify_audit_bundle(earlier, public_key)
+    if not prior.ok:
+        n = len(prior.problems)
+        raise ReportError(
+            f"earlier bundle {earlier} does not verify ({n} problem{'s' if n > 1 else ''}): "
+            "check it on its own first"
+        )
+    if prior.erasures is None:
+        raise ReportError(
+            f"earlier bundle {earlier} carries no erasure log (exported before bundles did): "
+            "nothing to compare"
+        )
+    k = prior.erasures
+    if chain is None:
+        detail = f"carries no erasure log, the earlier bundle {earlier} does ({k} entries)"
+        return [Problem("erasure", fmt.MANIFEST_NAME, detail)]
+    if chain.broken:
+        return []  # reported already; its entries cannot be compared
+    if chain.entries < k:
+        detail = (
+            f"holds {chain.entries} entries, fewer than the {k} of the earlier bundle "
+            f"{earlier}: the log was cut back"
+        )
+        return [Problem("erasure", fmt.ERASURE_LOG_NAME, detail)]
+    if chain.heads[k] != prior.erasure_head:
+        detail = (
+            f"its first {k} entries hash to {_short(chain.heads[k])}, not to the head "
+            f"{_short(prior.erasure_head)} of the earlier bundle {earlier}: entries were "
+            "removed, edited or replaced since"
+        )
+        return [Problem("erasure", fmt.ERASURE_LOG_NAME, detail)]
+    return []
+
+
+def verify_audit_bundle(
+    bundle: Path, public_key: Path, *, earlier: Path | None = None
+) -> Verification:
     """Check an audit bundle offline against the fleet's public key.
 
     Checks, and reports every failure of: the Ed25519 signature of ``manifest.json``;
     the SHA-256 of every file against the manifest (changed, added, removed files); the
-    chain of day manifests (missing, moved or back-dated days, broken links, the head).
+    chain of day manifests (missing, moved or back-dated days, broken links, the head);
+    the chain of the erasure log and its count and head in the manifest; with
+    ``earlier``, that the erasure log starts with every entry of the earlier bundle's.
 
     Parameters
     ----------
@@ -367,6 +450,9 @@ def verify_audit_bundle(bundle: Path, public_key: Path) -> Verification:
         Bundle directory or ``.tar`` file.
     public_key : Path
         Ed25519 public key, PEM or raw 32 bytes (``signing.pub``).
+    earlier : Path, optional
+        A bundle of the same fleet exported before this one (verified with the same
+        key): its erasure log must be the start of this bundle's (none cut back).
 
     Returns
     -------
@@ -376,8 +462,8 @@ def verify_audit_bundle(bundle: Path, public_key: Path) -> Verification:
     Raises
     ------
     ReportError
-        The bundle or key path does not exist or cannot be read, or the bundle has no
-        ``manifest.json`` at all.
+        The bundle or key path does not exist or cannot be read, the bundle has no
+        ``manifest.json`` at all, or ``earlier`` does not verify or carries no erasure log.
     """
     load_public_key(public_key)  # a bad key path is a user error, before any hashing
     entries = _read_bundle(bundle)
@@ -404,6 +490,14 @@ def verify_audit_bundle(bundle: Path, public_key: Path) -> Verification:
         days = []
     if days:
         problems += _check_chain(manifest, files, entries, days)
+    erasures: ErasureChain | None = None
+    recorded = _obj(manifest, "erasure_log") if "erasure_log" in manifest else None
+    if recorded is not None:
+        found, erasures = _check_erasure_log(manifest, entries)
+        problems += found
+    if earlier is not None:
+        problems += _check_against_earlier(earlier, public_key, erasures)
+    n_erasures = recorded.get("entries") if recorded is not None else None
     chain = _obj(manifest, "chain")
     fleets = manifest.get("fleets")
     if not isinstance(fleets, list):
@@ -418,4 +512,6 @@ def verify_audit_bundle(bundle: Path, public_key: Path) -> Verification:
         files=len(entries),
         signer=signer,
         chain_head=str(chain.get("head", "")),
+        erasures=n_erasures if isinstance(n_erasures, int) else None,
+        erasure_head=str(recorded.get("head", "")) if recorded is not None else "",
     )

@@ -488,3 +488,21 @@ def test_an_erasure_log_from_before_the_chain_is_kept_as_its_start(tmp_path: Pat
     assert r.stderr.startswith(f"Error: erasure log {_log(d)} is broken at line 3: prev ")
     assert "of the 2 entries before it, written before the chain" in r.stderr
     assert VINS[2] in _vins_in_lake(d)
+
+
+def test_an_erasure_makes_the_nightly_export_the_run_dates_bundle_again(tmp_path: Path):
+    """The bundle carries the erasure log: a rerun after an erasure is not up to date."""
+    d = tmp_path / "data"
+    write_flushes(day_table(RUN_DAY), d / "lake", flushes=1)
+    assert fleetbms(d, "keys", "generate").returncode == 0
+    env = {"FLEETBMS_REPORTS__AUDIT_ENABLED": "1", **RUN_ENV}
+    r = fleetbms(d, "nightly", "--date", RUN_DAY.isoformat(), **env)
+    assert r.returncode in (0, 3), r.stderr
+    manifest = d / "reports" / f"date={RUN_DAY}" / "audit-demo" / "manifest.json"
+    assert json.loads(manifest.read_bytes())["erasure_log"]["entries"] == 0
+    # A VIN the data does not hold: the bundle stays, the log grows.
+    assert fleetbms(d, "erase", "--vin", "MAT612345NEX00009").returncode == 0
+    assert manifest.exists()
+    again = fleetbms(d, "nightly", "--date", RUN_DAY.isoformat(), **env)
+    assert again.returncode in (0, 3), again.stderr
+    assert json.loads(manifest.read_bytes())["erasure_log"]["entries"] == 1
