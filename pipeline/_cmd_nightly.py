@@ -257,7 +257,8 @@ def erase_command(settings: Settings, vin: str, broker: str | None) -> int:
 
     Logs the erasure with a keyed hash of the VIN (never the VIN) in
     data/state/erasure/log.jsonl. Waits for no one: exits 75 while a nightly runs.
-    Stop ingest of the vehicle first; with --broker its retained acks go too.
+    Stop ingest of the vehicle first; with --broker its retained acks go too. Audit
+    bundles and --reveal files kept outside DATA_DIR are not reached (see the README).
 
     Example: fleetbms --data-dir data erase --vin MAT612345NEX00001 --broker 127.0.0.1:1883
     """
@@ -285,6 +286,13 @@ def erase_command(settings: Settings, vin: str, broker: str | None) -> int:
         click.echo(
             f"nothing in {settings.data_dir} held {vin}: nothing to erase; the request is "
             f"logged as HMAC-SHA256 {r.vin_hmac[:16]}... in {r.log}"
+        )
+    if r.bundles_exported:
+        click.echo(
+            f"reminder: audit bundles were exported from {settings.data_dir} (it holds "
+            "state/keys/pseudonym.key): copies kept outside it still hold the vehicle under "
+            "its pseudonym, and --reveal files map that to its VIN; erase cannot reach them: "
+            "delete them, and have whoever received one do the same (README, erase)"
         )
     for path in r.unchecked:
         click.echo(

@@ -20,6 +20,11 @@ added later is covered too:
 - audit bundles that hold the vehicle's keyed pseudonym are deleted whole (a signed
   bundle cannot be edited); the next export writes them without it.
 
+Nothing outside the data directory is reached: bundles exported elsewhere (or sent to an
+insurer) keep the vehicle under its pseudonym, and ``--reveal`` files map pseudonyms to
+VINs. ``ErasureResult.bundles_exported`` says whether bundles were ever exported (the
+pseudonym key exists), for the command's reminder.
+
 The erasure log ``state/erasure/log.jsonl`` records each erasure without the VIN in
 clear: it stores ``HMAC-SHA256(key, VIN)`` with a random key kept in
 ``state/erasure/hmac.key`` (0600), the time, the key's id and the counts of files and
@@ -67,7 +72,12 @@ import pyarrow.parquet as pq
 
 from bms import VIN_PATTERN, atomic_write_bytes, write_secret_file
 from pipeline._retention import rewrite_parquet
-from reports import ERASURE_LOG_PATH, append_erasure_entry, read_erasure_chain
+from reports import (
+    ERASURE_LOG_PATH,
+    PSEUDONYM_KEY_NAME,
+    append_erasure_entry,
+    read_erasure_chain,
+)
 
 _REMOVE = object()
 _PDF_STREAM = re.compile(rb"stream\r?\n(.*?)endstream", re.S)
@@ -85,6 +95,9 @@ class ErasureResult:
     #: Parquet files that could not be read (a temporary still being written, or a
     #: damaged file): they may still hold the VIN.
     unchecked: tuple[Path, ...] = ()
+    #: The data directory holds a pseudonym key: audit bundles were exported from it,
+    #: and copies kept outside it are out of the erasure's reach.
+    bundles_exported: bool = False
 
 
 def _hmac_key(state_dir: Path) -> bytes:
@@ -397,7 +410,10 @@ def erase_vehicle(
         "files_unchecked": len(unchecked),
     }
     append_erasure_entry(state_dir, entry)
-    return ErasureResult(digest, rewritten, deleted, rows, log, tuple(unchecked))
+    # No registry of exports: the pseudonym key is made by the first export, so while it
+    # exists, bundles (and maybe --reveal files) may have left the data directory.
+    exported = (state_dir / "keys" / PSEUDONYM_KEY_NAME).exists()
+    return ErasureResult(digest, rewritten, deleted, rows, log, tuple(unchecked), exported)
 
 
 class BrokerError(RuntimeError):

@@ -12,6 +12,7 @@ from reports._errors import ReportError
 from reports._fleet_report import fleet_report
 from reports._inputs import CSV_COLUMNS, newly_flagged
 from reports._keys import (
+    PSEUDONYM_KEY_NAME,
     KeyPair,
     generate_signing_keys,
     load_or_create_pseudonym_key,
@@ -24,6 +25,7 @@ from reports._verify import Problem, Verification, verify_audit_bundle
 __all__ = [
     "CSV_COLUMNS",
     "ERASURE_LOG_PATH",
+    "PSEUDONYM_KEY_NAME",
     "AuditExport",
     "ErasureChain",
     "KeyPair",

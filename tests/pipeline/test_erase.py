@@ -506,3 +506,33 @@ def test_an_erasure_makes_the_nightly_export_the_run_dates_bundle_again(tmp_path
     again = fleetbms(d, "nightly", "--date", RUN_DAY.isoformat(), **env)
     assert again.returncode in (0, 3), again.stderr
     assert json.loads(manifest.read_bytes())["erasure_log"]["entries"] == 1
+
+
+REMINDER = (
+    "reminder: audit bundles were exported from {d} (it holds state/keys/pseudonym.key): "
+    "copies kept outside it still hold the vehicle under its pseudonym, and --reveal files "
+    "map that to its VIN; erase cannot reach them: delete them, and have whoever received "
+    "one do the same (README, erase)\n"
+)
+
+
+def test_erase_reminds_of_bundles_and_reveal_files_outside_the_data_dir(tmp_path: Path):
+    d = tmp_path / "data"
+    _lake_with(d)
+    r = fleetbms(d, "erase", "--vin", VINS[1])
+    assert r.returncode == 0, r.stderr
+    assert "reminder" not in r.stdout  # nothing was ever exported: no pseudonym key
+    # A bundle exported outside the data directory (the export creates the pseudonym key).
+    from tests.reports.audit_data import DAYS, make_lake
+
+    make_lake(d)
+    assert fleetbms(d, "keys", "generate").returncode == 0
+    period = ["--from", DAYS[0].isoformat(), "--to", DAYS[-1].isoformat()]
+    outside = tmp_path / "sent-to-insurer"
+    exp = fleetbms(d, "audit", "export", *period, "--out", str(outside))
+    assert exp.returncode == 0, exp.stderr
+    r = fleetbms(d, "erase", "--vin", GONE)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines(keepends=True)
+    assert lines[0].startswith(f"erased {GONE}: ")
+    assert lines[-1] == REMINDER.format(d=d)
