@@ -689,6 +689,15 @@ def _rule_text(hit: Mapping[str, Any], where: str) -> str:
     return f"{hit['rule']}{where}: {_fmt(value)}{_unit(str(hit['unit']))} (limit {_fmt(thr)})"
 
 
+def _outside_normal(top: Mapping[str, Any]) -> bool:
+    """Whether a top feature's value lies outside the fleet's normal range (a missing
+    value or range is not outside)."""
+    value = top["value"]
+    if value is None:
+        return False
+    return bool(value < top["normal_low"] or value > top["normal_high"])
+
+
 def _top_features(
     model: AnomalyModel, x: np.ndarray, k: int
 ) -> tuple[list[dict[str, Any]], np.ndarray]:
@@ -865,7 +874,10 @@ def _score_fleet_day(
     for key, c in cands.items():
         ci = row_of[key[0]]
         if c["top"] is None and model is not None:
-            c["top"], _ = _top_features(model, x_today[ci], params.top_features)
+            # Raised by rules only: the model features explain nothing unless they lie
+            # outside the fleet's normal range; those inside it are noise beside the rule.
+            ranked, _ = _top_features(model, x_today[ci], len(model.features))
+            c["top"] = [t for t in ranked if _outside_normal(t)][: params.top_features]
         c["score"] = None if np.isnan(scores[ci]) else float(scores[ci])
         parts = list(c["rule_text"])
         if c["model"] and model is not None:

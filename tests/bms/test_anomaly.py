@@ -12,6 +12,7 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
@@ -284,6 +285,48 @@ def test_evidence_states_each_rule_limit_with_the_value_sign_and_no_dash_unit(
                 assert (value < 0) == (limit < 0), part
                 seen.add(m[1])
     assert "deviation_growth" in seen
+
+
+_FEATURE_CLAUSE = re.compile(r"(\w+)=(\S+)(?: \S+)? \(fleet normal (\S+)\.\.(\S+)\)")
+
+
+def test_a_flag_raised_by_rules_only_lists_only_features_outside_their_normal_range(
+    scored: Path, tmp_path: Path
+) -> None:
+    """A healthy vehicle whose pack reached 56 degC one day is flagged by temp_high
+    alone: its evidence states the rule and lists no model feature inside the fleet's
+    normal range (it listed the model's top three, in range or not: noise that hid the
+    reason)."""
+    data = _copy(scored, tmp_path)
+    day = START + timedelta(days=DAYS - 1)
+    hot = vin(7)
+    path = bms.metrics_path(data / "lake", "vehicle_day", day, FLEET)
+    table = pq.read_table(path)
+    temps = [
+        56.0 if v == hot else t
+        for v, t in zip(table["vin"].to_pylist(), table["temp_c_max"].to_pylist(), strict=True)
+    ]
+    table = table.set_column(
+        table.schema.get_field_index("temp_c_max"), "temp_c_max", pa.array(temps, pa.float64())
+    )
+    bms.write_parquet_atomic(table, path)
+    bms.score_anomalies(data / "lake", data / "state", day, PARAMS)
+    rows = bms.read_anomalies(data / "lake", [day]).to_pylist()
+    (row,) = [r for r in rows if r["vin"] == hot]
+    assert (row["source"], row["rules"]) == ("rule", ["temp_high"])
+    assert row["evidence"].startswith("temp_high: 56 degC (limit 55)")
+    rule_only = [r for r in bms.read_anomalies(data / "lake").to_pylist() if r["source"] == "rule"]
+    assert len(rule_only) > 1
+    for r in rule_only:
+        listed = []
+        for part in r["evidence"].split("; "):
+            if m := _FEATURE_CLAUSE.fullmatch(part):
+                value, low, high = float(m[2]), float(m[3]), float(m[4])
+                assert not low <= value <= high, (r["vin"], r["date"], part)
+                listed.append(m[1])
+        assert listed == [t["feature"] for t in r["top_features"]]
+        for t in r["top_features"]:
+            assert not t["normal_low"] <= t["value"] <= t["normal_high"], t
 
 
 def test_no_other_vehicle_is_flagged(scored: Path) -> None:
