@@ -100,6 +100,9 @@ _DRIFT_MV_CELL = {"drift_z": "rest_dev_trend_cell", "drift_growth_z": "rest_dev_
 
 STATUSES = ("new", "ongoing", "cleared")
 
+#: How far back the evidence of a stuck sensor looks for the day it got stuck [d].
+STUCK_LOOKBACK_DAYS = 90
+
 _TOP_FEATURE = pa.struct(
     [
         ("feature", pa.string()),
@@ -689,6 +692,48 @@ def _rule_text(hit: Mapping[str, Any], where: str) -> str:
     return f"{hit['rule']}{where}: {_fmt(value)}{_unit(str(hit['unit']))} (limit {_fmt(thr)})"
 
 
+def _stuck_text(
+    lake_root: Path,
+    fleet: str,
+    day: date,
+    today: pa.Table,
+    i: int,
+    params: AnomalyParams,
+    cache: _Cache,
+) -> str:
+    """What a stuck sensor sits at and since when, as evidence: ``sensor 2 stuck at
+    24.3 degC since 2026-03-02 (stuck all day on 6 days with its data)``.
+
+    Since: the first day of the run of days, up to ``STUCK_LOOKBACK_DAYS`` back, on which
+    the vehicle's feature row found the same sensor stuck at the same value; a day
+    without the vehicle's data neither extends nor ends the run ("or earlier" where the
+    run reaches the look-back limit and the fleet has older dates).
+    """
+    vin = str(today["vin"][i].as_py())
+    sensor = int(today["stuck_sensor"][i].as_py())
+    value_c = today["stuck_value_c"][i].as_py()
+    if value_c is None:  # features written before the value was kept
+        return f"sensor {sensor} stuck all day"
+    analysed = cache.analysed_dates(lake_root, fleet).get(fleet, [])
+    oldest = day - timedelta(days=STUCK_LOOKBACK_DAYS)
+    since, days = day, 1
+    cut = any(d < oldest for d in analysed)
+    for d in reversed([d for d in analysed if oldest <= d < day]):
+        t = _features(lake_root, d, fleet, params, rebuild=False, cache=cache)
+        j = -1 if t is None else int(pc.index(t["vin"], vin).as_py())
+        if t is None or j < 0:
+            continue  # no data that day
+        if t["stuck_sensor"][j].as_py() != sensor or t["stuck_value_c"][j].as_py() != value_c:
+            cut = False
+            break
+        since, days = d, days + 1
+    earlier = " or earlier" if cut else ""
+    return (
+        f"sensor {sensor} stuck at {value_c:.1f} degC since {since.isoformat()}{earlier} "
+        f"(stuck all day on {days} day{'s' if days > 1 else ''} with its data)"
+    )
+
+
 def _outside_normal(top: Mapping[str, Any]) -> bool:
     """Whether a top feature's value lies outside the fleet's normal range (a missing
     value or range is not outside)."""
@@ -871,6 +916,10 @@ def _score_fleet_day(
             else (f" cell {r['cell']}" if r["cell"] >= 0 else "")
         )
         c["rule_text"].append(_rule_text(r, where))
+        if r["rule"] == "sensor_stuck":
+            c["rule_text"].append(
+                _stuck_text(lake_root, fleet, day, today, row_of[key[0]], params, cache)
+            )
     for key, c in cands.items():
         ci = row_of[key[0]]
         if c["top"] is None and model is not None:

@@ -164,12 +164,13 @@ FEATURES_SCHEMA = pa.schema(
         pa.field("temp_c_max", pa.float64()),
         pa.field("invalid_sensor", pa.int16()),
         pa.field("stuck_sensor", pa.int16()),
+        pa.field("stuck_value_c", pa.float64()),
         pa.field("jitter_sensor", pa.int16()),
         pa.field("rest_rise_sensor", pa.int16()),
     ],
     metadata={
         b"fleetbms.table": b"anomaly_features",
-        b"fleetbms.version": b"7",
+        b"fleetbms.version": b"8",
     },
 )
 
@@ -643,6 +644,7 @@ def sensor_day(
                 "n_readings": pa.array([], pa.int64()),
                 "n_valid": pa.array([], pa.int64()),
                 "range_c": pa.array([], pa.float64()),
+                "max_c": pa.array([], pa.float64()),
                 "pack_range_c": pa.array([], pa.float64()),
                 "dev_mean_c": pa.array([], pa.float64()),
                 "jitter_c": pa.array([], pa.float64()),
@@ -1416,29 +1418,36 @@ def assemble_features(
     jitter = _col(sensors, "jitter_c")
     rise = _col(sensors, "rest_rise_c_per_h")
 
-    def per_vehicle_max(x: FloatArray, default: float) -> tuple[FloatArray, IntArray]:
+    def per_vehicle_max(
+        x: FloatArray, default: float, also: FloatArray | None = None
+    ) -> tuple[FloatArray, IntArray, FloatArray]:
+        """Each vehicle's largest ``x``, the sensor it is from and that sensor's ``also``."""
         best = np.full(n, -np.inf)
         which = np.full(n, -1, dtype=np.int64)
-        for r, v, s in zip(s_row[ok], x[ok], s_idx[ok], strict=True):
+        other = np.full(n, np.nan)
+        extra = also if also is not None else np.full(len(x), np.nan)
+        for r, v, s, e in zip(s_row[ok], x[ok], s_idx[ok], extra[ok], strict=True):
             if not math.isnan(v) and v > best[r]:
-                best[r], which[r] = v, int(s)
-        return np.where(np.isfinite(best), best, default), which
+                best[r], which[r], other[r] = v, int(s), e
+        return np.where(np.isfinite(best), best, default), which, other
 
-    out["sensor_invalid_share"], w_inv = per_vehicle_max(invalid, 0.0)
-    out["sensor_stuck"], w_stuck = per_vehicle_max(stuck, 0.0)
+    out["sensor_invalid_share"], w_inv, _ = per_vehicle_max(invalid, 0.0)
+    out["sensor_stuck"], w_stuck, stuck_at = per_vehicle_max(stuck, 0.0, _col(sensors, "max_c"))
     jit_med = np.full(n, np.nan)
     for r in np.unique(s_row[ok]):
         vals = jitter[ok][s_row[ok] == r]
         vals = vals[~np.isnan(vals)]
         if len(vals):
             jit_med[r] = float(np.median(vals)) if len(vals) > 2 else float(np.min(vals))
-    jmax, w_jit = per_vehicle_max(jitter, np.nan)
+    jmax, w_jit, _ = per_vehicle_max(jitter, np.nan)
     out["sensor_jitter_excess_c"] = jmax - jit_med
-    out["rest_rise_c_per_h"], w_rise = per_vehicle_max(rise, np.nan)
+    out["rest_rise_c_per_h"], w_rise, _ = per_vehicle_max(rise, np.nan)
     out["invalid_sensor"] = pa.array(
         np.where(out["sensor_invalid_share"] > 0, w_inv, -1).astype(np.int16)
     )
     out["stuck_sensor"] = pa.array(np.where(out["sensor_stuck"] > 0, w_stuck, -1).astype(np.int16))
+    # the value a stuck sensor sits at (its range is 0: its maximum is its value)
+    out["stuck_value_c"] = np.where(out["sensor_stuck"] > 0, stuck_at, np.nan)
     out["jitter_sensor"] = pa.array(w_jit.astype(np.int16))
     out["rest_rise_sensor"] = pa.array(w_rise.astype(np.int16))
 

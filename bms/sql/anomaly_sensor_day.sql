@@ -8,6 +8,7 @@
 --                           out-of-type values are stored as null, bms.Quality)
 --   range_c                 max - min of the sensor's values over the day (0 with a
 --                           varying pack = stuck)
+--   max_c                   the sensor's highest value of the day (a stuck sensor's value)
 --   pack_range_c            range over the day of the pack's median sensor
 --   dev_mean_c              mean of (sensor - pack median)
 --   jitter_c                RMS change between consecutive valid readings
@@ -79,6 +80,7 @@ stats AS (
     -- of a day).
     SELECT vin, sensor, count(*) AS n_readings, count(temp_dc) AS n_valid,
            ((max(temp_dc) - min(temp_dc)) / 10.0)::DOUBLE AS range_c,
+           (max(temp_dc) / 10.0)::DOUBLE AS max_c,
            sum(2 * temp_dc - pack2)::DOUBLE
                / count(2 * temp_dc - pack2) / 20.0 AS dev_mean_c,
            sqrt(sum((temp_dc - prev_dc) * (temp_dc - prev_dc))::DOUBLE
@@ -171,6 +173,7 @@ SELECT
     stats.n_readings,
     stats.n_valid,
     stats.range_c,
+    stats.max_c,
     pack.pack_range_c,
     stats.dev_mean_c,
     CASE WHEN gappy.sensor IS NULL THEN stats.steps_jitter_c ELSE gappy_jit.jitter_c END

@@ -4,7 +4,7 @@ anomaly machinery's unit tests: fast, and with a fault whose start and end we ch
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -116,3 +116,37 @@ def make_metrics_lake(
             lake / "metrics" / "vehicle_soh" / part,
         )
     return lake
+
+
+def write_sensor_readings(
+    lake: Path, vin: str, day: date, temps_c: np.ndarray, *, cadence_s: int = 300
+) -> None:
+    """Write one day of telemetry of one vehicle of ``FLEET`` parked all day: readings
+    every ``cadence_s`` from midnight UTC, ``temps_c`` of shape (readings, sensors)
+    [degC], 14 cells at 3,700 mV. The anomaly features read their temperature-sensor
+    figures from telemetry; the metrics tables of ``make_metrics_lake`` stay as they are.
+    """
+    n, sensors = temps_c.shape
+    t0_ms = int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp() * 1000)
+    seq = np.arange(n) + (day - START).days * 100_000
+    ts_ms = t0_ms + np.arange(n) * cadence_s * 1000
+    table = bms.telemetry_table(
+        fleet=FLEET,
+        vin=np.full(n, vin, dtype=object),
+        seq=seq,
+        ts_ms=ts_ms,
+        current_a=np.zeros(n),
+        voltage_v=np.full(n, 51.8),
+        soc_pct=np.full(n, 60.0),
+        soh_pct=np.full(n, 97.0),
+        cycle_count=np.full(n, 10),
+        odometer_km=np.full(n, 1000.0),
+        mode=np.full(n, "idle", dtype=object),
+        cell_mv=np.full(n * 14, 3700),
+        cell_offsets=np.arange(n + 1) * 14,
+        temp_c=temps_c.ravel(),
+        temp_offsets=np.arange(n + 1) * sensors,
+        received_at_ms=ts_ms + 500,
+        worker="w",
+    )
+    bms.write_telemetry(table, lake, file_prefix=f"sensors-{vin}")

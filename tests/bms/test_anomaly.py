@@ -12,6 +12,7 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -19,7 +20,14 @@ from click.testing import CliRunner
 
 import bms
 from pipeline._cli import cli
-from tests.bms.anomaly_data import FLEET, START, Short, make_metrics_lake, vin
+from tests.bms.anomaly_data import (
+    FLEET,
+    START,
+    Short,
+    make_metrics_lake,
+    vin,
+    write_sensor_readings,
+)
 
 DAYS = 50
 SHORT = Short(vehicle=3, cell=5, start=26, stop=34)
@@ -327,6 +335,61 @@ def test_a_flag_raised_by_rules_only_lists_only_features_outside_their_normal_ra
         assert listed == [t["feature"] for t in r["top_features"]]
         for t in r["top_features"]:
             assert not t["normal_low"] <= t["value"] <= t["normal_high"], t
+
+
+def _parked_temps_c(stuck_c: float | None = None, readings: int = 288) -> np.ndarray:
+    """Four sensors following a parked pack's daily swing of 3 degC, five-minute
+    readings; sensor 0 stuck at ``stuck_c`` (below the others: the pack median stays)."""
+    hours = np.arange(readings) * 300 / 3600
+    temps = np.repeat((26.0 + 1.5 * np.sin(2 * np.pi * hours / 24))[:, None], 4, axis=1)
+    if stuck_c is not None:
+        temps[:, 0] = stuck_c
+    return temps
+
+
+def test_stuck_sensor_evidence_names_its_value_and_since_when(scored: Path, tmp_path: Path) -> None:
+    """A sensor stuck at 24.0 degC for five days (the vehicle offline on one of them),
+    at 25.0 the day before: the evidence says which sensor, the value and since when
+    (it said only 'sensor_stuck sensor 0: 1 (limit 1)')."""
+    import pyarrow.compute as pc
+
+    data = _copy(scored, tmp_path)
+    v = vin(9)
+    days = [START + timedelta(days=k) for k in range(43, 50)]
+    offline = days[4]
+    stuck = {days[1]: 25.0} | {d: 24.0 for d in days[2:] if d != offline}
+    for day in days:
+        if day == offline:
+            for name in ("vehicle_day", "cell_day", "vehicle_soh"):
+                path = bms.metrics_path(data / "lake", name, day, FLEET)
+                table = pq.read_table(path)
+                bms.write_parquet_atomic(table.filter(pc.not_equal(table["vin"], v)), path)
+        else:
+            write_sensor_readings(data / "lake", v, day, _parked_temps_c(stuck.get(day)))
+    for day in days:
+        bms.score_anomalies(data / "lake", data / "state", day, PARAMS)
+    evidence = {
+        r["date"]: r["evidence"]
+        for r in bms.read_anomalies(data / "lake", days).to_pylist()
+        if r["vin"] == v and r["cell"] == -1
+    }
+    assert set(evidence) == set(days[1:])
+    # offline: the flag and its evidence carried on
+    assert evidence[offline] == evidence[days[3]]
+    stuck_clauses = {d: e.split("; ")[:2] for d, e in evidence.items()}
+    rule = "sensor_stuck sensor 0: 1 (limit 1)"
+    assert stuck_clauses[days[1]] == [
+        rule,
+        f"sensor 0 stuck at 25.0 degC since {days[1]} (stuck all day on 1 day with its data)",
+    ]
+    assert stuck_clauses[days[2]] == [
+        rule,
+        f"sensor 0 stuck at 24.0 degC since {days[2]} (stuck all day on 1 day with its data)",
+    ]
+    assert stuck_clauses[days[-1]] == [
+        rule,
+        f"sensor 0 stuck at 24.0 degC since {days[2]} (stuck all day on 4 days with its data)",
+    ]
 
 
 def test_no_other_vehicle_is_flagged(scored: Path) -> None:

@@ -103,6 +103,7 @@ def test_counts_and_the_stuck_sensor(figures: tuple[pa.Table, pa.Table]) -> None
     assert table["n_readings"] == [N] * 5
     assert table["n_valid"] == [N, N - int(GAPS.sum()), N, N, N]
     assert table["range_c"][0] == 0.0  # stuck
+    assert table["max_c"][0] == 24.0  # ... at this value
     assert min(table["range_c"][1:]) >= 2.9  # the day's swing of 3 degC, quantised
     assert table["pack_range_c"][0] == pytest.approx(3.0, abs=0.1)
     assert table["dev_mean_c"][2] == pytest.approx(0.0, abs=0.05)
