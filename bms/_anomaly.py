@@ -15,8 +15,8 @@ For a date ``D`` and a fleet, ``score_anomalies``:
 4. evaluates the physical rules (``bms._anomaly_rules``) on today's rows;
 5. merges model and rule flags per (vehicle, cell), carries ``first_seen`` from the
    previous date's output and sets the status: ``new``, ``ongoing`` (also while a flag
-   has been quiet for fewer than ``clear_days``, or on a day its vehicle sent no data),
-   ``cleared`` (once, then dropped);
+   has been quiet on fewer than ``clear_days`` days with its vehicle's data, and on a
+   day its vehicle sent no data), ``cleared`` (once, then dropped);
 6. writes ``lake/anomalies/date=D/fleet=F/part.parquet`` atomically; the same inputs
    give byte-identical output.
 """
@@ -160,7 +160,7 @@ class AnomalyParams:
     drift_factor: float = 4.0  # ... above this multiple of the training share -> refit [-]
     persist_days: int = 6  # model flag: above threshold on this many days ... [d]
     persist_window: int = 8  # ... of the last this many days, including today [d]
-    clear_days: int = 3  # a flag quiet for this many days is cleared [d]
+    clear_days: int = 3  # a flag quiet on this many days with its vehicle's data is cleared [d]
     top_features: int = 3  # contributing features named per flag
     min_history_days: int = 7  # days of cell data in the trend window before the model
     # judges (and trains on) a vehicle [d]
@@ -692,6 +692,31 @@ def _rule_text(hit: Mapping[str, Any], where: str) -> str:
     return f"{hit['rule']}{where}: {_fmt(value)}{_unit(str(hit['unit']))} (limit {_fmt(thr)})"
 
 
+def _quiet_days(
+    lake_root: Path,
+    fleet: str,
+    vin: str,
+    last_flagged: date,
+    day: date,
+    params: AnomalyParams,
+    cache: _Cache,
+) -> int:
+    """Observed quiet days of a flag, counted up to ``clear_days``: ``day`` (the vehicle
+    has data on it) and the days after ``last_flagged`` with the vehicle's data (a feature
+    row) and hence no finding. Days without its data do not count: a vehicle back from an
+    outage is judged on the days it reported."""
+    quiet = 1
+    for d in reversed(cache.analysed_dates(lake_root, fleet).get(fleet, [])):
+        if quiet >= params.clear_days or d <= last_flagged:
+            break
+        if d >= day:
+            continue
+        t = _features(lake_root, d, fleet, params, rebuild=False, cache=cache)
+        if t is not None and int(pc.index(t["vin"], vin).as_py()) >= 0:
+            quiet += 1
+    return quiet
+
+
 def _stuck_text(
     lake_root: Path,
     fleet: str,
@@ -981,12 +1006,14 @@ def _score_fleet_day(
             )
         else:
             assert p is not None
-            quiet = (day - p["last_flagged"]).days
             pi = row_of.get(key[0])
             score = None if pi is None or np.isnan(scores[pi]) else float(scores[pi])
             # A vehicle without data today (offline, or its telemetry late) is not quiet:
-            # its flag stays open until a day with data finds it quiet long enough.
-            cleared = pi is not None and quiet >= params.clear_days
+            # its flag stays open until days with its data find it quiet long enough.
+            cleared = pi is not None and (
+                _quiet_days(lake_root, fleet, key[0], p["last_flagged"], day, params, cache)
+                >= params.clear_days
+            )
             rows.append(
                 {
                     **p,

@@ -198,7 +198,7 @@ class AnomalyConfig:
     drift_factor: PosFloat = 4.0  # refit when rows above threshold exceed this x training share
     persist_days: PosInt = 6  # model flag needs this many days above threshold ... [days]
     persist_window: PosInt = 8  # ... within this many days [days]
-    clear_days: PosInt = 3  # a flag quiet this long is cleared [days]
+    clear_days: PosInt = 3  # a flag quiet on this many days with data is cleared [days]
     min_history_days: NonNegInt = 7  # days of cell data before the model judges a vehicle [days]
     top_features: NonNegInt = 3  # contributing features named per flag
 

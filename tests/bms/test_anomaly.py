@@ -275,6 +275,43 @@ def test_a_flag_does_not_clear_while_its_vehicle_sends_nothing(
     assert after == dict.fromkeys(offline, "ongoing")
 
 
+def test_a_flag_clears_after_clear_days_with_data_not_calendar_days(
+    scored: Path, tmp_path: Path
+) -> None:
+    """A vehicle offline for four days after its last finding, then back and quiet: its
+    flag clears on its third quiet day with data (clear_days), not on its first day back
+    (the calendar days offline used to count)."""
+    import pyarrow.compute as pc
+
+    data = _copy(scored, tmp_path)
+    v = vin(SHORT.vehicle)
+    rows = [
+        r
+        for r in bms.read_anomalies(data / "lake").to_pylist()
+        if r["vin"] == v and r["cell"] == SHORT.cell
+    ]
+    last_flagged = max(r["last_flagged"] for r in rows)
+    offline = [last_flagged + timedelta(days=k) for k in range(1, 5)]
+    back = [offline[-1] + timedelta(days=k) for k in range(1, PARAMS.clear_days + 1)]
+    assert back[-1] < START + timedelta(days=DAYS)
+    for day in offline:
+        for name in ("vehicle_day", "cell_day", "vehicle_soh"):
+            path = bms.metrics_path(data / "lake", name, day, FLEET)
+            table = pq.read_table(path)
+            bms.write_parquet_atomic(table.filter(pc.not_equal(table["vin"], v)), path)
+    for day in offline + back:
+        bms.score_anomalies(data / "lake", data / "state", day, PARAMS)
+    after = {
+        r["date"]: (r["status"], r["last_flagged"])
+        for r in bms.read_anomalies(data / "lake").to_pylist()
+        if r["vin"] == v and r["cell"] == SHORT.cell and r["date"] > last_flagged
+    }
+    assert after == {
+        **dict.fromkeys(offline + back[:-1], ("ongoing", last_flagged)),
+        back[-1]: ("cleared", last_flagged),
+    }
+
+
 def test_evidence_states_each_rule_limit_with_the_value_sign_and_no_dash_unit(
     scored: Path,
 ) -> None:
