@@ -941,6 +941,8 @@ def _score_fleet_day(
             else (f" cell {r['cell']}" if r["cell"] >= 0 else "")
         )
         c["rule_text"].append(_rule_text(r, where))
+        if r["note"]:
+            c["rule_text"].append(str(r["note"]))
         if r["rule"] == "sensor_stuck":
             c["rule_text"].append(
                 _stuck_text(lake_root, fleet, day, today, row_of[key[0]], params, cache)

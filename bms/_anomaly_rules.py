@@ -41,8 +41,21 @@ and a severity. Thresholds are data (``RuleLimits``), with their sources:
   hardly moved, hence also 10 robust sigmas out of its own pack, in both halves of the
   window (on two simulated 200-vehicle, 1-year fleets the worst healthy pack reached
   5 sigmas; over the whole window, without the halves, 10.4).
-- ``temp_high``: the hottest sensor within a margin below the contract's 60 degC
-  over-temperature limit.
+- ``temp_high``: the pack's hottest temperature within a margin below the contract's
+  60 degC over-temperature limit (telemetry.md; cells are rated to 60 degC in
+  discharge and 45-60 degC in charge, science.md 4), as held on two consecutive readings
+  of one sensor, leaving out a sensor found erratic that day. A pack is a thermal mass:
+  heat builds up and leaves over minutes to hours (a parked pack's time constant is
+  hours, see ``cooling_slow``; the live ``thermal_rise`` alert already speaks at
+  1 degC/min), and the hazards the limit keeps away from (SEI breakdown from ~80 degC,
+  science.md 4) come from heat that stays, so a real approach to the limit shows on the
+  next reading too (30 s driving, 10 min parked). A reading that the next one does not
+  hold is a sensor or wiring glitch, not the pack: at most a warning (on that sensor,
+  saying so), and none where the sensor is the erratic one, whose ``sensor_erratic``
+  finding says what it read instead (design.md: implausible values are kept as
+  evidence of a sensor fault). The live ``over_temperature`` alert still fires on any
+  single reading above 60 degC. Without per-sensor figures (no telemetry), the day's
+  hottest reading decides as before.
 - ``cooling_slow``: the pack's daily temperature cycle lagging its peers' (same vehicle
   class) by an hour or more, median of 14 days (``bms._features.diurnal_lag``). A
   parked pack follows the ambient cycle as a first-order low-pass and lags it by
@@ -65,6 +78,7 @@ and a severity. Thresholds are data (``RuleLimits``), with their sources:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -131,6 +145,7 @@ RULE_HIT_SCHEMA = pa.schema(
         ("value", pa.float64()),
         ("threshold", pa.float64()),
         ("unit", pa.string()),
+        ("note", pa.string()),  # what else the evidence should say (none: nothing)
     ]
 )
 
@@ -164,9 +179,11 @@ def evaluate_rules(features: pa.Table, limits: RuleLimits) -> pa.Table:
         cell: np.ndarray | None = None,
         sensor: np.ndarray | None = None,
         critical: np.ndarray | None = None,
+        note: Callable[[int], str | None] | None = None,
     ) -> None:
         thr = np.broadcast_to(np.asarray(threshold, dtype=np.float64), mask.shape)
         for i in np.flatnonzero(mask):
+            rows["note"].append(note(int(i)) if note is not None else None)
             rows["vin"].append(str(vin_col[int(i)].as_py()))
             rows["cell"].append(int(cell[i]) if cell is not None else -1)
             rows["sensor"].append(int(sensor[i]) if sensor is not None else -1)
@@ -265,15 +282,42 @@ def evaluate_rules(features: pa.Table, limits: RuleLimits) -> pa.Table:
             critical=swing >= limits.swing_critical_pct,
         )
 
-        tmax = _f(features, "temp_c_max")
+        # temp_high judges the hottest temperature a sensor held on two consecutive
+        # readings, leaving out a sensor found erratic today (its readings confirm
+        # nothing); without per-sensor figures, the day's hottest reading as before
         warn_c = limits.temp_limit_c - limits.temp_warning_margin_c
+        crit_c = limits.temp_limit_c - limits.temp_critical_margin_c
+        jit = _f(features, "sensor_jitter_excess_c")
+        jit_sensor = _i(features, "jitter_sensor")
+        erratic = (jit >= limits.sensor_jitter_excess_c) & (jit_sensor >= 0)
+        reading = _f(features, "temp_reading_max_c")
+        hot_sensor = _i(features, "temp_reading_sensor")
+        per_sensor = ~np.isnan(reading)
+        held = np.where(erratic, _f(features, "temp_held_other_c"), _f(features, "temp_held_max_c"))
+        tmax = np.where(per_sensor, held, _f(features, "temp_c_max"))
+        add(tmax >= warn_c, "temp_high", tmax, warn_c, "degC", critical=tmax >= crit_c)
+        # a hottest reading above the warning that no second reading held: at most a
+        # warning, on its sensor; none where that sensor is the erratic one (the
+        # sensor_erratic hit below carries it)
+        spike = per_sensor & (reading >= warn_c) & ~(tmax >= warn_c)
+        explained = erratic & (hot_sensor == jit_sensor)
+
+        def held_text(i: int, who: str) -> str:
+            if np.isnan(held[i]):
+                return f"no reading of {who} held on a second"
+            return f"{who} held at most {held[i]:.1f} degC"
+
         add(
-            tmax >= warn_c,
+            spike & ~explained,
             "temp_high",
-            tmax,
+            reading,
             warn_c,
             "degC",
-            critical=tmax >= limits.temp_limit_c - limits.temp_critical_margin_c,
+            sensor=hot_sensor,
+            note=lambda i: (
+                f"sensor {hot_sensor[i]} reached {reading[i]:.1f} degC in single readings "
+                f"only, not held on a second ({held_text(i, 'the sensors')})"
+            ),
         )
 
         lag = _f(features, "cooling_lag_h")
@@ -309,14 +353,19 @@ def evaluate_rules(features: pa.Table, limits: RuleLimits) -> pa.Table:
         )
         stuck = _f(features, "sensor_stuck")
         add(stuck >= 1.0, "sensor_stuck", stuck, 1.0, "-", sensor=_i(features, "stuck_sensor"))
-        jit = _f(features, "sensor_jitter_excess_c")
         add(
             jit >= limits.sensor_jitter_excess_c,
             "sensor_erratic",
             jit,
             limits.sensor_jitter_excess_c,
             "degC",
-            sensor=_i(features, "jitter_sensor"),
+            sensor=jit_sensor,
+            note=lambda i: (
+                f"sensor {jit_sensor[i]} reached {reading[i]:.1f} degC, not counted as the "
+                f"pack's temperature ({held_text(i, 'the other sensors')})"
+                if spike[i] and explained[i]
+                else None
+            ),
         )
 
     table = pa.table(rows, schema=RULE_HIT_SCHEMA)

@@ -165,12 +165,16 @@ FEATURES_SCHEMA = pa.schema(
         pa.field("invalid_sensor", pa.int16()),
         pa.field("stuck_sensor", pa.int16()),
         pa.field("stuck_value_c", pa.float64()),
+        pa.field("temp_reading_max_c", pa.float64()),
+        pa.field("temp_reading_sensor", pa.int16()),
+        pa.field("temp_held_max_c", pa.float64()),
+        pa.field("temp_held_other_c", pa.float64()),
         pa.field("jitter_sensor", pa.int16()),
         pa.field("rest_rise_sensor", pa.int16()),
     ],
     metadata={
         b"fleetbms.table": b"anomaly_features",
-        b"fleetbms.version": b"8",
+        b"fleetbms.version": b"9",
     },
 )
 
@@ -645,6 +649,7 @@ def sensor_day(
                 "n_valid": pa.array([], pa.int64()),
                 "range_c": pa.array([], pa.float64()),
                 "max_c": pa.array([], pa.float64()),
+                "held_max_c": pa.array([], pa.float64()),
                 "pack_range_c": pa.array([], pa.float64()),
                 "dev_mean_c": pa.array([], pa.float64()),
                 "jitter_c": pa.array([], pa.float64()),
@@ -1449,6 +1454,16 @@ def assemble_features(
     # the value a stuck sensor sits at (its range is 0: its maximum is its value)
     out["stuck_value_c"] = np.where(out["sensor_stuck"] > 0, stuck_at, np.nan)
     out["jitter_sensor"] = pa.array(w_jit.astype(np.int16))
+    # The hottest temperature: of one reading (and its sensor), and held on two
+    # consecutive readings of one sensor, by any sensor and by the others than the one
+    # jumping most between readings (``bms._anomaly_rules``: temp_high)
+    out["temp_reading_max_c"], w_hot, _ = per_vehicle_max(_col(sensors, "max_c"), np.nan)
+    out["temp_reading_sensor"] = pa.array(w_hot.astype(np.int16))
+    held = _col(sensors, "held_max_c")
+    out["temp_held_max_c"], _, _ = per_vehicle_max(held, np.nan)
+    jumpy = np.zeros(len(held), dtype=bool)
+    jumpy[ok] = s_idx[ok] == w_jit[s_row[ok]]
+    out["temp_held_other_c"], _, _ = per_vehicle_max(np.where(jumpy, np.nan, held), np.nan)
     out["rest_rise_sensor"] = pa.array(w_rise.astype(np.int16))
 
     arrays = []

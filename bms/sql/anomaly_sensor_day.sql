@@ -9,6 +9,8 @@
 --   range_c                 max - min of the sensor's values over the day (0 with a
 --                           varying pack = stuck)
 --   max_c                   the sensor's highest value of the day (a stuck sensor's value)
+--   held_max_c              the highest value it held on two consecutive valid readings
+--                           (the lower of the two): a one-reading spike does not count
 --   pack_range_c            range over the day of the pack's median sensor
 --   dev_mean_c              mean of (sensor - pack median)
 --   jitter_c                RMS change between consecutive valid readings
@@ -84,7 +86,10 @@ stats AS (
            sum(2 * temp_dc - pack2)::DOUBLE
                / count(2 * temp_dc - pack2) / 20.0 AS dev_mean_c,
            sqrt(sum((temp_dc - prev_dc) * (temp_dc - prev_dc))::DOUBLE
-               / count(temp_dc - prev_dc)) / 10.0 AS steps_jitter_c
+               / count(temp_dc - prev_dc)) / 10.0 AS steps_jitter_c,
+           -- least() skips a NULL: both readings must have a value
+           (max(CASE WHEN temp_dc IS NOT NULL AND prev_dc IS NOT NULL
+                     THEN least(temp_dc, prev_dc) END) / 10.0)::DOUBLE AS steps_held_max_c
     FROM (
         SELECT vin, pack2,
                unnest(range(len(temp_dc)))::SMALLINT AS sensor,
@@ -103,9 +108,11 @@ gappy AS (
 ),
 gappy_jit AS (
     SELECT vin, sensor,
-           sqrt(sum(step_dc * step_dc)::DOUBLE / count(step_dc)) / 10.0 AS jitter_c
+           sqrt(sum(step_dc * step_dc)::DOUBLE / count(step_dc)) / 10.0 AS jitter_c,
+           (max(CASE WHEN step_dc IS NOT NULL THEN least(temp_dc, temp_dc - step_dc) END)
+               / 10.0)::DOUBLE AS held_max_c
     FROM (
-        SELECT vin, sensor,
+        SELECT vin, sensor, temp_dc,
                temp_dc - lag(temp_dc) OVER (PARTITION BY vin, sensor ORDER BY ts_ms, seq)
                    AS step_dc
         FROM (
@@ -178,6 +185,8 @@ SELECT
     stats.dev_mean_c,
     CASE WHEN gappy.sensor IS NULL THEN stats.steps_jitter_c ELSE gappy_jit.jitter_c END
         AS jitter_c,
+    CASE WHEN gappy.sensor IS NULL THEN stats.steps_held_max_c ELSE gappy_jit.held_max_c END
+        AS held_max_c,
     rest_max.rest_rise_c_per_h,
     rest_max.pack_rest_rise_c_per_h
 FROM stats

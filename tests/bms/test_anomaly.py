@@ -374,10 +374,11 @@ def test_a_flag_raised_by_rules_only_lists_only_features_outside_their_normal_ra
             assert not t["normal_low"] <= t["value"] <= t["normal_high"], t
 
 
-def _parked_temps_c(stuck_c: float | None = None, readings: int = 288) -> np.ndarray:
-    """Four sensors following a parked pack's daily swing of 3 degC, five-minute
-    readings; sensor 0 stuck at ``stuck_c`` (below the others: the pack median stays)."""
-    hours = np.arange(readings) * 300 / 3600
+def _parked_temps_c(stuck_c: float | None = None, cadence_s: int = 300) -> np.ndarray:
+    """Four sensors following a parked pack's daily swing of 3 degC, a reading every
+    ``cadence_s``; sensor 0 stuck at ``stuck_c`` (below the others: the pack median
+    stays)."""
+    hours = np.arange(86_400 // cadence_s) * cadence_s / 3600
     temps = np.repeat((26.0 + 1.5 * np.sin(2 * np.pi * hours / 24))[:, None], 4, axis=1)
     if stuck_c is not None:
         temps[:, 0] = stuck_c
@@ -426,6 +427,49 @@ def test_stuck_sensor_evidence_names_its_value_and_since_when(scored: Path, tmp_
     assert stuck_clauses[days[-1]] == [
         rule,
         f"sensor 0 stuck at 24.0 degC since {days[2]} (stuck all day on 4 days with its data)",
+    ]
+
+
+def test_a_spike_is_not_a_critical_temperature(scored: Path, tmp_path: Path) -> None:
+    """Two parked vehicles whose sensor read 71.2 or 58.2 degC once: on an erratic sensor
+    (3 degC of noise) the erratic finding says so and no temp_high is raised; on a sound
+    one (one glitch in 2,880 readings: not erratic), a temp_high warning on that sensor
+    says the reading was not held. Both were critical over-temperatures on the day's
+    hottest reading."""
+    data = _copy(scored, tmp_path)
+    day = START + timedelta(days=DAYS - 1)
+    noisy, glitch = vin(10), vin(11)
+    cadence_s = {noisy: 300, glitch: 30}
+    temps = {v: _parked_temps_c(cadence_s=c) for v, c in cadence_s.items()}
+    temps[noisy][:, 2] += np.random.default_rng(1).normal(0.0, 3.0, len(temps[noisy]))
+    temps[noisy][100, 2] = 71.2
+    temps[glitch][1000, 1] = 58.2
+    for v, t in temps.items():
+        write_sensor_readings(data / "lake", v, day, t, cadence_s=cadence_s[v])
+    path = bms.metrics_path(data / "lake", "vehicle_day", day, FLEET)
+    table = pq.read_table(path)
+    hottest = [
+        float(np.round(temps[v].max(), 1)) if v in temps else t
+        for v, t in zip(table["vin"].to_pylist(), table["temp_c_max"].to_pylist(), strict=True)
+    ]
+    table = table.set_column(
+        table.schema.get_field_index("temp_c_max"), "temp_c_max", pa.array(hottest, pa.float64())
+    )
+    bms.write_parquet_atomic(table, path)
+    bms.score_anomalies(data / "lake", data / "state", day, PARAMS)
+    rows = {r["vin"]: r for r in bms.read_anomalies(data / "lake", [day]).to_pylist()}
+    row = rows[noisy]
+    assert (row["rules"], row["severity"], row["sensor"]) == (["sensor_erratic"], "warning", 2)
+    assert row["evidence"].split("; ")[1] == (
+        "sensor 2 reached 71.2 degC, not counted as the pack's temperature "
+        "(the other sensors held at most 27.5 degC)"
+    )
+    row = rows[glitch]
+    assert (row["rules"], row["severity"], row["sensor"]) == (["temp_high"], "warning", 1)
+    assert row["evidence"].split("; ")[:2] == [
+        "temp_high sensor 1: 58.2 degC (limit 55)",
+        "sensor 1 reached 58.2 degC in single readings only, not held on a second "
+        "(the sensors held at most 27.5 degC)",
     ]
 
 

@@ -89,3 +89,85 @@ def test_cooling_rule_needs_an_hour_and_ten_sigmas_of_its_class() -> None:
         ("A", "cooling_slow", "warning"),
         ("B", "cooling_slow", "critical"),
     ]
+
+
+def test_temp_high_needs_a_temperature_held_on_two_readings_of_a_sound_sensor() -> None:
+    """A: an erratic sensor (3) reached 71.2 degC and held 62 on two noisy readings,
+    the other sensors at most 36.1: no over-temperature; the erratic finding says what it
+    read. B: one spike of a sensor not found erratic: a warning on that sensor, saying
+    it was not held. C, E: held by a sound sensor (E: beside an erratic one): critical.
+    D: no per-sensor figures (no telemetry): the day's hottest reading, as before."""
+    erratic = {"sensor_jitter_excess_c": 8.0, "jitter_sensor": 3}
+    quiet = {"sensor_jitter_excess_c": 0.2, "jitter_sensor": 0}
+    rows = [
+        _row(
+            "A",
+            "nmc",
+            temp_c_max=71.2,
+            temp_reading_max_c=71.2,
+            temp_reading_sensor=3,
+            temp_held_max_c=62.0,
+            temp_held_other_c=36.1,
+            **erratic,
+        ),
+        _row(
+            "B",
+            "nmc",
+            temp_c_max=58.2,
+            temp_reading_max_c=58.2,
+            temp_reading_sensor=1,
+            temp_held_max_c=36.0,
+            temp_held_other_c=35.8,
+            **quiet,
+        ),
+        _row(
+            "C",
+            "nmc",
+            temp_c_max=58.5,
+            temp_reading_max_c=58.5,
+            temp_reading_sensor=2,
+            temp_held_max_c=58.0,
+            temp_held_other_c=58.0,
+            **quiet,
+        ),
+        _row("D", "nmc", temp_c_max=58.0),
+        _row(
+            "E",
+            "nmc",
+            temp_c_max=75.0,
+            temp_reading_max_c=75.0,
+            temp_reading_sensor=3,
+            temp_held_max_c=70.0,
+            temp_held_other_c=57.5,
+            **erratic,
+        ),
+    ]
+    features = pa.Table.from_pylist(rows, schema=FEATURES_SCHEMA)
+    hits = [
+        (h["vin"], h["rule"], h["sensor"], h["severity"], h["value"], h["note"])
+        for h in evaluate_rules(features, RuleLimits()).to_pylist()
+    ]
+    assert hits == [
+        (
+            "A",
+            "sensor_erratic",
+            3,
+            "warning",
+            8.0,
+            "sensor 3 reached 71.2 degC, not counted as the pack's temperature "
+            "(the other sensors held at most 36.1 degC)",
+        ),
+        (
+            "B",
+            "temp_high",
+            1,
+            "warning",
+            58.2,
+            "sensor 1 reached 58.2 degC in single readings only, not held on a second "
+            "(the sensors held at most 36.0 degC)",
+        ),
+        ("C", "temp_high", -1, "critical", 58.0, None),
+        ("D", "temp_high", -1, "critical", 58.0, None),
+        ("E", "sensor_erratic", 3, "warning", 8.0, None),
+        ("E", "temp_high", -1, "critical", 57.5, None),
+    ]

@@ -24,6 +24,7 @@ CURRENT_A = np.where((HOURS >= 8) & (HOURS < 10), -50.0, 0.0)
 BASE_C = 26.0 + 1.5 * np.sin(2 * np.pi * HOURS / 24)
 RISE_C_PER_H = 0.5  # sensor 4 warms against its pack in the second rest
 GAPS = np.arange(N) % 7 == 3  # sensor 1 misses every 7th reading
+SPIKE = 109  # sensor 3 reads 71.2 degC once, while driving (not in a rest fit)
 
 
 def _temps_c() -> np.ndarray:
@@ -31,6 +32,7 @@ def _temps_c() -> np.ndarray:
     temps[:, 0] = 24.0  # stuck, below the others so the pack median stays BASE_C
     temps[GAPS, 1] = np.nan
     temps[:, 4] += RISE_C_PER_H * np.clip(HOURS - 10, 0, None)
+    temps[SPIKE, 3] = 71.2
     return temps
 
 
@@ -121,6 +123,23 @@ def test_jitter_steps_from_the_previous_valid_value(figures: tuple[pa.Table, pa.
     assert table["jitter_c"][1] > table["jitter_c"][2]
 
 
+def test_hottest_reading_and_hottest_held_on_two_consecutive_readings(
+    figures: tuple[pa.Table, pa.Table],
+) -> None:
+    """Sensor 3's one reading of 71.2 degC is its maximum, not what it held; a sensor
+    with gaps holds a value over its consecutive valid readings."""
+    table = figures[0].to_pydict()
+    temps_dc = np.round(_temps_c() * 10)
+    for sensor in range(5):
+        values = temps_dc[:, sensor]
+        valid = values[~np.isnan(values)]
+        assert table["max_c"][sensor] == np.max(valid) / 10
+        held = np.max(np.minimum(valid[1:], valid[:-1])) / 10
+        assert table["held_max_c"][sensor] == pytest.approx(held, abs=1e-12), sensor
+    assert table["max_c"][3] == 71.2
+    assert table["held_max_c"][3] < 28.0
+
+
 def test_rise_at_rest_against_the_pack(figures: tuple[pa.Table, pa.Table]) -> None:
     table = figures[0].to_pydict()
     assert table["rest_rise_c_per_h"][4] == pytest.approx(RISE_C_PER_H, abs=0.02)
@@ -152,5 +171,7 @@ def test_a_compacted_file_of_several_vehicles_gives_each_its_own_figures(
     rows = from_compacted.to_pydict()
     assert rows["vin"] == [VIN] * 5 + [other] * 5
     one = figures[1].to_pydict()
+    for column in ("max_c", "held_max_c"):  # the other vehicle reads 20 degC warmer
+        assert rows[column][5:] == pytest.approx([t + 20.0 for t in one[column]], rel=1e-12), column
     for column in ("n_readings", "jitter_c", "dev_mean_c", "range_c", "rest_rise_c_per_h"):
         assert rows[column][5:] == pytest.approx(one[column], rel=1e-9, abs=1e-12), column
