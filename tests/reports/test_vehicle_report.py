@@ -303,6 +303,46 @@ def test_anomaly_explanations_read_as_sentences() -> None:
     )
 
 
+def test_anomaly_explanations_read_the_stuck_and_spike_clauses() -> None:
+    """The clauses bms adds after a rule's (a stuck sensor's value and since when, a
+    temperature not held, an erratic sensor's reading) are kept as they are."""
+    from reports._inputs import Anomaly
+    from reports._vehicle_pdf import explanation_text
+
+    a = Anomaly(
+        vin="V",
+        cell=-1,
+        sensor=0,
+        score=None,
+        threshold=None,
+        severity="warning",
+        status="new",
+        source="rule",
+        rules=("sensor_erratic", "sensor_stuck", "temp_high"),
+        first_seen="2026-02-19",
+        model_version="rules-only",
+        features=(),
+        explanation=(
+            "sensor_stuck sensor 0: 1 (limit 1); sensor 0 stuck at 24.0 degC since "
+            "2026-02-15 (stuck all day on 4 days with its data); temp_high sensor 1: "
+            "58.2 degC (limit 55); sensor 1 reached 58.2 degC in single readings only, not "
+            "held on a second (the sensors held at most 27.5 degC); sensor_erratic sensor "
+            "2: 4.1 degC (limit 1); sensor 2 reached 71.2 degC, not counted as the pack's "
+            "temperature (the other sensors held at most 27.5 degC)"
+        ),
+    )
+    assert explanation_text(a) == (
+        "Rule sensor_stuck fired on sensor 0 (measured 1, limit 1). "
+        "sensor 0 stuck at 24.0 degC since 2026-02-15 (stuck all day on 4 days with its "
+        "data). Rule temp_high fired on sensor 1 (measured 58.2 degC, limit 55 degC). "
+        "sensor 1 reached 58.2 degC in single readings only, not held on a second (the "
+        "sensors held at most 27.5 degC). "
+        "Rule sensor_erratic fired on sensor 2 (measured 4.1 degC, limit 1 degC). "
+        "sensor 2 reached 71.2 degC, not counted as the pack's temperature (the other "
+        "sensors held at most 27.5 degC)."
+    )
+
+
 def test_vehicle_pdf_writes_the_trend_fit_as_a_formula(flagged_pdf: Path) -> None:
     text = " ".join(pdf_text(flagged_pdf).split())
     b = (100.0 - 93.1) / rd._age(rd.DAY) ** 0.75
