@@ -737,7 +737,7 @@ def _stuck_text(
     vin = str(today["vin"][i].as_py())
     sensor = int(today["stuck_sensor"][i].as_py())
     value_c = today["stuck_value_c"][i].as_py()
-    if value_c is None:  # features written before the value was kept
+    if value_c is None:  # no value (not expected: a stuck sensor has readings)
         return f"sensor {sensor} stuck all day"
     analysed = cache.analysed_dates(lake_root, fleet).get(fleet, [])
     oldest = day - timedelta(days=STUCK_LOOKBACK_DAYS)
