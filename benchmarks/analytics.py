@@ -168,6 +168,23 @@ aggregates instead of a materialised row table), not a tuning step. At day 365 t
 fits (2,000 robust fits of 365 points, about 20 IRLS iterations each) add 2.4 s on one
 thread at the end.
 
+2026-12-07 (fresh machine, three helpers' test suites beside: load 3-5), main 7f08c1c:
+floor 2.48 s wall / 4.80 s CPU, analyze 14.48 s / 24.51 s: ratio 5.84 wall, 5.11 CPU;
+peak RSS 760 MB; day 365 / day 1 1.13. Thread CPU per job of the rows pass, one lane,
+one DuckDB thread (the 22 groups summed): readings table 6.2 s, vehicle_day 1.9,
+rest_runs 1.1, cell_select 0.5, carry 0.5, charge_select 0.3, cell_counts 0.2,
+resistance_steps 0.15 (11.5 s in all). The readings table registered as an Arrow table
+instead (to skip DuckDB's append) was dearer: 8.2 s to fetch it, and rest_runs over it
+1.1 -> 4.8 s. Its plan (EXPLAIN ANALYZE, one group): all windows are streaming
+windows, 0.16 s of compute per group; the rest is writing the 44 columns. A bound on
+what any redesign can reach: the cell lists the cell jobs need are decoded by a scan
+that costs about the floor itself (cell_rows), so ratio 3 leaves two floors (about
+9.6 s CPU here) for everything else, while the per-vehicle Python (charge-step fits,
+capacity pairs, trends: 3-4 s), the cell jobs (about 3 s), the VIN count and the
+finishing (about 1.5 s) already take 8 s of it: the readings jobs would have to fall
+from 11.5 s to under 2 s CPU (at 3 s the CPU ratio would be near 3.3). Not attempted
+this session.
+
 Usage: python benchmarks/analytics.py [--vehicles 1000]
 """
 
