@@ -3,7 +3,8 @@
 Each line is one reading or one ``{"v": 1, "readings": [...]}`` batch, exactly as sent
 over MQTT. The topic is derived from the payload's VIN and the fleet id, then the line
 goes through the same ``Processor`` as a live message: validation and quarantine (with
-``source = "file:<path>:<line>"``), dedup against this importer's own state
+``source = "file:<path>:<line>"``, bytes of a file name that are not UTF-8 shown as
+``\\xff`` escapes), dedup against this importer's own state
 (``data/state/ingest/import.json``, so importing a file twice writes it once), the
 single telemetry writer, dirty-date markers and alerts (stored, not published).
 """
@@ -11,6 +12,7 @@ single telemetry writer, dirty-date markers and alerts (stored, not published).
 from __future__ import annotations
 
 import gzip
+import os
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -46,6 +48,15 @@ class ImportSummary:
     files: int
     lines: int
     counters: Counters
+
+
+def _shown(path: Path) -> str:
+    """``path`` as valid UTF-8 text that still names the file, for quarantine rows and
+    messages. A file name may hold bytes that are not UTF-8 (Linux allows any); Python
+    keeps them in a str path as lone surrogates (``os.fsdecode``), which a Parquet
+    string column refuses (``UnicodeEncodeError``) and a strict UTF-8 stream cannot
+    print. They are shown as backslash escapes instead (the byte 0xff as ``\\xff``)."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def _open(path: Path) -> IO[bytes]:
@@ -128,14 +139,14 @@ def import_files(
         raise IngestError(f"fleet id {fleet!r} is not 1-64 characters of [A-Za-z0-9_-]")
     for p in paths:
         if not p.exists():
-            raise IngestError(f"{p}: no such file")
+            raise IngestError(f"{_shown(p)}: no such file")
         if not p.is_file():
-            raise IngestError(f"{p}: not a file")
+            raise IngestError(f"{_shown(p)}: not a file")
         try:
             with open(p, "rb"):
                 pass
         except OSError as exc:
-            raise IngestError(f"{p}: {exc.strerror}") from None
+            raise IngestError(f"{_shown(p)}: {exc.strerror}") from None
     lock = WorkerLock(state_dir, worker)
     try:
         proc = Processor(
@@ -162,10 +173,11 @@ def _import_all(proc: Processor, paths: Sequence[Path], fleet: str, flush_rows: 
             proc.write(batch)
 
     for p in paths:
+        shown = _shown(p)
         try:
             for n, line in _lines(p):
                 lines += 1
-                source = f"file:{p}:{n}"
+                source = f"file:{shown}:{n}"
                 topic, rejection = _topic_of(line, fleet)
                 if topic is None:
                     assert rejection is not None
@@ -176,7 +188,7 @@ def _import_all(proc: Processor, paths: Sequence[Path], fleet: str, flush_rows: 
                     flush()
         except (gzip.BadGzipFile, EOFError) as exc:
             flush()
-            raise IngestError(f"{p}: broken gzip file after line {lines}: {exc}") from None
+            raise IngestError(f"{shown}: broken gzip file after line {lines}: {exc}") from None
     flush()
     proc.save_state()
     return lines

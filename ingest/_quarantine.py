@@ -45,7 +45,7 @@ class QuarantineRow:
     detail: str
     received_at_ms: int
     batch_index: int | None
-    source: str  # "mqtt" or "file:<path>:<line>"
+    source: str  # "mqtt" or "file:<path>:<line>" (valid UTF-8: see ingest._files._shown)
 
 
 def quarantine_table(rows: list[QuarantineRow], worker: str) -> pa.Table:

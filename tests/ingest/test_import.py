@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 from datetime import timedelta
 from pathlib import Path
 
@@ -86,3 +87,42 @@ def test_ingest_cli_rejects_a_missing_tls_file(data_dir: Path, tmp_path: Path) -
     )
     assert result.exit_code == 1
     assert result.output == f"Error: tls_ca file {ca} does not exist\n"
+
+
+def _undecodable_name(directory: Path, name: bytes) -> Path:
+    """A path whose file name is not valid UTF-8 (as str: surrogate-escaped, as argv has it)."""
+    return Path(os.fsdecode(os.fsencode(directory) + b"/" + name))
+
+
+def test_import_of_a_file_named_in_invalid_utf8_quarantines_with_a_readable_source(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    dump = _undecodable_name(tmp_path, b"gw-\xff\xfe.jsonl")
+    lines = [encode(reading(VINS[0], s, NOW - timedelta(seconds=100 - s))) for s in range(3)]
+    dump.write_bytes(b"\n".join([*lines, b"not json at all"]) + b"\n")
+    args = ["--data-dir", str(data_dir), "import", str(dump), "--fleet", "blr"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert result.output == (
+        "imported 4 lines from 1 file(s): 3 readings written, 0 duplicates, "
+        "1 quarantined (not_json=1)\n"
+    )
+    assert lake_counts(data_dir) == (3, 3)
+    q = query(data_dir, "quarantine", "SELECT reason, source FROM t")
+    assert q == [("not_json", f"file:{tmp_path}/gw-\\xff\\xfe.jsonl:4")]
+
+
+def test_import_errors_name_a_file_named_in_invalid_utf8_readably(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    missing = _undecodable_name(tmp_path, b"nope-\xff.jsonl")
+    result = CliRunner().invoke(cli, ["--data-dir", str(data_dir), "import", str(missing)])
+    assert result.exit_code == 1
+    assert result.output == f"Error: {tmp_path}/nope-\\xff.jsonl: no such file\n"
+    broken = _undecodable_name(tmp_path, b"cut-\xff.jsonl.gz")
+    broken.write_bytes(gzip.compress(encode(reading(VINS[0], 1, NOW)) + b"\n")[:-12])
+    result = CliRunner().invoke(cli, ["--data-dir", str(data_dir), "import", str(broken)])
+    assert result.exit_code == 1
+    assert result.output.startswith(
+        f"Error: {tmp_path}/cut-\\xff.jsonl.gz: broken gzip file after line "
+    ), result.output
