@@ -8,7 +8,9 @@ under the lock, so ``add`` may run on another thread) and ``write`` does everyth
 outside the lock. ``write`` makes the batch durable in this order, each step done once
 even when a later step fails and the flush is retried:
 
-1. telemetry files (``bms.write_telemetry``), 2. alerts evaluated and written,
+1. telemetry files (``bms.write_telemetry``; if that fails with anything but
+``OSError``, the messages that fail alone are quarantined and the rest written, see
+``Processor._isolate_write_failure``), 2. alerts evaluated and written,
 3. quarantine file, 4. dirty-date markers, 5. seq ranges + watermarks committed and the
 state file written.
 
@@ -159,6 +161,9 @@ class Batch:
     quarantine_bytes: int = 0
     rows: int = 0  # readings in ``buffer``
     covered: list[tuple[str, str, int]] = field(default_factory=list)  # (vin, fleet, seq)
+    # each message that added readings: (first row, end row, topic, payload, received at
+    # [ms], source), for _isolate_write_failure; kept, not looked at, unless a write fails
+    messages: list[tuple[int, int, str, bytes, int, str]] = field(default_factory=list)
     tokens: list[Any] = field(default_factory=list)
     started: float = 0.0  # time.monotonic() of the first item
     # progress of the flush (a retry skips the steps already done)
@@ -288,6 +293,10 @@ class Processor:
                     buf.append(r, fleet, recv_ms, flag)
                     added += 1
                 self.counters.readings += added
+                if added:
+                    batch.messages.append(
+                        (batch.rows, batch.rows + added, topic, payload, recv_ms, source)
+                    )
                 batch.rows += added
             for rej in decoded.rejections:
                 self._reject(batch, topic, rej, recv_ms, source, decoded.topic)
@@ -358,15 +367,23 @@ class Processor:
         ------
         OSError
             Disk full or lake not writable; call again later with the same batch.
+        Exception
+            Writing the telemetry failed otherwise and no single message causes it
+            (``_isolate_write_failure``).
         """
         if batch.table is None:
             batch.table = batch.buffer.to_table(self.worker)
             batch.buffer.clear()
-        table = batch.table
         files = 0
         if not batch.telemetry_done:
-            files = len(write_telemetry(table, self.lake_dir, file_prefix=self.worker))
+            try:
+                files = len(write_telemetry(batch.table, self.lake_dir, file_prefix=self.worker))
+            except OSError:
+                raise
+            except Exception as exc:  # maybe one poison message: see _isolate_write_failure
+                batch.table, files = self._isolate_write_failure(batch, batch.table, exc)
             batch.telemetry_done = True
+        table = batch.table
         if batch.events is None:
             batch.events = self.engine.evaluate(table) if self.engine is not None else []
         if not batch.alerts_done:
@@ -405,6 +422,94 @@ class Processor:
             if rows:
                 c.lag_s = now.timestamp() - float(ts_ms.max()) / 1000.0
         return FlushResult(batch.tokens, acks, batch.events, rows, files, dirty)
+
+    def _isolate_write_failure(
+        self, batch: Batch, table: pa.Table, exc: Exception
+    ) -> tuple[pa.Table, int]:
+        """Quarantine the messages whose readings fail to write on their own; write the rest.
+
+        Writing ``table`` raised ``exc``, not an ``OSError``: a reading the contract let
+        through but the writer refuses. Raised as is, it would stop the worker, and the
+        broker (or the vehicle's buffer) would send the same message again after every
+        restart: the ingest of the whole fleet stuck behind one message. So the batch is
+        searched by halves (a few writes to a temporary directory, never the lake) for
+        the messages that make the write fail alone. Each is quarantined whole
+        (``write_failed``, the exception in the detail, raw bytes kept) and its seqs
+        count for the ack like any quarantined whole message (sent again it fails again);
+        the other readings are written. Partitions written before the failure may be
+        written again: a duplicate file the nightly compaction removes.
+
+        Returns
+        -------
+        table, files : pa.Table, int
+            The readings written and the number of telemetry files.
+
+        Raises
+        ------
+        Exception
+            ``exc`` itself when no single message fails alone (the batch as a whole does,
+            or the failure does not repeat): the worker stops as it would without this.
+            An ``OSError`` of a trial write or of the final write (retry later).
+        """
+        import shutil
+        import tempfile
+
+        messages = batch.messages
+        failing: dict[int, Exception] = {}  # index in messages -> its error
+
+        def rows(a: int, b: int) -> pa.Table:
+            return table.slice(messages[a][0], messages[b - 1][1] - messages[a][0])
+
+        with tempfile.TemporaryDirectory(prefix="fleetbms-write-trial-") as trial_dir:
+
+            def trial(a: int, b: int) -> Exception | None:
+                try:
+                    write_telemetry(rows(a, b), Path(trial_dir), file_prefix="trial")
+                except OSError:
+                    raise
+                except Exception as err:
+                    return err
+                finally:
+                    shutil.rmtree(Path(trial_dir) / "telemetry", ignore_errors=True)
+                return None
+
+            def search(a: int, b: int) -> None:
+                err = trial(a, b)
+                if err is None:
+                    return
+                if b - a == 1:
+                    failing[a] = err
+                    return
+                mid = (a + b) // 2
+                search(a, mid)
+                search(mid, b)
+
+            if messages and messages[-1][1] == table.num_rows:
+                search(0, len(messages))
+        if not failing:
+            raise exc
+        keep = np.ones(table.num_rows, dtype=np.bool_)
+        for i in failing:
+            keep[messages[i][0] : messages[i][1]] = False
+        good = table.filter(pa.array(keep))
+        files = len(write_telemetry(good, self.lake_dir, file_prefix=self.worker))
+        # only now: an OSError above leaves the batch as it was, for the retry
+        for i, err in failing.items():
+            start, end, topic, payload, recv_ms, source = messages[i]
+            part = table.slice(start, end - start)
+            vins = part["vin"].to_pylist()
+            fleets = part["fleet"].to_pylist()
+            seqs = part["seq"].to_pylist()
+            detail = f"writing its readings to Parquet raised {type(err).__name__}: {err}"
+            with self.lock:
+                batch.quarantine.append(
+                    QuarantineRow(topic, payload, "write_failed", detail, recv_ms, None, source)
+                )
+                batch.quarantine_bytes += len(payload)
+                q = self.counters.quarantined
+                q["write_failed"] = q.get("write_failed", 0) + 1
+            batch.covered += list(zip(vins, fleets, seqs, strict=True))
+        return good, files
 
     def _commit(self, batch: Batch, table: pa.Table) -> dict[str, tuple[str, int]]:
         """Move written and quarantined seqs into the durable ranges; advanced watermarks."""

@@ -7,9 +7,12 @@ import os
 from datetime import timedelta
 from pathlib import Path
 
+import msgspec
+import pytest
 from click.testing import CliRunner
 
 from pipeline import cli
+from tests.ingest import write_fault
 from tests.ingest.helpers import NOW, VINS, days_ago, encode, lake_counts, query, reading
 
 
@@ -126,3 +129,67 @@ def test_import_errors_name_a_file_named_in_invalid_utf8_readably(
     assert result.output.startswith(
         f"Error: {tmp_path}/cut-\\xff.jsonl.gz: broken gzip file after line "
     ), result.output
+
+
+def test_import_quarantines_a_message_the_parquet_writer_refuses_and_writes_the_rest(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reading the contract accepts but the writer refuses (here a fault injected into
+    pyarrow) would stop every flush holding it, again at each retry: its message is
+    quarantined whole (write_failed) and counts as handled; the others are written."""
+    write_fault.install(monkeypatch.setattr)
+    marked = {**reading(VINS[0], 5, NOW), "pack": {**reading(VINS[0], 5, NOW)["pack"]}}
+    marked["pack"]["odometer_km"] = write_fault.MARKED_KM
+    batch = [reading(VINS[1], s, NOW - timedelta(seconds=50 - s)) for s in range(4)]
+    batch[2]["pack"]["odometer_km"] = write_fault.MARKED_KM
+    lines = [encode(reading(VINS[0], s, NOW - timedelta(seconds=100 - s))) for s in range(5)]
+    lines += [encode(marked), encode({"v": 1, "readings": batch})]
+    lines += [encode(reading(VINS[0], s, NOW - timedelta(seconds=100 - s))) for s in (6, 7, 8)]
+    dump = tmp_path / "dump.jsonl"
+    dump.write_bytes(b"\n".join(lines) + b"\n")
+    args = ["--data-dir", str(data_dir), "import", str(dump), "--fleet", "blr"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert result.output == (
+        "imported 10 lines from 1 file(s): 8 readings written, 0 duplicates, "
+        "2 quarantined (write_failed=2)\n"
+    )
+    assert lake_counts(data_dir) == (8, 8)
+    q = query(
+        data_dir,
+        "quarantine",
+        "SELECT reason, detail, source, payload, topic FROM t ORDER BY source",
+    )
+    detail = (
+        "writing its readings to Parquet raised ArrowInvalid: "
+        f"injected fault: odometer_km in [{write_fault.MARKED_KM}]"
+    )
+    assert [(r[0], r[1], r[2], bytes(r[3]), r[4]) for r in q] == [
+        ("write_failed", detail, f"file:{dump}:6", lines[5], f"fleet/blr/{VINS[0]}/bms"),
+        ("write_failed", detail, f"file:{dump}:7", lines[6], f"fleet/blr/{VINS[1]}/bms/batch"),
+    ]
+    # The quarantined readings count as handled, like any quarantined whole message:
+    # the watermark passes seq 5, and importing the file again writes nothing.
+    state = msgspec.json.decode((data_dir / "state" / "ingest" / "import.json").read_bytes())
+    assert state["vins"][VINS[0]]["ranges"] == [[0, 8]]
+    assert state["vins"][VINS[1]]["ranges"] == [[0, 3]]
+    again = CliRunner().invoke(cli, args)
+    assert again.exit_code == 0, again.output
+    assert "0 readings written, 13 duplicates, 0 quarantined" in again.output
+    assert lake_counts(data_dir) == (8, 8)
+
+
+def test_import_stops_when_no_single_message_makes_the_write_fail(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failure that needs two messages together names no culprit: nothing is quarantined
+    in its place and the command stops with the error, as before."""
+    write_fault.install(monkeypatch.setattr, (1001.0, 1003.0), together=True)
+    dump = tmp_path / "dump.jsonl"
+    lines = [encode(reading(VINS[0], s, NOW - timedelta(seconds=100 - s))) for s in range(6)]
+    dump.write_bytes(b"\n".join(lines) + b"\n")
+    result = CliRunner().invoke(cli, ["--data-dir", str(data_dir), "import", str(dump)])
+    assert result.exit_code == 1
+    assert result.output == "Error: injected fault: odometer_km in [1001.0, 1003.0]\n"
+    assert lake_counts(data_dir) == (0, 0)
+    assert not (data_dir / "lake" / "quarantine").exists()

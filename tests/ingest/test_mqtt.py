@@ -17,6 +17,7 @@ import pytest
 from bms import TELEMETRY_SCHEMA
 from ingest import ALERT_SCHEMA, QUARANTINE_SCHEMA
 from tests.broker import MosquittoBroker
+from tests.ingest import write_fault
 from tests.ingest.helpers import (
     FLEET,
     NOW,
@@ -595,3 +596,51 @@ def test_a_stopped_subscriber_leaves_no_socket_open(
     finally:
         gc.enable()
     assert left == set()
+
+
+def test_a_message_the_parquet_writer_refuses_is_quarantined_and_ingest_keeps_running(
+    broker: MosquittoBroker, data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reading the contract accepts but the Parquet write refuses (a fault injected into
+    pyarrow in the writer process) used to stop the worker, and the broker redelivered
+    it after every restart. Its message is quarantined whole (write_failed), its seqs
+    count for the ack, the other readings are written and the worker keeps running."""
+    monkeypatch.setenv("PYTHONPATH", str(write_fault.hook_dir(tmp_path / "hook")))
+    vin, other = VINS[0], VINS[1]
+    marked = reading(vin, 3, NOW)
+    marked["pack"]["odometer_km"] = write_fault.MARKED_KM
+    batch = [reading(other, s, NOW - timedelta(seconds=50 - s)) for s in range(5)]
+    batch[1]["pack"]["odometer_km"] = write_fault.MARKED_KM
+    ingest = IngestThread(broker.address, data_dir)
+    pub = Client(broker.address, "pub")
+    watcher = Client(broker.address, "watch", subscribe=("fleet/+/+/ack",))
+    try:
+        for s in range(3):
+            pub.publish(bms_topic(vin), encode(reading(vin, s, NOW - timedelta(seconds=9 - s))))
+        pub.publish(bms_topic(vin), encode(marked))
+        pub.publish(bms_topic(other, "batch"), encode({"v": 1, "readings": batch}))
+        for s in range(4, 7):
+            pub.publish(bms_topic(vin), encode(reading(vin, s, NOW - timedelta(seconds=9 - s))))
+        wait_until(lambda: watcher.acks() == {vin: 6, other: 4}, 60, what="acks past them")
+    finally:
+        counters = ingest.close()
+        pub.close()
+        watcher.close()
+    assert counters.quarantined == {"write_failed": 2}
+    assert counters.written == 6
+    assert lake_counts(data_dir) == (6, 6)
+    q = query(data_dir, "quarantine", "SELECT topic, payload, reason, detail, source FROM t")
+    detail = (
+        "writing its readings to Parquet raised ArrowInvalid: "
+        f"injected fault: odometer_km in [{write_fault.MARKED_KM}]"
+    )
+    assert sorted((r[0], bytes(r[1]), r[2], r[3], r[4]) for r in q) == [
+        (bms_topic(vin), encode(marked), "write_failed", detail, "mqtt"),
+        (
+            bms_topic(other, "batch"),
+            encode({"v": 1, "readings": batch}),
+            "write_failed",
+            detail,
+            "mqtt",
+        ),
+    ]

@@ -1,0 +1,59 @@
+"""A fault injected into pyarrow's Parquet writer (third-party code), for the tests of a
+write that fails for one message: ``ParquetWriter.write_table`` refuses a table holding
+a reading whose ``odometer_km`` is one of the marked values, with ``pyarrow.ArrowInvalid``.
+
+In the test process: ``install(monkeypatch.setattr, ...)``. In the ingest writer process (a
+child interpreter): ``hook_dir(tmp)`` writes a ``sitecustomize.py`` that installs it at
+start-up; put that directory on ``PYTHONPATH`` before the worker starts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+#: An odometer reading no test sends otherwise. [km]
+MARKED_KM = 777_777.5
+
+
+def _faulty(original: Callable[..., Any], marked: tuple[float, ...], together: bool) -> Any:
+    def write_table(self: pq.ParquetWriter, table: pa.Table, *args: Any, **kwargs: Any) -> Any:
+        if "odometer_km" in table.column_names:
+            held = [bool(pc.any(pc.equal(table["odometer_km"], km)).as_py()) for km in marked]
+            if all(held) if together else any(held):
+                raise pa.ArrowInvalid(f"injected fault: odometer_km in {list(marked)}")
+        return original(self, table, *args, **kwargs)
+
+    return write_table
+
+
+def install(
+    setattr_: Callable[[Any, str, Any], None],
+    marked: tuple[float, ...] = (MARKED_KM,),
+    *,
+    together: bool = False,
+) -> None:
+    """Make ``ParquetWriter.write_table`` raise on a marked reading (``together``: only on
+    a table holding every marked value at once, a failure no single message causes)."""
+    setattr_(
+        pq.ParquetWriter, "write_table", _faulty(pq.ParquetWriter.write_table, marked, together)
+    )
+
+
+def hook_dir(directory: Path, marked: tuple[float, ...] = (MARKED_KM,)) -> Path:
+    """A directory whose ``sitecustomize.py`` installs the fault in any Python started
+    with it on ``PYTHONPATH``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    root = Path(__file__).resolve().parents[2]
+    (directory / "sitecustomize.py").write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {str(root)!r})\n"
+        "from tests.ingest import write_fault\n"
+        f"write_fault.install(setattr, {marked!r})\n"
+    )
+    return directory
