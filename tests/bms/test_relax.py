@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from bms._relax import MODEL_SHARE, TAU_GRID_S, ocv_mv_from_relaxation
@@ -29,6 +29,9 @@ def _rest(
     every_s=st.sampled_from([300.0, 600.0, 900.0]),
     seed=st.integers(0, 1000),
 )
+# Four readings of a short rest (3 parameters): many time constants fit them alike, and
+# the fit's sigma at the best one alone (0.40 mV) understated a 1.5 mV error.
+@example(left_mv=7.0, tau_s=1869.0, hours=1.0, every_s=900.0, seed=364)
 def test_the_ocv_is_found_within_its_stated_uncertainty(
     left_mv: float, tau_s: float, hours: float, every_s: float, seed: int
 ) -> None:
