@@ -223,10 +223,14 @@ def fit_charge_step(
         else np.exp(-np.asarray(since_start_s, dtype=np.float64) / settle_tau_s)
     )
     # A charge across the whole window first; one that starts inside it only if not.
-    fit = _fit_charge(q, v, x_all, settle, capacity_ah, chemistry, max_rms_mv, None)
-    if fit is None and soc_hint_pct is not None and math.isfinite(soc_hint_pct):
+    # The hint bounds both: a charge far below the step (20-50 %) has a stretch of the
+    # curve that a whole-window alignment could mistake for the step, 40 % off.
+    hint = None
+    if soc_hint_pct is not None and math.isfinite(soc_hint_pct):
         hint = (soc_hint_pct - soc_hint_tolerance_pct, soc_hint_pct + soc_hint_tolerance_pct)
-        fit = _fit_charge(q, v, x_all, settle, capacity_ah, chemistry, max_rms_mv, hint)
+    fit = _fit_charge(q, v, x_all, settle, capacity_ah, chemistry, max_rms_mv, None, hint)
+    if fit is None and hint is not None:
+        fit = _fit_charge(q, v, x_all, settle, capacity_ah, chemistry, max_rms_mv, hint, hint)
     return fit
 
 
@@ -239,16 +243,18 @@ def _fit_charge(
     chemistry: str,
     max_rms_mv: float,
     hint: tuple[float, float] | None,
+    bounds: tuple[float, float] | None,
 ) -> StepFit | None:
     """``fit_charge_step`` for a charge across the whole window (``hint`` None) or one
     that starts inside it, above its lower margin and within ``hint`` (the lowest and
-    highest start SoC the BMS allows) [%], with the hysteresis flip."""
+    highest start SoC the BMS allows) [%], with the hysteresis flip; either with its
+    start SoC within ``bounds`` [%] (the BMS's hint), if given."""
     partial = hint is not None
     lo, hi = STEP_WINDOW_PCT[chemistry]
     if float(x_all[-1]) < hi - (STEP_LATEST_START_PCT[chemistry] if partial else lo):
         return None
     x, vb, counts, settle_b = _bins(x_all, v, settle)
-    located = _locate(x, vb.mean(axis=1), counts, chemistry, settle_b, hint)
+    located = _locate(x, vb.mean(axis=1), counts, chemistry, settle_b, hint, bounds)
     if located is None:
         return None
     z0_guess, rate = located
@@ -335,6 +341,7 @@ def _locate(
     chemistry: str,
     settle: FloatArray | None,
     hint: tuple[float, float] | None,
+    bounds: tuple[float, float] | None = None,
 ) -> tuple[float, float | None] | None:
     """Start SoC (at ``x = 0``) that best aligns the mean cell with the OCV curve,
     each candidate judged on its own window (``STEP_WINDOW_PCT`` +- ``_MARGIN_PCT``) on
@@ -360,6 +367,13 @@ def _locate(
         ) - float(x[0])
     else:
         first, last = hi - float(x[-1]), lo - float(x[0])
+    # Within the BMS's bounds: an alignment pinned at one of them is refused below.
+    pinned_low = pinned_high = -np.inf
+    if bounds is not None:
+        if bounds[0] - float(x[0]) > first:
+            first = pinned_low = bounds[0] - float(x[0])
+        if bounds[1] - float(x[0]) < last:
+            last = pinned_high = bounds[1] - float(x[0])
     if last < first:
         return None
 
@@ -444,6 +458,11 @@ def _locate(
         if (best_score - flip_score) * bins >= _MIN_STEP_CHI2 * flip_score:
             best_score, z_best, r_best = flip_score, z_flip, r_flip
     best = None if not np.isfinite(best_score) else (z_best, r_best)
+    if best is not None and (
+        abs(best[0] - pinned_low) < 0.5 * _LOCATE_GRID_PCT
+        or abs(best[0] - pinned_high) < 0.5 * _LOCATE_GRID_PCT
+    ):
+        return None
     if (
         partial
         and best is not None

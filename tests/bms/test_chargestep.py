@@ -216,6 +216,9 @@ def test_a_charge_begun_just_before_the_step_is_not_biased_by_settling_polarisat
     hint_error_pct=st.floats(-8.0, 8.0),
     seed=st.integers(0, 1000),
 )
+# A charge from 20 to 49 %, far below the step: a whole-window alignment read a stretch
+# of it as the step and anchored it at 76 % (the BMS's 20 % was not consulted).
+@example(soc_start=20.0, span=29.0, rate=39.0, half_gap_mv=4.53125, hint_error_pct=0.0, seed=1)
 def test_no_charge_gives_a_wrong_anchor(
     soc_start: float,
     span: float,
