@@ -88,7 +88,7 @@ from bms._warranty import (
 )
 
 #: Version of the analytics model; part of every run id and of the warranty evidence.
-ANALYTICS_MODEL_VERSION = "analytics-18"
+ANALYTICS_MODEL_VERSION = "analytics-19"
 #: Metrics tables written per (date, fleet).
 METRICS_TABLES = (
     "vehicle_day",
@@ -2735,10 +2735,24 @@ def _trend_and_warranty(
             ),
         )
 
+    def shifted(fit: PowerFit, cap: Mapping[str, np.ndarray], in_service: date) -> PowerFit:
+        """``fit`` moved to where its recent estimates stand clearly off it (a fault's
+        fade, ``recent_level_shift``)."""
+        return recent_level_shift(
+            fit,
+            _age_years(cap["t_ms"], in_service),
+            cap["soh_pct"],
+            np.maximum(cap["sigma_pct"], SOH_SIGMA_FLOOR_PCT),
+            window_years=params.soh_recent_days / DAYS_PER_YEAR,
+            cluster_years=params.soh_cluster_days / DAYS_PER_YEAR,
+            cluster_sigma=params.soh_cluster_sigma_pct,
+        )
+
     # The fleet's own ageing, per chemistry, from its well-measured vehicles: the SoH
     # reported (with n_estimates = 0 and no warranty verdict) for a vehicle that has no
     # capacity estimate of its own yet.
     coefs: dict[str, list[tuple[float, float]]] = {}
+    levels: dict[str, list[tuple[float, float]]] = {}  # (age, SoH now) of those vehicles
     for vin, c in carry.items():
         info = reg.get(vin)
         if info is None or (caps.get(vin) is None) or caps[vin]["t_ms"].size < _PRIOR_MIN_ESTIMATES:
@@ -2747,10 +2761,23 @@ def _trend_and_warranty(
         f = soh_fit(vin, in_service, info["chemistry"])
         if f is not None:
             coefs.setdefault(info["chemistry"], []).append((f.a, f.b))
+            age_v = float(_age_years(end_ms, in_service))
+            level = float(shifted(f, caps[vin], in_service).predict(age_v)[0])
+            levels.setdefault(info["chemistry"], []).append((age_v, level))
     priors = {
         chem: _fleet_prior(np.asarray(ab), FADE_EXPONENT[chem], params.systematic_soh_sigma_pct)
         for chem, ab in coefs.items()
         if len(ab) >= 3
+    }
+    # How far the measured vehicles stand from that typical trend now, faults included
+    # (the trend's own interval is the spread of the typical vehicles' coefficients,
+    # robust to the faulty ones: it says where a typical vehicle is, not where a
+    # vehicle never measured may be).
+    spread = {
+        chem: _population_offsets(
+            np.asarray([lv - float(priors[chem].predict(a)[0]) for a, lv in levels[chem]])
+        )
+        for chem in priors
     }
     for vin, c in carry.items():
         info = reg.get(vin)
@@ -2770,16 +2797,10 @@ def _trend_and_warranty(
         fit = soh_fit(vin, in_service, chem)
         if fit is not None and cap is not None:
             # where the recent estimates stand clearly off the trend (a fault's fade)
-            fit = recent_level_shift(
-                fit,
-                _age_years(cap["t_ms"], in_service),
-                cap["soh_pct"],
-                np.maximum(cap["sigma_pct"], SOH_SIGMA_FLOOR_PCT),
-                window_years=params.soh_recent_days / DAYS_PER_YEAR,
-                cluster_years=params.soh_cluster_days / DAYS_PER_YEAR,
-                cluster_sigma=params.soh_cluster_sigma_pct,
-            )
+            fit = shifted(fit, cap, in_service)
         shown = fit if fit is not None else priors.get(chem)
+        # a vehicle never measured: where the fleet's measured vehicles stand
+        offsets = spread.get(chem) if fit is None else None
         r_fit = None
         r_step = None
         inter = 0.0
@@ -2810,6 +2831,8 @@ def _trend_and_warranty(
         soh = lo = hi = math.nan
         if shown is not None:
             soh, lo, hi = (float(v) for v in shown.interval(age))
+            if offsets is not None:
+                lo, hi = min(lo, soh + offsets[0]), max(hi, soh + offsets[1])
         r_now = growth = g_lo = g_hi = math.nan
         if r_step is not None and r_step.bic_drop > STEP_MIN_BIC_DROP and r_step.a + inter > 0:
             r_new = r_step.a + inter
@@ -2831,6 +2854,8 @@ def _trend_and_warranty(
         proj = p_lo = p_hi = math.nan
         if shown is not None:
             proj, p_lo, p_hi = (float(v) for v in shown.interval(h_years))
+            if offsets is not None:
+                p_lo, p_hi = min(p_lo, proj + offsets[0]), max(p_hi, proj + offsets[1])
         soh_rows.append(
             {
                 "vin": vin,
@@ -2988,6 +3013,17 @@ def _trend_and_warranty(
 
 #: A vehicle with at least this many capacity estimates informs the fleet prior.
 _PRIOR_MIN_ESTIMATES = 30
+
+
+def _population_offsets(offsets_pct: np.ndarray) -> tuple[float, float]:
+    """A 90 % prediction interval for one more vehicle's offset from the fleet's typical
+    trend, from the measured vehicles' offsets [%]: their smallest and largest. For
+    ``n`` exchangeable values, a new one falls between the smallest and the largest
+    with probability (n - 1) / (n + 1), whatever their distribution (Wilks 1941, Ann.
+    Math. Stat. 12, 91: order statistics as tolerance limits): 90 % from n = 19; with
+    fewer the interval covers less, and the trend's own interval still applies. It
+    always holds the typical trend itself (offset 0)."""
+    return float(min(np.min(offsets_pct), 0.0)), float(max(np.max(offsets_pct), 0.0))
 
 
 def _fleet_prior(ab: np.ndarray, exponent: float, systematic_sigma: float) -> PowerFit:

@@ -290,7 +290,10 @@ def vehicle_pdf(v: VehicleData) -> bytes:
                 (
                     fmt(r.soh_pct, 1, " %"),
                     "state of health",
-                    f"90 %: {fmt_interval(r.soh_shown)} %",
+                    f"90 %: {fmt_interval(r.soh_shown)} %"
+                    if r.n_capacity_estimates
+                    else f"not measured yet: the fleet's typical trend; where its measured "
+                    f"vehicles stand: {fmt_interval(r.soh_shown)} %",
                 ),
                 (verdict, "warranty", _headline_reason(v.row.warranty_reason or "")),
                 (

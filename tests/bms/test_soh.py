@@ -313,3 +313,31 @@ def test_recent_estimates_clearly_off_the_trend_move_it_others_do_not() -> None:
             )
         else:
             assert moved is fit
+
+
+def test_a_vehicle_never_measured_gets_the_fleets_spread_faults_included() -> None:
+    """The interval shown for a vehicle without a capacity estimate is where the fleet's
+    measured vehicles stand (smallest to largest offset from the typical trend), not the
+    typical vehicles' spread: in a fleet where one vehicle in four has a fading cell
+    (offsets 10-30 points down), one more vehicle falls inside it 90 % of the time for
+    19 measured ones (Wilks), while the robust spread of the typical ones (1.4826 MAD,
+    as the trend's own interval) covers far less."""
+    from bms._analytics import _population_offsets
+
+    rng = np.random.default_rng(3)
+
+    def fleet(n: int) -> np.ndarray:
+        faulty = rng.random(n) < 0.25
+        return np.where(faulty, -rng.uniform(10.0, 30.0, n), rng.normal(0.0, 1.0, n))
+
+    hits = robust_hits = 0
+    trials = 4000
+    for _ in range(trials):
+        measured, new = fleet(19), float(fleet(1)[0])
+        lo, hi = _population_offsets(measured)
+        hits += lo <= new <= hi
+        mad = 1.4826 * float(np.median(np.abs(measured - np.median(measured))))
+        robust_hits += abs(new - float(np.median(measured))) <= 1.645 * mad
+    assert 0.87 <= hits / trials <= 0.93
+    assert robust_hits / trials < 0.8
+    assert _population_offsets(np.array([1.0, 2.0])) == (0.0, 2.0)  # holds the trend

@@ -186,6 +186,25 @@ def test_a_new_pack_above_100_keeps_its_soh_as_the_upper_bound(lake: Path, tmp_p
     assert text.count("118.4") == 1
 
 
+def test_a_pack_never_measured_says_its_soh_is_the_fleets_typical_trend(
+    lake: Path, tmp_path: Path
+) -> None:
+    """No capacity estimate of its own: the headline figure is the fleet's typical trend
+    and its interval where the fleet's measured vehicles stand, and the page says so
+    rather than showing it as the pack's measured 90 % interval."""
+    data = tmp_path / "data"
+    shutil.copytree(lake.parent, data)
+    soh = {"n_estimates": 0, "soh_pct": 95.8, "soh_low_pct": 69.7, "soh_high_pct": 99.1}
+    rd.patch_rows(data / "lake", "vehicle_soh", rd.FLAGGED_VIN, **soh)
+    pdf = reports.vehicle_report(data / "lake", tmp_path / "out", rd.FLAGGED_VIN, rd.DAY)
+    text = " ".join(pdf_text(pdf).split())
+    assert (
+        "95.8 % state of health not measured yet: the fleet's typical trend; where its "
+        "measured vehicles stand: 69.7..99.1 %" in text
+    )
+    assert "90 %: 69.7..99.1 %" not in text
+
+
 def test_a_week_old_pack_reads_the_trend_its_projection_implies(lake: Path, tmp_path: Path) -> None:
     """7 days in service, 100.2 % now, 96.1 % projected at 3 years: the trend is the
     change to the end of cover per year, -1.38 %/yr (not the -14.8 %/yr of the fit's
