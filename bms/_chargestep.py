@@ -98,6 +98,7 @@ STEP_LATEST_START_PCT: dict[str, float] = {"lfp": 76.0}
 HYSTERESIS_RATES: tuple[float, ...] = tuple(10.0 * math.sqrt(2.0) ** k for k in range(8))
 
 _LOCATE_GRID_PCT = 1.0  # coarse grid that locates the step [%]
+_WHOLE_WINDOW_HINT_PCT = 25.0  # a whole-window alignment within this of the BMS's SoC [%]
 _GRID_PCT = 0.2  # grid of start SoCs, refined by a parabola [%]
 _MAX_RESIDUAL_SHARE = 0.5  # fit rms / straight-line rms (a quarter of the residual)
 _MIN_STEP_CHI2 = 25.0  # a partial window's step must lower chi^2 by this much (5 sigma)
@@ -223,12 +224,15 @@ def fit_charge_step(
         else np.exp(-np.asarray(since_start_s, dtype=np.float64) / settle_tau_s)
     )
     # A charge across the whole window first; one that starts inside it only if not.
-    # The hint bounds both: a charge far below the step (20-50 %) has a stretch of the
-    # curve that a whole-window alignment could mistake for the step, 40 % off.
-    hint = None
+    # The hint bounds both. A charge far below the step (20-50 %) has a stretch of the
+    # curve that a whole-window alignment could mistake for the step, 40-60 % off; the
+    # whole window is a strong feature otherwise, so only such aliases are ruled out
+    # (_WHOLE_WINDOW_HINT_PCT: a BMS's SoC drifting more than 10 % keeps its anchors).
+    hint = wide = None
     if soc_hint_pct is not None and math.isfinite(soc_hint_pct):
         hint = (soc_hint_pct - soc_hint_tolerance_pct, soc_hint_pct + soc_hint_tolerance_pct)
-    fit = _fit_charge(q, v, x_all, settle, capacity_ah, chemistry, max_rms_mv, None, hint)
+        wide = (soc_hint_pct - _WHOLE_WINDOW_HINT_PCT, soc_hint_pct + _WHOLE_WINDOW_HINT_PCT)
+    fit = _fit_charge(q, v, x_all, settle, capacity_ah, chemistry, max_rms_mv, None, wide)
     if fit is None and hint is not None:
         fit = _fit_charge(q, v, x_all, settle, capacity_ah, chemistry, max_rms_mv, hint, hint)
     return fit
@@ -367,13 +371,9 @@ def _locate(
         ) - float(x[0])
     else:
         first, last = hi - float(x[-1]), lo - float(x[0])
-    # Within the BMS's bounds: an alignment pinned at one of them is refused below.
-    pinned_low = pinned_high = -np.inf
-    if bounds is not None:
-        if bounds[0] - float(x[0]) > first:
-            first = pinned_low = bounds[0] - float(x[0])
-        if bounds[1] - float(x[0]) < last:
-            last = pinned_high = bounds[1] - float(x[0])
+    if bounds is not None:  # within the BMS's bounds
+        first = max(first, bounds[0] - float(x[0]))
+        last = min(last, bounds[1] - float(x[0]))
     if last < first:
         return None
 
@@ -458,11 +458,6 @@ def _locate(
         if (best_score - flip_score) * bins >= _MIN_STEP_CHI2 * flip_score:
             best_score, z_best, r_best = flip_score, z_flip, r_flip
     best = None if not np.isfinite(best_score) else (z_best, r_best)
-    if best is not None and (
-        abs(best[0] - pinned_low) < 0.5 * _LOCATE_GRID_PCT
-        or abs(best[0] - pinned_high) < 0.5 * _LOCATE_GRID_PCT
-    ):
-        return None
     if (
         partial
         and best is not None

@@ -105,7 +105,7 @@ def ocv_mv_from_relaxation(
     statistical sigma of :math:`u` is from the fit's covariance at the chosen
     :math:`\tau`, with half the range of :math:`u` over the :math:`\tau` whose residual
     lies within one noise variance of the best (a profile interval; at least a step of
-    the grid either way; None if it reaches an end of the grid) in quadrature;
+    the grid either way) in quadrature;
     ``MODEL_SHARE`` of the correction is added in quadrature too.
     """
     t = np.asarray(t_s, dtype=np.float64)
@@ -145,14 +145,11 @@ def ocv_mv_from_relaxation(
     tau = float(np.exp(np.log(taus[g]) + shift * np.log(taus[1] / taus[0])))
     # statistical sigma of u at fixed tau, and how far the taus the readings cannot tell
     # from the best move it: those whose residual is within one noise variance of the
-    # best (chi-square up by 1, a one-sigma profile interval), at least the neighbours.
-    # Few readings over a short rest leave a wide range of taus; one that reaches an end
-    # of the grid leaves the OCV unbounded there: refused.
+    # best (chi-square up by 1, a one-sigma profile interval), at least the neighbours:
+    # few readings over a short rest leave a wide range of taus.
     noise = max(rms, noise_mv)
     sigma_fit = float(np.sqrt(noise**2 * sbb[g] / det[g]))
     alike = np.flatnonzero(resid <= resid[g] + noise**2)
-    if alike[0] == 0 or alike[-1] == taus.size - 1:
-        return None
     sigma_tau = 0.5 * max(
         abs(float(u[g + 1] - u[g - 1])), float(np.max(u[alike]) - np.min(u[alike]))
     )
