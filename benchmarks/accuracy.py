@@ -54,6 +54,14 @@ their intervals); every other vehicle's figures are unchanged. SoH MAE **0.95** 
 coverage **94 %**, growth error 5.7 %, verdicts agree **94 %** (the three LFP
 top-of-charge dwellers), none below a threshold reported ``ok``.
 
+Analytics-19 (2026-12-07, 731 dates analysed in 322 s on a machine running tests
+beside): a vehicle without any capacity estimate (LFP 20) is shown the fleet's typical
+trend with the interval where the fleet's measured vehicles stand (``_population_offsets``),
+not the typical vehicles' spread: 96.0 (69.8-98.1) against a true 72.2, was 96.0
+(94.4-97.6). SoH MAE 0.96 points, coverage **96 %**, growth error 5.7 %, verdicts agree
+94 % (the same three LFP top-of-charge dwellers, ``insufficient_data``), none below a
+threshold reported ``ok``.
+
 The test-size fleet (14 cells, 120 s; ``tests/bms/test_analytics_accuracy.py``, the
 same spec) agrees for 96 %: LFP 20 and 36 are its two disagreements, the same kind;
 at full size LFP 40 and NMC 9 are added.
