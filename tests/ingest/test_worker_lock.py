@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 from tests.broker import MosquittoBroker
@@ -19,22 +17,7 @@ from tests.ingest.helpers import (
     reading,
     wait_until,
 )
-
-
-def _fleetbms(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "import pipeline; pipeline.main()",
-            "--data-dir",
-            str(data_dir),
-            *args,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+from tests.pipeline.nightly_data import fleetbms
 
 
 def test_a_second_ingest_with_the_same_worker_id_refuses_and_the_first_runs_on(
@@ -44,14 +27,14 @@ def test_a_second_ingest_with_the_same_worker_id_refuses_and_the_first_runs_on(
     pub = Client(broker.address, "pub")
     watcher = Client(broker.address, "watch", subscribe=("fleet/+/+/ack",))
     try:
-        second = _fleetbms(data_dir, "ingest", "--broker", broker.address, "--client-id", "twin")
+        second = fleetbms(data_dir, "ingest", "--broker", broker.address, "--client-id", "twin")
         assert second.returncode == 1
         assert second.stderr.startswith("Error: another ingest or import with worker id 'twin'")
         assert f"(pid {first.proc.pid})" in second.stderr
         # another worker id on the same data directory is allowed
         dump = tmp_path / "dump.jsonl"
         dump.write_bytes(encode(reading(VINS[1], 0, NOW)) + b"\n")
-        assert _fleetbms(data_dir, "import", str(dump)).returncode == 0
+        assert fleetbms(data_dir, "import", str(dump)).returncode == 0
         for seq in range(20):
             pub.publish(bms_topic(VINS[0]), encode(reading(VINS[0], seq, NOW)))
         wait_until(lambda: watcher.acks().get(VINS[0]) == 19, 60, what="acks of the first")
