@@ -2753,6 +2753,7 @@ def _trend_and_warranty(
     # capacity estimate of its own yet.
     coefs: dict[str, list[tuple[float, float]]] = {}
     levels: dict[str, list[tuple[float, float]]] = {}  # (age, SoH now) of those vehicles
+    moved: dict[str, PowerFit] = {}  # their trends, shifted (reused below)
     for vin, c in carry.items():
         info = reg.get(vin)
         if info is None or (caps.get(vin) is None) or caps[vin]["t_ms"].size < _PRIOR_MIN_ESTIMATES:
@@ -2762,8 +2763,10 @@ def _trend_and_warranty(
         if f is not None:
             coefs.setdefault(info["chemistry"], []).append((f.a, f.b))
             age_v = float(_age_years(end_ms, in_service))
-            level = float(shifted(f, caps[vin], in_service).predict(age_v)[0])
-            levels.setdefault(info["chemistry"], []).append((age_v, level))
+            moved[vin] = shifted(f, caps[vin], in_service)
+            levels.setdefault(info["chemistry"], []).append(
+                (age_v, float(moved[vin].predict(age_v)[0]))
+            )
     priors = {
         chem: _fleet_prior(np.asarray(ab), FADE_EXPONENT[chem], params.systematic_soh_sigma_pct)
         for chem, ab in coefs.items()
@@ -2797,7 +2800,7 @@ def _trend_and_warranty(
         fit = soh_fit(vin, in_service, chem)
         if fit is not None and cap is not None:
             # where the recent estimates stand clearly off the trend (a fault's fade)
-            fit = shifted(fit, cap, in_service)
+            fit = moved[vin] if vin in moved else shifted(fit, cap, in_service)
         shown = fit if fit is not None else priors.get(chem)
         # a vehicle never measured: where the fleet's measured vehicles stand
         offsets = spread.get(chem) if fit is None else None
