@@ -30,21 +30,53 @@ def _rest(
     seed=st.integers(0, 1000),
 )
 # Four readings of a short rest (3 parameters): many time constants fit them alike, and
-# the fit's sigma at the best one alone (0.40 mV) understated a 1.5 mV error.
+# the fit's sigma at the best one alone (0.40 mV) understated a 1.5 mV error (3.75 sigma).
 @example(left_mv=7.0, tau_s=1869.0, hours=1.0, every_s=900.0, seed=364)
-def test_the_ocv_is_found_within_its_stated_uncertainty(
+def test_every_fit_is_near_the_ocv_for_its_sigma(
     left_mv: float, tau_s: float, hours: float, every_s: float, seed: int
 ) -> None:
     """After a discharge (voltage rising) or a charge (falling), a rest of one to three
-    hours read every 5-15 min gives its OCV within three of its sigmas, and the last
-    reading alone would often be further off than the estimate."""
+    hours read every 5-15 min gives its OCV never far off for its sigma (the coverage
+    of the sigma is the next test's: a per-draw 3 sigma bound is a statistical claim
+    that about 1 in 20,000 random rests misses, at 3.1-4.6 sigma)."""
     t_s, v_mv = _rest(3900.0, left_mv, tau_s, hours, every_s, seed)
     fit = ocv_mv_from_relaxation(t_s, v_mv)
     if fit is None:
         return  # refusing is allowed (too few readings, a relaxation over too soon)
-    assert abs(fit.ocv_mv - 3900.0) <= 3.0 * fit.sigma_mv + 0.3, fit
+    assert abs(fit.ocv_mv - 3900.0) <= 6.0 * fit.sigma_mv + 0.3, fit
     assert fit.correction_mv == fit.ocv_mv - v_mv[-1]
     assert fit.sigma_mv >= MODEL_SHARE * abs(fit.correction_mv)
+
+
+def test_the_sigma_covers_the_ocv_at_least_as_often_as_a_normal_one_would() -> None:
+    """20,000 random rests of the property above (a fixed seed): the OCV lies within
+    1.645 sigma of the estimate for at least 90 % of the fits and within 3 sigma for at
+    least 99.73 %, as for a normal error of that sigma (measured: 99.9 % and 99.995 %:
+    the sigma is conservative, the model share and the profile interval see to that),
+    and few rests are refused."""
+    rng = np.random.default_rng(20261207)
+    z: list[float] = []
+    refused = 0
+    n = 20_000
+    for _ in range(n):
+        t_s, v_mv = _rest(
+            3900.0,
+            left_mv=rng.uniform(-40.0, 40.0),
+            tau_s=rng.uniform(600.0, 2700.0),
+            hours=rng.uniform(1.0, 2.9),
+            every_s=float(rng.choice([300.0, 600.0, 900.0])),
+            seed=int(rng.integers(0, 2**31)),
+        )
+        fit = ocv_mv_from_relaxation(t_s, v_mv)
+        if fit is None:
+            refused += 1
+            continue
+        # 0.3 mV: the noise of the last reading, which the sigma need not cover alone
+        z.append(max(abs(fit.ocv_mv - 3900.0) - 0.3, 0.0) / fit.sigma_mv)
+    zs = np.asarray(z)
+    assert refused < 0.05 * n, refused
+    assert np.mean(zs > 1.645) <= 0.10, np.mean(zs > 1.645)
+    assert np.mean(zs > 3.0) <= 0.0027, np.mean(zs > 3.0)
 
 
 def test_a_typical_short_rest_is_read_to_a_millivolt_or_two() -> None:
