@@ -55,7 +55,12 @@ from bms._capacity import (
 from bms._chargestep import fit_charge_step
 from bms._duck import duckdb_connect, set_double_variables, vin_groups
 from bms._errors import BmsError
-from bms._lake import fsync_path, holds_unique_readings, telemetry_files
+from bms._lake import (
+    damaged_output_message,
+    fsync_path,
+    holds_unique_readings,
+    telemetry_files,
+)
 from bms._leak import leak_correction, update_leak_sums
 from bms._ocv import CHEMISTRIES, ocv_v_from_soc_pct
 from bms._relax import RelaxedOcv, ocv_mv_from_relaxation
@@ -3073,8 +3078,7 @@ def read_metrics(lake_root: Path, table: str, days: Iterable[date] | None = None
             t = pq.read_table(path, schema=METRICS_SCHEMAS[table])
         except (OSError, pa.ArrowException) as exc:
             raise BmsError(
-                f"cannot read {path} ({exc}); `fleetbms analyze --date {d}` computes that "
-                "date again"
+                damaged_output_message(path, date.fromisoformat(d), "analyze", exc)
             ) from None
         t = t.append_column("date", pa.array([date.fromisoformat(d)] * t.num_rows, pa.date32()))
         t = t.append_column(

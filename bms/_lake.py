@@ -324,6 +324,15 @@ def holds_unique_readings(files: Sequence[Path]) -> bool:
     return len(digests) == 1 and None not in digests
 
 
+def damaged_output_message(path: Path, day: date, command: str, exc: Exception) -> str:
+    """One line for a stage's output file that cannot be read: which file, why, and the
+    command (``analyze``, ``anomalies``) that computes its date again."""
+    return (
+        f"cannot read {path} ({exc}); `fleetbms {command} --date {day.isoformat()}` computes that "
+        "date again"
+    )
+
+
 def telemetry_dir(lake_root: Path, day: date, fleet: str) -> Path:
     """Hive partition directory of telemetry for one UTC event date and fleet."""
     return lake_root / "telemetry" / f"date={day.isoformat()}" / f"fleet={fleet}"

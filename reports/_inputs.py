@@ -36,6 +36,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+import bms
 from reports._errors import ReportError
 
 FloatArray = npt.NDArray[np.float64]
@@ -187,10 +188,7 @@ def _partitions(base: Path, fleet: str, first: date, last: date) -> list[tuple[d
 def _damaged(path: Path, day: date, exc: Exception) -> str:
     """A stage output that cannot be read: which file, and the command that rewrites it."""
     stage = "anomalies" if path.parent.parent.parent.name == "anomalies" else "analyze"
-    return (
-        f"cannot read {path} ({exc}); `fleetbms {stage} --date {day.isoformat()}` "
-        "computes that date again"
-    )
+    return bms.damaged_output_message(path, day, stage, exc)
 
 
 def _read(
