@@ -15,6 +15,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from reports import generate_signing_keys
+
 FLEET = "demo"
 VINS = ["MAT612345NEX00001", "MAT612345NEX00002", "WVWZZZ1JZXW000003"]
 #: In the registry only; appears in the data glued into a longer upper-case token.
@@ -98,3 +100,16 @@ def make_models(data_dir: Path) -> None:
     meta = {"model_version": "iforest-2026-11-01", "trained_on": VINS, "n_estimators": 100}
     (models / "iforest.json").write_text(json.dumps(meta))
     (models / "iforest.joblib").write_bytes(b"\x00binary model\x01")
+
+
+def make_signed_lake(data_dir: Path) -> Path:
+    """The lake, the anomaly model's files and a signing key pair under ``data_dir``: what
+    an export needs. Returns the lake."""
+    make_models(data_dir)
+    generate_signing_keys(data_dir / "state" / "keys")
+    return make_lake(data_dir)
+
+
+def public_key_path(data_dir: Path) -> Path:
+    """Where ``make_signed_lake`` leaves the public key."""
+    return data_dir / "state" / "keys" / "signing.pub"

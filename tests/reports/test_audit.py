@@ -27,7 +27,16 @@ from reports import (
     verify_audit_bundle,
 )
 from reports._bundle import canonical_json, sha256_hex
-from tests.reports.audit_data import DAY0, DAYS, FLEET, HIDDEN_VIN, VINS, make_lake, make_models
+from tests.reports.audit_data import (
+    DAY0,
+    DAYS,
+    FLEET,
+    HIDDEN_VIN,
+    VINS,
+    make_lake,
+    make_signed_lake,
+    public_key_path,
+)
 
 ALL_VINS = [*VINS, HIDDEN_VIN]
 VIN_LIKE = re.compile(rb"(?<![A-Za-z0-9])[A-HJ-NPR-Z0-9]{17}(?![A-Za-z0-9])")
@@ -36,14 +45,12 @@ LAST = DAYS[-1]
 
 @pytest.fixture
 def lake(data_dir: Path) -> Path:
-    make_models(data_dir)
-    generate_signing_keys(data_dir / "state" / "keys")
-    return make_lake(data_dir)
+    return make_signed_lake(data_dir)
 
 
 @pytest.fixture
 def public_key(data_dir: Path) -> Path:
-    return data_dir / "state" / "keys" / "signing.pub"
+    return public_key_path(data_dir)
 
 
 def _export(data_dir: Path, out: Path, **kwargs: object):

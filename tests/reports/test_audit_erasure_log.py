@@ -13,10 +13,16 @@ import pytest
 from click.testing import CliRunner
 
 from pipeline import cli
-from reports import ReportError, export_audit_bundle, generate_signing_keys, verify_audit_bundle
+from reports import ReportError, export_audit_bundle, verify_audit_bundle
 from reports._bundle import canonical_json
 from reports._keys import load_signing_key
-from tests.reports.audit_data import DAY0, DAYS, VINS, make_lake, make_models
+from tests.reports.audit_data import (
+    DAY0,
+    DAYS,
+    VINS,
+    make_signed_lake,
+    public_key_path,
+)
 
 LAST = DAYS[-1]
 GENESIS = "0" * 64
@@ -26,14 +32,12 @@ ABSENT = ["MAT612345NEX00071", "MAT612345NEX00072", "MAT612345NEX00073"]
 
 @pytest.fixture
 def lake(data_dir: Path) -> Path:
-    make_models(data_dir)
-    generate_signing_keys(data_dir / "state" / "keys")
-    return make_lake(data_dir)
+    return make_signed_lake(data_dir)
 
 
 @pytest.fixture
 def public_key(data_dir: Path) -> Path:
-    return data_dir / "state" / "keys" / "signing.pub"
+    return public_key_path(data_dir)
 
 
 def _log(data_dir: Path) -> Path:
