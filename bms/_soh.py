@@ -36,8 +36,9 @@ HUBER_C = 1.345
 #: One-sided 95 % normal quantile: a two-sided 90 % interval.
 Z_90 = 1.6448536269514722
 #: Sigmas by which the recent estimates must stand off a trend to move it
-#: (``recent_level_shift``): in the simulated accuracy fleets (three draws, 150 cars)
-#: only packs with a fast-fading cell stood off by more than 2 sigma (2.3-6.0). [-]
+#: (``recent_level_shift``): in the simulated accuracy fleets (three draws, 150 cars,
+#: weighed by the scale of the estimates before the window) only packs with a
+#: fast-fading cell stood off by more than 2 sigma (2.3-7.8); no other beyond 1.5. [-]
 RECENT_SHIFT_Z = 3.0
 
 
@@ -65,6 +66,11 @@ class PowerFit:
         Level the recent estimates stand off the power law, added to every prediction
         with its sigma (``recent_level_shift``: a fault's fade is not a power law); 0
         when they agree with it. [units of y]
+    shift_x : float
+        Where the shift was measured: the recent estimates' mean ``t**exponent``, weighed
+        as their mean residual. A shifted trend's level is theirs, so its uncertainty is
+        theirs (``shift_sigma``) and the fade's from there, not the power law's level
+        (which the fault made uncertain). [years**exponent]
     """
 
     a: float
@@ -77,6 +83,7 @@ class PowerFit:
     systematic_sigma: float
     shift: float = 0.0
     shift_sigma: float = 0.0
+    shift_x: float = 0.0
 
     def predict(self, t_years: npt.ArrayLike) -> tuple[FloatArray, FloatArray]:
         """Value and its one-sigma uncertainty at ``t_years`` (years since in service)."""
@@ -84,9 +91,13 @@ class PowerFit:
         x = t**self.exponent
         y = self.a + self.shift + self.b * x
         var_a, cov_ab, var_b = self.cov
-        var = (
-            var_a + 2 * x * cov_ab + x * x * var_b + self.systematic_sigma**2 + self.shift_sigma**2
-        )
+        if self.shift_sigma > 0:
+            # a + shift + b x = (the recent estimates' level) + b (x - shift_x): the
+            # law's level cancels (its covariance with the recent level is neglected)
+            dx = x - self.shift_x
+            var = dx * dx * var_b + self.systematic_sigma**2 + self.shift_sigma**2
+        else:
+            var = var_a + 2 * x * cov_ab + x * x * var_b + self.systematic_sigma**2
         return np.asarray(y, dtype=np.float64), np.sqrt(np.maximum(var, 0.0))
 
     def interval(self, t_years: npt.ArrayLike) -> tuple[FloatArray, FloatArray, FloatArray]:
@@ -242,6 +253,7 @@ def recent_level_shift(
     cluster_years: float,
     cluster_sigma: float,
     z: float = RECENT_SHIFT_Z,
+    scale: float | None = None,
 ) -> PowerFit:
     r"""``fit`` moved to the level of the recent estimates where they clearly stand off it.
 
@@ -272,12 +284,19 @@ def recent_level_shift(
         The error a group shares (``fit_power_trend``'s ``cluster_sigma``). [units of y]
     z : float
         A shift counts when :math:`|\bar r| > z\,\sigma_{\bar r}`.
+    scale : float, optional
+        Residual scale the recent estimates' sigmas are multiplied by (default: the
+        fit's). The fit's own scale counts the recent estimates' misfit too: a fault's
+        fade, fitted as a power law, inflates it and so hides itself; the scale of the
+        estimates before the window says how far this vehicle's estimates usually
+        stray.
 
     Returns
     -------
     PowerFit
-        ``fit`` with ``shift`` = :math:`\bar r` and ``shift_sigma`` =
-        :math:`\sigma_{\bar r}`, or ``fit`` itself (fewer than three recent estimates,
+        ``fit`` with ``shift`` = :math:`\bar r`, ``shift_sigma`` =
+        :math:`\sigma_{\bar r}` and ``shift_x`` (the same mean of ``t**exponent``),
+        or ``fit`` itself (fewer than three recent estimates,
         or no clear shift).
     """
     _, t, yv, sg = _usable_points(t_years, y, sigma)
@@ -286,7 +305,7 @@ def recent_level_shift(
     recent = t >= float(t.max()) - window_years
     if int(recent.sum()) < 3:
         return fit
-    t, yv, sg = t[recent], yv[recent], sg[recent] * fit.scale
+    t, yv, sg = t[recent], yv[recent], sg[recent] * (fit.scale if scale is None else scale)
     r = yv - fit.predict(t)[0]
     _, groups = np.unique(np.floor(t / cluster_years).astype(np.int64), return_inverse=True)
     w = 1.0 / sg**2
@@ -297,7 +316,9 @@ def recent_level_shift(
     shift = float(np.sum(r_g / v_g)) * sd * sd
     if abs(shift) <= z * sd:
         return fit
-    return dataclasses.replace(fit, shift=shift, shift_sigma=sd)
+    x_g = np.bincount(groups, weights=w * t**fit.exponent) / w_g
+    shift_x = float(np.sum(x_g / v_g)) * sd * sd
+    return dataclasses.replace(fit, shift=shift, shift_sigma=sd, shift_x=shift_x)
 
 
 def _scale(

@@ -341,3 +341,36 @@ def test_a_vehicle_never_measured_gets_the_fleets_spread_faults_included() -> No
     assert 0.87 <= hits / trials <= 0.93
     assert robust_hits / trials < 0.8
     assert _population_offsets(np.array([1.0, 2.0])) == (0.0, 2.0)  # holds the trend
+
+
+def test_a_fade_hidden_by_its_own_misfit_is_judged_by_the_scatter_before_it() -> None:
+    """The 21 capacity estimates of an LFP pack with a fast-fading cell (seed 12's LFP 32,
+    charge-step to rest, sigmas 3.5-8.8 %), truly 75.5 % on 2025-12-30: bursts at 101-105,
+    95-97 and 95.5-98.5 %, then five at 75-76 %. Fitted as a power law, the ramp inflates
+    the fit's scale (4.6) so much that the five stand only 2.8 of its sigmas off, and the
+    SoH read 88.2 (74.6-101.9): ``at_risk`` for a pack below 80 % within cover. Judged by
+    the scale of the estimates before them (those agree with a law), they stand far off
+    (7.8 sigma) and set the level."""
+    days = [1, 2, 3, 3, 4, 318, 319, 320, 321, 321, 322, 443, 444, 445, 446, 447]
+    days += [666, 667, 668, 669, 670]
+    soh = [100.72, 102.91, 103.28, 102.98, 104.9, 95.22, 96.72, 96.58, 96.53, 95.72, 97.29]
+    soh += [95.47, 96.58, 96.67, 96.36, 98.41, 75.83, 76.14, 75.66, 74.96, 75.21]
+    sigma = [5.01, 5.28, 5.44, 6.43, 5.69, 6.19, 6.25, 6.32, 6.33, 8.81, 6.5]
+    sigma += [6.35, 6.46, 6.45, 6.76, 7.19, 3.45, 3.45, 3.46, 3.5, 3.76]
+    t = (np.asarray(days, dtype=np.float64) + 0.5) / 365.25
+    y, sg = np.asarray(soh), np.asarray(sigma)
+    kw = {"systematic_sigma_pct": 0.4, "cluster_days": 7.0, "cluster_sigma_pct": 1.0}
+    shift_kw = {"window_years": 30 / 365.25, "cluster_years": 7 / 365.25, "cluster_sigma": 1.0}
+    fit = bms.fit_vehicle_soh(t, y, sg, "lfp", **kw)
+    now, truth = 729.5 / 365.25, 75.51
+    assert bms.recent_level_shift(fit, t, y, sg, **shift_kw) is fit  # hidden at its scale
+    before = t < t.max() - 30 / 365.25
+    older = bms.fit_vehicle_soh(t[before], y[before], sg[before], "lfp", **kw)
+    assert older.scale < fit.scale / 2
+    moved = bms.recent_level_shift(fit, t, y, sg, **shift_kw, scale=older.scale)
+    soh_now, lo, hi = (float(v) for v in moved.interval(now))
+    assert abs(soh_now - truth) < 1.5
+    assert lo <= truth <= hi
+    # The interval is the recent estimates' level and the fade since, not the law's own
+    # level, which the fault made uncertain (it spanned 60.7-89.7).
+    assert hi - lo < 15.0, (lo, hi)
