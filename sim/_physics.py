@@ -60,6 +60,12 @@ def relax(u: FloatArray, a: FloatArray, x0: float) -> FloatArray:
 _BELOW_EMPTY_SLOPE_V = {
     name: float(table[1] - table[0]) * 20.0 for name, table in bms.OCV_TABLES_V.items()
 }
+#: State of charge at which that slope reaches 0 V: a cell a short has drained this far
+#: has nothing left to give (NMC -0.22, LFP -0.15). Unbounded, a year's leak took a cell
+#: to -460 %, -32 V, wrapped to +32 V in the int16 cell voltages. [-]
+EMPTY_CELL_SOC = {
+    name: -float(table[0]) / _BELOW_EMPTY_SLOPE_V[name] for name, table in bms.OCV_TABLES_V.items()
+}
 
 
 def cell_ocv_v(soc_frac: npt.NDArray[np.floating], chemistry: str) -> FloatArray:

@@ -32,7 +32,7 @@ import numpy as np
 import numpy.typing as npt
 
 import bms
-from sim._physics import ambient_temp_c, cell_ocv_v, cell_ocv_v_f32, relax
+from sim._physics import EMPTY_CELL_SOC, ambient_temp_c, cell_ocv_v, cell_ocv_v_f32, relax
 from sim._spec import VehicleSpec
 
 FloatArray = npt.NDArray[np.float64]
@@ -309,7 +309,10 @@ class _Planner:
         seg = _Segment(mode, float(t[0]), t, dt, current, self.soc.copy(), drain_a, odo, full)
         self.segments.append(seg)
         dur = float(dt.sum())
-        self.soc = self.soc + (float(np.dot(current, dt)) - drain_a * dur) / 3600.0 / self.cap
+        self.soc = np.maximum(
+            self.soc + (float(np.dot(current, dt)) - drain_a * dur) / 3600.0 / self.cap,
+            EMPTY_CELL_SOC[self.v.chemistry.name],
+        )
         self.t = float(t[0]) + dur
 
     def idle(self, until: float) -> None:
@@ -549,6 +552,7 @@ def simulate_day(
         np.multiply(q_ah.astype(f32)[:, None], inv_cap[None, :], out=block)
         block -= el_h.astype(f32)[:, None] * (s.drain_a / cap).astype(f32)[None, :]
         block += s.soc_start.astype(f32)[None, :]
+        np.maximum(block, f32(EMPTY_CELL_SOC[chem]), out=block)
         row += k
 
     # Thermal model: lumped mass, i^2 R heating, passive and active cooling.

@@ -104,6 +104,24 @@ def test_soft_short_cell_drifts_below_its_neighbours_at_rest() -> None:
         assert faults[0]["limit_date"] > faults[0]["onset_date"]
 
 
+@pytest.mark.parametrize("chemistry", ["nmc", "lfp"])
+def test_a_cell_drained_by_its_short_stays_at_zero_volts(chemistry: str) -> None:
+    """A leak of 2 A drains the cell within weeks; it then sits at about 0 V (read as a
+    few mV either side), out of the contract's plausible range as a dead cell is, and
+    does not keep falling: unbounded, a year's leak took a cell to -460 % SoC and -32 V,
+    which wrapped to +32 V in the int16 cell voltages."""
+    spec = sim.FleetSpec(vehicles=1, days=60, seed=3, chemistry=chemistry, **SMALL)
+    leak = sim.FaultSpec("soft_short", cell=4, sensor=-1, onset_day=2, ramp_days=5, severity=2.0)
+    _, days = _run(spec, {0: [leak]})
+    cell = np.concatenate([out.cell_mv[:, 4] for (out,) in days]).astype(np.int64)
+    others = np.concatenate([np.delete(out.cell_mv, 4, axis=1) for (out,) in days])
+    assert cell.min() >= -50, cell.min()
+    assert cell.max() <= 4_500, cell.max()
+    rest = np.concatenate([out.mode == IDLE for (out,) in days])
+    assert np.all(np.abs(cell[-500:][rest[-500:]]) < 50)  # dead, at rest
+    assert others.min() > 1_500  # the others drive on
+
+
 def test_fast_fading_cell_swings_wider_than_its_neighbours_and_sets_pack_capacity() -> None:
     """A cell with less capacity moves further in SoC for the same charge: after its
     fade it sits below its neighbours at the bottom of the day's discharge and above them
