@@ -75,6 +75,7 @@ from bms._soh import (
     fit_step_trend,
     recent_level_shift,
 )
+from bms._telemetry import CELL_MV_MAX, CELL_MV_MIN
 from bms._warranty import (
     CALENDAR_REF_TEMP_C,
     CALENDAR_SOC_BINS_PCT,
@@ -953,6 +954,8 @@ def _set_variables(con: Any, params: AnalyticsParams) -> None:
         "cal_b_nmc_k": calendar_arrhenius_k("nmc"),
         "cal_b_lfp_k": calendar_arrhenius_k("lfp"),
         "cal_ref_temp_c": CALENDAR_REF_TEMP_C,
+        "cell_mv_min": float(CELL_MV_MIN),
+        "cell_mv_max": float(CELL_MV_MAX),
     }
     set_double_variables(con, variables)
 
@@ -1692,7 +1695,7 @@ def _resistance_table(
         step_cells["temp_c"].to_pylist(),
         strict=True,
     ):
-        cells_dv[(v, q)] = d
+        cells_dv[(v, q)] = math.nan if d is None else d
         sensors_c[(v, q)] = t
         chem = (reg.get(v) or {}).get("chemistry")
         if lo is not None and chem in low_mv and lo < low_mv[chem]:
@@ -1905,7 +1908,10 @@ def _update_carry_and_capacity(
                     if relaxed is None:
                         continue
                 cells = cells_at.get((vin, run["run_id"]))
-                step = _rest_point(run, cells, info["chemistry"], relaxed)
+                rest = _rest_point(run, cells, info["chemistry"], relaxed)
+                if rest is None:
+                    continue
+                step = rest
             # the day's counters, continued from the carried totals
             point = {
                 **step,
@@ -2132,11 +2138,20 @@ def _rest_point(
     cell_mv: list[int] | None,
     chem: str,
     relaxed: RelaxedOcv | None = None,
-) -> dict[str, Any]:
+) -> dict[str, Any] | None:
     """The SoC point at the end of a rest (day counters; the caller adds the carried
     base). ``relaxed``: a rest too short to have relaxed, its relaxation extrapolated;
     every cell is moved by the mean cell's correction, and its uncertainty joins the
-    rest voltage's."""
+    rest voltage's. None where a cell reads outside the contract's plausible range
+    (``CELL_MV_MIN``..``CELL_MV_MAX``, kept and flagged at ingest): a broken sense wire
+    or a cell drained by a short is no state of charge on the OCV curve, and the pack
+    voltage includes a dead cell's (seen: a soft-shorted cell read -32 V, then +32 V,
+    and the mean of the cells' clamped SoCs made a 90 -> 97 % window out of 0.1 Ah:
+    SoH 0.3 %)."""
+    if cell_mv is not None and any(
+        v is not None and not CELL_MV_MIN <= v <= CELL_MV_MAX for v in cell_mv
+    ):
+        return None
     direction = _DIRECTION.get(run["mode_before_rest"] or "", 0)
     shift_mv = 0.0 if relaxed is None else relaxed.correction_mv
     sigma_mv = REST_VOLTAGE_SIGMA_MV[chem]
@@ -2175,7 +2190,7 @@ class _ListRows:
     """Rows of a list column as a float64 matrix, read from its flat values (Arrow's
     ``take(...).to_pylist()`` per charge run cost more than the fits at 1,000 vehicles)."""
 
-    def __init__(self, column: pa.ChunkedArray) -> None:
+    def __init__(self, column: pa.ChunkedArray, valid: tuple[float, float] | None = None) -> None:
         lists = column.combine_chunks()
         self.offsets = lists.offsets.to_numpy()
         self.lengths = np.diff(self.offsets)
@@ -2183,6 +2198,8 @@ class _ListRows:
         values = lists.values
         self.value_null = values.is_null().to_numpy(zero_copy_only=False)
         self.values = values.fill_null(0).to_numpy(zero_copy_only=False)
+        if valid is not None:  # values outside count as missing
+            self.value_null |= (self.values < valid[0]) | (self.values > valid[1])
 
     def matrix(self, rows: np.ndarray) -> np.ndarray | None:
         """Rows ``rows`` one per line; None if one is null, holds a null or differs in
@@ -2216,7 +2233,8 @@ def _charge_step_points(
         for name in charge_cells.column_names
         if name != "cell_mv"
     }
-    cells = _ListRows(charge_cells["cell_mv"])
+    # a cell outside the contract's plausible range reads no state of charge
+    cells = _ListRows(charge_cells["cell_mv"], valid=(CELL_MV_MIN, CELL_MV_MAX))
     n = charge_cells.num_rows
     change = np.ones(n, dtype=bool)
     change[1:] = (

@@ -1,5 +1,6 @@
 -- step_cells: per resistance step, the sum over the cells of their voltage steps
--- [mV, an exact integer] (steps where a cell value is missing are left out). With the pack
+-- [mV, an exact integer] (steps where a cell value is missing are left out; null where
+-- one is outside the plausible range). With the pack
 -- step it splits the pack resistance into cells (thermally activated) and interconnects
 -- (busbars, contactors: not normalised), see bms._analytics. `pre_min_mv` is the lowest
 -- cell's rested voltage before the step: the pack's SoC band says nothing of a cell that
@@ -45,7 +46,13 @@ SELECT
     vin,
     day_n,
     seq,
-    (list_sum(post_mv) - list_sum(pre_mv))::BIGINT AS cells_delta_mv,
+    -- a cell outside the contract's plausible range (a broken sense wire, a cell drained
+    -- by a short) steps by nothing its resistance explains: no cells' share
+    CASE WHEN list_min(pre_mv) >= getvariable('cell_mv_min')
+            AND list_max(pre_mv) <= getvariable('cell_mv_max')
+            AND list_min(post_mv) >= getvariable('cell_mv_min')
+            AND list_max(post_mv) <= getvariable('cell_mv_max')
+        THEN (list_sum(post_mv) - list_sum(pre_mv))::BIGINT END AS cells_delta_mv,
     list_min(pre_mv) AS pre_min_mv,
     len(post_mv) AS n_cells,
     coalesce(

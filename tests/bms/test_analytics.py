@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
+from collections import Counter
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -530,3 +532,29 @@ def test_a_vehicle_without_an_estimate_is_told_what_its_use_lacked(tmp_path: Pat
     assert since["since"] == "2026-01-02"
     assert since["bms_soc_min_pct"] < 26.0
     assert since["bms_soc_max_pct"] > 96.0
+
+
+def test_a_cell_read_outside_the_plausible_range_gives_no_capacity_estimate(
+    tmp_path: Path,
+) -> None:
+    """A cell voltage outside 1,500..4,500 mV (kept and flagged at ingest: a broken sense
+    wire, a cell a short has drained, an int16 wrapped) is no state of charge: the rests
+    and charges it is read in give no SoC point, so no capacity estimate (the mean of the
+    cells' clamped SoCs made one: a simulated soft-shorted cell read -32 V, then +32 V,
+    and the pack's SoH came out at 0.3 %, then -4 % with a claim). The same vehicles
+    with sound cells are estimated."""
+    sound = [NMC, LFP]
+    broken = [
+        dataclasses.replace(NMC, vin="FBMAAAAA0TS000011", bad_cell_mv=(2, 5_200)),
+        dataclasses.replace(LFP, vin="FBMAAAAA0TS000012", bad_cell_mv=(6, 0)),
+    ]
+    root = tmp_path / "lake"
+    write_fleet(root, sound + broken, START, DAYS, cadence_s=300)
+    bms.run_pending(root)
+    cap = bms.read_metrics(root, "capacity")
+    counts = Counter(cap["vin"].to_pylist())
+    assert all(counts[v.vin] >= 3 for v in sound), counts
+    assert all(counts[v.vin] == 0 for v in broken), counts
+    soh = bms.read_metrics(root, "vehicle_soh", [START + timedelta(days=DAYS - 1)])
+    n_of = dict(zip(soh["vin"].to_pylist(), soh["n_estimates"].to_pylist(), strict=True))
+    assert all(n_of[v.vin] == 0 for v in broken), n_of

@@ -37,6 +37,8 @@ class SynthVehicle:
     drive_temps_c: tuple[float, ...] | None = None  # the sensors while driving [degC]
     in_service: date = date(2026, 1, 1)
     erratic_sensor_c: float = 0.0  # the last sensor's noise, one sigma [degC]
+    # (cell, value [mV]): a broken sense wire, the cell reads this value throughout
+    bad_cell_mv: tuple[int, int] | None = None
     # (start hour, end hour, current in C) of each day, if not the chemistry's _plan
     plan: tuple[tuple[float, float, float], ...] | None = None
 
@@ -91,6 +93,8 @@ def vehicle_day_table(
         age_d = (day - v.in_service).days
         cell_v[:, v.weak_cell] -= 0.002 * (age_d + t_s / 86_400)
     cell_mv = np.round(cell_v * 1000).astype(np.int64)
+    if v.bad_cell_mv is not None:
+        cell_mv[:, v.bad_cell_mv[0]] = v.bad_cell_mv[1]
     pack_v = cell_v.sum(axis=1)
     n_temps = 2 if v.drive_temps_c is None else len(v.drive_temps_c)
     temps = np.full((n, n_temps), v.temp_c)
