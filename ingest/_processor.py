@@ -25,6 +25,8 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -67,6 +69,10 @@ _SEQ_TRUSTED = frozenset(
     }
 )
 _MS_PER_DAY = 86_400_000
+#: Errors of the machine, not of a message (disk full, lake not writable): a flush step
+#: that raises one is never blamed on a message (nothing is quarantined for it); the flush
+#: fails as it is, to be retried.
+_ENVIRONMENT: tuple[type[Exception], ...] = (OSError,)
 
 
 def _undecodable(topic: str, payload: bytes, exc: Exception) -> Decoded:
@@ -378,7 +384,7 @@ class Processor:
         if not batch.telemetry_done:
             try:
                 files = len(write_telemetry(batch.table, self.lake_dir, file_prefix=self.worker))
-            except OSError:
+            except _ENVIRONMENT:
                 raise
             except Exception as exc:  # maybe one poison message: see _isolate_write_failure
                 batch.table, files = self._isolate_write_failure(batch, batch.table, exc)
@@ -423,6 +429,51 @@ class Processor:
                 c.lag_s = now.timestamp() - float(ts_ms.max()) / 1000.0
         return FlushResult(batch.tokens, acks, batch.events, rows, files, dirty)
 
+    @contextmanager
+    def _trial_dir(self) -> Iterator[Path]:
+        """``state/ingest/<worker>.trial/``: where ``_isolate_write_failure`` writes its
+        trials (never the lake, nor the system temp dir: this worker's own state folder,
+        on the disk the lake's writes need). Emptied before use (what a killed worker left)
+        and removed afterwards, also on error."""
+        import shutil
+
+        path = self.state_dir / "ingest" / f"{self.worker}.trial"
+        shutil.rmtree(path, ignore_errors=True)
+        try:
+            yield path
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
+
+    @staticmethod
+    def _culprits(
+        n: int, trial: Callable[[int, int], object], exc: Exception
+    ) -> dict[int, Exception]:
+        """The units ``0..n-1`` (messages, quarantine rows) for which ``trial(i, i + 1)``
+        fails on its own, found by halves: ``trial(a, b)`` runs the failed step on units
+        ``a..b-1`` and raises as the step did. An ``OSError`` or ``MemoryError`` of a
+        trial is the environment's, not a unit's: it propagates, as does ``exc`` when no
+        unit fails alone."""
+        failing: dict[int, Exception] = {}
+
+        def search(a: int, b: int) -> None:
+            try:
+                trial(a, b)
+            except _ENVIRONMENT:
+                raise
+            except Exception as err:
+                if b - a == 1:
+                    failing[a] = err
+                    return
+                mid = (a + b) // 2
+                search(a, mid)
+                search(mid, b)
+
+        if n:
+            search(0, n)
+        if not failing:
+            raise exc
+        return failing
+
     def _isolate_write_failure(
         self, batch: Batch, table: pa.Table, exc: Exception
     ) -> tuple[pa.Table, int]:
@@ -432,8 +483,8 @@ class Processor:
         through but the writer refuses. Raised as is, it would stop the worker, and the
         broker (or the vehicle's buffer) would send the same message again after every
         restart: the ingest of the whole fleet stuck behind one message. So the batch is
-        searched by halves (a few writes to a temporary directory, never the lake) for
-        the messages that make the write fail alone. Each is quarantined whole
+        searched by halves (``_culprits``: a few writes to ``_trial_dir``, never the
+        lake) for the messages that make the write fail alone. Each is quarantined whole
         (``write_failed``, the exception in the detail, raw bytes kept) and its seqs
         count for the ack like any quarantined whole message (sent again it fails again);
         the other readings are written. Partitions written before the failure may be
@@ -451,43 +502,16 @@ class Processor:
             or the failure does not repeat): the worker stops as it would without this.
             An ``OSError`` of a trial write or of the final write (retry later).
         """
-        import shutil
-        import tempfile
-
         messages = batch.messages
-        failing: dict[int, Exception] = {}  # index in messages -> its error
-
-        def rows(a: int, b: int) -> pa.Table:
-            return table.slice(messages[a][0], messages[b - 1][1] - messages[a][0])
-
-        with tempfile.TemporaryDirectory(prefix="fleetbms-write-trial-") as trial_dir:
-
-            def trial(a: int, b: int) -> Exception | None:
-                try:
-                    write_telemetry(rows(a, b), Path(trial_dir), file_prefix="trial")
-                except OSError:
-                    raise
-                except Exception as err:
-                    return err
-                finally:
-                    shutil.rmtree(Path(trial_dir) / "telemetry", ignore_errors=True)
-                return None
-
-            def search(a: int, b: int) -> None:
-                err = trial(a, b)
-                if err is None:
-                    return
-                if b - a == 1:
-                    failing[a] = err
-                    return
-                mid = (a + b) // 2
-                search(a, mid)
-                search(mid, b)
-
-            if messages and messages[-1][1] == table.num_rows:
-                search(0, len(messages))
-        if not failing:
+        if not messages or messages[-1][1] != table.num_rows:
             raise exc
+        with self._trial_dir() as trial_dir:
+
+            def trial(a: int, b: int) -> None:
+                start, end = messages[a][0], messages[b - 1][1]
+                write_telemetry(table.slice(start, end - start), trial_dir, file_prefix="trial")
+
+            failing = self._culprits(len(messages), trial, exc)
         keep = np.ones(table.num_rows, dtype=np.bool_)
         for i in failing:
             keep[messages[i][0] : messages[i][1]] = False
@@ -495,21 +519,47 @@ class Processor:
         files = len(write_telemetry(good, self.lake_dir, file_prefix=self.worker))
         # only now: an OSError above leaves the batch as it was, for the retry
         for i, err in failing.items():
-            start, end, topic, payload, recv_ms, source = messages[i]
+            start, end = messages[i][0], messages[i][1]
             part = table.slice(start, end - start)
-            vins = part["vin"].to_pylist()
-            fleets = part["fleet"].to_pylist()
-            seqs = part["seq"].to_pylist()
+            vins, fleets = part["vin"].to_pylist(), part["fleet"].to_pylist()
+            ids = list(zip(vins, fleets, part["seq"].to_pylist(), strict=True))
             detail = f"writing its readings to Parquet raised {type(err).__name__}: {err}"
-            with self.lock:
-                batch.quarantine.append(
-                    QuarantineRow(topic, payload, "write_failed", detail, recv_ms, None, source)
-                )
-                batch.quarantine_bytes += len(payload)
-                q = self.counters.quarantined
-                q["write_failed"] = q.get("write_failed", 0) + 1
-            batch.covered += list(zip(vins, fleets, seqs, strict=True))
+            self._quarantine_message(batch, i, "write_failed", detail, ids)
+        self._drop_messages(batch, failing)
         return good, files
+
+    def _quarantine_message(
+        self,
+        batch: Batch,
+        i: int,
+        reason: str,
+        detail: str,
+        covered: list[tuple[str, str, int]],
+    ) -> None:
+        """Quarantine message ``i`` of ``batch.messages`` whole; ``covered``: its
+        ``(vin, fleet, seq)`` that count as handled for the ack (none if stored)."""
+        _, _, topic, payload, recv_ms, source = batch.messages[i]
+        with self.lock:
+            batch.quarantine.append(
+                QuarantineRow(topic, payload, reason, detail, recv_ms, None, source)
+            )
+            batch.quarantine_bytes += len(payload)
+            q = self.counters.quarantined
+            q[reason] = q.get(reason, 0) + 1
+        batch.covered += covered
+
+    @staticmethod
+    def _drop_messages(batch: Batch, dropped: Iterable[int]) -> None:
+        """Forget messages ``dropped`` of ``batch.messages`` whose rows left the table:
+        the others' row ranges are renumbered to match it."""
+        gone = set(dropped)
+        kept = []
+        row = 0
+        for i, (start, end, topic, payload, recv_ms, source) in enumerate(batch.messages):
+            if i not in gone:
+                kept.append((row, row + end - start, topic, payload, recv_ms, source))
+                row += end - start
+        batch.messages = kept
 
     def _commit(self, batch: Batch, table: pa.Table) -> dict[str, tuple[str, int]]:
         """Move written and quarantined seqs into the durable ranges; advanced watermarks."""

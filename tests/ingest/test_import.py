@@ -193,3 +193,41 @@ def test_import_stops_when_no_single_message_makes_the_write_fail(
     assert result.output == "Error: injected fault: odometer_km in [1001.0, 1003.0]\n"
     assert lake_counts(data_dir) == (0, 0)
     assert not (data_dir / "lake" / "quarantine").exists()
+
+
+def test_import_searches_a_write_failure_in_its_state_folder_and_removes_the_trials(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The trial writes that find the message the writer refuses go to the worker's own
+    state folder (state/ingest/import.trial), not the system temp dir, and nothing of
+    them is left: neither after the search nor when the search ends in an error; what a
+    killed worker left there is removed too."""
+    trial = data_dir / "state" / "ingest" / "import.trial"
+    trial.mkdir(parents=True)
+    (trial / "left-by-a-killed-worker.parquet").write_bytes(b"x")
+    written: list[Path] = []
+    write_fault.install(monkeypatch.setattr, written=written)
+    marked = reading(VINS[0], 3, NOW)
+    marked["pack"]["odometer_km"] = write_fault.MARKED_KM
+    lines = [encode(reading(VINS[0], s, NOW - timedelta(seconds=9 - s))) for s in range(3)]
+    dump = tmp_path / "dump.jsonl"
+    dump.write_bytes(b"\n".join([*lines, encode(marked)]) + b"\n")
+    result = CliRunner().invoke(cli, ["--data-dir", str(data_dir), "import", str(dump)])
+    assert result.exit_code == 0, result.output
+    assert "3 readings written, 0 duplicates, 1 quarantined (write_failed=1)" in result.output
+    tried = [p for p in written if not p.is_relative_to(data_dir / "lake")]
+    assert len(tried) >= 3  # the whole batch, then halves down to the marked message
+    assert all(p.is_relative_to(trial) for p in tried), tried
+    assert not trial.exists()
+
+    written.clear()
+    write_fault.install(monkeypatch.setattr, (1004.0, 1005.0), together=True, written=written)
+    more = [encode(reading(VINS[0], s, NOW - timedelta(seconds=9 - s))) for s in (4, 5)]
+    dump.write_bytes(b"\n".join(more) + b"\n")
+    result = CliRunner().invoke(cli, ["--data-dir", str(data_dir), "import", str(dump)])
+    assert result.exit_code == 1
+    assert result.output == "Error: injected fault: odometer_km in [1004.0, 1005.0]\n"
+    tried = [p for p in written if not p.is_relative_to(data_dir / "lake")]
+    assert tried
+    assert all(p.is_relative_to(trial) for p in tried), tried
+    assert not trial.exists()

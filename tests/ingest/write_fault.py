@@ -21,8 +21,15 @@ import pyarrow.parquet as pq
 MARKED_KM = 777_777.5
 
 
-def _faulty(original: Callable[..., Any], marked: tuple[float, ...], together: bool) -> Any:
+def _faulty(
+    original: Callable[..., Any],
+    marked: tuple[float, ...],
+    together: bool,
+    written: list[Path] | None,
+) -> Any:
     def write_table(self: pq.ParquetWriter, table: pa.Table, *args: Any, **kwargs: Any) -> Any:
+        if written is not None:
+            written.append(Path(self.where))
         if "odometer_km" in table.column_names:
             held = [bool(pc.any(pc.equal(table["odometer_km"], km)).as_py()) for km in marked]
             if all(held) if together else any(held):
@@ -37,11 +44,15 @@ def install(
     marked: tuple[float, ...] = (MARKED_KM,),
     *,
     together: bool = False,
+    written: list[Path] | None = None,
 ) -> None:
     """Make ``ParquetWriter.write_table`` raise on a marked reading (``together``: only on
-    a table holding every marked value at once, a failure no single message causes)."""
+    a table holding every marked value at once, a failure no single message causes).
+    ``written`` collects the path of every file written to (or tried)."""
     setattr_(
-        pq.ParquetWriter, "write_table", _faulty(pq.ParquetWriter.write_table, marked, together)
+        pq.ParquetWriter,
+        "write_table",
+        _faulty(pq.ParquetWriter.write_table, marked, together, written),
     )
 
 
