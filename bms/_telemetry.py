@@ -329,27 +329,37 @@ class ReadingBuffer:
         self._recv.append(received_at_ms)
         self._extra.append(extra_quality)
 
-    def to_table(self, worker: str) -> pa.Table:
-        """The buffered readings as a telemetry table (with the ``fleet`` column)."""
+    def to_table(self, worker: str, start: int = 0, stop: int | None = None) -> pa.Table:
+        """The buffered readings ``start:stop`` (default all) as a telemetry table (with
+        the ``fleet`` column)."""
+        stop = len(self) if stop is None else stop
+        c_off = np.frombuffer(self._c_off, dtype=np.int64)[start : stop + 1]
+        t_off = np.frombuffer(self._t_off, dtype=np.int64)[start : stop + 1]
         return telemetry_table(
-            fleet=np.array(self._fleet, dtype=object),
-            vin=np.array(self._vin, dtype=object),
-            seq=np.frombuffer(self._seq, dtype=np.int64),
-            ts_ms=np.frombuffer(self._ts, dtype=np.int64),
-            current_a=np.frombuffer(self._cur, dtype=np.float64),
-            voltage_v=np.frombuffer(self._volt, dtype=np.float64),
-            soc_pct=np.frombuffer(self._soc, dtype=np.float64),
-            soh_pct=np.frombuffer(self._soh, dtype=np.float64),
-            cycle_count=np.frombuffer(self._cyc, dtype=np.int64),
-            odometer_km=np.frombuffer(self._odo, dtype=np.float64),
-            mode=np.array(self._mode, dtype=object),
-            cell_mv=np.frombuffer(self._cells, dtype=np.int64),
-            cell_offsets=np.frombuffer(self._c_off, dtype=np.int64),
-            temp_c=np.frombuffer(self._temps, dtype=np.float64),
-            temp_offsets=np.frombuffer(self._t_off, dtype=np.int64),
-            received_at_ms=np.frombuffer(self._recv, dtype=np.int64),
+            fleet=np.array(self._fleet[start:stop], dtype=object),
+            vin=np.array(self._vin[start:stop], dtype=object),
+            seq=np.frombuffer(self._seq, dtype=np.int64)[start:stop],
+            ts_ms=np.frombuffer(self._ts, dtype=np.int64)[start:stop],
+            current_a=np.frombuffer(self._cur, dtype=np.float64)[start:stop],
+            voltage_v=np.frombuffer(self._volt, dtype=np.float64)[start:stop],
+            soc_pct=np.frombuffer(self._soc, dtype=np.float64)[start:stop],
+            soh_pct=np.frombuffer(self._soh, dtype=np.float64)[start:stop],
+            cycle_count=np.frombuffer(self._cyc, dtype=np.int64)[start:stop],
+            odometer_km=np.frombuffer(self._odo, dtype=np.float64)[start:stop],
+            mode=np.array(self._mode[start:stop], dtype=object),
+            cell_mv=np.frombuffer(self._cells, dtype=np.int64)[c_off[0] : c_off[-1]],
+            cell_offsets=c_off - c_off[0],
+            temp_c=np.frombuffer(self._temps, dtype=np.float64)[t_off[0] : t_off[-1]],
+            temp_offsets=t_off - t_off[0],
+            received_at_ms=np.frombuffer(self._recv, dtype=np.int64)[start:stop],
             worker=worker,
-            extra_quality=np.frombuffer(self._extra, dtype=np.int32),
+            extra_quality=np.frombuffer(self._extra, dtype=np.int32)[start:stop],
+        )
+
+    def identities(self, start: int, stop: int) -> list[tuple[str, str, int]]:
+        """``(vin, fleet, seq)`` of the buffered readings ``start:stop``."""
+        return list(
+            zip(self._vin[start:stop], self._fleet[start:stop], self._seq[start:stop], strict=True)
         )
 
 

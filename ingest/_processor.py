@@ -8,9 +8,10 @@ under the lock, so ``add`` may run on another thread) and ``write`` does everyth
 outside the lock. ``write`` makes the batch durable in this order, each step done once
 even when a later step fails and the flush is retried:
 
-1. telemetry files (``bms.write_telemetry``; if that fails with anything but
-``OSError``, the messages that fail alone are quarantined and the rest written, see
-``Processor._isolate_write_failure``), 2. alerts evaluated and written,
+1. telemetry table built and its files written (``bms.write_telemetry``; if either fails
+with anything but ``OSError``, the messages that fail alone are quarantined and the rest
+written, see ``Processor._build_table`` and ``Processor._isolate_write_failure``),
+2. alerts evaluated and written,
 3. quarantine file, 4. dirty-date markers, 5. seq ranges + watermarks committed and the
 state file written.
 
@@ -378,7 +379,7 @@ class Processor:
             (``_isolate_write_failure``).
         """
         if batch.table is None:
-            batch.table = batch.buffer.to_table(self.worker)
+            batch.table = self._build_table(batch)
             batch.buffer.clear()
         files = 0
         if not batch.telemetry_done:
@@ -473,6 +474,46 @@ class Processor:
         if not failing:
             raise exc
         return failing
+
+    def _build_table(self, batch: Batch) -> pa.Table:
+        """The telemetry table of ``batch``'s readings, without the messages whose readings
+        cannot be converted on their own.
+
+        Converting the buffered readings to Arrow raising anything but an ``OSError``
+        would stop the worker on every restart, as a refused write would
+        (``_isolate_write_failure``): the messages whose rows fail alone (``_culprits``:
+        conversions of row ranges, nothing written) are quarantined whole
+        (``write_failed``, the exception in the detail, their seqs handled) and the table
+        is built from the others. ``exc`` is raised when no single message fails alone.
+        """
+        buf = batch.buffer
+        try:
+            return buf.to_table(self.worker)
+        except _ENVIRONMENT:
+            raise
+        except Exception as exc:
+            messages = batch.messages
+            if not messages or messages[-1][1] != len(buf):
+                raise
+
+            def trial(a: int, b: int) -> None:
+                buf.to_table(self.worker, messages[a][0], messages[b - 1][1])
+
+            failing = self._culprits(len(messages), trial, exc)
+        good = [i for i in range(len(messages)) if i not in failing]
+        parts = []
+        first = 0
+        for k, i in enumerate(good):  # one table per run of consecutive good messages
+            if k + 1 == len(good) or good[k + 1] != i + 1:
+                parts.append(buf.to_table(self.worker, messages[good[first]][0], messages[i][1]))
+                first = k + 1
+        table = pa.concat_tables(parts) if parts else buf.to_table(self.worker, 0, 0)
+        for i, err in failing.items():
+            start, end = messages[i][0], messages[i][1]
+            detail = f"converting its readings to Arrow raised {type(err).__name__}: {err}"
+            self._quarantine_message(batch, i, "write_failed", detail, buf.identities(start, end))
+        self._drop_messages(batch, failing)
+        return table
 
     def _isolate_write_failure(
         self, batch: Batch, table: pa.Table, exc: Exception

@@ -231,3 +231,49 @@ def test_import_searches_a_write_failure_in_its_state_folder_and_removes_the_tri
     assert tried
     assert all(p.is_relative_to(trial) for p in tried), tried
     assert not trial.exists()
+
+
+def test_import_quarantines_a_message_whose_readings_cannot_be_converted_to_arrow(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Building the flush's Arrow table failing for one message's readings (a fault
+    injected into pyarrow.array) used to stop every flush holding it: its message is
+    quarantined whole (write_failed, the conversion named), counts as handled, and the
+    other readings are written."""
+    write_fault.install_conversion(monkeypatch.setattr)
+    marked = reading(VINS[0], 3, NOW)
+    marked["pack"]["odometer_km"] = write_fault.CONVERSION_KM
+    batch = [reading(VINS[1], s, NOW - timedelta(seconds=50 - s)) for s in range(4)]
+    batch[2]["pack"]["odometer_km"] = write_fault.CONVERSION_KM
+    lines = [encode(reading(VINS[0], s, NOW - timedelta(seconds=100 - s))) for s in range(3)]
+    lines += [encode(marked), encode({"v": 1, "readings": batch})]
+    lines += [encode(reading(VINS[0], s, NOW - timedelta(seconds=100 - s))) for s in (4, 5)]
+    dump = tmp_path / "dump.jsonl"
+    dump.write_bytes(b"\n".join(lines) + b"\n")
+    args = ["--data-dir", str(data_dir), "import", str(dump), "--fleet", "blr"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert result.output == (
+        "imported 7 lines from 1 file(s): 5 readings written, 0 duplicates, "
+        "2 quarantined (write_failed=2)\n"
+    )
+    assert lake_counts(data_dir) == (5, 5)
+    stored = query(data_dir, "telemetry", "SELECT vin, seq, odometer_km FROM t ORDER BY seq")
+    assert stored == [(VINS[0], s, 1000.0 + s) for s in (0, 1, 2, 4, 5)]
+    q = query(
+        data_dir, "quarantine", "SELECT reason, detail, source, payload FROM t ORDER BY source"
+    )
+    detail = (
+        "converting its readings to Arrow raised ArrowInvalid: "
+        f"injected fault: converting [{write_fault.CONVERSION_KM}]"
+    )
+    assert [(r[0], r[1], r[2], bytes(r[3])) for r in q] == [
+        ("write_failed", detail, f"file:{dump}:4", lines[3]),
+        ("write_failed", detail, f"file:{dump}:5", lines[4]),
+    ]
+    state = msgspec.json.decode((data_dir / "state" / "ingest" / "import.json").read_bytes())
+    assert state["vins"][VINS[0]]["ranges"] == [[0, 5]]
+    assert state["vins"][VINS[1]]["ranges"] == [[0, 3]]
+    again = CliRunner().invoke(cli, args)
+    assert again.exit_code == 0, again.output
+    assert "0 readings written, 10 duplicates, 0 quarantined" in again.output

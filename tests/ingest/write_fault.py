@@ -1,6 +1,8 @@
 """A fault injected into pyarrow's Parquet writer (third-party code), for the tests of a
 write that fails for one message: ``ParquetWriter.write_table`` refuses a table holding
 a reading whose ``odometer_km`` is one of the marked values, with ``pyarrow.ArrowInvalid``.
+``install_conversion`` makes the conversion of such a column to Arrow (``pyarrow.array``)
+fail instead.
 
 In the test process: ``install(monkeypatch.setattr, ...)``. In the ingest writer process (a
 child interpreter): ``hook_dir(tmp)`` writes a ``sitecustomize.py`` that installs it at
@@ -13,12 +15,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 #: An odometer reading no test sends otherwise. [km]
 MARKED_KM = 777_777.5
+#: Another one, for ``install_conversion``. [km]
+CONVERSION_KM = 888_888.5
 
 
 def _faulty(
@@ -54,6 +59,21 @@ def install(
         "write_table",
         _faulty(pq.ParquetWriter.write_table, marked, together, written),
     )
+
+
+def install_conversion(
+    setattr_: Callable[[Any, str, Any], None], marked: tuple[float, ...] = (CONVERSION_KM,)
+) -> None:
+    """Make ``pyarrow.array`` raise for a float64 NumPy array holding a marked value (the
+    odometer column of a telemetry table being built)."""
+    original = pa.array
+
+    def array(obj: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(obj, np.ndarray) and obj.dtype == np.float64 and np.isin(obj, marked).any():
+            raise pa.ArrowInvalid(f"injected fault: converting {list(marked)}")
+        return original(obj, *args, **kwargs)
+
+    setattr_(pa, "array", array)
 
 
 def hook_dir(directory: Path, marked: tuple[float, ...] = (MARKED_KM,)) -> Path:
