@@ -324,8 +324,25 @@ class AlertEngine:
         self._tail = _Tail(all_vin[keep], all_ts[keep], kept_temps, kept_off)
         return rate[n_tail:], sensor[n_tail:]
 
-    def evaluate(self, table: pa.Table) -> list[AlertEvent]:
-        """Alerts raised or cleared by the readings of ``table`` (telemetry + ``fleet``)."""
+    def evaluate(self, table: pa.Table, *, commit: bool = True) -> list[AlertEvent]:
+        """Alerts raised or cleared by the readings of ``table`` (telemetry + ``fleet``).
+
+        The engine's state (active alerts, recent readings for the thermal rate) changes
+        only when this returns and ``commit`` is true: a call that raises, or a trial
+        (``commit=False``), leaves it as it was, so the same readings, or some of them,
+        can be evaluated again.
+        """
+        active, tail = set(self.active), self._tail
+        done = False
+        try:
+            events = self._evaluate(table)
+            done = commit
+        finally:
+            if not done:
+                self.active, self._tail = active, tail
+        return events
+
+    def _evaluate(self, table: pa.Table) -> list[AlertEvent]:
         n = table.num_rows
         if n == 0:
             return []

@@ -11,9 +11,9 @@ even when a later step fails and the flush is retried:
 1. telemetry table built and its files written (``bms.write_telemetry``; if either fails
 with anything but ``OSError``, the messages that fail alone are quarantined and the rest
 written, see ``Processor._build_table`` and ``Processor._isolate_write_failure``),
-2. alerts evaluated and written,
-3. quarantine file, 4. dirty-date markers, 5. seq ranges + watermarks committed and the
-state file written.
+2. alerts evaluated (the messages whose readings make that fail alone are recorded in
+quarantine, see ``Processor._evaluate_alerts``) and written, 3. quarantine file,
+4. dirty-date markers, 5. seq ranges + watermarks committed and the state file written.
 
 Only then may the caller acknowledge the messages, publish the alerts and the acks.
 
@@ -392,7 +392,7 @@ class Processor:
             batch.telemetry_done = True
         table = batch.table
         if batch.events is None:
-            batch.events = self.engine.evaluate(table) if self.engine is not None else []
+            batch.events = self._evaluate_alerts(batch, table)
         if not batch.alerts_done:
             write_alerts(batch.events, self.lake_dir, self.worker)
             batch.alerts_done = True
@@ -568,6 +568,47 @@ class Processor:
             self._quarantine_message(batch, i, "write_failed", detail, ids)
         self._drop_messages(batch, failing)
         return good, files
+
+    def _evaluate_alerts(self, batch: Batch, table: pa.Table) -> list[AlertEvent]:
+        """The live alerts of the stored readings ``table``, evaluated without the messages
+        whose readings make the evaluation fail on their own.
+
+        Such a failure (anything but an ``OSError``) would stop the worker after their
+        readings were written, on every restart again. The messages whose rows fail alone
+        (``_culprits``: trial evaluations that leave the engine as it was) are recorded in
+        quarantine (``alert_failed``, the exception in the detail, raw bytes kept, for
+        the operator: no live alert was evaluated on them); their readings stay stored
+        and count for the ack as such. The alerts of the other readings are evaluated.
+        ``exc`` is raised when no single message fails alone.
+        """
+        engine = self.engine
+        if engine is None:
+            return []
+        try:
+            return engine.evaluate(table)
+        except _ENVIRONMENT:
+            raise
+        except Exception as exc:
+            messages = batch.messages
+            if not messages or messages[-1][1] != table.num_rows:
+                raise
+
+            def trial(a: int, b: int) -> None:
+                start, end = messages[a][0], messages[b - 1][1]
+                engine.evaluate(table.slice(start, end - start), commit=False)
+
+            failing = self._culprits(len(messages), trial, exc)
+        keep = np.ones(table.num_rows, dtype=np.bool_)
+        for i in failing:
+            keep[messages[i][0] : messages[i][1]] = False
+        events = engine.evaluate(table.filter(pa.array(keep)))
+        for i, err in failing.items():
+            detail = (
+                "readings stored, but evaluating the live alerts on them raised "
+                f"{type(err).__name__}: {err}"
+            )
+            self._quarantine_message(batch, i, "alert_failed", detail, [])
+        return events
 
     def _quarantine_message(
         self,

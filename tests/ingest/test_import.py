@@ -277,3 +277,45 @@ def test_import_quarantines_a_message_whose_readings_cannot_be_converted_to_arro
     again = CliRunner().invoke(cli, args)
     assert again.exit_code == 0, again.output
     assert "0 readings written, 10 duplicates, 0 quarantined" in again.output
+
+
+def test_import_records_a_message_whose_alert_evaluation_fails_and_keeps_its_readings(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Evaluating the live alerts failing for one message's readings (a fault injected
+    into numpy.argmax, after the engine marked the reading's over-temperature alert
+    active) used to stop the import after the readings were written, and every rerun
+    the same. The readings stay stored; the message is recorded in quarantine
+    (alert_failed) for the operator; the alerts of the other readings are evaluated from
+    the engine's state before the failed pass: the next reading over the limit raises
+    its alert."""
+    write_fault.install_alert(monkeypatch.setattr)
+    vin = VINS[0]
+    temps = [25.0, 25.0, 25.0, write_fault.ALERT_TEMP_C, 65.0]
+    lines = [
+        encode(reading(vin, s, NOW - timedelta(seconds=100 - s), temp_c=t))
+        for s, t in enumerate(temps)
+    ]
+    dump = tmp_path / "dump.jsonl"
+    dump.write_bytes(b"\n".join(lines) + b"\n")
+    args = ["--data-dir", str(data_dir), "import", str(dump), "--fleet", "blr"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert result.output == (
+        "imported 5 lines from 1 file(s): 5 readings written, 0 duplicates, "
+        "1 quarantined (alert_failed=1)\n"
+    )
+    assert lake_counts(data_dir) == (5, 5)
+    q = query(data_dir, "quarantine", "SELECT reason, detail, source, payload FROM t")
+    detail = (
+        "readings stored, but evaluating the live alerts on them raised ValueError: "
+        f"injected fault: argmax of a sensor list with {write_fault.ALERT_TEMP_C} degC"
+    )
+    assert [(r[0], r[1], r[2], bytes(r[3])) for r in q] == [
+        ("alert_failed", detail, f"file:{dump}:4", lines[3])
+    ]
+    alerts = query(data_dir, "alerts", "SELECT vin, seq, rule, event, value FROM t")
+    assert alerts == [(vin, 4, "over_temperature", "raised", 65.0)]
+    state = msgspec.json.decode((data_dir / "state" / "ingest" / "import.json").read_bytes())
+    assert state["vins"][vin]["ranges"] == [[0, 4]]
+    assert state["alerts_active"] == [[vin, "over_temperature"]]

@@ -2,7 +2,8 @@
 write that fails for one message: ``ParquetWriter.write_table`` refuses a table holding
 a reading whose ``odometer_km`` is one of the marked values, with ``pyarrow.ArrowInvalid``.
 ``install_conversion`` makes the conversion of such a column to Arrow (``pyarrow.array``)
-fail instead.
+fail instead, and ``install_alert`` the live alerts' search of the hottest sensor
+(``numpy.argmax``) of a reading holding a marked temperature.
 
 In the test process: ``install(monkeypatch.setattr, ...)``. In the ingest writer process (a
 child interpreter): ``hook_dir(tmp)`` writes a ``sitecustomize.py`` that installs it at
@@ -24,6 +25,8 @@ import pyarrow.parquet as pq
 MARKED_KM = 777_777.5
 #: Another one, for ``install_conversion``. [km]
 CONVERSION_KM = 888_888.5
+#: A sensor temperature no test sends otherwise, for ``install_alert``. [degC]
+ALERT_TEMP_C = 77.7
 
 
 def _faulty(
@@ -74,6 +77,20 @@ def install_conversion(
         return original(obj, *args, **kwargs)
 
     setattr_(pa, "array", array)
+
+
+def install_alert(setattr_: Callable[[Any, str, Any], None]) -> None:
+    """Make ``numpy.argmax`` raise ``ValueError`` on an array holding ``ALERT_TEMP_C`` in
+    tenths of a degree (the sensor list of a reading over the temperature limit)."""
+    original = np.argmax
+    marked_dc = round(ALERT_TEMP_C * 10)
+
+    def argmax(a: Any, *args: Any, **kwargs: Any) -> Any:
+        if np.isin(np.asarray(a), [marked_dc]).any():
+            raise ValueError(f"injected fault: argmax of a sensor list with {ALERT_TEMP_C} degC")
+        return original(a, *args, **kwargs)
+
+    setattr_(np, "argmax", argmax)
 
 
 def hook_dir(directory: Path, marked: tuple[float, ...] = (MARKED_KM,)) -> Path:
