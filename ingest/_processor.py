@@ -12,7 +12,8 @@ even when a later step fails and the flush is retried:
 with anything but ``OSError``, the messages that fail alone are quarantined and the rest
 written, see ``Processor._build_table`` and ``Processor._isolate_write_failure``),
 2. alerts evaluated (the messages whose readings make that fail alone are recorded in
-quarantine, see ``Processor._evaluate_alerts``) and written, 3. quarantine file,
+quarantine, see ``Processor._evaluate_alerts``) and written, 3. quarantine file (a row
+the writer refuses stored with its text escaped, ``Processor._write_quarantine``),
 4. dirty-date markers, 5. seq ranges + watermarks committed and the state file written.
 
 Only then may the caller acknowledge the messages, publish the alerts and the acks.
@@ -53,7 +54,7 @@ from bms import (
 )
 from ingest._alerts import AlertEngine, AlertEvent, write_alerts
 from ingest._errors import IngestError
-from ingest._quarantine import QuarantineRow, write_quarantine
+from ingest._quarantine import QuarantineRow, escaped, write_quarantine
 from ingest._state import SeqState
 
 #: Rejections whose topic VIN and payload seq still identify a reading of that vehicle;
@@ -397,7 +398,7 @@ class Processor:
             write_alerts(batch.events, self.lake_dir, self.worker)
             batch.alerts_done = True
         if not batch.quarantine_done:
-            write_quarantine(batch.quarantine, self.lake_dir, self.worker)
+            self._write_quarantine(batch)
             batch.quarantine_done = True
         ts_ms = np.asarray(pc.cast(table["ts"], pa.int64()).to_numpy(), dtype=np.int64)
         now = datetime.now(UTC)
@@ -609,6 +610,38 @@ class Processor:
             )
             self._quarantine_message(batch, i, "alert_failed", detail, [])
         return events
+
+    def _write_quarantine(self, batch: Batch) -> None:
+        """Write ``batch.quarantine``; a row the writer refuses is stored with its text
+        escaped.
+
+        Writing the quarantine raising anything but an ``OSError`` would stop the worker,
+        again after every restart: what is refused is one rejected message's row (its
+        text: a topic, a reason detail quoting the message). The rows that fail alone
+        (``_culprits``: trial writes to ``_trial_dir``) are stored as ``escaped`` rows
+        (text as ASCII escapes, the exception at the start of the detail; reason and raw
+        bytes unchanged), the others as they are. If an escaped row is refused too, or
+        no single row fails alone, the error stops the worker. A receive date written
+        before the failure is written again (rows counted twice in ``fleetbms status``:
+        only a flush over midnight has two).
+        """
+        rows = batch.quarantine
+        try:
+            write_quarantine(rows, self.lake_dir, self.worker)
+            return
+        except _ENVIRONMENT:
+            raise
+        except Exception as exc:
+            with self._trial_dir() as trial_dir:
+
+                def trial(a: int, b: int) -> None:
+                    write_quarantine(rows[a:b], trial_dir, self.worker)
+
+                failing = self._culprits(len(rows), trial, exc)
+        for i, err in failing.items():
+            why = f"stored with its text escaped: writing it raised {type(err).__name__}: {err}"
+            rows[i] = escaped(rows[i], why)
+        write_quarantine(rows, self.lake_dir, self.worker)
 
     def _quarantine_message(
         self,

@@ -8,7 +8,7 @@ carried it is acknowledged, so nothing rejected is lost either.
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -46,6 +46,23 @@ class QuarantineRow:
     received_at_ms: int
     batch_index: int | None
     source: str  # "mqtt" or "file:<path>:<line>" (valid UTF-8: see ingest._files._shown)
+
+
+def escaped(row: QuarantineRow, why: str) -> QuarantineRow:
+    """``row`` with its text (``topic``, ``detail``, ``source``) as ASCII, every other
+    character a backslash escape (lone surrogates too), and ``why`` at the start of the
+    detail; reason, raw bytes, receive time and batch index unchanged. For a row the
+    Parquet writer refuses as it is."""
+
+    def ascii_(text: str) -> str:
+        return text.encode("ascii", "backslashreplace").decode("ascii")
+
+    return replace(
+        row,
+        topic=ascii_(row.topic),
+        detail=ascii_(f"[{why}] {row.detail}"),
+        source=ascii_(row.source),
+    )
 
 
 def quarantine_table(rows: list[QuarantineRow], worker: str) -> pa.Table:

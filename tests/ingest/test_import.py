@@ -319,3 +319,43 @@ def test_import_records_a_message_whose_alert_evaluation_fails_and_keeps_its_rea
     state = msgspec.json.decode((data_dir / "state" / "ingest" / "import.json").read_bytes())
     assert state["vins"][vin]["ranges"] == [[0, 4]]
     assert state["alerts_active"] == [[vin, "over_temperature"]]
+
+
+def test_import_stores_a_quarantine_row_the_writer_refuses_with_its_text_escaped(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A quarantine row the Parquet writer refuses (a fault injected into pyarrow for a
+    reason detail outside ASCII, here quoting a VIN 'ÄBC...') used to stop the import
+    after the telemetry was written, and every rerun the same. The row is stored with its
+    text as ASCII escapes and the exception named; reason and raw bytes as they were; the
+    other rows and readings as usual, and a rerun does the same."""
+    write_fault.install_text(monkeypatch.setattr)
+    bad = encode({**reading(VINS[1], 1, NOW), "vin": "ÄBC"})
+    lines = [encode(reading(VINS[0], s, NOW - timedelta(seconds=9 - s))) for s in range(2)]
+    lines += [bad, b"not json at all"]
+    dump = tmp_path / "dump.jsonl"
+    dump.write_bytes(b"\n".join(lines) + b"\n")
+    args = ["--data-dir", str(data_dir), "import", str(dump), "--fleet", "blr"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert result.output == (
+        "imported 4 lines from 1 file(s): 2 readings written, 0 duplicates, "
+        "2 quarantined (bad_vin=1, not_json=1)\n"
+    )
+    assert lake_counts(data_dir) == (2, 2)
+    q = query(
+        data_dir, "quarantine", "SELECT reason, detail, source, payload FROM t ORDER BY source"
+    )
+    assert [(r[0], r[1], r[2], bytes(r[3])) for r in q] == [
+        (
+            "bad_vin",
+            "[stored with its text escaped: writing it raised ArrowInvalid: injected fault: "
+            "a detail outside ASCII] vin '\\xc4BC' is not a VIN",
+            f"file:{dump}:3",
+            bad,
+        ),
+        ("not_json", q[1][1], f"file:{dump}:4", b"not json at all"),
+    ]
+    again = CliRunner().invoke(cli, args)
+    assert again.exit_code == 0, again.output
+    assert "0 readings written, 2 duplicates, 2 quarantined (bad_vin=1, not_json=1)" in again.output

@@ -3,7 +3,8 @@ write that fails for one message: ``ParquetWriter.write_table`` refuses a table 
 a reading whose ``odometer_km`` is one of the marked values, with ``pyarrow.ArrowInvalid``.
 ``install_conversion`` makes the conversion of such a column to Arrow (``pyarrow.array``)
 fail instead, and ``install_alert`` the live alerts' search of the hottest sensor
-(``numpy.argmax``) of a reading holding a marked temperature.
+(``numpy.argmax``) of a reading holding a marked temperature; ``install_text`` makes
+the Parquet writer refuse a quarantine table whose reason detail is not ASCII.
 
 In the test process: ``install(monkeypatch.setattr, ...)``. In the ingest writer process (a
 child interpreter): ``hook_dir(tmp)`` writes a ``sitecustomize.py`` that installs it at
@@ -91,6 +92,20 @@ def install_alert(setattr_: Callable[[Any, str, Any], None]) -> None:
         return original(a, *args, **kwargs)
 
     setattr_(np, "argmax", argmax)
+
+
+def install_text(setattr_: Callable[[Any, str, Any], None]) -> None:
+    """Make ``ParquetWriter.write_table`` raise ``ArrowInvalid`` on a table with a
+    ``detail`` column holding a character outside ASCII."""
+    original = pq.ParquetWriter.write_table
+
+    def write_table(self: pq.ParquetWriter, table: pa.Table, *args: Any, **kwargs: Any) -> Any:
+        details = table["detail"].to_pylist() if "detail" in table.column_names else []
+        if not all(text.isascii() for text in details):
+            raise pa.ArrowInvalid("injected fault: a detail outside ASCII")
+        return original(self, table, *args, **kwargs)
+
+    setattr_(pq.ParquetWriter, "write_table", write_table)
 
 
 def hook_dir(directory: Path, marked: tuple[float, ...] = (MARKED_KM,)) -> Path:
