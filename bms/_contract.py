@@ -30,7 +30,10 @@ MAX_BATCH_READINGS = 10_000
 MAX_FUTURE = timedelta(hours=24)
 MODES = ("drive", "ac_charge", "dc_charge", "idle", "v2g")
 
-#: Reason codes for rejected (quarantined) messages, with their meaning.
+#: Reason codes of the quarantine (``lake/quarantine``, column ``reason``), with their
+#: meaning: every reason a quarantine row can hold. The first ones are the contract's
+#: rejections; the last three are given by ingest to a message the contract accepted (or
+#: could not judge) that failed a later step on its own, so that it is not a crash loop.
 REJECT_REASONS: dict[str, str] = {
     "bad_topic": "topic is not fleet/{fleet_id}/{vin}/bms or .../bms/batch",
     "payload_too_large": "payload exceeds the configured size limit",
@@ -45,6 +48,12 @@ REJECT_REASONS: dict[str, str] = {
     "ts_in_future": "ts is more than 24 h after the receive time",
     "bad_cells": "cell voltage or temperature list is empty or longer than 400",
     "batch_too_large": "batch holds more than 10,000 readings",
+    "decode_failed": "the decoder raised instead of accepting or rejecting the message "
+    "(the exception in the detail)",
+    "write_failed": "readings valid, but converting them to Arrow or writing them to "
+    "Parquet failed for this message alone; not stored (the exception in the detail)",
+    "alert_failed": "readings stored, but evaluating the live hard-limit alerts on them "
+    "failed for this message alone: no live alert evaluated (the exception in the detail)",
 }
 
 _I64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]

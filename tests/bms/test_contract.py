@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -381,3 +382,14 @@ def test_the_largest_float32_values_are_kept_finite(tmp_path: Path) -> None:
     table = bms.readings_table([(result.readings[0], "demo")], received_at_ms=0, worker="t")
     row = table.to_pylist()[0]
     assert [row[k] for k in big] == [-3.4028234663852886e38, *[3.4028234663852886e38] * 2]
+
+
+def test_the_contract_document_lists_every_reject_reason() -> None:
+    """docs/contract/telemetry-v1.md lists the quarantine's reason codes for the people who
+    read the quarantine: the same codes as bms.REJECT_REASONS."""
+    doc = (
+        Path(__file__).resolve().parents[2] / "docs" / "contract" / "telemetry-v1.md"
+    ).read_text()
+    section = doc.split("### Quarantine reason codes", 1)[1].split("\n#", 1)[0]
+    listed = re.findall(r"^\| `([a-z_]+)` \|", section, flags=re.MULTILINE)
+    assert listed == list(bms.REJECT_REASONS)

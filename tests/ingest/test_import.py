@@ -11,6 +11,7 @@ import msgspec
 import pytest
 from click.testing import CliRunner
 
+import bms
 from pipeline import cli
 from tests.ingest import write_fault
 from tests.ingest.helpers import NOW, VINS, days_ago, encode, lake_counts, query, reading
@@ -359,3 +360,32 @@ def test_import_stores_a_quarantine_row_the_writer_refuses_with_its_text_escaped
     again = CliRunner().invoke(cli, args)
     assert again.exit_code == 0, again.output
     assert "0 readings written, 2 duplicates, 2 quarantined (bad_vin=1, not_json=1)" in again.output
+
+
+def test_every_reason_ingest_gives_a_message_itself_is_a_listed_reject_reason(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reasons ingest gives a message that fails a step after the contract's checks
+    (decode_failed, write_failed, alert_failed; faults injected into msgspec, pyarrow
+    and numpy) are quarantine reasons like the contract's: listed in
+    bms.REJECT_REASONS, which documents what the column holds."""
+    write_fault.install_decoder(monkeypatch.setattr)
+    write_fault.install(monkeypatch.setattr)
+    write_fault.install_alert(monkeypatch.setattr)
+    undecodable = reading(VINS[0], 0, NOW)
+    undecodable["pack"]["mode"] = "FAULT"
+    unwritable = reading(VINS[0], 1, NOW)
+    unwritable["pack"]["odometer_km"] = write_fault.MARKED_KM
+    lines = [
+        encode(undecodable),
+        encode(unwritable),
+        encode(reading(VINS[0], 2, NOW, temp_c=write_fault.ALERT_TEMP_C)),
+        encode({**reading(VINS[0], 3, NOW), "v": 2}),
+    ]
+    dump = tmp_path / "dump.jsonl"
+    dump.write_bytes(b"\n".join(lines) + b"\n")
+    result = CliRunner().invoke(cli, ["--data-dir", str(data_dir), "import", str(dump)])
+    assert result.exit_code == 0, result.output
+    reasons = [r[0] for r in query(data_dir, "quarantine", "SELECT reason FROM t ORDER BY 1")]
+    assert reasons == ["alert_failed", "decode_failed", "unknown_version", "write_failed"]
+    assert set(reasons) <= set(bms.REJECT_REASONS)

@@ -4,7 +4,8 @@ a reading whose ``odometer_km`` is one of the marked values, with ``pyarrow.Arro
 ``install_conversion`` makes the conversion of such a column to Arrow (``pyarrow.array``)
 fail instead, and ``install_alert`` the live alerts' search of the hottest sensor
 (``numpy.argmax``) of a reading holding a marked temperature; ``install_text`` makes
-the Parquet writer refuse a quarantine table whose reason detail is not ASCII.
+the Parquet writer refuse a quarantine table whose reason detail is not ASCII;
+``install_decoder`` makes ``msgspec.json.decode`` raise on a payload holding ``FAULT``.
 
 In the test process: ``install(monkeypatch.setattr, ...)``. In the ingest writer process (a
 child interpreter): ``hook_dir(tmp)`` writes a ``sitecustomize.py`` that installs it at
@@ -17,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -106,6 +108,19 @@ def install_text(setattr_: Callable[[Any, str, Any], None]) -> None:
         return original(self, table, *args, **kwargs)
 
     setattr_(pq.ParquetWriter, "write_table", write_table)
+
+
+def install_decoder(setattr_: Callable[[Any, str, Any], None]) -> None:
+    """Make ``msgspec.json.decode`` raise ``RuntimeError`` on a payload holding ``FAULT``
+    (the decoder's second parse of a payload the typed decoder refused)."""
+    original = msgspec.json.decode
+
+    def decode(buf: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(buf, bytes | bytearray | memoryview) and b"FAULT" in bytes(buf):
+            raise RuntimeError("injected fault: decoding FAULT")
+        return original(buf, *args, **kwargs)
+
+    setattr_(msgspec.json, "decode", decode)
 
 
 def hook_dir(directory: Path, marked: tuple[float, ...] = (MARKED_KM,)) -> Path:
