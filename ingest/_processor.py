@@ -71,10 +71,11 @@ _SEQ_TRUSTED = frozenset(
     }
 )
 _MS_PER_DAY = 86_400_000
-#: Errors of the machine, not of a message (disk full, lake not writable): a flush step
-#: that raises one is never blamed on a message (nothing is quarantined for it); the flush
-#: fails as it is, to be retried.
-_ENVIRONMENT: tuple[type[Exception], ...] = (OSError,)
+#: Errors of the machine, not of a message (disk full, lake not writable, out of memory):
+#: a flush step that raises one is never blamed on a message (nothing is quarantined for
+#: it), even when it happens on one message's readings; the flush fails as it is
+#: (``OSError``: retried later; ``MemoryError``: the worker stops).
+_ENVIRONMENT: tuple[type[Exception], ...] = (OSError, MemoryError)
 
 
 def _undecodable(topic: str, payload: bytes, exc: Exception) -> Decoded:
@@ -480,8 +481,8 @@ class Processor:
         """The telemetry table of ``batch``'s readings, without the messages whose readings
         cannot be converted on their own.
 
-        Converting the buffered readings to Arrow raising anything but an ``OSError``
-        would stop the worker on every restart, as a refused write would
+        Converting the buffered readings to Arrow raising anything but an ``OSError`` or
+        ``MemoryError`` would stop the worker on every restart, as a refused write would
         (``_isolate_write_failure``): the messages whose rows fail alone (``_culprits``:
         conversions of row ranges, nothing written) are quarantined whole
         (``write_failed``, the exception in the detail, their seqs handled) and the table

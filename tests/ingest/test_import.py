@@ -8,6 +8,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import msgspec
+import pyarrow as pa
 import pytest
 from click.testing import CliRunner
 
@@ -389,3 +390,23 @@ def test_every_reason_ingest_gives_a_message_itself_is_a_listed_reject_reason(
     reasons = [r[0] for r in query(data_dir, "quarantine", "SELECT reason FROM t ORDER BY 1")]
     assert reasons == ["alert_failed", "decode_failed", "unknown_version", "write_failed"]
     assert set(reasons) <= set(bms.REJECT_REASONS)
+
+
+def test_import_stops_on_a_memory_error_of_the_write_and_quarantines_nothing(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Running out of memory is the machine's failure, not the message's, even when it
+    happens on one message's readings (pyarrow.ArrowMemoryError injected into the Parquet
+    writer): nothing is quarantined in its place, the import stops with the error, as
+    for a full disk."""
+    write_fault.install(monkeypatch.setattr, error=pa.ArrowMemoryError)
+    marked = reading(VINS[0], 3, NOW)
+    marked["pack"]["odometer_km"] = write_fault.MARKED_KM
+    lines = [encode(reading(VINS[0], s, NOW - timedelta(seconds=9 - s))) for s in range(3)]
+    dump = tmp_path / "dump.jsonl"
+    dump.write_bytes(b"\n".join([*lines, encode(marked)]) + b"\n")
+    result = CliRunner().invoke(cli, ["--data-dir", str(data_dir), "import", str(dump)])
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, MemoryError)
+    assert lake_counts(data_dir) == (0, 0)
+    assert not (data_dir / "lake" / "quarantine").exists()

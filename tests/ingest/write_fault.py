@@ -37,6 +37,7 @@ def _faulty(
     marked: tuple[float, ...],
     together: bool,
     written: list[Path] | None,
+    error: type[Exception],
 ) -> Any:
     def write_table(self: pq.ParquetWriter, table: pa.Table, *args: Any, **kwargs: Any) -> Any:
         if written is not None:
@@ -44,7 +45,7 @@ def _faulty(
         if "odometer_km" in table.column_names:
             held = [bool(pc.any(pc.equal(table["odometer_km"], km)).as_py()) for km in marked]
             if all(held) if together else any(held):
-                raise pa.ArrowInvalid(f"injected fault: odometer_km in {list(marked)}")
+                raise error(f"injected fault: odometer_km in {list(marked)}")
         return original(self, table, *args, **kwargs)
 
     return write_table
@@ -56,14 +57,16 @@ def install(
     *,
     together: bool = False,
     written: list[Path] | None = None,
+    error: type[Exception] = pa.ArrowInvalid,
 ) -> None:
-    """Make ``ParquetWriter.write_table`` raise on a marked reading (``together``: only on
-    a table holding every marked value at once, a failure no single message causes).
-    ``written`` collects the path of every file written to (or tried)."""
+    """Make ``ParquetWriter.write_table`` raise ``error`` on a marked reading
+    (``together``: only on a table holding every marked value at once, a failure no
+    single message causes). ``written`` collects the path of every file written to (or
+    tried)."""
     setattr_(
         pq.ParquetWriter,
         "write_table",
-        _faulty(pq.ParquetWriter.write_table, marked, together, written),
+        _faulty(pq.ParquetWriter.write_table, marked, together, written, error),
     )
 
 
