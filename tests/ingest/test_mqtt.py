@@ -644,3 +644,46 @@ def test_a_message_the_parquet_writer_refuses_is_quarantined_and_ingest_keeps_ru
             "mqtt",
         ),
     ]
+
+
+def test_messages_failing_the_conversion_the_alerts_or_the_quarantine_write_do_not_stop_ingest(
+    broker: MosquittoBroker, data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In the writer process (faults injected into pyarrow.array, numpy.argmax and the
+    Parquet writer of a quarantine detail outside ASCII): a message whose readings cannot
+    be converted to Arrow is quarantined (write_failed) and acked past, one whose alerts
+    fail stays stored and is recorded (alert_failed), a rejected message on a topic
+    outside ASCII is quarantined with its text escaped. Each used to stop the worker, and
+    the broker redelivered it after every restart."""
+    also = ("install_conversion", "install_alert", "install_text")
+    monkeypatch.setenv("PYTHONPATH", str(write_fault.hook_dir(tmp_path / "hook", also=also)))
+    vin = VINS[0]
+    unconvertible = reading(vin, 3, NOW - timedelta(seconds=6))
+    unconvertible["pack"]["odometer_km"] = write_fault.CONVERSION_KM
+    hot = reading(vin, 4, NOW - timedelta(seconds=5), temp_c=write_fault.ALERT_TEMP_C)
+    odd_topic = f"fleet/d\u00e9mo/{vin}/bms"
+    ingest = IngestThread(broker.address, data_dir)
+    pub = Client(broker.address, "pub")
+    watcher = Client(broker.address, "watch", subscribe=("fleet/+/+/ack",))
+    try:
+        for s in range(3):
+            pub.publish(bms_topic(vin), encode(reading(vin, s, NOW - timedelta(seconds=9 - s))))
+        pub.publish(bms_topic(vin), encode(unconvertible))
+        pub.publish(bms_topic(vin), encode(hot))
+        pub.publish(odd_topic, encode(reading(vin, 5, NOW)))
+        for s in (5, 6):
+            pub.publish(bms_topic(vin), encode(reading(vin, s, NOW - timedelta(seconds=9 - s))))
+        wait_until(lambda: watcher.acks() == {vin: 6}, 60, what="the ack past them")
+    finally:
+        counters = ingest.close()
+        pub.close()
+        watcher.close()
+    assert counters.quarantined == {"write_failed": 1, "alert_failed": 1, "bad_topic": 1}
+    assert counters.written == 6
+    assert lake_counts(data_dir) == (6, 6)
+    q = query(data_dir, "quarantine", "SELECT reason, topic, payload FROM t ORDER BY reason")
+    assert [(r[0], r[1], bytes(r[2])) for r in q] == [
+        ("alert_failed", bms_topic(vin), encode(hot)),
+        ("bad_topic", f"fleet/d\\xe9mo/{vin}/bms", encode(reading(vin, 5, NOW))),
+        ("write_failed", bms_topic(vin), encode(unconvertible)),
+    ]

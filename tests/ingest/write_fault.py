@@ -126,9 +126,12 @@ def install_decoder(setattr_: Callable[[Any, str, Any], None]) -> None:
     setattr_(msgspec.json, "decode", decode)
 
 
-def hook_dir(directory: Path, marked: tuple[float, ...] = (MARKED_KM,)) -> Path:
+def hook_dir(
+    directory: Path, marked: tuple[float, ...] = (MARKED_KM,), *, also: tuple[str, ...] = ()
+) -> Path:
     """A directory whose ``sitecustomize.py`` installs the fault in any Python started
-    with it on ``PYTHONPATH``."""
+    with it on ``PYTHONPATH``; ``also`` names more installers of this module to run
+    (e.g. ``"install_alert"``)."""
     directory.mkdir(parents=True, exist_ok=True)
     root = Path(__file__).resolve().parents[2]
     (directory / "sitecustomize.py").write_text(
@@ -136,5 +139,6 @@ def hook_dir(directory: Path, marked: tuple[float, ...] = (MARKED_KM,)) -> Path:
         f"sys.path.insert(0, {str(root)!r})\n"
         "from tests.ingest import write_fault\n"
         f"write_fault.install(setattr, {marked!r})\n"
+        + "".join(f"write_fault.{name}(setattr)\n" for name in also)
     )
     return directory
