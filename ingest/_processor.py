@@ -78,6 +78,27 @@ _MS_PER_DAY = 86_400_000
 _ENVIRONMENT: tuple[type[Exception], ...] = (OSError, MemoryError)
 
 
+#: A sound reading (one sensor over every temperature limit, so that the alerts' event
+#: path runs too), the control of a search for the message that makes a flush step fail.
+_CONTROL_TOPIC = "fleet/control/C0NTR0L0000000000/bms"
+_CONTROL_PAYLOAD = (
+    b'{"v":1,"vin":"C0NTR0L0000000000","seq":0,"ts":"2026-01-01T00:00:00Z",'
+    b'"pack":{"current_a":-20.0,"voltage_v":7.4,"soc_pct":55.0,"cycle_count":10,'
+    b'"odometer_km":1000.0,"mode":"drive"},'
+    b'"cells":{"voltages_mv":[3700,3701],"temps_c":[25.0,150.0]}}'
+)
+
+
+def _control_buffer() -> ReadingBuffer:
+    """A buffer holding the control reading (see ``Processor._culprits``)."""
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    decoded = decode_message(_CONTROL_TOPIC, _CONTROL_PAYLOAD, now=now)
+    buf = ReadingBuffer()
+    for reading in decoded.readings:
+        buf.append(reading, "control", 0)
+    return buf
+
+
 def _undecodable(topic: str, payload: bytes, exc: Exception) -> Decoded:
     """The rejection of a message whose decoding raised instead of rejecting it.
 
@@ -449,13 +470,21 @@ class Processor:
 
     @staticmethod
     def _culprits(
-        n: int, trial: Callable[[int, int], object], exc: Exception
+        n: int,
+        trial: Callable[[int, int], object],
+        exc: Exception,
+        control: Callable[[], object],
     ) -> dict[int, Exception]:
         """The units ``0..n-1`` (messages, quarantine rows) for which ``trial(i, i + 1)``
         fails on its own, found by halves: ``trial(a, b)`` runs the failed step on units
         ``a..b-1`` and raises as the step did. An ``OSError`` or ``MemoryError`` of a
         trial is the environment's, not a unit's: it propagates, as does ``exc`` when no
-        unit fails alone."""
+        unit fails alone.
+
+        When every unit fails alone, the step may fail for any input (a broken library, a
+        bug): ``control()`` runs it on a sound unit (``_control_buffer``) and if that
+        fails too, ``exc`` is raised and the worker stops, rather than quarantining every
+        message. A lone poison message still is one (its control passes)."""
         failing: dict[int, Exception] = {}
 
         def search(a: int, b: int) -> None:
@@ -475,6 +504,13 @@ class Processor:
             search(0, n)
         if not failing:
             raise exc
+        if len(failing) == n:
+            try:
+                control()
+            except _ENVIRONMENT:
+                raise
+            except Exception:
+                raise exc from None
         return failing
 
     def _build_table(self, batch: Batch) -> pa.Table:
@@ -501,7 +537,10 @@ class Processor:
             def trial(a: int, b: int) -> None:
                 buf.to_table(self.worker, messages[a][0], messages[b - 1][1])
 
-            failing = self._culprits(len(messages), trial, exc)
+            def control() -> None:
+                _control_buffer().to_table(self.worker)
+
+            failing = self._culprits(len(messages), trial, exc, control)
         good = [i for i in range(len(messages)) if i not in failing]
         parts = []
         first = 0
@@ -554,7 +593,11 @@ class Processor:
                 start, end = messages[a][0], messages[b - 1][1]
                 write_telemetry(table.slice(start, end - start), trial_dir, file_prefix="trial")
 
-            failing = self._culprits(len(messages), trial, exc)
+            def control() -> None:
+                sound = _control_buffer().to_table(self.worker)
+                write_telemetry(sound, trial_dir, file_prefix="trial")
+
+            failing = self._culprits(len(messages), trial, exc, control)
         keep = np.ones(table.num_rows, dtype=np.bool_)
         for i in failing:
             keep[messages[i][0] : messages[i][1]] = False
@@ -599,7 +642,10 @@ class Processor:
                 start, end = messages[a][0], messages[b - 1][1]
                 engine.evaluate(table.slice(start, end - start), commit=False)
 
-            failing = self._culprits(len(messages), trial, exc)
+            def control() -> None:
+                engine.evaluate(_control_buffer().to_table(self.worker), commit=False)
+
+            failing = self._culprits(len(messages), trial, exc, control)
         keep = np.ones(table.num_rows, dtype=np.bool_)
         for i in failing:
             keep[messages[i][0] : messages[i][1]] = False
@@ -638,7 +684,13 @@ class Processor:
                 def trial(a: int, b: int) -> None:
                     write_quarantine(rows[a:b], trial_dir, self.worker)
 
-                failing = self._culprits(len(rows), trial, exc)
+                def control() -> None:
+                    sound = QuarantineRow(
+                        _CONTROL_TOPIC, _CONTROL_PAYLOAD, "bad_topic", "", 0, None, "control"
+                    )
+                    write_quarantine([sound], trial_dir, self.worker)
+
+                failing = self._culprits(len(rows), trial, exc, control)
         for i, err in failing.items():
             why = f"stored with its text escaped: writing it raised {type(err).__name__}: {err}"
             rows[i] = escaped(rows[i], why)

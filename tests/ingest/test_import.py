@@ -410,3 +410,32 @@ def test_import_stops_on_a_memory_error_of_the_write_and_quarantines_nothing(
     assert isinstance(result.exception, MemoryError)
     assert lake_counts(data_dir) == (0, 0)
     assert not (data_dir / "lake" / "quarantine").exists()
+
+
+def test_import_stops_when_every_message_fails_alone_and_a_sound_reading_too(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write that fails for any readings (a fault injected into pyarrow's Parquet writer
+    for every table: a broken library, not a poison message) fails for each message
+    alone too; a sound reading written as a control fails as well, so nothing is
+    quarantined in their place and the import stops with the error. A lone poison
+    message is still quarantined: its control passes."""
+    write_fault.install(monkeypatch.setattr, (), together=True)  # every table
+    lines = [encode(reading(VINS[0], s, NOW - timedelta(seconds=9 - s))) for s in range(3)]
+    dump = tmp_path / "dump.jsonl"
+    dump.write_bytes(b"\n".join(lines) + b"\n")
+    args = ["--data-dir", str(data_dir), "import", str(dump)]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1
+    assert result.output == "Error: injected fault: odometer_km in []\n"
+    assert lake_counts(data_dir) == (0, 0)
+    assert not (data_dir / "lake" / "quarantine").exists()
+
+    monkeypatch.undo()
+    write_fault.install(monkeypatch.setattr)
+    marked = reading(VINS[0], 0, NOW)
+    marked["pack"]["odometer_km"] = write_fault.MARKED_KM
+    dump.write_bytes(encode(marked) + b"\n")
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert "0 readings written, 0 duplicates, 1 quarantined (write_failed=1)" in result.output
