@@ -397,9 +397,11 @@ class Processor:
         ------
         OSError
             Disk full or lake not writable; call again later with the same batch.
+        MemoryError
+            Out of memory (never blamed on a message).
         Exception
-            Writing the telemetry failed otherwise and no single message causes it
-            (``_isolate_write_failure``).
+            A step failed otherwise and no single message (or quarantine row) causes it,
+            or a sound control reading fails too (``_culprits``).
         """
         if batch.table is None:
             batch.table = self._build_table(batch)
@@ -561,10 +563,11 @@ class Processor:
     ) -> tuple[pa.Table, int]:
         """Quarantine the messages whose readings fail to write on their own; write the rest.
 
-        Writing ``table`` raised ``exc``, not an ``OSError``: a reading the contract let
-        through but the writer refuses. Raised as is, it would stop the worker, and the
-        broker (or the vehicle's buffer) would send the same message again after every
-        restart: the ingest of the whole fleet stuck behind one message. So the batch is
+        Writing ``table`` raised ``exc``, not an ``OSError`` or ``MemoryError``: a reading
+        the contract let through but the writer refuses. Raised as is, it would stop the
+        worker, and the broker (or the vehicle's buffer) would send the same message again
+        after every restart: the ingest of the whole fleet stuck behind one message. So the
+        batch is
         searched by halves (``_culprits``: a few writes to ``_trial_dir``, never the
         lake) for the messages that make the write fail alone. Each is quarantined whole
         (``write_failed``, the exception in the detail, raw bytes kept) and its seqs
@@ -581,8 +584,9 @@ class Processor:
         ------
         Exception
             ``exc`` itself when no single message fails alone (the batch as a whole does,
-            or the failure does not repeat): the worker stops as it would without this.
-            An ``OSError`` of a trial write or of the final write (retry later).
+            or the failure does not repeat), or when every one does and so does a sound
+            control reading: the worker stops as it would without this. An ``OSError``
+            of a trial write or of the final write (retry later).
         """
         messages = batch.messages
         if not messages or messages[-1][1] != table.num_rows:
@@ -618,13 +622,13 @@ class Processor:
         """The live alerts of the stored readings ``table``, evaluated without the messages
         whose readings make the evaluation fail on their own.
 
-        Such a failure (anything but an ``OSError``) would stop the worker after their
-        readings were written, on every restart again. The messages whose rows fail alone
-        (``_culprits``: trial evaluations that leave the engine as it was) are recorded in
-        quarantine (``alert_failed``, the exception in the detail, raw bytes kept, for
-        the operator: no live alert was evaluated on them); their readings stay stored
-        and count for the ack as such. The alerts of the other readings are evaluated.
-        ``exc`` is raised when no single message fails alone.
+        Such a failure (anything but an ``OSError`` or ``MemoryError``) would stop the
+        worker after their readings were written, on every restart again. The messages whose
+        rows fail alone (``_culprits``: trial evaluations that leave the engine as it was)
+        are recorded in quarantine (``alert_failed``, the exception in the detail, raw bytes
+        kept, for the operator: no live alert was evaluated on them); their readings stay
+        stored and count for the ack as such. The alerts of the other readings are
+        evaluated. ``exc`` is raised when no single message fails alone.
         """
         engine = self.engine
         if engine is None:
@@ -662,15 +666,15 @@ class Processor:
         """Write ``batch.quarantine``; a row the writer refuses is stored with its text
         escaped.
 
-        Writing the quarantine raising anything but an ``OSError`` would stop the worker,
-        again after every restart: what is refused is one rejected message's row (its
-        text: a topic, a reason detail quoting the message). The rows that fail alone
-        (``_culprits``: trial writes to ``_trial_dir``) are stored as ``escaped`` rows
-        (text as ASCII escapes, the exception at the start of the detail; reason and raw
-        bytes unchanged), the others as they are. If an escaped row is refused too, or
-        no single row fails alone, the error stops the worker. A receive date written
-        before the failure is written again (rows counted twice in ``fleetbms status``:
-        only a flush over midnight has two).
+        Writing the quarantine raising anything but an ``OSError`` or ``MemoryError`` would
+        stop the worker, again after every restart: what is refused is one rejected
+        message's row (its text: a topic, a reason detail quoting the message). The rows
+        that fail alone (``_culprits``: trial writes to ``_trial_dir``) are stored as
+        ``escaped`` rows (text as ASCII escapes, the exception at the start of the detail;
+        reason and raw bytes unchanged), the others as they are. If an escaped row is
+        refused too, or no single row fails alone, the error stops the worker. A receive
+        date written before the failure is written again (rows counted twice in ``fleetbms
+        status``: only a flush over midnight has two).
         """
         rows = batch.quarantine
         try:
