@@ -567,8 +567,7 @@ class Processor:
         the contract let through but the writer refuses. Raised as is, it would stop the
         worker, and the broker (or the vehicle's buffer) would send the same message again
         after every restart: the ingest of the whole fleet stuck behind one message. So the
-        batch is
-        searched by halves (``_culprits``: a few writes to ``_trial_dir``, never the
+        batch is searched by halves (``_culprits``: a few writes to ``_trial_dir``, never the
         lake) for the messages that make the write fail alone. Each is quarantined whole
         (``write_failed``, the exception in the detail, raw bytes kept) and its seqs
         count for the ack like any quarantined whole message (sent again it fails again);

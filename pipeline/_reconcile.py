@@ -135,7 +135,8 @@ def _quarantined_by_vin(files: list[Path], fleet: str) -> dict[str, int]:
     """Quarantined messages per VIN of ``fleet``, from a ``vin`` column or the topic.
 
     Ingest stores the topic (``fleet/{fleet_id}/{vin}/bms``) of every rejected message;
-    a message whose topic names no vehicle of this fleet is not counted here.
+    a message whose topic names no vehicle of this fleet is not counted here, nor one
+    recorded as ``alert_failed`` (its readings are stored).
     """
     counts: dict[str, int] = {}
     for f in files:
@@ -147,7 +148,10 @@ def _quarantined_by_vin(files: list[Path], fleet: str) -> dict[str, int]:
                 t = t.filter(pc.equal(t["fleet"], fleet))
             _add(counts, _vin_counts(t["vin"]))
         elif "topic" in names:
-            topic = pq.read_table(f, columns=["topic"])["topic"]
+            t = pq.read_table(f, columns=["topic", "reason"] if "reason" in names else ["topic"])
+            if "reason" in names:  # alert_failed: stored, only its alerts were not evaluated
+                t = t.filter(pc.invert(pc.fill_null(pc.equal(t["reason"], "alert_failed"), False)))
+            topic = t["topic"]
             parts = pc.extract_regex(topic, r"^fleet/(?P<fleet>[^/]+)/(?P<vin>[^/]+)/")
             mine = pc.fill_null(pc.equal(pc.struct_field(parts, "fleet"), fleet), False)
             _add(counts, _vin_counts(pc.struct_field(parts, "vin").filter(mine)))

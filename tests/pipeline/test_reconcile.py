@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import UTC, date, datetime
+from pathlib import Path
+
 import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipeline._reconcile import reconcile_tables
+from ingest._quarantine import QuarantineRow, write_quarantine
+from pipeline._reconcile import _quarantined_by_vin, quarantine_files, reconcile_tables
 
 _TS = pa.timestamp("ms", tz="UTC")
 VINS = ["MAT612345NEX00001", "MAT612345NEX00002", "MAT612345NEX00003"]
@@ -60,3 +64,27 @@ def test_rows_in_ts_order_or_shuffled_give_the_tables_of_rows_in_seq_order(uniqu
         got_vin, got_gaps = _reconcile(by_seq.take(pa.array(order)), unique)
         assert got_vin.equals(want_vin)
         assert got_gaps.equals(want_gaps)
+
+
+def test_quarantined_messages_count_per_vehicle_except_those_whose_readings_were_stored(
+    tmp_path: Path,
+) -> None:
+    """A rejected message counts for the vehicle its topic names; one recorded as
+    ``alert_failed`` (its readings stored, only the live alerts not evaluated on them)
+    is no missing data and does not count; other fleets' topics do not either."""
+    day = date(2026, 5, 1)
+    ms = int(datetime(2026, 5, 1, 12, tzinfo=UTC).timestamp() * 1000)
+
+    def row(vin: str, reason: str, fleet: str = "demo") -> QuarantineRow:
+        return QuarantineRow(f"fleet/{fleet}/{vin}/bms", b"{}", reason, "x", ms, None, "mqtt")
+
+    rows = [
+        row(VINS[0], "not_json"),
+        row(VINS[0], "write_failed"),
+        row(VINS[0], "alert_failed"),
+        row(VINS[1], "alert_failed"),
+        row(VINS[2], "bad_value", fleet="other"),
+    ]
+    write_quarantine(rows, tmp_path / "lake", "w1")
+    counted = _quarantined_by_vin(quarantine_files(tmp_path / "lake", day), "demo")
+    assert counted == {VINS[0]: 2}
