@@ -507,6 +507,12 @@ CARRY_SCHEMA = pa.schema(
         # included), or since the data began: what a missing estimate lacked
         ("soc_min_since_estimate_pct", pa.float64()),
         ("soc_max_since_estimate_pct", pa.float64()),
+        # rests since then (or since the data began) that gave no SoC point because a
+        # cell read outside the plausible range: how many, the first one's time, and
+        # those cells (0-based)
+        ("unreadable_rests_since_estimate", pa.int64()),
+        ("unreadable_since_ms", pa.int64()),
+        ("unreadable_cells", pa.list_(pa.int16())),
     ]
 )
 
@@ -1886,6 +1892,7 @@ def _update_carry_and_capacity(
         )
         rest_start = None
         rest_mode = None
+        unreadable: list[tuple[float, list[int]]] = []  # (rest end [ms], its cells)
         events: list[tuple[float, dict[str, Any] | None, dict[str, Any] | None]] = [
             (float(run["end_ms"]), run, None) for run in runs_by_vin.get(vin, [])
         ]
@@ -1908,10 +1915,11 @@ def _update_carry_and_capacity(
                     if relaxed is None:
                         continue
                 cells = cells_at.get((vin, run["run_id"]))
-                rest = _rest_point(run, cells, info["chemistry"], relaxed)
-                if rest is None:
+                bad = _implausible_cells(cells)
+                if bad:
+                    unreadable.append((float(run["end_ms"]), bad))
                     continue
-                step = rest
+                step = _rest_point(run, cells, info["chemistry"], relaxed)
             # the day's counters, continued from the carried totals
             point = {
                 **step,
@@ -2002,6 +2010,7 @@ def _update_carry_and_capacity(
             else (old or {}).get("bms_soh_pct"),
             **_carry_stress(old, vd, info, estimated=estimated),
             **_carry_soc_range(old, vd, estimated=estimated),
+            **_carry_unreadable(old, unreadable, estimated=estimated),
         }
         new[vin] = row
     estimates.sort(key=lambda e: (e["vin"], e["end_ts"]))
@@ -2133,25 +2142,63 @@ def _carry_soc_range(
     }
 
 
+def _carry_unreadable(
+    old: Mapping[str, Any] | None, today: list[tuple[float, list[int]]], *, estimated: bool
+) -> dict[str, Any]:
+    """The carried count of rests whose cells could not be read, with the first one's
+    time and the cells, after today (as ``_carry_soc_range``: today's alone on a day
+    with an estimate)."""
+    n = len(today)
+    first = today[0][0] if today else None
+    cells = {c for _, bad in today for c in bad}
+    if not estimated and old is not None and old.get("unreadable_rests_since_estimate"):
+        n += int(old["unreadable_rests_since_estimate"])
+        first = old.get("unreadable_since_ms") or first
+        cells.update(old.get("unreadable_cells") or [])
+    return {
+        "unreadable_rests_since_estimate": n,
+        "unreadable_since_ms": None if first is None else int(first),
+        "unreadable_cells": sorted(cells) if n else None,
+    }
+
+
+def _unreadable_clause(carry: Mapping[str, Any]) -> str:
+    """What the carried unreadable rests say, for a verdict's reason."""
+    cells = carry.get("unreadable_cells") or []
+    since = _ts(carry["unreadable_since_ms"]).date().isoformat()
+    return (
+        f"{carry['unreadable_rests_since_estimate']} rests since {since} gave no SoC: "
+        f"cell{'s' if len(cells) > 1 else ''} {', '.join(str(c) for c in cells)} (0-based) "
+        f"read outside {CELL_MV_MIN:,}-{CELL_MV_MAX:,} mV (a broken sense wire or a dead "
+        "cell; see the anomaly flags)"
+    )
+
+
+def _implausible_cells(cell_mv: list[int | None] | None) -> list[int]:
+    """The cells (0-based) read outside the contract's plausible range
+    (``CELL_MV_MIN``..``CELL_MV_MAX``, kept and flagged at ingest). Such a value is no
+    state of charge on the OCV curve (a broken sense wire, a cell drained by a short),
+    and the pack voltage includes a dead cell's, so the rest gives no SoC point (seen:
+    a soft-shorted cell read -32 V, then +32 V, and the mean of the cells' clamped SoCs
+    made a 90 -> 97 % window out of 0.1 Ah: SoH 0.3 %)."""
+    if cell_mv is None:
+        return []
+    return [
+        i for i, v in enumerate(cell_mv) if v is not None and not CELL_MV_MIN <= v <= CELL_MV_MAX
+    ]
+
+
 def _rest_point(
     run: Mapping[str, Any],
     cell_mv: list[int] | None,
     chem: str,
     relaxed: RelaxedOcv | None = None,
-) -> dict[str, Any] | None:
+) -> dict[str, Any]:
     """The SoC point at the end of a rest (day counters; the caller adds the carried
     base). ``relaxed``: a rest too short to have relaxed, its relaxation extrapolated;
     every cell is moved by the mean cell's correction, and its uncertainty joins the
-    rest voltage's. None where a cell reads outside the contract's plausible range
-    (``CELL_MV_MIN``..``CELL_MV_MAX``, kept and flagged at ingest): a broken sense wire
-    or a cell drained by a short is no state of charge on the OCV curve, and the pack
-    voltage includes a dead cell's (seen: a soft-shorted cell read -32 V, then +32 V,
-    and the mean of the cells' clamped SoCs made a 90 -> 97 % window out of 0.1 Ah:
-    SoH 0.3 %)."""
-    if cell_mv is not None and any(
-        v is not None and not CELL_MV_MIN <= v <= CELL_MV_MAX for v in cell_mv
-    ):
-        return None
+    rest voltage's. The caller has left out rests with an implausible cell
+    (``_implausible_cells``)."""
     direction = _DIRECTION.get(run["mode_before_rest"] or "", 0)
     shift_mv = 0.0 if relaxed is None else relaxed.correction_mv
     sigma_mv = REST_VOLTAGE_SIGMA_MV[chem]
@@ -2983,6 +3030,10 @@ def _trend_and_warranty(
             )
             verdict = dataclasses.replace(
                 verdict, reason=f"{verdict.reason}; since {since_day.isoformat()}: {lacked}"
+            )
+        if verdict.status == "insufficient_data" and c.get("unreadable_rests_since_estimate"):
+            verdict = dataclasses.replace(
+                verdict, reason=f"{verdict.reason}; {_unreadable_clause(c)}"
             )
         th = verdict.threshold
         evidence = {

@@ -558,3 +558,10 @@ def test_a_cell_read_outside_the_plausible_range_gives_no_capacity_estimate(
     soh = bms.read_metrics(root, "vehicle_soh", [START + timedelta(days=DAYS - 1)])
     n_of = dict(zip(soh["vin"].to_pylist(), soh["n_estimates"].to_pylist(), strict=True))
     assert all(n_of[v.vin] == 0 for v in broken), n_of
+    # and the verdict says why, naming the cell
+    war = bms.read_metrics(root, "warranty", [START + timedelta(days=DAYS - 1)])
+    why = dict(zip(war["vin"].to_pylist(), war["reason"].to_pylist(), strict=True))
+    for v in broken:
+        assert v.bad_cell_mv is not None
+        assert f"cell {v.bad_cell_mv[0]} (0-based) read outside 1,500-4,500 mV" in why[v.vin]
+    assert all("outside 1,500" not in why[v.vin] for v in sound)
