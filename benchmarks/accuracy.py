@@ -62,6 +62,20 @@ not the typical vehicles' spread: 96.0 (69.8-98.1) against a true 72.2, was 96.0
 94 % (the same three LFP top-of-charge dwellers, ``insufficient_data``), none below a
 threshold reported ``ok``.
 
+Analytics-20 (2026-12-07, 731 dates analysed in 345 s on a machine running the test
+suite beside): a recent level shift is judged by the scale of the estimates before the
+recent window, and a shifted trend's interval is the recent estimates' level and the
+fade since; a cell outside 1,500..4,500 mV gives no SoC point (the simulator no longer
+drives a shorted cell below 0 V). Full size: SoH MAE 0.96 points, coverage 96 %, growth
+error 5.7 %, verdicts agree 94 % (the same three LFP top-of-charge dwellers), none below
+a threshold reported ``ok``; the three shifted NMC packs' intervals narrowed (33: 71.2,
+69.7-72.7, against a true 71.8). Test size (``accuracy_spec``), seeds 11 / 12 / 13: SoH
+MAE 0.78 / 0.41 / 0.46 (were 0.79 / 0.66 / 2.36: seed 12's LFP 32 read 88.2 against a
+true 75.5, seed 13's NMC 46 -4.1 against 94.1 from a cell read at -32 V), coverage
+92 / 94 / 96 %, growth error 7.8 / 7.2 / 6.1 %, agreement 96 / 96 / 92 % (seed 13: three
+LFP top-of-charge dwellers and NMC 46, whose dead cell leaves no readable rest:
+``insufficient_data``, its reason naming the cell).
+
 The test-size fleet (14 cells, 120 s; ``tests/bms/test_analytics_accuracy.py``, the
 same spec) agrees for 96 %: LFP 20 and 36 are its two disagreements, the same kind;
 at full size LFP 40 and NMC 9 are added.
