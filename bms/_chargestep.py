@@ -479,6 +479,19 @@ def _locate(
         bins = int(np.count_nonzero(w))
         if (alt - best_score) * bins < _MIN_STEP_CHI2 * best_score:
             return None
+        # Nor may a start below the first one (down to the hint's lowest) fit clearly
+        # better: a charge from the plateau below that ends inside the step (56 -> 80 %)
+        # has no start in the range searched, and the flip and drift let one 16-20 %
+        # higher read the step's lower half as its upper half and the plateau above (all
+        # its anchors 20 % high, at ten to a hundred times the true start's residual).
+        # Only clearly: such a start is judged on the part of the charge inside its own
+        # window, often fewer bins, and a true start inside the window can leave a
+        # stretch of the charge that one 10-20 % lower fits about as well.
+        bottom = max(hint[0], 0.0) - float(x[0])
+        below = np.arange(first - _LOCATE_GRID_PCT, bottom - 1e-9, -_LOCATE_GRID_PCT)
+        alt = min((c[0] for c in scored(below, HYSTERESIS_RATES)), default=np.inf)
+        if (best_score - alt) * bins >= _MIN_STEP_CHI2 * alt:
+            return None
     return best
 
 

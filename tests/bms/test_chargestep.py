@@ -219,6 +219,12 @@ def test_a_charge_begun_just_before_the_step_is_not_biased_by_settling_polarisat
 # A charge from 20 to 49 %, far below the step: a whole-window alignment read a stretch
 # of it as the step and anchored it at 76 % (the BMS's 20 % was not consulted).
 @example(soc_start=20.0, span=29.0, rate=39.0, half_gap_mv=4.53125, hint_error_pct=0.0, seed=1)
+# Charges from the plateau below into the step (56 -> 80 %, too short for the whole
+# window) with a BMS's SoC 7-8 % high: the partial fit, whose starts (64-74 %) cannot
+# hold the true one, read the step's lower half as its upper half and put every anchor
+# 19-20 % high (1 in 126,000 random draws).
+@example(soc_start=56.7, span=23.1, rate=34.6, half_gap_mv=13.3, hint_error_pct=6.9, seed=530)
+@example(soc_start=55.6, span=25.1, rate=83.0, half_gap_mv=10.0, hint_error_pct=7.9, seed=237)
 def test_no_charge_gives_a_wrong_anchor(
     soc_start: float,
     span: float,
