@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bms._leak import leak_correction, leak_estimate, update_leak_sums
+from bms._leak import LEAK_MIN_Z, leak_correction, leak_estimate, update_leak_sums
 
 N_CELLS = 14
 
@@ -70,6 +70,19 @@ def test_a_soft_short_is_read_as_a_leak_and_given_back() -> None:
         assert np.all(np.delete(lost[0], cell) == 0.0), seed
 
 
+def _faded(
+    rng: np.random.Generator, cell: int, fade: float, *, charges_only: bool
+) -> np.ndarray | None:
+    """The leak sums of 40 pairs of a pack whose ``cell`` has lost ``fade`` of the
+    others' capacity and leaks no more than they do."""
+    ratio = np.ones(N_CELLS)
+    ratio[cell] = 1.0 - fade
+    pairs = _pairs(
+        rng, 40, ratio=ratio, leak_pct_per_h=np.zeros(N_CELLS), charges_only=charges_only
+    )
+    return _fit(pairs)
+
+
 @settings(max_examples=40, deadline=None)
 @given(
     seed=st.integers(0, 2**32 - 1),
@@ -81,17 +94,47 @@ def test_a_faded_cell_is_never_given_back_capacity_as_a_leak(
     seed: int, cell: int, fade: float, charges_only: bool
 ) -> None:
     """A weak cell's larger SoC steps scale with the charge, not the time: with drives
-    and nights the fit sees that, and with charges only (the step grows with the time)
-    it cannot tell, and says nothing."""
-    rng = np.random.default_rng(seed)
-    ratio = np.ones(N_CELLS)
-    ratio[cell] = 1.0 - fade
-    pairs = _pairs(
-        rng, 40, ratio=ratio, leak_pct_per_h=np.zeros(N_CELLS), charges_only=charges_only
-    )
-    lost = leak_correction(_fit(pairs), 40.0)
+    and nights the fit sees that (its leak estimate never six of its sigmas up; the
+    next test holds how rarely it passes the three at which a leak is given back: a
+    per-draw "never" is a statistical claim that about 1 in 23,000 random packs misses,
+    at 3.0-3.5 sigma), and with charges only (the step grows with the time) it cannot
+    tell, and says nothing."""
+    sums = _faded(np.random.default_rng(seed), cell, fade, charges_only=charges_only)
+    lost = leak_correction(sums, 40.0)
+    assert sums is not None
     assert lost is not None
-    assert lost[0][cell] == 0.0
+    est, sigma, _ = leak_estimate(sums)
+    assert est[cell] < 2.0 * LEAK_MIN_Z * sigma[cell], (est[cell], sigma[cell])
+    assert np.all(lost[0] >= 0.0)
+    assert np.all(lost[1] >= 0.0)
+    if charges_only:
+        assert lost[0][cell] == 0.0
+
+
+def test_a_faded_cell_is_given_back_a_leak_no_more_often_than_chance() -> None:
+    """2,000 random faded cells with drives and nights (a fixed seed): the fade does not
+    leak into the leak estimate (its mean within 0.1 of its sigma of zero; measured
+    0.006 over 20,000), the sigma is not understated (the estimates' spread at most
+    one sigma; measured 0.78: the forgetting makes it conservative), and a leak is given
+    back to at most 0.135 % of them, a normal estimate's chance of passing 3 sigma
+    (measured: 14 of 321,278 random draws of the property above, all among the ~160,000
+    with drives, 0.009 %; 1 of 20,000 at another seed)."""
+    rng = np.random.default_rng(20261207)
+    n = 2000
+    z = np.empty(n)
+    given = 0
+    for k in range(n):
+        cell = int(rng.integers(0, N_CELLS))
+        sums = _faded(rng, cell, float(rng.uniform(0.05, 0.3)), charges_only=False)
+        assert sums is not None
+        est, sigma, _ = leak_estimate(sums)
+        z[k] = est[cell] / sigma[cell]
+        lost = leak_correction(sums, 40.0)
+        assert lost is not None
+        given += int(lost[0][cell] > 0.0)
+    assert abs(float(np.mean(z))) < 0.1, np.mean(z)
+    assert float(np.std(z)) <= 1.0, np.std(z)
+    assert given <= 0.00135 * n, given
 
 
 def test_no_sums_no_correction_and_a_new_cell_count_starts_afresh() -> None:
