@@ -17,8 +17,9 @@ $(VENV)/.installed: pyproject.toml
 demo: venv
 	$(PY) -m pipeline.demo --data-dir $(DATA)
 
+# One worker per core, each test file on one worker (module fixtures built once).
 test: venv
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --dist loadfile
 
 bench: venv
 	@for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
