@@ -374,3 +374,31 @@ def test_a_fade_hidden_by_its_own_misfit_is_judged_by_the_scatter_before_it() ->
     # The interval is the recent estimates' level and the fade since, not the law's own
     # level, which the fault made uncertain (it spanned 60.7-89.7).
     assert hi - lo < 15.0, (lo, hi)
+
+
+def test_two_wild_estimates_with_small_sigmas_do_not_move_a_sound_trend() -> None:
+    """Seed 15's LFP 14 (a sound pack, truly 95.5 %): among its last month's sixteen
+    estimates, fourteen at 92-97 % (sigmas 4.6-5.9 %; here as a slow law's) and two at 15.5 and 17.8 % with
+    sigmas of 1.1 and 1.0 % (a charge-step alias on a cell of high resistance). Their
+    weighted mean stood far off the trend, and the SoH shown became 77 %: a claim. The
+    median of the recent residuals says the recent estimates mostly agree with the
+    trend, so it stays; five estimates that all stand off (LFP 32 above) still move it."""
+    rng = np.random.default_rng(15)
+    days = np.sort(rng.uniform(0, 700, 280))
+    t = days / 365.25
+    y = 100.0 - 2.0 * t**0.5 + 1.5 * rng.standard_normal(t.size)
+    sg = np.full(t.size, 5.0)
+    recent_t = (700.0 + np.arange(16) + 0.5) / 365.25
+    recent_y = 100.0 - 2.0 * recent_t**0.5 + 1.5 * rng.standard_normal(16)
+    recent_sg = np.full(16, 5.0)
+    recent_y[[3, 5]] = (17.82, 15.51)
+    recent_sg[[3, 5]] = (1.01, 1.14)
+    t, y, sg = np.r_[t, recent_t], np.r_[y, recent_y], np.r_[sg, recent_sg]
+    kw = {"systematic_sigma_pct": 0.4, "cluster_days": 7.0, "cluster_sigma_pct": 1.0}
+    fit = bms.fit_vehicle_soh(t, y, sg, "lfp", **kw)
+    moved = bms.recent_level_shift(
+        fit, t, y, sg, window_years=30 / 365.25, cluster_years=7 / 365.25, cluster_sigma=1.0
+    )
+    assert moved is fit
+    now = 716 / 365.25
+    assert abs(float(moved.interval(now)[0]) - (100.0 - 2.0 * now**0.5)) < 1.0
