@@ -378,8 +378,9 @@ def test_a_fade_hidden_by_its_own_misfit_is_judged_by_the_scatter_before_it() ->
 
 def test_two_wild_estimates_with_small_sigmas_do_not_move_a_sound_trend() -> None:
     """Seed 15's LFP 14 (a sound pack, truly 95.5 %): among its last month's sixteen
-    estimates, fourteen at 92-97 % (sigmas 4.6-5.9 %; here as a slow law's) and two at 15.5 and 17.8 % with
-    sigmas of 1.1 and 1.0 % (a charge-step alias on a cell of high resistance). Their
+    estimates, fourteen at 92-97 % (sigmas 4.6-5.9 %; here on a slow law) and two at
+    15.5 and 17.8 % with sigmas of 1.1 and 1.0 % (a charge-step alias on a cell of high
+    resistance). Their
     weighted mean stood far off the trend, and the SoH shown became 77 %: a claim. The
     median of the recent residuals says the recent estimates mostly agree with the
     trend, so it stays; five estimates that all stand off (LFP 32 above) still move it."""
