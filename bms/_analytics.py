@@ -2819,10 +2819,13 @@ def _trend_and_warranty(
         t = _age_years(cap["t_ms"], in_service)
         window = params.soh_recent_days / DAYS_PER_YEAR
         before = t < float(np.max(t)) - window
-        scale = fit.scale
-        if 3 <= int(before.sum()) <= t.size - 3:
+
+        def scale() -> float:
+            if not 3 <= int(before.sum()) <= t.size - 3:
+                return fit.scale
             older = {k: v[before] for k, v in cap.items()}
-            scale = min(scale, fit_rows("capacity-before", vin, older, in_service, chem).scale)
+            return min(fit.scale, fit_rows("capacity-before", vin, older, in_service, chem).scale)
+
         return recent_level_shift(
             fit,
             t,

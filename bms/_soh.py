@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -253,7 +254,7 @@ def recent_level_shift(
     cluster_years: float,
     cluster_sigma: float,
     z: float = RECENT_SHIFT_Z,
-    scale: float | None = None,
+    scale: float | Callable[[], float] | None = None,
 ) -> PowerFit:
     r"""``fit`` moved to the level of the recent estimates where they clearly stand off it.
 
@@ -284,9 +285,10 @@ def recent_level_shift(
         The error a group shares (``fit_power_trend``'s ``cluster_sigma``). [units of y]
     z : float
         A shift counts when :math:`|\bar r| > z\,\sigma_{\bar r}`.
-    scale : float, optional
+    scale : float or callable, optional
         Residual scale the recent estimates' sigmas are multiplied by (default: the
-        fit's). The fit's own scale counts the recent estimates' misfit too: a fault's
+        fit's); a callable is called only where the recent estimates could stand off
+        (it may fit a trend). The fit's own scale counts the recent estimates' misfit too: a fault's
         fade, fitted as a power law, inflates it and so hides itself; the scale of the
         estimates before the window says how far this vehicle's estimates usually
         stray.
@@ -305,23 +307,25 @@ def recent_level_shift(
     recent = t >= float(t.max()) - window_years
     if int(recent.sum()) < 3:
         return fit
-    t, yv, sg = t[recent], yv[recent], sg[recent] * (fit.scale if scale is None else scale)
+    t, yv, sg = t[recent], yv[recent], sg[recent]
     r = yv - fit.predict(t)[0]
     _, groups = np.unique(np.floor(t / cluster_years).astype(np.int64), return_inverse=True)
+    # Most of the recent estimates must stand off, not a couple of wild ones with small
+    # sigmas (a charge-step alias read SoH 15-18 % +- 1 among fourteen at 93-97 % +- 5,
+    # and their mean moved a sound pack to 77 %): their median residual too, by count
+    # (weighted, those two outweighed the fourteen). Whatever the scale, the shift's
+    # sigma exceeds cluster_sigma / sqrt(groups): below that, no scale is needed.
+    r_med = float(np.median(r))
+    if abs(r_med) <= z * cluster_sigma / math.sqrt(int(groups.max()) + 1):
+        return fit
+    sg = sg * (fit.scale if scale is None else scale() if callable(scale) else scale)
     w = 1.0 / sg**2
     w_g = np.bincount(groups, weights=w)
     r_g = np.bincount(groups, weights=w * r) / w_g
     v_g = 1.0 / w_g + cluster_sigma**2
     sd = math.sqrt(1.0 / float(np.sum(1.0 / v_g)))
     shift = float(np.sum(r_g / v_g)) * sd * sd
-    if abs(shift) <= z * sd:
-        return fit
-    # Most of the recent estimates must stand off, not a couple of wild ones with small
-    # sigmas (a charge-step alias read SoH 15-18 % +- 1 among fourteen at 93-97 % +- 5,
-    # and their mean moved a sound pack to 77 %): their median residual too, by count
-    # (weighted, those two outweighed the fourteen).
-    r_med = float(np.median(r))
-    if r_med * shift <= 0 or abs(r_med) <= z * sd:
+    if abs(shift) <= z * sd or r_med * shift <= 0 or abs(r_med) <= z * sd:
         return fit
     x_g = np.bincount(groups, weights=w * t**fit.exponent) / w_g
     shift_x = float(np.sum(x_g / v_g)) * sd * sd
