@@ -185,6 +185,12 @@ finishing (about 1.5 s) already take 8 s of it: the readings jobs would have to 
 from 11.5 s to under 2 s CPU (at 3 s the CPU ratio would be near 3.3). Not attempted
 this session.
 
+2026-12-07 (fresh machine, quiet), 1,000 vehicles, analytics-20: floor 3.14 s wall / 6.15 s
+CPU, analyze 15.30 s / 25.91 s: ratio 4.88 wall, 4.21 CPU (goal 3 not met); peak RSS
+760 MB; day 365 / day 1 1.21. The level-shift test's fit of the estimates before the
+recent window ran for every vehicle at first: day 365 / day 1 1.28; it now runs only
+where the recent estimates' median residual could count (5b01af0), same results.
+
 Usage: python benchmarks/analytics.py [--vehicles 1000]
 """
 
