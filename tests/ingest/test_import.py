@@ -10,7 +10,7 @@ from pathlib import Path
 import msgspec
 import pyarrow as pa
 import pytest
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 
 import bms
 from pipeline import cli
@@ -29,13 +29,20 @@ def _write_dump(path: Path) -> None:
         fh.write(b"\n".join(lines) + b"\n\n")
 
 
+def _import(data_dir: Path, dump: Path, *options: str, lines: list[bytes] | None = None) -> Result:
+    """``fleetbms import dump`` (``options`` after it), ``lines`` written there first as
+    JSON lines if given."""
+    if lines is not None:
+        dump.write_bytes(b"\n".join(lines) + b"\n")
+    return CliRunner().invoke(cli, ["--data-dir", str(data_dir), "import", str(dump), *options])
+
+
 def test_import_gzip_json_lines_lands_readings_once_and_quarantines_bad_lines(
     data_dir: Path, tmp_path: Path
 ) -> None:
     dump = tmp_path / "gateway.jsonl.gz"
     _write_dump(dump)
-    args = ["--data-dir", str(data_dir), "import", str(dump), "--fleet", "blr"]
-    result = CliRunner().invoke(cli, args)
+    result = _import(data_dir, dump, "--fleet", "blr")
     assert result.exit_code == 0, result.output
     assert result.output == (
         "imported 24 lines from 1 file(s): 30 readings written, 1 duplicates, "
@@ -52,7 +59,7 @@ def test_import_gzip_json_lines_lands_readings_once_and_quarantines_bad_lines(
     assert bytes(q[0][2]) == b"not json at all"
     assert (data_dir / "state" / "dirty" / days_ago(2).date().isoformat()).exists()
     # Importing the same file again writes nothing new (dedup state of the importer).
-    again = CliRunner().invoke(cli, args)
+    again = _import(data_dir, dump, "--fleet", "blr")
     assert again.exit_code == 0
     assert "0 readings written, 31 duplicates" in again.output
     assert lake_counts(data_dir) == (30, 30)
@@ -104,9 +111,7 @@ def test_import_of_a_file_named_in_invalid_utf8_quarantines_with_a_readable_sour
 ) -> None:
     dump = _undecodable_name(tmp_path, b"gw-\xff\xfe.jsonl")
     lines = [encode(reading(VINS[0], s, NOW - timedelta(seconds=100 - s))) for s in range(3)]
-    dump.write_bytes(b"\n".join([*lines, b"not json at all"]) + b"\n")
-    args = ["--data-dir", str(data_dir), "import", str(dump), "--fleet", "blr"]
-    result = CliRunner().invoke(cli, args)
+    result = _import(data_dir, dump, "--fleet", "blr", lines=[*lines, b"not json at all"])
     assert result.exit_code == 0, result.output
     assert result.output == (
         "imported 4 lines from 1 file(s): 3 readings written, 0 duplicates, "
@@ -148,9 +153,7 @@ def test_import_quarantines_a_message_the_parquet_writer_refuses_and_writes_the_
     lines += [encode(marked), encode({"v": 1, "readings": batch})]
     lines += [encode(reading(VINS[0], s, NOW - timedelta(seconds=100 - s))) for s in (6, 7, 8)]
     dump = tmp_path / "dump.jsonl"
-    dump.write_bytes(b"\n".join(lines) + b"\n")
-    args = ["--data-dir", str(data_dir), "import", str(dump), "--fleet", "blr"]
-    result = CliRunner().invoke(cli, args)
+    result = _import(data_dir, dump, "--fleet", "blr", lines=lines)
     assert result.exit_code == 0, result.output
     assert result.output == (
         "imported 10 lines from 1 file(s): 8 readings written, 0 duplicates, "
@@ -175,7 +178,7 @@ def test_import_quarantines_a_message_the_parquet_writer_refuses_and_writes_the_
     state = msgspec.json.decode((data_dir / "state" / "ingest" / "import.json").read_bytes())
     assert state["vins"][VINS[0]]["ranges"] == [[0, 8]]
     assert state["vins"][VINS[1]]["ranges"] == [[0, 3]]
-    again = CliRunner().invoke(cli, args)
+    again = _import(data_dir, dump, "--fleet", "blr")
     assert again.exit_code == 0, again.output
     assert "0 readings written, 13 duplicates, 0 quarantined" in again.output
     assert lake_counts(data_dir) == (8, 8)
@@ -189,8 +192,7 @@ def test_import_stops_when_no_single_message_makes_the_write_fail(
     write_fault.install(monkeypatch.setattr, (1001.0, 1003.0), together=True)
     dump = tmp_path / "dump.jsonl"
     lines = [encode(reading(VINS[0], s, NOW - timedelta(seconds=100 - s))) for s in range(6)]
-    dump.write_bytes(b"\n".join(lines) + b"\n")
-    result = CliRunner().invoke(cli, ["--data-dir", str(data_dir), "import", str(dump)])
+    result = _import(data_dir, dump, lines=lines)
     assert result.exit_code == 1
     assert result.output == "Error: injected fault: odometer_km in [1001.0, 1003.0]\n"
     assert lake_counts(data_dir) == (0, 0)
@@ -213,8 +215,7 @@ def test_import_searches_a_write_failure_in_its_state_folder_and_removes_the_tri
     marked["pack"]["odometer_km"] = write_fault.MARKED_KM
     lines = [encode(reading(VINS[0], s, NOW - timedelta(seconds=9 - s))) for s in range(3)]
     dump = tmp_path / "dump.jsonl"
-    dump.write_bytes(b"\n".join([*lines, encode(marked)]) + b"\n")
-    result = CliRunner().invoke(cli, ["--data-dir", str(data_dir), "import", str(dump)])
+    result = _import(data_dir, dump, lines=[*lines, encode(marked)])
     assert result.exit_code == 0, result.output
     assert "3 readings written, 0 duplicates, 1 quarantined (write_failed=1)" in result.output
     tried = [p for p in written if not p.is_relative_to(data_dir / "lake")]
@@ -225,8 +226,7 @@ def test_import_searches_a_write_failure_in_its_state_folder_and_removes_the_tri
     written.clear()
     write_fault.install(monkeypatch.setattr, (1004.0, 1005.0), together=True, written=written)
     more = [encode(reading(VINS[0], s, NOW - timedelta(seconds=9 - s))) for s in (4, 5)]
-    dump.write_bytes(b"\n".join(more) + b"\n")
-    result = CliRunner().invoke(cli, ["--data-dir", str(data_dir), "import", str(dump)])
+    result = _import(data_dir, dump, lines=more)
     assert result.exit_code == 1
     assert result.output == "Error: injected fault: odometer_km in [1004.0, 1005.0]\n"
     tried = [p for p in written if not p.is_relative_to(data_dir / "lake")]
@@ -251,9 +251,7 @@ def test_import_quarantines_a_message_whose_readings_cannot_be_converted_to_arro
     lines += [encode(marked), encode({"v": 1, "readings": batch})]
     lines += [encode(reading(VINS[0], s, NOW - timedelta(seconds=100 - s))) for s in (4, 5)]
     dump = tmp_path / "dump.jsonl"
-    dump.write_bytes(b"\n".join(lines) + b"\n")
-    args = ["--data-dir", str(data_dir), "import", str(dump), "--fleet", "blr"]
-    result = CliRunner().invoke(cli, args)
+    result = _import(data_dir, dump, "--fleet", "blr", lines=lines)
     assert result.exit_code == 0, result.output
     assert result.output == (
         "imported 7 lines from 1 file(s): 5 readings written, 0 duplicates, "
@@ -276,7 +274,7 @@ def test_import_quarantines_a_message_whose_readings_cannot_be_converted_to_arro
     state = msgspec.json.decode((data_dir / "state" / "ingest" / "import.json").read_bytes())
     assert state["vins"][VINS[0]]["ranges"] == [[0, 5]]
     assert state["vins"][VINS[1]]["ranges"] == [[0, 3]]
-    again = CliRunner().invoke(cli, args)
+    again = _import(data_dir, dump, "--fleet", "blr")
     assert again.exit_code == 0, again.output
     assert "0 readings written, 10 duplicates, 0 quarantined" in again.output
 
@@ -299,9 +297,7 @@ def test_import_records_a_message_whose_alert_evaluation_fails_and_keeps_its_rea
         for s, t in enumerate(temps)
     ]
     dump = tmp_path / "dump.jsonl"
-    dump.write_bytes(b"\n".join(lines) + b"\n")
-    args = ["--data-dir", str(data_dir), "import", str(dump), "--fleet", "blr"]
-    result = CliRunner().invoke(cli, args)
+    result = _import(data_dir, dump, "--fleet", "blr", lines=lines)
     assert result.exit_code == 0, result.output
     assert result.output == (
         "imported 5 lines from 1 file(s): 5 readings written, 0 duplicates, "
@@ -336,9 +332,7 @@ def test_import_stores_a_quarantine_row_the_writer_refuses_with_its_text_escaped
     lines = [encode(reading(VINS[0], s, NOW - timedelta(seconds=9 - s))) for s in range(2)]
     lines += [bad, b"not json at all"]
     dump = tmp_path / "dump.jsonl"
-    dump.write_bytes(b"\n".join(lines) + b"\n")
-    args = ["--data-dir", str(data_dir), "import", str(dump), "--fleet", "blr"]
-    result = CliRunner().invoke(cli, args)
+    result = _import(data_dir, dump, "--fleet", "blr", lines=lines)
     assert result.exit_code == 0, result.output
     assert result.output == (
         "imported 4 lines from 1 file(s): 2 readings written, 0 duplicates, "
@@ -358,7 +352,7 @@ def test_import_stores_a_quarantine_row_the_writer_refuses_with_its_text_escaped
         ),
         ("not_json", q[1][1], f"file:{dump}:4", b"not json at all"),
     ]
-    again = CliRunner().invoke(cli, args)
+    again = _import(data_dir, dump, "--fleet", "blr")
     assert again.exit_code == 0, again.output
     assert "0 readings written, 2 duplicates, 2 quarantined (bad_vin=1, not_json=1)" in again.output
 
@@ -384,8 +378,7 @@ def test_every_reason_ingest_gives_a_message_itself_is_a_listed_reject_reason(
         encode({**reading(VINS[0], 3, NOW), "v": 2}),
     ]
     dump = tmp_path / "dump.jsonl"
-    dump.write_bytes(b"\n".join(lines) + b"\n")
-    result = CliRunner().invoke(cli, ["--data-dir", str(data_dir), "import", str(dump)])
+    result = _import(data_dir, dump, lines=lines)
     assert result.exit_code == 0, result.output
     reasons = [r[0] for r in query(data_dir, "quarantine", "SELECT reason FROM t ORDER BY 1")]
     assert reasons == ["alert_failed", "decode_failed", "unknown_version", "write_failed"]
@@ -404,8 +397,7 @@ def test_import_stops_on_a_memory_error_of_the_write_and_quarantines_nothing(
     marked["pack"]["odometer_km"] = write_fault.MARKED_KM
     lines = [encode(reading(VINS[0], s, NOW - timedelta(seconds=9 - s))) for s in range(3)]
     dump = tmp_path / "dump.jsonl"
-    dump.write_bytes(b"\n".join([*lines, encode(marked)]) + b"\n")
-    result = CliRunner().invoke(cli, ["--data-dir", str(data_dir), "import", str(dump)])
+    result = _import(data_dir, dump, lines=[*lines, encode(marked)])
     assert result.exit_code == 1, result.output
     assert isinstance(result.exception, MemoryError)
     assert lake_counts(data_dir) == (0, 0)
@@ -423,9 +415,7 @@ def test_import_stops_when_every_message_fails_alone_and_a_sound_reading_too(
     write_fault.install(monkeypatch.setattr, (), together=True)  # every table
     lines = [encode(reading(VINS[0], s, NOW - timedelta(seconds=9 - s))) for s in range(3)]
     dump = tmp_path / "dump.jsonl"
-    dump.write_bytes(b"\n".join(lines) + b"\n")
-    args = ["--data-dir", str(data_dir), "import", str(dump)]
-    result = CliRunner().invoke(cli, args)
+    result = _import(data_dir, dump, lines=lines)
     assert result.exit_code == 1
     assert result.output == "Error: injected fault: odometer_km in []\n"
     assert lake_counts(data_dir) == (0, 0)
@@ -435,7 +425,6 @@ def test_import_stops_when_every_message_fails_alone_and_a_sound_reading_too(
     write_fault.install(monkeypatch.setattr)
     marked = reading(VINS[0], 0, NOW)
     marked["pack"]["odometer_km"] = write_fault.MARKED_KM
-    dump.write_bytes(encode(marked) + b"\n")
-    result = CliRunner().invoke(cli, args)
+    result = _import(data_dir, dump, lines=[encode(marked)])
     assert result.exit_code == 0, result.output
     assert "0 readings written, 0 duplicates, 1 quarantined (write_failed=1)" in result.output
