@@ -234,7 +234,7 @@ def fit_charge_step(
         wide = (soc_hint_pct - _WHOLE_WINDOW_HINT_PCT, soc_hint_pct + _WHOLE_WINDOW_HINT_PCT)
     fit = _fit_charge(q, v, x_all, settle, capacity_ah, chemistry, max_rms_mv, None, wide)
     if fit is None and hint is not None:
-        fit = _fit_charge(q, v, x_all, settle, capacity_ah, chemistry, max_rms_mv, hint, hint)
+        fit = _fit_charge(q, v, x_all, settle, capacity_ah, chemistry, max_rms_mv, hint, None)
     return fit
 
 
@@ -251,8 +251,8 @@ def _fit_charge(
 ) -> StepFit | None:
     """``fit_charge_step`` for a charge across the whole window (``hint`` None) or one
     that starts inside it, above its lower margin and within ``hint`` (the lowest and
-    highest start SoC the BMS allows) [%], with the hysteresis flip; either with its
-    start SoC within ``bounds`` [%] (the BMS's hint), if given."""
+    highest start SoC the BMS allows) [%], with the hysteresis flip; the whole window's
+    start SoC within ``bounds`` [%] (the BMS's wider hint), if given."""
     partial = hint is not None
     lo, hi = STEP_WINDOW_PCT[chemistry]
     if float(x_all[-1]) < hi - (STEP_LATEST_START_PCT[chemistry] if partial else lo):
