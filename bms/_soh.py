@@ -288,10 +288,10 @@ def recent_level_shift(
     scale : float or callable, optional
         Residual scale the recent estimates' sigmas are multiplied by (default: the
         fit's); a callable is called only where the recent estimates could stand off
-        (it may fit a trend). The fit's own scale counts the recent estimates' misfit too: a fault's
-        fade, fitted as a power law, inflates it and so hides itself; the scale of the
-        estimates before the window says how far this vehicle's estimates usually
-        stray.
+        (it may fit a trend). The fit's own scale counts the recent estimates' misfit
+        too: a fault's fade, fitted as a power law, inflates it and so hides itself; the
+        scale of the estimates before the window says how far this vehicle's estimates
+        usually stray.
 
     Returns
     -------
@@ -299,7 +299,7 @@ def recent_level_shift(
         ``fit`` with ``shift`` = :math:`\bar r`, ``shift_sigma`` =
         :math:`\sigma_{\bar r}` and ``shift_x`` (the same mean of ``t**exponent``),
         or ``fit`` itself (fewer than three recent estimates, no clear shift, or one
-        the weighted median of the recent residuals does not show as clearly).
+        the median of the recent residuals does not show as clearly).
     """
     _, t, yv, sg = _usable_points(t_years, y, sigma)
     if t.size < 3:

@@ -25,6 +25,7 @@ payloads go in, ``FlushReport`` (acks and alerts to publish) comes out once dura
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -461,8 +462,6 @@ class Processor:
         trials (never the lake, nor the system temp dir: this worker's own state folder,
         on the disk the lake's writes need). Emptied before use (what a killed worker left)
         and removed afterwards, also on error."""
-        import shutil
-
         path = self.state_dir / "ingest" / f"{self.worker}.trial"
         shutil.rmtree(path, ignore_errors=True)
         try:
