@@ -48,6 +48,7 @@ from bms._capacity import (
     REST_VOLTAGE_SIGMA_MV,
     capacity_ah_from_soc_window,
     capacity_rel_sigma,
+    hysteresis_offset_mv,
     missing_capacity_evidence,
     rest_soc_pct_from_cell_mv,
     soc_sigma_pct_from_ocv,
@@ -94,7 +95,7 @@ from bms._warranty import (
 )
 
 #: Version of the analytics model; part of every run id and of the warranty evidence.
-ANALYTICS_MODEL_VERSION = "analytics-20"
+ANALYTICS_MODEL_VERSION = "analytics-21"
 #: Metrics tables written per (date, fleet).
 METRICS_TABLES = (
     "vehicle_day",
@@ -230,6 +231,7 @@ _PASS_ORDER: dict[str, list[str]] = {
     "rest_relax": ["day_n", "vin", "run_id"],
     "charge_cells": ["day_n", "vin", "ts_ms", "seq"],
     "rest_runs": ["day_n", "vin", "run_id"],
+    "branch_turns": ["day_n", "vin", "ts_ms"],
     "day_carry": ["day_n", "vin"],
 }
 
@@ -471,6 +473,12 @@ CARRY_SCHEMA = pa.schema(
         ("last_odometer_km", pa.float64()),
         ("rest_start_ms", pa.int64()),
         ("rest_mode_before", pa.string()),
+        # charge moved in the direction before the open rest, when it began; the
+        # direction of the current since the latest turn (by mode: +1 charging, -1
+        # discharging) and the total charge count there (the LFP hysteresis branch)
+        ("rest_branch_moved_uah", pa.int64()),
+        ("branch_direction", pa.int8()),
+        ("branch_since_uah", pa.int64()),
         ("q_total_uah", pa.int64()),
         ("covered_total_ms", pa.int64()),
         ("bad_gaps_total", pa.int64()),
@@ -1194,6 +1202,7 @@ class _FleetSession:
                 "SELECT * FROM rest_runs WHERE open_at_day_end "
                 "OR duration_s >= getvariable('rest_relax_min_s') ORDER BY day_n, vin, run_id"
             ).to_arrow_table()
+            branch_turns = con.sql(_sql("branch_turns")).to_arrow_table()
             day_carry = con.sql(_sql("carry")).to_arrow_table()
         finally:
             for name in ("steps", "carry", "registry", "vin_order"):
@@ -1210,6 +1219,7 @@ class _FleetSession:
             "vehicle_day": vehicle_day,
             "steps": steps,
             "rest_runs": rest_runs,
+            "branch_turns": branch_turns,
             "day_carry": day_carry,
             "cell_select": cell_select,
             "charge_select": charge_select,
@@ -1457,6 +1467,7 @@ class _FleetSession:
                 prev,
                 part["day_carry"],
                 part["rest_runs"],
+                part["branch_turns"],
                 part["rest_cells"],
                 part["rest_relax"],
                 part["charge_cells"],
@@ -1810,6 +1821,7 @@ def _update_carry_and_capacity(
     prev: Mapping[str, dict[str, Any]],
     day_carry: pa.Table,
     rest_runs: pa.Table,
+    branch_turns: pa.Table,
     rest_cells: pa.Table,
     rest_relax: pa.Table,
     charge_cells: pa.Table,
@@ -1841,6 +1853,15 @@ def _update_carry_and_capacity(
     runs_by_vin: dict[str, list[dict[str, Any]]] = {}
     for row in rest_runs.to_pylist():
         runs_by_vin.setdefault(row["vin"], []).append(row)
+    turns_by_vin: dict[str, list[tuple[float, int, int]]] = {}
+    for v, t, d, q in zip(
+        branch_turns["vin"].to_pylist(),
+        branch_turns["ts_ms"].to_pylist(),
+        branch_turns["direction"].to_pylist(),
+        branch_turns["q_cum_uah"].to_pylist(),
+        strict=True,
+    ):
+        turns_by_vin.setdefault(v, []).append((t, d, q))
     steps_by_vin = _charge_step_points(charge_cells, reg, params)
     new: dict[str, dict[str, Any]] = {vin: dict(row) for vin, row in prev.items()}
     estimates: list[dict[str, Any]] = []
@@ -1890,8 +1911,12 @@ def _update_carry_and_capacity(
             if old and old.get("cell_leak_sums")
             else None
         )
+        branch, moved_at = _branch_moves(
+            old, runs_by_vin.get(vin, []), turns_by_vin.get(vin, []), q_base
+        )
         rest_start = None
         rest_mode = None
+        rest_moved = None
         unreadable: list[tuple[float, list[int]]] = []  # (rest end [ms], its cells)
         events: list[tuple[float, dict[str, Any] | None, dict[str, Any] | None]] = [
             (float(run["end_ms"]), run, None) for run in runs_by_vin.get(vin, [])
@@ -1903,6 +1928,7 @@ def _update_carry_and_capacity(
                 if run["open_at_day_end"]:
                     rest_start = run["start_ms"]
                     rest_mode = run["mode_before_rest"]
+                    rest_moved = moved_at.get(run["run_id"])
                     continue
                 if info is None or run["duration_s"] < params.rest_relax_min_s:
                     continue
@@ -1919,7 +1945,14 @@ def _update_carry_and_capacity(
                 if bad:
                     unreadable.append((float(run["end_ms"]), bad))
                     continue
-                step = _rest_point(run, cells, info["chemistry"], relaxed)
+                moved = moved_at.get(run["run_id"])
+                step = _rest_point(
+                    run,
+                    cells,
+                    info["chemistry"],
+                    relaxed,
+                    None if moved is None else moved / 1e6 / float(info["capacity_ah"]),
+                )
             # the day's counters, continued from the carried totals
             point = {
                 **step,
@@ -1982,6 +2015,9 @@ def _update_carry_and_capacity(
             "last_odometer_km": dc["last_odometer_km"],
             "rest_start_ms": rest_start if dc["last_at_rest"] else None,
             "rest_mode_before": rest_mode if dc["last_at_rest"] else None,
+            "rest_branch_moved_uah": rest_moved if dc["last_at_rest"] else None,
+            "branch_direction": branch[0],
+            "branch_since_uah": branch[1],
             "q_total_uah": q_base + int(dc["q_day_uah"]),
             "covered_total_ms": cov_base + int(dc["covered_day_ms"]),
             "bad_gaps_total": gaps_base + int(dc["bad_gaps_day"]),
@@ -2188,31 +2224,73 @@ def _implausible_cells(cell_mv: list[int | None] | None) -> list[int]:
     ]
 
 
+def _branch_moves(
+    old: Mapping[str, Any] | None,
+    runs: list[dict[str, Any]],
+    turns: list[tuple[float, int, int]],
+    q_base: int,
+) -> tuple[tuple[int, int | None], dict[int, int]]:
+    """How far the hysteresis branch had moved when each of the day's rests began.
+
+    ``runs``: the vehicle's rest runs of the day, ``turns``: its ``branch_turns`` rows
+    (time, direction, day's charge count), ``q_base``: the total charge count before
+    the day. Returns the direction and total count of the latest turn at the day's end
+    (for the carry) and, per rest run id, the charge moved in the direction of the
+    current before it [uAh]: 0 when the direction is unknown (the data's first
+    readings), so that its branch counts as uncertain. A rest continuing from the day
+    before takes the carried value."""
+    direction = int((old or {}).get("branch_direction") or 0)
+    since = (old or {}).get("branch_since_uah")
+    turns = sorted(turns)
+    k = 0
+    moved_at: dict[int, int] = {}
+    for run in sorted(runs, key=lambda r: r["start_ms"]):
+        if run["run_id"] == 0:
+            moved_at[0] = int((old or {}).get("rest_branch_moved_uah") or 0)
+            continue
+        while k < len(turns) and turns[k][0] < run["start_ms"]:
+            if turns[k][1] != direction:
+                direction, since = turns[k][1], q_base + turns[k][2]
+            k += 1
+        before = _DIRECTION.get(run["mode_before_rest"] or "", 0)
+        moved = 0
+        if before != 0 and before == direction and since is not None:
+            moved = max(before * (q_base + int(run["start_q_cum_uah"]) - since), 0)
+        moved_at[run["run_id"]] = moved
+    for _, d, q in turns[k:]:
+        if d != direction:
+            direction, since = d, q_base + q
+    return (direction, since), moved_at
+
+
 def _rest_point(
     run: Mapping[str, Any],
     cell_mv: list[int] | None,
     chem: str,
     relaxed: RelaxedOcv | None = None,
+    moved_share: float | None = None,
 ) -> dict[str, Any]:
     """The SoC point at the end of a rest (day counters; the caller adds the carried
     base). ``relaxed``: a rest too short to have relaxed, its relaxation extrapolated;
     every cell is moved by the mean cell's correction, and its uncertainty joins the
-    rest voltage's. The caller has left out rests with an implausible cell
-    (``_implausible_cells``)."""
+    rest voltage's. ``moved_share``: charge moved in the direction before the rest, a
+    share of capacity (``hysteresis_offset_mv``: the LFP branch and its uncertainty).
+    The caller has left out rests with an implausible cell (``_implausible_cells``)."""
     direction = _DIRECTION.get(run["mode_before_rest"] or "", 0)
     shift_mv = 0.0 if relaxed is None else relaxed.correction_mv
-    sigma_mv = REST_VOLTAGE_SIGMA_MV[chem]
+    _, branch_sigma_mv = hysteresis_offset_mv(chem, direction, moved_share)
+    sigma_mv = math.hypot(REST_VOLTAGE_SIGMA_MV[chem], branch_sigma_mv)
     if relaxed is not None:
         sigma_mv = math.hypot(sigma_mv, relaxed.sigma_mv)
     cell_soc = None
     if cell_mv is not None and None not in cell_mv:
         mv = np.asarray(cell_mv, dtype=np.float64) + shift_mv
-        cell_soc = rest_soc_pct_from_cell_mv(mv, chem, direction)
+        cell_soc = rest_soc_pct_from_cell_mv(mv, chem, direction, moved_share)
         ocv_v = float(np.mean(mv)) / 1000.0
         soc = float(np.mean(cell_soc))
     else:
         ocv_v = run["end_voltage_v"] / run["n_cells"] + shift_mv / 1000.0
-        soc = float(rest_soc_pct_from_cell_mv(ocv_v * 1000.0, chem, direction))
+        soc = float(rest_soc_pct_from_cell_mv(ocv_v * 1000.0, chem, direction, moved_share))
     return {
         "t_ms": float(run["end_ms"]),
         "q_uah": float(run["q_cum_uah"]),

@@ -9,7 +9,8 @@
 -- voltage drift over its last 30 min (still relaxing if large). A period still running
 -- at the day's last reading is `open_at_day_end`: it continues the next day.
 -- `mode_before_rest` is the mode before the rest began (charge or discharge sets the
--- LFP hysteresis branch).
+-- LFP hysteresis branch); `start_q_cum_uah` the day's charge count at its first reading
+-- (with branch_turns.sql: how far the branch had moved).
 CREATE OR REPLACE TEMP TABLE rest_runs AS
 WITH rest AS (
     -- only the columns used: a window sorts every column it carries
@@ -48,6 +49,7 @@ runs AS (
         arg_max(soc_pct, rn) AS end_bms_soc_pct,
         arg_max(soh_pct, rn) AS end_bms_soh_pct,
         arg_max(q_cum_uah, rn) AS q_cum_uah,
+        arg_min(q_cum_uah, rn) AS start_q_cum_uah,
         arg_max(covered_cum_ms, rn) AS covered_cum_ms,
         arg_max(bad_gaps_cum, rn) AS bad_gaps_cum,
         arg_min(prev_mode, rn) AS mode_before

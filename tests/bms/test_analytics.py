@@ -412,6 +412,39 @@ def test_a_new_packs_smaller_cell_is_learnt_within_a_few_pairs(tmp_path: Path) -
     assert rel[:10].mean() < 0.45 * 0.04, rel
 
 
+def test_a_short_drive_after_a_charge_leaves_the_lfp_branch_uncertain(tmp_path: Path) -> None:
+    """The LFP hysteresis flips over a few % of capacity moved, not at once. A car
+    charged to 88 %, driven 1 % and parked rests near its charge branch: read as the
+    discharge branch (+10 mV), 87 % on the plateau read 95.3 % with a sigma of 0.3 %,
+    and its pairs gave 80 Ah for a 90 Ah pack, 4 sigma off (a simulated taxi's
+    estimates of SoH 15-18 % came from such rests). Its branch now counts as uncertain,
+    so the rest gives no point; the rests after the long drive and the long charge
+    still do."""
+    from tests.bms.test_analytics_synth import write_registry
+
+    v = SynthVehicle(
+        "FBMAAAAA0TS000041",
+        chemistry="lfp",
+        capacity_ah=90.0,
+        # 100 -> 20 %, rest, 20 -> 88 %, 1 % drive, rest, 87 -> 100 %
+        plan=((7.0, 8.6, -0.5), (12.0, 15.4, 0.2), (15.5, 15.55, -0.2), (20.0, 20.65, 0.2)),
+        hysteresis_efold=1.0 / 30.0,  # the simulator's rate
+    )
+    root = tmp_path / "lake"
+    write_fleet(root, [v], START, 4, cadence_s=60)
+    write_registry(root, [v])
+    bms.run_pending(root)
+    cap = bms.read_metrics(root, "capacity")
+    rested = cap.filter(
+        pc.and_(pc.equal(cap["start_anchor"], "rest"), pc.equal(cap["end_anchor"], "rest"))
+    )
+    assert rested.num_rows >= 3
+    est = np.asarray(cap["capacity_ah"].to_pylist())
+    sigma = np.asarray(cap["rel_sigma"].to_pylist()) * est
+    assert np.all(np.abs(est - v.capacity_ah) <= 3.0 * sigma), est
+    np.testing.assert_allclose(rested["capacity_ah"].to_pylist(), v.capacity_ah, rtol=0.02)
+
+
 def test_registry_row_without_capacity_takes_the_default_capacity(tmp_path: Path) -> None:
     """capacity_ah is nullable in the registry: the run goes on with
     analytics.default_capacity_ah (as readings.sql does), ageing stress included."""

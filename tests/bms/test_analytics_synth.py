@@ -9,6 +9,7 @@ a sample so that interval integration has to cope with steps between readings.
 
 from __future__ import annotations
 
+import math
 import zlib
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -41,6 +42,9 @@ class SynthVehicle:
     bad_cell_mv: tuple[int, int] | None = None
     # (start hour, end hour, current in C) of each day, if not the chemistry's _plan
     plan: tuple[tuple[float, float, float], ...] | None = None
+    # LFP: the hysteresis flips gradually, by 1 - 1/e per this share of capacity moved
+    # (one-state model, Plett 2015 ch. 2); None: at once
+    hysteresis_efold: float | None = None
 
 
 def _plan(v: SynthVehicle) -> list[tuple[float, float, float]]:
@@ -51,6 +55,22 @@ def _plan(v: SynthVehicle) -> list[tuple[float, float, float]]:
         # LFP: from full (rest at ~100 %) down to ~8 % and back to full.
         return [(7.0, 8.0, -0.5), (9.0, 10.0, -0.42), (17.0, 21.5, 0.2)]
     return [(7.0, 8.0, -0.5), (17.0, 18.0, -0.3), (19.0, 23.0, 0.2)]
+
+
+def _gradual_branch(v: SynthVehicle, t_s: np.ndarray, efold: float) -> np.ndarray:
+    """The hysteresis state at the sample times ``t_s`` [s] of a day: it moves towards
+    the sign of each segment's current by 1 - 1/e per ``efold`` of capacity, from the
+    branch of the plan's last segment (the day before ends on it, flipped)."""
+    h = float(np.sign(_plan(v)[-1][2]))
+    out = np.full(t_s.shape, h)
+    for start_h, end_h, c in sorted(_plan(v)):
+        a, b = int(start_h * 3600) + 17, int(end_h * 3600) + 17
+        s = float(np.sign(c))
+        inside = (t_s >= a) & (t_s < b)
+        out[inside] = s + (h - s) * np.exp(-abs(c) * (t_s[inside] - a) / 3600 / efold)
+        h = s + (h - s) * math.exp(-abs(c) * (b - a) / 3600 / efold)
+        out[t_s >= b] = h
+    return out
 
 
 def vehicle_day_table(
@@ -87,6 +107,8 @@ def vehicle_day_table(
         last = np.sign(cur)
         idx = np.maximum.accumulate(np.where(last != 0, np.arange(n), 0))
         branch = np.where(last[idx] != 0, last[idx], np.sign(_plan(v)[-1][2]))
+        if v.hysteresis_efold is not None:
+            branch = _gradual_branch(v, t_s, v.hysteresis_efold)
         cell_v += 0.010 * branch[:, None]
     if v.weak_cell >= 0:
         # A leaking cell: 2 mV lower per day of age, whatever the load.

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from numpy.testing import assert_allclose
 
 import bms
@@ -67,6 +69,31 @@ def test_soc_sigma_is_small_on_nmc_and_huge_on_the_lfp_plateau() -> None:
     assert_allclose(bms.soc_sigma_pct_from_ocv(52.5, "nmc"), 3 / 9.8, rtol=1e-6)
     assert bms.soc_sigma_pct_from_ocv(50.0, "lfp") > 5.0
     assert bms.soc_sigma_pct_from_ocv(99.0, "lfp") < 0.5
+
+
+@given(st.sampled_from([-1, 1]), st.floats(0.0, 2.0), st.floats(0.009, 0.1))
+def test_the_hysteresis_branch_after_a_move_lies_within_its_uncertainty(
+    direction: int, moved_share: float, efold: float
+) -> None:
+    """Whatever the flip rate among those assumed (e-folds of 0.9-10 % of capacity), the
+    OCV's true offset after ``moved_share`` lies within the offset +- its uncertainty,
+    whether the cell came from the other branch or was already on this one."""
+    half = 10.0
+    offset, sigma = bms.hysteresis_offset_mv("lfp", direction, moved_share)
+    from_other = direction * (1.0 - 2.0 * np.exp(-moved_share / efold)) * half
+    for true in (from_other, direction * half):
+        assert abs(true - offset) <= sigma + 1e-9
+    assert abs(offset) <= half
+    assert 0.0 <= sigma <= 2.0 * half
+
+
+def test_the_hysteresis_branch_is_certain_only_after_a_long_move() -> None:
+    # 1 % of capacity after a charge: anywhere near either branch; 50 %: flipped
+    assert bms.hysteresis_offset_mv("lfp", -1, 0.01)[1] > 10.0
+    assert bms.hysteresis_offset_mv("lfp", -1, 0.5) == pytest.approx((-10.0, 0.0), abs=0.2)
+    assert bms.hysteresis_offset_mv("lfp", 1, None) == (10.0, 0.0)  # told it has flipped
+    assert bms.hysteresis_offset_mv("lfp", 0, 0.5) == (0.0, 10.0)  # direction unknown
+    assert bms.hysteresis_offset_mv("nmc", -1, 0.01) == (0.0, 0.0)  # no hysteresis
 
 
 def test_readable_soc_bands_are_the_steep_parts_of_the_ocv_curve() -> None:
