@@ -339,7 +339,12 @@ def telemetry_dir(lake_root: Path, day: date, fleet: str) -> Path:
 
 
 def write_telemetry(
-    table: pa.Table, lake_root: Path, *, file_prefix: str, zstd_level: int = DEFAULT_ZSTD_LEVEL
+    table: pa.Table,
+    lake_root: Path,
+    *,
+    file_prefix: str,
+    zstd_level: int = DEFAULT_ZSTD_LEVEL,
+    file_token: str | None = None,
 ) -> list[WrittenFile]:
     """The single writer of telemetry: split by (event date, fleet) and write each part.
 
@@ -352,6 +357,10 @@ def write_telemetry(
         Root of the lake (``data/lake``).
     file_prefix : str
         Start of each file name (e.g. the worker id); a random suffix makes it unique.
+    file_token : str, optional
+        The suffix instead of a random one, the same in every partition: writing again
+        with the same token (a retry after a partition failed) replaces the partitions
+        already written instead of adding copies of their readings.
 
     Returns
     -------
@@ -383,7 +392,7 @@ def write_telemetry(
         else:
             mask = (day_np == np.datetime64(day)) & (fleet_np == fleet)
             part = body.filter(pa.array(mask))
-        name = f"{file_prefix}-{uuid.uuid4().hex[:12]}.parquet"
+        name = f"{file_prefix}-{file_token or uuid.uuid4().hex[:12]}.parquet"
         path = telemetry_dir(lake_root, day, fleet) / name
         with atomic_parquet_writer(
             path, part.schema, zstd_level=zstd_level, column_encoding=TELEMETRY_ENCODING

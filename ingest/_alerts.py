@@ -512,8 +512,14 @@ def alerts_table(events: list[AlertEvent], worker: str) -> pa.Table:
     return pa.Table.from_pydict(cols, schema=schema)
 
 
-def write_alerts(events: list[AlertEvent], lake_dir: Path, worker: str) -> list[Path]:
-    """Write ``events`` under ``alerts/date=<event date>/fleet=<fleet>/`` durably."""
+def write_alerts(
+    events: list[AlertEvent], lake_dir: Path, worker: str, token: str | None = None
+) -> list[Path]:
+    """Write ``events`` under ``alerts/date=<event date>/fleet=<fleet>/`` durably.
+
+    ``token`` names the files (``<worker>-<token>.parquet``, random without): writing
+    again with the same token replaces the partitions already written, so a retry after
+    a later partition failed adds no copies."""
     if not events:
         return []
     table = alerts_table(events, worker)
@@ -525,7 +531,7 @@ def write_alerts(events: list[AlertEvent], lake_dir: Path, worker: str) -> list[
     paths = []
     for (day, fleet), idx in sorted(groups.items()):
         part = body.take(pa.array(idx))
-        name = f"{worker}-{uuid.uuid4().hex[:12]}.parquet"
+        name = f"{worker}-{token or uuid.uuid4().hex[:12]}.parquet"
         path = lake_dir / "alerts" / f"date={day}" / f"fleet={fleet}" / name
         paths.append(write_parquet_atomic(part, path))
     return paths

@@ -6,7 +6,10 @@ codes, batches reading by reading), drops ``(vin, seq)`` duplicates, sets
 rejections go to the quarantine list. ``take`` swaps the buffers (a few microseconds
 under the lock, so ``add`` may run on another thread) and ``write`` does everything slow,
 outside the lock. ``write`` makes the batch durable in this order, each step done once
-even when a later step fails and the flush is retried:
+even when a later step fails and the flush is retried (a step that writes several
+partitions, e.g. two dates of a flush over midnight, names its files by the batch's
+``file_token``: retried after a later partition failed, it replaces the partitions
+already written rather than adding copies):
 
 1. telemetry table built and its files written (``bms.write_telemetry``; if either fails
 with anything but ``OSError``, the messages that fail alone are quarantined and the rest
@@ -28,6 +31,7 @@ import json
 import shutil
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -197,6 +201,9 @@ class Batch:
     messages: list[tuple[int, int, str, bytes, int, str]] = field(default_factory=list)
     tokens: list[Any] = field(default_factory=list)
     started: float = 0.0  # time.monotonic() of the first item
+    # names this batch's telemetry, alert and quarantine files: a step that wrote some of
+    # its partitions before failing replaces them when retried, instead of adding copies
+    file_token: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     # progress of the flush (a retry skips the steps already done)
     table: pa.Table | None = None
     telemetry_done: bool = False
@@ -410,7 +417,14 @@ class Processor:
         files = 0
         if not batch.telemetry_done:
             try:
-                files = len(write_telemetry(batch.table, self.lake_dir, file_prefix=self.worker))
+                files = len(
+                    write_telemetry(
+                        batch.table,
+                        self.lake_dir,
+                        file_prefix=self.worker,
+                        file_token=batch.file_token,
+                    )
+                )
             except _ENVIRONMENT:
                 raise
             except Exception as exc:  # maybe one poison message: see _isolate_write_failure
@@ -420,7 +434,7 @@ class Processor:
         if batch.events is None:
             batch.events = self._evaluate_alerts(batch, table)
         if not batch.alerts_done:
-            write_alerts(batch.events, self.lake_dir, self.worker)
+            write_alerts(batch.events, self.lake_dir, self.worker, batch.file_token)
             batch.alerts_done = True
         if not batch.quarantine_done:
             self._write_quarantine(batch)
@@ -570,8 +584,8 @@ class Processor:
         lake) for the messages that make the write fail alone. Each is quarantined whole
         (``write_failed``, the exception in the detail, raw bytes kept) and its seqs
         count for the ack like any quarantined whole message (sent again it fails again);
-        the other readings are written. Partitions written before the failure may be
-        written again: a duplicate file the nightly compaction removes.
+        the other readings are written, under the batch's ``file_token``: partitions the
+        failed write stored before it failed are replaced, not stored twice.
 
         Returns
         -------
@@ -604,7 +618,11 @@ class Processor:
         for i in failing:
             keep[messages[i][0] : messages[i][1]] = False
         good = table.filter(pa.array(keep))
-        files = len(write_telemetry(good, self.lake_dir, file_prefix=self.worker))
+        files = len(
+            write_telemetry(
+                good, self.lake_dir, file_prefix=self.worker, file_token=batch.file_token
+            )
+        )
         # only now: an OSError above leaves the batch as it was, for the retry
         for i, err in failing.items():
             start, end = messages[i][0], messages[i][1]
@@ -671,12 +689,12 @@ class Processor:
         ``escaped`` rows (text as ASCII escapes, the exception at the start of the detail;
         reason and raw bytes unchanged), the others as they are. If an escaped row is
         refused too, or no single row fails alone, the error stops the worker. A receive
-        date written before the failure is written again (rows counted twice in ``fleetbms
-        status``: only a flush over midnight has two).
+        date written before the failure (a flush over midnight has two) is replaced when
+        written again (same ``file_token``), so ``fleetbms status`` counts its rows once.
         """
         rows = batch.quarantine
         try:
-            write_quarantine(rows, self.lake_dir, self.worker)
+            write_quarantine(rows, self.lake_dir, self.worker, batch.file_token)
             return
         except _ENVIRONMENT:
             raise
@@ -696,7 +714,7 @@ class Processor:
         for i, err in failing.items():
             why = f"stored with its text escaped: writing it raised {type(err).__name__}: {err}"
             rows[i] = escaped(rows[i], why)
-        write_quarantine(rows, self.lake_dir, self.worker)
+        write_quarantine(rows, self.lake_dir, self.worker, batch.file_token)
 
     def _quarantine_message(
         self,

@@ -82,8 +82,14 @@ def quarantine_table(rows: list[QuarantineRow], worker: str) -> pa.Table:
     )
 
 
-def write_quarantine(rows: list[QuarantineRow], lake_dir: Path, worker: str) -> list[Path]:
-    """Write ``rows`` under ``quarantine/date=<receive date>/`` durably; the paths."""
+def write_quarantine(
+    rows: list[QuarantineRow], lake_dir: Path, worker: str, token: str | None = None
+) -> list[Path]:
+    """Write ``rows`` under ``quarantine/date=<receive date>/`` durably; the paths.
+
+    ``token`` names the files (``<worker>-<token>.parquet``, random without): writing
+    again with the same token replaces the dates already written, so a retry after a
+    later date failed stores (and ``fleetbms status`` counts) each row once."""
     if not rows:
         return []
     by_day: dict[str, list[QuarantineRow]] = {}
@@ -92,7 +98,7 @@ def write_quarantine(rows: list[QuarantineRow], lake_dir: Path, worker: str) -> 
         by_day.setdefault(day, []).append(r)
     paths = []
     for day, part in sorted(by_day.items()):
-        name = f"{worker}-{uuid.uuid4().hex[:12]}.parquet"
+        name = f"{worker}-{token or uuid.uuid4().hex[:12]}.parquet"
         path = lake_dir / "quarantine" / f"date={day}" / name
         paths.append(write_parquet_atomic(quarantine_table(part, worker), path))
     return paths
