@@ -125,13 +125,14 @@ def _undecodable(topic: str, payload: bytes, exc: Exception) -> Decoded:
     return Decoded(parsed, [], [rej])
 
 
-def _lenient_seqs(payload: bytes) -> list[int]:
+def _lenient_seqs(payload: bytes, vin: str | None = None) -> list[int]:
     """The seqs of a whole message that strict JSON refuses only for its non-standard
     numbers (``NaN``, ``Infinity``: what a vehicle's JSON library may write for a failed
-    sensor). Sent again it reads the same, so once it is in quarantine its readings count
-    as handled and the vehicle's ack moves past them; otherwise that vehicle's ack
-    would stop there for good and its buffer grow. A truncated or otherwise broken
-    message gets none: a resend may be whole."""
+    sensor), or that the decoder failed on (``decode_failed``). Sent again it reads the
+    same, so once it is in quarantine its readings count as handled and the vehicle's ack
+    moves past them; otherwise that vehicle's ack would stop there for good and its
+    buffer grow. A truncated or otherwise broken message gets none: a resend may be
+    whole. With ``vin``, only readings that name that VIN (or none) count."""
     try:
         doc = json.loads(payload)  # the standard library reads NaN and Infinity
     except (ValueError, RecursionError):
@@ -142,7 +143,10 @@ def _lenient_seqs(payload: bytes) -> list[int]:
     return [
         item["seq"]
         for item in items
-        if isinstance(item, dict) and type(item.get("seq")) is int and 0 <= item["seq"] < 2**63
+        if isinstance(item, dict)
+        and type(item.get("seq")) is int
+        and 0 <= item["seq"] < 2**63
+        and (vin is None or item.get("vin", vin) == vin)
     ]
 
 
@@ -300,12 +304,18 @@ class Processor:
             recv_ms = received_at_ms
         if t - self._now_t > 1.0:  # the future check allows 24 h: a 1 s old "now" is exact enough
             self._now_t, self._now = t, datetime.fromtimestamp(t, UTC)
+        covered: list[int] = []
         try:
             decoded = decode_message(
                 topic, payload, now=self._now, max_payload_bytes=self.max_payload_bytes
             )
         except Exception as exc:  # one bad message must not stop the worker: quarantined
             decoded = _undecodable(topic, payload, exc)
+            if decoded.topic is not None and not isinstance(exc, (RecursionError, *_ENVIRONMENT)):
+                # decode_failed: sent again, a whole message fails again, so its seqs count
+                # as handled once its row is durable (like any quarantined whole message);
+                # not when it was the machine's error (a resend may decode)
+                covered = _lenient_seqs(payload, decoded.topic.vin)
         with self.lock:
             batch = self._batch
             if not batch.tokens and not batch.quarantine and not batch.rows:
@@ -338,6 +348,8 @@ class Processor:
                 batch.rows += added
             for rej in decoded.rejections:
                 self._reject(batch, topic, rej, recv_ms, source, decoded.topic)
+            if covered and decoded.topic is not None:
+                batch.covered += [(decoded.topic.vin, decoded.topic.fleet_id, q) for q in covered]
             return batch.rows, batch.quarantine_bytes
 
     def buffered_rows(self) -> int:

@@ -559,6 +559,55 @@ def test_a_whole_message_with_nan_is_quarantined_and_acknowledged_a_truncated_on
     assert lake_counts(data_dir) == (3, 3)  # seqs 0, 2 and 3
 
 
+def test_a_whole_message_the_decoder_fails_on_is_acknowledged_a_truncated_one_awaits(
+    broker: MosquittoBroker, data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A message the decoder raises on (a fault injected into msgspec in the writer
+    process) is quarantined as decode_failed. Sent again it fails again, so once its row
+    is durable its seq counts as handled, like any quarantined whole message: it used to
+    stop the vehicle's contiguous ack there for good. A truncated one is not
+    acknowledged (the resend may be whole), nor a reading of another VIN in the message."""
+    hook = write_fault.hook_dir(tmp_path / "hook", also=("install_decoder",))
+    monkeypatch.setenv("PYTHONPATH", str(hook))
+    vin = VINS[0]
+    faulty = reading(vin, 1, NOW)
+    faulty["pack"]["mode"] = "FAULT"
+    other = reading(VINS[1], 4, NOW)
+    other["pack"]["mode"] = "FAULT"
+    cut = reading(vin, 2, NOW)
+    cut["pack"]["mode"] = "FAULT"
+    whole = encode(cut)
+    ingest = IngestThread(broker.address, data_dir)
+    pub = Client(broker.address, "pub")
+    watcher = Client(broker.address, "watch", subscribe=("fleet/+/+/ack",))
+    try:
+        pub.publish(bms_topic(vin), encode(reading(vin, 0, NOW)))
+        pub.publish(bms_topic(vin), encode(faulty))
+        pub.publish(bms_topic(vin), whole[: whole.index(b"FAULT") + 8])  # seq 2, cut short
+        pub.publish(bms_topic(vin), encode(reading(vin, 3, NOW)))
+        pub.publish(bms_topic(vin), encode(other))  # seq 4 of another VIN
+        wait_until(lambda: watcher.acks().get(vin) == 1, 60, what="ack past the faulty one")
+        pub.publish(bms_topic(vin), b"{}")  # a later message: the ack stays at 1
+        wait_until(lambda: _quarantined_rows(data_dir) == 4, 60, what="quarantine")
+        assert watcher.acks() == {vin: 1}
+        pub.publish(bms_topic(vin), encode(reading(vin, 2, NOW)))  # the resend, whole
+        wait_until(lambda: watcher.acks().get(vin) == 3, 60, what="ack after the resend")
+        pub.publish(bms_topic(vin), encode(reading(vin, 4, NOW)))
+        wait_until(lambda: watcher.acks().get(vin) == 4, 60, what="ack of seq 4")
+    finally:
+        counters = ingest.close()
+        pub.close()
+        watcher.close()
+    assert counters.quarantined == {"decode_failed": 3, "missing_field": 1}
+    reasons = [r[0] for r in query(data_dir, "quarantine", "SELECT reason FROM t ORDER BY 1")]
+    assert reasons == ["decode_failed"] * 3 + ["missing_field"]
+    assert lake_counts(data_dir) == (4, 4)  # seqs 0, 2, 3 and 4
+    state = msgspec.json.decode(
+        (data_dir / "state" / "ingest" / "fleetbms-ingest.json").read_bytes()
+    )
+    assert state["vins"][vin]["ranges"] == [[0, 4]]
+
+
 def _quarantined_rows(data_dir: Path) -> int:
     files = list((data_dir / "lake" / "quarantine").rglob("*.parquet"))
     return sum(pq.read_metadata(f).num_rows for f in files)
