@@ -20,7 +20,8 @@ def start_metrics_server(port: int, processor: _HasCounters) -> Any:
     Metrics (all prefixed ``fleetbms_ingest_``): ``messages_total``, ``readings_total``,
     ``written_total``, ``duplicates_total``, ``quarantined_total{reason}``,
     ``alerts_total{rule,event}``, ``acked_total``, ``flushes_total``,
-    ``flush_failures_total``, ``lag_seconds``, ``buffer_rows``.
+    ``flush_failures_total``, ``quarantine_dumps_total`` (rows the Parquet writer refused
+    even escaped, kept as JSON dumps), ``lag_seconds``, ``buffer_rows``.
     """
     from prometheus_client import CollectorRegistry, start_http_server
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -37,6 +38,7 @@ def start_metrics_server(port: int, processor: _HasCounters) -> Any:
                 "acked",
                 "flushes",
                 "flush_failures",
+                "quarantine_dumps",
             ):
                 yield CounterMetricFamily(f"fleetbms_ingest_{name}", name, value=snap[name])
             q = CounterMetricFamily(

@@ -16,7 +16,8 @@ with anything but ``OSError``, the messages that fail alone are quarantined and 
 written, see ``Processor._build_table`` and ``Processor._isolate_write_failure``),
 2. alerts evaluated (the messages whose readings make that fail alone are recorded in
 quarantine, see ``Processor._evaluate_alerts``) and written, 3. quarantine file (a row
-the writer refuses stored with its text escaped, ``Processor._write_quarantine``),
+the writer refuses stored with its text escaped, one refused even so kept as a JSON
+dump, ``Processor._write_quarantine``),
 4. dirty-date markers, 5. seq ranges + watermarks committed and the state file written.
 
 Only then may the caller acknowledge the messages, publish the alerts and the acks.
@@ -59,7 +60,7 @@ from bms import (
 )
 from ingest._alerts import AlertEngine, AlertEvent, write_alerts
 from ingest._errors import IngestError
-from ingest._quarantine import QuarantineRow, escaped, write_quarantine
+from ingest._quarantine import QuarantineRow, dump_quarantine_row, escaped, write_quarantine
 from ingest._state import SeqState
 
 #: Rejections whose topic VIN and payload seq still identify a reading of that vehicle;
@@ -166,6 +167,7 @@ class Counters:
     written: int = 0  # readings durably written
     duplicates: int = 0  # readings dropped as (vin, seq) duplicates
     quarantined: dict[str, int] = field(default_factory=dict)  # per reason
+    quarantine_dumps: int = 0  # rows the Parquet writer refused even escaped: JSON dumps
     alerts: dict[str, int] = field(default_factory=dict)  # per rule and event
     acked: int = 0  # messages acknowledged to the broker
     flushes: int = 0
@@ -182,6 +184,7 @@ class Counters:
             "duplicates": self.duplicates,
             "quarantined": dict(self.quarantined),
             "quarantined_total": sum(self.quarantined.values()),
+            "quarantine_dumps": self.quarantine_dumps,
             "alerts": dict(self.alerts),
             "acked": self.acked,
             "flushes": self.flushes,
@@ -692,25 +695,34 @@ class Processor:
 
     def _write_quarantine(self, batch: Batch) -> None:
         """Write ``batch.quarantine``; a row the writer refuses is stored with its text
-        escaped.
+        escaped, one refused even so kept as a JSON dump.
 
         Writing the quarantine raising anything but an ``OSError`` or ``MemoryError`` would
         stop the worker, again after every restart: what is refused is one rejected
         message's row (its text: a topic, a reason detail quoting the message). The rows
         that fail alone (``_culprits``: trial writes to ``_trial_dir``) are stored as
         ``escaped`` rows (text as ASCII escapes, the exception at the start of the detail;
-        reason and raw bytes unchanged), the others as they are. If an escaped row is
-        refused too, or no single row fails alone, the error stops the worker. A receive
-        date written before the failure (a flush over midnight has two) is replaced when
-        written again (same ``file_token``), so ``fleetbms status`` counts its rows once.
+        reason and raw bytes unchanged), the others as they are. An escaped row that a
+        trial write refuses too is kept as a JSON dump (``dump_quarantine_row``: every
+        field and the raw bytes, both exceptions in the detail; counted in
+        ``Counters.quarantine_dumps`` and by ``fleetbms status``) rather than stop the
+        worker: its message is acknowledged as any quarantined one. If no single row fails
+        alone, every one does and a sound control row too, or the other rows then fail
+        together, the error stops the worker. A receive date written before the failure
+        (a flush over midnight has two) is replaced when written again (same
+        ``file_token``), so ``fleetbms status`` counts its rows once; so are the dumps.
+        ``batch.quarantine`` is left as it was: a retry escapes afresh (no second prefix).
         """
         rows = batch.quarantine
+        token = batch.file_token
         try:
-            write_quarantine(rows, self.lake_dir, self.worker, batch.file_token)
+            write_quarantine(rows, self.lake_dir, self.worker, token)
             return
         except _ENVIRONMENT:
             raise
         except Exception as exc:
+            stored = list(rows)
+            dumps: dict[int, str] = {}
             with self._trial_dir() as trial_dir:
 
                 def trial(a: int, b: int) -> None:
@@ -723,10 +735,25 @@ class Processor:
                     write_quarantine([sound], trial_dir, self.worker)
 
                 failing = self._culprits(len(rows), trial, exc, control)
-        for i, err in failing.items():
-            why = f"stored with its text escaped: writing it raised {type(err).__name__}: {err}"
-            rows[i] = escaped(rows[i], why)
-        write_quarantine(rows, self.lake_dir, self.worker, batch.file_token)
+                for i, err in failing.items():
+                    why = f"writing it raised {type(err).__name__}: {err}"
+                    stored[i] = escaped(rows[i], f"stored with its text escaped: {why}")
+                    try:
+                        write_quarantine([stored[i]], trial_dir, self.worker)
+                    except _ENVIRONMENT:
+                        raise
+                    except Exception as again:
+                        dumps[i] = (
+                            f"kept as a JSON dump: {why}; with its text escaped, "
+                            f"{type(again).__name__}: {again}"
+                        )
+        for i, why in dumps.items():
+            dump_quarantine_row(rows[i], why, self.lake_dir, self.worker, f"{token}-{i}")
+        kept = [r for i, r in enumerate(stored) if i not in dumps]
+        write_quarantine(kept, self.lake_dir, self.worker, token)
+        if dumps:
+            with self.lock:
+                self.counters.quarantine_dumps += len(dumps)
 
     def _quarantine_message(
         self,
@@ -1075,6 +1102,7 @@ class ProcessorProcess:
             c = self.counters
             c.readings, c.written, c.duplicates = child.readings, child.written, child.duplicates
             c.quarantined, c.alerts = dict(child.quarantined), dict(child.alerts)
+            c.quarantine_dumps = child.quarantine_dumps
             c.flushes, c.lag_s = child.flushes, child.lag_s
 
     def send_chunk(self, raw: RawBatch) -> None:

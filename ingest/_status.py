@@ -3,7 +3,8 @@
 Workers come from their state files (``state/ingest/<worker>.json``, saved after every
 flush) and their locks (``state/ingest/<worker>.lock``, held while the worker runs); the
 quarantine from the ``reason``, ``detail``, ``topic`` and ``received_at`` columns of
-``lake/quarantine`` (the raw payloads are not read).
+``lake/quarantine`` (the raw payloads are not read), and from the JSON dumps there of the
+rows the Parquet writer refused (``ingest._quarantine.dump_quarantine_row``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from pathlib import Path
 
 import msgspec
 import pyarrow.parquet as pq
+
+from ingest._quarantine import read_quarantine_dump
 
 
 class _StateHead(msgspec.Struct):
@@ -53,6 +56,7 @@ class IngestStatus:
     quarantined: dict[str, int] = field(default_factory=dict)  # reason -> rows
     newest_quarantined: QuarantineEntry | None = None
     unreadable_files: int = 0  # quarantine files that could not be read
+    dumped: int = 0  # rows kept as JSON dumps (refused by the Parquet writer), in quarantined
 
 
 def _holder(lock: Path) -> int | None:
@@ -115,4 +119,18 @@ def ingest_status(lake_dir: Path, state_dir: Path) -> IngestStatus:
             if newest is None or at >= newest.received_at:  # rows are in receive order
                 detail = t["detail"][i].as_py()
                 newest = QuarantineEntry(at, reasons[i], t["topic"][i].as_py(), detail)
-    return IngestStatus(_workers(state_dir), dict(sorted(counts.items())), newest, unreadable)
+    dumped = 0
+    for f in sorted((lake_dir / "quarantine").glob("date=*/*.json")):
+        try:
+            row = read_quarantine_dump(f)
+        except (OSError, ValueError):
+            unreadable += 1
+            continue
+        dumped += 1
+        counts[row.reason] = counts.get(row.reason, 0) + 1
+        at = datetime.fromtimestamp(row.received_at_ms / 1000, UTC)
+        if newest is None or at >= newest.received_at:
+            newest = QuarantineEntry(at, row.reason, row.topic, row.detail)
+    return IngestStatus(
+        _workers(state_dir), dict(sorted(counts.items())), newest, unreadable, dumped
+    )

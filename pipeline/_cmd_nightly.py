@@ -208,6 +208,7 @@ def _ingest_json(ing: IngestStatus) -> dict[str, Any]:
             "detail": q.detail,
         },
         "unreadable_quarantine_files": ing.unreadable_files,
+        "quarantine_dumps": ing.dumped,
     }
 
 
@@ -235,6 +236,11 @@ def _echo_ingest(ing: IngestStatus) -> None:
         click.echo(
             f"  newest {q.received_at.isoformat(timespec='seconds')} {q.reason} "
             f"on {q.topic}: {q.detail[:200]}"
+        )
+    if ing.dumped:
+        click.echo(
+            f"  {ing.dumped} kept as JSON dumps (the Parquet writer refused them): "
+            "lake/quarantine/date=*/*.json"
         )
     if ing.unreadable_files:
         click.echo(f"  {ing.unreadable_files} quarantine file(s) could not be read")

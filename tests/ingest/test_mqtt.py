@@ -736,3 +736,71 @@ def test_messages_failing_the_conversion_the_alerts_or_the_quarantine_write_do_n
         ("bad_topic", f"fleet/d\\xe9mo/{vin}/bms", encode(reading(vin, 5, NOW))),
         ("write_failed", bms_topic(vin), encode(unconvertible)),
     ]
+
+
+def test_a_quarantine_row_refused_even_escaped_is_kept_as_a_dump_and_ingest_keeps_running(
+    broker: MosquittoBroker, data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A quarantine row the Parquet writer refuses even with its text escaped (a fault
+    injected into pyarrow in the writer process for a topic, which escaping keeps) used to
+    stop the worker, and the broker redelivered its message after every restart. It is
+    kept as a JSON dump beside the quarantine files (every field, the raw bytes exactly,
+    both errors in the detail), counted (counters, ``fleetbms status``), its message
+    acknowledged like any quarantined one; the other rows are stored as Parquet and the
+    worker keeps running."""
+    import json
+
+    from click.testing import CliRunner
+
+    from ingest import ingest_status
+    from pipeline import cli
+
+    hook = write_fault.hook_dir(tmp_path / "hook", also=("install_topic",))
+    monkeypatch.setenv("PYTHONPATH", str(hook))
+    vin, other = VINS[0], VINS[1]
+    refused = f"fleet/{write_fault.REFUSED_TOPIC}/{other}/bms"
+    old_version = encode({**reading(other, 0, NOW), "v": 2})
+    garbage = b"\xff\xfe not json \x00"
+    ingest = IngestThread(broker.address, data_dir)
+    pub = Client(broker.address, "pub")
+    watcher = Client(broker.address, "watch", subscribe=("fleet/+/+/ack",))
+    try:
+        for s in range(2):
+            pub.publish(bms_topic(vin), encode(reading(vin, s, NOW - timedelta(seconds=9 - s))))
+        pub.publish(bms_topic(vin), b"{}")
+        pub.publish(refused, old_version)
+        pub.publish(refused, garbage)
+        wait_until(lambda: watcher.acks() == {vin: 1, other: 0}, 60, what="acks past them")
+        pub.publish(bms_topic(vin), encode(reading(vin, 2, NOW)))  # the worker runs on
+        wait_until(lambda: watcher.acks().get(vin) == 2, 60, what="the next ack")
+    finally:
+        counters = ingest.close()
+        pub.close()
+        watcher.close()
+    reasons = {"missing_field": 1, "not_json": 1, "unknown_version": 1}
+    assert counters.quarantined == reasons
+    assert counters.quarantine_dumps == 2
+    assert lake_counts(data_dir) == (3, 3)
+    stored = query(data_dir, "quarantine", "SELECT reason, topic, payload FROM t")
+    assert [(r[0], r[1], bytes(r[2])) for r in stored] == [("missing_field", bms_topic(vin), b"{}")]
+    dumps = [json.loads(p.read_bytes()) for p in (data_dir / "lake").rglob("quarantine/*/*.json")]
+    dumps.sort(key=lambda d: d["reason"])
+    assert [(d["reason"], d["topic"], d["source"], d["batch_index"]) for d in dumps] == [
+        ("not_json", refused, "mqtt", None),
+        ("unknown_version", refused, "mqtt", None),
+    ]
+    assert [d["payload"].encode("utf-8", "surrogateescape") for d in dumps] == [
+        garbage,
+        old_version,
+    ]
+    why = (
+        "[kept as a JSON dump: writing it raised ArrowInvalid: injected fault: a refused "
+        "topic; with its text escaped, ArrowInvalid: injected fault: a refused topic] "
+    )
+    assert all(d["detail"].startswith(why) for d in dumps), dumps
+    status = ingest_status(data_dir / "lake", data_dir / "state")
+    assert (status.quarantined, status.dumped, status.unreadable_files) == (reasons, 2, 0)
+    shown = CliRunner().invoke(cli, ["--data-dir", str(data_dir), "status"])
+    assert shown.exit_code == 0, shown.output
+    assert "quarantined: 3 (missing_field=1, not_json=1, unknown_version=1)" in shown.output
+    assert "  2 kept as JSON dumps (the Parquet writer refused them): " in shown.output

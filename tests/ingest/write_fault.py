@@ -4,7 +4,8 @@ a reading whose ``odometer_km`` is one of the marked values, with ``pyarrow.Arro
 ``install_conversion`` makes the conversion of such a column to Arrow (``pyarrow.array``)
 fail instead, and ``install_alert`` the live alerts' search of the hottest sensor
 (``numpy.argmax``) of a reading holding a marked temperature; ``install_text`` makes
-the Parquet writer refuse a quarantine table whose reason detail is not ASCII;
+the Parquet writer refuse a quarantine table whose reason detail is not ASCII, and
+``install_topic`` one whose topic holds ``REFUSED_TOPIC`` (escaped too: it is ASCII);
 ``install_decoder`` makes ``msgspec.json.decode`` raise on a payload holding ``FAULT``.
 
 In the test process: ``install(monkeypatch.setattr, ...)``. In the ingest writer process (a
@@ -30,6 +31,8 @@ MARKED_KM = 777_777.5
 CONVERSION_KM = 888_888.5
 #: A sensor temperature no test sends otherwise, for ``install_alert``. [degC]
 ALERT_TEMP_C = 77.7
+#: A fleet id no test uses otherwise, for ``install_topic``.
+REFUSED_TOPIC = "refused_fleet"
 
 
 def _faulty(
@@ -108,6 +111,20 @@ def install_text(setattr_: Callable[[Any, str, Any], None]) -> None:
         details = table["detail"].to_pylist() if "detail" in table.column_names else []
         if not all(text.isascii() for text in details):
             raise pa.ArrowInvalid("injected fault: a detail outside ASCII")
+        return original(self, table, *args, **kwargs)
+
+    setattr_(pq.ParquetWriter, "write_table", write_table)
+
+
+def install_topic(setattr_: Callable[[Any, str, Any], None]) -> None:
+    """Make ``ParquetWriter.write_table`` raise ``ArrowInvalid`` on a table with a
+    ``topic`` column holding ``REFUSED_TOPIC`` (a row refused even with its text escaped)."""
+    original = pq.ParquetWriter.write_table
+
+    def write_table(self: pq.ParquetWriter, table: pa.Table, *args: Any, **kwargs: Any) -> Any:
+        topics = table["topic"].to_pylist() if "topic" in table.column_names else []
+        if any(REFUSED_TOPIC in topic for topic in topics):
+            raise pa.ArrowInvalid("injected fault: a refused topic")
         return original(self, table, *args, **kwargs)
 
     setattr_(pq.ParquetWriter, "write_table", write_table)
