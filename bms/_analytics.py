@@ -1853,15 +1853,16 @@ def _update_carry_and_capacity(
     runs_by_vin: dict[str, list[dict[str, Any]]] = {}
     for row in rest_runs.to_pylist():
         runs_by_vin.setdefault(row["vin"], []).append(row)
-    turns_by_vin: dict[str, list[tuple[float, int, int]]] = {}
-    for v, t, d, q in zip(
+    turns_by_vin: dict[str, list[tuple[float, int, bool, int]]] = {}
+    for v, t, d, reset, q in zip(
         branch_turns["vin"].to_pylist(),
         branch_turns["ts_ms"].to_pylist(),
         branch_turns["direction"].to_pylist(),
+        branch_turns["reset"].to_pylist(),
         branch_turns["q_cum_uah"].to_pylist(),
         strict=True,
     ):
-        turns_by_vin.setdefault(v, []).append((t, d, q))
+        turns_by_vin.setdefault(v, []).append((t, d, bool(reset), q))
     steps_by_vin = _charge_step_points(charge_cells, reg, params)
     new: dict[str, dict[str, Any]] = {vin: dict(row) for vin, row in prev.items()}
     estimates: list[dict[str, Any]] = []
@@ -2227,39 +2228,46 @@ def _implausible_cells(cell_mv: list[int | None] | None) -> list[int]:
 def _branch_moves(
     old: Mapping[str, Any] | None,
     runs: list[dict[str, Any]],
-    turns: list[tuple[float, int, int]],
+    turns: list[tuple[float, int, bool, int]],
     q_base: int,
-) -> tuple[tuple[int, int | None], dict[int, int]]:
+) -> tuple[tuple[int, int | None], dict[int, int | None]]:
     """How far the hysteresis branch had moved when each of the day's rests began.
 
     ``runs``: the vehicle's rest runs of the day, ``turns``: its ``branch_turns`` rows
-    (time, direction, day's charge count), ``q_base``: the total charge count before
-    the day. Returns the direction and total count of the latest turn at the day's end
-    (for the carry) and, per rest run id, the charge moved in the direction of the
-    current before it [uAh]: 0 when the direction is unknown (the data's first
-    readings), so that its branch counts as uncertain. A rest continuing from the day
-    before takes the carried value."""
+    (time, direction, reset, day's charge count), ``q_base``: the total charge count
+    before the day. Returns the direction and total count of the latest turn at the
+    day's end (for the carry) and, per rest run id, the charge moved in the direction of
+    the current before it [uAh]; None where that is unknown (the data's first readings,
+    a gap that broke the charge count, a carry from before the count was kept): the
+    branch is then anywhere within half a gap. A rest continuing from the day before
+    takes the carried value."""
     direction = int((old or {}).get("branch_direction") or 0)
     since = (old or {}).get("branch_since_uah")
     turns = sorted(turns)
     k = 0
-    moved_at: dict[int, int] = {}
+
+    def turn(d: int, reset: bool, q: int) -> None:
+        nonlocal direction, since
+        if reset:  # the count restarts in the reading's direction (0: unknown)
+            direction, since = d, (q_base + q if d else None)
+        elif d != 0 and d != direction:
+            direction, since = d, q_base + q
+
+    moved_at: dict[int, int | None] = {}
     for run in sorted(runs, key=lambda r: r["start_ms"]):
         if run["run_id"] == 0:
-            moved_at[0] = int((old or {}).get("rest_branch_moved_uah") or 0)
+            moved_at[0] = (old or {}).get("rest_branch_moved_uah")
             continue
         while k < len(turns) and turns[k][0] < run["start_ms"]:
-            if turns[k][1] != direction:
-                direction, since = turns[k][1], q_base + turns[k][2]
+            turn(*turns[k][1:])
             k += 1
         before = _DIRECTION.get(run["mode_before_rest"] or "", 0)
-        moved = 0
+        moved = None
         if before != 0 and before == direction and since is not None:
             moved = max(before * (q_base + int(run["start_q_cum_uah"]) - since), 0)
         moved_at[run["run_id"]] = moved
-    for _, d, q in turns[k:]:
-        if d != direction:
-            direction, since = d, q_base + q
+    for _, d, reset, q in turns[k:]:
+        turn(d, reset, q)
     return (direction, since), moved_at
 
 
@@ -2274,9 +2282,10 @@ def _rest_point(
     base). ``relaxed``: a rest too short to have relaxed, its relaxation extrapolated;
     every cell is moved by the mean cell's correction, and its uncertainty joins the
     rest voltage's. ``moved_share``: charge moved in the direction before the rest, a
-    share of capacity (``hysteresis_offset_mv``: the LFP branch and its uncertainty).
-    The caller has left out rests with an implausible cell (``_implausible_cells``)."""
-    direction = _DIRECTION.get(run["mode_before_rest"] or "", 0)
+    share of capacity (``hysteresis_offset_mv``: the LFP branch and its uncertainty);
+    None: not known, nor then the branch. The caller has left out rests with an
+    implausible cell (``_implausible_cells``)."""
+    direction = 0 if moved_share is None else _DIRECTION.get(run["mode_before_rest"] or "", 0)
     shift_mv = 0.0 if relaxed is None else relaxed.correction_mv
     _, branch_sigma_mv = hysteresis_offset_mv(chem, direction, moved_share)
     sigma_mv = math.hypot(REST_VOLTAGE_SIGMA_MV[chem], branch_sigma_mv)

@@ -243,9 +243,10 @@ def hysteresis_offset_mv(
     (``HYSTERESIS_TYPICAL_EFOLD``); the uncertainty reaches the slowest flip
     (``HYSTERESIS_SLOWEST_EFOLD``) and :math:`d` (flipped already, or never on the other
     branch). A short drive after a charge (1 % of capacity) leaves an LFP cell near its
-    charge branch: read as the discharge branch, a rest at 87 % read 95 % on the plateau
-    (0.3 mV per % there, a sigma of 0.3 %), and a simulated taxi got capacity estimates
-    of 15 % SoH from such rests. Direction unknown: anywhere within half a gap.
+    charge branch: read as the discharge branch, a rest at 87 % on the plateau read 95 %,
+    where the curve is steep enough to give a sigma of 0.3 %, and a simulated taxi got
+    capacity estimates of 15 % SoH from such rests. Direction unknown: anywhere within
+    half a gap.
     """
     half = OCV_HYSTERESIS_HALF_MV[chemistry]
     if direction == 0:

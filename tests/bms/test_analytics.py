@@ -445,6 +445,79 @@ def test_a_short_drive_after_a_charge_leaves_the_lfp_branch_uncertain(tmp_path: 
     np.testing.assert_allclose(rested["capacity_ah"].to_pylist(), v.capacity_ah, rtol=0.02)
 
 
+def test_a_data_gap_over_a_charge_leaves_the_lfp_branch_uncertain(tmp_path: Path) -> None:
+    """Telemetry lost from the morning drive until just after a charge and a 1 % drive
+    had begun: the readings on both sides of the gap are driving, so no turn of the
+    current is seen. The charge moved since the last turn then seemed to be the whole
+    morning drive and the rest after the 1 % drive counted as on the discharge branch
+    (87 % read 95.3 %, its pairs 80 Ah for a 90 Ah pack); a gap that breaks the charge
+    count restarts it, so that rest's branch is uncertain and it gives no point."""
+    from tests.bms.test_analytics_synth import write_registry
+
+    v = SynthVehicle(
+        "FBMAAAAA0TS000042",
+        chemistry="lfp",
+        capacity_ah=90.0,
+        # 100 -> 20 %, charge to 88 %, 1 % drive, rest, drive to 15 %, charge to 100 %
+        plan=(
+            (7.0, 8.6, -0.5),
+            (9.0, 12.4, 0.2),
+            (12.5, 12.55, -0.2),
+            (16.0, 17.44, -0.5),
+            (20.0, 23.4, 0.25),
+        ),
+        hysteresis_efold=1.0 / 30.0,
+    )
+    root = tmp_path / "lake"
+    soc = 1.0
+    for i in range(2):
+        day = START + timedelta(days=i)
+        table, soc = vehicle_day_table(v, day, soc, cadence_s=60, fleet="demo", seq0=i * 10**6)
+        if i == 0:  # no data from 08:30 to 12:31
+            minute = np.arange(table.num_rows)
+            table = table.filter(pa.array((minute < 8.5 * 60) | (minute > 12 * 60 + 31)))
+        bms.write_telemetry(table, root, file_prefix="synth")
+    write_registry(root, [v])
+    bms.run_pending(root)
+    cap = bms.read_metrics(root, "capacity")
+    assert cap.num_rows >= 2
+    est = np.asarray(cap["capacity_ah"].to_pylist())
+    sigma = np.asarray(cap["rel_sigma"].to_pylist()) * est
+    assert np.all(np.abs(est - v.capacity_ah) <= 3.0 * sigma), est
+
+
+def test_the_branch_before_a_rest_is_unknown_until_a_turn_or_a_restart_is_seen() -> None:
+    """The charge moved before each rest (bms._analytics._branch_moves): unknown (None,
+    the branch anywhere within half a gap) before the first turn of the current, after a
+    gap that broke the charge count into a mode of neither direction, and for a carry
+    without the count; counted from the turn or from a gap into a drive otherwise. An
+    unknown count read as 0 put the branch on the opposite side."""
+    from bms._analytics import _branch_moves
+
+    def rest(run_id: int, start_ms: int, q_uah: int) -> dict[str, object]:
+        return {
+            "run_id": run_id,
+            "start_ms": start_ms,
+            "mode_before_rest": "drive",
+            "start_q_cum_uah": q_uah,
+        }
+
+    base = 10**9
+    runs = [rest(1, 100, -5_000_000), rest(3, 300, -9_000_000), rest(5, 500, -12_000_000)]
+    turns = [
+        (150, -1, False, -6_000_000),  # a drive begins
+        (400, 0, True, -10_000_000),  # a gap, then idle: unknown
+    ]
+    (direction, since), moved = _branch_moves(None, runs, turns, base)
+    assert moved == {1: None, 3: 3_000_000, 5: None}
+    assert (direction, since) == (0, None)
+    # a gap into a drive restarts the count there; a rest continuing from the day before
+    # takes the carried value, none in a carry from before it was kept
+    turns = [(150, -1, True, -6_000_000)]
+    _, moved = _branch_moves({"rest_branch_moved_uah": None}, [rest(0, 0, 0), *runs[1:]], turns, 0)
+    assert moved == {0: None, 3: 3_000_000, 5: 6_000_000}
+
+
 def test_registry_row_without_capacity_takes_the_default_capacity(tmp_path: Path) -> None:
     """capacity_ah is nullable in the registry: the run goes on with
     analytics.default_capacity_ah (as readings.sql does), ageing stress included."""
