@@ -56,20 +56,20 @@ class QuarantineRow:
     source: str  # "mqtt" or "file:<path>:<line>" (valid UTF-8: see ingest._files._shown)
 
 
+def ascii_text(text: str) -> str:
+    """``text`` as ASCII, every other character a backslash escape (lone surrogates too)."""
+    return text.encode("ascii", "backslashreplace").decode("ascii")
+
+
 def escaped(row: QuarantineRow, why: str) -> QuarantineRow:
-    """``row`` with its text (``topic``, ``detail``, ``source``) as ASCII, every other
-    character a backslash escape (lone surrogates too), and ``why`` at the start of the
-    detail; reason, raw bytes, receive time and batch index unchanged. For a row the
-    Parquet writer refuses as it is."""
-
-    def ascii_(text: str) -> str:
-        return text.encode("ascii", "backslashreplace").decode("ascii")
-
+    """``row`` with its text (``topic``, ``detail``, ``source``) as ASCII (``ascii_text``)
+    and ``why`` at the start of the detail; reason, raw bytes, receive time and batch index
+    unchanged. For a row the Parquet writer refuses as it is."""
     return replace(
         row,
-        topic=ascii_(row.topic),
-        detail=ascii_(f"[{why}] {row.detail}"),
-        source=ascii_(row.source),
+        topic=ascii_text(row.topic),
+        detail=ascii_text(f"[{why}] {row.detail}"),
+        source=ascii_text(row.source),
     )
 
 

@@ -19,7 +19,9 @@ previous day may still arrive late.
 
 Quarantined readings are counted by the quarantine partition's date, which is the
 receive date (their event time may be unreadable); for late replays it can differ from
-the event date.
+the event date. A row kept as a JSON dump there (``<worker>-<id>.json``, refused by the
+Parquet writer even escaped: ``ingest._quarantine.dump_quarantine_row``) counts exactly
+as a Parquet row.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from bms import holds_unique_readings, telemetry_dir, write_parquet_atomic
+from ingest._quarantine import ascii_text, read_quarantine_dump
 from pipeline._compact import dedup_sort, is_compacted, read_stats, stats_path, vin_ranks
 
 _TS = pa.timestamp("ms", tz="UTC")
@@ -106,8 +109,10 @@ def reconciliation_paths(lake: Path, day: date, fleet: str) -> tuple[Path, Path]
 
 
 def quarantine_files(lake: Path, day: date) -> list[Path]:
-    """Quarantine files of a receive date."""
-    return sorted((lake / "quarantine" / f"date={day.isoformat()}").rglob("*.parquet"))
+    """Quarantine files of a receive date: Parquet, and the JSON dumps of rows the Parquet
+    writer refused (a hidden temporary of either ends in ``.tmp``: left out)."""
+    base = lake / "quarantine" / f"date={day.isoformat()}"
+    return sorted([*base.rglob("*.parquet"), *base.rglob("*.json")])
 
 
 def registry_file(lake: Path) -> Path:
@@ -136,10 +141,25 @@ def _quarantined_by_vin(files: list[Path], fleet: str) -> dict[str, int]:
 
     Ingest stores the topic (``fleet/{fleet_id}/{vin}/bms``) of every rejected message;
     a message whose topic names no vehicle of this fleet is not counted here, nor one
-    recorded as ``alert_failed`` (its readings are stored).
+    recorded as ``alert_failed`` (its readings are stored). A JSON dump (``*.json``)
+    counts as its row would as Parquet; one that cannot be read raises (``OSError``,
+    ``ValueError``), as a damaged Parquet file does: never an undercount.
     """
     counts: dict[str, int] = {}
+    dumped = [read_quarantine_dump(f) for f in files if f.suffix == ".json"]
+    if dumped:
+        # The topic as the row's escaped Parquet copy would hold it: lone surrogates
+        # (kept in a dump) cannot become an Arrow string.
+        t = pa.table(
+            {
+                "topic": [ascii_text(r.topic) for r in dumped],
+                "reason": [r.reason for r in dumped],
+            }
+        )
+        _add(counts, _topic_counts(t, fleet))
     for f in files:
+        if f.suffix == ".json":
+            continue
         names = pq.read_schema(f).names
         if "vin" in names:
             cols = ["vin", "fleet"] if "fleet" in names else ["vin"]
@@ -149,13 +169,17 @@ def _quarantined_by_vin(files: list[Path], fleet: str) -> dict[str, int]:
             _add(counts, _vin_counts(t["vin"]))
         elif "topic" in names:
             t = pq.read_table(f, columns=["topic", "reason"] if "reason" in names else ["topic"])
-            if "reason" in names:  # alert_failed: stored, only its alerts were not evaluated
-                t = t.filter(pc.invert(pc.fill_null(pc.equal(t["reason"], "alert_failed"), False)))
-            topic = t["topic"]
-            parts = pc.extract_regex(topic, r"^fleet/(?P<fleet>[^/]+)/(?P<vin>[^/]+)/")
-            mine = pc.fill_null(pc.equal(pc.struct_field(parts, "fleet"), fleet), False)
-            _add(counts, _vin_counts(pc.struct_field(parts, "vin").filter(mine)))
+            _add(counts, _topic_counts(t, fleet))
     return counts
+
+
+def _topic_counts(t: pa.Table, fleet: str) -> dict[str, int]:
+    """Rows per VIN of ``fleet`` named by the ``topic`` column, ``alert_failed`` left out."""
+    if "reason" in t.column_names:  # alert_failed: stored, only its alerts were not evaluated
+        t = t.filter(pc.invert(pc.fill_null(pc.equal(t["reason"], "alert_failed"), False)))
+    parts = pc.extract_regex(t["topic"], r"^fleet/(?P<fleet>[^/]+)/(?P<vin>[^/]+)/")
+    mine = pc.fill_null(pc.equal(pc.struct_field(parts, "fleet"), fleet), False)
+    return _vin_counts(pc.struct_field(parts, "vin").filter(mine))
 
 
 def _registered_vins(lake: Path, fleet: str, day: date) -> set[str]:

@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, date, datetime
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
-from ingest._quarantine import QuarantineRow, write_quarantine
-from pipeline._reconcile import _quarantined_by_vin, quarantine_files, reconcile_tables
+from ingest._quarantine import QuarantineRow, dump_quarantine_row, write_quarantine
+from pipeline._reconcile import (
+    _quarantined_by_vin,
+    quarantine_files,
+    reconcile_partition,
+    reconcile_tables,
+    reconciliation_inputs,
+)
+from tests.pipeline.nightly_data import day_table, write_flushes
 
 _TS = pa.timestamp("ms", tz="UTC")
 VINS = ["MAT612345NEX00001", "MAT612345NEX00002", "MAT612345NEX00003"]
@@ -88,3 +97,39 @@ def test_quarantined_messages_count_per_vehicle_except_those_whose_readings_were
     write_quarantine(rows, tmp_path / "lake", "w1")
     counted = _quarantined_by_vin(quarantine_files(tmp_path / "lake", day), "demo")
     assert counted == {VINS[0]: 2}
+
+
+def test_a_quarantine_row_kept_as_a_json_dump_counts_like_a_parquet_row(tmp_path: Path) -> None:
+    """Ingest keeps a row the Parquet writer refused even escaped as a JSON dump beside
+    the quarantine files (``dump_quarantine_row``): reconciliation counts it as the same
+    row stored as Parquet (its topic's vehicle, not ``alert_failed``, this fleet only), and
+    its file is an input, so a dump written after a run makes the next run reconcile again."""
+    day = date(2026, 5, 1)
+    lake = tmp_path / "lake"
+    write_flushes(day_table(day), lake, flushes=2)
+    ms = int(datetime(2026, 5, 1, 12, tzinfo=UTC).timestamp() * 1000)
+
+    def row(vin: str, reason: str, fleet: str = "demo") -> QuarantineRow:
+        return QuarantineRow(f"fleet/{fleet}/{vin}/bms", b"\xff{", reason, "x", ms, None, "mqtt")
+
+    write_quarantine([row(VINS[0], "not_json")], lake, "w1", "t1")
+    why = "kept as a JSON dump: writing it raised ArrowInvalid: refused"
+    dumps = [
+        dump_quarantine_row(row(VINS[0], "bad_value"), why, lake, "w1", "t1-0"),
+        dump_quarantine_row(row(VINS[1], "alert_failed"), why, lake, "w1", "t1-1"),
+        dump_quarantine_row(row(VINS[2], "not_json", fleet="other"), why, lake, "w1", "t1-2"),
+        dump_quarantine_row(row("MAT612345NEX00009", "not_json"), why, lake, "w2", "t2-0"),
+    ]
+    # A dump keeps text as it came, lone surrogates too (no Arrow string can hold them).
+    odd = replace(row(VINS[0], "bad_topic"), topic=f"fleet/demo/{VINS[0]}/bms\udcff")
+    dumps.append(dump_quarantine_row(odd, why, lake, "w2", "t2-1"))
+    assert all(p.parent == lake / "quarantine" / f"date={day}" for p in dumps)
+
+    assert set(dumps) <= set(reconciliation_inputs(tmp_path, day, "demo"))
+    reconcile_partition(tmp_path, day, "demo")
+    per_vin = pq.read_table(lake / f"metrics/reconciliation/date={day}/fleet=demo/part.parquet")
+    counted = dict(
+        zip(per_vin["vin"].to_pylist(), per_vin["readings_quarantined"].to_pylist(), strict=True)
+    )
+    # VIN 9 sent nothing stored: a row of its own, as for a Parquet row.
+    assert counted == {VINS[0]: 3, VINS[1]: 0, VINS[2]: 0, "MAT612345NEX00009": 1}
