@@ -7,7 +7,7 @@ import hmac
 import json
 import threading
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +18,7 @@ import pytest
 from pypdf import PdfReader
 
 import bms
+from ingest._quarantine import QuarantineRow, dump_quarantine_row
 from reports import load_or_create_pseudonym_key, pseudonym
 from tests.broker import MosquittoBroker, free_port
 from tests.pipeline.nightly_data import VINS, day_table, fleetbms, write_flushes
@@ -332,6 +333,26 @@ def test_erase_names_a_parquet_file_it_cannot_read_and_exits_1(tmp_path: Path):
     assert GONE not in textual_values(pq.read_table(src))  # the rest is erased
     entry = json.loads((d / "state" / "erasure" / "log.jsonl").read_text().splitlines()[-1])
     assert entry["files_unchecked"] == 1
+
+
+def test_erase_deletes_a_quarantine_json_dump_that_names_the_vin(tmp_path: Path):
+    """A quarantine row the Parquet writer refused is kept as a JSON dump (ingest's
+    ``dump_quarantine_row``): erased like a Parquet quarantine row, others untouched."""
+    d = tmp_path / "data"
+    _lake_with(d)
+    ms = int(datetime(RUN_DAY.year, RUN_DAY.month, RUN_DAY.day, 6, tzinfo=UTC).timestamp() * 1000)
+
+    def dump(vin: str, token: str) -> Path:
+        payload = b'{"vin": "' + vin.encode() + b'", "x": "\xff"}'
+        row = QuarantineRow(f"fleet/demo/{vin}/bms", payload, "not_json", "x", ms, None, "mqtt")
+        return dump_quarantine_row(row, "kept as a JSON dump: refused", d / "lake", "w1", token)
+
+    gone, kept = dump(GONE, "t-0"), dump(VINS[1], "t-1")
+    kept_bytes = kept.read_bytes()
+    r = fleetbms(d, "erase", "--vin", GONE)
+    assert r.returncode == 0, r.stderr
+    assert not gone.exists()
+    assert kept.read_bytes() == kept_bytes
 
 
 # --- the erasure log is a hash chain ----------------------------------------------------

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 import bms
+from ingest._quarantine import QuarantineRow, dump_quarantine_row
 from pipeline._retention import apply_retention, rewrite_parquet
 from tests.pipeline.nightly_data import VINS, day_table, fleetbms, snapshot, write_flushes
 from tests.pipeline.test_nightly import RUN_DAY
@@ -134,3 +135,22 @@ def test_rewrite_keeps_the_delta_encodings_of_a_compacted_file(tmp_path: Path):
         assert "DELTA_BINARY_PACKED" in chunks["seq"].encodings
         assert "DELTA_BINARY_PACKED" in chunks["cell_mv.list.element"].encodings
         assert "RLE_DICTIONARY" in chunks["vin"].encodings
+
+
+def test_retention_purges_quarantine_json_dumps_with_their_date(tmp_path: Path):
+    """A quarantine row the Parquet writer refused is kept as a JSON dump (ingest's
+    ``dump_quarantine_row``) in its receive date's partition: purged at the same age,
+    also when the partition holds nothing else."""
+    d = tmp_path / "data"
+    recent, ancient = RUN_DAY - timedelta(days=10), RUN_DAY - timedelta(days=400)
+    dumps = {}
+    for day in (recent, ancient):
+        ms = int(datetime(day.year, day.month, day.day, 6, tzinfo=UTC).timestamp() * 1000)
+        row = QuarantineRow(f"fleet/demo/{VINS[0]}/bms", b"{", "not_json", "x", ms, None, "mqtt")
+        dumps[day] = dump_quarantine_row(row, "kept as a JSON dump", d / "lake", "w1", "t-0")
+    r = apply_retention(
+        d, RUN_DAY, archive_after_days=30, purge_after_days=365, zstd_level=3, today=RUN_DAY
+    )
+    assert r.purged_quarantine_alerts == 1
+    assert dumps[recent].exists()
+    assert not (d / "lake" / "quarantine" / f"date={ancient}").exists()
