@@ -198,6 +198,11 @@ SELECT
         vin_first, day_first, prev2_current_a, new_run, q_unit_uah, covered_unit_ms,
         bad_gaps_unit, runs_unit, q_base, covered_base, bad_gaps_base, run_base, grun_base
     ),
+    -- where the LFP hysteresis bookkeeping restarts or turns (branch_turns.sql): a gap
+    -- that broke the charge count, or a reading entering a charge or discharge mode
+    bad_gap OR (
+        mode IN ('ac_charge', 'dc_charge', 'drive', 'v2g') AND mode IS DISTINCT FROM prev_mode
+    ) AS branch_turn,
     q_unit_uah - q_base AS q_cum_uah,
     covered_unit_ms - covered_base AS covered_cum_ms,
     bad_gaps_unit - bad_gaps_base AS bad_gaps_cum,
