@@ -191,6 +191,16 @@ CPU, analyze 15.30 s / 25.91 s: ratio 4.88 wall, 4.21 CPU (goal 3 not met); peak
 recent window ran for every vehicle at first: day 365 / day 1 1.28; it now runs only
 where the recent estimates' median residual could count (5b01af0), same results.
 
+2026-12-07 (another fresh machine, quiet, about 1.3x slower on the same code), 1,000
+vehicles, analytics-20 (e9344e6) and analytics-21 run in turn: analyze 20.5-23.4 s wall
+for both, 32.7-37.0 s CPU (analytics-20) and 34.4-38.6 s (analytics-21 with its first,
+separate branch_turns scan); floors 3.4-4.9 s wall and 6.7-9.5 s CPU, so ratios of 4.8-6.8
+wall and 4.1-5.5 CPU: here the floor moved more than the change. The hysteresis
+bookkeeping alone (run_analytics of the day, two runs each): 40.9-42.5 s CPU with
+branch_turns returning nothing, 43.1-44.3 with the separate scan, 41.1-43.6 with the
+readings table's flag (274e30a). Peak RSS 640-750 MB; day 365 / day 1 1.17-1.39 (this
+machine's own noise: 1.30 and 1.39 for analytics-20).
+
 Usage: python benchmarks/analytics.py [--vehicles 1000]
 """
 
