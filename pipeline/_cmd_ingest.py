@@ -59,15 +59,17 @@ def _log_to_stderr() -> None:
     default=None,
     help="File holding the MQTT password (first line).",
 )
-@click.option("--group", default=None, help="Shared-subscription group ($share/NAME/...).")
-@click.option("--client-id", default=None, help="Session identity and worker id.")
+@click.option(
+    "--group", type=NON_EMPTY, default=None, help="Shared-subscription group ($share/NAME/...)."
+)
+@click.option("--client-id", type=NON_EMPTY, default=None, help="Session identity and worker id.")
 @click.option("--flush-rows", type=int, default=None, help="Readings per flush.")
 @click.option("--flush-age", type=float, default=None, help="Max wait of a buffered message [s].")
 @click.option("--metrics-port", type=int, default=None, help="Prometheus /metrics port; 0 = off.")
 @click.option("--log-interval", type=float, default=None, help="Counter log line every [s].")
 @click.option(
     "--idle-exit",
-    type=float,
+    type=click.FloatRange(min=0),
     default=0.0,
     show_default=True,
     help="Exit after this many seconds without messages (drain a backlog); 0 = run on.",

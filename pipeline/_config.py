@@ -537,6 +537,11 @@ def _check_relations(settings: Settings) -> None:
             raise ConfigError(f"{name_a} = {a:g} must be {rel} {name_b} = {b:g}")
     if not re.fullmatch(FLEET_PATTERN, s.fleet.id):
         raise ConfigError(f"fleet.id = {s.fleet.id!r} is not 1-64 characters of [A-Za-z0-9_-]")
+    if not s.ingest.client_id.strip():
+        raise ConfigError(
+            f"ingest.client_id = {s.ingest.client_id!r} must not be empty: it names the broker "
+            "session that keeps readings while ingest is down"
+        )
     try:
         ZoneInfo(s.fleet.timezone)
     except (ZoneInfoNotFoundError, ValueError):

@@ -115,6 +115,19 @@ def test_an_unknown_fleet_is_an_error_naming_the_known_ones(lake_dir: Path, args
             "Invalid value for '--fleet': must not be empty (leave the option out for the default)",
         ),
         (("erase", "--vin", ""), "Invalid value for '--vin': must not be empty"),
+        (
+            ("ingest", "--client-id", ""),
+            "Invalid value for '--client-id': must not be empty (leave the option out for "
+            "the default)",
+        ),
+        (
+            ("ingest", "--group", " "),
+            "Invalid value for '--group': must not be empty (leave the option out for the default)",
+        ),
+        (
+            ("ingest", "--idle-exit", "-1"),
+            "Invalid value for '--idle-exit': -1.0 is not in the range x>=0.",
+        ),
     ],
 )
 def test_an_empty_or_negative_option_is_a_usage_error(

@@ -316,6 +316,11 @@ def test_an_unknown_environment_key_on_the_command_line_is_one_line() -> None:
             "fleet.id = 'a/b' is not 1-64 characters of [A-Za-z0-9_-]",
         ),
         (
+            {"FLEETBMS_INGEST__CLIENT_ID": " "},
+            "ingest.client_id = ' ' must not be empty: it names the broker session that "
+            "keeps readings while ingest is down",
+        ),
+        (
             {"FLEETBMS_FLEET__TIMEZONE": "Mars/Olympus"},
             "fleet.timezone = 'Mars/Olympus' is not an IANA time zone (e.g. Asia/Kolkata)",
         ),
