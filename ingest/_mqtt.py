@@ -662,7 +662,7 @@ def run_ingest(
     ------
     IngestError
         Bad broker address, TLS files, group name or unreadable state; another worker
-        with the same id runs on this data directory.
+        with the same id runs on this data directory; the metrics port cannot be served.
     """
     options.validate()
     stop = stop or threading.Event()
@@ -697,7 +697,16 @@ def _run_locked(
     if options.metrics_port:
         from ingest._metrics import start_metrics_server
 
-        server = start_metrics_server(options.metrics_port, processor)
+        try:
+            server = start_metrics_server(options.metrics_port, processor)
+        except OSError as exc:
+            # Not connected yet: nothing received, the state file is saved unchanged.
+            worker.client._reset_sockets()
+            processor.close()
+            raise IngestError(
+                f"cannot serve metrics on port {options.metrics_port}: "
+                f"{exc.strerror or exc} (--metrics-port, ingest.metrics_port)"
+            ) from None
     previous: dict[signal.Signals, Any] = {}
     if handle_signals:
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import socket
 from pathlib import Path
 
 from tests.broker import MosquittoBroker
@@ -50,3 +51,23 @@ def test_a_second_ingest_with_the_same_worker_id_refuses_and_the_first_runs_on(
     again = IngestProcess(data_dir, broker.address, "--client-id", "twin")
     again.proc.send_signal(signal.SIGTERM)
     assert again.wait()[0] == 0
+
+
+def test_a_metrics_port_in_use_is_one_error_line_and_releases_the_worker_id(
+    broker: MosquittoBroker, data_dir: Path
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        r = fleetbms(
+            data_dir, "ingest", "--broker", broker.address, "--metrics-port", port,
+            "--idle-exit", "1",
+        )  # fmt: skip
+    assert r.returncode == 1, r.stderr
+    assert "Traceback" not in r.stderr
+    assert r.stderr.startswith(f"Error: cannot serve metrics on port {port}: ")
+    assert len(r.stderr.splitlines()) == 1, r.stderr
+    # nothing holds the worker id: the same worker starts and stops cleanly
+    again = fleetbms(data_dir, "ingest", "--broker", broker.address, "--idle-exit", "1")
+    assert again.returncode == 0, again.stderr
