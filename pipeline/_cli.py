@@ -7,6 +7,7 @@ and prints. Library errors become one ``Error: ...`` line with exit 1, usage err
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -27,8 +28,21 @@ from pipeline._config import ConfigError, Settings, load_settings, render_settin
 from pipeline._params import DataDir
 from reports import ReportError
 
-#: Errors a user can cause (bad input, missing data); anything else is a bug.
-USER_ERRORS = (BmsError, IngestError, ReportError, ConfigError, ValueError)
+#: Errors a user can cause (bad input, missing data) or the machine's (``OSError``: a file
+#: the user running fleetbms may not read or write, a full disk); anything else is a bug.
+USER_ERRORS = (BmsError, IngestError, ReportError, ConfigError, ValueError, OSError)
+
+
+def _message(exc: Exception) -> str:
+    """One line: ``PATH: Permission denied`` for an ``OSError`` naming its file."""
+    if isinstance(exc, OSError) and exc.strerror and exc.filename is not None:
+        where = str(exc.filename)
+        if exc.filename2 is not None:
+            where += f" -> {exc.filename2}"
+        return f"{where}: {exc.strerror}"
+    if isinstance(exc, OSError):
+        return re.sub(r"^\[Errno \d+\] ", "", str(exc))
+    return str(exc)
 
 
 class _Group(click.Group):
@@ -38,7 +52,7 @@ class _Group(click.Group):
         except USER_ERRORS as exc:
             if ctx.params.get("debug"):
                 raise
-            raise click.ClickException(str(exc)) from exc
+            raise click.ClickException(_message(exc)) from exc
 
 
 @click.group(cls=_Group)

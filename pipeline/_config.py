@@ -471,6 +471,10 @@ def load_settings(
             raise ConfigError(f"config file {config_file} is not UTF-8 text") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {config_file} is not valid TOML: {exc}") from None
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot read config file {config_file}: {exc.strerror or exc}"
+            ) from None
         settings = _apply(settings, raw, "", str(config_file), sources)
     _check_env_names(env)
     settings = _apply_env(settings, env, sources)

@@ -3,11 +3,21 @@ and nothing written."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.pipeline.nightly_data import day_table, fleetbms, snapshot, write_flushes
+from tests.pipeline.nightly_data import (
+    FLEETBMS,
+    cli_env,
+    day_table,
+    fleetbms,
+    snapshot,
+    write_flushes,
+)
 from tests.pipeline.test_nightly import RUN_DAY
 
 
@@ -136,3 +146,63 @@ def test_an_empty_or_negative_option_is_a_usage_error(
     before = snapshot(lake_dir)
     assert one_line_error(fleetbms(lake_dir, *args), 2) == f"Error: {message}"
     assert snapshot(lake_dir) == before
+
+
+def as_operator(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``fleetbms ARGS`` obeying file modes even as root (without the capabilities
+    that let root read and write any file), as an operator's service user would."""
+    prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+    return subprocess.run(
+        [*(prefix if os.geteuid() == 0 else []), FLEETBMS, *args],
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.fixture
+def read_only_data_dir(lake_dir: Path) -> Iterator[Path]:
+    """A data directory the user running fleetbms may read but not write (another user's)."""
+    dirs = [lake_dir, *(p for p in lake_dir.rglob("*") if p.is_dir())]
+    for d in dirs:
+        d.chmod(0o555)
+    try:
+        yield lake_dir
+    finally:
+        for d in dirs:
+            d.chmod(0o755)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("analyze", "--date", RUN_DAY.isoformat()),
+        ("nightly", "--date", RUN_DAY.isoformat()),
+        ("keys", "generate"),
+        ("erase", "--vin", "MAT612345NEX00001"),
+    ],
+)
+def test_a_data_dir_the_user_cannot_write_is_one_error_line(
+    read_only_data_dir: Path, args: tuple[str, ...]
+):
+    before = snapshot(read_only_data_dir)
+    line = one_line_error(as_operator("--data-dir", str(read_only_data_dir), *args), 1)
+    assert f"{read_only_data_dir}/" in line
+    assert line.endswith(": Permission denied"), line
+    assert snapshot(read_only_data_dir) == before
+
+
+def test_a_config_file_the_user_cannot_read_is_one_error_line(tmp_path: Path):
+    private = tmp_path / "private"
+    private.mkdir()
+    config = private / "fleetbms.toml"
+    config.write_text("[fleet]\nid = 'buses'\n")
+    private.chmod(0)
+    try:
+        r = as_operator("--config", str(config), "config", "show")
+    finally:
+        private.chmod(0o755)
+    line = one_line_error(r, 1)
+    assert line == f"Error: cannot read config file {config}: Permission denied"
