@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from pipeline._config import Settings
-from pipeline._params import ANY_DAY, NON_EMPTY, PAST_DAY
+from pipeline._params import ANY_DAY, NON_EMPTY, PAST_DAY, NonEmptyPath
 
 COMMANDS: list[click.Command] = []
 
@@ -66,20 +66,20 @@ def audit_group() -> None:
 )
 @click.option(
     "--out",
-    type=click.Path(path_type=Path),
+    type=NonEmptyPath(path_type=Path),
     required=True,
     help="Bundle folder, or a file name ending in .tar for a single tar file.",
 )
 @click.option(
     "--key",
     "key_file",
-    type=click.Path(path_type=Path),
+    type=NonEmptyPath(path_type=Path),
     default=None,
     help="Ed25519 private key [default: DATA_DIR/state/keys/signing.key].",
 )
 @click.option(
     "--reveal",
-    type=click.Path(path_type=Path),
+    type=NonEmptyPath(path_type=Path),
     default=None,
     help="Also write the pseudonym->VIN mapping (CSV, 0600) to this file, outside the bundle.",
 )

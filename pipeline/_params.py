@@ -68,6 +68,15 @@ class DataDir(click.Path):
         return super().convert(value, param, ctx)
 
 
+class NonEmptyPath(click.Path):
+    """A file or folder path that must not be empty (``Path("")`` is the current folder)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and not value.strip():
+            self.fail("must not be empty", param, ctx)
+        return super().convert(value, param, ctx)
+
+
 #: A date that may lie anywhere; a date to compute or report on (not after today).
 ANY_DAY = Day()
 PAST_DAY = Day(past=True)

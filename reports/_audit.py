@@ -532,8 +532,30 @@ def _install(tmp: Path, out: Path, files: list[str], date_to: date, sync: _Synce
     fsync_dir(out.parent)
 
 
+_REVEAL_HEADER = "pseudonym,vin"
+
+
+def _check_reveal(path: Path) -> None:
+    """Refuse a reveal path that would replace anything but an earlier reveal file."""
+    if path.is_symlink():
+        raise ReportError(f"reveal file {path} is a symbolic link; not overwriting")
+    if not path.exists():
+        return
+    if not path.is_file():
+        raise ReportError(f"reveal file {path} exists and is not a file; not overwriting")
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(len(_REVEAL_HEADER) + 1)
+    except OSError as exc:
+        raise ReportError(f"cannot read reveal file {path}: {exc.strerror}") from None
+    if head and head != f"{_REVEAL_HEADER}\n".encode():
+        raise ReportError(
+            f"reveal file {path} exists and is not a pseudonym->VIN mapping; not overwriting"
+        )
+
+
 def _write_reveal(path: Path, mapping: Mapping[str, str]) -> None:
-    lines = ["pseudonym,vin"] + [f"{p},{mapping[p]}" for p in sorted(mapping)]
+    lines = [_REVEAL_HEADER] + [f"{p},{mapping[p]}" for p in sorted(mapping)]
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_secret_file(path, ("\n".join(lines) + "\n").encode("utf-8"), 0o600, replace=True)
@@ -575,7 +597,7 @@ def export_audit_bundle(
         Ed25519 private key (PEM); default ``state_dir/keys/signing.key``.
     reveal : Path, optional
         Also write the pseudonym -> VIN mapping to this CSV file (mode 0600). It must
-        lie outside the bundle.
+        lie outside the bundle; only an earlier reveal file or an empty file is replaced.
     parameters : mapping, optional
         Configuration that produced the metrics, recorded in ``methodology.json``.
     workers : int
@@ -605,6 +627,8 @@ def export_audit_bundle(
     _check_out(out)
     if reveal is not None and _is_within(reveal, out):
         raise ReportError(f"reveal file {reveal} must be outside the bundle {out}")
+    if reveal is not None:
+        _check_reveal(reveal)
     keys_dir = state_dir / "keys"
     key_path = signing_key if signing_key is not None else keys_dir / SIGNING_KEY_NAME
     if signing_key is None and not key_path.exists():

@@ -447,6 +447,45 @@ def test_tar_out_replaces_an_existing_bundle_tar_and_nothing_else(
     assert notes.read_text() == "precious notes, not a tar at all\n"
 
 
+def test_reveal_replaces_an_earlier_reveal_file_and_nothing_else(
+    lake: Path, data_dir: Path, tmp_path: Path
+) -> None:
+    """--reveal is checked before anything is written, like --out: an earlier reveal file
+    is replaced, any other file (a signing key, a report) or a folder is refused and left
+    as it was, and no bundle is written."""
+    reveal = tmp_path / "reveal.csv"
+    _export(data_dir, tmp_path / "a", reveal=reveal)
+    _export(data_dir, tmp_path / "a", reveal=reveal)  # an earlier reveal file is replaced
+    assert reveal.read_text().startswith("pseudonym,vin\n")
+    empty = tmp_path / "empty.csv"
+    empty.write_bytes(b"")  # nothing to lose
+    _export(data_dir, tmp_path / "a", reveal=empty)
+    assert empty.read_text().startswith("pseudonym,vin\n")
+
+    key = data_dir / "state" / "keys" / "signing.key"
+    notes = tmp_path / "notes.csv"
+    notes.write_text("precious notes\n")
+    for victim in (key, notes):
+        before = victim.read_bytes()
+        with pytest.raises(ReportError, match="is not a pseudonym->VIN mapping; not overwriting"):
+            _export(data_dir, tmp_path / "b", reveal=victim)
+        assert victim.read_bytes() == before
+    link = tmp_path / "link.csv"
+    link.symlink_to(reveal)
+    with pytest.raises(ReportError, match="is a symbolic link; not overwriting"):
+        _export(data_dir, tmp_path / "b", reveal=link)
+    with pytest.raises(ReportError, match="exists and is not a file"):
+        _export(data_dir, tmp_path / "b", reveal=tmp_path)
+    assert not (tmp_path / "b").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+    args = ["--data-dir", str(data_dir), "audit", "export", "--from", str(DAY0), "--to"]
+    res = CliRunner().invoke(cli, [*args, str(LAST), "--out", str(tmp_path / "c"), "--reveal", ""])
+    assert res.exit_code == 2
+    assert "Invalid value for '--reveal': must not be empty" in res.output
+    assert not (tmp_path / "c").exists()
+
+
 def test_cli_export_then_verify_ok_and_failed(lake: Path, data_dir: Path, tmp_path: Path) -> None:
     runner = CliRunner()
     base = ["--data-dir", str(data_dir)]
