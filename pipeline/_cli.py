@@ -25,7 +25,7 @@ from pipeline import (
     _cmd_simulate,
 )
 from pipeline._config import ConfigError, Settings, load_settings, render_settings
-from pipeline._params import DataDir
+from pipeline._params import DataDir, NonEmptyPath
 from reports import ReportError
 
 #: Errors a user can cause (bad input, missing data) or the machine's (``OSError``: a file
@@ -65,7 +65,7 @@ class _Group(click.Group):
 @click.option(
     "--config",
     "config_file",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=NonEmptyPath(dir_okay=False, path_type=Path),
     default=None,
     help="TOML configuration file (overridden by FLEETBMS_SECTION__KEY and flags).",
 )

@@ -19,7 +19,7 @@ from ingest import (
     vehicles_from_registry,
 )
 from pipeline._config import AlertsConfig, Settings, with_overrides
-from pipeline._params import NON_EMPTY
+from pipeline._params import NON_EMPTY, NonEmptyPath
 
 
 def _engine(settings: Settings) -> AlertEngine:
@@ -55,7 +55,7 @@ def _log_to_stderr() -> None:
 @click.option("--username", default=None, help="MQTT user name.")
 @click.option(
     "--password-file",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=NonEmptyPath(dir_okay=False, path_type=Path),
     default=None,
     help="File holding the MQTT password (first line).",
 )
@@ -136,7 +136,7 @@ def ingest_command(
 
 
 @click.command("import")
-@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("files", nargs=-1, required=True, type=NonEmptyPath(dir_okay=False, path_type=Path))
 @click.option("--fleet", type=NON_EMPTY, default=None, help="Fleet id of the readings [fleet.id].")
 @click.pass_obj
 def import_command(settings: Settings, files: tuple[Path, ...], fleet: str | None) -> None:

@@ -32,7 +32,7 @@ def keys_group() -> None:
 @click.option(
     "--out",
     "out_dir",
-    type=click.Path(path_type=Path),
+    type=NonEmptyPath(path_type=Path),
     default=None,
     help="Folder of signing.key and signing.pub [default: DATA_DIR/state/keys].",
 )
@@ -144,16 +144,16 @@ def audit_export(
 
 
 @audit_group.command("verify")
-@click.argument("bundle", type=click.Path(path_type=Path))
+@click.argument("bundle", type=NonEmptyPath(path_type=Path))
 @click.option(
     "--public-key",
-    type=click.Path(path_type=Path),
+    type=NonEmptyPath(path_type=Path),
     required=True,
     help="The fleet's Ed25519 public key (signing.pub).",
 )
 @click.option(
     "--earlier",
-    type=click.Path(path_type=Path),
+    type=NonEmptyPath(path_type=Path),
     default=None,
     help="A bundle of the fleet received before: this bundle's erasure log must start "
     "with all of its entries.",

@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 import click
 
 from pipeline._config import Settings, with_overrides
-from pipeline._params import ANY_DAY, NON_EMPTY
+from pipeline._params import ANY_DAY, NON_EMPTY, NonEmptyPath
 
 
 def _split(value: str | None) -> tuple[str, ...] | None:
@@ -69,7 +69,7 @@ def _split(value: str | None) -> tuple[str, ...] | None:
 @click.option("--max-readings", type=int, default=None, help="--live: stop after N readings.")
 @click.option(
     "--buffer-dir",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=NonEmptyPath(file_okay=False, path_type=Path),
     default=None,
     help="--live: store-and-forward buffers [DATA_DIR/sim/buffer].",
 )

@@ -134,6 +134,29 @@ def test_an_unknown_fleet_is_an_error_naming_the_known_ones(lake_dir: Path, args
             ("ingest", "--group", " "),
             "Invalid value for '--group': must not be empty (leave the option out for the default)",
         ),
+        (("keys", "generate", "--out", ""), "Invalid value for '--out': must not be empty"),
+        (
+            ("audit", "verify", "", "--public-key", "signing.pub"),
+            "Invalid value for 'BUNDLE': must not be empty",
+        ),
+        (
+            ("audit", "verify", "bundle", "--public-key", ""),
+            "Invalid value for '--public-key': must not be empty",
+        ),
+        (
+            ("audit", "verify", "bundle", "--public-key", "signing.pub", "--earlier", ""),
+            "Invalid value for '--earlier': must not be empty",
+        ),
+        (
+            ("simulate", "--live", "--seed", "1", "--buffer-dir", ""),
+            "Invalid value for '--buffer-dir': must not be empty",
+        ),
+        (("import", ""), "Invalid value for 'FILES...': must not be empty"),
+        (
+            ("ingest", "--password-file", ""),
+            "Invalid value for '--password-file': must not be empty",
+        ),
+        (("--config", "", "status"), "Invalid value for '--config': must not be empty"),
         (
             ("ingest", "--idle-exit", "-1"),
             "Invalid value for '--idle-exit': -1.0 is not in the range x>=0.",
