@@ -19,7 +19,7 @@ from ingest import IngestStatus, ingest_status
 from pipeline._config import Settings
 from pipeline._nightly import EXIT_LOCKED, nightly_status, run_nightly
 from pipeline._nightly_state import LockedError, nightly_lock
-from pipeline._params import NON_EMPTY, PAST_DAY
+from pipeline._params import NON_EMPTY, PAST_DAY, BrokerAddress
 
 
 class _JsonLog:
@@ -252,7 +252,7 @@ def _echo_ingest(ing: IngestStatus) -> None:
 )
 @click.option(
     "--broker",
-    metavar="HOST:PORT",
+    type=BrokerAddress(),
     default=None,
     help="Also delete the vehicle's retained acks on this MQTT broker (credentials and "
     "TLS from the [ingest] configuration).",

@@ -77,6 +77,22 @@ class NonEmptyPath(click.Path):
         return super().convert(value, param, ctx)
 
 
+class BrokerAddress(click.ParamType[str]):
+    """``HOST:PORT`` of an MQTT broker (port 1..65535), checked before the command acts."""
+
+    name = "HOST:PORT"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        from ingest import IngestError, IngestOptions
+
+        text = str(value)
+        try:
+            IngestOptions(broker=text).host_port()
+        except IngestError:
+            self.fail(f"{text!r} is not HOST:PORT", param, ctx)
+        return text
+
+
 #: A date that may lie anywhere; a date to compute or report on (not after today).
 ANY_DAY = Day()
 PAST_DAY = Day(past=True)

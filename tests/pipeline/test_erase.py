@@ -281,6 +281,22 @@ def test_erase_with_an_unreachable_broker_says_so_in_one_line(tmp_path: Path):
     assert r.stderr.count("\n") == 1
 
 
+@pytest.mark.parametrize("broker", ["broker.example", "127.0.0.1:", "127.0.0.1:70000", ""])
+def test_a_malformed_broker_address_is_a_usage_error_and_nothing_is_erased(
+    tmp_path: Path, broker: str
+):
+    """A typo in --broker must not leave the vehicle erased with its acks kept: the address
+    is checked before any file is touched."""
+    d = tmp_path / "data"
+    write_flushes(day_table(RUN_DAY), d / "lake")
+    before = {p: p.read_bytes() for p in d.rglob("*") if p.is_file()}
+    r = fleetbms(d, "erase", "--vin", GONE, "--broker", broker)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.startswith("Error: Invalid value for '--broker': ")
+    assert r.stderr.count("\n") == 1
+    assert {p: p.read_bytes() for p in d.rglob("*") if p.is_file()} == before
+
+
 def test_a_pdf_stream_ending_in_a_white_space_byte_is_still_read() -> None:
     """Flate data whose last byte looks like white space (a fleet PDF's page once did):
     stripping it made the stream undecodable and the VIN in it unseen."""
