@@ -137,14 +137,20 @@ def fleet_pdf(data: FleetData) -> bytes:
     claim = data.count("claim_eligible")
     risk = data.count("at_risk")
     new_vins = {a.vin for a in data.anomalies if a.status == "new"}
-    no_data = data.count("insufficient_data")
+    # A vehicle without a capacity estimate may still carry the fleet's typical trend as
+    # its SoH (vehicle_soh with n_estimates = 0): it counts as one without an estimate.
+    estimated = sum(1 for r in rows if r.n_capacity_estimates > 0 and math.isfinite(r.soh_pct))
     story: list[Flowable] = [
         Paragraph(f"Fleet {esc(data.fleet)}: battery health", STYLES["title"]),
         Paragraph(f"Report for {day} (UTC) &middot; {len(rows)} vehicles", STYLES["subtitle"]),
     ]
     median = statistics.median(soh) if soh else math.nan
     cells = [
-        (str(len(rows)), "vehicles", f"{len(soh)} with a SoH estimate, {no_data} without"),
+        (
+            str(len(rows)),
+            "vehicles",
+            f"{estimated} with a SoH estimate, {len(rows) - estimated} without",
+        ),
         (
             fmt(median, 1, " %"),
             "median SoH",
