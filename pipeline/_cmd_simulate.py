@@ -73,7 +73,9 @@ def _split(value: str | None) -> tuple[str, ...] | None:
     default=None,
     help="--live: store-and-forward buffers [DATA_DIR/sim/buffer].",
 )
-@click.option("--client-id", default=None, help="--live: MQTT client id [sim-FLEET].")
+@click.option(
+    "--client-id", type=NON_EMPTY, default=None, help="--live: MQTT client id [sim-FLEET]."
+)
 @click.pass_obj
 def simulate_command(
     settings: Settings,

@@ -153,6 +153,11 @@ def test_an_unknown_fleet_is_an_error_naming_the_known_ones(lake_dir: Path, args
         ),
         (("import", ""), "Invalid value for 'FILES...': must not be empty"),
         (
+            ("simulate", "--live", "--seed", "1", "--client-id", ""),
+            "Invalid value for '--client-id': must not be empty (leave the option out for "
+            "the default)",
+        ),
+        (
             ("ingest", "--password-file", ""),
             "Invalid value for '--password-file': must not be empty",
         ),
