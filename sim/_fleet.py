@@ -335,15 +335,19 @@ def _check_target(spec: FleetSpec, data_dir: Path, overwrite: bool) -> list[Path
     lake = data_dir / "lake"
     first = spec.start - timedelta(days=1)
     existing = []
+    days = []  # UTC dates of the partitions found (local days reach into two of them)
     for i in range(spec.days + 2):
-        part = bms.telemetry_dir(lake, first + timedelta(days=i), spec.fleet)
+        day = first + timedelta(days=i)
+        part = bms.telemetry_dir(lake, day, spec.fleet)
         if part.is_dir() and any(part.glob("*.parquet")):
             existing.append(part)
+            days.append(day)
     if existing and not overwrite:
         raise ValueError(
-            f"telemetry of fleet {spec.fleet!r} already exists for "
-            f"{len(existing)} date(s) of {spec.start}..{spec.end} under {lake / 'telemetry'}; "
-            "use --overwrite to replace it or --fleet to simulate another fleet"
+            f"telemetry of fleet {spec.fleet!r} already exists for {len(existing)} UTC "
+            f"date(s), {days[0]}..{days[-1]}, of this run (local days {spec.start}..{spec.end}) "
+            f"under {lake / 'telemetry'}; use --overwrite to replace it or --fleet to simulate "
+            "another fleet"
         )
     return existing
 

@@ -110,8 +110,16 @@ def test_iter_readings_yields_the_lake_readings_in_time_order(tmp_path: Path) ->
 
 def test_rerun_refuses_to_duplicate_unless_overwrite(tmp_path: Path) -> None:
     sim.simulate_to_lake(SPEC, tmp_path)
-    with pytest.raises(ValueError, match="already exists"):
+    with pytest.raises(ValueError, match="already exists") as err:
         sim.simulate_to_lake(SPEC, tmp_path)
+    # The dates named are the UTC partitions found, not the local days of the run (the
+    # message read "5 date(s) of 2026-03-01..2026-03-04": five dates in a four-day range).
+    parts = sorted(p.parent.name[5:] for p in (tmp_path / "lake/telemetry").glob("date=*/fleet=t1"))
+    assert len(parts) == 5
+    assert str(err.value).startswith(
+        f"telemetry of fleet 't1' already exists for 5 UTC date(s), {parts[0]}..{parts[-1]}, "
+        "of this run (local days 2026-03-01..2026-03-04) under "
+    )
     sim.simulate_to_lake(SPEC, tmp_path, overwrite=True)
     n = duckdb.sql(
         f"SELECT count(*) - count(DISTINCT (vin, seq)) FROM "
