@@ -318,12 +318,25 @@ def _utc_day(ts_ms: int) -> date:
     return date.fromordinal(date(1970, 1, 1).toordinal() + ts_ms // _MS_PER_DAY)
 
 
-def _replace_rows(path: Path, table: pa.Table, fleet: str) -> None:
-    """Write ``table`` to ``path`` keeping other fleets' rows already there."""
+def _replace_rows(
+    path: Path, table: pa.Table, fleet: str, vins: set[str], by_date: bool = False
+) -> None:
+    """Write ``table`` to ``path`` over the rows it replaces: this fleet's rows of the
+    simulated ``vins`` (with ``by_date``, only those of the dates ``table`` holds).
+    Other fleets' rows, and this fleet's other vehicles (an earlier run's, whose
+    telemetry stays in the lake), are kept."""
     if path.exists():
         old = pq.read_table(path)
         if "fleet" in old.column_names and old.schema.equals(table.schema, check_metadata=False):
-            keep = old.filter(pc.not_equal(old["fleet"], fleet))
+            mine = pc.and_(
+                pc.equal(old["fleet"], fleet), pc.is_in(old["vin"], pa.array(sorted(vins)))
+            )
+            if by_date:
+                days = pa.array(
+                    sorted(set(table["date"].to_pylist())), old.schema.field("date").type
+                )
+                mine = pc.and_(mine, pc.is_in(old["date"], days))
+            keep = old.filter(pc.invert(pc.fill_null(mine, False)))
             table = pa.concat_tables([keep, table.cast(keep.schema)]).replace_schema_metadata(
                 table.schema.metadata
             )
@@ -489,7 +502,9 @@ def simulate_to_lake(
         shutil.rmtree(part)
     lake = data_dir / "lake"
     sim = FleetSimulator(spec)
-    _replace_rows(lake / "registry" / "vehicles.parquet", sim.registry_table(), spec.fleet)
+    registry = sim.registry_table()
+    vins = set(registry["vin"].to_pylist())
+    _replace_rows(lake / "registry" / "vehicles.parquet", registry, spec.fleet, vins)
 
     pending: dict[int, list[tuple[DayOutput, slice]]] = {}
     truth_rows: list[dict[str, object]] = []
@@ -528,9 +543,11 @@ def simulate_to_lake(
         truth_dir / "vehicle_day.parquet",
         pa.Table.from_pylist(truth_rows, schema=VEHICLE_DAY_SCHEMA),
         spec.fleet,
+        vins,
+        by_date=True,
     )
     faults = sim.faults_table()
-    _replace_rows(truth_dir / "faults.parquet", faults, spec.fleet)
+    _replace_rows(truth_dir / "faults.parquet", faults, spec.fleet, vins)
     return SimSummary(
         vehicles=spec.vehicles,
         days=spec.days,

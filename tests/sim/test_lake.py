@@ -3,6 +3,7 @@ determinism, contiguous seqs, and one-line errors for bad options."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from datetime import date
 from pathlib import Path
@@ -126,6 +127,37 @@ def test_rerun_refuses_to_duplicate_unless_overwrite(tmp_path: Path) -> None:
         f"read_parquet('{tmp_path}/lake/telemetry/**/*.parquet')"
     ).fetchall()
     assert n == [(0,)]
+
+
+def test_a_later_run_into_the_same_fleet_keeps_its_other_vehicles_registered(
+    tmp_path: Path,
+) -> None:
+    """A second simulate --to-lake into the fleet (other dates, so no --overwrite needed)
+    must not unregister the vehicles of the first: their telemetry stays in the lake, and
+    an unregistered vehicle has no chemistry, capacity or warranty for the analytics."""
+    sim.simulate_to_lake(SPEC, tmp_path)
+    later = dataclasses.replace(SPEC, vehicles=1, start=date(2026, 4, 1), seed=12)
+    sim.simulate_to_lake(later, tmp_path)
+    first = set(
+        pq.read_table(tmp_path / "lake/telemetry/date=2026-03-02").column("vin").to_pylist()
+    )
+    second = set(
+        pq.read_table(tmp_path / "lake/telemetry/date=2026-04-02").column("vin").to_pylist()
+    )
+    assert (len(first), len(second)) == (3, 1)
+    assert not first & second
+    registry = pq.read_table(tmp_path / "lake/registry/vehicles.parquet")
+    assert sorted(registry.column("vin").to_pylist()) == sorted(first | second)
+    truth = pq.read_table(tmp_path / "truth/vehicle_day.parquet")
+    assert set(truth.column("vin").to_pylist()) == first | second
+    assert truth.num_rows == 3 * SPEC.days + 1 * later.days
+    faults = pq.read_table(tmp_path / "truth/faults.parquet")
+    assert first <= set(faults.column("vin").to_pylist())  # fault_rate 1: each has one
+    # the same run again (with --overwrite) replaces its own rows instead of adding them
+    sim.simulate_to_lake(later, tmp_path, overwrite=True)
+    assert pq.read_table(tmp_path / "lake/registry/vehicles.parquet").equals(registry)
+    assert pq.read_table(tmp_path / "truth/vehicle_day.parquet").num_rows == truth.num_rows
+    assert pq.read_table(tmp_path / "truth/faults.parquet").num_rows == faults.num_rows
 
 
 def test_cli_simulate_writes_telemetry_truth_and_registry(tmp_path: Path) -> None:
