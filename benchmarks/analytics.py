@@ -201,6 +201,34 @@ branch_turns returning nothing, 43.1-44.3 with the separate scan, 41.1-43.6 with
 readings table's flag (274e30a). Peak RSS 640-750 MB; day 365 / day 1 1.17-1.39 (this
 machine's own noise: 1.30 and 1.39 for analytics-20).
 
+2026-12-07 (fresh machine, quiet: load < 1), 1,000 vehicles, analytics-21 (8133c3e): floor
+2.53 s wall / 4.91 s CPU, analyze 13.37 s / 22.54 s: ratio 5.28 wall, 4.59 CPU (goal 3 not
+met); peak RSS 756 MB; day 365 / day 1 1.25. Readings jobs per job, one DuckDB thread,
+one lane, both days of the benchmark (44 vehicle groups), CPU s per day: readings 5.6-8.4,
+vehicle_day 1.6-2.1, rest_runs 1.3-1.7, cell_day 0.9-1.1, carry 0.5, cell_select 0.4-0.6,
+charge_select 0.3, cell_counts 0.2, step_cells 0.2, resistance_steps 0.15. Changed:
+rest_runs.sql gives each rest reading its run's end from a hash aggregate joined back,
+not a window partitioned by run (a sort of every rest reading, 0.07 s per group; outputs
+identical): the readings jobs 23.7-24.1 -> 22.0-22.2 s CPU (one thread, quiet, two runs
+each); later, with load 1-2, three interleaved runs each gave 24.6-27.7 s and 24.9-27.8 s,
+so the gain is within what this machine drifts by. This script after it (load 1-2): floor
+2.30-2.44 s / 4.53-4.63 s CPU, analyze 13.1-16.0 s / 21.6 s CPU: ratio 5.4-6.9 wall,
+4.7-4.8 CPU; peak RSS 827-868 MB; day 365 / day 1 1.02-1.56. Tried, kept out:
+- the whole readings pass as one query: readings.sql, rest_runs.sql and
+  resistance_steps.sql as MATERIALIZED common table expressions and each job's rows as
+  one list-of-structs column (outputs identical): the readings jobs 23.7 -> 25.6 s CPU.
+  DuckDB's profile of one group: collecting the readings CTE costs 0.18 s per 406,080
+  rows x 44 columns (about 10 ns a value), close to writing the temporary table; a
+  standalone test that had suggested a fifth of that was misleading, as with a single
+  consumer DuckDB streams a CTE instead of materialising it;
+- the mode column as an ENUM (a one-byte key like vin): 24.6-25.0 -> 25.9-26.2 s;
+- DuckDB's allocator settings (background threads, a 2 GB flush threshold): within
+  the noise;
+- vehicle_day without the median and MAD of the rest currents: the same 1.85 s (its
+  cost is the fifty aggregates of the hash aggregate, about 4 ns each per reading).
+Ratio 3 still needs the readings jobs to fall to about a quarter; no change within the
+DuckDB jobs found here does that.
+
 Usage: python benchmarks/analytics.py [--vehicles 1000]
 """
 
