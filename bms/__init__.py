@@ -146,6 +146,7 @@ from bms._warranty import (
     WarrantyVerdict,
     load_warranty_policy,
     parse_warranty_policy,
+    warranty_policy_file,
     warranty_presets,
     warranty_verdict,
 )
@@ -276,6 +277,7 @@ __all__ = [
     "telemetry_table",
     "topic_for",
     "train_anomaly_model",
+    "warranty_policy_file",
     "warranty_presets",
     "warranty_verdict",
     "write_parquet_atomic",

@@ -158,6 +158,20 @@ def warranty_presets() -> tuple[str, ...]:
     return tuple(sorted(p.name[:-5] for p in files if p.name.endswith(".toml")))
 
 
+def warranty_policy_file(name_or_path: str | Path) -> Path | None:
+    """The policy file ``load_warranty_policy`` reads for ``name_or_path``, or ``None``
+    when it names a shipped preset (or nothing: neither a preset nor an existing file
+    without ``.toml`` or ``/``). The file need not exist; a relative path is relative to
+    the working directory.
+    """
+    text = str(name_or_path)
+    as_file = text.endswith(".toml") or "/" in text or isinstance(name_or_path, Path)
+    # a file in the working directory named without .toml is a file, not a preset
+    if as_file or (text not in warranty_presets() and Path(text).is_file()):
+        return Path(text)
+    return None
+
+
 def load_warranty_policy(name_or_path: str | Path) -> WarrantyPolicy:
     """A shipped preset by id, or a policy TOML file by path.
 
@@ -169,10 +183,8 @@ def load_warranty_policy(name_or_path: str | Path) -> WarrantyPolicy:
     """
     text = str(name_or_path)
     presets = warranty_presets()
-    as_file = text.endswith(".toml") or "/" in text or isinstance(name_or_path, Path)
-    # a file in the working directory named without .toml is a file, not a preset
-    if as_file or (text not in presets and Path(text).is_file()):
-        path = Path(text)
+    path = warranty_policy_file(name_or_path)
+    if path is not None:
         try:
             data = path.read_bytes()
         except OSError as exc:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import bms
 from bms import FLEET_PATTERN
 
 __all__ = [
@@ -88,19 +89,41 @@ class Range:
 
 @dataclass(frozen=True)
 class Choices:
-    """Allowed values of a string, or with ``many`` of each item of a comma-separated list."""
+    """Allowed values of a string, or with ``many`` of each item of a comma-separated list
+    (with ``empty`` an empty list too)."""
 
     values: tuple[str, ...]
     many: bool = False
+    empty: bool = False
 
     def problem(self, value: str) -> str | None:
         """``None`` if ``value`` is allowed, else what it must be."""
         items = [x.strip().lower() for x in value.split(",")] if self.many else [value]
         items = [x for x in items if x] if self.many else items
-        if items and all(x in self.values for x in items):
+        if (items or self.empty) and all(x in self.values for x in items):
             return None
         what = "a comma-separated list of" if self.many else "one of"
         return f"must be {what} {', '.join(self.values)}"
+
+
+@dataclass(frozen=True)
+class WarrantyPolicyRef:
+    """A warranty policy: a shipped preset id or the path of an existing policy file
+    (``bms.load_warranty_policy``'s rules; the file's content is checked when it is used)."""
+
+    def problem(self, value: str) -> str | None:
+        """``None`` if ``value`` is allowed, else what it must be."""
+        path = bms.warranty_policy_file(value)
+        if path is None and value in bms.warranty_presets():
+            return None
+        if path is not None and path.is_file():
+            return None
+        if path is not None and path.is_dir():
+            return f"names a directory, not a policy file: {path.absolute()}"
+        if path is not None:
+            return f"names no policy file: {path.absolute()} does not exist"
+        presets = ", ".join(bms.warranty_presets())
+        return f"is neither a shipped preset ({presets}) nor an existing policy file"
 
 
 PosInt = Annotated[int, Range(low=1)]
@@ -206,11 +229,24 @@ class AnomalyConfig:
 #: Formats ``reports`` writes (its ``FORMATS``).
 REPORT_FORMATS = ("pdf", "csv")
 
+#: Names of the nightly stages in order (``pipeline._nightly.STAGES``, which imports this
+#: module; a test keeps the two equal).
+NIGHTLY_STAGES = (
+    "compaction",
+    "reconciliation",
+    "analytics",
+    "anomalies",
+    "reports",
+    "audit",
+    "retention",
+)
+
 
 @dataclass(frozen=True)
 class ReportsConfig:
     formats: Annotated[str, Choices(REPORT_FORMATS, many=True)] = "pdf,csv"
-    warranty_policy: str = "oem-8y-160k-70"  # preset id or path of a TOML policy
+    # preset id or path of a TOML policy (relative to the working directory)
+    warranty_policy: Annotated[str, WarrantyPolicyRef()] = "oem-8y-160k-70"
     audit_enabled: bool = False  # nightly writes an audit bundle too
     workers: PosInt = 2  # processes rendering vehicle PDFs
     vehicle_window_days: PosInt = 90  # days of cell and usage data in a vehicle report [days]
@@ -232,7 +268,8 @@ class NightlyConfig:
     compact_file_rows: PosInt = 4_000_000  # a partition of 2x this is split into files [rows]
     compact_zstd_level: ZstdLevel = 3  # zstd level of compacted telemetry
     late_after_s: NonNegFloat = 3600.0  # a reading received later than this after ts is late [s]
-    skip_stages: str = ""  # comma-separated stage names not to run (recorded as skipped)
+    # comma-separated stage names not to run (recorded as skipped)
+    skip_stages: Annotated[str, Choices(NIGHTLY_STAGES, many=True, empty=True)] = ""
 
 
 @dataclass(frozen=True)

@@ -501,7 +501,8 @@ def _stage_retention(ctx: NightlyContext) -> StageResult:
     return StageResult(status, counts, inputs, (), message)
 
 
-#: The nightly stages, in order.
+#: The nightly stages, in order (their names are ``NIGHTLY_STAGES`` of the config, which
+#: checks ``nightly.skip_stages`` when it is loaded).
 STAGES: tuple[Stage, ...] = (
     Stage(COMPACTION, _stage_compaction, "merge, deduplicate and sort small telemetry files"),
     Stage("reconciliation", _stage_reconciliation, "expected vs received readings, gaps"),
@@ -727,7 +728,8 @@ def _run_stages(
     record_path: Path,
 ) -> int:
     gaps = False
-    skip = {x.strip() for x in settings.nightly.skip_stages.split(",") if x.strip()}
+    # as the config check reads it (``Choices(many=True)``): items trimmed, any case
+    skip = {x.strip().lower() for x in settings.nightly.skip_stages.split(",") if x.strip()}
     unknown = skip - {st.name for st in stages}
     if unknown:
         names = ", ".join(st.name for st in stages)

@@ -342,3 +342,130 @@ def test_values_that_contradict_each_other_are_refused_when_loaded(
     with pytest.raises(ConfigError) as err:
         with_overrides(load_settings(env={}), {key: value})
     assert str(err.value) == message
+
+
+PRESETS = "euro7-m1, euro7-n1, oem-8y-160k-70, oem-8y-240k-70, uk-zev-8y-100kmi-70, un-gtr22"
+
+
+@pytest.mark.parametrize(
+    ("text", "env", "message"),
+    [
+        (
+            "",
+            {"FLEETBMS_NIGHTLY__SKIP_STAGES": "foo"},
+            "nightly.skip_stages: 'foo' must be a comma-separated list of compaction, "
+            "reconciliation, analytics, anomalies, reports, audit, retention "
+            "(from FLEETBMS_NIGHTLY__SKIP_STAGES)",
+        ),
+        (
+            "[nightly]\nskip_stages = 'audit,report'\n",
+            {},
+            "nightly.skip_stages: 'audit,report' must be a comma-separated list of compaction, "
+            "reconciliation, analytics, anomalies, reports, audit, retention (from {conf})",
+        ),
+        (
+            "[reports]\nwarranty_policy = 'nosuch'\n",
+            {},
+            f"reports.warranty_policy: 'nosuch' is neither a shipped preset ({PRESETS}) "
+            "nor an existing policy file (from {conf})",
+        ),
+        (
+            "",
+            {"FLEETBMS_REPORTS__WARRANTY_POLICY": ""},
+            f"reports.warranty_policy: '' is neither a shipped preset ({PRESETS}) "
+            "nor an existing policy file (from FLEETBMS_REPORTS__WARRANTY_POLICY)",
+        ),
+        (
+            "",
+            {"FLEETBMS_REPORTS__WARRANTY_POLICY": "policies/fleet.toml"},
+            "reports.warranty_policy: 'policies/fleet.toml' names no policy file: "
+            "{cwd}/policies/fleet.toml does not exist (from FLEETBMS_REPORTS__WARRANTY_POLICY)",
+        ),
+        (
+            "[reports]\nwarranty_policy = 'policies'\n",
+            {},
+            "reports.warranty_policy: 'policies' is neither a shipped preset "
+            f"({PRESETS}) nor an existing policy file (from {{conf}})",
+        ),
+        (
+            "[reports]\nwarranty_policy = 'policies/'\n",
+            {},
+            "reports.warranty_policy: 'policies/' names a directory, not a policy file: "
+            "{cwd}/policies (from {conf})",
+        ),
+    ],
+)
+def test_stage_names_and_warranty_policy_are_checked_when_loaded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str, env: dict[str, str], message: str
+) -> None:
+    """An unknown stage to skip, or a policy that is neither a shipped preset nor an
+    existing file, is refused with its key, value and source when the configuration is
+    read, not in the middle of the nightly run."""
+    cwd = tmp_path / "work"
+    (cwd / "policies").mkdir(parents=True)
+    monkeypatch.chdir(cwd)
+    conf = write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load_settings(config_file=conf, env=env)
+    assert str(err.value) == message.format(conf=conf, cwd=cwd)
+
+
+def test_a_bad_stage_name_or_policy_from_a_flag_names_the_flag() -> None:
+    with pytest.raises(ConfigError, match=r"^nightly.skip_stages: 'foo' must be .*\(from flag\)$"):
+        with_overrides(load_settings(env={}), {"nightly.skip_stages": "foo"})
+    with pytest.raises(ConfigError, match=r"^reports.warranty_policy: 'x' is .*\(from flag\)$"):
+        with_overrides(load_settings(env={}), {"reports.warranty_policy": "x"})
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (
+            {"FLEETBMS_NIGHTLY__SKIP_STAGES": "foo"},
+            "Error: nightly.skip_stages: 'foo' must be a comma-separated list of compaction, "
+            "reconciliation, analytics, anomalies, reports, audit, retention "
+            "(from FLEETBMS_NIGHTLY__SKIP_STAGES)",
+        ),
+        (
+            {"FLEETBMS_REPORTS__WARRANTY_POLICY": "nosuch"},
+            f"Error: reports.warranty_policy: 'nosuch' is neither a shipped preset ({PRESETS}) "
+            "nor an existing policy file (from FLEETBMS_REPORTS__WARRANTY_POLICY)",
+        ),
+    ],
+)
+def test_config_show_refuses_a_bad_stage_name_or_policy_in_one_line(
+    tmp_path: Path, env: dict[str, str], message: str
+) -> None:
+    r = subprocess.run(
+        [FLEETBMS, "config", "show"],
+        env=cli_env(**env),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert (r.returncode, r.stderr, r.stdout) == (1, message + "\n", "")
+
+
+def test_stage_names_and_policies_that_exist_are_accepted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Empty or any case for the stages (as the nightly run reads them); a preset id, or a
+    policy file relative to the working directory, with or without ``.toml``."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "policies" / "fleet.toml").write_text("not checked until used")
+    (tmp_path / "fleet-terms").write_text("not checked until used")
+    for stages in ("", " ", "analytics", " Reports , audit,"):
+        settings = load_settings(env={"FLEETBMS_NIGHTLY__SKIP_STAGES": stages})
+        assert settings.nightly.skip_stages == stages
+    for policy in ("un-gtr22", "policies/fleet.toml", "fleet-terms", str(tmp_path / "fleet-terms")):
+        settings = load_settings(env={"FLEETBMS_REPORTS__WARRANTY_POLICY": policy})
+        assert settings.reports.warranty_policy == policy
+
+
+def test_the_configs_stage_names_are_the_nightly_stages() -> None:
+    from pipeline._config import NIGHTLY_STAGES
+    from pipeline._nightly import STAGES
+
+    assert tuple(stage.name for stage in STAGES) == NIGHTLY_STAGES
