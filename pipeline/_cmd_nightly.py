@@ -140,12 +140,16 @@ def _size(n: int) -> str:
 def status_command(settings: Settings, runs: int, as_json: bool) -> None:
     """Show the last nightly runs, dirty dates, lake size, ingest lag and open anomalies.
 
+    A data directory that does not exist yet is said so (exit 0: nothing has run there).
+
     Example: fleetbms --data-dir data status --runs 3
     """
     st = nightly_status(settings, runs=runs)
     ing = ingest_status(settings.lake_dir, settings.state_dir)
     if as_json:
         obj = {
+            "data_dir": str(settings.data_dir),
+            "data_dir_exists": st.data_dir_exists,
             "runs": [
                 {k: r.get(k) for k in ("run_id", "run_date", "fleet", "status", "exit_code")}
                 for r in st.runs
@@ -160,6 +164,13 @@ def status_command(settings: Settings, runs: int, as_json: bool) -> None:
         }
         click.echo(json.dumps(obj, sort_keys=True, default=str))
         return
+    if st.data_dir_exists:
+        click.echo(f"data directory: {settings.data_dir}")
+    else:
+        click.echo(
+            f"data directory: {settings.data_dir} does not exist yet: nothing has run there "
+            "(wrong --data-dir or FLEETBMS_DATA_DIR?)"
+        )
     click.echo(f"running: {st.running or 'no'}")
     click.echo("last runs:" if st.runs else "last runs: none")
     for r in st.runs:

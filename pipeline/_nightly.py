@@ -816,7 +816,8 @@ class NightlyStatus:
 
     ``ingest_lag_s`` is the time since the newest ``received_at`` in the telemetry
     (``None`` without telemetry); ``open_anomalies`` is ``None`` while the anomaly table
-    does not exist.
+    does not exist. ``data_dir_exists`` is false while nothing has run in the data
+    directory (or it is the wrong one): then everything else is empty.
     """
 
     runs: list[dict[str, Any]]
@@ -826,6 +827,7 @@ class NightlyStatus:
     newest_received_at: datetime | None
     ingest_lag_s: float | None
     open_anomalies: int | None
+    data_dir_exists: bool
 
 
 def _tree_bytes(path: Path) -> int:
@@ -926,4 +928,5 @@ def nightly_status(
         newest,
         lag,
         _open_anomalies(settings.lake_dir),
+        settings.data_dir.is_dir(),
     )

@@ -44,6 +44,7 @@ def test_status_shows_runs_dirty_dates_sizes_and_ingest_lag(tmp_path: Path):
     r = fleetbms(d, "status", "--json")
     assert r.returncode == 0, r.stderr
     st = json.loads(r.stdout)
+    assert (st["data_dir"], st["data_dir_exists"]) == (str(d), True)
     assert [(x["run_date"], x["status"], x["exit_code"]) for x in st["runs"]] == [
         (RUN_DAY.isoformat(), "ok", 0)
     ]
@@ -56,9 +57,32 @@ def test_status_shows_runs_dirty_dates_sizes_and_ingest_lag(tmp_path: Path):
     assert st["open_anomalies"] == 0  # scored by the nightly's anomaly stage, none flagged
 
     text = fleetbms(d, "status").stdout
+    assert text.startswith(f"data directory: {d}\nrunning: no\n")
     assert f"date {RUN_DAY}  fleet demo  ok (exit 0)" in text
     assert f"dirty dates: {RUN_DAY - timedelta(days=3)}" in text
     assert "open anomalies: 0" in text
+
+
+def test_status_of_a_data_directory_that_does_not_exist_says_so(tmp_path: Path):
+    """Exit 0 (a fresh install has nothing yet), but all zeros must not read as a healthy
+    idle install when the directory is simply not there (a mistyped --data-dir)."""
+    d = tmp_path / "does" / "not" / "exist"
+    r = fleetbms(d, "status")
+    assert (r.returncode, r.stderr) == (0, "")
+    assert r.stdout.splitlines()[0] == (
+        f"data directory: {d} does not exist yet: nothing has run there "
+        "(wrong --data-dir or FLEETBMS_DATA_DIR?)"
+    )
+    r = fleetbms(d, "status", "--json")
+    assert (r.returncode, r.stderr) == (0, "")
+    st = json.loads(r.stdout)
+    assert (st["data_dir"], st["data_dir_exists"]) == (str(d), False)
+    assert (st["runs"], st["open_anomalies"], st["ingest_lag_s"]) == ([], None, None)
+    assert not (tmp_path / "does").exists()  # status only reads
+    # an existing, still empty, directory is a fresh install, not a missing one
+    d.mkdir(parents=True)
+    assert json.loads(fleetbms(d, "status", "--json").stdout)["data_dir_exists"] is True
+    assert fleetbms(d, "status").stdout.startswith(f"data directory: {d}\nrunning: no\n")
 
 
 def test_status_tells_a_running_run_from_a_killed_one(tmp_path: Path):
