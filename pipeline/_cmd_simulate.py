@@ -66,7 +66,12 @@ def _split(value: str | None) -> tuple[str, ...] | None:
 @click.option("--broker", default=None, help="--live: HOST:PORT [ingest.broker].")
 @click.option("--speed", type=float, default=1.0, show_default=True, help="--live: time factor.")
 @click.option("--duration-s", type=float, default=None, help="--live: stop after [s].")
-@click.option("--max-readings", type=int, default=None, help="--live: stop after N readings.")
+@click.option(
+    "--max-readings",
+    type=click.IntRange(min=1),
+    default=None,
+    help="--live: stop after N readings [default: no limit].",
+)
 @click.option(
     "--buffer-dir",
     type=NonEmptyPath(file_okay=False, path_type=Path),

@@ -166,6 +166,16 @@ def test_an_unknown_fleet_is_an_error_naming_the_known_ones(lake_dir: Path, args
             ("ingest", "--idle-exit", "-1"),
             "Invalid value for '--idle-exit': -1.0 is not in the range x>=0.",
         ),
+        # 0 is not "no limit" (that is leaving the option out): it used to wait for the
+        # first reading's time and stop without one
+        (
+            ("simulate", "--live", "--max-readings", "0"),
+            "Invalid value for '--max-readings': 0 is not in the range x>=1.",
+        ),
+        (
+            ("simulate", "--live", "--max-readings", "-5"),
+            "Invalid value for '--max-readings': -5 is not in the range x>=1.",
+        ),
     ],
 )
 def test_an_empty_or_negative_option_is_a_usage_error(
