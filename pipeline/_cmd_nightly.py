@@ -181,8 +181,9 @@ def status_command(settings: Settings, runs: int, as_json: bool) -> None:
     dirty = ", ".join(d.isoformat() for d in st.dirty_dates) or "none"
     click.echo(f"dirty dates: {dirty}")
     click.echo("sizes:")
+    width = max(map(len, st.sizes_bytes), default=0)
     for name, n in st.sizes_bytes.items():
-        click.echo(f"  {name:<16} {_size(n):>10}")
+        click.echo(f"  {name:<{width}} {_size(n):>10}")
     if st.newest_received_at is None:
         click.echo("ingest lag: no telemetry")
     else:

@@ -906,15 +906,20 @@ def nightly_status(
             else:
                 rec["status"] = "interrupted"
     sizes = {}
+    # every part of the data directory (docs/lake.md), so the sizes add up to its size
     for name, path in (
         ("lake/telemetry", settings.lake_dir / "telemetry"),
         ("lake/metrics", settings.lake_dir / "metrics"),
         ("lake/quarantine", settings.lake_dir / "quarantine"),
         ("lake/alerts", settings.lake_dir / "alerts"),
         ("lake/anomalies", settings.lake_dir / "anomalies"),
+        ("lake/anomaly_features", settings.lake_dir / "anomaly_features"),
+        ("lake/registry", settings.lake_dir / "registry"),
         ("archive", settings.data_dir / "archive"),
         ("reports", settings.reports_dir),
         ("state", settings.state_dir),
+        ("truth", settings.truth_dir),
+        ("sim", settings.data_dir / "sim"),
     ):
         sizes[name] = _tree_bytes(path)
     newest = _newest_received_at(settings.lake_dir)

@@ -85,6 +85,32 @@ def test_status_of_a_data_directory_that_does_not_exist_says_so(tmp_path: Path):
     assert fleetbms(d, "status").stdout.startswith(f"data directory: {d}\nrunning: no\n")
 
 
+def test_status_sizes_cover_every_part_of_the_data_directory(
+    broker: MosquittoBroker, tmp_path: Path
+) -> None:
+    """The sizes add up to the data directory's: simulator registry and truth, the
+    anomaly features and the live simulator's buffers are parts of it too."""
+    d = tmp_path / "data"
+    sim = ("simulate", "--vehicles", "2", "--cells", "14", "--start", "2026-01-01")
+    r = fleetbms(d, *sim, "--to-lake", "--days", "3")
+    assert r.returncode == 0, r.stderr
+    r = fleetbms(
+        d, *sim, "--live", "--broker", broker.address, "--speed", "3000", "--max-readings", "50"
+    )
+    assert r.returncode == 0, r.stderr
+    r = fleetbms(d, "nightly", "--date", "2026-01-03")
+    assert r.returncode == 0, r.stderr
+    r = fleetbms(d, "status", "--json")
+    assert r.returncode == 0, r.stderr
+    sizes = json.loads(r.stdout)["sizes_bytes"]
+    for part in ("lake/registry", "lake/anomaly_features", "truth", "sim"):
+        assert sizes[part] > 0, part
+    assert sum(sizes.values()) == sum(f.stat().st_size for f in d.rglob("*") if f.is_file())
+    text = fleetbms(d, "status").stdout
+    assert "\n  lake/registry " in text
+    assert "\n  truth " in text
+
+
 def test_status_tells_a_running_run_from_a_killed_one(tmp_path: Path):
     d = tmp_path / "data"
     write_flushes(day_table(RUN_DAY), d / "lake")
