@@ -87,7 +87,7 @@ def audit_group() -> None:
     "--cell-csv/--no-cell-csv",
     default=True,
     show_default=True,
-    help="Per-cell tables (cell_day) as CSV too; without, Parquet only (~10x smaller bundle).",
+    help="Per-cell tables (cell_day) as CSV too; without, Parquet only (~5x smaller bundle).",
 )
 @click.pass_obj
 def audit_export(

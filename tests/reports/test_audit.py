@@ -584,3 +584,14 @@ def test_readme_examples_of_keys_and_audit_commands_run_as_written(
         assert result.exit_code == 0, (args, result.output)
     assert result.output.startswith("OK: ")
     assert (tmp_path / "private" / "reveal-2026-11.csv").stat().st_mode & 0o777 == 0o600
+
+
+def test_readme_and_help_give_the_same_no_cell_csv_size_figure() -> None:
+    """The README and ``audit export --help`` name one measured figure, not two."""
+    readme = " ".join((Path(__file__).parents[2] / "README.md").read_text().split())
+    shown = re.search(r"`--no-cell-csv` leaves .*? a bundle about (\d+)x smaller", readme)
+    assert shown is not None
+    help_text = " ".join(CliRunner().invoke(cli, ["audit", "export", "--help"]).output.split())
+    helped = re.search(r"Parquet only \(~(\d+)x smaller bundle\)", help_text)
+    assert helped is not None
+    assert shown.group(1) == helped.group(1)

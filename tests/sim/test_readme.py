@@ -49,3 +49,19 @@ def test_readme_live_example_runs_against_a_broker(
     argv[argv.index("--duration-s") + 1] = "2"
     _run(argv)
     assert list((tmp_path / "data" / "sim" / "buffer").glob("*/state.json"))
+
+
+def test_readme_simulate_synopsis_brackets_every_option_with_a_default() -> None:
+    """Only the choice of --to-lake or --live is required; every other option of the
+    synopsis has a default and is shown in brackets."""
+    from pipeline._cmd_simulate import simulate_command
+
+    text = README.read_text(encoding="utf-8")
+    synopsis = re.search(r"^### `fleetbms simulate (.*)`$", text, re.M)
+    assert synopsis is not None
+    bare = re.sub(r"\[[^\]]*\]", "", synopsis.group(1)).split()
+    assert bare == ["--to-lake|--live"]
+    shown = set(re.findall(r"\[(--[a-z-]+)", synopsis.group(1)))
+    options = {p.opts[0]: p for p in simulate_command.params}
+    assert shown <= set(options)
+    assert not any(options[name].required for name in shown)
