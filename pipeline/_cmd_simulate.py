@@ -62,7 +62,11 @@ def _split(value: str | None) -> tuple[str, ...] | None:
     show_default=True,
     help="Vehicles start up to this many days in service (pre-aged).",
 )
-@click.option("--overwrite", is_flag=True, help="Replace this fleet's telemetry in the range.")
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="--to-lake: replace this fleet entirely (telemetry of every date, registry, truth).",
+)
 @click.option("--broker", default=None, help="--live: HOST:PORT [ingest.broker].")
 @click.option("--speed", type=float, default=1.0, show_default=True, help="--live: time factor.")
 @click.option("--duration-s", type=float, default=None, help="--live: stop after [s].")

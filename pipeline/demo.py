@@ -136,7 +136,9 @@ def main(argv: list[str] | None = None) -> None:
         _say("2. fleet history into the lake")
         fleet = [*dd, "simulate", "--vehicles", str(args.vehicles), "--seed", "7"]
         fleet += ["--max-age-days", "2200", "--fault-rate", "0.25"]
-        _run([*fleet, "--to-lake", "--days", str(args.days), "--cadence-s", "60"])
+        # --overwrite: a demo run again on the same data directory replaces the fleet's
+        # history (telemetry, registry, truth) instead of being refused.
+        _run([*fleet, "--to-lake", "--days", str(args.days), "--cadence-s", "60", "--overwrite"])
 
         _say("3. live traffic through the broker into `fleetbms ingest`")
         ingest = subprocess.Popen(

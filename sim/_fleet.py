@@ -318,51 +318,81 @@ def _utc_day(ts_ms: int) -> date:
     return date.fromordinal(date(1970, 1, 1).toordinal() + ts_ms // _MS_PER_DAY)
 
 
-def _replace_rows(
-    path: Path, table: pa.Table, fleet: str, vins: set[str], by_date: bool = False
-) -> None:
-    """Write ``table`` to ``path`` over the rows it replaces: this fleet's rows of the
-    simulated ``vins`` (with ``by_date``, only those of the dates ``table`` holds).
-    Other fleets' rows, and this fleet's other vehicles (an earlier run's, whose
-    telemetry stays in the lake), are kept."""
-    if path.exists():
-        old = pq.read_table(path)
-        if "fleet" in old.column_names and old.schema.equals(table.schema, check_metadata=False):
-            mine = pc.and_(
-                pc.equal(old["fleet"], fleet), pc.is_in(old["vin"], pa.array(sorted(vins)))
-            )
-            if by_date:
-                days = pa.array(
-                    sorted(set(table["date"].to_pylist())), old.schema.field("date").type
-                )
-                mine = pc.and_(mine, pc.is_in(old["date"], days))
-            keep = old.filter(pc.invert(pc.fill_null(mine, False)))
-            table = pa.concat_tables([keep, table.cast(keep.schema)]).replace_schema_metadata(
-                table.schema.metadata
-            )
+def _other_fleets_rows(path: Path, schema: pa.Schema, fleet: str) -> pa.Table | None:
+    """The rows of ``path`` (a file shared between fleets) that are not ``fleet``'s, as
+    ``schema``; None if there is no file. ValueError if it cannot hold these rows."""
+    if not path.exists():
+        return None
+    old = pq.read_table(path)
+    if old.column_names != schema.names:
+        raise ValueError(
+            f"{path} has the columns {', '.join(old.column_names)}, not those this version "
+            f"writes ({', '.join(schema.names)}); move it aside to simulate into this data "
+            "directory"
+        )
+    keep = old.filter(pc.invert(pc.fill_null(pc.equal(old["fleet"], fleet), False)))
+    try:
+        return keep.cast(schema)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, ValueError) as exc:
+        raise ValueError(f"{path}: the other fleets' rows do not fit the schema: {exc}") from None
+
+
+def _replace_fleet_rows(path: Path, table: pa.Table, fleet: str) -> None:
+    """Write ``table`` (this fleet's rows) to ``path`` in place of all of this fleet's
+    rows there; other fleets' rows are kept (the registry and truth files are shared)."""
+    keep = _other_fleets_rows(path, table.schema, fleet)
+    if keep is not None:
+        table = pa.concat_tables([keep, table]).replace_schema_metadata(table.schema.metadata)
     bms.write_parquet_atomic(table, path)
 
 
+def _fleet_partitions(data_dir: Path, fleet: str) -> list[Path]:
+    """This fleet's telemetry partitions of every date, in the lake and the archive."""
+    return sorted(
+        part
+        for base in (data_dir / "lake" / "telemetry", data_dir / "archive" / "telemetry")
+        for part in base.glob(f"date=*/fleet={fleet}")
+        if part.is_dir()
+    )
+
+
+def _fleet_row_files(data_dir: Path) -> tuple[tuple[Path, pa.Schema], ...]:
+    """The files shared between fleets that a run writes this fleet's rows into."""
+    truth = data_dir / "truth"
+    return (
+        (data_dir / "lake" / "registry" / "vehicles.parquet", REGISTRY_SCHEMA),
+        (truth / "vehicle_day.parquet", VEHICLE_DAY_SCHEMA),
+        (truth / "faults.parquet", FAULTS_SCHEMA),
+    )
+
+
+def _has_fleet_rows(path: Path, schema: pa.Schema, fleet: str) -> bool:
+    keep = _other_fleets_rows(path, schema, fleet)  # checks the file can be rewritten
+    return keep is not None and keep.num_rows < pq.ParquetFile(path).metadata.num_rows
+
+
 def _check_target(spec: FleetSpec, data_dir: Path, overwrite: bool) -> list[Path]:
-    """Partitions of this fleet the run would write into that already exist."""
-    lake = data_dir / "lake"
-    first = spec.start - timedelta(days=1)
-    existing = []
-    days = []  # UTC dates of the partitions found (local days reach into two of them)
-    for i in range(spec.days + 2):
-        day = first + timedelta(days=i)
-        part = bms.telemetry_dir(lake, day, spec.fleet)
-        if part.is_dir() and any(part.glob("*.parquet")):
-            existing.append(part)
-            days.append(day)
-    if existing and not overwrite:
+    """This fleet's telemetry partitions already there (lake and archive, every date).
+
+    A simulation is one fleet's whole history: a fleet with telemetry, registry or truth
+    rows is refused unless ``overwrite`` (then the caller deletes all of it)."""
+    parts = _fleet_partitions(data_dir, spec.fleet)
+    with_rows = [
+        p for p, schema in _fleet_row_files(data_dir) if _has_fleet_rows(p, schema, spec.fleet)
+    ]
+    if (parts or with_rows) and not overwrite:
+        found = []
+        if parts:
+            days = sorted(p.parent.name.removeprefix("date=") for p in parts)
+            found.append(f"telemetry of {len(parts)} UTC date(s), {days[0]}..{days[-1]}")
+        if with_rows:
+            found.append("rows in " + ", ".join(str(p) for p in with_rows))
         raise ValueError(
-            f"telemetry of fleet {spec.fleet!r} already exists for {len(existing)} UTC "
-            f"date(s), {days[0]}..{days[-1]}, of this run (local days {spec.start}..{spec.end}) "
-            f"under {lake / 'telemetry'}; use --overwrite to replace it or --fleet to simulate "
-            "another fleet"
+            f"fleet {spec.fleet!r} already has data in {data_dir} ({'; '.join(found)}); "
+            "a simulation writes a fleet's whole history: use --fleet to simulate another "
+            "fleet, or --overwrite to replace all of this fleet's data"
         )
-    return existing
+    return parts
 
 
 def _part_worker(spec: FleetSpec, part: int, parts: int, out: Any) -> None:
@@ -478,7 +508,10 @@ def simulate_to_lake(
         ``bms.write_telemetry`` (one file per UTC date and fleet), the registry to
         ``lake/registry/vehicles.parquet`` and the truth to ``truth/``.
     overwrite : bool
-        Replace this fleet's telemetry already in the simulated date range.
+        Replace the fleet entirely: delete all of its telemetry partitions (lake and
+        archive, every date) and its rows in the registry and the truth files first.
+        Without it a fleet that has any of these is refused. Other fleets' data and rows
+        are kept.
     progress : callable, optional
         Called after each simulated day with its date and the readings so far.
     workers : int
@@ -493,18 +526,24 @@ def simulate_to_lake(
     Raises
     ------
     ValueError
-        Telemetry of this fleet already exists in the range and ``overwrite`` is false.
+        The fleet already has telemetry, registry or truth rows and ``overwrite`` is
+        false; or a registry or truth file has another schema.
     OSError
         The data directory is not writable.
     """
     t_start = time.perf_counter()
-    for part in _check_target(spec, data_dir, overwrite):
-        shutil.rmtree(part)
     lake = data_dir / "lake"
     sim = FleetSimulator(spec)
-    registry = sim.registry_table()
-    vins = set(registry["vin"].to_pylist())
-    _replace_rows(lake / "registry" / "vehicles.parquet", registry, spec.fleet, vins)
+    registry_path, vehicle_day_path, faults_path = (p for p, _ in _fleet_row_files(data_dir))
+    for part in _check_target(spec, data_dir, overwrite):
+        shutil.rmtree(part)
+    # This fleet's truth rows go now, and its registry rows are the new run's from here
+    # on: a run that stops half-way leaves the fleet registered (so the next run is
+    # refused without --overwrite) and no truth that describes the old telemetry.
+    for path, schema in ((vehicle_day_path, VEHICLE_DAY_SCHEMA), (faults_path, FAULTS_SCHEMA)):
+        if path.exists():
+            _replace_fleet_rows(path, schema.empty_table(), spec.fleet)
+    _replace_fleet_rows(registry_path, sim.registry_table(), spec.fleet)
 
     pending: dict[int, list[tuple[DayOutput, slice]]] = {}
     truth_rows: list[dict[str, object]] = []
@@ -538,16 +577,11 @@ def simulate_to_lake(
     readings = sum(
         len_ for len_ in (row["readings"] for row in truth_rows) if isinstance(len_, int)
     )
-    truth_dir = data_dir / "truth"
-    _replace_rows(
-        truth_dir / "vehicle_day.parquet",
-        pa.Table.from_pylist(truth_rows, schema=VEHICLE_DAY_SCHEMA),
-        spec.fleet,
-        vins,
-        by_date=True,
+    _replace_fleet_rows(
+        vehicle_day_path, pa.Table.from_pylist(truth_rows, schema=VEHICLE_DAY_SCHEMA), spec.fleet
     )
     faults = sim.faults_table()
-    _replace_rows(truth_dir / "faults.parquet", faults, spec.fleet, vins)
+    _replace_fleet_rows(faults_path, faults, spec.fleet)
     return SimSummary(
         vehicles=spec.vehicles,
         days=spec.days,

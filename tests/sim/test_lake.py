@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import shutil
 from datetime import date
 from pathlib import Path
 
@@ -109,55 +110,186 @@ def test_iter_readings_yields_the_lake_readings_in_time_order(tmp_path: Path) ->
     assert row[1] == pytest.approx(first.pack.voltage_v, abs=1e-3)
 
 
+def _fleet_rows(path: Path, fleet: str) -> list[dict[str, object]]:
+    return [r for r in pq.read_table(path).to_pylist() if r["fleet"] == fleet]
+
+
+def _snapshot(data_dir: Path, fleet: str) -> dict[str, object]:
+    """What a simulation wrote for ``fleet``: its telemetry partitions (tier, date) with
+    their (vin, seq) pairs, and its rows of the registry and the truth files."""
+    parts = sorted(data_dir.glob(f"*/telemetry/date=*/fleet={fleet}"))
+    return {
+        "telemetry": {
+            (p.parents[2].name, p.parent.name): sorted(
+                zip(*pq.read_table(p, columns=["vin", "seq"]).to_pydict().values(), strict=True)
+            )
+            for p in parts
+        },
+        "registry": _fleet_rows(data_dir / "lake/registry/vehicles.parquet", fleet),
+        "vehicle_day": _fleet_rows(data_dir / "truth/vehicle_day.parquet", fleet),
+        "faults": _fleet_rows(data_dir / "truth/faults.parquet", fleet),
+    }
+
+
+def _duplicate_vin_seq(data_dir: Path) -> int:
+    glob = f"{data_dir}/*/telemetry/**/*.parquet"
+    return duckdb.sql(
+        f"SELECT count(*) - count(DISTINCT (vin, seq)) FROM read_parquet('{glob}')"
+    ).fetchall()[0][0]
+
+
 def test_rerun_refuses_to_duplicate_unless_overwrite(tmp_path: Path) -> None:
     sim.simulate_to_lake(SPEC, tmp_path)
-    with pytest.raises(ValueError, match="already exists") as err:
+    before = _snapshot(tmp_path, "t1")
+    with pytest.raises(ValueError, match="already has data") as err:
         sim.simulate_to_lake(SPEC, tmp_path)
-    # The dates named are the UTC partitions found, not the local days of the run (the
-    # message read "5 date(s) of 2026-03-01..2026-03-04": five dates in a four-day range).
+    # The dates named are the UTC partitions found, not the local days of the run.
     parts = sorted(p.parent.name[5:] for p in (tmp_path / "lake/telemetry").glob("date=*/fleet=t1"))
     assert len(parts) == 5
-    assert str(err.value).startswith(
-        f"telemetry of fleet 't1' already exists for 5 UTC date(s), {parts[0]}..{parts[-1]}, "
-        "of this run (local days 2026-03-01..2026-03-04) under "
+    message = str(err.value)
+    assert "\n" not in message
+    assert message.startswith(
+        f"fleet 't1' already has data in {tmp_path} (telemetry of 5 UTC date(s), "
+        f"{parts[0]}..{parts[-1]}; rows in {tmp_path / 'lake/registry/vehicles.parquet'}, "
     )
+    assert message.endswith(
+        "use --fleet to simulate another fleet, or --overwrite to replace all of this fleet's data"
+    )
+    assert _snapshot(tmp_path, "t1") == before  # the refusal wrote nothing
     sim.simulate_to_lake(SPEC, tmp_path, overwrite=True)
-    n = duckdb.sql(
-        f"SELECT count(*) - count(DISTINCT (vin, seq)) FROM "
-        f"read_parquet('{tmp_path}/lake/telemetry/**/*.parquet')"
-    ).fetchall()
-    assert n == [(0,)]
+    assert _duplicate_vin_seq(tmp_path) == 0
+    assert _snapshot(tmp_path, "t1")["vehicle_day"] == before["vehicle_day"]
+    assert len(_fleet_rows(tmp_path / "truth/faults.parquet", "t1")) == 3
 
 
-def test_a_later_run_into_the_same_fleet_keeps_its_other_vehicles_registered(
-    tmp_path: Path,
+@pytest.mark.parametrize(
+    "later",
+    [
+        # the next days of the same vehicles (the same seed gives the same VINs)
+        dataclasses.replace(SPEC, start=date(2026, 3, 5)),
+        # a month later, same vehicles: seq would start at 1 again
+        dataclasses.replace(SPEC, start=date(2026, 4, 1)),
+        # other dates and another seed: other vehicles of the same fleet
+        dataclasses.replace(SPEC, vehicles=1, start=date(2026, 4, 1), seed=12),
+    ],
+    ids=["next-days", "same-vins-later", "other-vins-later"],
+)
+def test_a_later_run_into_the_same_fleet_is_refused_and_overwrite_replaces_the_fleet(
+    tmp_path: Path, later: sim.FleetSpec
 ) -> None:
-    """A second simulate --to-lake into the fleet (other dates, so no --overwrite needed)
-    must not unregister the vehicles of the first: their telemetry stays in the lake, and
-    an unregistered vehicle has no chemistry, capacity or warranty for the analytics."""
+    """A simulation is one fleet's whole history. Merging a second run into it left the
+    lake and the truth disagreeing (deleted vehicles still registered, truth days without
+    telemetry, faults replaced but vehicle_day merged, duplicate (vin, seq)); so a second
+    run is refused at any dates, and --overwrite replaces the fleet entirely."""
     sim.simulate_to_lake(SPEC, tmp_path)
-    later = dataclasses.replace(SPEC, vehicles=1, start=date(2026, 4, 1), seed=12)
-    sim.simulate_to_lake(later, tmp_path)
-    first = set(
-        pq.read_table(tmp_path / "lake/telemetry/date=2026-03-02").column("vin").to_pylist()
-    )
-    second = set(
-        pq.read_table(tmp_path / "lake/telemetry/date=2026-04-02").column("vin").to_pylist()
-    )
-    assert (len(first), len(second)) == (3, 1)
-    assert not first & second
-    registry = pq.read_table(tmp_path / "lake/registry/vehicles.parquet")
-    assert sorted(registry.column("vin").to_pylist()) == sorted(first | second)
-    truth = pq.read_table(tmp_path / "truth/vehicle_day.parquet")
-    assert set(truth.column("vin").to_pylist()) == first | second
-    assert truth.num_rows == 3 * SPEC.days + 1 * later.days
-    faults = pq.read_table(tmp_path / "truth/faults.parquet")
-    assert first <= set(faults.column("vin").to_pylist())  # fault_rate 1: each has one
-    # the same run again (with --overwrite) replaces its own rows instead of adding them
+    before = _snapshot(tmp_path, "t1")
+    with pytest.raises(ValueError, match="already has data"):
+        sim.simulate_to_lake(later, tmp_path)
+    assert _snapshot(tmp_path, "t1") == before
+
     sim.simulate_to_lake(later, tmp_path, overwrite=True)
-    assert pq.read_table(tmp_path / "lake/registry/vehicles.parquet").equals(registry)
-    assert pq.read_table(tmp_path / "truth/vehicle_day.parquet").num_rows == truth.num_rows
-    assert pq.read_table(tmp_path / "truth/faults.parquet").num_rows == faults.num_rows
+    alone = tmp_path / "alone"
+    sim.simulate_to_lake(later, alone)
+    # exactly what the run writes into an empty data directory: nothing of the first run
+    after, expected = _snapshot(tmp_path, "t1"), _snapshot(alone, "t1")
+    for name in ("telemetry", "registry", "vehicle_day", "faults"):
+        assert after[name] == expected[name], name
+    lake = _telemetry(tmp_path / "lake").fetchall()
+    assert lake == _telemetry(alone / "lake").fetchall()
+    assert _duplicate_vin_seq(tmp_path) == 0
+    tele_vins = {row[0] for row in lake}
+    assert {r["vin"] for r in after["registry"]} == tele_vins  # type: ignore[attr-defined]
+    assert {r["vin"] for r in after["vehicle_day"]} == tele_vins  # type: ignore[attr-defined]
+
+
+def test_overwrite_keeps_other_fleets_and_replaces_archived_telemetry(tmp_path: Path) -> None:
+    """The registry and the truth files are shared between fleets: a run, or an
+    --overwrite, of one fleet keeps the other fleets' rows and telemetry. --overwrite
+    also deletes the fleet's archived partitions (retention moved them out of the lake)."""
+    from pipeline._retention import apply_retention
+
+    other = dataclasses.replace(SPEC, fleet="t2", seed=5, vehicles=2)
+    sim.simulate_to_lake(SPEC, tmp_path)
+    sim.simulate_to_lake(other, tmp_path)
+    apply_retention(
+        tmp_path,
+        date(2026, 3, 5),
+        archive_after_days=2,
+        purge_after_days=400,
+        zstd_level=3,
+        today=date(2026, 3, 5),
+    )
+    archived = sorted((tmp_path / "archive/telemetry").glob("date=*/fleet=t1"))
+    assert archived  # the setup: some of t1 is in the archive
+    kept = _snapshot(tmp_path, "t2")
+    assert all(kept[name] for name in ("telemetry", "registry", "vehicle_day", "faults"))
+    t1 = _snapshot(tmp_path, "t1")
+
+    # only archived telemetry left: still refused
+    for part in (tmp_path / "lake/telemetry").glob("date=*/fleet=t1"):
+        shutil.rmtree(part)
+    with pytest.raises(ValueError, match=r"telemetry of \d+ UTC date"):
+        sim.simulate_to_lake(SPEC, tmp_path)
+    # registry rows only (telemetry purged): still refused
+    for part in archived:
+        shutil.rmtree(part)
+    with pytest.raises(ValueError, match=r"rows in .*vehicles\.parquet"):
+        sim.simulate_to_lake(SPEC, tmp_path)
+
+    sim.simulate_to_lake(SPEC, tmp_path, overwrite=True)
+    assert _snapshot(tmp_path, "t2") == kept
+    again = _snapshot(tmp_path, "t1")
+    assert again["telemetry"] == {
+        ("lake", day): pairs
+        for (_tier, day), pairs in t1["telemetry"].items()  # type: ignore[attr-defined]
+    }
+    for name in ("registry", "vehicle_day", "faults"):
+        assert again[name] == t1[name], name
+
+    # and with telemetry in both tiers, --overwrite deletes the archived partitions too
+    apply_retention(
+        tmp_path,
+        date(2026, 3, 5),
+        archive_after_days=2,
+        purge_after_days=400,
+        zstd_level=3,
+        today=date(2026, 3, 5),
+    )
+    later = dataclasses.replace(SPEC, start=date(2026, 6, 1))
+    sim.simulate_to_lake(later, tmp_path, overwrite=True)
+    assert not list((tmp_path / "archive/telemetry").glob("date=*/fleet=t1"))
+    assert _snapshot(tmp_path, "t2") == kept
+    assert _duplicate_vin_seq(tmp_path) == 0
+
+
+def test_cli_simulate_into_a_fleet_with_data_is_one_error_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def args(start: str) -> list[str]:
+        return [
+            *("--data-dir", str(tmp_path), "simulate", "--to-lake", "--vehicles", "1"),
+            *("--days", "1", "--start", start, "--fleet", "cli", "--cadence-s", "300"),
+        ]
+
+    with pytest.raises(SystemExit) as exc:
+        main(args("2026-02-01"))
+    assert exc.value.code == 0
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        main(args("2026-05-01"))
+    assert exc.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("Error: fleet 'cli' already has data in ")
+    assert err.endswith(
+        "use --fleet to simulate another fleet, or --overwrite to replace all "
+        "of this fleet's data\n"
+    )
+    assert err.count("\n") == 1
+    with pytest.raises(SystemExit) as exc:
+        main([*args("2026-05-01"), "--overwrite"])
+    assert exc.value.code == 0
+    dates = {p.parent.name for p in (tmp_path / "lake/telemetry").glob("date=*/fleet=cli")}
+    assert sorted(dates) == ["date=2026-04-30", "date=2026-05-01"]  # the new run's only
 
 
 def test_cli_simulate_writes_telemetry_truth_and_registry(tmp_path: Path) -> None:
