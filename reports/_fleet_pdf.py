@@ -133,13 +133,15 @@ def fleet_pdf(data: FleetData) -> bytes:
     """The fleet report as PDF bytes (deterministic for the same data)."""
     day = data.day.isoformat()
     rows = data.rows
-    soh = finite([r.soh_pct for r in rows])
     claim = data.count("claim_eligible")
     risk = data.count("at_risk")
     new_vins = {a.vin for a in data.anomalies if a.status == "new"}
     # A vehicle without a capacity estimate may still carry the fleet's typical trend as
-    # its SoH (vehicle_soh with n_estimates = 0): it counts as one without an estimate.
-    estimated = sum(1 for r in rows if r.n_capacity_estimates > 0 and math.isfinite(r.soh_pct))
+    # its SoH (vehicle_soh with n_estimates = 0): it counts as one without an estimate,
+    # and the median, the range and the histogram are of the vehicles with one.
+    with_estimate = [r for r in rows if r.n_capacity_estimates > 0 and math.isfinite(r.soh_pct)]
+    estimated = len(with_estimate)
+    soh = finite([r.soh_pct for r in with_estimate])
     story: list[Flowable] = [
         Paragraph(f"Fleet {esc(data.fleet)}: battery health", STYLES["title"]),
         Paragraph(f"Report for {day} (UTC) &middot; {len(rows)} vehicles", STYLES["subtitle"]),
@@ -154,7 +156,9 @@ def fleet_pdf(data: FleetData) -> bytes:
         (
             fmt(median, 1, " %"),
             "median SoH",
-            f"range {fmt(min(soh), 1)}..{fmt(max(soh), 1)} %" if soh else "no estimates yet",
+            f"of the {estimated} with an estimate; range {fmt(min(soh), 1)}..{fmt(max(soh), 1)} %"
+            if soh
+            else "no estimates yet",
         ),
         (str(claim), "claim-eligible", "SoH below the warranty minimum: file a claim"),
         (str(risk), "at warranty risk", "projected below the minimum before cover ends"),
@@ -183,9 +187,9 @@ def fleet_pdf(data: FleetData) -> bytes:
     with chart_style():
         story.append(
             chart(
-                soh_distribution(rows, [t[2] for t in thresholds], TEXT_WIDTH),
+                soh_distribution(with_estimate, [t[2] for t in thresholds], TEXT_WIDTH),
                 "soh_distribution",
-                "Vehicles per 1 % of SoH; dashed: the warranty minimum SoH.",
+                "Vehicles with a SoH estimate per 1 % of SoH; dashed: the warranty minimum SoH.",
             )
         )
         story.append(PageBreak())

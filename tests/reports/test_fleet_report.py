@@ -93,6 +93,63 @@ def test_fleet_pdf_cover_counts_each_vehicle_once_with_or_without_an_estimate(
     assert "4 vehicles 3 with a SoH estimate, 1 without" in cover, cover
 
 
+def _report_with_soh_filled_in(
+    fleet_run, tmp_path: Path, soh_pct: float, *, all_vehicles: bool = False
+) -> Path:
+    """The fleet PDF after giving the vehicles without a capacity estimate (or, with
+    ``all_vehicles``, every vehicle, then as having none) ``soh_pct`` as their SoH: the
+    fleet-typical value ``vehicle_soh`` carries for them."""
+    lake = tmp_path / "lake"
+    shutil.copytree(fleet_run[0], lake)
+    path = lake / "metrics/vehicle_soh" / f"date={rd.DAY}" / f"fleet={rd.FLEET}" / "part.parquet"
+    table = pq.read_table(path)
+    rows = table.to_pylist()
+    for r in rows:
+        if all_vehicles:
+            r["n_estimates"] = 0
+        if r["n_estimates"] == 0:
+            r["soh_pct"], r["soh_low_pct"], r["soh_high_pct"] = soh_pct, soh_pct - 5, soh_pct + 5
+    pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), path)
+    return reports.fleet_report(lake, tmp_path / "reports", rd.DAY, rd.FLEET, formats="pdf")[0]
+
+
+def _page_stream(pdf: Path, page: int = 0) -> bytes:
+    return PdfReader(pdf).pages[page].get_contents().get_data()  # type: ignore[union-attr]
+
+
+def test_fleet_pdf_cover_soh_figures_are_of_the_vehicles_with_an_estimate(
+    fleet_run, tmp_path: Path
+) -> None:
+    """The cover counts "3 with a SoH estimate, 1 without"; the median, the range and the
+    histogram beside it must be of those 3, not include the fleet-typical SoH filled in
+    for the one without (it moved the median and stretched the range to it)."""
+    pdf = _report_with_soh_filled_in(fleet_run, tmp_path / "a", 40.0)
+    cover = " ".join((PdfReader(pdf).pages[0].extract_text() or "").split())
+    soh = sorted(v[1] for v in rd.VEHICLES.values() if not math.isnan(v[1]))
+    assert len(soh) == 3
+    assert "3 with a SoH estimate, 1 without" in cover, cover
+    assert f"{soh[1]:.1f} % median SoH of the 3 with an estimate" in cover, cover
+    assert f"range {soh[0]:.1f}..{soh[-1]:.1f} %" in cover, cover
+    assert "40.0" not in cover
+    assert "Vehicles with a SoH estimate per 1 % of SoH" in cover
+    # the cover page, histogram included, is the same whatever value is filled in
+    other = _report_with_soh_filled_in(fleet_run, tmp_path / "b", 99.5)
+    assert _page_stream(pdf) == _page_stream(other)
+
+
+def test_fleet_pdf_without_any_soh_estimate_renders_a_cover_without_figures(
+    fleet_run, tmp_path: Path
+) -> None:
+    pdf = _report_with_soh_filled_in(fleet_run, tmp_path, 92.0, all_vehicles=True)
+    reader = PdfReader(pdf)
+    assert len(reader.pages) >= 3
+    cover = " ".join((reader.pages[0].extract_text() or "").split())
+    assert "4 vehicles 0 with a SoH estimate, 4 without" in cover, cover
+    assert "median SoH no estimates yet" in cover, cover
+    assert "no SoH estimates yet" in cover
+    assert "92.0" not in cover
+
+
 def test_fleet_pdf_table_figures_equal_the_metrics(fleet_run) -> None:
     lake, _, paths = fleet_run
     text = pdf_text(paths[0])
