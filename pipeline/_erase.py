@@ -443,9 +443,14 @@ def clear_retained_acks(
 
     if not re.fullmatch(VIN_PATTERN, vin):
         raise ValueError(f"{vin!r} is not a VIN (17 characters of A-H, J-N, P, R-Z, 0-9)")
-    host, _, port = broker.rpartition(":")
-    if not host or not port.isdigit():
-        raise ValueError(f"broker {broker!r} is not HOST:PORT")
+    from ingest import IngestError, IngestOptions
+
+    try:
+        # the parsing --broker is checked with: a bracketed IPv6 address connects to the
+        # address inside the brackets
+        host, port = IngestOptions(broker=broker).host_port()
+    except IngestError as exc:
+        raise ValueError(str(exc)) from None
     topics: set[str] = set()
     subscribed = threading.Event()
     client = mqtt.Client(
@@ -465,7 +470,7 @@ def clear_retained_acks(
     client.on_message = on_message
     client.on_subscribe = lambda *_a: subscribed.set()
     try:
-        client.connect(host, int(port))
+        client.connect(host, port)
     except OSError as exc:
         raise BrokerError(f"cannot reach the broker at {broker}: {exc}") from None
     client.loop_start()

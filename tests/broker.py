@@ -12,20 +12,27 @@ from pathlib import Path
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.bind((host, 0))
         return int(s.getsockname()[1])
 
 
 class MosquittoBroker:
     """Start, stop (SIGTERM or kill -9) and restart a private broker with persistence."""
 
-    def __init__(self, workdir: Path, *, port: int | None = None, extra_conf: str = "") -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        port: int | None = None,
+        extra_conf: str = "",
+        host: str = "127.0.0.1",
+    ) -> None:
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.port = port or free_port()
-        self.host = "127.0.0.1"
+        self.host = host  # an IPv6 address (``::1``) is written without brackets here
+        self.port = port or free_port(host)
         self.conf = workdir / "mosquitto.conf"
         self.log = workdir / "mosquitto.log"
         # Started as root, Mosquitto drops to the ``mosquitto`` user, which cannot write
@@ -33,7 +40,7 @@ class MosquittoBroker:
         # nothing and a restarted broker would forget every session. Keep root then.
         keep_user = "user root\n" if os.geteuid() == 0 else ""
         self.conf.write_text(
-            keep_user + f"listener {self.port} 127.0.0.1\n"
+            keep_user + f"listener {self.port} {self.host}\n"
             "allow_anonymous true\n"
             "persistence true\n"
             f"persistence_location {workdir}/\n"
@@ -48,7 +55,9 @@ class MosquittoBroker:
 
     @property
     def address(self) -> str:
-        return f"{self.host}:{self.port}"
+        """``HOST:PORT``, an IPv6 host in brackets (``[::1]:PORT``)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
 
     def start(self) -> MosquittoBroker:
         self.proc = subprocess.Popen(

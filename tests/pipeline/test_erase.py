@@ -246,17 +246,15 @@ def _retained_acks(broker: MosquittoBroker) -> dict[str, bytes]:
     return got
 
 
-def test_erase_with_broker_deletes_the_vehicles_retained_acks(
-    tmp_path: Path, broker: MosquittoBroker
-):
+def _publish_acks(broker: MosquittoBroker, acks: list[tuple[str, str]]) -> None:
+    """Retained acks of these (fleet, VIN) on ``broker``."""
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
-    keep = VINS[1]
     pub = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
     pub.connect(broker.host, broker.port)
     pub.loop_start()
-    for fleet, vin in (("north", GONE), ("south", GONE), ("north", keep)):
+    for fleet, vin in acks:
         payload = json.dumps({"v": 1, "vin": vin, "durable_seq": 7}).encode()
         pub.publish(bms.topic_for(fleet, vin, "ack"), payload, qos=1, retain=True).wait_for_publish(
             10
@@ -264,6 +262,13 @@ def test_erase_with_broker_deletes_the_vehicles_retained_acks(
     pub.disconnect()
     pub.loop_stop()
     pub._reset_sockets()  # else closed only when collected (paho #627)
+
+
+def test_erase_with_broker_deletes_the_vehicles_retained_acks(
+    tmp_path: Path, broker: MosquittoBroker
+):
+    keep = VINS[1]
+    _publish_acks(broker, [("north", GONE), ("south", GONE), ("north", keep)])
     assert len(_retained_acks(broker)) == 3
 
     (tmp_path / "data").mkdir()
@@ -271,6 +276,22 @@ def test_erase_with_broker_deletes_the_vehicles_retained_acks(
     assert r.returncode == 0, r.stderr
     assert "retained acks deleted on " + broker.address + ": 2" in r.stdout
     assert list(_retained_acks(broker)) == [bms.topic_for("north", keep, "ack")]
+
+
+def test_erase_with_a_bracketed_ipv6_broker_deletes_the_retained_acks(tmp_path: Path):
+    """--broker "[::1]:PORT" passes the address check (the ingest's HOST:PORT parsing),
+    so the acks must be cleared at ::1, not looked up at the host name "[::1]" after the
+    files were erased."""
+    keep = VINS[1]
+    with MosquittoBroker(tmp_path / "mosquitto", host="::1") as broker:
+        assert broker.address == f"[::1]:{broker.port}"
+        _publish_acks(broker, [("north", GONE), ("north", keep)])
+        assert len(_retained_acks(broker)) == 2
+        (tmp_path / "data").mkdir()
+        r = fleetbms(tmp_path / "data", "erase", "--vin", GONE, "--broker", broker.address)
+        assert r.returncode == 0, r.stderr
+        assert f"retained acks deleted on [::1]:{broker.port}: 1" in r.stdout
+        assert list(_retained_acks(broker)) == [bms.topic_for("north", keep, "ack")]
 
 
 def test_erase_with_an_unreachable_broker_says_so_in_one_line(tmp_path: Path):
