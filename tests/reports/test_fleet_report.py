@@ -73,26 +73,6 @@ def test_fleet_pdf_cover_page_has_the_headline_figures(fleet_run) -> None:
     assert f"{soh[len(soh) // 2]:.1f} % median SoH" in cover
 
 
-def test_fleet_pdf_cover_counts_each_vehicle_once_with_or_without_an_estimate(
-    fleet_run, tmp_path: Path
-) -> None:
-    """A vehicle without a capacity estimate still gets a SoH from the fleet's typical
-    trend (vehicle_soh with n_estimates = 0): the cover must not count it both as one
-    with a SoH estimate and as one without (12 vehicles read "12 with, 1 without")."""
-    lake = tmp_path / "lake"
-    shutil.copytree(fleet_run[0], lake)
-    path = lake / "metrics/vehicle_soh" / f"date={rd.DAY}" / f"fleet={rd.FLEET}" / "part.parquet"
-    table = pq.read_table(path)
-    rows = table.to_pylist()
-    for r in rows:
-        if r["n_estimates"] == 0:
-            r["soh_pct"], r["soh_low_pct"], r["soh_high_pct"] = 92.0, 85.0, 99.0
-    pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), path)
-    pdf = reports.fleet_report(lake, tmp_path / "reports", rd.DAY, rd.FLEET, formats="pdf")[0]
-    cover = " ".join((PdfReader(pdf).pages[0].extract_text() or "").split())
-    assert "4 vehicles 3 with a SoH estimate, 1 without" in cover, cover
-
-
 def _report_with_soh_filled_in(
     fleet_run, tmp_path: Path, soh_pct: float, *, all_vehicles: bool = False
 ) -> Path:
@@ -111,6 +91,17 @@ def _report_with_soh_filled_in(
             r["soh_pct"], r["soh_low_pct"], r["soh_high_pct"] = soh_pct, soh_pct - 5, soh_pct + 5
     pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), path)
     return reports.fleet_report(lake, tmp_path / "reports", rd.DAY, rd.FLEET, formats="pdf")[0]
+
+
+def test_fleet_pdf_cover_counts_each_vehicle_once_with_or_without_an_estimate(
+    fleet_run, tmp_path: Path
+) -> None:
+    """A vehicle without a capacity estimate still gets a SoH from the fleet's typical
+    trend (vehicle_soh with n_estimates = 0): the cover must not count it both as one
+    with a SoH estimate and as one without (12 vehicles read "12 with, 1 without")."""
+    pdf = _report_with_soh_filled_in(fleet_run, tmp_path, 92.0)
+    cover = " ".join((PdfReader(pdf).pages[0].extract_text() or "").split())
+    assert "4 vehicles 3 with a SoH estimate, 1 without" in cover, cover
 
 
 def _page_stream(pdf: Path, page: int = 0) -> bytes:

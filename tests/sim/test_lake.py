@@ -211,14 +211,18 @@ def test_overwrite_keeps_other_fleets_and_replaces_archived_telemetry(tmp_path: 
     other = dataclasses.replace(SPEC, fleet="t2", seed=5, vehicles=2)
     sim.simulate_to_lake(SPEC, tmp_path)
     sim.simulate_to_lake(other, tmp_path)
-    apply_retention(
-        tmp_path,
-        date(2026, 3, 5),
-        archive_after_days=2,
-        purge_after_days=400,
-        zstd_level=3,
-        today=date(2026, 3, 5),
-    )
+
+    def archive_older_days() -> None:
+        apply_retention(
+            tmp_path,
+            date(2026, 3, 5),
+            archive_after_days=2,
+            purge_after_days=400,
+            zstd_level=3,
+            today=date(2026, 3, 5),
+        )
+
+    archive_older_days()
     archived = sorted((tmp_path / "archive/telemetry").glob("date=*/fleet=t1"))
     assert archived  # the setup: some of t1 is in the archive
     kept = _snapshot(tmp_path, "t2")
@@ -247,14 +251,7 @@ def test_overwrite_keeps_other_fleets_and_replaces_archived_telemetry(tmp_path: 
         assert again[name] == t1[name], name
 
     # and with telemetry in both tiers, --overwrite deletes the archived partitions too
-    apply_retention(
-        tmp_path,
-        date(2026, 3, 5),
-        archive_after_days=2,
-        purge_after_days=400,
-        zstd_level=3,
-        today=date(2026, 3, 5),
-    )
+    archive_older_days()
     later = dataclasses.replace(SPEC, start=date(2026, 6, 1))
     sim.simulate_to_lake(later, tmp_path, overwrite=True)
     assert not list((tmp_path / "archive/telemetry").glob("date=*/fleet=t1"))
