@@ -38,6 +38,7 @@ import functools
 import json
 import logging
 import signal
+import socket
 import struct
 import threading
 import time
@@ -64,6 +65,16 @@ log = logging.getLogger("fleetbms.ingest")
 
 #: Reading topics of contract v1.
 READING_TOPICS = ("fleet/+/+/bms", "fleet/+/+/bms/batch")
+
+
+def _connect_reason(host: str, port: int, timeout_s: float = 2.0) -> str:
+    """Why a TCP connection to ``host:port`` fails now; when it does not, the TLS or MQTT
+    handshake is what failed (or the broker has just come up)."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return "the TCP connection works: the TLS or MQTT handshake failed"
+    except OSError as exc:
+        return exc.strerror or str(exc) or type(exc).__name__
 
 
 @dataclass(frozen=True)
@@ -391,7 +402,14 @@ class _Worker:
             log_event("subscribed", topics=self.options.topics())
 
     def on_connect_fail(self, client: Any, userdata: Any) -> None:
-        log_event("connect_failed", broker=self.options.broker, retry="with backoff")
+        # paho does not pass the reason on: a TCP probe of the address names it
+        # (unknown host, refused, unreachable), which the operator needs to act on
+        log_event(
+            "connect_failed",
+            broker=self.options.broker,
+            reason=_connect_reason(*self.options.host_port()),
+            retry="with backoff",
+        )
 
     def on_disconnect(
         self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any

@@ -41,7 +41,7 @@ def _message(exc: Exception) -> str:
             where += f" -> {exc.filename2}"
         return f"{where}: {exc.strerror}"
     if isinstance(exc, OSError):
-        return re.sub(r"^\[Errno \d+\] ", "", str(exc))
+        return re.sub(r"^\[Errno -?\d+\] ", "", str(exc))
     return str(exc)
 
 

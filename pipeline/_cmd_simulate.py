@@ -68,8 +68,16 @@ def _split(value: str | None) -> tuple[str, ...] | None:
     help="--to-lake: replace this fleet entirely (telemetry of every date, registry, truth).",
 )
 @click.option("--broker", default=None, help="--live: HOST:PORT [ingest.broker].")
-@click.option("--speed", type=float, default=1.0, show_default=True, help="--live: time factor.")
-@click.option("--duration-s", type=float, default=None, help="--live: stop after [s].")
+@click.option(
+    "--speed",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1.0,
+    show_default=True,
+    help="--live: time factor.",
+)
+@click.option(
+    "--duration-s", type=click.FloatRange(min=0), default=None, help="--live: stop after [s]."
+)
 @click.option(
     "--max-readings",
     type=click.IntRange(min=1),
@@ -122,7 +130,8 @@ def simulate_command(
 
     Example: fleetbms simulate --to-lake --vehicles 5 --days 30 --start 2026-01-01 --seed 7
     """
-    from sim import FleetSpec, run_live, simulate_to_lake
+    from bms import last_seqs
+    from sim import FleetSpec, make_vin, run_live, simulate_to_lake
 
     if to_lake == live:
         raise click.UsageError("choose one of --to-lake or --live")
@@ -134,6 +143,20 @@ def simulate_command(
         first = datetime.now(tz).date()
     else:
         first = datetime.now(tz).date() - timedelta(days=max(days, 1))
+    # Readings from the future break the lake's dates (a catch-up would analyse days to
+    # come; ingest rejects a ts over 24 h ahead): a simulated history ends by today.
+    today = datetime.now(tz).date()
+    last = first + timedelta(days=max(days, 1) - 1)
+    if to_lake and last > today:
+        raise click.UsageError(
+            f"--start {first} with --days {days} ends on {last}, after today ({today}, "
+            f"{tz.key}): a history written to the lake cannot reach into the future"
+        )
+    if live and first > today:
+        raise click.UsageError(
+            f"--start {first} is after today ({today}, {tz.key}): live readings would be "
+            "timestamped in the future"
+        )
     kinds = _split(faults)
     spec_args: dict[str, object] = {
         "vehicles": vehicles,
@@ -189,6 +212,13 @@ def simulate_command(
             max_readings=max_readings,
             stop=stop,
             client_id=client_id,
+            # a fleet with history in the lake (simulate --to-lake): each vehicle's seq
+            # continues after its last stored reading, as a real vehicle's counter would
+            durable_seqs=last_seqs(
+                settings.lake_dir,
+                spec.fleet,
+                [make_vin(spec.fleet, spec.seed, i) for i in range(spec.vehicles)],
+            ),
         )
     finally:
         for s, handler in previous.items():

@@ -472,7 +472,7 @@ def clear_retained_acks(
     try:
         client.connect(host, port)
     except OSError as exc:
-        raise BrokerError(f"cannot reach the broker at {broker}: {exc}") from None
+        raise BrokerError(f"cannot reach the broker at {broker}: {exc.strerror or exc}") from None
     client.loop_start()
     try:
         client.subscribe(f"fleet/+/{vin}/ack", qos=1)

@@ -19,7 +19,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -307,6 +307,7 @@ def run_live(
     max_readings: int | None = None,
     stop: threading.Event | None = None,
     client_id: str | None = None,
+    durable_seqs: Mapping[str, int] | None = None,
     segment_readings: int = 1000,
     drain_s: float = 5.0,
 ) -> LiveSummary:
@@ -333,6 +334,10 @@ def run_live(
         Set it (e.g. from a SIGTERM handler) to stop cleanly.
     client_id : str, optional
         MQTT client id (persistent session); default ``sim-{fleet}``.
+    durable_seqs : Mapping[str, int], optional
+        The highest seq the pipeline already holds per VIN (e.g. a history written
+        straight into the lake, ``bms.last_seqs``): each vehicle's readings continue
+        after it, as a vehicle's persisted counter would, so no ``(vin, seq)`` repeats.
     segment_readings : int
         Readings per buffer segment file (the granularity of deletion after an ack).
     drain_s : float
@@ -365,6 +370,9 @@ def run_live(
         vin: StoreAndForwardBuffer(buffer_dir, vin, segment_readings=segment_readings)
         for vin in vins
     }
+    for vin, seq in (durable_seqs or {}).items():
+        if vin in buffers:
+            buffers[vin].acknowledge(seq)
     link = _Link(spec, vins, client_id or f"sim-{spec.fleet}")
     link.start(host, port)
 
@@ -404,6 +412,10 @@ def run_live(
 
     try:
         for ts_ms, i, out, k in _merged_rows(sim, start_ms):
+            # stop at once, not when the next reading falls due (minutes away when parked)
+            if max_readings is not None and generated >= max_readings:
+                stopped_by = "readings"
+                break
             due = t0 + (ts_ms - start_ms) / 1000.0 / speed
             while True:
                 service()
@@ -421,9 +433,6 @@ def run_live(
             if stop.is_set():
                 stopped_by = "signal"
                 break
-            if max_readings is not None and generated >= max_readings:
-                stopped_by = "readings"
-                break
             buf = buffers[vins[i]]
             reading = next(readings_of(out, [k]))
             reading = msgspec.structs.replace(reading, seq=buf.next_seq)
@@ -437,10 +446,6 @@ def run_live(
                 for b in buffers.values():
                     b.sync()
                 last_sync = time.monotonic()
-        else:
-            stopped_by = "end"
-        if stopped_by == "end" and max_readings is not None and generated >= max_readings:
-            stopped_by = "readings"
         deadline = time.monotonic() + drain_s
         while time.monotonic() < deadline:
             service()

@@ -179,7 +179,7 @@ class IngestProcess:
     """``fleetbms ingest`` as a child process (for kill -9 and signals), once subscribed."""
 
     def __init__(self, data_dir: Path, address: str, *args: str) -> None:
-        self.proc = _spawn(data_dir, address, *args)
+        self.proc = spawn_ingest(data_dir, address, *args)
         self.stderr: list[bytes] = []
         subscribed = threading.Event()
 
@@ -207,7 +207,7 @@ class IngestProcess:
         return rc, out.decode(), b"".join(self.stderr).decode()
 
 
-def _spawn(data_dir: Path, address: str, *args: str) -> subprocess.Popen[bytes]:
+def spawn_ingest(data_dir: Path, address: str, *args: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [
             sys.executable,

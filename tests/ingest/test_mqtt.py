@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -16,7 +17,7 @@ import pytest
 
 from bms import TELEMETRY_SCHEMA
 from ingest import ALERT_SCHEMA, QUARANTINE_SCHEMA
-from tests.broker import MosquittoBroker
+from tests.broker import MosquittoBroker, free_port
 from tests.ingest import write_fault
 from tests.ingest.helpers import (
     FLEET,
@@ -31,6 +32,7 @@ from tests.ingest.helpers import (
     lake_counts,
     query,
     reading,
+    spawn_ingest,
     wait_until,
 )
 
@@ -804,3 +806,19 @@ def test_a_quarantine_row_refused_even_escaped_is_kept_as_a_dump_and_ingest_keep
     assert shown.exit_code == 0, shown.output
     assert "quarantined: 3 (missing_field=1, not_json=1, unknown_version=1)" in shown.output
     assert "  2 kept as JSON dumps (the Parquet writer refused them): " in shown.output
+
+
+def test_a_failed_connection_is_logged_with_its_reason(data_dir: Path) -> None:
+    """Nothing listens on the port: each retry's event says so, for the operator to act."""
+    proc = spawn_ingest(data_dir, f"127.0.0.1:{free_port()}")
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if b'"event": "connect_failed"' in line:
+                event = json.loads(line)
+                break
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+    assert event["reason"] == "Connection refused"
+    assert event["retry"] == "with backoff"

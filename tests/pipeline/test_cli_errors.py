@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -176,6 +177,14 @@ def test_an_unknown_fleet_is_an_error_naming_the_known_ones(lake_dir: Path, args
             ("simulate", "--live", "--max-readings", "-5"),
             "Invalid value for '--max-readings': -5 is not in the range x>=1.",
         ),
+        (
+            ("simulate", "--live", "--duration-s", "-1"),
+            "Invalid value for '--duration-s': -1.0 is not in the range x>=0.",
+        ),
+        (
+            ("simulate", "--live", "--speed", "0"),
+            "Invalid value for '--speed': 0.0 is not in the range x>0.",
+        ),
     ],
 )
 def test_an_empty_or_negative_option_is_a_usage_error(
@@ -244,3 +253,23 @@ def test_a_config_file_the_user_cannot_read_is_one_error_line(tmp_path: Path):
         private.chmod(0o755)
     line = one_line_error(r, 1)
     assert line == f"Error: cannot read config file {config}: Permission denied"
+
+
+@pytest.mark.parametrize("mode", ["--to-lake", "--live"])
+def test_a_simulation_reaching_into_the_future_is_a_usage_error(lake_dir: Path, mode: str):
+    """A history in the lake ends by today (a catch-up would analyse days to come), and
+    live readings from the future would be rejected by ingest."""
+    start = datetime.now(UTC).date() + timedelta(days=30)
+    before = snapshot(lake_dir)
+    args = ("simulate", mode, "--start", start.isoformat(), "--days", "5")
+    line = one_line_error(fleetbms(lake_dir, *args), 2)
+    if mode == "--to-lake":
+        assert line.startswith(
+            f"Error: --start {start} with --days 5 ends on {start + timedelta(days=4)}, "
+            "after today ("
+        )
+        assert line.endswith("a history written to the lake cannot reach into the future")
+    else:
+        assert line.startswith(f"Error: --start {start} is after today (")
+        assert line.endswith("live readings would be timestamped in the future")
+    assert snapshot(lake_dir) == before

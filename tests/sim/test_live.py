@@ -230,3 +230,84 @@ def test_a_publish_refused_while_the_link_drops_is_settled_not_fatal() -> None:
     assert not _settled(in_flight)
     in_flight._set_as_published()
     assert _settled(in_flight)
+
+
+def test_run_live_stops_at_its_reading_limit_not_at_the_next_reading(
+    broker: MosquittoBroker, tmp_path: Path
+) -> None:
+    """At 06:00 the cars are parked (a reading every 10 minutes): the run ends as soon as
+    it has its readings, in real time, not when the next one falls due (the duration,
+    far shorter than the idle interval, would then have stopped it)."""
+    summary = sim.run_live(
+        SPEC,
+        broker.address,
+        buffer_dir=tmp_path / "buffer",
+        speed=1.0,
+        start=START,
+        duration_s=60.0,
+        max_readings=2,
+        drain_s=5.0,
+    )
+    assert (summary.generated, summary.stopped_by) == (2, "readings")
+
+
+def test_run_live_continues_each_vehicle_after_the_seqs_the_pipeline_holds(
+    broker: MosquittoBroker, tmp_path: Path
+) -> None:
+    """A history written straight into the lake used seqs 1..N; the live vehicles go on
+    from N + 1 (a fresh buffer would start again at 1 and repeat (vin, seq) pairs)."""
+    vins = [sim.make_vin(FLEET, SPEC.seed, i) for i in range(2)]
+    collector = Collector(broker)
+    assert collector.subscribed.wait(10)
+    summary = sim.run_live(
+        SPEC,
+        broker.address,
+        buffer_dir=tmp_path / "buffer",
+        speed=3000.0,
+        start=START,
+        max_readings=20,
+        durable_seqs={vins[0]: 5000, "FBMXXXXX0TS999999": 7},
+        drain_s=10.0,
+    )
+    assert summary.generated == 20
+    assert _wait(lambda: collector.count() == 20, 30)
+    collector.close()
+    first, second = sorted(collector.seqs[vins[0]]), sorted(collector.seqs[vins[1]])
+    assert first == list(range(5001, 5001 + len(first)))
+    assert second == list(range(1, 1 + len(second)))
+    assert first
+    assert second
+    # nothing from before is pending: the held seqs count as acknowledged
+    assert summary.pending == 20
+
+
+def _fleetbms(data: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", "from pipeline import main; main()", "--data-dir", str(data), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).parents[2],
+        check=False,
+    )
+
+
+def test_cli_live_continues_the_seqs_of_the_fleet_history_in_the_lake(
+    broker: MosquittoBroker, tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    fleet = ["simulate", "--vehicles", "2", "--cells", "14", "--fleet", FLEET, "--seed", "3"]
+    history = _fleetbms(data, *fleet, "--to-lake", "--days", "2")
+    assert history.returncode == 0, history.stderr
+    vins = [sim.make_vin(FLEET, 3, i) for i in range(2)]
+    held = bms.last_seqs(data / "lake", FLEET, vins)
+    assert set(held) == set(vins)
+    assert min(held.values()) > 100
+    live = ["--live", "--broker", broker.address, "--speed", "600", "--max-readings", "6"]
+    out = _fleetbms(data, *fleet, *live)
+    assert out.returncode == 0, out.stderr
+    assert "stopped by readings" in out.stdout
+    seqs = {v: sim.StoreAndForwardBuffer(data / "sim" / "buffer", v).buffered_seqs() for v in vins}
+    assert sum(len(s) for s in seqs.values()) == 6
+    for vin in vins:
+        assert seqs[vin] == list(range(held[vin] + 1, held[vin] + 1 + len(seqs[vin])))
