@@ -113,6 +113,16 @@ COLUMN_MEANINGS: dict[str, str] = {
 }
 
 
+#: Meanings that differ by table (``(table key, column)``), looked up before
+#: ``COLUMN_MEANINGS``: an anomaly's ``evidence`` is text, a warranty verdict's JSON.
+TABLE_COLUMN_MEANINGS: dict[tuple[str, str], str] = {
+    ("anomalies", "evidence"): (
+        "readings, rules, model score and features behind the flag, as text: clauses "
+        "joined by '; ' (not JSON)"
+    ),
+}
+
+
 def unit_of(name: str) -> str | None:
     """Unit of a column from its name, or None when the name carries none.
 
@@ -132,6 +142,13 @@ def unit_of(name: str) -> str | None:
         return None
     while len(tokens) > 1 and _REF_TEMP.fullmatch(tokens[-1]):
         tokens.pop()
+    if "temp" not in tokens:
+        # "dc" is 0.1 degC only in a temperature (``temp_dc``); elsewhere it is direct
+        # current: ``ah_charged_dc`` is Ah, ``dc_fast_share`` a share without unit.
+        if len(tokens) > 1 and tokens[-1] == "dc":
+            tokens.pop()
+        if tokens and tokens[0] == "dc":
+            tokens = tokens[1:]
     while len(tokens) > 1 and tokens[-1] in _STAT_TOKENS and tokens[-2] in UNIT_TOKENS:
         tokens.pop()
     if tokens and tokens[-1] in UNIT_TOKENS and (len(tokens) > 1 or len(tokens[-1]) > 1):
@@ -187,6 +204,7 @@ def data_dictionary(tables: Mapping[str, TableInfo]) -> dict[str, Any]:
                     "nullable": f.nullable,
                     "unit": _meta(f, "unit") or unit_of(name),
                     "meaning": _meta(f, "description")
+                    or TABLE_COLUMN_MEANINGS.get((key, name))
                     or COLUMN_MEANINGS.get(name)
                     or "not documented by the producing job",
                 }
