@@ -455,8 +455,14 @@ def soh_history(v: VehicleData, width: float) -> VectorChart:
     in_view = math.isfinite(end) and (proj is not None or not (end < r.age_years))
     if in_view:
         xs.append(end)
+    # The vehicle's age now is always in view: without any estimate the axis would
+    # otherwise span only the end of cover (7..9 years for a pack of 2.5).
+    xs.append(r.age_years)
     if math.isfinite(min_soh):
         ys.append(min_soh)
+    empty = not (v.estimate_age_years.size or m.any() or proj is not None)
+    if empty:
+        ys.append(100.0)  # from the warranty minimum to a new pack, not 69..71 %
     x_lo, x_hi = _padded(xs, 0.04)
     xlim = (max(0.0, x_lo), x_hi) if x_hi > max(0.0, x_lo) else (0.0, 1.0)
     ylim = _padded(ys)
@@ -511,6 +517,16 @@ def soh_history(v: VehicleData, width: float) -> VectorChart:
             )
         if in_view:
             ax.vline(end, WARRANTY_COLOUR, 1, (1, 1.65))
+        if empty:
+            c.setFillColorRGB(*_rgb(INK))
+            text(
+                c,
+                ax.x0 + ax.w / 2,
+                ax.y0 + ax.h / 2 - CAP * LABEL_FONT_PT / 2,
+                "no capacity estimate yet",
+                LABEL_FONT_PT,
+                "centre",
+            )
         ax.unclip()
         xt, yt = nice_ticks(*xlim), nice_ticks(*ylim, max_intervals=5)
         ax.frame(xt, tick_labels(xt), yt, tick_labels(yt), "age [years]", "SoH [%]")

@@ -293,14 +293,19 @@ def vehicle_pdf(v: VehicleData) -> bytes:
                     f"90 %: {fmt_interval(r.soh_shown)} %"
                     if r.n_capacity_estimates
                     else f"not measured yet: the fleet's typical trend; where its measured "
-                    f"vehicles stand: {fmt_interval(r.soh_shown)} %",
+                    f"vehicles stand: {fmt_interval(r.soh_shown)} %"
+                    if math.isfinite(r.soh_pct)
+                    # no figure at all: nothing is shown, so there is no trend to name
+                    else "not measured yet: no capacity estimate",
                 ),
                 (verdict, "warranty", _headline_reason(v.row.warranty_reason or "")),
                 (
                     fmt(r.projected_soh_at_warranty_end_pct, 1, " %"),
                     "SoH at warranty end",
                     f"90 %: {fmt_interval(r.projected_shown)} % at "
-                    f"{fmt(r.warranty_end_age_years, 1)} years",
+                    f"{fmt(r.warranty_end_age_years, 1)} years"
+                    if math.isfinite(r.projected_soh_at_warranty_end_pct)
+                    else f"no projection; cover ends at {fmt(r.warranty_end_age_years, 1)} years",
                 )
                 if ended is None
                 else (

@@ -522,3 +522,30 @@ def test_soh_chart_stays_on_the_first_page_with_its_legend_under_the_axes(
     text = first.extract_text() or ""
     # The legend is drawn after the axis label, below it (text order follows drawing).
     assert text.index("age [years]") < text.index("capacity estimates")
+
+
+def test_a_pack_without_any_soh_figure_says_so_and_charts_its_own_age(
+    lake: Path, tmp_path: Path
+) -> None:
+    """No estimate and no fleet trend either (SoH NaN): the headline does not call the
+    missing figure "the fleet's typical trend", and the SoH chart spans the vehicle's age
+    (4 years) to the end of cover (8), saying why it is empty, rather than 7..9 years
+    around the end of cover with nothing but the warranty line."""
+    vin = "MAT612345NEX00004"
+    assert rd.VEHICLES[vin][0] == "insufficient_data"
+    pdf = reports.vehicle_report(lake, tmp_path / "out", vin, rd.DAY)
+    page1 = PdfReader(pdf).pages[0].extract_text()
+    text = " ".join(page1.split())
+    assert "n/a state of health not measured yet: no capacity estimate" in text
+    assert "typical trend" not in text
+    assert "n/a %" not in text
+    assert "no capacity estimate yet" in text
+    chart = page1.split("State of health", 1)[1].split("age [years]", 1)[0]
+    x_ticks = next(
+        [float(t) for t in line.split()]
+        for line in chart.splitlines()
+        if len(line.split()) > 2 and all(t.replace(".", "").isdigit() for t in line.split())
+    )
+    age_years = rd._age(rd.DAY)
+    assert min(x_ticks) <= age_years
+    assert max(x_ticks) >= 8.0
