@@ -12,7 +12,7 @@ from typing import Any
 from reportlab.platypus import Flowable, PageBreak, Paragraph, Spacer
 
 from reports._charts import chart_style, finite, soh_distribution, soh_vs_age_km
-from reports._inputs import Anomaly, FleetData, VehicleRow
+from reports._inputs import Anomaly, Feature, FleetData, VehicleRow
 from reports._layout import (
     CLIPPED_NOTE,
     STYLES,
@@ -89,10 +89,18 @@ def _vehicle_table_rows(rows: tuple[VehicleRow, ...]) -> tuple[list[list[str]], 
     return body, style
 
 
+def _outside_normal(f: Feature) -> bool:
+    return f.value < f.normal_low or f.value > f.normal_high  # False where NaN
+
+
 def _anomaly_rows(anomalies: tuple[Anomaly, ...]) -> list[list[str]]:
     out = []
     for a in anomalies:
-        top = a.features[0] if a.features else None
+        # The features come ranked by robust distance from the median, so the first can
+        # lie inside its normal (quantile) range: the column shows the first outside it.
+        top = next((f for f in a.features if _outside_normal(f)), None) or (
+            a.features[0] if a.features else None
+        )
         why = (
             f"{top.name} {fmt(top.value, 2)}\n"
             f"(normal {fmt_range(top.normal_low, top.normal_high, 2)})"

@@ -265,3 +265,37 @@ def test_counts_of_stages_that_have_not_run_read_n_a_not_0(fleet_run, tmp_path: 
     vtext = " ".join(pdf_text(vehicle).split())
     assert "n/a open anomalies anomaly detection has not run for this date" in vtext
     assert "Anomaly detection has not run for this date." in vtext
+
+
+def test_an_anomalys_main_feature_is_one_outside_its_normal_range(
+    fleet_run, tmp_path: Path
+) -> None:
+    """The analytics rank features by robust distance from the median, so the first can
+    sit inside its normal range (drift_growth_z 4.83, normal 0.00..5.17, before drift_z
+    8.05, normal -2.27..2.29, seen on a simulated fleet): the fleet table's "main feature
+    (normal range)" is the first one outside it, not evidence against the flag."""
+    lake = tmp_path / "lake"
+    shutil.copytree(fleet_run[0], lake)
+    path = lake / "anomalies" / f"date={rd.DAY}" / f"fleet={rd.FLEET}" / "part.parquet"
+    table = pq.read_table(path)
+    rows = table.to_pylist()
+    inside = {
+        "feature": "drift_growth_z",
+        "value": 4.83,
+        "unit": "-",
+        "normal_low": 0.0,
+        "normal_median": 0.0,
+        "normal_high": 5.17,
+        "distance": 9.0,
+    }
+    for row in rows:
+        if row["vin"] == rd.FLAGGED_VIN:
+            row["top_features"] = [inside, *row["top_features"]]
+    pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), path)
+    pdf, _ = reports.fleet_report(lake, tmp_path / "out", rd.DAY, rd.FLEET)
+    text = " ".join(pdf_text(pdf).split())
+    assert (
+        f"{rd.FLAGGED_VIN} cell {rd.FLAGGED_CELL} critical new 0.81 self_discharge_z -6.10 "
+        "(normal -2.00..2.00)" in text
+    )
+    assert "drift_growth_z" not in text
