@@ -12,7 +12,7 @@ from typing import Any
 from reportlab.platypus import Flowable, PageBreak, Paragraph, Spacer
 
 from reports._charts import chart_style, finite, soh_distribution, soh_vs_age_km
-from reports._inputs import Anomaly, Feature, FleetData, VehicleRow
+from reports._inputs import Anomaly, Feature, FleetData, GapRow, VehicleRow
 from reports._layout import (
     CLIPPED_NOTE,
     STYLES,
@@ -116,6 +116,22 @@ def _anomaly_rows(anomalies: tuple[Anomaly, ...]) -> list[list[str]]:
             ]
         )
     return out
+
+
+def _gap_cells(g: GapRow) -> list[str]:
+    """A data-gap row; a vehicle with no reading stored is "silent", not "0 missing"
+    (reconciliation counts what is missing between stored sequence numbers)."""
+    if g.readings_stored == 0:
+        expected = str(g.readings_expected) if g.readings_expected else "n/a"
+        return [g.vin, expected, "0", "silent", "n/a", "whole day"]
+    return [
+        g.vin,
+        str(g.readings_expected),
+        str(g.readings_stored),
+        str(g.readings_missing),
+        str(g.gap_count),
+        fmt(g.longest_gap_s / 60, 0),
+    ]
 
 
 def _thresholds(data: FleetData) -> list[tuple[float, float, float]]:
@@ -276,20 +292,18 @@ def fleet_pdf(data: FleetData) -> bytes:
         story.append(
             data_table(
                 ["vehicle", "expected", "stored", "missing", "gaps", "longest [min]"],
-                [
-                    [
-                        g.vin,
-                        str(g.readings_expected),
-                        str(g.readings_stored),
-                        str(g.readings_missing),
-                        str(g.gap_count),
-                        fmt(g.longest_gap_s / 60, 0),
-                    ]
-                    for g in data.gaps
-                ],
+                [_gap_cells(g) for g in data.gaps],
                 [0.34, 0.14, 0.13, 0.13, 0.1, 0.16],
             )
         )
+        if any(g.readings_stored == 0 for g in data.gaps):
+            story.append(
+                Paragraph(
+                    "silent: no reading stored on this date; the expected count comes "
+                    "from the sequence numbers of stored readings, so it is unknown.",
+                    STYLES["small"],
+                )
+            )
     story.append(Paragraph("Methodology", STYLES["h1"]))
     for text in METHODOLOGY:
         story.append(Paragraph(esc(text), STYLES["small"]))

@@ -299,3 +299,31 @@ def test_an_anomalys_main_feature_is_one_outside_its_normal_range(
         "(normal -2.00..2.00)" in text
     )
     assert "drift_growth_z" not in text
+
+
+def test_a_vehicle_silent_all_day_is_listed_as_silent_not_as_0_missing(
+    fleet_run, tmp_path: Path
+) -> None:
+    """No reading stored on the date: reconciliation has no sequence numbers to count
+    from (expected 0, missing 0). The data-gap table says silent, not "0 missing" beside
+    the headline that counts it as a vehicle with data gaps."""
+    lake = tmp_path / "lake"
+    shutil.copytree(fleet_run[0], lake)
+    silent = "MAT612345NEX00004"
+    rd.patch_rows(
+        lake,
+        "reconciliation",
+        silent,
+        readings_expected=0,
+        readings_stored=0,
+        readings_missing=0,
+        readings_quarantined=0,
+        gap_count=0,
+        longest_gap_s=None,
+    )
+    pdf, _ = reports.fleet_report(lake, tmp_path / "out", rd.DAY, rd.FLEET)
+    text = " ".join(pdf_text(pdf).split())
+    assert "2 vehicles with data gaps" in text
+    assert f"{silent} n/a 0 silent n/a whole day" in text
+    assert f"{silent} 0 0 0 0" not in text
+    assert "silent: no reading stored on this date" in text
