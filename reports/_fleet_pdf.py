@@ -28,6 +28,7 @@ from reports._layout import (
     fmt_range,
     generator_version,
     headline_table,
+    plural,
 )
 
 METHODOLOGY = (
@@ -168,13 +169,15 @@ def fleet_pdf(data: FleetData) -> bytes:
     soh = finite([r.soh_pct for r in with_estimate])
     story: list[Flowable] = [
         Paragraph(f"Fleet {esc(data.fleet)}: battery health", STYLES["title"]),
-        Paragraph(f"Report for {day} (UTC) &middot; {len(rows)} vehicles", STYLES["subtitle"]),
+        Paragraph(
+            f"Report for {day} (UTC) &middot; {plural(len(rows), 'vehicle')}", STYLES["subtitle"]
+        ),
     ]
     median = statistics.median(soh) if soh else math.nan
     cells = [
         (
             str(len(rows)),
-            "vehicles",
+            "vehicle" if len(rows) == 1 else "vehicles",
             f"{estimated} with a SoH estimate, {len(rows) - estimated} without",
         ),
         (
@@ -190,7 +193,7 @@ def fleet_pdf(data: FleetData) -> bytes:
             # not 0 where nothing was counted: the note says why
             str(data.new_anomalies) if data.has_anomaly_table else "n/a",
             "new anomalies",
-            f"in {len(new_vins)} vehicles; {len(data.anomalies)} open in total"
+            f"in {plural(len(new_vins), 'vehicle')}; {len(data.anomalies)} open in total"
             if data.has_anomaly_table
             else "anomaly detection has not run for this date",
         ),

@@ -327,3 +327,17 @@ def test_a_vehicle_silent_all_day_is_listed_as_silent_not_as_0_missing(
     assert f"{silent} n/a 0 silent n/a whole day" in text
     assert f"{silent} 0 0 0 0" not in text
     assert "silent: no reading stored on this date" in text
+
+
+def test_a_fleet_of_one_vehicle_reads_1_vehicle_not_1_vehicles(fleet_run, tmp_path: Path) -> None:
+    lake = tmp_path / "lake"
+    shutil.copytree(fleet_run[0], lake)
+    for table in ("vehicle_soh", "warranty"):
+        path = lake / "metrics" / table / f"date={rd.DAY}" / f"fleet={rd.FLEET}" / "part.parquet"
+        t = pq.read_table(path)
+        pq.write_table(t.filter(pa.compute.equal(t["vin"], rd.FLAGGED_VIN)), path)
+    pdf, _ = reports.fleet_report(lake, tmp_path / "out", rd.DAY, rd.FLEET)
+    cover = " ".join((PdfReader(pdf).pages[0].extract_text() or "").split())
+    assert f"Report for {rd.DAY} (UTC) · 1 vehicle " in cover
+    assert "1 new anomalies in 1 vehicle;" in cover
+    assert "1 vehicle 1 with a SoH estimate, 0 without" in cover
