@@ -188,7 +188,12 @@ def fleet_pdf(data: FleetData) -> bytes:
             else "no estimates yet",
         ),
         (str(claim), "claim-eligible", "SoH below the warranty minimum: file a claim"),
-        (str(risk), "at warranty risk", "projected below the minimum before cover ends"),
+        (
+            str(risk),
+            "at warranty risk",
+            # bms.warranty_status: either one makes a vehicle at risk
+            "90 % interval now, or projection at cover end, below the minimum",
+        ),
         (
             # not 0 where nothing was counted: the note says why
             str(data.new_anomalies) if data.has_anomaly_table else "n/a",

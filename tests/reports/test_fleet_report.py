@@ -341,3 +341,16 @@ def test_a_fleet_of_one_vehicle_reads_1_vehicle_not_1_vehicles(fleet_run, tmp_pa
     assert f"Report for {rd.DAY} (UTC) · 1 vehicle " in cover
     assert "1 new anomalies in 1 vehicle;" in cover
     assert "1 vehicle 1 with a SoH estimate, 0 without" in cover
+
+
+def test_the_at_risk_headline_names_both_ways_a_vehicle_gets_there(fleet_run) -> None:
+    """At risk is the 90 % interval now reaching below the minimum, or the projection at
+    cover end below it (``bms.warranty_status``): the cover's note named only the
+    projection, leaving a vehicle at risk by its interval now unexplained."""
+    w = _metrics(fleet_run[0], "warranty")[rd.GAP_VIN]
+    assert w["status"] == "at_risk"
+    cover = " ".join((PdfReader(fleet_run[2][0]).pages[0].extract_text() or "").split())
+    assert (
+        "1 at warranty risk 90 % interval now, or projection at cover end, below the minimum"
+        in cover
+    )
