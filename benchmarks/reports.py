@@ -175,7 +175,8 @@ def make_lake(root: Path, n: int, days: int, n_cells: int = 96) -> Path:
                             ]
                         )
                     },
-                    "temp_c_max": rng.uniform(25, 45, n),
+                    "temp_c_max": (tmax := rng.uniform(25, 45, n)),
+                    "pack_temp_c_max": tmax,
                     "max_charge_c_rate": rng.uniform(0.2, 1.5, n),
                 },
                 n,

@@ -95,7 +95,7 @@ from bms._warranty import (
 )
 
 #: Version of the analytics model; part of every run id and of the warranty evidence.
-ANALYTICS_MODEL_VERSION = "analytics-21"
+ANALYTICS_MODEL_VERSION = "analytics-22"
 #: Metrics tables written per (date, fleet).
 METRICS_TABLES = (
     "vehicle_day",
@@ -411,7 +411,12 @@ _REGISTRY_COLUMNS = {
     "n_cells": pa.int16(),
     "in_service_date": pa.date32(),
     "warranty_policy": pa.string(),
+    # optional: temperature sensors per pack (readings.sql tells a sensor reading far
+    # above all the others from the pack's temperature only where it knows how many)
+    "n_temps": pa.int16(),
 }
+#: Registry columns a registry file may lack (null then).
+_REGISTRY_OPTIONAL = frozenset({"n_temps"})
 
 
 def read_registry(lake_root: Path, fleet: str | None = None) -> pa.Table:
@@ -427,8 +432,11 @@ def read_registry(lake_root: Path, fleet: str | None = None) -> pa.Table:
         return pa.schema(list(_REGISTRY_COLUMNS.items())).empty_table()
     table = pq.read_table(path)
     missing = [c for c in _REGISTRY_COLUMNS if c not in table.column_names]
-    if missing:
-        raise BmsError(f"registry {path} lacks column(s) {', '.join(missing)}")
+    if set(missing) - _REGISTRY_OPTIONAL:
+        required = [c for c in missing if c not in _REGISTRY_OPTIONAL]
+        raise BmsError(f"registry {path} lacks column(s) {', '.join(required)}")
+    for name in missing:
+        table = table.append_column(name, pa.nulls(table.num_rows, _REGISTRY_COLUMNS[name]))
     table = table.select(list(_REGISTRY_COLUMNS)).cast(pa.schema(list(_REGISTRY_COLUMNS.items())))
     bad = set(table["chemistry"].to_pylist()) - set(CHEMISTRIES)
     if bad:
@@ -564,6 +572,7 @@ METRICS_SCHEMAS: dict[str, pa.Schema] = {
             ("hours_temp_35_45c", _F),
             ("hours_temp_above_45c", _F),
             ("temp_c_max", _F),
+            ("pack_temp_c_max", _F),
             ("temp_c_min", _F),
             ("max_c_rate", _F),
             ("max_charge_c_rate", _F),
@@ -2086,7 +2095,7 @@ def _day_stress(
     car's) and lowest SoC. Cycle: upper with a missing SoC or C-rate at its worst, lower
     at its mildest and C-rate 0."""
     hours = [float(vd[name] or 0.0) for name, _, _ in _TEMP_BANDS]
-    t_max = vd["temp_c_max"]
+    t_max = vd["pack_temp_c_max"]
     t_min = vd["temp_c_min"]
     upper = [
         hi if math.isfinite(hi) else max(float(t_max if t_max is not None else 45.0), 45.0)

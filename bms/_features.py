@@ -174,7 +174,7 @@ FEATURES_SCHEMA = pa.schema(
     ],
     metadata={
         b"fleetbms.table": b"anomaly_features",
-        b"fleetbms.version": b"9",
+        b"fleetbms.version": b"10",
     },
 )
 
@@ -1306,6 +1306,11 @@ def assemble_features(
     day_num = (day - date(1970, 1, 1)).days
     tmax = _col(vehicle_window, "temp_c_max")
     tmin = _col(vehicle_window, "temp_c_min")
+    # the pack's hottest temperature (vehicle_day: without a sensor reading far above
+    # all the others, which the sensor features judge); days analysed before it had
+    # it, the hottest sensor
+    tpack = _col(vehicle_window, "pack_temp_c_max")
+    tpack = np.where(np.isnan(tpack), tmax, tpack)
     base_lo = day_num - params.baseline_lag_days - params.baseline_days + 1
     base_hi = day_num - params.baseline_lag_days
     recent_lo = day_num - params.smooth_days + 1
@@ -1344,7 +1349,7 @@ def assemble_features(
         return today, base
 
     # One-sided: a pack cooler than usual (parked, winter) is not a fault.
-    t_today, t_base = today_and_baseline(tmax)
+    t_today, t_base = today_and_baseline(tpack)
     _tmin_now, tmin_base = today_and_baseline(tmin)
     # the vehicle's use over the baseline days (every kind of day)
     efc = _col(vehicle_window, "equivalent_full_cycles")
@@ -1363,7 +1368,7 @@ def assemble_features(
     sel_d = (vw_row >= 0) & (vw_day == day_num)
     t_day[vw_row[sel_d]] = tmax[sel_d]
     out["temp_c_max"] = t_day
-    r_today, r_base = today_and_baseline(tmax - tmin)
+    r_today, r_base = today_and_baseline(tpack - tmin)
     out["temp_rise_excess_c"] = np.fmax(excess_over_own_and_peers(r_today, r_base, *peer_keys), 0.0)
 
     # Exposure over the recent days (context: charging and heat).
@@ -1511,6 +1516,7 @@ def build_features(
             "vin",
             "chemistry",
             "temp_c_max",
+            "pack_temp_c_max",
             "temp_c_min",
             "dc_fast_share",
             "hours_soc_above_90",

@@ -124,6 +124,7 @@ _VEHICLE_DAY = (
     "hours_temp_35_45c",
     "hours_temp_above_45c",
     "temp_c_max",
+    "pack_temp_c_max",
     "temp_c_min",
     "max_c_rate",
     "max_charge_c_rate",

@@ -694,7 +694,7 @@ def exposure(v: VehicleData, width: float) -> VectorChart:
         )
 
     def paint(c: Any) -> None:
-        panel(c, left, temp_h, [b for _, b in TEMP_BANDS], _TEMP_COLOURS, "hottest sensor [degC]")
+        panel(c, left, temp_h, [b for _, b in TEMP_BANDS], _TEMP_COLOURS, "pack hottest [degC]")
         panel(c, left + 1.75 * panel_w, soc_h, _SOC_BANDS, _SOC_COLOURS, "state of charge [%]")
 
     return VectorChart(width, height, "exposure", paint)

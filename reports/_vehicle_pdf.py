@@ -49,6 +49,23 @@ def _max(v: VehicleData, key: str) -> float:
     return float(np.nanmax(a)) if a is not None and np.isfinite(a).any() else math.nan
 
 
+def _pack_max_c(v: VehicleData) -> float:
+    """The pack's hottest temperature of the window (metrics before analytics-22 lack
+    it: the hottest sensor's)."""
+    pack = _max(v, "pack_temp_c_max")
+    return pack if math.isfinite(pack) else _max(v, "temp_c_max")
+
+
+def _outlier_note(v: VehicleData) -> str:
+    """Where one sensor read far above the others (not counted as the pack's
+    temperature), its hottest reading, so the stored value is not hidden."""
+    raw = _max(v, "temp_c_max")
+    pack = _pack_max_c(v)
+    if math.isfinite(raw) and math.isfinite(pack) and raw > pack:
+        return f"; one sensor read up to {fmt(raw, 1)} degC, far above the others"
+    return ""
+
+
 _RULE_TEXT = re.compile(
     r"(?P<rule>[a-z_]+)(?: (?P<where>(?:sensor|cell) \d+))?: (?P<value>\S+)(?: (?P<unit>[^\s(]+))? "
     r"\(limit (?P<limit>\S+)\)"
@@ -360,8 +377,8 @@ def vehicle_pdf(v: VehicleData) -> bytes:
         chart(
             exposure(v, TEXT_WIDTH),
             "exposure",
-            f"Hours per band of the hottest sensor and of the state of charge, {win} "
-            f"(max temperature {fmt(_max(v, 'temp_c_max'), 1)} degC).",
+            f"Hours per band of the pack's hottest temperature and of the state of "
+            f"charge, {win} (max {fmt(_pack_max_c(v), 1)} degC{_outlier_note(v)}).",
             heading="Temperature and state-of-charge exposure",
         )
     )

@@ -58,16 +58,50 @@ SET VARIABLE vin_info = (
     LEFT JOIN registry r USING (vin)
     LEFT JOIN carry c USING (vin)
 );
+-- Each vehicle's number of temperature sensors (registry n_temps, NULL if not given), in
+-- the order of the `vin_key` ENUM (VARCHAR order), looked up by the ENUM's code.
+SET VARIABLE vin_n_temps = (
+    SELECT list(r.n_temps ORDER BY u.vin)
+    FROM vin_order u
+    LEFT JOIN registry r USING (vin)
+    WHERE u.vin IS NOT NULL
+);
 CREATE OR REPLACE TEMP TABLE readings AS
-WITH rows_in AS (
+WITH rows_raw AS (
     SELECT
         vin::vin_key AS vin, seq, epoch_ms(ts) AS ts_ms, epoch_ms(ts) // 86400000 AS day_n,
         current_a::DOUBLE AS current_a, voltage_v::DOUBLE AS voltage_v,
         soc_pct::DOUBLE AS soc_pct, soh_pct::DOUBLE AS soh_pct, cycle_count, odometer_km,
         mode, n_cells, cell_min_idx, cell_max_idx,
         temp_c_min::DOUBLE AS temp_c_min, temp_c_max::DOUBLE AS temp_c_max,
-        temp_c_mean::DOUBLE AS temp_c_mean, quality
+        temp_c_mean::DOUBLE AS temp_c_mean, quality,
+        -- the mean of the other sensors than the hottest: all n_temps of the registry
+        -- took part in the mean unless a value was a sentinel or not representable
+        -- (quality bits 16 and 32), which the lake writer leaves out of min, max, mean
+        CASE WHEN quality & 48 = 0 THEN
+            (getvariable('vin_n_temps')[enum_code(vin::vin_key) + 1] * temp_c_mean::DOUBLE
+                - temp_c_max::DOUBLE)
+            / (getvariable('vin_n_temps')[enum_code(vin::vin_key) + 1] - 1)
+        END AS temp_c_others
     FROM reading_rows
+),
+rows_in AS (
+    -- pack_temp_c: the pack's hottest temperature, for the time per temperature band and
+    -- the calendar exposure of vehicle_day: the hottest sensor, unless it reads more than
+    -- over_temp_spread_c above the mean of the others (three sensors at least), which a
+    -- pack heated by its use does not show: then a failing or misplaced sensor (or a
+    -- local defect the anomalies report) and the others' mean stands for the pack, as
+    -- for the over-temperature events (vehicle_day.sql).
+    SELECT
+        * EXCLUDE (temp_c_others),
+        CASE
+            WHEN getvariable('vin_n_temps')[enum_code(vin) + 1] >= 3
+                AND temp_c_others BETWEEN temp_c_min AND temp_c_max
+                AND temp_c_max - temp_c_others > getvariable('over_temp_spread_c')
+            THEN temp_c_others
+            ELSE temp_c_max
+        END AS pack_temp_c
+    FROM rows_raw
 ),
 lagged_raw AS (
     -- Window functions with an empty OVER () (and running sums from the first row) run

@@ -3,13 +3,18 @@
 -- reads the exposure).
 --
 -- Time-based figures add up the intervals (previous reading, this reading] that are not
--- data gaps, in the state of this reading. Charge and energy come from the exact integer
+-- data gaps, in the state of this reading (the day's first interval begins at the
+-- reading before, the evening before for a vehicle reporting through midnight: a day
+-- holds up to 24 h plus one interval). Charge and energy come from the exact integer
 -- counters of readings.sql (charging positive). Equivalent full cycles =
--- (Ah charged + Ah discharged) / (2 x rated capacity). Temperatures are the hottest
--- sensor (temp_c_max). An over-temperature event is a reading above over_temp_c after
--- one at or below it, with the sensors' mean within over_temp_spread_c of the limit: the
--- use that heats a pack heats it throughout, while one sensor far above the others is a
--- failing sensor or a local defect (live alerts and anomalies report those); a deep discharge a reading below deep_discharge_soc_pct after
+-- (Ah charged + Ah discharged) / (2 x rated capacity). The hours per temperature band
+-- and the calendar exposure take the pack's hottest temperature (pack_temp_c,
+-- readings.sql: the hottest sensor unless it reads far above all the others);
+-- temp_c_max is the hottest reading of any sensor, as stored. An over-temperature event
+-- is a reading above over_temp_c after one at or below it, with the sensors' mean within
+-- over_temp_spread_c of the limit: the use that heats a pack heats it throughout, while
+-- one sensor far above the others is a failing sensor or a local defect (live alerts and
+-- anomalies report those); a deep discharge a reading below deep_discharge_soc_pct after
 -- one at or above it. `rest_periods` counts rests of at least rest_min_s that ended
 -- today (one still running continues tomorrow).
 --
@@ -50,18 +55,18 @@ agg AS (
         sum(greatest(-de_mwh, 0)) AS discharged_mwh,
         sum(CASE WHEN soc_pct > 90 THEN dt_ms END) AS soc_above_90_ms,
         sum(CASE WHEN soc_pct < 10 THEN dt_ms END) AS soc_below_10_ms,
-        sum(CASE WHEN temp_c_max < 0 THEN dt_ms END) AS temp_below_0c_ms,
-        sum(CASE WHEN temp_c_max >= 0 AND temp_c_max < 15 THEN dt_ms END) AS temp_0_15c_ms,
-        sum(CASE WHEN temp_c_max >= 15 AND temp_c_max < 25 THEN dt_ms END) AS temp_15_25c_ms,
-        sum(CASE WHEN temp_c_max >= 25 AND temp_c_max < 35 THEN dt_ms END) AS temp_25_35c_ms,
-        sum(CASE WHEN temp_c_max >= 35 AND temp_c_max < 45 THEN dt_ms END) AS temp_35_45c_ms,
-        sum(CASE WHEN temp_c_max >= 45 THEN dt_ms END) AS temp_above_45c_ms,
+        sum(CASE WHEN pack_temp_c < 0 THEN dt_ms END) AS temp_below_0c_ms,
+        sum(CASE WHEN pack_temp_c >= 0 AND pack_temp_c < 15 THEN dt_ms END) AS temp_0_15c_ms,
+        sum(CASE WHEN pack_temp_c >= 15 AND pack_temp_c < 25 THEN dt_ms END) AS temp_15_25c_ms,
+        sum(CASE WHEN pack_temp_c >= 25 AND pack_temp_c < 35 THEN dt_ms END) AS temp_25_35c_ms,
+        sum(CASE WHEN pack_temp_c >= 35 AND pack_temp_c < 45 THEN dt_ms END) AS temp_35_45c_ms,
+        sum(CASE WHEN pack_temp_c >= 45 THEN dt_ms END) AS temp_above_45c_ms,
         sum(CASE WHEN at_rest AND coalesce(prev_at_rest, FALSE) THEN dt_ms END) AS rest_ms,
         sum(dt_ms) AS covered_ms,
         -- calendar exposure (not published; bms._analytics reads it for the warranty's
         -- stress bound): hours per SoC decile at the reference temperature of equal
         -- calendar ageing (bms.calendar_arrhenius_k)
-        sum(CASE WHEN soc_decile IS NOT NULL AND temp_c_max IS NOT NULL THEN dt_ms END)
+        sum(CASE WHEN soc_decile IS NOT NULL AND pack_temp_c IS NOT NULL THEN dt_ms END)
             / 3.6e6 AS cal_covered_h,
         sum(CASE soc_decile WHEN 0 THEN cal_w_ms END) / 3.6e6 AS cal_soc_0_h,
         sum(CASE soc_decile WHEN 1 THEN cal_w_ms END) / 3.6e6 AS cal_soc_10_h,
@@ -75,6 +80,7 @@ agg AS (
         sum(CASE soc_decile WHEN 9 THEN cal_w_ms END) / 3.6e6 AS cal_soc_90_h,
         count(CASE WHEN gap AND prev_ts_ms IS NOT NULL THEN 1 END) AS gaps,
         max(temp_c_max) AS temp_c_max,
+        max(pack_temp_c) AS pack_temp_c_max,
         min(temp_c_min) AS temp_c_min,
         max(abs(current_a)) AS max_abs_current_a,
         max(current_a) AS max_charge_current_a,
@@ -113,7 +119,7 @@ agg AS (
             dt_ms * exp(
                 CASE chemistry WHEN 'lfp' THEN getvariable('cal_b_lfp_k')
                     ELSE getvariable('cal_b_nmc_k') END
-                * (1 / (getvariable('cal_ref_temp_c') + 273.15) - 1 / (temp_c_max + 273.15))
+                * (1 / (getvariable('cal_ref_temp_c') + 273.15) - 1 / (pack_temp_c + 273.15))
             ) AS cal_w_ms
         FROM readings
     )
@@ -153,6 +159,7 @@ SELECT
     coalesce(agg.temp_35_45c_ms, 0) / 3.6e6 AS hours_temp_35_45c,
     coalesce(agg.temp_above_45c_ms, 0) / 3.6e6 AS hours_temp_above_45c,
     agg.temp_c_max,
+    agg.pack_temp_c_max,
     agg.temp_c_min,
     agg.max_abs_current_a / agg.rated_capacity_ah AS max_c_rate,
     greatest(agg.max_charge_current_a, 0) / agg.rated_capacity_ah AS max_charge_c_rate,

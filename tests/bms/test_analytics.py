@@ -368,6 +368,31 @@ def test_over_temperature_events_need_the_pack_not_one_sensor(tmp_path: Path) ->
     events = dict(zip(vd["vin"].to_pylist(), vd["over_temp_events"].to_pylist(), strict=True))
     assert events == {hot.vin: 2, faulty.vin: 0}
     assert max(vd["temp_c_max"].to_pylist()) == 75.0  # the reading itself is kept
+    # ... but the pack's temperature, for its hours per band, is the other sensors'
+    row = {r["vin"]: r for r in vd.to_pylist()}
+    assert row[hot.vin]["pack_temp_c_max"] == 64.0
+    assert row[hot.vin]["hours_temp_above_45c"] == pytest.approx(2.0)
+    assert row[faulty.vin]["pack_temp_c_max"] == 30.0
+    assert row[faulty.vin]["hours_temp_above_45c"] == 0.0
+    assert row[faulty.vin]["hours_temp_25_35c"] == pytest.approx(
+        row[hot.vin]["hours_temp_25_35c"] + 2.0
+    )
+
+
+def test_without_the_sensor_count_the_hottest_sensor_is_the_packs_temperature(
+    tmp_path: Path,
+) -> None:
+    """A registry without n_temps (optional): the others' mean is unknown, so the hottest
+    sensor counts, as stored."""
+    lake = tmp_path / "lake"
+    faulty = SynthVehicle("FBMAAAAA0TS000012", drive_temps_c=(75, 30, 30, 30, 30, 30, 30, 30))
+    write_fleet(lake, [faulty], START, 1, cadence_s=300)
+    path = lake / "registry" / "vehicles.parquet"
+    pq.write_table(pq.read_table(path).drop_columns(["n_temps"]), path)
+    bms.run_pending(lake)
+    (row,) = bms.read_metrics(lake, "vehicle_day", [START]).to_pylist()
+    assert row["pack_temp_c_max"] == 75.0
+    assert row["hours_temp_above_45c"] == pytest.approx(2.0)
 
 
 def test_one_failed_temperature_sensor_does_not_move_the_normalised_resistance(

@@ -118,7 +118,7 @@ def vehicle_day_table(
     if v.bad_cell_mv is not None:
         cell_mv[:, v.bad_cell_mv[0]] = v.bad_cell_mv[1]
     pack_v = cell_v.sum(axis=1)
-    n_temps = 2 if v.drive_temps_c is None else len(v.drive_temps_c)
+    n_temps = n_temps_of(v)
     temps = np.full((n, n_temps), v.temp_c)
     if v.drive_temps_c is not None:
         temps[cur < 0] = v.drive_temps_c
@@ -174,6 +174,11 @@ def write_fleet(
     write_registry(lake_root, vehicles, fleet=fleet)
 
 
+def n_temps_of(v: SynthVehicle) -> int:
+    """Temperature sensors of the synthetic pack."""
+    return 2 if v.drive_temps_c is None else len(v.drive_temps_c)
+
+
 def write_registry(lake_root: Path, vehicles: list[SynthVehicle], *, fleet: str = "demo") -> None:
     reg = pa.table(
         {
@@ -182,7 +187,7 @@ def write_registry(lake_root: Path, vehicles: list[SynthVehicle], *, fleet: str 
             "chemistry": [v.chemistry for v in vehicles],
             "capacity_ah": [v.rated_ah for v in vehicles],
             "n_cells": pa.array([v.n_cells for v in vehicles], pa.int16()),
-            "n_temps": pa.array([2] * len(vehicles), pa.int16()),
+            "n_temps": pa.array([n_temps_of(v) for v in vehicles], pa.int16()),
             "vehicle_class": ["car"] * len(vehicles),
             "in_service_date": pa.array([v.in_service for v in vehicles], pa.date32()),
             "warranty_policy": [""] * len(vehicles),

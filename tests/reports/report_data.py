@@ -171,6 +171,7 @@ def make_lake(data_dir: Path, *, day: date = DAY, n_days: int = N_DAYS) -> Path:
                 hours_temp_35_45c=1.0,
                 hours_temp_above_45c=0.0,
                 temp_c_max=41.5,
+                pack_temp_c_max=41.5,
                 max_charge_c_rate=1.2,
             )
             vd_rows.append(vd)

@@ -62,7 +62,7 @@ def test_vehicle_pdf_has_every_chart_with_labelled_axes(flagged_pdf: Path) -> No
         "rest voltage - pack median [mV]",
         "date (UTC, month-day)",
         "time [h]",
-        "hottest sensor [degC]",
+        "pack hottest [degC]",
         "state of charge [%]",
         "charged [Ah]",
     ):
@@ -549,3 +549,24 @@ def test_a_pack_without_any_soh_figure_says_so_and_charts_its_own_age(
     age_years = rd._age(rd.DAY)
     assert min(x_ticks) <= age_years
     assert max(x_ticks) >= 8.0
+
+
+def test_the_exposure_caption_gives_the_packs_hottest_and_names_an_outlying_sensor(
+    lake: Path, tmp_path: Path
+) -> None:
+    """One sensor read 93.8 degC while the pack stood below 40: the caption's maximum is
+    the pack's (as its hours per band), and the outlying reading is named, not hidden."""
+    data = tmp_path / "data"
+    shutil.copytree(lake.parent, data)
+    pdf = reports.vehicle_report(data / "lake", tmp_path / "a", rd.FLAGGED_VIN, rd.DAY)
+    text = " ".join(pdf_text(pdf).split())
+    assert "one sensor read up to" not in text
+    vd = bms.read_metrics(data / "lake", "vehicle_day")
+    pack_max = max(r["pack_temp_c_max"] for r in vd.to_pylist() if r["vin"] == rd.FLAGGED_VIN)
+    assert pack_max < 45.0
+    rd.patch_rows(data / "lake", "vehicle_day", rd.FLAGGED_VIN, temp_c_max=93.8)
+    pdf = reports.vehicle_report(data / "lake", tmp_path / "b", rd.FLAGGED_VIN, rd.DAY)
+    text = " ".join(pdf_text(pdf).split())
+    assert (
+        f"(max {pack_max:.1f} degC; one sensor read up to 93.8 degC, far above the others)" in text
+    )
