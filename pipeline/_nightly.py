@@ -3,7 +3,8 @@
 A stage is a function ``(NightlyContext) -> StageResult`` registered in ``STAGES``, in
 order. The runner takes the lock, finishes what a killed run left half done (compaction
 journals), claims the dirty-date markers, decides the dates (the run date, dirty dates,
-and earlier dates within ``nightly.lookback_days`` whose telemetry changed), then runs
+earlier dates within ``nightly.lookback_days`` whose telemetry changed, and the dates
+since the fleet's last completed run whose telemetry was never compacted), then runs
 the stages one after the other, writing the run record after each. A stage skips the
 units of work whose inputs have not changed since it last did them (``DoneStore``: a
 digest of input file names, sizes and modification times, plus the stage's parameters),
@@ -557,6 +558,28 @@ def _changed_dates(done: DoneStore, settings: Settings, fleet: str, run_date: da
     return [d for d in days if not _compaction_current(settings, done, d, fleet)]
 
 
+def _missed_dates(settings: Settings, done: DoneStore, fleet: str, run_date: date) -> list[date]:
+    """Dates since the fleet's last completed run whose telemetry was never compacted:
+    the nights cron missed (server down), however many, back to the archive horizon."""
+    last = max(
+        (
+            date.fromisoformat(r["run_date"])
+            for r in run_records(settings.state_dir)
+            if r.get("fleet") == fleet
+            and r.get("exit_code") in (EXIT_OK, EXIT_GAPS, EXIT_NO_DATA)
+            and r.get("run_date", "9999") < run_date.isoformat()
+        ),
+        default=None,
+    )
+    if last is None:
+        return []  # first run: the lookback only
+    oldest = max(
+        last + timedelta(days=1), run_date - timedelta(days=settings.retention.archive_after_days)
+    )
+    days = (oldest + timedelta(days=k) for k in range((run_date - oldest).days))
+    return [d for d in days if not _compaction_current(settings, done, d, fleet)]
+
+
 def _date_settled(settings: Settings, done: DoneStore, day: date) -> bool:
     """Every fleet's partition of ``day`` is compacted as it is now."""
     base = settings.lake_dir / "telemetry" / f"date={day.isoformat()}"
@@ -644,11 +667,12 @@ def run_nightly(
             record["recovered"] = recover_compactions(settings.data_dir)
             claimed = claim_dirty(state, run_date)
             changed = _changed_dates(done, settings, fleet, run_date)
+            missed = _missed_dates(settings, done, fleet, run_date)
             # Dates a killed or failed run had taken on stay pending until a run completes
             # them (their compaction may be done while later stages are not).
             pending_path = state / "nightly" / f"pending-fleet={fleet}.json"
             pending = [date.fromisoformat(x) for x in read_json(pending_path) or []]
-            dates = tuple(sorted({run_date, *claimed, *changed, *pending}))
+            dates = tuple(sorted({run_date, *claimed, *changed, *missed, *pending}))
             write_json_atomic([d.isoformat() for d in dates], pending_path)
             record["dates"] = [d.isoformat() for d in dates]
             record["dirty_dates"] = [d.isoformat() for d in claimed]

@@ -349,3 +349,24 @@ def test_dirty_marker_stays_while_another_fleet_of_that_date_is_not_compacted(tm
         fleetbms(d, "nightly", "--date", RUN_DAY.isoformat(), "--fleet", "buses").returncode == 66
     )
     assert not (d / "state" / "dirty" / old.isoformat()).exists()
+
+
+def test_nights_missed_since_the_last_run_are_caught_up(tmp_path: Path):
+    """cron did not run for three nights (server down): the next run takes on every date
+    since the last completed run, beyond ``nightly.lookback_days``; none is left
+    uncompacted, unreconciled and without its report."""
+    d = tmp_path / "data"
+    lake = d / "lake"
+    first = RUN_DAY - timedelta(days=4)
+    for k in range(5):
+        write_flushes(day_table(first + timedelta(days=k), seed=k), lake)
+    assert fleetbms(d, "nightly", "--date", first.isoformat()).returncode == 0
+    r = fleetbms(d, "nightly", "--date", RUN_DAY.isoformat())
+    assert r.returncode == 0, r.stderr
+    days = [(first + timedelta(days=k)).isoformat() for k in range(1, 5)]
+    assert last_record(d)["dates"] == days
+    for day in days:
+        files = bms.telemetry_files(lake, date.fromisoformat(day))
+        assert [p.name[:10] for p in files] == ["compacted-"]
+        assert (lake / f"metrics/reconciliation/date={day}/fleet=demo/part.parquet").is_file()
+        assert (d / f"reports/date={day}/fleet-demo.csv").is_file()
