@@ -522,14 +522,19 @@ def load_settings(
         path = _coerce(env["FLEETBMS_DATA_DIR"], Path, "data_dir", "FLEETBMS_DATA_DIR")
         settings = dataclasses.replace(settings, data_dir=path)
         sources["data_dir"] = "FLEETBMS_DATA_DIR"
-    _check_relations(settings)
+    _check_relations(settings, sources)
     return dataclasses.replace(settings, sources=sources)
 
 
-def _check_relations(settings: Settings) -> None:
+def _check_relations(settings: Settings, sources: Mapping[str, str]) -> None:
     """Checks across fields (each field's own range is checked where it is set): a value
-    that contradicts another is refused here, not when a stage first uses it."""
+    that contradicts another is refused here, not when a stage first uses it. The error
+    names where each value came from (``sources``: key -> file, variable or ``flag``)."""
     s = settings
+
+    def src(key: str) -> str:
+        return sources.get(key, "default")
+
     pairs: list[tuple[str, float, str, float, bool]] = [
         # (name a, a, name b, b, strict): a < b (strict) or a <= b
         (
@@ -575,19 +580,26 @@ def _check_relations(settings: Settings) -> None:
     for name_a, a, name_b, b, strict in pairs:
         if a > b or (strict and a == b):
             rel = "below" if strict else "at most"
-            raise ConfigError(f"{name_a} = {a:g} must be {rel} {name_b} = {b:g}")
+            raise ConfigError(
+                f"{name_a} = {a:g} must be {rel} {name_b} = {b:g} "
+                f"({name_a} from {src(name_a)}, {name_b} from {src(name_b)})"
+            )
     if not re.fullmatch(FLEET_PATTERN, s.fleet.id):
-        raise ConfigError(f"fleet.id = {s.fleet.id!r} is not 1-64 characters of [A-Za-z0-9_-]")
+        raise ConfigError(
+            f"fleet.id = {s.fleet.id!r} is not 1-64 characters of [A-Za-z0-9_-] "
+            f"(from {src('fleet.id')})"
+        )
     if not s.ingest.client_id.strip():
         raise ConfigError(
             f"ingest.client_id = {s.ingest.client_id!r} must not be empty: it names the broker "
-            "session that keeps readings while ingest is down"
+            f"session that keeps readings while ingest is down (from {src('ingest.client_id')})"
         )
     try:
         ZoneInfo(s.fleet.timezone)
     except (ZoneInfoNotFoundError, ValueError):
         raise ConfigError(
-            f"fleet.timezone = {s.fleet.timezone!r} is not an IANA time zone (e.g. Asia/Kolkata)"
+            f"fleet.timezone = {s.fleet.timezone!r} is not an IANA time zone (e.g. Asia/Kolkata) "
+            f"(from {src('fleet.timezone')})"
         ) from None
 
 
@@ -604,7 +616,7 @@ def with_overrides(settings: Settings, overrides: Mapping[str, Any]) -> Settings
             cursor = cursor.setdefault(k, {})
         cursor[keys[-1]] = value
         settings = _apply(settings, nested, "", "flag", sources)
-    _check_relations(settings)
+    _check_relations(settings, sources)
     return dataclasses.replace(settings, sources=sources)
 
 

@@ -293,36 +293,43 @@ def test_an_unknown_environment_key_on_the_command_line_is_one_line() -> None:
     [
         (
             {"FLEETBMS_INGEST__RECONNECT_MIN_S": "100"},
-            "ingest.reconnect_min_s = 100 must be at most ingest.reconnect_max_s = 60",
+            "ingest.reconnect_min_s = 100 must be at most ingest.reconnect_max_s = 60 "
+            "(ingest.reconnect_min_s from {source}, ingest.reconnect_max_s from default)",
         ),
         (
             {"FLEETBMS_ANOMALY__PERSIST_DAYS": "9"},
-            "anomaly.persist_days = 9 must be at most anomaly.persist_window = 8",
+            "anomaly.persist_days = 9 must be at most anomaly.persist_window = 8 "
+            "(anomaly.persist_days from {source}, anomaly.persist_window from default)",
         ),
         (
             {"FLEETBMS_ANOMALY__MIN_TRAINING_DAYS": "100"},
-            "anomaly.min_training_days = 100 must be at most anomaly.training_days = 90",
+            "anomaly.min_training_days = 100 must be at most anomaly.training_days = 90 "
+            "(anomaly.min_training_days from {source}, anomaly.training_days from default)",
         ),
         (
             {"FLEETBMS_RETENTION__ARCHIVE_AFTER_DAYS": "1095"},
-            "retention.archive_after_days = 1095 must be below retention.purge_after_days = 1095",
+            "retention.archive_after_days = 1095 must be below retention.purge_after_days = 1095 "
+            "(retention.archive_after_days from {source}, "
+            "retention.purge_after_days from default)",
         ),
         (
             {"FLEETBMS_ALERTS__LFP__CELL_MIN_MV": "3650"},
-            "alerts.lfp.cell_min_mv = 3650 must be below alerts.lfp.cell_max_mv = 3650",
+            "alerts.lfp.cell_min_mv = 3650 must be below alerts.lfp.cell_max_mv = 3650 "
+            "(alerts.lfp.cell_min_mv from {source}, alerts.lfp.cell_max_mv from default)",
         ),
         (
             {"FLEETBMS_FLEET__ID": "a/b"},
-            "fleet.id = 'a/b' is not 1-64 characters of [A-Za-z0-9_-]",
+            "fleet.id = 'a/b' is not 1-64 characters of [A-Za-z0-9_-] (from {source})",
         ),
         (
             {"FLEETBMS_INGEST__CLIENT_ID": " "},
             "ingest.client_id = ' ' must not be empty: it names the broker session that "
-            "keeps readings while ingest is down",
+            "keeps readings while ingest is down (from {source})",
         ),
         (
             {"FLEETBMS_FLEET__TIMEZONE": "Mars/Olympus"},
-            "fleet.timezone = 'Mars/Olympus' is not an IANA time zone (e.g. Asia/Kolkata)",
+            "fleet.timezone = 'Mars/Olympus' is not an IANA time zone (e.g. Asia/Kolkata) "
+            "(from {source})",
         ),
     ],
 )
@@ -332,16 +339,16 @@ def test_values_that_contradict_each_other_are_refused_when_loaded(
     """A limit above its partner (or a fleet id or zone no stage could use) is refused
     when the configuration is read, not when a stage first uses it (a backoff starting
     above its cap, retention purging before it archives, a model needing more history
-    than it trains on)."""
+    than it trains on). The error names where the values came from."""
+    ((name, value),) = env.items()
     with pytest.raises(ConfigError) as err:
         load_settings(env=env)
-    assert str(err.value) == message
+    assert str(err.value) == message.format(source=name)
     # the same from a flag
-    ((name, value),) = env.items()
     key = name.removeprefix("FLEETBMS_").lower().replace("__", ".")
     with pytest.raises(ConfigError) as err:
         with_overrides(load_settings(env={}), {key: value})
-    assert str(err.value) == message
+    assert str(err.value) == message.format(source="flag")
 
 
 PRESETS = "euro7-m1, euro7-n1, oem-8y-160k-70, oem-8y-240k-70, uk-zev-8y-100kmi-70, un-gtr22"
@@ -469,3 +476,22 @@ def test_the_configs_stage_names_are_the_nightly_stages() -> None:
     from pipeline._nightly import STAGES
 
     assert tuple(stage.name for stage in STAGES) == NIGHTLY_STAGES
+
+
+def test_a_contradicting_value_in_the_config_file_names_the_file(tmp_path: Path) -> None:
+    """The operator must know which layer to fix: the file, a variable or a flag."""
+    config = tmp_path / "fleetbms.toml"
+    config.write_text('[fleet]\ntimezone = "Asia/Kolkatta"\n')
+    r = subprocess.run(
+        [FLEETBMS, "--config", str(config), "config", "show"],
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert r.returncode == 1
+    assert r.stdout == ""
+    assert r.stderr == (
+        "Error: fleet.timezone = 'Asia/Kolkatta' is not an IANA time zone (e.g. Asia/Kolkata) "
+        f"(from {config})\n"
+    )

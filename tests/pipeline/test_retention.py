@@ -77,7 +77,9 @@ def test_retention_with_purge_before_archive_is_refused_before_the_run(tmp_path:
     )
     assert r.returncode == 1
     assert r.stderr == (
-        "Error: retention.archive_after_days = 30 must be below retention.purge_after_days = 20\n"
+        "Error: retention.archive_after_days = 30 must be below retention.purge_after_days = 20 "
+        "(retention.archive_after_days from FLEETBMS_RETENTION__ARCHIVE_AFTER_DAYS, "
+        "retention.purge_after_days from FLEETBMS_RETENTION__PURGE_AFTER_DAYS)\n"
     )
     assert not (d / "state").exists()  # nothing ran
 
