@@ -174,9 +174,15 @@ def status_command(settings: Settings, runs: int, as_json: bool) -> None:
     click.echo(f"running: {st.running or 'no'}")
     click.echo("last runs:" if st.runs else "last runs: none")
     for r in st.runs:
+        # a run in progress or killed has no exit code nor duration yet
+        ended = (
+            f" (exit {r['exit_code']})  {r.get('duration_s', '-')} s"
+            if r.get("exit_code") is not None
+            else ""
+        )
         click.echo(
             f"  {r['run_id']}  date {r.get('run_date')}  fleet {r.get('fleet')}  "
-            f"{r.get('status')} (exit {r.get('exit_code')})  {r.get('duration_s', '-')} s"
+            f"{r.get('status')}{ended}"
         )
     dirty = ", ".join(d.isoformat() for d in st.dirty_dates) or "none"
     click.echo(f"dirty dates: {dirty}")

@@ -920,7 +920,8 @@ def nightly_status(
     settings: Settings, *, runs: int = 5, now: datetime | None = None
 ) -> NightlyStatus:
     """Last runs, dirty dates, sizes, ingest lag and open anomalies (reads only)."""
-    records = run_records(settings.state_dir, limit=runs)
+    # the newest record tells whether a run is in progress, however few are listed
+    records = run_records(settings.state_dir, limit=max(runs, 1))
     running = None
     for rec in records:
         if rec.get("status") == "running":
@@ -929,6 +930,7 @@ def nightly_status(
                 running = f"run {rec['run_id']} (pid {rec['pid']})"
             else:
                 rec["status"] = "interrupted"
+    records = records[:runs]
     sizes = {}
     # every part of the data directory (docs/lake.md), so the sizes add up to its size
     for name, path in (

@@ -169,3 +169,21 @@ def test_status_shows_ingest_workers_and_the_quarantine_by_reason(
     stopped = json.loads(fleetbms(d, "status", "--json").stdout)["ingest"]
     assert stopped["workers"][0]["running_pid"] is None
     assert "ingest-1         stopped, 1 vehicle" in fleetbms(d, "status").stdout
+
+
+def test_status_shows_the_running_run_however_few_runs_are_listed(tmp_path: Path):
+    """``--runs 0`` lists no runs but must not say ``running: no`` while one runs; a run
+    without an exit code (running, or killed) shows none, not ``exit None``."""
+    d = tmp_path / "data"
+    write_flushes(day_table(RUN_DAY), d / "lake")
+    proc = start_paused(d, "before:reconciliation", tmp_path / "paused", "--date", "2026-11-25")
+    text = fleetbms(d, "status", "--runs", "0").stdout.splitlines()
+    assert text[1].startswith("running: run ")
+    assert text[1].endswith(f"(pid {proc.pid})")
+    assert text[2] == "last runs: none"
+    assert json.loads(fleetbms(d, "status", "--runs", "0", "--json").stdout)["running"]
+    line = fleetbms(d, "status", "--runs", "1").stdout.splitlines()[3]
+    assert line.endswith("  date 2026-11-25  fleet demo  running")
+    kill9(proc)
+    line = fleetbms(d, "status", "--runs", "1").stdout.splitlines()[3]
+    assert line.endswith("  date 2026-11-25  fleet demo  interrupted")
