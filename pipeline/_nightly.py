@@ -362,9 +362,10 @@ def _analysed(ctx: NightlyContext, day: date) -> bool:
 def _stage_reports(ctx: NightlyContext) -> StageResult:
     """Fleet PDF/CSV and vehicle PDFs of newly flagged vehicles (``reports.render_reports``).
 
-    For the run date, every date of the run, and every earlier report date since the
+    For the run date, every date of the run, every earlier report date since the
     oldest date of the run whose inputs changed (late data recomputes the trends after
-    it); a date whose report inputs did not change is skipped.
+    it), and any report date whose fleet report is missing (erased); a date whose report
+    inputs did not change is skipped.
     """
     from reports import render_reports
 
@@ -375,7 +376,19 @@ def _stage_reports(ctx: NightlyContext) -> StageResult:
         if p.is_dir()
     }
     oldest = min(ctx.dates)
-    days = sorted({*ctx.dates, *(d for d in existing if oldest <= d <= ctx.run_date)})
+    # A date whose fleet report is gone (an erasure deletes every report naming the
+    # vehicle, whatever its date) is written again, however old.
+    formats = [f.strip().lower() for f in cfg.formats.split(",") if f.strip()]
+    gone = {
+        d
+        for d in existing
+        if d <= ctx.run_date
+        and not all(
+            (ctx.settings.reports_dir / f"date={d.isoformat()}" / f"fleet-{ctx.fleet}.{f}").exists()
+            for f in formats
+        )
+    }
+    days = sorted({*ctx.dates, *gone, *(d for d in existing if oldest <= d <= ctx.run_date)})
     counts = {"dates": 0, "rendered": 0, "files": 0}
     inputs: list[str] = []
     outputs: list[str] = []

@@ -597,3 +597,37 @@ def test_erase_reminds_of_bundles_and_reveal_files_outside_the_data_dir(tmp_path
     lines = r.stdout.splitlines(keepends=True)
     assert lines[0].startswith(f"erased {GONE}: ")
     assert lines[-1] == REMINDER.format(d=d)
+
+
+def test_the_next_nightly_writes_again_the_fleet_reports_an_erasure_deleted(tmp_path: Path):
+    """Erasure deletes every fleet PDF naming the vehicle, old dates' too; the next
+    nightly writes them again without it, as the README promises, not only the run's."""
+    d = tmp_path / "data"
+    registry = pa.table(
+        {
+            "vin": VINS,
+            "fleet": ["demo"] * 3,
+            "chemistry": ["nmc"] * 3,
+            "capacity_ah": [100.0] * 3,
+            "n_cells": pa.array([14] * 3, pa.int16()),
+            "n_temps": pa.array([4] * 3, pa.int16()),
+            "vehicle_class": ["car"] * 3,
+            "in_service_date": pa.array([RUN_DAY - timedelta(days=900)] * 3, pa.date32()),
+            "warranty_policy": [""] * 3,
+        }
+    )
+    bms.write_parquet_atomic(registry, d / "lake" / "registry" / "vehicles.parquet")
+    old = RUN_DAY - timedelta(days=10)
+    for day in (old, RUN_DAY):
+        write_flushes(day_table(day), d / "lake", flushes=1)
+        assert fleetbms(d, "nightly", "--date", day.isoformat()).returncode == 0
+    pdfs = [d / "reports" / f"date={day}" / "fleet-demo.pdf" for day in (old, RUN_DAY)]
+    assert all(p.exists() for p in pdfs)
+    assert fleetbms(d, "erase", "--vin", VINS[0]).returncode == 0
+    assert not any(p.exists() for p in pdfs)
+    r = fleetbms(d, "nightly", "--date", RUN_DAY.isoformat())
+    assert r.returncode == 0, r.stderr
+    for p in pdfs:
+        text = "".join(page.extract_text() for page in PdfReader(p).pages)
+        assert VINS[1] in text
+        assert VINS[0] not in text
