@@ -157,7 +157,9 @@ def status_command(settings: Settings, runs: int, as_json: bool) -> None:
             "running": st.running,
             "dirty_dates": [d.isoformat() for d in st.dirty_dates],
             "sizes_bytes": st.sizes_bytes,
-            "newest_received_at": st.newest_received_at,
+            "newest_received_at": (
+                st.newest_received_at.isoformat() if st.newest_received_at else None
+            ),
             "ingest_lag_s": st.ingest_lag_s,
             "open_anomalies": st.open_anomalies,
             "ingest": _ingest_json(ing),

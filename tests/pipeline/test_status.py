@@ -187,3 +187,13 @@ def test_status_shows_the_running_run_however_few_runs_are_listed(tmp_path: Path
     kill9(proc)
     line = fleetbms(d, "status", "--runs", "1").stdout.splitlines()[3]
     assert line.endswith("  date 2026-11-25  fleet demo  interrupted")
+
+
+def test_status_json_gives_the_newest_reading_time_in_iso_8601(tmp_path: Path):
+    """A machine reads ``--json``: the time is ISO 8601 (``T``), as the text output and
+    the workers' ``last_saved`` give it, not Python's ``str()`` of a datetime."""
+    d = tmp_path / "data"
+    received_ms = 1_796_000_000_123
+    write_flushes(with_received(day_table(RUN_DAY), received_ms), d / "lake", flushes=1)
+    st = json.loads(fleetbms(d, "status", "--json").stdout)
+    assert st["newest_received_at"] == "2026-11-30T00:53:20.123000+00:00"
