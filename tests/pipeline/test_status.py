@@ -177,14 +177,17 @@ def test_status_shows_the_running_run_however_few_runs_are_listed(tmp_path: Path
     d = tmp_path / "data"
     write_flushes(day_table(RUN_DAY), d / "lake")
     proc = start_paused(d, "before:reconciliation", tmp_path / "paused", "--date", "2026-11-25")
-    text = fleetbms(d, "status", "--runs", "0").stdout.splitlines()
+    try:
+        text = fleetbms(d, "status", "--runs", "0").stdout.splitlines()
+        running = fleetbms(d, "status", "--runs", "0", "--json").stdout
+        line = fleetbms(d, "status", "--runs", "1").stdout.splitlines()[3]
+    finally:
+        kill9(proc)  # a paused run waits forever
     assert text[1].startswith("running: run ")
     assert text[1].endswith(f"(pid {proc.pid})")
     assert text[2] == "last runs: none"
-    assert json.loads(fleetbms(d, "status", "--runs", "0", "--json").stdout)["running"]
-    line = fleetbms(d, "status", "--runs", "1").stdout.splitlines()[3]
+    assert json.loads(running)["running"]
     assert line.endswith("  date 2026-11-25  fleet demo  running")
-    kill9(proc)
     line = fleetbms(d, "status", "--runs", "1").stdout.splitlines()[3]
     assert line.endswith("  date 2026-11-25  fleet demo  interrupted")
 
