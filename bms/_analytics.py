@@ -260,8 +260,11 @@ class AnalyticsSummary:
     unknown_vins: tuple[str, ...]
     verdicts: Mapping[str, int]
     files: tuple[Path, ...]
-    seconds: float
+    seconds: float  # of the computation that gave this date (see unit_days)
     stale_after: tuple[date, ...] = field(default=())
+    # a catch-up computes consecutive dates together: this date's computation covered
+    # this many dates, and ``seconds`` is the time of all of them
+    unit_days: int = 1
 
 
 # --------------------------------------------------------------------------- paths
@@ -885,7 +888,11 @@ def run_pending(
                 results = session.run_days(unit)
                 session.flush()
                 for day, res in zip(unit, results, strict=True):
-                    out.append(_summary(day, (fl,), [res], started))
+                    out.append(
+                        dataclasses.replace(
+                            _summary(day, (fl,), [res], started), unit_days=len(unit)
+                        )
+                    )
                 if progress is not None:
                     progress(len(out), total)
         finally:

@@ -8,6 +8,7 @@ and prints. Library errors become one ``Error: ...`` line with exit 1, usage err
 from __future__ import annotations
 
 import re
+import select
 import sys
 from pathlib import Path
 from typing import Any
@@ -50,9 +51,22 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except USER_ERRORS as exc:
-            if ctx.params.get("debug"):
+            if ctx.params.get("debug") or (isinstance(exc, BrokenPipeError) and _stdout_closed()):
                 raise
             raise click.ClickException(_message(exc)) from exc
+
+
+def _stdout_closed() -> bool:
+    """Whether standard output's reader went away (``fleetbms status | head -1``), as
+    opposed to a broken socket (an MQTT broker): click then ends quietly, exit 1."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, ValueError, OSError):
+        return False
+    # the write end of a pipe whose reader has gone polls as an error
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return any(event & select.POLLERR for _, event in poller.poll(0))
 
 
 @click.group(cls=_Group)

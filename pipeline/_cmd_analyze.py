@@ -31,6 +31,7 @@ def _line(s: bms.AnalyticsSummary) -> str:
         f"{s.readings} readings ({s.duplicates_dropped} duplicates dropped), "
         f"{s.capacity_estimates} capacity estimates, {s.resistance_steps} resistance steps; "
         f"warranty: {verdicts}; {s.seconds:.1f} s"
+        + (f" for the {s.unit_days} dates computed together" if s.unit_days > 1 else "")
     )
     if s.unknown_vins:
         text += (

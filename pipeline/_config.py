@@ -431,10 +431,27 @@ def _check_env_names(env: Mapping[str, str]) -> None:
     """A ``FLEETBMS_SECTION__KEY`` variable that names no key is an error, as in the file.
 
     Variables without ``__`` (``FLEETBMS_DATA_DIR``, the tests' ``FLEETBMS_TEST_*``) are
-    not configuration keys and are left alone.
+    not configuration keys and are left alone, except one that starts with a section's
+    name (``FLEETBMS_INGEST_FLUSH_ROWS``): a key written with one underscore too few,
+    which would otherwise be ignored without a word.
     """
+    sections = [
+        f.name for f in dataclasses.fields(Settings) if f.name not in ("sources", "data_dir")
+    ]
     for name in sorted(env):
-        if not name.startswith(ENV_PREFIX) or "__" not in name:
+        if not name.startswith(ENV_PREFIX):
+            continue
+        if "__" not in name:
+            rest = name.removeprefix(ENV_PREFIX).lower()
+            for section in sections:
+                if rest == section:
+                    raise ConfigError(f"{name}: {section} is a table; set its keys: {name}__KEY")
+                if rest.startswith(section + "_"):
+                    key = rest.removeprefix(section + "_")
+                    raise ConfigError(
+                        f"{name}: not a configuration variable (a section and its key are "
+                        f"joined by two underscores: {env_key(section, key)})"
+                    )
             continue
         parts = name.removeprefix(ENV_PREFIX).lower().split("__")
         cls: Any = Settings

@@ -274,9 +274,14 @@ def test_cli_analyze_one_date_status_and_catch_up(lake: Path, tmp_path: Path) ->
     res = runner.invoke(cli, ["--data-dir", str(copy), "analyze", "--date", "2026-01-01"])
     assert res.exit_code == 0, res.output
     assert res.output.startswith("2026-01-01 fleets demo: 3 vehicles")
+    assert " s; now stale: " in res.output  # the date's own time
+    assert "computed together" not in res.output
     res = runner.invoke(cli, ["--data-dir", str(copy), "analyze"])
     assert res.exit_code == 0, res.output
-    assert len(res.output.splitlines()) == DAYS - 1
+    lines = res.output.splitlines()
+    assert len(lines) == DAYS - 1
+    # computed in one pass: each line says its time is that of the pass's dates
+    assert all(line.endswith(f" s for the {DAYS - 1} dates computed together") for line in lines)
     res = runner.invoke(cli, ["--data-dir", str(copy), "analyze"])
     assert res.output == "all dates are up to date\n"
 

@@ -273,3 +273,18 @@ def test_a_simulation_reaching_into_the_future_is_a_usage_error(lake_dir: Path, 
         assert line.startswith(f"Error: --start {start} is after today (")
         assert line.endswith("live readings would be timestamped in the future")
     assert snapshot(lake_dir) == before
+
+
+def test_a_reader_that_stops_reading_ends_the_command_quietly(lake_dir: Path):
+    """``fleetbms status | head -1``: the reader goes away before the output is written;
+    no "Error: Broken pipe" (click ends such a command quietly, exit 1)."""
+    proc = subprocess.Popen(
+        [FLEETBMS, "--data-dir", str(lake_dir), "status"],
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    proc.stdout.close()  # before the command has started to write
+    _, err = proc.communicate(timeout=120)
+    assert (proc.returncode, err) == (1, b"")

@@ -251,6 +251,16 @@ def test_bad_values_on_the_command_line_are_one_line(
             "FLEETBMS_analytics__history_days: write it in capitals, "
             "FLEETBMS_ANALYTICS__HISTORY_DAYS",
         ),
+        # one underscore between section and key: ignored without a word until now
+        (
+            "FLEETBMS_INGEST_FLUSH_ROWS",
+            "FLEETBMS_INGEST_FLUSH_ROWS: not a configuration variable (a section and its key "
+            "are joined by two underscores: FLEETBMS_INGEST__FLUSH_ROWS)",
+        ),
+        (
+            "FLEETBMS_INGEST",
+            "FLEETBMS_INGEST: ingest is a table; set its keys: FLEETBMS_INGEST__KEY",
+        ),
     ],
 )
 def test_an_unknown_environment_key_is_an_error_like_in_the_file(name: str, message: str) -> None:
