@@ -234,7 +234,7 @@ class FleetSimulator:
                 "n_temps": [v.n_temps for v in vs],
                 "vehicle_class": [v.vclass.name for v in vs],
                 "in_service_date": [v.in_service_date for v in vs],
-                "warranty_policy": [""] * len(vs),
+                "warranty_policy": [v.vclass.warranty_policy for v in vs],
             },
             schema=REGISTRY_SCHEMA,
         )

@@ -87,6 +87,8 @@ class VehicleClass:
     current_noise_a: float  # current-sensor noise [A]
     sends_soh: bool  # the BMS sends pack.soh_pct
     profiles: dict[str, float] = field(default_factory=dict)  # usage profile -> share
+    # the registry's warranty policy (a bms preset id); "" = the fleet's default
+    warranty_policy: str = ""
 
 
 VEHICLE_CLASSES: dict[str, VehicleClass] = {
@@ -135,6 +137,8 @@ VEHICLE_CLASSES: dict[str, VehicleClass] = {
         current_noise_a=0.03,
         sends_soh=False,
         profiles={"commuter": 0.5, "delivery": 0.5},
+        # a scooter's battery cover, not a car's 160,000 km
+        warranty_policy="oem-2w-8y-80k-70",
     ),
 }
 

@@ -49,6 +49,8 @@ def test_presets_cover_oem_terms_gtr22_and_euro7() -> None:
     ]
     euro7 = bms.load_warranty_policy("euro7-m1")
     assert [t.min_soh_pct for t in euro7.thresholds] == [80.0, 72.0]
+    scooter = bms.load_warranty_policy("oem-2w-8y-80k-70")
+    assert [(t.years, t.km, t.min_soh_pct) for t in scooter.thresholds] == [(8.0, 80_000.0, 70.0)]
 
 
 def test_a_policy_file_named_without_toml_in_the_working_directory_is_read(

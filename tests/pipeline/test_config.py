@@ -361,7 +361,10 @@ def test_values_that_contradict_each_other_are_refused_when_loaded(
     assert str(err.value) == message.format(source="flag")
 
 
-PRESETS = "euro7-m1, euro7-n1, oem-8y-160k-70, oem-8y-240k-70, uk-zev-8y-100kmi-70, un-gtr22"
+PRESETS = (
+    "euro7-m1, euro7-n1, oem-2w-8y-80k-70, oem-8y-160k-70, oem-8y-240k-70, uk-zev-8y-100kmi-70, "
+    "un-gtr22"
+)
 
 
 @pytest.mark.parametrize(

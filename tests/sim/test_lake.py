@@ -322,6 +322,21 @@ def test_cli_simulate_writes_telemetry_truth_and_registry(tmp_path: Path) -> Non
     assert (tmp_path / "truth" / "faults.parquet").exists()
     reg = pq.read_table(tmp_path / "lake" / "registry" / "vehicles.parquet").to_pylist()
     assert {(r["fleet"], r["chemistry"], r["n_cells"]) for r in reg} == {("cli", "lfp", 20)}
+    assert {r["warranty_policy"] for r in reg} == {""}  # cars: the fleet's default
+
+
+def test_two_wheelers_are_registered_under_the_two_wheeler_warranty(tmp_path: Path) -> None:
+    """A scooter's cover is 80,000 km, not a car's 160,000: its verdict's horizon."""
+    spec = sim.FleetSpec(**{**SPEC.__dict__, "vehicles": 8, "days": 1, "vehicle_class": "mixed"})  # type: ignore[arg-type]
+    sim.simulate_to_lake(spec, tmp_path)
+    reg = pq.read_table(tmp_path / "lake" / "registry" / "vehicles.parquet").to_pylist()
+    policy = {r["vehicle_class"]: r["warranty_policy"] for r in reg}
+    assert policy == {"car": "", "two_wheeler": "oem-2w-8y-80k-70"}
+    bms.run_pending(tmp_path / "lake")
+    war = bms.read_metrics(tmp_path / "lake", "warranty").to_pylist()
+    km = {r["vin"]: r["threshold_km"] for r in war}
+    assert {km[r["vin"]] for r in reg if r["vehicle_class"] == "two_wheeler"} == {80_000.0}
+    assert {km[r["vin"]] for r in reg if r["vehicle_class"] == "car"} == {160_000.0}
 
 
 @pytest.mark.parametrize(
