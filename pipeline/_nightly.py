@@ -573,7 +573,9 @@ def _changed_dates(done: DoneStore, settings: Settings, fleet: str, run_date: da
 
 def _missed_dates(settings: Settings, done: DoneStore, fleet: str, run_date: date) -> list[date]:
     """Dates since the fleet's last completed run whose telemetry was never compacted:
-    the nights cron missed (server down), however many, back to the archive horizon."""
+    the nights cron missed (server down), however many, back to the archive horizon;
+    and those without any telemetry of the fleet (ingest down too), which no run has
+    reported yet: reconciliation names them, and the run exits 3 (gaps)."""
     last = max(
         (
             date.fromisoformat(r["run_date"])
@@ -590,7 +592,12 @@ def _missed_dates(settings: Settings, done: DoneStore, fleet: str, run_date: dat
         last + timedelta(days=1), run_date - timedelta(days=settings.retention.archive_after_days)
     )
     days = (oldest + timedelta(days=k) for k in range((run_date - oldest).days))
-    return [d for d in days if not _compaction_current(settings, done, d, fleet)]
+    return [
+        d
+        for d in days
+        if not _compaction_current(settings, done, d, fleet)
+        or not any(telemetry_dir(settings.lake_dir, d, fleet).glob("*.parquet"))
+    ]
 
 
 def _date_settled(settings: Settings, done: DoneStore, day: date) -> bool:

@@ -617,7 +617,9 @@ def test_the_next_nightly_writes_again_the_fleet_reports_an_erasure_deleted(tmp_
         }
     )
     bms.write_parquet_atomic(registry, d / "lake" / "registry" / "vehicles.parquet")
-    old = RUN_DAY - timedelta(days=10)
+    old = RUN_DAY - timedelta(days=2)
+    # the day between has telemetry too: a day without any would be a reported gap
+    write_flushes(day_table(old + timedelta(days=1)), d / "lake", flushes=1)
     for day in (old, RUN_DAY):
         write_flushes(day_table(day), d / "lake", flushes=1)
         assert fleetbms(d, "nightly", "--date", day.isoformat()).returncode == 0

@@ -313,7 +313,8 @@ def test_late_data_for_an_old_date_recomputes_that_date(tmp_path: Path):
     missing = full.slice(10, 20)  # vehicle offline: 20 readings buffered
     sent = full.filter(pa.array([not (10 <= i < 30) for i in range(full.num_rows)]))
     write_flushes(sent, lake)
-    write_flushes(day_table(RUN_DAY), lake)
+    for k in range(1, 6):  # the days after it complete (a day without any is a gap too)
+        write_flushes(day_table(old + timedelta(days=k), seed=k), lake)
     assert fleetbms(d, "nightly", "--date", old.isoformat()).returncode == 3
     recon = lake / f"metrics/reconciliation/date={old}/fleet=demo/part.parquet"
     assert pq.read_table(recon)["readings_missing"].to_pylist() == [20, 0, 0]
@@ -370,3 +371,28 @@ def test_nights_missed_since_the_last_run_are_caught_up(tmp_path: Path):
         assert [p.name[:10] for p in files] == ["compacted-"]
         assert (lake / f"metrics/reconciliation/date={day}/fleet=demo/part.parquet").is_file()
         assert (d / f"reports/date={day}/fleet-demo.csv").is_file()
+
+
+def test_a_missed_night_without_any_telemetry_is_reported_as_a_gap(tmp_path: Path):
+    """Server and ingest down for a whole day, and its night missed: the next run names
+    the day without telemetry and exits 3 instead of 0 (it was never reported)."""
+    d = tmp_path / "data"
+    lake = d / "lake"
+    first = RUN_DAY - timedelta(days=2)
+    for k in (0, 2):  # nothing for the day between
+        write_flushes(day_table(first + timedelta(days=k), seed=k), lake)
+    assert fleetbms(d, "nightly", "--date", first.isoformat()).returncode == 0
+    r = fleetbms(d, "nightly", "--date", RUN_DAY.isoformat())
+    assert r.returncode == 3, r.stderr
+    gap = (first + timedelta(days=1)).isoformat()
+    assert last_record(d)["dates"] == [gap, RUN_DAY.isoformat()]
+    assert f"no telemetry for fleet demo on {gap}" in r.stderr + r.stdout
+    # the same run again: the same finding (and no work); the next night's run, after a
+    # completed one, no longer counts that day as missed
+    r = fleetbms(d, "nightly", "--date", RUN_DAY.isoformat())
+    assert r.returncode == 3, r.stderr
+    nxt = RUN_DAY + timedelta(days=1)
+    write_flushes(day_table(nxt, seed=3), lake)
+    r = fleetbms(d, "nightly", "--date", nxt.isoformat())
+    assert r.returncode == 0, r.stderr
+    assert gap not in last_record(d)["dates"]
