@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
-import pyarrow as pa
-import pytest
+import json
+from pathlib import Path
 
-from reports._dictionary import TableInfo, data_dictionary, unit_of
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+import bms
+from pipeline import cli
+from reports._dictionary import (
+    COLUMNS,
+    TABLE_DESCRIPTIONS,
+    UNDOCUMENTED,
+    TableInfo,
+    data_dictionary,
+    unit_of,
+)
 
 
 @pytest.mark.parametrize(
@@ -72,3 +86,132 @@ def test_anomaly_evidence_is_documented_as_text_and_warranty_evidence_as_json() 
     assert "JSON" in meaning["metrics/warranty"]["evidence"]
     assert "(JSON)" not in meaning["anomalies"]["evidence"]
     assert "as text" in meaning["anomalies"]["evidence"]
+
+
+# --- every exported column documented ---------------------------------------------------
+
+#: The simulated fleet's last date: the nightly batch reconciles, analyses and scores
+#: every date up to it (2026-11-13..24).
+_LAST_DAY = "2026-11-24"
+
+
+def _is_numeric(typ: pa.DataType) -> bool:
+    """A number, or a list of numbers (``cell_resistance_mohm_25c``)."""
+    if pa.types.is_list(typ) or pa.types.is_large_list(typ):
+        typ = typ.value_type
+    return bool(pa.types.is_integer(typ) or pa.types.is_floating(typ) or pa.types.is_decimal(typ))
+
+
+@pytest.fixture(scope="module")
+def pipeline_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A bundle exported from a real nightly run: simulate -> nightly (compaction,
+    reconciliation, analytics, anomalies) -> audit export."""
+    data = tmp_path_factory.mktemp("dictionary") / "data"
+    base = ["--data-dir", str(data)]
+    runner = CliRunner()
+    for args in (
+        [
+            "simulate",
+            "--to-lake",
+            "--vehicles",
+            "4",
+            "--days",
+            "12",
+            "--start",
+            "2026-11-13",
+            "--cells",
+            "14",
+            "--cadence-s",
+            "300",
+            "--idle-cadence-s",
+            "1800",
+            "--max-age-days",
+            "800",
+            "--fault-rate",
+            "0.5",
+            "--seed",
+            "2",
+        ],
+        ["nightly", "--date", _LAST_DAY, "--fleet", "demo"],
+        ["keys", "generate"],
+        ["audit", "export", "--from", "2026-11-13", "--to", _LAST_DAY, "--out", str(data / "b")],
+    ):
+        res = runner.invoke(cli, [*base, *args])
+        assert res.exit_code == 0, (args[0], res.output)
+    return data / "b"
+
+
+def test_every_exported_column_has_a_meaning_and_every_numeric_one_a_unit(
+    pipeline_bundle: Path,
+) -> None:
+    """An insurer reads every column of a real bundle from its dictionary: a column a
+    job adds later without a catalogue entry (``reports._dictionary.COLUMNS``) fails
+    here, by table and name."""
+    bundle = pipeline_bundle
+    tables = json.loads((bundle / "dictionary.json").read_bytes())["tables"]
+    # The bundle holds every table the catalogue describes (else this test checks less).
+    assert set(COLUMNS) <= set(tables)
+    types: dict[str, dict[str, pa.DataType]] = {}
+    for path in sorted(bundle.glob("days/*/**/*.parquet")):
+        key = path.parent.relative_to(bundle / "days" / path.relative_to(bundle).parts[1])
+        schema = pq.read_schema(path)
+        types.setdefault(key.as_posix(), {}).update({f.name: f.type for f in schema})
+    assert set(types) == set(tables)
+    undocumented, unitless = [], []
+    for key, doc in sorted(tables.items()):
+        assert doc["description"], key
+        assert [c["name"] for c in doc["columns"]] == list(types[key]), key
+        for column in doc["columns"]:
+            name = f"{key}.{column['name']}"
+            if not column["meaning"] or column["meaning"] == UNDOCUMENTED:
+                undocumented.append(name)
+            if _is_numeric(types[key][column["name"]]) and not column["unit"]:
+                unitless.append(name)
+    assert undocumented == []
+    assert unitless == []
+    columns = {key: {c["name"]: c for c in doc["columns"]} for key, doc in tables.items()}
+    vehicle_day = columns["metrics/vehicle_day"]
+    assert vehicle_day["max_c_rate"]["unit"] == "1/h"
+    assert vehicle_day["equivalent_full_cycles"]["unit"] == "-"
+    assert vehicle_day["over_temp_events"]["unit"] == "count"
+    assert vehicle_day["n_readings"]["unit"] == "count"
+    assert columns["metrics/warranty"]["coverage_end_km"]["unit"] == "km"
+    assert columns["metrics/warranty"]["usage_flags"]["meaning"].startswith("usage limits")
+    assert columns["anomalies"]["severity"]["meaning"] == (
+        "warning, or critical (a rule's critical level)"
+    )
+    assert columns["anomalies"]["first_seen"]["meaning"] == "date the flag was first raised"
+
+
+def _job_schemas() -> dict[str, pa.Schema]:
+    from pipeline._reconcile import GAPS_SCHEMA, RECONCILIATION_SCHEMA
+
+    return {
+        **{f"metrics/{name}": schema for name, schema in bms.METRICS_SCHEMAS.items()},
+        "metrics/reconciliation": RECONCILIATION_SCHEMA,
+        "metrics/reconciliation_gaps": GAPS_SCHEMA,
+        "anomalies": bms.ANOMALIES_SCHEMA,
+    }
+
+
+def test_the_catalogue_lists_exactly_the_columns_the_jobs_write() -> None:
+    """Every column of every job schema that reaches a bundle, in the schema's order, and
+    no column a job no longer writes; a unit for a number, none for text or dates."""
+    schemas = _job_schemas()
+    assert set(COLUMNS) == set(schemas) == set(TABLE_DESCRIPTIONS)
+    for key, schema in schemas.items():
+        assert list(COLUMNS[key]) == schema.names, key
+        for f in schema:
+            unit, meaning = COLUMNS[key][f.name]
+            assert meaning, (key, f.name)
+            assert (unit is not None) == _is_numeric(f.type), (key, f.name, unit)
+
+
+def test_the_catalogues_units_agree_with_the_unit_suffix_of_the_names() -> None:
+    """Units in names (``docs/lake.md``): where a name carries a unit, the catalogue
+    gives that unit (a typo in either would mislead the reader)."""
+    for key, columns in COLUMNS.items():
+        for name, (unit, _) in columns.items():
+            from_name = unit_of(name)
+            if from_name is not None and unit is not None:
+                assert unit == from_name, (key, name)
