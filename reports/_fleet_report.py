@@ -3,7 +3,9 @@
 Output: ``<reports_dir>/date=YYYY-MM-DD/fleet-<id>.pdf`` and ``fleet-<id>.csv``, each
 written atomically (temporary file, fsync, rename). The CSV carries the numbers of the
 PDF's vehicle table at full precision, one row per vehicle, units in the column names
-(``reports.CSV_COLUMNS``); empty field = no value. Same inputs, same bytes.
+(``reports.CSV_COLUMNS``); empty field = no value. ``data_status`` says how complete
+the date's data is (``complete``, ``gaps``, ``silent``: nothing stored, its expected and
+missing counts empty; empty before reconciliation has run). Same inputs, same bytes.
 """
 
 from __future__ import annotations

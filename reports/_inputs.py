@@ -356,7 +356,13 @@ class VehicleRow:
     anomalies_new: int | None  # None: anomaly detection has not run
     anomalies_open: int | None
     anomaly_max_score: float
-    readings_expected: int | None  # None: reconciliation has not run
+    # Reconciliation (``data_status``): "" = it has not run for the date (the counts
+    # are None then); "silent" = no reading stored, so nothing to count expected or
+    # missing readings from (None, not 0); "gaps" = readings missing between the day's
+    # first and last stored sequence numbers; "complete" = none missing there.
+    data_status: str
+    readings_expected: int | None
+    readings_stored: int | None
     readings_missing: int | None
     data_gaps: int | None
     longest_gap_s: float
@@ -599,11 +605,42 @@ def _vehicle_row(
             sum(1 for a in anomalies if a.status != "cleared") if anomalies_known else None
         ),
         anomaly_max_score=max(scores) if scores else math.nan,
-        readings_expected=None if rec is None else _int(rec.get("readings_expected")),
-        readings_missing=None if rec is None else _int(rec.get("readings_missing")),
-        data_gaps=None if rec is None else _int(rec.get("gap_count")),
-        longest_gap_s=_num((rec or {}).get("longest_gap_s")),
+        **_reconciliation_fields(rec),
     )
+
+
+def _data_status(rec: dict[str, Any] | None) -> str:
+    """``complete``, ``gaps`` or ``silent`` from a ``reconciliation`` row; "" without one."""
+    if rec is None:
+        return ""
+    if _int(rec.get("readings_stored")) == 0:
+        return "silent"
+    if _int(rec.get("readings_missing")) > 0 or _int(rec.get("gap_count")) > 0:
+        return "gaps"
+    return "complete"
+
+
+def _reconciliation_fields(rec: dict[str, Any] | None) -> dict[str, Any]:
+    """The ``VehicleRow`` fields from a ``reconciliation`` row (see ``_data_status``)."""
+    if rec is None:
+        return {
+            "data_status": "",
+            "readings_expected": None,
+            "readings_stored": None,
+            "readings_missing": None,
+            "data_gaps": None,
+            "longest_gap_s": math.nan,
+        }
+    status = _data_status(rec)
+    silent = status == "silent"
+    return {
+        "data_status": status,
+        "readings_expected": None if silent else _int(rec.get("readings_expected")),
+        "readings_stored": _int(rec.get("readings_stored")),
+        "readings_missing": None if silent else _int(rec.get("readings_missing")),
+        "data_gaps": None if silent else _int(rec.get("gap_count")),
+        "longest_gap_s": _num(rec.get("longest_gap_s")),
+    }
 
 
 def _row_key(r: VehicleRow) -> tuple[int, int, int, float, str]:
@@ -712,7 +749,7 @@ def load_fleet(lake_root: Path, day: date, fleet: str) -> FleetData:
             longest_gap_s=_num(r["longest_gap_s"]),
         )
         for r in sorted(rec.values(), key=lambda r: (-_int(r["readings_missing"]), r["vin"]))
-        if _int(r["readings_missing"]) > 0 or _int(r["readings_stored"]) == 0
+        if _data_status(r) in ("gaps", "silent")
     )
     versions = sorted(
         {str(w.get("model_version")) for w in war.values() if w.get("model_version")}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+import shutil
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -116,3 +117,45 @@ def test_csv_soh_trend_is_the_average_change_to_the_end_of_cover(csv_rows) -> No
         )
         assert math.isclose(float(r["soh_trend_pct_per_year"]), expected, rel_tol=1e-12)
         assert float(r["soh_trend_pct_per_year"]) < 0
+
+
+def test_csv_tells_a_silent_vehicle_from_a_complete_day(tmp_path: Path) -> None:
+    """A vehicle with no reading stored on the date: reconciliation has no sequence
+    numbers to count from (expected 0, missing 0 in its table). The CSV says silent,
+    stored 0, and leaves expected, missing and gaps empty (unknown), as the PDF does;
+    a day without missing readings is complete, one with missing readings has gaps."""
+    data = tmp_path / "data"
+    lake = rd.make_lake(data)
+    silent = "MAT612345NEX00004"
+    rd.patch_rows(
+        lake,
+        "reconciliation",
+        silent,
+        readings_expected=0,
+        readings_stored=0,
+        readings_missing=0,
+        readings_quarantined=0,
+        gap_count=0,
+        longest_gap_s=None,
+    )
+    (path,) = reports.fleet_report(lake, data / "reports", rd.DAY, rd.FLEET, formats="csv")
+    with path.open(newline="", encoding="utf-8") as fh:
+        by_vin = {r["vin"]: r for r in csv.DictReader(fh)}
+    columns = ("data_status", "readings_expected", "readings_stored", "readings_missing")
+    assert [by_vin[silent][c] for c in columns] == ["silent", "", "0", ""]
+    assert (by_vin[silent]["data_gaps"], by_vin[silent]["longest_gap_s"]) == ("", "")
+    assert [by_vin[rd.GAP_VIN][c] for c in columns] == ["gaps", "144", "130", "14"]
+    assert [by_vin[rd.FLAGGED_VIN][c] for c in columns] == ["complete", "144", "144", "0"]
+    assert by_vin[rd.FLAGGED_VIN]["data_gaps"] == "0"
+
+
+def test_csv_data_status_is_empty_when_reconciliation_has_not_run(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    lake = rd.make_lake(data)
+    shutil.rmtree(lake / "metrics" / "reconciliation")
+    (path,) = reports.fleet_report(lake, data / "reports", rd.DAY, rd.FLEET, formats="csv")
+    with path.open(newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == len(rd.VEHICLES)
+    for r in rows:
+        assert r["data_status"] == r["readings_expected"] == r["readings_stored"] == ""
