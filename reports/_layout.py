@@ -122,6 +122,11 @@ def fmt(value: float, digits: int = 1, unit: str = "") -> str:
     return f"{value:.{digits}f}{unit}"
 
 
+def vehicle_class_label(vehicle_class: str) -> str:
+    """A registry vehicle class as words: ``two_wheeler`` -> ``two-wheeler``."""
+    return " ".join(vehicle_class.split()).replace("_", "-")
+
+
 def plural(n: int, word: str, words: str | None = None) -> str:
     """``1 day``, ``2 days`` (``words`` for an irregular plural)."""
     return f"{n} {word if n == 1 else (words or word + 's')}"

@@ -408,14 +408,13 @@ def _margins(
 # ----------------------------------------------------------------------------- charts
 
 
-def soh_history(v: VehicleData, width: float) -> VectorChart:
-    """SoH [%] over age [years]: estimates, daily fit with interval, projection."""
-    height = 136.0  # plus the legend's rows under the axes
+_Projection = tuple[FloatArray, FloatArray, FloatArray, FloatArray]
+
+
+def _soh_projection(v: VehicleData) -> _Projection | None:
+    """The projection ``soh_history`` draws (age, fit, low, high), or None when there is
+    none to draw (no fit or interval, or cover has ended)."""
     r = v.row
-    m = np.isfinite(v.soh_pct) & np.isfinite(v.soh_age_years)
-    # Each day's interval clipped as the tables show today's (reports._inputs.soh_ceiling).
-    hist_low = np.maximum(v.soh_low_pct, 0.0)
-    hist_high = np.minimum(v.soh_high_pct, np.maximum(100.0, v.soh_pct))
     now, at_end = r.soh_shown, r.projected_shown
     end = r.warranty_end_age_years
     needed = (
@@ -429,17 +428,61 @@ def soh_history(v: VehicleData, width: float) -> VectorChart:
         at_end.low,
         at_end.high,
     )
-    proj: tuple[FloatArray, FloatArray, FloatArray, FloatArray] | None = None
-    if all(map(math.isfinite, needed)) and end > r.age_years:
-        t = np.linspace(r.age_years, end, 40)
-        mid = v.soh_new_pct - v.fade_pct_per_year_pow * t**v.fade_exponent
-        # Interval half-widths interpolated between today's and the end's, in t**p.
-        x0, x1 = r.age_years**v.fade_exponent, end**v.fade_exponent
-        f = (t**v.fade_exponent - x0) / (x1 - x0) if x1 > x0 else np.zeros_like(t)
-        end_soh = r.projected_soh_at_warranty_end_pct
-        below = (r.soh_pct - now.low) * (1 - f) + (end_soh - at_end.low) * f
-        above = (now.high - r.soh_pct) * (1 - f) + (at_end.high - end_soh) * f
-        proj = (t, mid, np.maximum(mid - below, 0.0), np.minimum(mid + above, now.high))
+    if not (all(map(math.isfinite, needed)) and end > r.age_years):
+        return None
+    t = np.linspace(r.age_years, end, 40)
+    mid = v.soh_new_pct - v.fade_pct_per_year_pow * t**v.fade_exponent
+    # Interval half-widths interpolated between today's and the end's, in t**p.
+    x0, x1 = r.age_years**v.fade_exponent, end**v.fade_exponent
+    f = (t**v.fade_exponent - x0) / (x1 - x0) if x1 > x0 else np.zeros_like(t)
+    end_soh = r.projected_soh_at_warranty_end_pct
+    below = (r.soh_pct - now.low) * (1 - f) + (end_soh - at_end.low) * f
+    above = (now.high - r.soh_pct) * (1 - f) + (at_end.high - end_soh) * f
+    return (t, mid, np.maximum(mid - below, 0.0), np.minimum(mid + above, now.high))
+
+
+def _cover_end_in_view(v: VehicleData, projected: bool) -> bool:
+    """Whether ``soh_history`` marks the end of cover (dotted): when it is known and
+    either a projection leads to it or it still lies ahead."""
+    end = v.row.warranty_end_age_years
+    return math.isfinite(end) and (projected or not (end < v.row.age_years))
+
+
+def soh_history_caption(v: VehicleData) -> str:
+    """The caption of ``soh_history``: what each colour shows, of what the chart draws."""
+    r = v.row
+    projected = _soh_projection(v) is not None
+    parts = []
+    if v.estimate_age_years.size:
+        parts.append("Grey: individual capacity estimates.")
+    if (np.isfinite(v.soh_pct) & np.isfinite(v.soh_age_years)).any():
+        parts.append("Blue: the SoH fit of each day with its 90 % interval.")
+    if projected:
+        parts.append("Orange: projection to the end of warranty cover with its interval.")
+    elif math.isfinite(r.warranty_end_age_years) and r.warranty_end_age_years <= r.age_years:
+        parts.append("No projection: warranty cover has ended.")
+    lines = []
+    if math.isfinite(r.warranty_min_soh_pct):
+        lines.append("red dashed: warranty minimum")
+    if _cover_end_in_view(v, projected):
+        lines.append("dotted: end of cover")
+    if lines:
+        text = "; ".join(lines) + "."
+        parts.append(text[0].upper() + text[1:])
+    return " ".join(parts)
+
+
+def soh_history(v: VehicleData, width: float) -> VectorChart:
+    """SoH [%] over age [years]: estimates, daily fit with interval, projection."""
+    height = 136.0  # plus the legend's rows under the axes
+    r = v.row
+    m = np.isfinite(v.soh_pct) & np.isfinite(v.soh_age_years)
+    # Each day's interval clipped as the tables show today's (reports._inputs.soh_ceiling).
+    hist_low = np.maximum(v.soh_low_pct, 0.0)
+    hist_high = np.minimum(v.soh_high_pct, np.maximum(100.0, v.soh_pct))
+    at_end = r.projected_shown
+    end = r.warranty_end_age_years
+    proj = _soh_projection(v)
     min_soh = r.warranty_min_soh_pct
     xs: list[FloatArray | float] = [v.estimate_age_years, v.soh_age_years[m]]
     ys: list[FloatArray | float] = [
@@ -452,7 +495,7 @@ def soh_history(v: VehicleData, width: float) -> VectorChart:
         ys += [proj[2], proj[3], at_end.high]
     # The x axis spans the data and the projection (not service start to cover end,
     # into which 60 days of data were squeezed); the end of cover when it is in view.
-    in_view = math.isfinite(end) and (proj is not None or not (end < r.age_years))
+    in_view = _cover_end_in_view(v, proj is not None)
     if in_view:
         xs.append(end)
     # The vehicle's age now is always in view: without any estimate the axis would

@@ -35,8 +35,9 @@ from reports._layout import (
     generator_version,
     headline_table,
     plural,
+    vehicle_class_label,
 )
-from reports._vcharts import cell_heatmap, charging, exposure, soh_history
+from reports._vcharts import cell_heatmap, charging, exposure, soh_history, soh_history_caption
 
 
 def _sum(v: VehicleData, key: str) -> float:
@@ -287,7 +288,7 @@ def vehicle_pdf(v: VehicleData) -> bytes:
     about = ", ".join(
         x
         for x in (
-            r.vehicle_class,
+            vehicle_class_label(r.vehicle_class),
             r.chemistry.upper(),
             f"in service since {r.in_service_date}" if r.in_service_date else "",
         )
@@ -357,9 +358,7 @@ def vehicle_pdf(v: VehicleData) -> bytes:
         chart(
             soh_history(v, TEXT_WIDTH),
             "soh_history",
-            "Grey: individual capacity estimates. Blue: the SoH fit of each day with its "
-            "90 % interval. Orange: projection to the end of warranty cover with its "
-            "interval. Red dashed: warranty minimum; dotted: end of cover.",
+            soh_history_caption(v),
             heading="State of health",
         )
     )

@@ -570,3 +570,55 @@ def test_the_exposure_caption_gives_the_packs_hottest_and_names_an_outlying_sens
     assert (
         f"(max {pack_max:.1f} degC; one sensor read up to 93.8 degC, far above the others)" in text
     )
+
+
+def test_the_vehicle_class_is_printed_as_words(lake: Path, tmp_path: Path) -> None:
+    """The registry's ``two_wheeler`` is a key, not words: the subtitle says two-wheeler."""
+    data = tmp_path / "data"
+    shutil.copytree(lake.parent, data)
+    registry = data / "lake" / "registry" / "vehicles.parquet"
+    table = pq.read_table(registry)
+    rows = table.to_pylist()
+    for row in rows:
+        if row["vin"] == rd.FLAGGED_VIN:
+            row["vehicle_class"] = "two_wheeler"
+    pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), registry)
+    pdf = reports.vehicle_report(data / "lake", tmp_path / "out", rd.FLAGGED_VIN, rd.DAY)
+    text = " ".join(pdf_text(pdf).split())
+    assert f"fleet demo · {rd.DAY} (UTC) · two-wheeler, LFP, in service since" in text
+    assert "two_wheeler" not in text
+
+
+def test_the_soh_caption_names_the_projection_only_when_one_is_drawn(
+    flagged_pdf: Path, lake: Path, tmp_path: Path
+) -> None:
+    """Cover ended (age past the end of cover): the chart draws no projection, so its
+    caption names no orange projection and says why there is none."""
+    text = " ".join(pdf_text(flagged_pdf).split())
+    assert (
+        "Grey: individual capacity estimates. Blue: the SoH fit of each day with its 90 % "
+        "interval. Orange: projection to the end of warranty cover with its interval. "
+        "Red dashed: warranty minimum; dotted: end of cover." in text
+    )
+    data = tmp_path / "data"
+    shutil.copytree(lake.parent, data)
+    soh = bms.read_metrics(data / "lake", "vehicle_soh", [rd.DAY]).to_pylist()
+    age = float(next(r["age_years"] for r in soh if r["vin"] == rd.FLAGGED_VIN))
+    rd.patch_rows(
+        data / "lake",
+        "warranty",
+        rd.FLAGGED_VIN,
+        status="out_of_coverage",
+        coverage_end_years=age - 1.0,
+        projected_soh_pct=None,
+        projected_soh_low_pct=None,
+        projected_soh_high_pct=None,
+    )
+    pdf = reports.vehicle_report(data / "lake", tmp_path / "out", rd.FLAGGED_VIN, rd.DAY)
+    text = " ".join(pdf_text(pdf).split())
+    assert (
+        "Grey: individual capacity estimates. Blue: the SoH fit of each day with its 90 % "
+        "interval. No projection: warranty cover has ended. Red dashed: warranty minimum." in text
+    )
+    assert "Orange" not in text
+    assert "projection to warranty end" not in text  # nor in the chart's legend
