@@ -72,14 +72,22 @@ def soh_distribution(
         ax.text(0.5, 0.5, "no SoH estimates yet", ha="center", va="center", transform=ax.transAxes)
     for m in lines:
         ax.axvline(m, color=WARRANTY_COLOUR, linestyle="--", linewidth=1.2)
+    if lines:
+        # Above the plot area, in the top margin, where no bar can reach: beside the
+        # (lowest) line, running away from the nearer edge.
+        left, right = ax.get_xlim()
+        right_half = lines[0] > (left + right) / 2
         ax.annotate(
-            f"warranty {m:g} %",
-            (m, 1),
+            f"warranty {' / '.join(f'{m:g}' for m in lines)} %",
+            (lines[0], 1),
             xycoords=("data", "axes fraction"),
-            xytext=(3, -10),
+            xytext=(-3 if right_half else 3, 4),
             textcoords="offset points",
+            ha="right" if right_half else "left",
+            va="bottom",
             color=WARRANTY_COLOUR,
             fontsize=8,
+            annotation_clip=False,
         )
     ax.set_xlabel("state of health, SoH [%]")
     ax.set_ylabel("vehicles [count]")

@@ -8,6 +8,7 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -354,3 +355,48 @@ def test_the_at_risk_headline_names_both_ways_a_vehicle_gets_there(fleet_run) ->
         "1 at warranty risk 90 % interval now, or projection at cover end, below the minimum"
         in cover
     )
+
+
+def _text_box(pdf: Path, needle: str, page: int = 0) -> tuple[float, float, float, float]:
+    """(x0, y0, x1, y1) of the line of text starting with ``needle`` on ``page`` [pt],
+    from the PDF's text and transformation matrices and Helvetica's metrics."""
+    from reportlab.pdfbase.pdfmetrics import stringWidth
+
+    found: list[tuple[float, float, float, float]] = []
+
+    def visit(text: str, cm: list[float], tm: list[float], font: object, size: float) -> None:
+        if text.startswith(needle):
+            x = cm[0] * tm[4] + cm[2] * tm[5] + cm[4]
+            y = cm[1] * tm[4] + cm[3] * tm[5] + cm[5]
+            scale = math.hypot(tm[0], tm[1]) * math.hypot(cm[0], cm[1])
+            height = size * scale
+            width = stringWidth(text.strip(), "Helvetica", height)
+            found.append((x, y - 0.2 * height, x + width, y + 0.75 * height))
+
+    PdfReader(pdf).pages[page].extract_text(visitor_text=visit)
+    assert len(found) == 1, found
+    return found[0]
+
+
+def test_the_histograms_warranty_label_sits_on_no_bar(fleet_run, tmp_path: Path) -> None:
+    """The "warranty 70 %" label of the SoH histogram is drawn where no bar is: the page
+    rendered, no pixel of the bars' blue lies in the label's box (with a bar at 74-75 %
+    reaching the top of the plot, beside the 70 % line)."""
+    from PIL import Image
+
+    pdf = fleet_run[2][0]
+    x0, y0, x1, y1 = _text_box(pdf, "warranty 70 %")
+    dpi = 144
+    png = render_page(pdf, tmp_path, page=1, dpi=dpi)
+    image = np.asarray(Image.open(png).convert("RGB")).astype(int)
+    height_pt = float(PdfReader(pdf).pages[0].mediabox.height)
+
+    def px(v: float) -> int:
+        return round(v * dpi / 72)
+
+    box = image[px(height_pt - y1) : px(height_pt - y0), px(x0) : px(x1)]
+    assert box.size
+    bar_blue = np.array([0x1F, 0x5F, 0xA8])
+    assert int((np.abs(box - bar_blue).sum(axis=2) < 60).sum()) == 0
+    # The label is drawn (red text) in that box.
+    assert int((np.abs(box - np.array([0xC0, 0x39, 0x2B])).sum(axis=2) < 120).sum()) > 0
