@@ -669,19 +669,45 @@ def _policy_names(warranty: Sequence[dict[str, Any]]) -> dict[str, str]:
     return out
 
 
-def _latest_odometer(lake_root: Path, fleet: str, day: date, window_days: int) -> dict[str, float]:
-    vd = _read(
-        lake_root / "metrics" / "vehicle_day",
-        fleet,
-        day - timedelta(days=window_days),
-        day,
-        ("vin", "odometer_km"),
-    )
-    out: dict[str, float] = {}
-    for r in sorted(_rows(vd), key=lambda r: r["date"]):
-        if r["odometer_km"] is not None:
-            out[r["vin"]] = float(r["odometer_km"])
-    return out
+#: How far back (days before the date) ``newest_odometer_km`` looks first, then next;
+#: then the whole history, for the vehicles still without an odometer reading.
+_ODOMETER_LOOKBACK_DAYS = (30, 400)
+
+
+def newest_odometer_km(
+    lake_root: Path,
+    fleet: str,
+    day: date,
+    vins: Iterable[str],
+    fallback_km: dict[str, float],
+) -> dict[str, float]:
+    """Each vehicle's newest odometer reading on or before ``day`` [km].
+
+    The odometer of its newest ``vehicle_day`` row that has one, however old (the
+    fleet and the vehicle reports share this rule, so they never disagree); else
+    ``fallback_km`` (the date's ``vehicle_soh.odometer_km``), else NaN. Recent dates are
+    read first; older ones only for the vehicles not found there.
+    """
+    base = lake_root / "metrics" / "vehicle_day"
+    wanted = set(vins)
+    found: dict[str, float] = {}
+    last = day
+    for back in (*_ODOMETER_LOOKBACK_DAYS, None):
+        missing = sorted(wanted - found.keys())
+        if not missing:
+            break
+        first = date.min if back is None else max(day - timedelta(days=back), date.min)
+        table = _read(base, fleet, first, last, ("vin", "odometer_km"), missing)
+        newest: dict[str, float] = {}
+        for r in sorted(_rows(table), key=lambda r: r["date"]):
+            km = _num(r["odometer_km"])
+            if math.isfinite(km):
+                newest[r["vin"]] = km
+        found.update(newest)
+        if first == date.min:
+            break
+        last = first - timedelta(days=1)
+    return {v: found.get(v, fallback_km.get(v, math.nan)) for v in wanted}
 
 
 def _day_tables(
@@ -717,7 +743,14 @@ def load_fleet(lake_root: Path, day: date, fleet: str) -> FleetData:
     """
     soh, war = _day_tables(lake_root, fleet, day)
     registry = read_registry(lake_root)
-    odometer = _latest_odometer(lake_root, fleet, day, 31)
+    vins = sorted(set(soh) | set(war))
+    odometer = newest_odometer_km(
+        lake_root,
+        fleet,
+        day,
+        vins,
+        {v: _num(r.get("odometer_km")) for v, r in soh.items()},
+    )
     has_anomalies, anomalies = _anomalies_on(lake_root, fleet, day)
     rec_table = _read(lake_root / "metrics" / "reconciliation", fleet, day, day, _RECONCILIATION)
     rec = {r["vin"]: r for r in _rows(rec_table)}
@@ -725,15 +758,14 @@ def load_fleet(lake_root: Path, day: date, fleet: str) -> FleetData:
     for a in anomalies:
         by_vin.setdefault(a.vin, []).append(a)
     rows = []
-    for vin in sorted(set(soh) | set(war)):
-        odo = odometer.get(vin, _num(soh.get(vin, {}).get("odometer_km")))
+    for vin in vins:
         rows.append(
             _vehicle_row(
                 vin,
                 registry.get(vin, {}),
                 soh.get(vin, {}),
                 war.get(vin, {}),
-                odo,
+                odometer[vin],
                 by_vin.get(vin, []),
                 rec.get(vin),
                 has_anomalies,
@@ -928,16 +960,20 @@ def load_vehicles(
     for a in anomalies:
         by_vin.setdefault(a.vin, []).append(a)
     cell_maps = _cell_maps(cells, first_win, day)
+    odometer = newest_odometer_km(
+        lake_root,
+        fleet,
+        day,
+        want,
+        {v: _num(r.get("odometer_km")) for v, r in soh_day.items()},
+    )
     out = []
     for vin in want:
         reg = registry.get(vin, {})
         soh = soh_day.get(vin, {})
         war = war_day.get(vin, {})
-        odo_km = usage.get(vin, "odometer_km")
-        known = odo_km[np.isfinite(odo_km)]
-        odo = float(known[-1]) if known.size else _num(soh.get("odometer_km"))
         row = _vehicle_row(
-            vin, reg, soh, war, odo, by_vin.get(vin, []), rec.get(vin), has_anomalies
+            vin, reg, soh, war, odometer[vin], by_vin.get(vin, []), rec.get(vin), has_anomalies
         )
         in_service = reg.get("in_service_date")
         if in_service is not None:

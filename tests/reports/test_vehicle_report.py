@@ -5,7 +5,9 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 import shutil
+from datetime import date, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -622,3 +624,33 @@ def test_the_soh_caption_names_the_projection_only_when_one_is_drawn(
     )
     assert "Orange" not in text
     assert "projection to warranty end" not in text  # nor in the chart's legend
+
+
+@pytest.mark.parametrize("days_before", [45, 100])
+def test_fleet_and_vehicle_reports_show_the_newest_odometer_reading(
+    lake: Path, tmp_path: Path, days_before: int
+) -> None:
+    """A vehicle whose newest odometer reading is ``days_before`` days old (its later
+    vehicle_day rows carry none, and vehicle_soh a different figure): both reports show
+    that reading. The fleet report looked back 31 days and the vehicle report 90, so a
+    reading 45 days old gave each report another odometer."""
+    data = tmp_path / "data"
+    shutil.copytree(lake.parent, data)
+    vd = data / "lake" / "metrics" / "vehicle_day"
+    for part in sorted(vd.glob(f"date=*/fleet={rd.FLEET}/part.parquet")):
+        day = date.fromisoformat(part.parent.parent.name.removeprefix("date="))
+        rd.patch_rows(data / "lake", "vehicle_day", rd.FLAGGED_VIN, day, odometer_km=None)
+    old_day = rd.DAY - timedelta(days=days_before)
+    old = vd / f"date={old_day}" / f"fleet={rd.FLEET}" / "part.parquet"
+    old.parent.mkdir(parents=True)
+    row = {"vin": rd.FLAGGED_VIN, "chemistry": "lfp", "odometer_km": 12_345.6}
+    pq.write_table(pa.Table.from_pylist([row], schema=bms.METRICS_SCHEMAS["vehicle_day"]), old)
+    rd.patch_rows(data / "lake", "vehicle_soh", rd.FLAGGED_VIN, odometer_km=99_999.0)
+    pdf, csv_path = reports.fleet_report(data / "lake", tmp_path / "out", rd.DAY, rd.FLEET)
+    with csv_path.open(newline="") as fh:
+        row_csv = next(r for r in csv.DictReader(fh) if r["vin"] == rd.FLAGGED_VIN)
+    assert row_csv["odometer_km"] == "12345.6"
+    assert re.search(rf"{rd.FLAGGED_VIN}\n[0-9.]+ y, 12\.3k km\n", pdf_text(pdf))
+    vehicle = reports.vehicle_report(data / "lake", tmp_path / "out", rd.FLAGGED_VIN, rd.DAY)
+    vehicle_text = " ".join(pdf_text(vehicle).split())
+    assert "12.3k km odometer" in vehicle_text
