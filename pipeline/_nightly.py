@@ -433,50 +433,81 @@ def audit_bundle_path(settings: Settings, day: date, fleet: str) -> Path:
 
 
 def _stage_audit(ctx: NightlyContext) -> StageResult:
-    """A signed, pseudonymised audit bundle of the run date (``reports.audit_enabled``)."""
+    """A signed, pseudonymised audit bundle per date of the run (``reports.audit_enabled``):
+    the run date's, and those of the dates it caught up (missed nights) or recomputed
+    (late data), each exported again only when its inputs changed."""
     if not ctx.settings.reports.audit_enabled:
         return StageResult(NOT_CONFIGURED, message="reports.audit_enabled is false")
     from reports import ERASURE_LOG_PATH, export_audit_bundle
 
-    day = ctx.run_date
-    files = [
-        f
-        for f in _report_inputs(ctx, day)
-        if f.parent.parent.name == f"date={day}" or f.name == "vehicles.parquet"
-    ]
-    erasure_log = ctx.state_dir / ERASURE_LOG_PATH
-    if erasure_log.exists():
-        files.append(erasure_log)  # the bundle carries it: an erasure makes it stale
-    if not _analysed(ctx, day):
-        return StageResult(UP_TO_DATE, message=f"no analytics output for {day}: no bundle")
     settings = ctx.settings
     parameters = {
         "analytics": dataclasses.asdict(settings.analytics),
         "anomaly": dataclasses.asdict(settings.anomaly),
         "warranty_policy": settings.reports.warranty_policy,
     }
-    key = ctx.unit_key(day)
-    fp = digest({"files": file_fingerprint(files, ctx.data_dir), "params": parameters})
-    out = audit_bundle_path(settings, day, ctx.fleet)
-    inputs = (f"{key}: {len(files)} files, sha256 {fp[:16]}",)
-    if ctx.done.is_done("audit", key, fp) and (out / "manifest.json").exists():
-        return StageResult(
-            UP_TO_DATE, {"bundles": 0}, inputs, (), f"bundle {ctx.rel(out)} is current"
+    erasure_log = ctx.state_dir / ERASURE_LOG_PATH
+    days = sorted({*ctx.dates, ctx.run_date})
+    inputs: list[str] = []
+    outputs: list[str] = []
+    written: list[str] = []
+    files_total = 0
+    not_analysed: list[str] = []
+    for i, day in enumerate(days):
+        ctx.progress(i, len(days))
+        if not _analysed(ctx, day):
+            not_analysed.append(day.isoformat())
+            continue
+        files = [
+            f
+            for f in _report_inputs(ctx, day)
+            if f.parent.parent.name == f"date={day}" or f.name == "vehicles.parquet"
+        ]
+        if erasure_log.exists():
+            files.append(erasure_log)  # the bundle carries it: an erasure makes it stale
+        key = ctx.unit_key(day)
+        fp = digest({"files": file_fingerprint(files, ctx.data_dir), "params": parameters})
+        out = audit_bundle_path(settings, day, ctx.fleet)
+        inputs.append(f"{key}: {len(files)} files, sha256 {fp[:16]}")
+        if ctx.done.is_done("audit", key, fp) and (out / "manifest.json").exists():
+            continue
+        result = export_audit_bundle(
+            ctx.lake_dir,
+            ctx.state_dir,
+            out,
+            date_from=day,
+            date_to=day,
+            fleet=ctx.fleet,
+            parameters=parameters,
+            workers=settings.reports.workers,
         )
-    result = export_audit_bundle(
-        ctx.lake_dir,
-        ctx.state_dir,
-        out,
-        date_from=day,
-        date_to=day,
-        fleet=ctx.fleet,
-        parameters=parameters,
-        workers=settings.reports.workers,
-    )
-    ctx.done.mark_done("audit", key, fp, [out / "manifest.json"])
-    message = f"bundle {ctx.rel(result.path)}: {result.files} files, {result.vehicles} vehicles"
+        ctx.done.mark_done("audit", key, fp, [out / "manifest.json"])
+        outputs.append(ctx.rel(result.path))
+        written.append(f"{ctx.rel(result.path)}: {result.files} files, {result.vehicles} vehicles")
+        files_total += result.files
+    ctx.progress(len(days), len(days))
+    if not_analysed and not inputs:
+        return StageResult(
+            UP_TO_DATE, message=f"no analytics output for {', '.join(not_analysed)}: no bundle"
+        )
+    if not written:
+        current = audit_bundle_path(settings, ctx.run_date, ctx.fleet)
+        return StageResult(
+            UP_TO_DATE,
+            {"bundles": 0},
+            tuple(inputs),
+            (),
+            f"bundle {ctx.rel(current)} is current"
+            if len(inputs) == 1
+            else f"{len(inputs)} bundles are current",
+        )
+    message = "bundle " + "; bundle ".join(written)
     return StageResult(
-        DONE, {"bundles": 1, "files": result.files}, inputs, (ctx.rel(result.path),), message
+        DONE,
+        {"bundles": len(written), "files": files_total},
+        tuple(inputs),
+        tuple(outputs),
+        message,
     )
 
 

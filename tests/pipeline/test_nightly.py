@@ -373,6 +373,39 @@ def test_nights_missed_since_the_last_run_are_caught_up(tmp_path: Path):
         assert (d / f"reports/date={day}/fleet-demo.csv").is_file()
 
 
+def test_every_date_a_run_catches_up_gets_its_audit_bundle(tmp_path: Path):
+    """With audit bundles on, the nights cron missed get theirs too (an insurer's series
+    of daily bundles has no hole), and a run with nothing new exports none again."""
+    d = tmp_path / "data"
+    lake = d / "lake"
+    first = RUN_DAY - timedelta(days=3)
+    for k in range(4):
+        write_flushes(day_table(first + timedelta(days=k), seed=k), lake)
+    assert fleetbms(d, "keys", "generate").returncode == 0
+    env = {"FLEETBMS_REPORTS__AUDIT_ENABLED": "1"}
+    assert fleetbms(d, "nightly", "--date", first.isoformat(), **env).returncode == 0
+    r = fleetbms(d, "nightly", "--date", RUN_DAY.isoformat(), **env)
+    assert r.returncode == 0, r.stderr
+    days = [first + timedelta(days=k) for k in range(4)]
+    manifests = [d / f"reports/date={day}/audit-demo/manifest.json" for day in days]
+    assert all(m.is_file() for m in manifests)
+    audit = next(s for s in last_record(d)["stages"] if s["name"] == "audit")
+    assert audit["counts"]["bundles"] == 3
+    for day, manifest in zip(days, manifests, strict=True):
+        ok = fleetbms(
+            d,
+            "audit",
+            "verify",
+            str(manifest.parent),
+            "--public-key",
+            str(d / "state/keys/signing.pub"),
+        )
+        assert ok.returncode == 0, (day, ok.stdout + ok.stderr)
+    before = [m.stat().st_mtime_ns for m in manifests]
+    assert fleetbms(d, "nightly", "--date", RUN_DAY.isoformat(), **env).returncode == 0
+    assert [m.stat().st_mtime_ns for m in manifests] == before
+
+
 def test_a_missed_night_without_any_telemetry_is_reported_as_a_gap(tmp_path: Path):
     """Server and ingest down for a whole day, and its night missed: the next run names
     the day without telemetry and exits 3 instead of 0 (it was never reported)."""
