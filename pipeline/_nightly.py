@@ -67,7 +67,7 @@ from pipeline._nightly_state import (
 )
 from pipeline._params import require_fleet
 from pipeline._reconcile import reconcile_partition, reconciliation_inputs, reconciliation_paths
-from pipeline._retention import apply_retention
+from pipeline._retention import apply_retention, sweep_stale_temporaries
 from reports import ReportError
 
 EXIT_OK = 0
@@ -521,15 +521,19 @@ def _stage_retention(ctx: NightlyContext) -> StageResult:
         zstd_level=cfg.archive_zstd_level,
         on_progress=ctx.progress,
     )
+    # under the lock, after the start of the run finished what a killed run's journals
+    # left: a temporary still there a day later has no writer
+    stale = sweep_stale_temporaries(ctx.data_dir)
     counts = {
         "archived_partitions": r.archived_partitions,
         "archived_files": r.archived_files,
         "purged_partitions": r.purged_partitions,
         "purged_quarantine_alerts": r.purged_quarantine_alerts,
+        "stale_temporaries": stale,
     }
     status = (
         DONE
-        if r.archived_files or r.purged_partitions or r.purged_quarantine_alerts
+        if r.archived_files or r.purged_partitions or r.purged_quarantine_alerts or stale
         else UP_TO_DATE
     )
     message = (
@@ -537,6 +541,8 @@ def _stage_retention(ctx: NightlyContext) -> StageResult:
         f"purged {r.purged_partitions} older than {r.purge_before} "
         f"and {r.purged_quarantine_alerts} of quarantine and alerts"
     )
+    if stale:
+        message += f"; removed {stale} temporary files of writers that died a day or more ago"
     inputs = (
         f"lake/telemetry/date<{r.archive_before}",
         f"archive/telemetry/date<{r.purge_before}",

@@ -20,6 +20,7 @@ and purge data that is not old at all.
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -174,6 +175,34 @@ def apply_retention(
         if on_progress:
             on_progress(k + 1, len(todo))
     return RetentionResult(files, len(todo), purged, archive_before, purge_before, side)
+
+
+#: A hidden temporary (``.NAME.<id>.tmp``, the atomic writes of ``bms._lake``) older than
+#: this was left by a writer that died (kill -9, power loss): no write takes a day. [s]
+STALE_TEMPORARY_S = 86_400.0
+
+
+def sweep_stale_temporaries(
+    data_dir: Path, *, now_s: float | None = None, older_than_s: float = STALE_TEMPORARY_S
+) -> int:
+    """Delete the hidden temporaries of dead writers under the data directory's lake,
+    archive, state and reports; return how many. Readers never see them, but they pile
+    up and count in ``fleetbms status`` sizes. Only old ones: a command running beside
+    the nightly (``analyze``, ``report``, ingest) may be writing a fresh one."""
+    now = time.time() if now_s is None else now_s
+    removed = 0
+    for base in ("lake", "archive", "state", "reports"):
+        root = data_dir / base
+        if not root.is_dir():
+            continue
+        for path in root.rglob(".*.tmp"):
+            try:
+                if path.is_file() and now - path.stat().st_mtime > older_than_s:
+                    path.unlink()
+                    removed += 1
+            except FileNotFoundError:  # its writer finished or cleaned up meanwhile
+                continue
+    return removed
 
 
 def _remove_empty(path: Path, stop: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -156,3 +157,29 @@ def test_retention_purges_quarantine_json_dumps_with_their_date(tmp_path: Path):
     assert r.purged_quarantine_alerts == 1
     assert dumps[recent].exists()
     assert not (d / "lake" / "quarantine" / f"date={ancient}").exists()
+
+
+def test_the_nightly_removes_temporaries_of_writers_that_died_long_ago(tmp_path: Path):
+    """A kill -9 during a write leaves its hidden temporary (``.part.parquet.<id>.tmp``);
+    the nightly's retention removes those a day old, and leaves a fresh one (another
+    command may be writing it right now) and every visible file."""
+    d = tmp_path / "data"
+    write_flushes(day_table(RUN_DAY), d / "lake")
+    day_ago = datetime.now(UTC).timestamp() - 2 * 86_400
+    stale = [
+        d / "lake/metrics/vehicle_day/date=2026-11-20/fleet=demo/.part.parquet.0a1b.tmp",
+        d / "state/analytics/carry/.carry.parquet.2c3d.tmp",
+        d / "reports/date=2026-11-20/.fleet-demo.pdf.4e5f.tmp",
+    ]
+    fresh = d / "lake/metrics/vehicle_day/date=2026-11-20/fleet=demo/.part.parquet.6a7b.tmp"
+    for path in (*stale, fresh):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"PAR1 half written")
+    for path in stale:
+        os.utime(path, (day_ago, day_ago))
+    r = fleetbms(d, "nightly", "--date", RUN_DAY.isoformat(), **ENV)
+    assert r.returncode == 0, r.stderr
+    assert not any(p.exists() for p in stale)
+    assert fresh.exists()
+    assert '"stale_temporaries": 3' in r.stdout
+    assert bms.telemetry_files(d / "lake", RUN_DAY)
