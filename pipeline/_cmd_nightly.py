@@ -88,7 +88,8 @@ def _summary(record: Mapping[str, Any]) -> str:
     "day",
     type=PAST_DAY,
     default=None,
-    help="UTC event date to process, not after today [default: yesterday in fleet.timezone].",
+    help="UTC event date to process, not after today [default: yesterday in fleet.timezone, "
+    "or in UTC if earlier].",
 )
 @click.option("--fleet", type=NON_EMPTY, default=None, help="Fleet id [default: fleet.id].")
 @click.pass_obj

@@ -665,7 +665,8 @@ def run_nightly(
     settings : Settings
         Effective configuration (data directory, fleet, section values).
     day : date, optional
-        The run date; default: yesterday in ``fleet.timezone``.
+        The run date; default: yesterday in ``fleet.timezone``, or yesterday in UTC when
+        that is earlier (never a UTC date that has not ended).
     fleet : str, optional
         Fleet id; default ``fleet.id``.
     stages : tuple of Stage
@@ -694,7 +695,9 @@ def run_nightly(
     if day is not None and day > today:
         # Retention counts ages from the run date: a future one would purge recent data.
         raise ValueError(f"run date {day} is in the future (today is {today} UTC)")
-    run_date = day or fleet_today(settings, now) - timedelta(days=1)
+    # the fleet's yesterday, unless that UTC date has not ended yet (a fleet ahead of UTC,
+    # run before its midnight there: 00:00-05:30 in India): then the UTC yesterday
+    run_date = day or min(fleet_today(settings, now), today) - timedelta(days=1)
     require_fleet(settings, fleet)
     state = settings.state_dir
     with nightly_lock(

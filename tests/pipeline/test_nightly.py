@@ -429,3 +429,24 @@ def test_a_missed_night_without_any_telemetry_is_reported_as_a_gap(tmp_path: Pat
     r = fleetbms(d, "nightly", "--date", nxt.isoformat())
     assert r.returncode == 0, r.stderr
     assert gap not in last_record(d)["dates"]
+
+
+def test_the_default_run_date_is_never_a_utc_date_that_has_not_ended(tmp_path: Path):
+    """Run by hand at 01:30 in India (20:00 UTC the day before): the fleet's yesterday is
+    the UTC date still running; the default is the UTC yesterday, whose data is whole."""
+    from datetime import UTC, datetime
+
+    from pipeline._config import load_settings
+    from pipeline._nightly import run_nightly
+
+    d = tmp_path / "data"
+    for k in (1, 0):
+        write_flushes(day_table(RUN_DAY - timedelta(days=k), seed=k), d / "lake")
+    settings = load_settings(data_dir=d, env={})
+    assert settings.fleet.timezone == "Asia/Kolkata"
+    late_evening_utc = datetime(RUN_DAY.year, RUN_DAY.month, RUN_DAY.day, 20, 0, tzinfo=UTC)
+    record = run_nightly(settings, now=late_evening_utc)
+    assert record["run_date"] == (RUN_DAY - timedelta(days=1)).isoformat()
+    # after midnight UTC (05:30 in India) the fleet's yesterday is a whole UTC date
+    record = run_nightly(settings, now=late_evening_utc + timedelta(hours=5))
+    assert record["run_date"] == RUN_DAY.isoformat()
