@@ -85,6 +85,18 @@ seeds 11 / 14 / 15: SoH MAE 0.79 / 0.55 / 0.59, coverage 92 / 96 / 96 %, growth 
 7.8 / 11.8 / 9.4 %, agreement 96 / 88 / 86 %; seed 15's LFP 14 no longer has capacity
 estimates of SoH 15-18 % (a rest after a 1 % drive that followed a charge).
 
+Analytics-22 (2026-12-07, simulated in 221 s and 731 dates analysed in 235 s, one helper
+working beside): a sensor reading far above the others is not the pack's temperature for
+the hours per band and the calendar exposure (``vehicle_day.pack_temp_c_max``); capacity,
+resistance and the trends are untouched. Full size: SoH MAE 0.97 points, coverage 96 %,
+growth error 5.7 %, verdicts agree 94 % (the same three LFP top-of-charge dwellers), none
+below a threshold reported ``ok``. Test size, seeds 14 / 15 (analytics-21, the same
+model for these figures): agreement 88 / 86 %, every disagreement but one an LFP car
+``insufficient_data``: five and seven LFP cars that charge every day from 80-94 % to
+98 % (commuters too) have no rest or charge crossing a readable part of the OCV curve
+after their first day; seed 14's NMC 10 (hot, occasional, failed cooling) reads SoH 91.1
+(89.3-92.9) against a true 89.3 and ``ok`` against a true ``at_risk``.
+
 The test-size fleet (14 cells, 120 s; ``tests/bms/test_analytics_accuracy.py``, the
 same spec) agrees for 96 %: LFP 20 and 36 are its two disagreements, the same kind;
 at full size LFP 40 and NMC 9 are added.

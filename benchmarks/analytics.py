@@ -230,6 +230,13 @@ Ratio 3 still needs the readings jobs to fall to about a quarter; no change with
 DuckDB jobs found here does that.
 
 Usage: python benchmarks/analytics.py [--vehicles 1000]
+
+2026-12-07 (another fresh machine, a helper's work beside: load 2-3), analytics-22
+(43f2fe4, ``pack_temp_c`` added to the readings table): floor 5.07 s wall / 5.98 s CPU,
+analyze 21.78 s / 25.20 s: ratio 4.29 wall, 4.22 CPU (goal 3 not met); peak RSS 740 MB;
+day 365 / day 1 1.13. The floor's wall doubled with the load, so only the CPU ratio
+compares with the quiet 4.59 of analytics-21: the new column's cost is within the
+machine's drift (not isolated).
 """
 
 from __future__ import annotations
