@@ -409,25 +409,34 @@ def telemetry_files(lake_root: Path, day: date | None = None) -> list[Path]:
     return sorted(base.glob(pattern))
 
 
-def last_seqs(lake_root: Path, fleet: str, vins: Iterable[str]) -> dict[str, int]:
+def last_seqs(
+    lake_root: Path, fleet: str, vins: Iterable[str], *, older: Iterable[Path] = ()
+) -> dict[str, int]:
     """The highest ``seq`` the lake holds for each of ``vins`` of ``fleet``.
 
     A vehicle's seq rises with time (the contract: strictly increasing per VIN), so the
     date partitions are read newest first, only their ``vin`` and ``seq`` columns, until
-    every VIN has been seen; a VIN the lake does not hold is left out.
+    every VIN has been seen; a VIN the lake does not hold is left out. ``older``: roots
+    of the same layout (``ROOT/telemetry/date=D/fleet=F``) holding older dates than
+    ``lake_root`` (the archive), read in turn for the VINs not found before.
     """
     wanted = set(vins)
     found: dict[str, int] = {}
-    days = sorted((lake_root / "telemetry").glob(f"date=*/fleet={fleet}"), reverse=True)
-    for part in days:
-        if wanted <= found.keys():
-            break
-        for path in sorted(part.glob("*.parquet")):
-            t = pq.read_table(path, columns=["vin", "seq"])
-            top = t.group_by("vin", use_threads=False).aggregate([("seq", "max")])
-            for vin, seq in zip(top["vin"].to_pylist(), top["seq_max"].to_pylist(), strict=True):
-                if vin in wanted and seq is not None and seq > found.get(vin, -1):
-                    found[vin] = seq
+    for root in (lake_root, *older):
+        days = sorted((root / "telemetry").glob(f"date=*/fleet={fleet}"), reverse=True)
+        for part in days:
+            if wanted <= found.keys():
+                return found
+            for path in sorted(part.glob("*.parquet")):
+                t = pq.read_table(path, columns=["vin", "seq"])
+                top = t.group_by("vin", use_threads=False).aggregate([("seq", "max")])
+                for vin, seq in zip(
+                    top["vin"].to_pylist(), top["seq_max"].to_pylist(), strict=True
+                ):
+                    if vin in wanted and seq is not None and seq > found.get(vin, -1):
+                        found[vin] = seq
+        # the older roots only for the VINs still unknown (their dates are older)
+        wanted -= found.keys()
     return found
 
 

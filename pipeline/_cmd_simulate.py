@@ -212,12 +212,14 @@ def simulate_command(
             max_readings=max_readings,
             stop=stop,
             client_id=client_id,
-            # a fleet with history in the lake (simulate --to-lake): each vehicle's seq
-            # continues after its last stored reading, as a real vehicle's counter would
+            # a fleet with history in the lake (simulate --to-lake), or in the archive
+            # once retention moved it there: each vehicle's seq continues after its last
+            # stored reading, as a real vehicle's counter would
             durable_seqs=last_seqs(
                 settings.lake_dir,
                 spec.fleet,
                 [make_vin(spec.fleet, spec.seed, i) for i in range(spec.vehicles)],
+                older=[settings.data_dir / "archive"],
             ),
         )
     finally:

@@ -10,11 +10,12 @@ import sys
 import threading
 import time
 from collections import defaultdict
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
+import pyarrow.parquet as pq
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
@@ -281,7 +282,9 @@ def test_run_live_continues_each_vehicle_after_the_seqs_the_pipeline_holds(
     assert summary.pending == 20
 
 
-def _fleetbms(data: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def _fleetbms(
+    data: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-c", "from pipeline import main; main()", "--data-dir", str(data), *args],
         capture_output=True,
@@ -289,6 +292,7 @@ def _fleetbms(data: Path, *args: str) -> subprocess.CompletedProcess[str]:
         timeout=300,
         cwd=Path(__file__).parents[2],
         check=False,
+        env=None if env is None else {**os.environ, **env},
     )
 
 
@@ -307,6 +311,42 @@ def test_cli_live_continues_the_seqs_of_the_fleet_history_in_the_lake(
     out = _fleetbms(data, *fleet, *live)
     assert out.returncode == 0, out.stderr
     assert "stopped by readings" in out.stdout
+    seqs = {v: sim.StoreAndForwardBuffer(data / "sim" / "buffer", v).buffered_seqs() for v in vins}
+    assert sum(len(s) for s in seqs.values()) == 6
+    for vin in vins:
+        assert seqs[vin] == list(range(held[vin] + 1, held[vin] + 1 + len(seqs[vin])))
+
+
+def test_cli_live_continues_the_seqs_of_a_fleet_history_retention_archived(
+    broker: MosquittoBroker, tmp_path: Path
+) -> None:
+    """The fleet's whole history is older than retention.archive_after_days: the nightly
+    moved it to the archive. The live vehicles still go on after its seqs (from 1, they
+    would repeat (vin, seq) pairs the pipeline holds)."""
+    data = tmp_path / "data"
+    fleet = ["simulate", "--vehicles", "2", "--cells", "14", "--fleet", FLEET, "--seed", "3"]
+    run_date = datetime.now(UTC).date()
+    start = (run_date - timedelta(days=10)).isoformat()
+    history = _fleetbms(data, *fleet, "--to-lake", "--days", "2", "--start", start)
+    assert history.returncode == 0, history.stderr
+    nightly = _fleetbms(
+        data,
+        *("nightly", "--fleet", FLEET, "--date", run_date.isoformat()),
+        env={"FLEETBMS_RETENTION__ARCHIVE_AFTER_DAYS": "0"},
+    )
+    assert nightly.returncode in (0, 3, 66), nightly.stderr
+    assert not list((data / "lake" / "telemetry").glob(f"date=*/fleet={FLEET}/*.parquet"))
+    archived = sorted((data / "archive" / "telemetry").glob(f"date=*/fleet={FLEET}/*.parquet"))
+    assert archived
+    held: dict[str, int] = {}
+    for path in archived:
+        for row in pq.read_table(path, columns=["vin", "seq"]).to_pylist():
+            held[row["vin"]] = max(held.get(row["vin"], 0), row["seq"])
+    vins = [sim.make_vin(FLEET, 3, i) for i in range(2)]
+    assert set(held) == set(vins)
+    live = ["--live", "--broker", broker.address, "--speed", "600", "--max-readings", "6"]
+    out = _fleetbms(data, *fleet, *live)
+    assert out.returncode == 0, out.stderr
     seqs = {v: sim.StoreAndForwardBuffer(data / "sim" / "buffer", v).buffered_seqs() for v in vins}
     assert sum(len(s) for s in seqs.values()) == 6
     for vin in vins:
