@@ -144,12 +144,13 @@ def simulate_command(
     else:
         first = datetime.now(tz).date() - timedelta(days=max(days, 1))
     # Readings from the future break the lake's dates (a catch-up would analyse days to
-    # come; ingest rejects a ts over 24 h ahead): a simulated history ends by today.
+    # come; ingest rejects a ts over 24 h ahead): a simulated history ends by yesterday,
+    # as a day's readings run to its midnight (today's are still to come).
     today = datetime.now(tz).date()
     last = first + timedelta(days=max(days, 1) - 1)
-    if to_lake and last > today:
+    if to_lake and last >= today:
         raise click.UsageError(
-            f"--start {first} with --days {days} ends on {last}, after today ({today}, "
+            f"--start {first} with --days {days} ends on {last}, not before today ({today}, "
             f"{tz.key}): a history written to the lake cannot reach into the future"
         )
     if live and first > today:

@@ -8,6 +8,7 @@ import subprocess
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -257,8 +258,8 @@ def test_a_config_file_the_user_cannot_read_is_one_error_line(tmp_path: Path):
 
 @pytest.mark.parametrize("mode", ["--to-lake", "--live"])
 def test_a_simulation_reaching_into_the_future_is_a_usage_error(lake_dir: Path, mode: str):
-    """A history in the lake ends by today (a catch-up would analyse days to come), and
-    live readings from the future would be rejected by ingest."""
+    """A history in the lake ends by yesterday (a catch-up would analyse days to come),
+    and live readings from the future would be rejected by ingest."""
     start = datetime.now(UTC).date() + timedelta(days=30)
     before = snapshot(lake_dir)
     args = ("simulate", mode, "--start", start.isoformat(), "--days", "5")
@@ -266,13 +267,36 @@ def test_a_simulation_reaching_into_the_future_is_a_usage_error(lake_dir: Path, 
     if mode == "--to-lake":
         assert line.startswith(
             f"Error: --start {start} with --days 5 ends on {start + timedelta(days=4)}, "
-            "after today ("
+            "not before today ("
         )
         assert line.endswith("a history written to the lake cannot reach into the future")
     else:
         assert line.startswith(f"Error: --start {start} is after today (")
         assert line.endswith("live readings would be timestamped in the future")
     assert snapshot(lake_dir) == before
+
+
+def test_a_simulated_history_ending_today_is_a_usage_error(lake_dir: Path):
+    """Today's readings run to tonight's midnight: a history ending today holds readings
+    from the future (in a UTC date after today east of Greenwich, which a catch-up would
+    analyse though `analyze --date` refuses it). It ends by yesterday; nothing is written."""
+    tz = ZoneInfo("Asia/Kolkata")  # fleet.timezone's default
+    before = snapshot(lake_dir)
+    today = None
+    while today != datetime.now(tz).date():  # again if midnight passed during the run
+        today = datetime.now(tz).date()
+        args = ("simulate", "--to-lake", "--fleet", "sim", "--start", today.isoformat())
+        r = fleetbms(lake_dir, *args, "--days", "1")
+    line = one_line_error(r, 2)
+    assert line.startswith(
+        f"Error: --start {today} with --days 1 ends on {today}, not before today ({today}, "
+        "Asia/Kolkata)"
+    )
+    assert line.endswith("a history written to the lake cannot reach into the future")
+    assert snapshot(lake_dir) == before
+    yesterday = (today - timedelta(days=1)).isoformat()
+    ok = fleetbms(lake_dir, *args[:4], "--start", yesterday, "--days", "1")
+    assert ok.returncode == 0, ok.stderr
 
 
 def test_a_reader_that_stops_reading_ends_the_command_quietly(lake_dir: Path):
