@@ -414,8 +414,8 @@ _REGISTRY_COLUMNS = {
     "n_cells": pa.int16(),
     "in_service_date": pa.date32(),
     "warranty_policy": pa.string(),
-    # optional: temperature sensors per pack (readings.sql tells a sensor reading far
-    # above all the others from the pack's temperature only where it knows how many)
+    # optional: temperature sensors per pack (readings.sql counts each reading's own
+    # valid values to tell a sensor reading far above the others from the pack)
     "n_temps": pa.int16(),
 }
 #: Registry columns a registry file may lack (null then).
@@ -1189,7 +1189,11 @@ class _FleetSession:
             pa.table({"vin": pa.array(vins, pa.string()), "k": pa.array(range(1, len(vins) + 1))}),
         )
         if in_order:
-            con.execute("CREATE OR REPLACE TEMP VIEW reading_rows AS SELECT * FROM tele")
+            # with the count of valid temperature values, as reading_rows.sql adds it
+            con.execute(
+                "CREATE OR REPLACE TEMP VIEW reading_rows AS "
+                "SELECT *, list_aggregate(temp_dc, 'count') AS temps_valid FROM tele"
+            )
         else:
             con.register("reading_rows", con.sql(_sql("reading_rows")).to_arrow_table())
         # the readings table's vin key (readings.sql), in VARCHAR order

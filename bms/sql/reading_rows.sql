@@ -6,7 +6,9 @@
 -- holds no duplicate (vin, seq); the window is folded away).
 SELECT
     vin, seq, ts, current_a, voltage_v, soc_pct, soh_pct, cycle_count, odometer_km, mode,
-    n_cells, cell_min_idx, cell_max_idx, temp_c_min, temp_c_max, temp_c_mean, quality
+    n_cells, cell_min_idx, cell_max_idx, temp_c_min, temp_c_max, temp_c_mean, quality,
+    -- the reading's valid temperature values (readings.sql: the other sensors' mean)
+    list_aggregate(temp_dc, 'count') AS temps_valid
 FROM tele
 QUALIFY NOT getvariable('dedup')
     OR row_number() OVER (PARTITION BY vin, seq ORDER BY received_at, worker) = 1

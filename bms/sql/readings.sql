@@ -4,7 +4,8 @@
 --
 -- Inputs (registered by bms._analytics): `reading_rows` = the unit's readings in
 -- (vin, ts, seq) order, one row per (vin, seq): a compacted partition's file as it is,
--- otherwise the output of reading_rows.sql; `vin_order` (vin, k: its VINs in the order
+-- otherwise the output of reading_rows.sql, either with `temps_valid` (the count of the
+-- reading's valid temperature values); `vin_order` (vin, k: its VINs in the order
 -- their rows come); tables `registry` (vin, chemistry, capacity_ah, n_cells, ...) and
 -- `carry` (each vehicle's last reading before the unit's first date). Variables:
 -- rest_c_rate, max_gap_s, default_capacity_ah.
@@ -58,14 +59,6 @@ SET VARIABLE vin_info = (
     LEFT JOIN registry r USING (vin)
     LEFT JOIN carry c USING (vin)
 );
--- Each vehicle's number of temperature sensors (registry n_temps, NULL if not given), in
--- the order of the `vin_key` ENUM (VARCHAR order), looked up by the ENUM's code.
-SET VARIABLE vin_n_temps = (
-    SELECT list(r.n_temps ORDER BY u.vin)
-    FROM vin_order u
-    LEFT JOIN registry r USING (vin)
-    WHERE u.vin IS NOT NULL
-);
 CREATE OR REPLACE TEMP TABLE readings AS
 WITH rows_raw AS (
     SELECT
@@ -74,14 +67,12 @@ WITH rows_raw AS (
         soc_pct::DOUBLE AS soc_pct, soh_pct::DOUBLE AS soh_pct, cycle_count, odometer_km,
         mode, n_cells, cell_min_idx, cell_max_idx,
         temp_c_min::DOUBLE AS temp_c_min, temp_c_max::DOUBLE AS temp_c_max,
-        temp_c_mean::DOUBLE AS temp_c_mean, quality,
-        -- the mean of the other sensors than the hottest: all n_temps of the registry
-        -- took part in the mean unless a value was a sentinel or not representable
-        -- (quality bits 16 and 32), which the lake writer leaves out of min, max, mean
-        CASE WHEN quality & 48 = 0 THEN
-            (getvariable('vin_n_temps')[enum_code(vin::vin_key) + 1] * temp_c_mean::DOUBLE
-                - temp_c_max::DOUBLE)
-            / (getvariable('vin_n_temps')[enum_code(vin::vin_key) + 1] - 1)
+        temp_c_mean::DOUBLE AS temp_c_mean, quality, temps_valid,
+        -- the mean of the other sensors than the hottest, from the reading's own
+        -- sensors: min, max and mean are over its valid values (temps_valid of them;
+        -- a sentinel or unrepresentable value is stored as null and left out)
+        CASE WHEN temps_valid >= 2 THEN
+            (temps_valid * temp_c_mean::DOUBLE - temp_c_max::DOUBLE) / (temps_valid - 1)
         END AS temp_c_others
     FROM reading_rows
 ),
@@ -93,12 +84,15 @@ rows_in AS (
     -- local defect the anomalies report) and the others' mean stands for the pack, as
     -- for the over-temperature events (vehicle_day.sql).
     SELECT
-        * EXCLUDE (temp_c_others),
+        * EXCLUDE (temp_c_others, temps_valid),
+        -- temp_c_mean is a float32: the others' mean from it may miss their range by a
+        -- rounding error (others all at the minimum), so the range is checked within
+        -- half a step of the stored 0.1 degC and the mean kept inside it
         CASE
-            WHEN getvariable('vin_n_temps')[enum_code(vin) + 1] >= 3
-                AND temp_c_others BETWEEN temp_c_min AND temp_c_max
+            WHEN temps_valid >= 3
+                AND temp_c_others BETWEEN temp_c_min - 0.05 AND temp_c_max + 0.05
                 AND temp_c_max - temp_c_others > getvariable('over_temp_spread_c')
-            THEN temp_c_others
+            THEN least(greatest(temp_c_others, temp_c_min), temp_c_max)
             ELSE temp_c_max
         END AS pack_temp_c
     FROM rows_raw

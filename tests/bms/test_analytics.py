@@ -384,20 +384,77 @@ def test_over_temperature_events_need_the_pack_not_one_sensor(tmp_path: Path) ->
     )
 
 
-def test_without_the_sensor_count_the_hottest_sensor_is_the_packs_temperature(
-    tmp_path: Path,
+@pytest.mark.parametrize("n_temps", [None, 4, 16])
+def test_the_packs_temperature_counts_the_sensors_the_reading_sent(
+    tmp_path: Path, n_temps: int | None
 ) -> None:
-    """A registry without n_temps (optional): the others' mean is unknown, so the hottest
-    sensor counts, as stored."""
+    """The others' mean comes from the reading's own sensors (eight here), not from the
+    registry's n_temps: absent (optional), or wrong (four: the hottest sensor counted as
+    the pack's; sixteen: a mean of 33 degC that no sensor read)."""
     lake = tmp_path / "lake"
     faulty = SynthVehicle("FBMAAAAA0TS000012", drive_temps_c=(75, 30, 30, 30, 30, 30, 30, 30))
     write_fleet(lake, [faulty], START, 1, cadence_s=300)
     path = lake / "registry" / "vehicles.parquet"
-    pq.write_table(pq.read_table(path).drop_columns(["n_temps"]), path)
+    registry = pq.read_table(path).drop_columns(["n_temps"])
+    if n_temps is not None:
+        registry = registry.append_column("n_temps", pa.array([n_temps], pa.int16()))
+    pq.write_table(registry, path)
     bms.run_pending(lake)
     (row,) = bms.read_metrics(lake, "vehicle_day", [START]).to_pylist()
-    assert row["pack_temp_c_max"] == 75.0
-    assert row["hours_temp_above_45c"] == pytest.approx(2.0)
+    assert row["temp_c_max"] == 75.0
+    assert row["pack_temp_c_max"] == 30.0
+    assert row["hours_temp_above_45c"] == 0.0
+
+
+def test_a_two_sensor_pack_is_its_hottest_sensor_whatever_the_registry_says(
+    tmp_path: Path,
+) -> None:
+    """Two sensors, 70 and 40 degC while driving: no third to tell which one is wrong, so
+    the hottest counts (a registry claiming three made it 47.5 degC, a value no sensor
+    read)."""
+    lake = tmp_path / "lake"
+    pack = SynthVehicle("FBMAAAAA0TS000013", drive_temps_c=(70, 40))
+    write_fleet(lake, [pack], START, 1, cadence_s=300)
+    path = lake / "registry" / "vehicles.parquet"
+    registry = pq.read_table(path)
+    i = registry.column_names.index("n_temps")
+    pq.write_table(registry.set_column(i, "n_temps", pa.array([3], pa.int16())), path)
+    bms.run_pending(lake)
+    (row,) = bms.read_metrics(lake, "vehicle_day", [START]).to_pylist()
+    assert row["pack_temp_c_max"] == 70.0
+
+
+@pytest.mark.parametrize("n_others", [5, 6, 7])
+def test_one_sensor_far_above_others_all_alike_is_not_the_pack(
+    tmp_path: Path, n_others: int
+) -> None:
+    """One sensor at 75 degC, the others all at 30: the others' mean from the stored
+    float32 mean falls a rounding error below 30 for six or seven sensors; it is still
+    the pack's temperature (it was 75 then: two hours above 45 degC)."""
+    lake = tmp_path / "lake"
+    faulty = SynthVehicle("FBMAAAAA0TS000012", drive_temps_c=(75, *([30] * n_others)))
+    write_fleet(lake, [faulty], START, 1, cadence_s=300)
+    bms.run_pending(lake)
+    (row,) = bms.read_metrics(lake, "vehicle_day", [START]).to_pylist()
+    assert row["temp_c_max"] == 75.0
+    assert row["pack_temp_c_max"] == 30.0
+    assert row["hours_temp_above_45c"] == 0.0
+
+
+def test_a_sentinel_sensor_value_leaves_the_others_mean_to_the_valid_ones(
+    tmp_path: Path,
+) -> None:
+    """One sensor sends the 6553.5 degC 'no value' sentinel (stored as null, quality bit
+    16), another reads far above the rest: the pack is the valid others' mean, not the
+    outlier (the reading's flag used to make the hottest sensor count)."""
+    lake = tmp_path / "lake"
+    faulty = SynthVehicle("FBMAAAAA0TS000012", drive_temps_c=(75, 6553.5, 30, 30, 30, 30, 30, 30))
+    write_fleet(lake, [faulty], START, 1, cadence_s=300)
+    bms.run_pending(lake)
+    (row,) = bms.read_metrics(lake, "vehicle_day", [START]).to_pylist()
+    assert row["temp_c_max"] == 75.0
+    assert row["pack_temp_c_max"] == 30.0
+    assert row["hours_temp_above_45c"] == 0.0
 
 
 def test_one_failed_temperature_sensor_does_not_move_the_normalised_resistance(
