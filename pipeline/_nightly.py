@@ -611,8 +611,8 @@ def _changed_dates(done: DoneStore, settings: Settings, fleet: str, run_date: da
 def _missed_dates(settings: Settings, done: DoneStore, fleet: str, run_date: date) -> list[date]:
     """Dates since the fleet's last completed run whose telemetry was never compacted:
     the nights cron missed (server down), however many, back to the archive horizon;
-    and those without any telemetry of the fleet (ingest down too), which no run has
-    reported yet: reconciliation names them, and the run exits 3 (gaps)."""
+    and those after the fleet's first telemetry without any (ingest down too), which no
+    run has reported yet: reconciliation names them, and the run exits 3 (gaps)."""
     last = max(
         (
             date.fromisoformat(r["run_date"])
@@ -629,12 +629,33 @@ def _missed_dates(settings: Settings, done: DoneStore, fleet: str, run_date: dat
         last + timedelta(days=1), run_date - timedelta(days=settings.retention.archive_after_days)
     )
     days = (oldest + timedelta(days=k) for k in range((run_date - oldest).days))
+    # a date before the fleet's first telemetry (a run before its vehicles reported at
+    # all) is no night whose telemetry went missing
+    first = _first_telemetry_date(settings, fleet)
     return [
         d
         for d in days
         if not _compaction_current(settings, done, d, fleet)
-        or not any(telemetry_dir(settings.lake_dir, d, fleet).glob("*.parquet"))
+        or (
+            first is not None
+            and d > first
+            and not any(telemetry_dir(settings.lake_dir, d, fleet).glob("*.parquet"))
+        )
     ]
+
+
+def _first_telemetry_date(settings: Settings, fleet: str) -> date | None:
+    """The oldest date with a telemetry partition of ``fleet``, in the lake or archive."""
+    dates = []
+    for base in (settings.lake_dir / "telemetry", settings.data_dir / "archive" / "telemetry"):
+        for part in base.glob(f"date=*/fleet={fleet}"):
+            try:
+                day = date.fromisoformat(part.parent.name.removeprefix("date="))
+            except ValueError:
+                continue  # not a partition of the layout
+            if any(part.glob("*.parquet")):
+                dates.append(day)
+    return min(dates, default=None)
 
 
 def _date_settled(settings: Settings, done: DoneStore, day: date) -> bool:

@@ -450,3 +450,26 @@ def test_the_default_run_date_is_never_a_utc_date_that_has_not_ended(tmp_path: P
     # after midnight UTC (05:30 in India) the fleet's yesterday is a whole UTC date
     record = run_nightly(settings, now=late_evening_utc + timedelta(hours=5))
     assert record["run_date"] == RUN_DAY.isoformat()
+
+
+def test_dates_before_the_fleets_first_telemetry_are_no_missed_nights(tmp_path: Path):
+    """A first run for a date before the fleet's vehicles ever reported (exit 66), then
+    the next run once they do: the days in between before its first telemetry are no
+    nights whose telemetry went missing (no gap, exit 0); a day without any after it
+    still is one."""
+    d = tmp_path / "data"
+    lake = d / "lake"
+    first = RUN_DAY - timedelta(days=3)
+    for k in (0, 1, 3):  # nothing on the day before RUN_DAY
+        write_flushes(day_table(first + timedelta(days=k), seed=k), lake)
+    early = first - timedelta(days=5)
+    assert fleetbms(d, "nightly", "--date", early.isoformat()).returncode == 66
+    mid = first + timedelta(days=1)
+    r = fleetbms(d, "nightly", "--date", mid.isoformat())
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert last_record(d)["dates"] == [first.isoformat(), mid.isoformat()]
+    r = fleetbms(d, "nightly", "--date", RUN_DAY.isoformat())
+    assert r.returncode == 3, r.stderr
+    gap = (RUN_DAY - timedelta(days=1)).isoformat()
+    assert last_record(d)["dates"] == [gap, RUN_DAY.isoformat()]
+    assert f"no telemetry for fleet demo on {gap}" in r.stderr + r.stdout
