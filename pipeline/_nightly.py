@@ -632,6 +632,7 @@ def _missed_dates(settings: Settings, done: DoneStore, fleet: str, run_date: dat
     # a date before the fleet's first telemetry (a run before its vehicles reported at
     # all) is no night whose telemetry went missing
     first = _first_telemetry_date(settings, fleet)
+    archive = settings.data_dir / "archive"
     return [
         d
         for d in days
@@ -640,6 +641,8 @@ def _missed_dates(settings: Settings, done: DoneStore, fleet: str, run_date: dat
             first is not None
             and d > first
             and not any(telemetry_dir(settings.lake_dir, d, fleet).glob("*.parquet"))
+            # archived by a later run (retention): its telemetry was there
+            and not any(telemetry_dir(archive, d, fleet).glob("*.parquet"))
         )
     ]
 

@@ -473,3 +473,31 @@ def test_dates_before_the_fleets_first_telemetry_are_no_missed_nights(tmp_path: 
     gap = (RUN_DAY - timedelta(days=1)).isoformat()
     assert last_record(d)["dates"] == [gap, RUN_DAY.isoformat()]
     assert f"no telemetry for fleet demo on {gap}" in r.stderr + r.stdout
+
+
+def test_caught_up_nights_archived_since_are_no_gaps_when_their_date_is_run_again(
+    tmp_path: Path,
+):
+    """Two nights missed and caught up by the next run; a later run archives them
+    (retention.archive_after_days); that next run's date run again finds their telemetry
+    in the archive, not missing: no gap, exit 0 as the first time."""
+    d = tmp_path / "data"
+    lake = d / "lake"
+    env = {
+        "FLEETBMS_RETENTION__ARCHIVE_AFTER_DAYS": "3",
+        "FLEETBMS_RETENTION__PURGE_AFTER_DAYS": "365",
+    }
+    first = RUN_DAY - timedelta(days=6)
+    for k in range(7):
+        write_flushes(day_table(first + timedelta(days=k), seed=k), lake)
+    again = first + timedelta(days=3)
+    for day in (first, again, RUN_DAY):
+        r = fleetbms(d, "nightly", "--date", day.isoformat(), **env)
+        assert r.returncode == 0, (day, r.stdout + r.stderr)
+    archived = [first + timedelta(days=k) for k in (1, 2)]
+    for day in archived:
+        assert not bms.telemetry_files(lake, day)
+        assert list((d / "archive" / "telemetry" / f"date={day}").glob("fleet=demo/*.parquet"))
+    r = fleetbms(d, "nightly", "--date", again.isoformat(), **env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert last_record(d)["dates"] == [again.isoformat()]
