@@ -90,7 +90,11 @@ working beside): a sensor reading far above the others is not the pack's tempera
 the hours per band and the calendar exposure (``vehicle_day.pack_temp_c_max``); capacity,
 resistance and the trends are untouched. Full size: SoH MAE 0.97 points, coverage 96 %,
 growth error 5.7 %, verdicts agree 94 % (the same three LFP top-of-charge dwellers), none
-below a threshold reported ``ok``. Test size, seeds 14 / 15 (analytics-21, the same
+below a threshold reported ``ok``. Analytics-23 counts each reading's own sensors for that
+rule instead of the registry's ``n_temps`` (not re-run at full size: the scored figures
+read the pack temperature only through the calendar stress bound of a vehicle without a
+recent estimate).
+Test size, seeds 14 / 15 (analytics-21, the same
 model for these figures): agreement 88 / 86 %, every disagreement but one an LFP car
 ``insufficient_data``: five and seven LFP cars that charge every day from 80-94 % to
 98 % (commuters too) have no rest or charge crossing a readable part of the OCV curve

@@ -95,7 +95,7 @@ from bms._warranty import (
 )
 
 #: Version of the analytics model; part of every run id and of the warranty evidence.
-ANALYTICS_MODEL_VERSION = "analytics-22"
+ANALYTICS_MODEL_VERSION = "analytics-23"
 #: Metrics tables written per (date, fleet).
 METRICS_TABLES = (
     "vehicle_day",
