@@ -21,6 +21,20 @@ def _split(value: str | None) -> tuple[str, ...] | None:
     return tuple(p.strip() for p in value.split(",") if p.strip())
 
 
+def _vins_with_history(settings: Settings, fleet: str, seed: int, vehicles: int) -> list[str]:
+    """The simulated VINs whose history the lake may hold: those of the fleet's registry
+    (a simulated history registers every vehicle), so the search for their last seqs
+    stops at the newest dates instead of reading the whole history for a VIN it never
+    had; all of them when the fleet has no registry rows (a history that came through
+    ingest)."""
+    from bms import read_registry
+    from sim import make_vin
+
+    vins = [make_vin(fleet, seed, i) for i in range(vehicles)]
+    registered = set(read_registry(settings.lake_dir, fleet)["vin"].to_pylist())
+    return [v for v in vins if v in registered] if registered else vins
+
+
 @click.command("simulate")
 @click.option("--to-lake", "to_lake", is_flag=True, help="Write history straight into the lake.")
 @click.option("--live", is_flag=True, help="Publish readings over MQTT as they happen.")
@@ -131,7 +145,7 @@ def simulate_command(
     Example: fleetbms simulate --to-lake --vehicles 5 --days 30 --start 2026-01-01 --seed 7
     """
     from bms import last_seqs
-    from sim import FleetSpec, make_vin, run_live, simulate_to_lake
+    from sim import FleetSpec, run_live, simulate_to_lake
 
     if to_lake == live:
         raise click.UsageError("choose one of --to-lake or --live")
@@ -219,7 +233,7 @@ def simulate_command(
             durable_seqs=last_seqs(
                 settings.lake_dir,
                 spec.fleet,
-                [make_vin(spec.fleet, spec.seed, i) for i in range(spec.vehicles)],
+                _vins_with_history(settings, spec.fleet, spec.seed, spec.vehicles),
                 older=[settings.data_dir / "archive"],
             ),
         )

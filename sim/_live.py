@@ -446,6 +446,8 @@ def run_live(
                 for b in buffers.values():
                     b.sync()
                 last_sync = time.monotonic()
+        if stopped_by == "end" and max_readings is not None and generated >= max_readings:
+            stopped_by = "readings"  # the simulation ended with the last reading asked for
         deadline = time.monotonic() + drain_s
         while time.monotonic() < deadline:
             service()
