@@ -414,12 +414,7 @@ _REGISTRY_COLUMNS = {
     "n_cells": pa.int16(),
     "in_service_date": pa.date32(),
     "warranty_policy": pa.string(),
-    # optional: temperature sensors per pack (readings.sql counts each reading's own
-    # valid values to tell a sensor reading far above the others from the pack)
-    "n_temps": pa.int16(),
 }
-#: Registry columns a registry file may lack (null then).
-_REGISTRY_OPTIONAL = frozenset({"n_temps"})
 
 
 def read_registry(lake_root: Path, fleet: str | None = None) -> pa.Table:
@@ -435,11 +430,8 @@ def read_registry(lake_root: Path, fleet: str | None = None) -> pa.Table:
         return pa.schema(list(_REGISTRY_COLUMNS.items())).empty_table()
     table = pq.read_table(path)
     missing = [c for c in _REGISTRY_COLUMNS if c not in table.column_names]
-    if set(missing) - _REGISTRY_OPTIONAL:
-        required = [c for c in missing if c not in _REGISTRY_OPTIONAL]
-        raise BmsError(f"registry {path} lacks column(s) {', '.join(required)}")
-    for name in missing:
-        table = table.append_column(name, pa.nulls(table.num_rows, _REGISTRY_COLUMNS[name]))
+    if missing:
+        raise BmsError(f"registry {path} lacks column(s) {', '.join(missing)}")
     table = table.select(list(_REGISTRY_COLUMNS)).cast(pa.schema(list(_REGISTRY_COLUMNS.items())))
     bad = set(table["chemistry"].to_pylist()) - set(CHEMISTRIES)
     if bad:
@@ -888,11 +880,7 @@ def run_pending(
                 results = session.run_days(unit)
                 session.flush()
                 for day, res in zip(unit, results, strict=True):
-                    out.append(
-                        dataclasses.replace(
-                            _summary(day, (fl,), [res], started), unit_days=len(unit)
-                        )
-                    )
+                    out.append(_summary(day, (fl,), [res], started, unit_days=len(unit)))
                 if progress is not None:
                     progress(len(out), total)
         finally:
@@ -923,7 +911,12 @@ _FLUSH_DATES = 64
 
 
 def _summary(
-    day: date, fleets: tuple[str, ...], results: list[dict[str, Any]], started: float
+    day: date,
+    fleets: tuple[str, ...],
+    results: list[dict[str, Any]],
+    started: float,
+    *,
+    unit_days: int = 1,
 ) -> AnalyticsSummary:
     totals: dict[str, int] = {"vehicles": 0, "readings": 0, "dups": 0, "cap": 0, "steps": 0}
     verdicts: dict[str, int] = {}
@@ -948,6 +941,7 @@ def _summary(
         verdicts=dict(sorted(verdicts.items())),
         files=tuple(files),
         seconds=time.perf_counter() - started,
+        unit_days=unit_days,
     )
 
 
