@@ -155,6 +155,18 @@ class _Axes:
     def unclip(self) -> None:
         self.c.restoreState()
 
+    def note(self, message: str) -> None:
+        """``message`` centred in the data rectangle (a chart without data says why)."""
+        self.c.setFillColorRGB(*_rgb(INK))
+        text(
+            self.c,
+            self.x0 + self.w / 2,
+            self.y0 + self.h / 2 - CAP * LABEL_FONT_PT / 2,
+            message,
+            LABEL_FONT_PT,
+            "centre",
+        )
+
     def _stroke(self, colour: str, width: float, dash: Sequence[float] = ()) -> None:
         self.c.setStrokeColorRGB(*_rgb(colour))
         self.c.setLineWidth(width)
@@ -561,15 +573,7 @@ def soh_history(v: VehicleData, width: float) -> VectorChart:
         if in_view:
             ax.vline(end, WARRANTY_COLOUR, 1, (1, 1.65))
         if empty:
-            c.setFillColorRGB(*_rgb(INK))
-            text(
-                c,
-                ax.x0 + ax.w / 2,
-                ax.y0 + ax.h / 2 - CAP * LABEL_FONT_PT / 2,
-                "no capacity estimate yet",
-                LABEL_FONT_PT,
-                "centre",
-            )
+            ax.note("no capacity estimate yet")
         ax.unclip()
         xt, yt = nice_ticks(*xlim), nice_ticks(*ylim, max_intervals=5)
         ax.frame(xt, tick_labels(xt), yt, tick_labels(yt), "age [years]", "SoH [%]")
@@ -611,15 +615,7 @@ def cell_heatmap(v: VehicleData, width: float) -> VectorChart:
             ax = _Axes(c, _margins(width, height, 44, 34, 8, 20), (0.0, 1.0), (0.0, 1.0))
             ticks = np.linspace(0, 1, 6)
             ax.frame(ticks, tick_labels(ticks), ticks, tick_labels(ticks), xlabel, ylabel)
-            c.setFillColorRGB(*_rgb(INK))
-            text(
-                c,
-                ax.x0 + ax.w / 2,
-                ax.y0 + ax.h / 2 - CAP * LABEL_FONT_PT / 2,
-                "no rest periods with cell data in the window",
-                LABEL_FONT_PT,
-                "centre",
-            )
+            ax.note("no rest periods with cell data in the window")
 
         return VectorChart(width, height, "cell_heatmap", paint_empty)
     # Start at the first day with data (a young vehicle, a new lake).

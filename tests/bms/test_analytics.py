@@ -424,31 +424,27 @@ def test_a_two_sensor_pack_is_its_hottest_sensor_whatever_the_registry_says(
     assert row["pack_temp_c_max"] == 70.0
 
 
-@pytest.mark.parametrize("n_others", [5, 6, 7])
+@pytest.mark.parametrize(
+    "drive_temps_c",
+    [
+        (75, *([30] * 5)),
+        (75, *([30] * 6)),
+        (75, *([30] * 7)),
+        (75, 6553.5, *([30] * 6)),
+    ],
+    ids=["5 others", "6 others", "7 others", "a sentinel beside"],
+)
 def test_one_sensor_far_above_others_all_alike_is_not_the_pack(
-    tmp_path: Path, n_others: int
+    tmp_path: Path, drive_temps_c: tuple[float, ...]
 ) -> None:
     """One sensor at 75 degC, the others all at 30: the others' mean from the stored
     float32 mean falls a rounding error below 30 for six or seven sensors; it is still
-    the pack's temperature (it was 75 then: two hours above 45 degC)."""
+    the pack's temperature (it was 75 then: two hours above 45 degC). Beside a sensor
+    sending the 6553.5 degC 'no value' sentinel (stored as null, quality bit 16), the
+    pack is the valid others' mean, not the outlier (the reading's flag used to make
+    the hottest sensor count)."""
     lake = tmp_path / "lake"
-    faulty = SynthVehicle("FBMAAAAA0TS000012", drive_temps_c=(75, *([30] * n_others)))
-    write_fleet(lake, [faulty], START, 1, cadence_s=300)
-    bms.run_pending(lake)
-    (row,) = bms.read_metrics(lake, "vehicle_day", [START]).to_pylist()
-    assert row["temp_c_max"] == 75.0
-    assert row["pack_temp_c_max"] == 30.0
-    assert row["hours_temp_above_45c"] == 0.0
-
-
-def test_a_sentinel_sensor_value_leaves_the_others_mean_to_the_valid_ones(
-    tmp_path: Path,
-) -> None:
-    """One sensor sends the 6553.5 degC 'no value' sentinel (stored as null, quality bit
-    16), another reads far above the rest: the pack is the valid others' mean, not the
-    outlier (the reading's flag used to make the hottest sensor count)."""
-    lake = tmp_path / "lake"
-    faulty = SynthVehicle("FBMAAAAA0TS000012", drive_temps_c=(75, 6553.5, 30, 30, 30, 30, 30, 30))
+    faulty = SynthVehicle("FBMAAAAA0TS000012", drive_temps_c=drive_temps_c)
     write_fleet(lake, [faulty], START, 1, cadence_s=300)
     bms.run_pending(lake)
     (row,) = bms.read_metrics(lake, "vehicle_day", [START]).to_pylist()

@@ -282,3 +282,20 @@ def patch_rows(lake: Path, name: str, vin: str, day: date = DAY, **values: objec
         if row["vin"] == vin:
             row.update(values)
     pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), path)
+
+
+def patch_silent(lake: Path, vin: str, day: date = DAY) -> None:
+    """Make ``vin`` store no reading on ``day`` in its reconciliation row: no sequence
+    numbers to count from (expected 0, missing 0), as reconciliation writes it."""
+    patch_rows(
+        lake,
+        "reconciliation",
+        vin,
+        day,
+        readings_expected=0,
+        readings_stored=0,
+        readings_missing=0,
+        readings_quarantined=0,
+        gap_count=0,
+        longest_gap_s=None,
+    )

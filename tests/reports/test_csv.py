@@ -127,17 +127,7 @@ def test_csv_tells_a_silent_vehicle_from_a_complete_day(tmp_path: Path) -> None:
     data = tmp_path / "data"
     lake = rd.make_lake(data)
     silent = "MAT612345NEX00004"
-    rd.patch_rows(
-        lake,
-        "reconciliation",
-        silent,
-        readings_expected=0,
-        readings_stored=0,
-        readings_missing=0,
-        readings_quarantined=0,
-        gap_count=0,
-        longest_gap_s=None,
-    )
+    rd.patch_silent(lake, silent)
     (path,) = reports.fleet_report(lake, data / "reports", rd.DAY, rd.FLEET, formats="csv")
     with path.open(newline="", encoding="utf-8") as fh:
         by_vin = {r["vin"]: r for r in csv.DictReader(fh)}

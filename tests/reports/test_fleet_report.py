@@ -311,17 +311,7 @@ def test_a_vehicle_silent_all_day_is_listed_as_silent_not_as_0_missing(
     lake = tmp_path / "lake"
     shutil.copytree(fleet_run[0], lake)
     silent = "MAT612345NEX00004"
-    rd.patch_rows(
-        lake,
-        "reconciliation",
-        silent,
-        readings_expected=0,
-        readings_stored=0,
-        readings_missing=0,
-        readings_quarantined=0,
-        gap_count=0,
-        longest_gap_s=None,
-    )
+    rd.patch_silent(lake, silent)
     pdf, _ = reports.fleet_report(lake, tmp_path / "out", rd.DAY, rd.FLEET)
     text = " ".join(pdf_text(pdf).split())
     assert "2 vehicles with data gaps" in text
