@@ -20,6 +20,7 @@ from reports._dictionary import (
     data_dictionary,
     unit_of,
 )
+from tests.reports.test_fleet_report_pipeline import SIMULATE
 
 
 @pytest.mark.parametrize(
@@ -110,28 +111,7 @@ def pipeline_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     base = ["--data-dir", str(data)]
     runner = CliRunner()
     for args in (
-        [
-            "simulate",
-            "--to-lake",
-            "--vehicles",
-            "4",
-            "--days",
-            "12",
-            "--start",
-            "2026-11-13",
-            "--cells",
-            "14",
-            "--cadence-s",
-            "300",
-            "--idle-cadence-s",
-            "1800",
-            "--max-age-days",
-            "800",
-            "--fault-rate",
-            "0.5",
-            "--seed",
-            "2",
-        ],
+        [*SIMULATE, "--fault-rate", "0.5"],
         ["nightly", "--date", _LAST_DAY, "--fleet", "demo"],
         ["keys", "generate"],
         ["audit", "export", "--from", "2026-11-13", "--to", _LAST_DAY, "--out", str(data / "b")],

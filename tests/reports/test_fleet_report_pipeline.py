@@ -17,6 +17,27 @@ from pipeline import cli
 from tests.reports.pdf_tools import chart_names, pdf_text
 
 DAY = "2026-11-24"
+#: A small fleet of twelve days ending on DAY (the audit dictionary's tests use it too).
+SIMULATE = [
+    "simulate",
+    "--to-lake",
+    "--vehicles",
+    "4",
+    "--days",
+    "12",
+    "--start",
+    "2026-11-13",
+    "--cells",
+    "14",
+    "--cadence-s",
+    "300",
+    "--idle-cadence-s",
+    "1800",
+    "--max-age-days",
+    "800",
+    "--seed",
+    "2",
+]
 
 
 @pytest.fixture(scope="module")
@@ -25,26 +46,7 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     runner = CliRunner()
     base = ["--data-dir", str(d)]
     for args in (
-        [
-            "simulate",
-            "--to-lake",
-            "--vehicles",
-            "4",
-            "--days",
-            "12",
-            "--start",
-            "2026-11-13",
-            "--cells",
-            "14",
-            "--cadence-s",
-            "300",
-            "--idle-cadence-s",
-            "1800",
-            "--max-age-days",
-            "800",
-            "--seed",
-            "2",
-        ],
+        SIMULATE,
         ["analyze"],
         ["anomalies"],
     ):
